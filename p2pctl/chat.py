@@ -1,0 +1,110 @@
+"""`p2pctl chat`: the original terminal chat, on top of a running daemon.
+
+A thread reads stdin lines into a queue (portable: `select` on stdin does not
+work on Windows); the main thread owns both ZeroMQ sockets - one watching
+events, one for commands - and alternates between them.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import click
+
+from . import render
+from .client import ClientError
+
+HELP = """commands:
+  /connect <ip> <port>   link to a peer
+  /peers                 list peers
+  /info                  this node
+  /msg <peer> <text>     direct message (peer: name or id prefix)
+  /ping <peer>           round-trip time
+  /help                  this help
+  /quit                  leave the chat (the daemon keeps running)
+  anything else          broadcast to every linked peer"""
+
+_EOF = object()
+
+
+def _reader(q: queue.Queue) -> None:
+    while True:
+        try:
+            line = input()
+        except (EOFError, KeyboardInterrupt):
+            q.put(_EOF)
+            return
+        q.put(line)
+
+
+def handle_line(line: str, call, echo) -> bool:
+    """Run one chat line; return False to quit."""
+    line = line.strip()
+    if not line:
+        return True
+    if not line.startswith("/"):
+        res = call("broadcast", text=line)
+        echo(f"{render.dim('you')} (to {res['subscribers']}): {line}")
+        return True
+    cmd, _, rest = line.partition(" ")
+    rest = rest.strip()
+    if cmd in ("/quit", "/exit", "/q"):
+        return False
+    if cmd == "/help":
+        echo(HELP)
+    elif cmd == "/peers":
+        echo(render.peers_table(call("peers")))
+    elif cmd == "/info":
+        echo(render.info_text(call("info")))
+    elif cmd == "/connect":
+        parts = rest.replace(":", " ").split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            echo(render.error("usage: /connect <ip> <port>"))
+            return True
+        res = call("connect", host=parts[0], port=int(parts[1]))
+        echo(f"linked to {render.cyan(res['peer']['name'])} at {res['peer']['address']}")
+    elif cmd == "/msg":
+        peer, _, text = rest.partition(" ")
+        if not peer or not text.strip():
+            echo(render.error("usage: /msg <peer> <text>"))
+            return True
+        res = call("send", peer=peer, text=text.strip())
+        echo(f"{render.dim('you')} {render.magenta('->')} {render.cyan(res['peer'])}: {text.strip()}")
+    elif cmd == "/ping":
+        if not rest:
+            echo(render.error("usage: /ping <peer>"))
+            return True
+        res = call("ping", peer=rest)
+        echo(f"pong from {res['peer']}: {res['rtt_ms']:.3f} ms")
+    else:
+        echo(render.error(f"unknown command {cmd}; /help lists them"))
+    return True
+
+
+def run_chat(make_client, timeout_s: float) -> int:
+    with make_client() as commands, make_client() as events:
+        me = commands.call("info")
+        click.echo(f"chatting as {render.bold(me['name'])} ({me['id'][:12]}); {me['peers_alive']} peer(s) linked. /help for commands.")
+
+        def call(cmd, **args):
+            return commands.call(cmd, timeout_s=timeout_s + 1, **args)
+
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=_reader, args=(lines,), daemon=True).start()
+        for ev in events.watch(poll_s=0.1):
+            if ev is not None:
+                click.echo(render.event_line(ev))
+            while True:
+                try:
+                    line = lines.get_nowait()
+                except queue.Empty:
+                    break
+                if line is _EOF:
+                    return 0
+                try:
+                    if not handle_line(line, call, click.echo):
+                        return 0
+                except ClientError as e:
+                    click.echo(render.error(str(e)))
+    return 0

@@ -1,0 +1,248 @@
+"""`p2pctl`: drive a running p2pd over its control socket.  See `p2pctl COMMAND --help`."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from p2pd import __version__
+
+from . import render
+from .client import Client, ClientError
+
+HOME_HELP = "Node home directory. Default: $P2PD_HOME or the user data dir."
+
+
+class Ctx:
+    def __init__(self, home, as_json, no_color, timeout_s):
+        self.home = home
+        self.as_json = as_json
+        self.timeout_s = timeout_s
+        render.setup(no_color)
+
+    def client(self) -> Client:
+        return Client(self.home, timeout_s=self.timeout_s)
+
+    def out(self, data, text: str | None = None) -> None:
+        if self.as_json:
+            click.echo(json.dumps(data))
+        else:
+            click.echo(text if text is not None else data)
+
+
+def command(fn):
+    """Run a command; turn client errors into one line and the documented exit code.
+
+    Every command also takes ``--json`` after its name (``p2pctl peers --json``),
+    the same as the global flag.
+    """
+
+    @click.option("--json", "json_here", is_flag=True, help="Machine-readable output (same as p2pctl --json).")
+    @functools.wraps(fn)
+    @click.pass_obj
+    def wrapper(ctx: Ctx, *args, json_here=False, **kwargs):
+        ctx.as_json = ctx.as_json or json_here
+        try:
+            return fn(ctx, *args, **kwargs)
+        except ClientError as e:
+            if ctx.as_json:
+                click.echo(json.dumps({"ok": False, "code": e.code, "error": str(e)}))
+            click.echo(render.error(str(e)), err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--home", envvar="P2PD_HOME", help=HOME_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON; JSON lines for streams).")
+@click.option("--no-color", is_flag=True, help="No colour (also when NO_COLOR is set or output is not a terminal).")
+@click.option("--timeout", "timeout_s", type=float, default=5.0, show_default=True, help="Seconds to wait for the daemon.")
+@click.version_option(__version__, prog_name="p2pctl")
+@click.pass_context
+def main(click_ctx, home, as_json, no_color, timeout_s):
+    """p2pctl - talk to a running p2pd node.
+
+    \b
+    Examples:
+      p2pctl connect 192.168.1.7 5000     link to a peer (HOST:PORT works too)
+      p2pctl peers                        who is linked
+      p2pctl send bob hello there         direct message by name or id prefix
+      echo report | p2pctl send bob -     text from stdin
+      p2pctl broadcast "lunch?"           to every linked peer
+      p2pctl watch                        live messages, joins and leaves
+      p2pctl chat                         interactive chat
+
+    Pick the node with --home (several nodes may run on one machine).
+
+    Exit codes: 0 ok, 1 failed, 2 usage, 3 daemon not running, 4 timeout,
+    5 permission denied.
+    """
+    if timeout_s <= 0:
+        raise click.BadParameter("must be positive", param_hint="--timeout")
+    click_ctx.obj = Ctx(home, as_json, no_color, timeout_s)
+
+
+def _text_arg(words: tuple[str, ...]) -> str:
+    if words == ("-",):
+        text = sys.stdin.read().rstrip("\n")
+    else:
+        text = " ".join(words)
+    if not text:
+        raise click.UsageError("the message is empty; give TEXT, or - to read it from stdin")
+    return text
+
+
+@main.command()
+@click.argument("target", metavar="HOST[:PORT]")
+@click.argument("port", required=False, type=click.IntRange(1, 65535))
+@command
+def connect(ctx, target, port):
+    """Link to the peer at HOST PORT (or HOST:PORT); waits for its answer."""
+    if port is None:
+        host, sep, p = target.rpartition(":")
+        if not sep or not p.isdigit():
+            raise click.UsageError(f"{target!r} has no port: use HOST PORT or HOST:PORT, e.g. p2pctl connect 10.0.0.2 5000")
+        port = int(p)
+        if not 1 <= port <= 65535:
+            raise click.UsageError(f"port {port} is out of range 1-65535")
+        target = host
+    with ctx.client() as c:
+        res = c.call("connect", timeout_s=ctx.timeout_s + 1, host=target.strip("[]"), port=port, wait_s=ctx.timeout_s)
+    peer = res["peer"]
+    ctx.out(res, f"{'already linked to' if res.get('already') else 'linked to'} {render.cyan(peer['name'])} ({peer['id'][:12]}) at {peer['address']}")
+
+
+@main.command()
+@click.argument("peer")
+@command
+def disconnect(ctx, peer):
+    """Unlink PEER (name or id prefix): it is sent LEAVE and forgotten."""
+    with ctx.client() as c:
+        res = c.call("disconnect", peer=peer)
+    p = res["peer"]
+    ctx.out(res, f"disconnected from {p['name']} ({p['id'][:12]})")
+
+
+@main.command()
+@command
+def peers(ctx):
+    """List known peers: name, id, address, state, last seen, round-trip time."""
+    with ctx.client() as c:
+        res = c.call("peers")
+    ctx.out(res, render.peers_table(res))
+
+
+@main.command()
+@command
+def info(ctx):
+    """This node: id, name, endpoints, uptime, peers, traffic, bad input dropped."""
+    with ctx.client() as c:
+        res = c.call("info")
+    ctx.out(res, render.info_text(res))
+
+
+@main.command()
+@click.argument("peer")
+@click.argument("text", nargs=-1, required=True)
+@command
+def send(ctx, peer, text):
+    """Send a direct message to PEER (a name or a unique id prefix).
+
+    TEXT may be several words; "-" reads the message from stdin.
+    """
+    body = _text_arg(text)
+    with ctx.client() as c:
+        res = c.call("send", peer=peer, text=body)
+    ctx.out(res, f"{res['status']} to {res['peer']} ({res['peer_id'][:12]}), message {res['id'][:12]}")
+
+
+@main.command()
+@click.argument("text", nargs=-1, required=True)
+@command
+def broadcast(ctx, text):
+    """Send TEXT to every linked peer ("-" reads stdin)."""
+    body = _text_arg(text)
+    with ctx.client() as c:
+        res = c.call("broadcast", text=body)
+    ctx.out(res, f"broadcast {res['id'][:12]} to {res['subscribers']} subscribed peer(s)")
+
+
+@main.command()
+@click.argument("peer")
+@command
+def ping(ctx, peer):
+    """Measure the round-trip time to PEER."""
+    with ctx.client() as c:
+        res = c.call("ping", timeout_s=ctx.timeout_s + 1, peer=peer, wait_s=ctx.timeout_s)
+    ctx.out(res, f"pong from {res['peer']} ({res['id'][:12]}): {res['rtt_ms']:.3f} ms")
+
+
+@main.command()
+@click.option("-n", "--limit", type=click.IntRange(0), default=0, help="Only the newest N messages (0: all kept).")
+@command
+def inbox(ctx, limit):
+    """Messages received (direct and broadcast), newest last."""
+    with ctx.client() as c:
+        res = c.call("inbox", limit=limit)
+    if ctx.as_json:
+        ctx.out(res)
+    elif not res:
+        click.echo("inbox is empty")
+    else:
+        for m in res:
+            click.echo(render.message_line(m))
+
+
+@main.command()
+@command
+def watch(ctx):
+    """Stream messages, joins, leaves and losses live until Ctrl-C (--json: JSON lines)."""
+    with ctx.client() as c:
+        for ev in c.watch():
+            if ev is None:
+                continue
+            if ctx.as_json:
+                click.echo(json.dumps(ev))
+            else:
+                click.echo(render.event_line(ev))
+            sys.stdout.flush()
+
+
+@main.command()
+@command
+def status(ctx):
+    """Is the daemon running? Exit 0 if it is, 3 if not."""
+    with ctx.client() as c:
+        res = c.call("status")
+    ctx.out({"running": True, **res}, f"p2pd is running: {res['name']} ({res['id'][:12]}), pid {res['pid']}, up {render.ago(res['uptime_s']).replace(' ago', '')}")
+
+
+@main.command()
+@command
+def stop(ctx):
+    """Stop the daemon gracefully (it sends LEAVE to its peers)."""
+    from p2pd.daemon import stop_and_wait
+    from p2pd.home import Home, resolve_home
+
+    home = Home(resolve_home(ctx.home))
+    pid = stop_and_wait(home, max(ctx.timeout_s, 10.0))
+    if pid is None:
+        ctx.out({"stopped": False, "running": False}, f"p2pd is not running on home {home.path}")
+    else:
+        ctx.out({"stopped": True, "pid": pid}, f"p2pd stopped (pid {pid})")
+
+
+@main.command()
+@command
+def chat(ctx):
+    """Interactive chat on the running node: /help lists the commands."""
+    from .chat import run_chat
+
+    sys.exit(run_chat(ctx.client, ctx.timeout_s))
+

@@ -1,0 +1,146 @@
+"""A small client library for a running p2pd's control socket.
+
+    from p2pctl import Client
+    with Client("~/.local/share/p2pd") as c:
+        c.call("send", peer="bob", text="hello")
+        for event in c.watch():
+            print(event)
+
+Every failure is one of four exceptions, each with a message that names the
+socket tried and the fix, and an ``exit_code`` from `p2pd.exitcodes`:
+not running, permission denied, timed out, or the request failed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import zmq
+
+from p2pd import exitcodes
+from p2pd.home import Home, pid_alive, resolve_home
+
+
+class ClientError(Exception):
+    exit_code = exitcodes.FAILED
+    code = "error"
+
+
+class DaemonNotRunning(ClientError):
+    exit_code = exitcodes.NOT_RUNNING
+    code = "not_running"
+
+
+class PermissionDenied(ClientError):
+    exit_code = exitcodes.PERMISSION
+    code = "permission_denied"
+
+
+class DaemonTimeout(ClientError):
+    exit_code = exitcodes.TIMEOUT
+    code = "timeout"
+
+
+class RequestFailed(ClientError):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        if code in ("timeout", "unreachable"):
+            self.exit_code = exitcodes.TIMEOUT
+
+
+class Client:
+    def __init__(self, home: str | Path | None = None, timeout_s: float = 5.0):
+        self.home = Home(resolve_home(str(home) if home is not None else None))
+        self.timeout_s = timeout_s
+        self._ctx: zmq.Context | None = None
+        self._sock: zmq.Socket | None = None
+        self._ids = itertools.count(1)
+
+    # ------------------------------------------------------------------ plumbing
+    def _start_hint(self) -> str:
+        return f"start it with: p2pd start --home {self.home.path}"
+
+    def _check_socket(self) -> None:
+        path = self.home.socket_path
+        if not path.exists():
+            try:
+                path.parent.stat()
+            except PermissionError:
+                raise PermissionDenied(f"permission denied for {path.parent}: the node belongs to another user; run p2pctl as that user") from None
+            except FileNotFoundError:
+                pass
+            raise DaemonNotRunning(f"p2pd is not running (no control socket at {path}); {self._start_hint()}")
+        if not os.access(path, os.R_OK | os.W_OK):
+            raise PermissionDenied(f"permission denied for control socket {path}: it belongs to another user; run p2pctl as that user (or use your own --home)")
+
+    def _socket(self) -> zmq.Socket:
+        if self._sock is None:
+            self._check_socket()
+            self._ctx = zmq.Context()
+            self._sock = self._ctx.socket(zmq.DEALER)
+            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.connect(self.home.control_endpoint)
+        return self._sock
+
+    def _no_answer(self, waited_s: float) -> ClientError:
+        pid = self.home.read_pid()
+        path = self.home.socket_path
+        if not pid_alive(pid):
+            return DaemonNotRunning(f"p2pd is not running (stale control socket at {path}); {self._start_hint()}")
+        return DaemonTimeout(
+            f"p2pd (pid {pid}) did not answer on {path} within {waited_s:g}s; it may be overloaded or stuck: see {self.home.log_file}, or raise --timeout"
+        )
+
+    def request(self, cmd: str, timeout_s: float | None = None, **args) -> dict:
+        """Send one request and return the raw reply dict (``ok``, ``result`` / ``error``)."""
+        sock = self._socket()
+        req = next(self._ids)
+        sock.send(json.dumps({"req": req, "cmd": cmd, "args": args}).encode())
+        wait = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait
+        while True:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0 or not sock.poll(left_ms):
+                raise self._no_answer(wait)
+            reply = json.loads(sock.recv())
+            if reply.get("req") == req:
+                return reply
+
+    def call(self, cmd: str, timeout_s: float | None = None, **args):
+        """Send one request; return its result or raise `RequestFailed`."""
+        reply = self.request(cmd, timeout_s=timeout_s, **args)
+        if not reply.get("ok"):
+            raise RequestFailed(reply.get("code", "error"), reply.get("error", "request failed"))
+        return reply.get("result")
+
+    def watch(self, poll_s: float = 0.2) -> Iterator[dict | None]:
+        """Yield events as they happen; yields ``None`` every ``poll_s`` of quiet so callers can do other work."""
+        sock = self._socket()
+        self.call("watch")
+        while True:
+            if sock.poll(int(poll_s * 1000)):
+                frame = json.loads(sock.recv())
+                if "event" in frame:
+                    yield frame
+            else:
+                yield None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

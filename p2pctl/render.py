@@ -1,0 +1,155 @@
+"""Everything p2pctl prints for people: tables, events, colour.
+
+This is the only module that knows about colorama.  Colour is on only when
+stdout is a terminal and neither ``--no-color`` nor ``NO_COLOR`` says
+otherwise, so piped output is plain text.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+
+import colorama
+
+_enabled = False
+
+
+def setup(no_color: bool = False) -> None:
+    global _enabled
+    _enabled = not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
+    if _enabled:
+        colorama.just_fix_windows_console()
+
+
+def _c(color: str, text: str) -> str:
+    return f"{color}{text}{colorama.Style.RESET_ALL}" if _enabled else text
+
+
+def green(t: str) -> str:
+    return _c(colorama.Fore.GREEN, t)
+
+
+def red(t: str) -> str:
+    return _c(colorama.Fore.RED, t)
+
+
+def yellow(t: str) -> str:
+    return _c(colorama.Fore.YELLOW, t)
+
+
+def cyan(t: str) -> str:
+    return _c(colorama.Fore.CYAN, t)
+
+
+def magenta(t: str) -> str:
+    return _c(colorama.Fore.MAGENTA, t)
+
+
+def dim(t: str) -> str:
+    return _c(colorama.Style.DIM, t)
+
+
+def bold(t: str) -> str:
+    return _c(colorama.Style.BRIGHT, t)
+
+
+STATE_COLOR = {"alive": green, "linking": yellow, "lost": red}
+
+
+def local_time(iso: str | None) -> str:
+    if not iso:
+        return "--:--:--"
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%H:%M:%S")
+    except ValueError:
+        return iso
+
+
+def ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 1:
+        return "now"
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.0f}h ago"
+
+
+def table(headers: list[str], rows: list[list[str]], colorize=None) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(bold(h.ljust(widths[i])) for i, h in enumerate(headers)).rstrip()]
+    for row in rows:
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        if colorize:
+            cells = colorize(row, cells)
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def peers_table(peers: list[dict]) -> str:
+    if not peers:
+        return "no peers yet; link one with: p2pctl connect HOST PORT"
+    rows = [
+        [p["name"], p["id"][:12], p["address"], p["state"], ago(p.get("last_seen_s")),
+         "-" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.2f} ms"]
+        for p in peers
+    ]
+
+    def colorize(row, cells):
+        cells[3] = STATE_COLOR.get(row[3], str)(cells[3])
+        return cells
+
+    return table(["NAME", "ID", "ADDRESS", "STATE", "LAST SEEN", "RTT"], rows, colorize)
+
+
+def info_text(i: dict) -> str:
+    addr = i.get("address", {})
+    dropped = i.get("dropped", {})
+    drop_text = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) or "none"
+    lines = [
+        f"{bold(i['name'])} ({i['id']})",
+        f"  peer link   {i.get('router')}   advertised as {addr.get('addr') or '(address peers see)'}",
+        f"  broadcast   {i.get('pub')}",
+        f"  control     {i.get('control')}",
+        f"  log         {i.get('log_file')}",
+        f"  pid         {i.get('pid')}, up {ago(i.get('uptime_s')).replace(' ago', '')}, version {i.get('version')}",
+        f"  peers       {i['peers_alive']} alive, {i['peers_lost']} lost, {i['peers']} known",
+        f"  messages    {i['messages_in']} in, {i['messages_out']} out; broadcasts {i['broadcasts_in']} in, {i['broadcasts_out']} out",
+        f"  bad input   {i['dropped_total']} dropped ({drop_text})",
+    ]
+    return "\n".join(lines)
+
+
+def message_line(m: dict, self_id: str | None = None) -> str:
+    t = dim(local_time(m.get("timestamp")))
+    who = cyan(m.get("sender_name", "?"))
+    if m.get("type") == "MESSAGE":
+        return f"{t} {who} {magenta('->')} {magenta('you')}: {m.get('text', '')}"
+    return f"{t} {who}: {m.get('text', '')}"
+
+
+def event_line(ev: dict, self_id: str | None = None) -> str:
+    kind = ev.get("event")
+    t = dim(local_time(ev.get("time")))
+    if kind in ("message", "broadcast"):
+        return message_line(ev["message"], self_id)
+    peer = ev.get("peer", {})
+    who = f"{peer.get('name', '?')} ({str(peer.get('id', ''))[:12]})"
+    if kind == "joined":
+        return f"{t} {green('*')} {green(who)} joined from {peer.get('address')}"
+    if kind == "left":
+        return f"{t} {yellow('*')} {yellow(who)} left"
+    if kind == "lost":
+        return f"{t} {red('*')} {red(who)} lost (no heartbeat)"
+    return f"{t} {kind}: {ev}"
+
+
+def error(text: str) -> str:
+    return red(f"p2pctl: {text}")

@@ -1,0 +1,74 @@
+"""Effects the pure node asks the transport to carry out.
+
+The node never touches a socket: each of its handlers returns a list of these
+small records, and the event loop in `transport.py` performs them in order.
+Keys for links are peer ids, or ``pending:<endpoint>`` for a link opened by
+address before we know who answers there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .protocol import Message
+
+
+@dataclass(frozen=True)
+class OpenLink:
+    """Open a DEALER (routing id = our node id) to a peer's ROUTER endpoint."""
+    key: str
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class RekeyLink:
+    """A pending link turned out to be peer ``new``: file it under that key."""
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class CloseLink:
+    key: str
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send one envelope on the link ``key``."""
+    key: str
+    msg: Message
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Send one envelope on our PUB socket to every subscriber."""
+    msg: Message
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """Connect our SUB socket to a peer's PUB endpoint."""
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class ToClient:
+    """A frame (JSON-able dict) for one control-socket client."""
+    client: bytes
+    payload: dict
+
+
+@dataclass(frozen=True)
+class SavePeers:
+    """Persist the peer book so a restarted node can rejoin its peers."""
+    peers: list
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Leave was sent; flush and stop the event loop."""

@@ -1,0 +1,157 @@
+"""`p2pd`: start, stop and check a node.  See `p2pd COMMAND --help`."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import __version__, exitcodes
+from .home import Home, resolve_home
+from .settings import ConfigError, LOG_LEVELS, build, load_file
+
+HOME_HELP = "Node home directory (identity, config, log, socket). Default: $P2PD_HOME or the user data dir."
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"p2pd: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="p2pd")
+def main():
+    """p2pd - a peer-to-peer messaging daemon on ZeroMQ.
+
+    \b
+    Start a node, then drive it with p2pctl:
+      p2pd start --port 5000 --name alice
+      p2pctl connect 192.168.1.7 5000
+      p2pctl send bob "hello"
+      p2pd stop
+
+    Exit codes: 0 ok, 1 failed, 2 usage, 3 not running, 4 timeout,
+    5 permission denied, 6 already running or port in use.
+    """
+
+
+@main.command()
+@click.option("--port", type=int, help="TCP port for peer links (ROUTER). 0 picks a free port. [default: 5000]")
+@click.option("--pub-port", type=int, help="TCP port for broadcasts (PUB). [default: port+1]")
+@click.option("--host", help="Interface to bind. [default: 0.0.0.0, all]")
+@click.option("--advertise", help="Address other nodes should use to reach this one (for multi-homed or NATed hosts).")
+@click.option("--name", help="Display name of this node (remembered in the home).")
+@click.option("--join", "join", multiple=True, metavar="HOST:PORT", help="Peer to link at start and keep retrying; repeatable.")
+@click.option("--home", help=HOME_HELP)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file. [default: HOME/p2pd.toml if present]")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), help="Log verbosity. [default: info]")
+@click.option("--heartbeat-interval", "heartbeat_interval_s", type=float, help="Seconds between PINGs. [default: 1]")
+@click.option("--heartbeat-timeout", "heartbeat_timeout_s", type=float, help="Seconds of silence before a peer is lost. [default: 5]")
+@click.option("--foreground", is_flag=True, help="Stay attached (for systemd/containers) and also log to stderr.")
+@click.option("--daemonized", is_flag=True, hidden=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the started node's details as JSON.")
+def start(port, pub_port, host, advertise, name, join, home, config_path, log_level, heartbeat_interval_s, heartbeat_timeout_s, foreground, daemonized, as_json):
+    """Start a node.
+
+    By default the daemon detaches and this command returns once the node
+    answers on its control socket, printing its id, endpoints and log file.
+
+    \b
+    Examples:
+      p2pd start --port 5000 --name alice
+      p2pd start --home /tmp/bob --port 5010 --name bob --join 127.0.0.1:5000
+      p2pd start --foreground          # under systemd or in a container
+    """
+    from .daemon import AlreadyRunning, is_running, run_foreground, spawn_detached, wait_ready
+
+    h = Home(resolve_home(home))
+    overrides = dict(port=port, pub_port=pub_port, host=host, advertise=advertise, name=name, join=list(join),
+                     log_level=log_level, heartbeat_interval_s=heartbeat_interval_s, heartbeat_timeout_s=heartbeat_timeout_s)
+    try:
+        cfg_file = click.format_filename(config_path) if config_path else (h.config_file if h.config_file.exists() else None)
+        settings = build(load_file(cfg_file) if cfg_file else {}, overrides)
+    except ConfigError as e:
+        _fail(str(e), exitcodes.USAGE)
+    if foreground or daemonized:
+        try:
+            run_foreground(h, settings, log_to_stderr=not daemonized)
+        except AlreadyRunning as e:
+            _fail(str(e), exitcodes.CONFLICT)
+        except Exception as e:  # StartupError and friends: one line, no traceback
+            conflict = "already in use" in str(e)
+            _fail(str(e), exitcodes.CONFLICT if conflict else exitcodes.FAILED)
+        return
+    running, pid = is_running(h)
+    if running:
+        _fail(f"p2pd is already running on home {h.path} (pid {pid}); stop it with: p2pd stop --home {h.path}", exitcodes.CONFLICT)
+    argv = ["start", "--daemonized", "--home", str(h.path)]
+    for flag, value in (("--port", port), ("--pub-port", pub_port), ("--host", host), ("--advertise", advertise), ("--name", name),
+                        ("--config", config_path), ("--log-level", log_level), ("--heartbeat-interval", heartbeat_interval_s),
+                        ("--heartbeat-timeout", heartbeat_timeout_s)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for j in join:
+        argv += ["--join", j]
+    proc = spawn_detached(argv, h)
+    info, error = wait_ready(proc, h)
+    if error:
+        if proc.poll() is None:
+            proc.terminate()
+        _fail(error, exitcodes.CONFLICT if "already" in error else exitcodes.FAILED)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"p2pd started: {info['name']} ({info['id']}), pid {info['pid']}")
+    click.echo(f"  peer link  {info['router']}")
+    click.echo(f"  broadcast  {info['pub']}")
+    click.echo(f"  control    {info['control']}")
+    click.echo(f"  log        {info['log_file']}   (tail -f it, or: p2pctl --home {h.path} watch)")
+
+
+@main.command()
+@click.option("--home", help=HOME_HELP)
+@click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True, help="Seconds to wait for the daemon to exit.")
+def stop(home, timeout_s):
+    """Stop a node gracefully: it sends LEAVE to its peers first.
+
+    Stopping a node that is not running is not an error (exit 0).
+    """
+    from p2pctl.client import ClientError
+
+    from .daemon import stop_and_wait
+
+    h = Home(resolve_home(home))
+    try:
+        pid = stop_and_wait(h, timeout_s)
+    except ClientError as e:
+        _fail(str(e), e.exit_code)
+    click.echo(f"p2pd stopped (pid {pid})" if pid else f"p2pd is not running on home {h.path}")
+
+
+@main.command()
+@click.option("--home", help=HOME_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(home, as_json):
+    """Is the node running? Exit 0 if it is, 3 if it is not (as LSB init scripts)."""
+    from p2pctl.client import Client, ClientError
+
+    from .daemon import is_running
+
+    h = Home(resolve_home(home))
+    running, pid = is_running(h)
+    if not running:
+        if as_json:
+            click.echo(json.dumps({"running": False, "home": str(h.path)}))
+        else:
+            click.echo(f"p2pd is not running on home {h.path}")
+        sys.exit(exitcodes.NOT_RUNNING)
+    try:
+        with Client(h.path, timeout_s=5.0) as c:
+            st = c.call("status")
+    except ClientError as e:
+        _fail(str(e), e.exit_code)
+    if as_json:
+        click.echo(json.dumps({"running": True, **st}))
+    else:
+        click.echo(f"p2pd is running: {st['name']} ({st['id'][:12]}), pid {st['pid']}, up {st['uptime_s']:.0f}s, home {h.path}")

@@ -1,0 +1,226 @@
+"""Running a node as a service: lock, pidfile, log, detach, readiness, stop.
+
+`p2pd start` (without ``--foreground``) re-executes itself in the foreground
+as a detached child in a new session, then waits until the child answers on
+its control socket - so ``p2pd start && p2pctl ...`` just works (kubo #7352)
+- or until it exits, in which case its one-line reason is printed.  One home
+runs one daemon: an OS lock on ``p2pd.lock`` is held for the daemon's life,
+so a stale pidfile from a crashed daemon never blocks a start.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import subprocess
+import sys
+import time
+
+from . import protocol as P
+from .home import Home, load_or_create_identity, load_peer_book, pid_alive
+from .node import WILDCARD_HOSTS, Node
+from .settings import Settings
+
+log = logging.getLogger("p2pd")
+READY_TIMEOUT_S = 20.0
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+class HomeLock:
+    """An exclusive OS lock: released by the kernel when the process dies, even by kill -9."""
+
+    def __init__(self, home: Home):
+        self.path = home.lock_file
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if sys.platform == "win32":  # pragma: no cover - Windows only
+                import msvcrt
+
+                msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            return False
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def setup_logging(home: Home, level: str, to_stderr: bool) -> None:
+    root = logging.getLogger("p2pd")
+    root.setLevel(level.upper())
+    root.propagate = False
+    fmt = logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    # WatchedFileHandler reopens the file when logrotate moves it away.
+    fh = logging.handlers.WatchedFileHandler(home.log_file, encoding="utf-8")
+    fh.setFormatter(fmt)
+    root.handlers = [fh]
+    if to_stderr:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(fmt)
+        root.addHandler(sh)
+
+
+def own_address(settings: Settings, port: int, pub_port: int) -> P.PeerAddress:
+    """What we tell peers: --advertise, else the bound host unless it is a wildcard."""
+    if settings.advertise:
+        return P.PeerAddress(settings.advertise, port, pub_port)
+    host = settings.host if settings.host not in WILDCARD_HOSTS else None
+    return P.PeerAddress(host, port, pub_port)
+
+
+def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> None:
+    """Run the node in this process until stopped. Raises on a failed start."""
+    from .transport import Transport, install_signal_handlers  # zmq is imported only here
+
+    home.ensure()
+    lock = HomeLock(home)
+    if not lock.acquire():
+        pid = home.read_pid()
+        raise AlreadyRunning(f"p2pd is already running on home {home.path}" + (f" (pid {pid})" if pid else "") + "; stop it with: p2pd stop --home " + str(home.path))
+    try:
+        setup_logging(home, settings.log_level, log_to_stderr)
+        ident = load_or_create_identity(home, settings.name)
+        name = settings.name or ident.name or _default_name(ident.id)
+        try:
+            transport = Transport(home, settings, ident.id, name)
+        except Exception as e:
+            log.error("start failed: %s", e)
+            raise
+        try:
+            install_signal_handlers()
+            home.pid_file.write_text(f"{os.getpid()}\n")
+            address = own_address(settings, transport.port, transport.pub_port)
+            now = time.monotonic()
+            node = Node(ident.id, name, address, settings, now, time.time())
+            log.info(
+                "started p2pd %s: id=%s name=%s peer=tcp://%s:%d pub=tcp://%s:%d control=%s",
+                _version(), ident.id, name, settings.host, transport.port, settings.host, transport.pub_port, home.control_endpoint,
+            )
+            if address.addr is None:
+                log.info("bound to all interfaces without --advertise: peers will use the address they see us at")
+            extra = {
+                "pid": os.getpid(),
+                "home": str(home.path),
+                "log_file": str(home.log_file),
+                "control": home.control_endpoint,
+                "router": P.tcp_endpoint(settings.host, transport.port),
+                "pub": P.tcp_endpoint(settings.host, transport.pub_port),
+                "version": _version(),
+            }
+            transport.apply(node.start(now, load_peer_book(home), list(settings.join)))
+            transport.run(node, extra)
+            log.info("stopped")
+        finally:
+            transport.close()
+            try:
+                home.pid_file.unlink()
+            except OSError:
+                pass
+    finally:
+        lock.release()
+
+
+def _default_name(node_id: str) -> str:
+    import socket
+
+    host = socket.gethostname().split(".")[0] or "node"
+    return P.valid_name(host) and host or f"node-{node_id[:6]}"
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def spawn_detached(argv: list[str], home: Home) -> subprocess.Popen:
+    """Start ``python -m p2pd start --foreground ...`` in a new session, detached from this terminal."""
+    home.ensure()
+    err = open(home.startup_error_file, "wb")
+    kwargs: dict = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": err, "close_fds": True}
+    if sys.platform == "win32":  # pragma: no cover - Windows only
+        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | 0x00000008  # DETACHED_PROCESS
+    else:
+        kwargs["start_new_session"] = True
+    try:
+        return subprocess.Popen([sys.executable, "-m", "p2pd", *argv], **kwargs)
+    finally:
+        err.close()
+
+
+def wait_ready(proc: subprocess.Popen, home: Home, timeout_s: float = READY_TIMEOUT_S):
+    """Wait until the child answers `status` (returns the reply) or exits (returns its error line)."""
+    from p2pctl.client import Client, ClientError
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            return None, _startup_error(home) or f"p2pd exited with code {code} during start; see {home.log_file}"
+        if home.socket_path.exists():
+            try:
+                with Client(home.path, timeout_s=0.5) as c:
+                    return c.call("info"), None
+            except ClientError:
+                pass
+        time.sleep(0.05)
+    return None, f"p2pd did not answer within {timeout_s:.0f}s (pid {proc.pid}); see {home.log_file}"
+
+
+def _startup_error(home: Home) -> str | None:
+    try:
+        lines = [ln for ln in home.startup_error_file.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return None
+    return lines[-1].removeprefix("p2pd: ") if lines else None
+
+
+def is_running(home: Home) -> tuple[bool, int | None]:
+    lock = HomeLock(home)
+    if not home.path.exists():
+        return False, None
+    try:
+        got = lock.acquire()
+    except OSError:
+        pid = home.read_pid()
+        return pid_alive(pid), pid
+    if got:
+        lock.release()
+        return False, None
+    return True, home.read_pid()
+
+
+def stop_and_wait(home: Home, timeout_s: float) -> int | None:
+    """Ask the node to leave and wait for its process to exit.
+
+    Returns the pid that stopped, or None if nothing was running.  Raises the
+    client's errors (with their exit codes) if the node will not stop.
+    """
+    from p2pctl.client import Client, DaemonTimeout
+
+    running, pid = is_running(home)
+    if not running:
+        return None
+    with Client(home.path, timeout_s=min(timeout_s, 5.0)) as c:
+        c.call("stop")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not is_running(home)[0] and not pid_alive(pid):
+            return pid
+        time.sleep(0.05)
+    raise DaemonTimeout(f"p2pd (pid {pid}) did not exit within {timeout_s:g}s; see {home.log_file}")

@@ -1,0 +1,176 @@
+"""A node's home directory: identity, config, log, pidfile, peer book and control socket.
+
+Both programs find everything from one directory (``--home``, ``P2PD_HOME``,
+or the platform default), so `p2pctl` never has to guess where the daemon put
+its socket - the long-running complaint against supervisor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .protocol import valid_name, valid_node_id
+
+ENV_HOME = "P2PD_HOME"
+IPC_PATH_MAX = 100  # sun_path is 104-108 bytes; leave room
+
+
+def default_home() -> Path:
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "p2pd"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "p2pd"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "p2pd"
+
+
+def resolve_home(option: str | None) -> Path:
+    raw = option or os.environ.get(ENV_HOME)
+    return (Path(raw).expanduser() if raw else default_home()).absolute()
+
+
+@dataclass(frozen=True)
+class Home:
+    path: Path
+
+    @property
+    def identity_file(self) -> Path:
+        return self.path / "identity.json"
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "p2pd.toml"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "p2pd.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.path / "p2pd.pid"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / "p2pd.lock"
+
+    @property
+    def peers_file(self) -> Path:
+        return self.path / "peers.json"
+
+    @property
+    def startup_error_file(self) -> Path:
+        return self.path / "startup.err"
+
+    @property
+    def socket_path(self) -> Path:
+        """The control socket; moved to a short per-user runtime path if the home's is too long."""
+        direct = self.path / "control.sock"
+        if len(str(direct)) <= IPC_PATH_MAX:
+            return direct
+        digest = hashlib.sha256(str(self.path).encode()).hexdigest()[:20]
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        return Path(tempfile.gettempdir()) / f"p2pd-{uid}" / f"{digest}.sock"
+
+    @property
+    def control_endpoint(self) -> str:
+        return f"ipc://{self.socket_path}"
+
+    def ensure(self) -> None:
+        """Create the home (mode 0700: it holds the identity and control socket)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            os.chmod(self.path, 0o700)
+        except OSError:
+            pass
+        sock_dir = self.socket_path.parent
+        if sock_dir != self.path:
+            sock_dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(sock_dir, 0o700)
+
+    def read_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid > 0 else None
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)
+        if not handle:
+            return False
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class Identity:
+    id: str
+    name: str | None
+
+
+def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def load_or_create_identity(home: Home, name: str | None) -> Identity:
+    """The node id is made once and kept, so a restarted node is the same peer.
+
+    A name given once (``--name``) is remembered too, so later restarts
+    without the flag keep it.
+    """
+    ident = None
+    try:
+        data = json.loads(home.identity_file.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and valid_node_id(data.get("id", "")):
+            stored = data.get("name")
+            ident = Identity(data["id"], stored if isinstance(stored, str) and valid_name(stored) else None)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"identity file {home.identity_file} is unreadable ({e}); move it away to create a new identity") from None
+    changed = ident is None
+    if ident is None:
+        ident = Identity(secrets.token_hex(16), None)
+    if name and name != ident.name:
+        ident.name = name
+        changed = True
+    if changed:
+        atomic_write(home.identity_file, json.dumps({"id": ident.id, "name": ident.name}, indent=2) + "\n")
+    return ident
+
+
+def load_peer_book(home: Home) -> list:
+    try:
+        data = json.loads(home.peers_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return data if isinstance(data, list) else []
+
+
+def save_peer_book(home: Home, peers: list) -> None:
+    atomic_write(home.peers_file, json.dumps(peers, indent=1) + "\n")

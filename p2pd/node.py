@@ -1,0 +1,499 @@
+"""The node's decisions: what to do with each frame, tick and control request.
+
+How this works
+--------------
+`Node` is a sans-I/O state machine (in the spirit of h11): the event loop in
+`transport.py` feeds it raw frames and the current monotonic time, and it
+returns a list of effects from `actions.py` (open a link, send an envelope,
+reply to a control client ...).  It owns the membership table, the counters,
+the inbox and the in-flight handshakes and pings; it owns no socket and reads
+no clock, so every rule below is unit-tested without ZeroMQ.
+
+The peer protocol (docs/PROTOCOL.md):
+
+* Link: to reach a peer we open a DEALER to its ROUTER and send JOIN.  A JOIN
+  that is not itself a reply is answered with a JOIN carrying ``reply_to``,
+  over the receiver's own DEALER to the sender's ROUTER, so both sides end
+  up with one link each way.  ``connect`` by address files the link under
+  ``pending:<endpoint>`` until the reply tells us whose it is.
+* Gossip: on link-up and every ``gossip_interval_s`` we send PEERS (our alive
+  peers with their addresses); a node links to every peer it learns of.
+* Heartbeat: PING every ``heartbeat_interval_s``; any frame counts as life;
+  a peer silent past ``heartbeat_timeout_s`` is marked lost, its sockets are
+  closed and it is retried with backoff until it answers or is forgotten.
+* Leave: LEAVE removes the sender at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from dataclasses import dataclass
+
+from . import protocol as P
+from .actions import CloseLink, OpenLink, Publish, RekeyLink, SavePeers, Send, Shutdown, Subscribe, ToClient, Unsubscribe
+from .membership import ALIVE, LOST, Membership, Peer, is_loopback
+from .ratelimit import LogRateLimiter
+from .settings import Settings
+
+log = logging.getLogger("p2pd.node")
+
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*", ""})
+SUB_TOPIC_PREFIX = b"\x00sub:"  # never matches an envelope, which starts with "{"
+
+
+@dataclass
+class PendingConnect:
+    key: str
+    endpoint: str
+    deadline: float | None
+    client: bytes | None = None
+    req: object = None
+
+
+@dataclass
+class PendingPing:
+    peer_id: str
+    sent_at: float
+    client: bytes | None = None
+    req: object = None
+    deadline: float = 0.0
+
+
+@dataclass
+class Bootstrap:
+    endpoint: str
+    next_try: float
+    backoff_s: float = 0.0
+    peer_id: str | None = None
+
+
+class Node:
+    def __init__(self, node_id: str, name: str, address: P.PeerAddress, settings: Settings, now: float, wall: float):
+        self.id = node_id
+        self.name = name
+        self.address = address  # what we advertise; addr None = "use what you see"
+        self.settings = settings
+        self.started = now
+        self.started_wall = wall
+        self.wall_offset = wall - now  # epoch = monotonic + offset, for timestamps
+        self.table = Membership(node_id, settings.retry_min_s, settings.retry_max_s, settings.forget_after_s)
+        self.links: dict[str, str] = {}  # link key -> router endpoint
+        self.pending: dict[str, PendingConnect] = {}  # JOIN message id -> pending connect
+        self.pings: dict[str, PendingPing] = {}
+        self.bootstraps: dict[str, Bootstrap] = {}
+        self.watchers: set[bytes] = set()
+        self.inbox: deque = deque(maxlen=settings.inbox_size)
+        self.stats: Counter = Counter()
+        self.dropped: Counter = Counter()
+        self._limiter = LogRateLimiter(1.0)
+        self._next_heartbeat = now
+        self._next_gossip = now + settings.gossip_interval_s
+        self.stopping = False
+
+    # ------------------------------------------------------------------ helpers
+    def _epoch(self, now: float) -> float:
+        return now + self.wall_offset
+
+    def _msg(self, now: float, type_: str, data: dict | None = None, target: str | None = None) -> P.Message:
+        return P.make(type_, self.id, self.name, self._epoch(now), data, target)
+
+    def _join(self, now: float, reply_to: str | None = None) -> P.Message:
+        data = {"addr": self.address.addr, "port": self.address.port, "pub_port": self.address.pub_port, "reply_to": reply_to}
+        return self._msg(now, P.JOIN, data)
+
+    def _peers_msg(self, now: float, exclude: str) -> P.Message:
+        entries = [
+            {"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port}
+            for p in self.table.alive()
+            if p.id != exclude
+        ]
+        return self._msg(now, P.PEERS, {"peers": entries})
+
+    def drop(self, now: float, kind: str, reason: str, source: str = "") -> None:
+        """Count and (rate-limited) log one piece of bad input."""
+        self.dropped[kind] += 1
+        ok, suppressed = self._limiter.allow(kind, now)
+        if ok:
+            more = f" ({suppressed} more like it suppressed)" if suppressed else ""
+            log.warning("dropped bad input [%s] from %s: %s%s", kind, source or "?", reason, more)
+
+    def emit(self, now: float, event: str, **fields) -> list:
+        payload = {"event": event, "time": P.utc_timestamp(self._epoch(now)), **fields}
+        return [ToClient(c, payload) for c in self.watchers]
+
+    def _save_peers(self) -> SavePeers:
+        return SavePeers([
+            {"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port}
+            for p in self.table.all()
+        ])
+
+    def _ensure_link(self, peer: Peer) -> list:
+        endpoint = peer.router_endpoint
+        current = self.links.get(peer.id)
+        if current == endpoint:
+            return []
+        acts = [CloseLink(peer.id)] if current is not None else []
+        self.links[peer.id] = endpoint
+        return acts + [OpenLink(peer.id, endpoint)]
+
+    def _close_link(self, key: str) -> list:
+        return [CloseLink(key)] if self.links.pop(key, None) is not None else []
+
+    def _send(self, key: str, msg: P.Message) -> Send:
+        self.stats["frames_out"] += 1
+        peer = self.table.get(key)
+        if peer is not None:
+            peer.msgs_out += 1
+        return Send(key, msg)
+
+    def _became_alive(self, now: float, peer: Peer) -> list:
+        acts = self._ensure_link(peer)
+        acts.append(Subscribe(peer.pub_endpoint))
+        acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id)))
+        acts.append(self._save_peers())
+        log.info("peer joined: %s (%s) at %s", peer.name, peer.id[:12], peer.router_endpoint)
+        acts += self.emit(now, "joined", peer=peer.describe(now))
+        return acts
+
+    def _link_to(self, now: float, peer: Peer) -> list:
+        """Open (or reopen) a link to a known peer and introduce ourselves."""
+        acts = self._close_link(peer.id)
+        self.links[peer.id] = peer.router_endpoint
+        return acts + [OpenLink(peer.id, peer.router_endpoint), self._send(peer.id, self._join(now))]
+
+    # ------------------------------------------------------------------ start / stop
+    def start(self, now: float, saved_peers: list, join_endpoints: list[str]) -> list:
+        acts: list = []
+        for entry in saved_peers:
+            try:
+                addr = P.parse_address(entry)
+                pid, name = entry["id"], entry["name"]
+            except (P.ProtocolError, KeyError, TypeError):
+                continue
+            if pid == self.id or not P.valid_node_id(pid) or not P.valid_name(name) or addr.addr is None:
+                continue
+            peer, _ = self.table.learn(pid, name, addr, now)
+            acts += self._link_to(now, peer)
+        for ep in join_endpoints:
+            self.bootstraps[ep] = Bootstrap(ep, next_try=now)
+        return acts + self._tick_bootstraps(now)
+
+    def leave(self, now: float) -> list:
+        """Graceful stop: LEAVE to every linked peer, then shut down."""
+        self.stopping = True
+        acts = [self._send(p.id, self._msg(now, P.LEAVE)) for p in self.table.alive()]
+        log.info("leaving: sent LEAVE to %d peers", len(acts))
+        return acts + [Shutdown()]
+
+    # ------------------------------------------------------------------ inbound peer traffic
+    def on_router_frames(self, now: float, frames: list[bytes], peer_host: str | None) -> list:
+        """A frame on our ROUTER: [routing id, envelope] from a peer's DEALER."""
+        source = peer_host or "?"
+        if len(frames) != 2:
+            self.drop(now, "bad_frames", f"expected 2 frames (routing id, envelope), got {len(frames)}", source)
+            return []
+        rid, raw = frames
+        try:
+            msg = P.decode(raw, self.settings.max_frame_bytes)
+        except P.ProtocolError as e:
+            self.drop(now, e.kind, e.reason, source)
+            return []
+        if rid != msg.sender_id.encode():
+            self.drop(now, "bad_routing_id", f"routing id {rid[:24]!r} does not match sender_id {msg.sender_id[:24]}", source)
+            return []
+        self.stats["frames_in"] += 1
+        return self._dispatch(now, msg, peer_host, source)
+
+    def on_sub_frames(self, now: float, frames: list[bytes], source: str = "sub") -> list:
+        """A frame on our SUB socket: a BROADCAST from a peer's PUB."""
+        if len(frames) != 1:
+            self.drop(now, "bad_frames", f"expected 1 frame on SUB, got {len(frames)}", source)
+            return []
+        try:
+            msg = P.decode(frames[0], self.settings.max_frame_bytes)
+        except P.ProtocolError as e:
+            self.drop(now, e.kind, e.reason, source)
+            return []
+        if msg.type != P.BROADCAST:
+            self.drop(now, "bad_type", f"{msg.type} is not allowed on the PUB socket", source)
+            return []
+        self.stats["frames_in"] += 1
+        return self._dispatch(now, msg, None, source)
+
+    def on_subscription(self, now: float, frame: bytes) -> list:
+        """XPUB told us a subscriber (un)subscribed; our topic names its node id."""
+        if len(frame) > len(SUB_TOPIC_PREFIX) + 1 and frame[1:].startswith(SUB_TOPIC_PREFIX):
+            peer_id = frame[1 + len(SUB_TOPIC_PREFIX):].decode("utf-8", "replace")
+            if P.valid_node_id(peer_id):
+                self.table.set_subscribed(peer_id, frame[0] == 1)
+        return []
+
+    def _dispatch(self, now: float, msg: P.Message, peer_host: str | None, source: str) -> list:
+        if msg.sender_id == self.id:
+            if msg.type == P.JOIN:
+                return self._join_from_self(now, msg)
+            self.drop(now, "self", "frame claims to come from this node", source)
+            return []
+        if msg.type == P.JOIN:
+            return self._on_join(now, msg, peer_host, source)
+        peer = self.table.get(msg.sender_id)
+        if peer is None:
+            if msg.type != P.LEAVE:
+                self.drop(now, "not_linked", f"{msg.type} from unknown node {msg.sender_id[:12]} (no JOIN yet)", source)
+            return []
+        if msg.type == P.LEAVE:
+            return self._on_leave(now, peer)
+        acts = self._became_alive(now, peer) if self.table.heard_from(peer.id, now) else []
+        handler = {
+            P.MESSAGE: self._on_message,
+            P.BROADCAST: self._on_message,
+            P.PEERS: self._on_peers,
+            P.PING: self._on_ping,
+            P.PONG: self._on_pong,
+        }[msg.type]
+        return acts + handler(now, msg, peer)
+
+    def _join_from_self(self, now: float, msg: P.Message) -> list:
+        pc = self.pending.pop(msg.data.get("reply_to") or "", None)
+        if pc is None:
+            return []
+        acts = self._close_link(pc.key)
+        if pc.client is not None:
+            acts.append(ToClient(pc.client, _err(pc.req, "self", f"{pc.endpoint} is this node itself")))
+        return acts
+
+    def _on_join(self, now: float, msg: P.Message, peer_host: str | None, source: str) -> list:
+        adv = P.parse_address(msg.data)
+        host = adv.addr if adv.addr not in WILDCARD_HOSTS and adv.addr is not None else peer_host
+        if not host:
+            self.drop(now, "bad_field", "JOIN without an address and no peer address to use instead", source)
+            return []
+        if self.table.get(msg.sender_id) is None and len(self.table) >= self.settings.max_peers:
+            self.drop(now, "peer_limit", f"already at max_peers={self.settings.max_peers}", source)
+            return []
+        address = P.PeerAddress(host, adv.port, adv.pub_port)
+        old = self.table.get(msg.sender_id)
+        old_pub = old.pub_endpoint if old is not None else None
+        peer, _ = self.table.learn(msg.sender_id, msg.sender_name, address, now)
+        acts: list = []
+        reply_to = msg.data.get("reply_to")
+        pc = self.pending.pop(reply_to, None) if reply_to else None
+        if pc is not None:
+            if peer.id in self.links or self.links.get(pc.key) != peer.router_endpoint:
+                acts += self._close_link(pc.key)
+            else:
+                self.links[peer.id] = self.links.pop(pc.key)
+                acts.append(RekeyLink(pc.key, peer.id))
+            for b in self.bootstraps.values():
+                if b.endpoint == pc.endpoint:
+                    b.peer_id = peer.id
+        acts += self._ensure_link(peer)
+        if old_pub is not None and old_pub != peer.pub_endpoint and old.state == ALIVE:
+            acts += [Unsubscribe(old_pub), Subscribe(peer.pub_endpoint)]
+        if not reply_to:
+            acts.append(self._send(peer.id, self._join(now, reply_to=msg.id)))
+        if self.table.heard_from(peer.id, now):
+            acts += self._became_alive(now, peer)
+        elif not reply_to:
+            # A peer we thought alive introduced itself again (it restarted
+            # quickly): it has forgotten what it knew, so tell it again.
+            acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id)))
+        if pc is not None and pc.client is not None:
+            acts.append(ToClient(pc.client, _ok(pc.req, {"peer": peer.describe(now)})))
+        return acts
+
+    def _on_leave(self, now: float, peer: Peer) -> list:
+        self.table.remove(peer.id)
+        acts = self._close_link(peer.id)
+        if peer.state == ALIVE:
+            acts.append(Unsubscribe(peer.pub_endpoint))
+        acts.append(self._save_peers())
+        log.info("peer left: %s (%s)", peer.name, peer.id[:12])
+        return acts + self.emit(now, "left", peer=peer.describe(now))
+
+    def _on_message(self, now: float, msg: P.Message, peer: Peer) -> list:
+        if msg.type == P.MESSAGE and msg.target_id != self.id:
+            self.drop(now, "misrouted", f"MESSAGE for {str(msg.target_id)[:12]} delivered to this node", peer.name)
+            return []
+        self.stats["messages_in" if msg.type == P.MESSAGE else "broadcasts_in"] += 1
+        entry = {
+            "id": msg.id,
+            "type": msg.type,
+            "sender_id": msg.sender_id,
+            "sender_name": msg.sender_name,
+            "timestamp": msg.timestamp,
+            "text": msg.data["text"],
+            "target_id": msg.target_id,
+        }
+        self.inbox.append(entry)
+        log.debug("%s %s from %s", msg.type, msg.id, peer.name)
+        return self.emit(now, "message" if msg.type == P.MESSAGE else "broadcast", message=entry)
+
+    def _on_peers(self, now: float, msg: P.Message, gossiper: Peer) -> list:
+        acts: list = []
+        for entry in msg.data["peers"]:
+            pid = entry["id"]
+            if pid == self.id or pid in self.table:
+                continue
+            if len(self.table) >= self.settings.max_peers:
+                self.drop(now, "peer_limit", f"not linking {pid[:12]}: at max_peers={self.settings.max_peers}", gossiper.name)
+                break
+            addr = P.parse_address(entry)
+            host = addr.addr
+            # The gossiper saw this peer on loopback: it shares the gossiper's host.
+            if host is None or host in WILDCARD_HOSTS or (is_loopback(host) and not is_loopback(gossiper.address.addr)):
+                host = gossiper.address.addr
+            peer, _ = self.table.learn(pid, entry["name"], P.PeerAddress(host, addr.port, addr.pub_port), now)
+            log.info("discovered %s (%s) at %s via %s", peer.name, pid[:12], peer.router_endpoint, gossiper.name)
+            acts += self._link_to(now, peer)
+        return acts
+
+    def _on_ping(self, now: float, msg: P.Message, peer: Peer) -> list:
+        return [self._send(peer.id, self._msg(now, P.PONG, {"ping_id": msg.id}, target=peer.id))]
+
+    def _on_pong(self, now: float, msg: P.Message, peer: Peer) -> list:
+        pp = self.pings.pop(msg.data["ping_id"], None)
+        if pp is None or pp.peer_id != peer.id:
+            return []
+        rtt_ms = (now - pp.sent_at) * 1000.0
+        peer.rtt_ms = rtt_ms
+        if pp.client is not None:
+            return [ToClient(pp.client, _ok(pp.req, {"peer": peer.name, "id": peer.id, "rtt_ms": round(rtt_ms, 3)}))]
+        return []
+
+    # ------------------------------------------------------------------ timers
+    def next_deadline(self, now: float) -> float:
+        """How long the event loop may sleep before calling `tick`."""
+        return max(0.0, min(self._next_heartbeat, self._next_gossip, now + 0.25) - now)
+
+    def tick(self, now: float) -> list:
+        acts: list = []
+        timeout = self.settings.heartbeat_timeout_s
+        for peer in self.table.silent(now, timeout):
+            was_alive = peer.state == ALIVE
+            self.table.mark_lost(peer.id, now)
+            acts += self._close_link(peer.id)
+            if was_alive:
+                acts.append(Unsubscribe(peer.pub_endpoint))
+                log.warning("peer lost: %s (%s), silent for %.1fs", peer.name, peer.id[:12], now - (peer.last_seen or now))
+                acts += self.emit(now, "lost", peer=peer.describe(now))
+        for peer in self.table.due_retries(now):
+            log.debug("retrying %s at %s (next in %.0fs)", peer.name, peer.router_endpoint, peer.retry_backoff_s)
+            acts += self._link_to(now, peer)
+        for peer in self.table.forgettable(now):
+            self.table.remove(peer.id)
+            log.info("forgot %s (%s): unreachable for %.0fs", peer.name, peer.id[:12], now - peer.since)
+            acts.append(self._save_peers())
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.settings.heartbeat_interval_s
+            for peer in self.table.alive():
+                ping = self._msg(now, P.PING, target=peer.id)
+                self.pings[ping.id] = PendingPing(peer.id, now, deadline=now + timeout)
+                acts.append(self._send(peer.id, ping))
+        if now >= self._next_gossip:
+            self._next_gossip = now + self.settings.gossip_interval_s
+            for peer in self.table.alive():
+                acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id)))
+        for pid, pp in list(self.pings.items()):
+            if now >= pp.deadline:
+                del self.pings[pid]
+                if pp.client is not None:
+                    acts.append(ToClient(pp.client, _err(pp.req, "timeout", "no PONG within the timeout")))
+        for mid, pc in list(self.pending.items()):
+            if pc.deadline is not None and now >= pc.deadline:
+                del self.pending[mid]
+                acts += self._close_link(pc.key)
+                if pc.client is not None:
+                    acts.append(ToClient(pc.client, _err(pc.req, "unreachable", f"no answer from {pc.endpoint} within the timeout: is p2pd running there, and is the port open?")))
+        return acts + self._tick_bootstraps(now)
+
+    def _tick_bootstraps(self, now: float) -> list:
+        acts: list = []
+        for b in self.bootstraps.values():
+            if b.peer_id is not None:
+                peer = self.table.get(b.peer_id)
+                if peer is not None:
+                    continue  # membership retries it from here on
+                b.peer_id = None  # it left: keep knocking
+            if now < b.next_try:
+                continue
+            b.backoff_s = min(self.settings.retry_max_s, max(self.settings.retry_min_s, b.backoff_s * 2))
+            b.next_try = now + b.backoff_s
+            for mid, pc in list(self.pending.items()):
+                if pc.endpoint == b.endpoint and pc.client is None:
+                    del self.pending[mid]
+                    acts += self._close_link(pc.key)
+            acts += self._dial(now, b.endpoint, deadline=None)
+        return acts
+
+    def _dial(self, now: float, endpoint: str, deadline: float | None, client: bytes | None = None, req=None) -> list:
+        key = f"pending:{endpoint}:{now:.6f}"
+        join = self._join(now)
+        self.pending[join.id] = PendingConnect(key, endpoint, deadline, client, req)
+        self.links[key] = endpoint
+        return [OpenLink(key, endpoint), self._send(key, join)]
+
+    # ------------------------------------------------------------------ control-socket operations
+    def connect(self, now: float, endpoint: str, wait_s: float, client: bytes, req) -> list:
+        known = self.table.find_by_endpoint(endpoint)
+        if known is not None and known.state == ALIVE:
+            return [ToClient(client, _ok(req, {"peer": known.describe(now), "already": True}))]
+        return self._dial(now, endpoint, now + wait_s, client, req)
+
+    def disconnect(self, now: float, peer: Peer) -> list:
+        """Tell the peer we are leaving it and forget it (it may come back by JOIN)."""
+        acts = [self._send(peer.id, self._msg(now, P.LEAVE))] if peer.id in self.links else []
+        self.table.remove(peer.id)
+        # The LEAVE must go out before the link closes: the transport lingers on close.
+        acts += self._close_link(peer.id)
+        if peer.state == ALIVE:
+            acts.append(Unsubscribe(peer.pub_endpoint))
+        acts.append(self._save_peers())
+        log.info("disconnected from %s (%s) on request", peer.name, peer.id[:12])
+        return acts + self.emit(now, "left", peer=peer.describe(now))
+
+    def send_text(self, now: float, peer: Peer, text: str) -> tuple[list, P.Message]:
+        msg = self._msg(now, P.MESSAGE, {"text": text}, target=peer.id)
+        self.stats["messages_out"] += 1
+        return [self._send(peer.id, msg)], msg
+
+    def broadcast(self, now: float, text: str) -> tuple[list, P.Message]:
+        msg = self._msg(now, P.BROADCAST, {"text": text})
+        self.stats["broadcasts_out"] += 1
+        return [Publish(msg)], msg
+
+    def ping(self, now: float, peer: Peer, timeout_s: float, client: bytes, req) -> list:
+        msg = self._msg(now, P.PING, target=peer.id)
+        self.pings[msg.id] = PendingPing(peer.id, now, client, req, now + timeout_s)
+        return [self._send(peer.id, msg)]
+
+    def info(self, now: float) -> dict:
+        peers = self.table.all()
+        return {
+            "id": self.id,
+            "name": self.name,
+            "address": {"addr": self.address.addr, "port": self.address.port, "pub_port": self.address.pub_port},
+            "uptime_s": round(now - self.started, 3),
+            "started": P.utc_timestamp(self.started_wall),
+            "peers": len(peers),
+            "peers_alive": sum(1 for p in peers if p.state == ALIVE),
+            "peers_lost": sum(1 for p in peers if p.state == LOST),
+            "messages_in": self.stats["messages_in"],
+            "messages_out": self.stats["messages_out"],
+            "broadcasts_in": self.stats["broadcasts_in"],
+            "broadcasts_out": self.stats["broadcasts_out"],
+            "frames_in": self.stats["frames_in"],
+            "frames_out": self.stats["frames_out"],
+            "dropped": dict(self.dropped),
+            "dropped_total": sum(self.dropped.values()),
+            "protocol_version": P.PROTOCOL_VERSION,
+        }
+
+
+def _ok(req, result) -> dict:
+    return {"req": req, "ok": True, "result": result}
+
+
+def _err(req, code: str, error: str) -> dict:
+    return {"req": req, "ok": False, "code": code, "error": error}

@@ -1,0 +1,252 @@
+"""The p2pd wire codec: JSON envelopes in, validated `Message` objects out.
+
+How this works
+--------------
+Every peer frame is one UTF-8 JSON object (the envelope) with the fields
+``v, id, type, sender_id, sender_name, timestamp, data, target_id``.  This
+module turns bytes into a `Message` and back, and nothing else: it never
+touches a socket or a clock (timestamps are passed in), so it is tested with
+plain bytes.  Anything that does not match docs/PROTOCOL.md raises
+`ProtocolError` whose ``kind`` is the counter the node bumps ("not_json",
+"oversized", "bad_field", "unknown_type", "version"), so that bad input can
+be dropped, counted and logged without ever reaching the node's logic.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+JOIN = "JOIN"
+LEAVE = "LEAVE"
+MESSAGE = "MESSAGE"
+BROADCAST = "BROADCAST"
+PEERS = "PEERS"
+PING = "PING"
+PONG = "PONG"
+TYPES = frozenset({JOIN, LEAVE, MESSAGE, BROADCAST, PEERS, PING, PONG})
+
+DEFAULT_MAX_FRAME_BYTES = 256 * 1024
+MAX_ID_LEN = 64
+MAX_NAME_LEN = 64
+MAX_TEXT_LEN = 64 * 1024
+MAX_PEERS_LISTED = 1024
+
+_ID_RE = re.compile(r"^[0-9A-Za-z_.:-]{1,64}$")
+_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
+
+
+class ProtocolError(ValueError):
+    """A frame that does not follow the protocol; ``kind`` names the counter."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    """Where a peer can be reached: its ROUTER port and PUB port on ``addr``.
+
+    ``addr`` is ``None`` when the peer does not know its own reachable address
+    (it is bound to all interfaces and has no ``--advertise``); receivers then
+    use the address they see the connection coming from.
+    """
+
+    addr: str | None
+    port: int
+    pub_port: int
+
+    def router_endpoint(self, host: str | None = None) -> str:
+        return tcp_endpoint(host or self.addr or "127.0.0.1", self.port)
+
+    def pub_endpoint(self, host: str | None = None) -> str:
+        return tcp_endpoint(host or self.addr or "127.0.0.1", self.pub_port)
+
+
+@dataclass(frozen=True)
+class Message:
+    type: str
+    id: str
+    sender_id: str
+    sender_name: str
+    timestamp: str
+    data: dict = field(default_factory=dict)
+    target_id: str | None = None
+    v: int = PROTOCOL_VERSION
+
+    @property
+    def text(self) -> str | None:
+        return self.data.get("text") if self.type in (MESSAGE, BROADCAST) else None
+
+    def to_dict(self) -> dict:
+        return {
+            "v": self.v,
+            "id": self.id,
+            "type": self.type,
+            "sender_id": self.sender_id,
+            "sender_name": self.sender_name,
+            "timestamp": self.timestamp,
+            "data": self.data,
+            "target_id": self.target_id,
+        }
+
+
+def tcp_endpoint(host: str, port: int) -> str:
+    """A ZeroMQ tcp endpoint; IPv6 literals need brackets."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"tcp://{host}:{port}"
+
+
+def new_message_id() -> str:
+    """128 random bits as hex: unique without coordination between nodes."""
+    return secrets.token_hex(16)
+
+
+def utc_timestamp(epoch_s: float) -> str:
+    """ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T11:44:14.123Z``."""
+    dt = datetime.fromtimestamp(epoch_s, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def make(
+    type_: str,
+    sender_id: str,
+    sender_name: str,
+    epoch_s: float,
+    data: dict | None = None,
+    target_id: str | None = None,
+    msg_id: str | None = None,
+) -> Message:
+    return Message(
+        type=type_,
+        id=msg_id or new_message_id(),
+        sender_id=sender_id,
+        sender_name=sender_name,
+        timestamp=utc_timestamp(epoch_s),
+        data=data or {},
+        target_id=target_id,
+    )
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+
+
+def encode(msg: Message) -> bytes:
+    """One JSON encode per message; compact separators keep frames small."""
+    return _ENCODER.encode(msg.to_dict()).encode("utf-8")
+
+
+# --------------------------------------------------------------------------
+# decoding and validation
+
+
+def _req_str(obj: dict, key: str, pattern: re.Pattern | None = None, max_len: int = MAX_ID_LEN) -> str:
+    val = obj.get(key)
+    if not isinstance(val, str):
+        raise ProtocolError("bad_field", f"field {key!r} must be a string")
+    if len(val) > max_len:
+        raise ProtocolError("bad_field", f"field {key!r} longer than {max_len}")
+    if pattern is not None and not pattern.match(val):
+        raise ProtocolError("bad_field", f"field {key!r} has invalid characters")
+    return val
+
+
+def _port(val: Any, key: str) -> int:
+    if not isinstance(val, int) or isinstance(val, bool) or not 1 <= val <= 65535:
+        raise ProtocolError("bad_field", f"{key!r} must be a port number 1-65535")
+    return val
+
+
+def _opt_addr(val: Any) -> str | None:
+    if val is None:
+        return None
+    if not isinstance(val, str) or not 0 < len(val) <= 255 or any(c in val for c in "/ \t\r\n"):
+        raise ProtocolError("bad_field", "'addr' must be a host name or IP address, or null")
+    return val
+
+
+def parse_address(obj: Any) -> PeerAddress:
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_field", "address must be an object")
+    return PeerAddress(_opt_addr(obj.get("addr")), _port(obj.get("port"), "port"), _port(obj.get("pub_port"), "pub_port"))
+
+
+def _check_data(type_: str, data: dict, target_id: str | None) -> None:
+    if type_ == JOIN:
+        parse_address(data)
+        reply_to = data.get("reply_to")
+        if reply_to is not None and not (isinstance(reply_to, str) and _ID_RE.match(reply_to)):
+            raise ProtocolError("bad_field", "JOIN 'reply_to' must be a message id or null")
+    elif type_ in (MESSAGE, BROADCAST):
+        text = data.get("text")
+        if not isinstance(text, str):
+            raise ProtocolError("bad_field", f"{type_} needs data.text as a string")
+        if len(text) > MAX_TEXT_LEN:
+            raise ProtocolError("bad_field", f"{type_} text longer than {MAX_TEXT_LEN} characters")
+        if type_ == MESSAGE and target_id is None:
+            raise ProtocolError("bad_field", "MESSAGE needs a target_id")
+    elif type_ == PEERS:
+        peers = data.get("peers")
+        if not isinstance(peers, list) or len(peers) > MAX_PEERS_LISTED:
+            raise ProtocolError("bad_field", f"PEERS needs data.peers as a list of at most {MAX_PEERS_LISTED}")
+        for entry in peers:
+            if not isinstance(entry, dict):
+                raise ProtocolError("bad_field", "PEERS entries must be objects")
+            _req_str(entry, "id", _ID_RE)
+            _req_str(entry, "name", _NAME_RE, MAX_NAME_LEN)
+            parse_address(entry)
+    elif type_ == PONG:
+        ping_id = data.get("ping_id")
+        if not (isinstance(ping_id, str) and _ID_RE.match(ping_id)):
+            raise ProtocolError("bad_field", "PONG needs data.ping_id")
+
+
+def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
+    """Parse and validate one envelope; raise `ProtocolError` on anything off-spec.
+
+    Unknown *extra* fields are ignored so that later minor versions can add
+    fields without breaking older peers; a different ``v`` is refused.
+    """
+    if len(raw) > max_bytes:
+        raise ProtocolError("oversized", f"frame of {len(raw)} bytes exceeds {max_bytes}")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ProtocolError("not_json", "frame is not UTF-8 JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("not_json", "frame is JSON but not an object")
+    v = obj.get("v")
+    if v != PROTOCOL_VERSION or isinstance(v, bool):
+        raise ProtocolError("version", f"unsupported protocol version {v!r}")
+    type_ = obj.get("type")
+    if type_ not in TYPES:
+        raise ProtocolError("unknown_type", f"unknown message type {str(type_)[:32]!r}")
+    msg_id = _req_str(obj, "id", _ID_RE)
+    sender_id = _req_str(obj, "sender_id", _ID_RE)
+    sender_name = _req_str(obj, "sender_name", _NAME_RE, MAX_NAME_LEN)
+    timestamp = _req_str(obj, "timestamp", max_len=40)
+    target_id = obj.get("target_id")
+    if target_id is not None and not (isinstance(target_id, str) and _ID_RE.match(target_id)):
+        raise ProtocolError("bad_field", "field 'target_id' must be a node id or null")
+    data = obj.get("data")
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_field", "field 'data' must be an object")
+    _check_data(type_, data, target_id)
+    return Message(type_, msg_id, sender_id, sender_name, timestamp, data, target_id, v)
+
+
+def valid_node_id(value: str) -> bool:
+    return isinstance(value, str) and bool(_ID_RE.match(value))
+
+
+def valid_name(value: str) -> bool:
+    return isinstance(value, str) and bool(_NAME_RE.match(value))

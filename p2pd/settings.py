@@ -1,0 +1,116 @@
+"""Settings: defaults, the TOML config file, and command-line overrides, in that order.
+
+Every setting has one name used in the config file, in `p2pd start` flags
+(with dashes) and here.  Units are in the names (``_s`` seconds) because a
+unit mix-up is how Zyre once set a high-water mark 1000x too large.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .protocol import DEFAULT_MAX_FRAME_BYTES
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class Settings:
+    port: int = 5000  # ROUTER port for peer links; 0 picks a free one
+    pub_port: int | None = None  # PUB port for broadcasts; default port+1 (0 if port is 0)
+    host: str = "0.0.0.0"  # interface to bind
+    advertise: str | None = None  # address other nodes should dial
+    name: str | None = None
+    log_level: str = "info"
+    join: list = field(default_factory=list)  # bootstrap peers, "host:port"
+    heartbeat_interval_s: float = 1.0
+    heartbeat_timeout_s: float = 5.0
+    gossip_interval_s: float = 10.0
+    retry_min_s: float = 1.0
+    retry_max_s: float = 30.0
+    forget_after_s: float = 3600.0
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_peers: int = 256
+    inbox_size: int = 1000
+
+    def validate(self) -> "Settings":
+        def port_ok(v):
+            return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535
+
+        if not port_ok(self.port):
+            raise ConfigError(f"port must be 0-65535, got {self.port!r}")
+        if self.pub_port is not None and not port_ok(self.pub_port):
+            raise ConfigError(f"pub_port must be 0-65535, got {self.pub_port!r}")
+        if self.pub_port is not None and self.pub_port and self.pub_port == self.port:
+            raise ConfigError("pub_port must differ from port")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
+        for name in ("heartbeat_interval_s", "heartbeat_timeout_s", "gossip_interval_s", "retry_min_s", "retry_max_s", "forget_after_s"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"{name} must be a positive number of seconds, got {v!r}")
+        if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise ConfigError("heartbeat_timeout_s must be larger than heartbeat_interval_s")
+        for name in ("max_frame_bytes", "max_peers", "inbox_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(self.join, list) or not all(isinstance(j, str) for j in self.join):
+            raise ConfigError("join must be a list of \"host:port\" strings")
+        for j in self.join:
+            parse_host_port(j)
+        return self
+
+    @property
+    def effective_pub_port(self) -> int:
+        if self.pub_port is not None:
+            return self.pub_port
+        return self.port + 1 if self.port else 0
+
+
+SETTING_NAMES = frozenset(f.name for f in fields(Settings))
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or ``tcp://host:port`` -> (host, port)."""
+    s = text.strip()
+    if s.startswith("tcp://"):
+        s = s[6:]
+    host, sep, port = s.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{text!r} is not HOST:PORT (for example 192.168.1.7:5000)")
+    return host, int(port)
+
+
+def load_file(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    unknown = sorted(set(data) - SETTING_NAMES)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}; see configs/p2pd.toml for the list")
+    return data
+
+
+def build(file_values: dict, overrides: dict) -> Settings:
+    """Defaults < config file < flags (``None`` in overrides means "not given")."""
+    values = dict(file_values)
+    values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
+    if "join" in overrides and overrides["join"]:
+        values["join"] = list(file_values.get("join", [])) + list(overrides["join"])
+    try:
+        s = Settings(**values)
+    except TypeError as e:
+        raise ConfigError(str(e)) from None
+    return s.validate()
