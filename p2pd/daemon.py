@@ -20,7 +20,7 @@ import time
 from . import protocol as P
 from .home import Home, load_or_create_identity, load_peer_book, pid_alive
 from .node import WILDCARD_HOSTS, Node
-from .settings import Settings
+from .settings import Settings, parse_host_port
 
 log = logging.getLogger("p2pd")
 READY_TIMEOUT_S = 20.0
@@ -122,7 +122,8 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> None:
                 "pub": P.tcp_endpoint(settings.host, transport.pub_port),
                 "version": _version(),
             }
-            transport.apply(node.start(now, load_peer_book(home), list(settings.join)))
+            joins = [P.tcp_endpoint(*parse_host_port(j)) for j in settings.join]
+            transport.apply(node.start(now, load_peer_book(home), joins))
             transport.run(node, extra)
             log.info("stopped")
         finally:

@@ -487,6 +487,7 @@ class Node:
             "frames_out": self.stats["frames_out"],
             "dropped": dict(self.dropped),
             "dropped_total": sum(self.dropped.values()),
+            "watchers": len(self.watchers),
             "protocol_version": P.PROTOCOL_VERSION,
         }
 

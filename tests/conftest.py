@@ -1,0 +1,170 @@
+"""Test harness: real p2pd daemons on loopback, driven by the real p2pctl.
+
+Every node gets its own home under pytest's tmp dir, binds 127.0.0.1 on
+ports the OS picks (``--port 0``), and uses fast heartbeat settings from a
+config file in its home.  Every daemon started is killed by pid at teardown.
+Waiting is always "poll a condition until a deadline", never a bare sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+FAST_CONFIG = """\
+host = "127.0.0.1"
+heartbeat_interval_s = 0.2
+heartbeat_timeout_s = 1.5
+gossip_interval_s = 2.0
+retry_min_s = 0.2
+retry_max_s = 1.0
+log_level = "debug"
+"""
+
+
+def command(name: str) -> list[str]:
+    """The installed console script, or ``python -m`` when it is not on this interpreter's bin."""
+    path = BIN / name
+    return [str(path)] if path.exists() else [sys.executable, "-m", name]
+
+
+P2PD = command("p2pd")
+P2PCTL = command("p2pctl")
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail with the last value at the deadline."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        last = predicate()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie child of ours still "exists": treat it as gone
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class Node:
+    def __init__(self, base: Path, name: str, registry: list):
+        self.name = name
+        self.home = base / name
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "p2pd.toml").write_text(FAST_CONFIG)
+        self.info: dict = {}
+        self.pids: list[int] = []
+        self._registry = registry
+        registry.append(self)
+
+    # -------------------------------------------------------------- processes
+    def start(self, *extra: str, port: int | None = 0, check: bool = True) -> subprocess.CompletedProcess:
+        args = [*P2PD, "start", "--home", str(self.home), "--name", self.name, "--json", *extra]
+        if port is not None:
+            args += ["--port", str(port)]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+        if check:
+            assert proc.returncode == 0, f"p2pd start {self.name} failed ({proc.returncode}): {proc.stderr}"
+            self.info = json.loads(proc.stdout)
+            self.pids.append(self.info["pid"])
+        return proc
+
+    @property
+    def id(self) -> str:
+        return self.info["id"]
+
+    @property
+    def pid(self) -> int:
+        return self.info["pid"]
+
+    @property
+    def port(self) -> int:
+        return self.info["address"]["port"]
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def kill9(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(self.pid), 10, what=f"{self.name} to die")
+
+    def stop(self) -> subprocess.CompletedProcess:
+        return subprocess.run([*P2PD, "stop", "--home", str(self.home)], capture_output=True, text=True, timeout=60)
+
+    # -------------------------------------------------------------- p2pctl
+    def ctl(self, *args: str, check: bool = True, input: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*P2PCTL, "--home", str(self.home), *args], capture_output=True, text=True, input=input, timeout=timeout)
+        if check:
+            assert proc.returncode == 0, f"p2pctl {' '.join(args)} on {self.name} failed ({proc.returncode}): {proc.stderr}"
+        return proc
+
+    def ctl_json(self, *args: str):
+        return json.loads(self.ctl("--json", *args).stdout)
+
+    def peers(self) -> dict:
+        """name -> peer dict, via the real CLI."""
+        return {p["name"]: p for p in self.ctl_json("peers")}
+
+    def client(self):
+        from p2pctl import Client
+
+        return Client(self.home, timeout_s=5.0)
+
+    def call(self, cmd: str, **args):
+        """A quick control call through the client library (for polling)."""
+        with self.client() as c:
+            return c.call(cmd, **args)
+
+    def alive_names(self) -> set:
+        return {p["name"] for p in self.call("peers") if p["state"] == "alive"}
+
+    def log_text(self) -> str:
+        try:
+            return (self.home / "p2pd.log").read_text()
+        except OSError:
+            return ""
+
+
+@pytest.fixture
+def make_node(tmp_path):
+    registry: list[Node] = []
+
+    def factory(name: str) -> Node:
+        return Node(tmp_path, name, registry)
+
+    yield factory
+    for node in registry:
+        for pid in node.pids:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def trio(make_node):
+    """alice, bob and charlie started, nothing linked."""
+    nodes = [make_node(n) for n in ("alice", "bob", "charlie")]
+    for n in nodes:
+        n.start()
+    return nodes
