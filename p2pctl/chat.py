@@ -7,7 +7,9 @@ events, one for commands - and alternates between them.
 
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 
 import click
@@ -29,13 +31,27 @@ _EOF = object()
 
 
 def _reader(q: queue.Queue) -> None:
+    """Read stdin lines with os.read on the raw fd.
+
+    Not input()/sys.stdin: a daemon thread blocked inside the buffered stdin
+    holds its lock, and the interpreter then aborts at exit (SIGABRT).
+    """
+    fd = sys.stdin.fileno()
+    pending = b""
     while True:
         try:
-            line = input()
-        except (EOFError, KeyboardInterrupt):
+            chunk = os.read(fd, 4096)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            if pending.strip():
+                q.put(pending.decode("utf-8", "replace"))
             q.put(_EOF)
             return
-        q.put(line)
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            q.put(line.rstrip(b"\r").decode("utf-8", "replace"))
 
 
 def handle_line(line: str, call, echo) -> bool:
