@@ -255,7 +255,7 @@ class Node:
         return acts + handler(now, msg, peer)
 
     def _join_from_self(self, now: float, msg: P.Message) -> list:
-        pc = self.pending.pop(msg.data.get("reply_to") or "", None)
+        pc = self.pending.pop(msg.data.get("reply_to") or msg.id, None)  # our own connect JOIN has no reply_to
         if pc is None:
             return []
         acts = self._close_link(pc.key)

@@ -38,8 +38,8 @@ MAX_NAME_LEN = 64
 MAX_TEXT_LEN = 64 * 1024
 MAX_PEERS_LISTED = 1024
 
-_ID_RE = re.compile(r"^[0-9A-Za-z_.:-]{1,64}$")
-_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
+_ID_RE = re.compile(r"^[0-9A-Za-z_.:-]{1,64}\Z")
+_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f\ud800-\udfff]{1,64}\Z")
 
 
 class ProtocolError(ValueError):
@@ -228,7 +228,7 @@ def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
     if v != PROTOCOL_VERSION or isinstance(v, bool):
         raise ProtocolError("version", f"unsupported protocol version {v!r}")
     type_ = obj.get("type")
-    if type_ not in TYPES:
+    if not isinstance(type_, str) or type_ not in TYPES:
         raise ProtocolError("unknown_type", f"unknown message type {str(type_)[:32]!r}")
     msg_id = _req_str(obj, "id", _ID_RE)
     sender_id = _req_str(obj, "sender_id", _ID_RE)

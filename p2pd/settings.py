@@ -84,7 +84,7 @@ def parse_host_port(text: str) -> tuple[str, int]:
         s = s[6:]
     host, sep, port = s.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ConfigError(f"{text!r} is not HOST:PORT (for example 192.168.1.7:5000)")
     return host, int(port)
 
@@ -95,7 +95,7 @@ def load_file(path: Path) -> dict:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     unknown = sorted(set(data) - SETTING_NAMES)
     if unknown:
@@ -106,7 +106,7 @@ def load_file(path: Path) -> dict:
 def build(file_values: dict, overrides: dict) -> Settings:
     """Defaults < config file < flags (``None`` in overrides means "not given")."""
     values = dict(file_values)
-    values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
+    values.update({k: v for k, v in overrides.items() if v is not None and v != () and v != []})
     if "join" in overrides and overrides["join"]:
         values["join"] = list(file_values.get("join", [])) + list(overrides["join"])
     try:
