@@ -49,12 +49,18 @@ class Settings:
             raise ConfigError(f"pub_port must be 0-65535, got {self.pub_port!r}")
         if self.pub_port is not None and self.pub_port and self.pub_port == self.port:
             raise ConfigError("pub_port must differ from port")
+        if self.pub_port is None and self.port == 65535:
+            raise ConfigError("port 65535 leaves no room for the default broadcast port (port+1); set pub_port / --pub-port")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         for name in ("heartbeat_interval_s", "heartbeat_timeout_s", "gossip_interval_s", "retry_min_s", "retry_max_s", "forget_after_s"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < float("inf"):
                 raise ConfigError(f"{name} must be a positive number of seconds, got {v!r}")
+        for name in ("host", "advertise", "name"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"{name} must be a string, got {v!r}")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
             raise ConfigError("heartbeat_timeout_s must be larger than heartbeat_interval_s")
         for name in ("max_frame_bytes", "max_peers", "inbox_size"):

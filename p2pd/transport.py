@@ -252,7 +252,10 @@ class Transport:
             now = time.monotonic()
             if now >= next_tick:
                 next_tick = now + 0.05
-                self.apply(node.tick(now))
+                try:
+                    self.apply(node.tick(now))
+                except Exception:
+                    log.exception("error in periodic work; continuing")
             if not self.running or stop_requested():
                 if not node.stopping:
                     self.apply(node.leave(time.monotonic()))
