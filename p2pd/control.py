@@ -68,7 +68,7 @@ def handle(node: Node, now: float, client: bytes, raw: bytes, extra_status: dict
             raise BadRequest("bad_request", f"request larger than {MAX_REQUEST_BYTES} bytes")
         try:
             obj = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
             raise BadRequest("bad_request", "request is not JSON") from None
         if not isinstance(obj, dict):
             raise BadRequest("bad_request", "request must be a JSON object")
