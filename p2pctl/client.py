@@ -78,6 +78,9 @@ class Client:
             raise DaemonNotRunning(f"p2pd is not running (no control socket at {path}); {self._start_hint()}")
         if not os.access(path, os.R_OK | os.W_OK):
             raise PermissionDenied(f"permission denied for control socket {path}: it belongs to another user; run p2pctl as that user (or use your own --home)")
+        pid = self.home.read_pid()
+        if pid is not None and not pid_alive(pid):
+            raise DaemonNotRunning(f"p2pd is not running (pid {pid} is gone; stale control socket at {path}); {self._start_hint()}")
 
     def _socket(self) -> zmq.Socket:
         if self._sock is None:

@@ -98,7 +98,8 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
     if error:
         if proc.poll() is None:
             proc.terminate()
-        _fail(error, exitcodes.CONFLICT if "already" in error else exitcodes.FAILED)
+        code = proc.poll()
+        _fail(error, code if code in (exitcodes.CONFLICT, exitcodes.USAGE) else exitcodes.FAILED)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return

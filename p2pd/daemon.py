@@ -96,14 +96,15 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> None:
         setup_logging(home, settings.log_level, log_to_stderr)
         ident = load_or_create_identity(home, settings.name)
         name = settings.name or ident.name or _default_name(ident.id)
+        home.pid_file.write_text(f"{os.getpid()}\n")  # before the socket exists: p2pctl checks it
         try:
             transport = Transport(home, settings, ident.id, name)
         except Exception as e:
             log.error("start failed: %s", e)
+            home.pid_file.unlink(missing_ok=True)
             raise
         try:
             install_signal_handlers()
-            home.pid_file.write_text(f"{os.getpid()}\n")
             address = own_address(settings, transport.port, transport.pub_port)
             now = time.monotonic()
             node = Node(ident.id, name, address, settings, now, time.time())

@@ -30,7 +30,10 @@ BROADCAST = "BROADCAST"
 PEERS = "PEERS"
 PING = "PING"
 PONG = "PONG"
-TYPES = frozenset({JOIN, LEAVE, MESSAGE, BROADCAST, PEERS, PING, PONG})
+ACK = "ACK"
+FETCH = "FETCH"
+TYPES = frozenset({JOIN, LEAVE, MESSAGE, BROADCAST, PEERS, PING, PONG, ACK, FETCH})
+MAX_SEQ = 2**53  # sequence numbers stay exact in every JSON implementation
 
 DEFAULT_MAX_FRAME_BYTES = 256 * 1024
 MAX_ID_LEN = 64
@@ -180,7 +183,42 @@ def parse_address(obj: Any) -> PeerAddress:
     return PeerAddress(_opt_addr(obj.get("addr")), _port(obj.get("port"), "port"), _port(obj.get("pub_port"), "pub_port"))
 
 
+def _opt_seq(data: dict, key: str, lo: int = 0) -> None:
+    """Sequence fields are optional (simple peers may omit them) but typed when present."""
+    val = data.get(key)
+    if val is not None and (not isinstance(val, int) or isinstance(val, bool) or not lo <= val <= MAX_SEQ):
+        raise ProtocolError("bad_field", f"data.{key} must be an integer {lo}..2^53")
+
+
 def _check_data(type_: str, data: dict, target_id: str | None) -> None:
+    if type_ in (JOIN, PING):
+        _opt_seq(data, "bseq")
+        _opt_seq(data, "boldest")
+    if type_ == MESSAGE:
+        _opt_seq(data, "seq", 1)
+        _opt_seq(data, "base", 1)
+        if (data.get("seq") is None) != (data.get("base") is None):
+            raise ProtocolError("bad_field", "MESSAGE needs both data.seq and data.base, or neither")
+    elif type_ == BROADCAST:
+        _opt_seq(data, "bseq", 1)
+    elif type_ == ACK:
+        if data.get("upto") is None:
+            raise ProtocolError("bad_field", "ACK needs data.upto")
+        _opt_seq(data, "upto")
+        if target_id is None:
+            raise ProtocolError("bad_field", "ACK needs a target_id")
+    elif type_ == FETCH:
+        since = data.get("since")
+        if since is not None:
+            if not isinstance(since, (int, float)) or isinstance(since, bool) or not 0 <= since < 1e11:
+                raise ProtocolError("bad_field", "FETCH data.since must be a UNIX time in seconds")
+        else:
+            for key in ("from", "to"):
+                if data.get(key) is None:
+                    raise ProtocolError("bad_field", "FETCH needs data.from and data.to, or data.since")
+                _opt_seq(data, key, 1)
+            if data["to"] < data["from"]:
+                raise ProtocolError("bad_field", "FETCH data.to is below data.from")
     if type_ == JOIN:
         parse_address(data)
         reply_to = data.get("reply_to")
@@ -225,7 +263,7 @@ def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
     if not isinstance(obj, dict):
         raise ProtocolError("not_json", "frame is JSON but not an object")
     v = obj.get("v")
-    if v != PROTOCOL_VERSION or isinstance(v, bool):
+    if type(v) is not int or v != PROTOCOL_VERSION:
         raise ProtocolError("version", f"unsupported protocol version {v!r}")
     type_ = obj.get("type")
     if not isinstance(type_, str) or type_ not in TYPES:

@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .protocol import DEFAULT_MAX_FRAME_BYTES
+from .protocol import DEFAULT_MAX_FRAME_BYTES, valid_name
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -61,6 +61,8 @@ class Settings:
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
                 raise ConfigError(f"{name} must be a string, got {v!r}")
+        if self.name is not None and not valid_name(self.name):
+            raise ConfigError(f"name {self.name!r} is not allowed: 1-64 printable characters, no control characters")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
             raise ConfigError("heartbeat_timeout_s must be larger than heartbeat_interval_s")
         for name in ("max_frame_bytes", "max_peers", "inbox_size"):

@@ -56,6 +56,8 @@ VALID = {
     P.PEERS: ({"peers": [PEER_ENTRY]}, None),
     P.PING: ({}, "bob-id"),
     P.PONG: ({"ping_id": "fedcba9876543210"}, "bob-id"),
+    P.ACK: ({"upto": 41}, "bob-id"),
+    P.FETCH: ({"from": 3, "to": 9}, "bob-id"),
 }
 
 
@@ -485,6 +487,11 @@ def valid_messages(draw):
         data = {"peers": draw(st.lists(peer_entries, max_size=5))}
     elif type_ == P.PONG:
         data = {"ping_id": draw(ids)}
+    elif type_ == P.ACK:
+        data, target = {"upto": draw(st.integers(0, 2**53))}, draw(ids)
+    elif type_ == P.FETCH:
+        lo = draw(st.integers(1, 2**40))
+        data = {"from": lo, "to": lo + draw(st.integers(0, 5000))}
     else:
         data = {}
     epoch = draw(st.floats(0, 4_000_000_000, allow_nan=False))
@@ -504,3 +511,38 @@ def test_lone_surrogate_names_refused(name):
     """JSON escapes can smuggle in lone surrogates, which cannot be encoded as UTF-8 again."""
     assert kind_of(json.dumps(envelope(sender_name=name)).encode()) == "bad_field"
     assert kind_of(json.dumps(envelope(P.PEERS, {"peers": [dict(PEER_ENTRY, name=name)]})).encode()) == "bad_field"
+
+
+# ---------------------------------------------------------------------------- delivery fields (ACK, FETCH, seq)
+
+
+@pytest.mark.parametrize(
+    "type_,data,target",
+    [
+        (P.MESSAGE, {"text": "x", "seq": 0, "base": 1}, "bob-id"),
+        (P.MESSAGE, {"text": "x", "seq": 1}, "bob-id"),
+        (P.MESSAGE, {"text": "x", "seq": "1", "base": 1}, "bob-id"),
+        (P.MESSAGE, {"text": "x", "seq": True, "base": 1}, "bob-id"),
+        (P.BROADCAST, {"text": "x", "bseq": 0}, None),
+        (P.BROADCAST, {"text": "x", "bseq": 2**60}, None),
+        (P.PING, {"bseq": -1}, "bob-id"),
+        (P.JOIN, {**JOIN_DATA, "boldest": 1.5}, None),
+        (P.ACK, {}, "bob-id"),
+        (P.ACK, {"upto": 3}, None),
+        (P.ACK, {"upto": -1}, "bob-id"),
+        (P.FETCH, {"from": 5}, "bob-id"),
+        (P.FETCH, {"from": 5, "to": 4}, "bob-id"),
+        (P.FETCH, {"since": "yesterday"}, "bob-id"),
+        (P.FETCH, {"since": -1}, "bob-id"),
+    ],
+)
+def test_delivery_fields_are_validated(type_, data, target):
+    assert kind_of(raw(envelope(type_=type_, data=data, target_id=target))) == "bad_field"
+
+
+def test_delivery_fields_are_optional_for_simple_peers():
+    for type_, data, target in [(P.MESSAGE, {"text": "x"}, "b"), (P.BROADCAST, {"text": "x"}, None), (P.PING, {}, "b")]:
+        assert P.decode(raw(envelope(type_=type_, data=data, target_id=target))).type == type_
+    msg = P.decode(raw(envelope(type_=P.MESSAGE, data={"text": "x", "seq": 7, "base": 3}, target_id="b")))
+    assert (msg.data["seq"], msg.data["base"]) == (7, 3)
+    assert P.decode(raw(envelope(type_=P.FETCH, data={"since": 1700000000.5}, target_id="b"))).data["since"] == 1700000000.5
