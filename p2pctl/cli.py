@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
+from datetime import datetime
 
 import click
 
@@ -98,12 +100,33 @@ def _text_arg(words: tuple[str, ...]) -> str:
     return text
 
 
+def parse_since(value: str | None) -> float | None:
+    """``30m``, ``2h``, ``7d``, ``90s``, an ISO 8601 time, or UNIX seconds -> UNIX seconds."""
+    if value is None:
+        return None
+    v = value.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if v[-1:] in units and v[:-1].replace(".", "", 1).isdigit():
+        return time.time() - float(v[:-1]) * units[v[-1]]
+    if v.replace(".", "", 1).isdigit():
+        return float(v)
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a time: use 30m, 2h, 7d, an ISO time like 2026-11-25T10:00, or UNIX seconds", param_hint="--since") from None
+    return (dt if dt.tzinfo else dt.astimezone()).timestamp()
+
+
 @main.command()
 @click.argument("target", metavar="HOST[:PORT]")
 @click.argument("port", required=False, type=click.IntRange(1, 65535))
+@click.option("--since", help="Also fetch this peer's broadcasts sent since then (30m, 2h, 7d, ISO time).")
 @command
-def connect(ctx, target, port):
-    """Link to the peer at HOST PORT (or HOST:PORT); waits for its answer."""
+def connect(ctx, target, port, since):
+    """Link to the peer at HOST PORT (or HOST:PORT); waits for its answer.
+
+    A new peer's old broadcasts are not replayed unless --since asks for them.
+    """
     if port is None:
         host, sep, p = target.rpartition(":")
         if not sep or not p.isdigit():
@@ -113,7 +136,7 @@ def connect(ctx, target, port):
             raise click.UsageError(f"port {port} is out of range 1-65535")
         target = host
     with ctx.client() as c:
-        res = c.call("connect", timeout_s=ctx.timeout_s + 1, host=target.strip("[]"), port=port, wait_s=ctx.timeout_s)
+        res = c.call("connect", timeout_s=ctx.timeout_s + 1, host=target.strip("[]"), port=port, wait_s=ctx.timeout_s, since=parse_since(since))
     peer = res["peer"]
     ctx.out(res, f"{'already linked to' if res.get('already') else 'linked to'} {render.cyan(peer['name'])} ({peer['id'][:12]}) at {peer['address']}")
 
@@ -150,16 +173,27 @@ def info(ctx):
 @main.command()
 @click.argument("peer")
 @click.argument("text", nargs=-1, required=True)
+@click.option("--wait", "wait_s", type=float, is_flag=False, flag_value=60.0, default=None, metavar="[SECONDS]",
+              help="Block until delivered (default 60 s); exit 4 if not delivered by then.")
 @command
-def send(ctx, peer, text):
+def send(ctx, peer, text, wait_s):
     """Send a direct message to PEER (a name or a unique id prefix).
 
-    TEXT may be several words; "-" reads the message from stdin.
+    TEXT may be several words; "-" reads the message from stdin.  The
+    message is stored before this returns and retried until the peer
+    acknowledges it (or it expires, after 7 days by default).  Prints
+    "delivered" if the peer acknowledged it within a moment, else "queued".
     """
     body = _text_arg(text)
+    require = wait_s is not None
+    wait = wait_s if require else min(ctx.timeout_s, 2.0)
     with ctx.client() as c:
-        res = c.call("send", peer=peer, text=body)
-    ctx.out(res, f"{res['status']} to {res['peer']} ({res['peer_id'][:12]}), message {res['id'][:12]}")
+        res = c.call("send", timeout_s=wait + ctx.timeout_s, peer=peer, text=body, wait_s=wait, require=require)
+    if res["status"] == "delivered":
+        line = f"delivered to {res['peer']} ({res['peer_id'][:12]}), message {res['id'][:12]}"
+    else:
+        line = f"queued for {res['peer']} ({res['peer_id'][:12]}), message {res['id'][:12]}: delivered when it is reachable (see: p2pctl outbox)"
+    ctx.out(res, line)
 
 
 @main.command()
@@ -197,6 +231,34 @@ def inbox(ctx, limit):
     else:
         for m in res:
             click.echo(render.message_line(m))
+
+
+@main.command()
+@click.option("--peer", help="Only the conversation with this peer (name or id prefix).")
+@click.option("--since", help="Only messages since then (30m, 2h, 7d, ISO time, UNIX seconds).")
+@click.option("-n", "--limit", type=click.IntRange(0), default=100, show_default=True, help="The newest N messages (0: all).")
+@command
+def history(ctx, peer, since, limit):
+    """The stored conversation, sent and received, oldest first; survives restarts."""
+    with ctx.client() as c:
+        res = c.call("history", peer=peer, since=parse_since(since), limit=limit)
+    if ctx.as_json:
+        ctx.out(res)
+    elif not res:
+        click.echo("no messages")
+    else:
+        for m in res:
+            click.echo(render.history_line(m))
+
+
+@main.command()
+@click.option("--all", "show_all", is_flag=True, help="Also list delivered messages still kept.")
+@command
+def outbox(ctx, show_all):
+    """Direct messages not yet delivered (pending) or given up (expired)."""
+    with ctx.client() as c:
+        res = c.call("outbox", all=show_all)
+    ctx.out(res, render.outbox_table(res))
 
 
 @main.command()

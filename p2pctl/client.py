@@ -122,6 +122,20 @@ class Client:
             raise RequestFailed(reply.get("code", "error"), reply.get("error", "request failed"))
         return reply.get("result")
 
+    def send(self, peer: str, text: str, wait_s: float = 0.0, require: bool = False, msg_id: str | None = None) -> dict:
+        """Send one direct message; with ``wait_s`` wait that long for "delivered"."""
+        args = {"id": msg_id} if msg_id else {}
+        return self.call("send", timeout_s=self.timeout_s + wait_s, peer=peer, text=text, wait_s=wait_s, require=require, **args)
+
+    def send_many(self, peer: str, texts: list[str], ids: list[str] | None = None) -> dict:
+        """Queue many direct messages in one request (stored in one transaction).
+
+        Returns once they are durably in the outbox.  Pass your own ``ids`` to
+        make a retry after an error safe: messages already stored are skipped.
+        """
+        args = {"ids": ids} if ids is not None else {}
+        return self.call("send", peer=peer, texts=texts, **args)
+
     def watch(self, poll_s: float = 0.2) -> Iterator[dict | None]:
         """Yield events as they happen; yields ``None`` every ``poll_s`` of quiet so callers can do other work."""
         sock = self._socket()

@@ -121,7 +121,7 @@ def info_text(i: dict) -> str:
         f"  log         {i.get('log_file')}",
         f"  pid         {i.get('pid')}, up {ago(i.get('uptime_s')).replace(' ago', '')}, version {i.get('version')}",
         f"  peers       {i['peers_alive']} alive, {i['peers_lost']} lost, {i['peers']} known",
-        f"  messages    {i['messages_in']} in, {i['messages_out']} out; broadcasts {i['broadcasts_in']} in, {i['broadcasts_out']} out",
+        f"  messages    {i['messages_in']} in, {i['messages_out']} out ({i.get('outbox_pending', 0)} waiting in the outbox); broadcasts {i['broadcasts_in']} in, {i['broadcasts_out']} out",
         f"  bad input   {i['dropped_total']} dropped ({drop_text})",
     ]
     return "\n".join(lines)
@@ -149,6 +149,33 @@ def event_line(ev: dict, self_id: str | None = None) -> str:
     if kind == "lost":
         return f"{t} {red('*')} {red(who)} lost (no heartbeat)"
     return f"{t} {kind}: {ev}"
+
+
+def history_line(m: dict) -> str:
+    t = dim(local_time(m.get("timestamp")))
+    if m.get("direction") == "out":
+        to = "everyone" if m.get("type") == "BROADCAST" else (m.get("peer_name") or (m.get("peer_id") or "?")[:12])
+        return f"{t} {magenta('you')} -> {to}: {m.get('text', '')}"
+    return message_line(m)
+
+
+def outbox_table(rows: list[dict]) -> str:
+    if not rows:
+        return "outbox is empty: every message was delivered"
+    out = []
+    for r in rows:
+        out.append([r["id"][:12], r.get("peer") or r["peer_id"][:12], str(r["seq"]), r["status"], str(r["attempts"]),
+                    local_time(_iso(r["created"])), (r["text"][:40] + "...") if len(r["text"]) > 40 else r["text"]])
+
+    def colorize(row, cells):
+        cells[3] = {"pending": yellow, "expired": red, "delivered": green}.get(row[3], str)(cells[3])
+        return cells
+
+    return table(["ID", "PEER", "SEQ", "STATUS", "TRIES", "QUEUED", "TEXT"], out, colorize)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).astimezone().isoformat()
 
 
 def error(text: str) -> str:

@@ -22,7 +22,9 @@ from .node import Node, _err, _ok
 from .settings import ConfigError, parse_host_port
 
 MAX_REQUEST_BYTES = 1024 * 1024
-COMMANDS = ("status", "info", "peers", "connect", "disconnect", "send", "broadcast", "ping", "inbox", "watch", "stop")
+COMMANDS = ("status", "info", "peers", "connect", "disconnect", "send", "broadcast", "ping", "inbox", "history", "outbox", "watch", "stop")
+MAX_BATCH = 10_000  # texts in one `send` request (the client library's send_many)
+ENVELOPE_OVERHEAD = 1024  # bytes around the text in an encoded MESSAGE, generously
 
 
 class BadRequest(ValueError):
@@ -46,6 +48,26 @@ def _arg_num(args: dict, key: str, default: float, lo: float, hi: float) -> floa
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
         raise BadRequest("bad_request", f"argument {key!r} must be a number from {lo} to {hi}")
     return v
+
+
+def _text(node: Node, value) -> str:
+    """A message text that will fit in one frame at every receiver with our limits."""
+    if not isinstance(value, str) or not value:
+        raise BadRequest("bad_request", "argument 'text' must be a non-empty string")
+    if len(value) > P.MAX_TEXT_LEN:
+        raise BadRequest("too_large", f"text is longer than {P.MAX_TEXT_LEN} characters")
+    if len(json.dumps(value, ensure_ascii=False).encode("utf-8")) + ENVELOPE_OVERHEAD > node.settings.max_frame_bytes:
+        raise BadRequest("too_large", f"text does not fit in a {node.settings.max_frame_bytes}-byte frame once encoded")
+    return value
+
+
+def _since(args: dict) -> float | None:
+    v = args.get("since")
+    if v is None:
+        return None
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1e11:
+        raise BadRequest("bad_request", "argument 'since' must be a UNIX time in seconds")
+    return float(v)
 
 
 def _resolve(node: Node, args: dict, need_alive: bool = True):
@@ -101,19 +123,36 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
         except ConfigError as e:
             raise BadRequest("bad_request", str(e)) from None
         wait_s = _arg_num(args, "wait_s", 5.0, 0.1, 3600)
-        return node.connect(now, P.tcp_endpoint(host, port), wait_s, client, req)
+        return node.connect(now, P.tcp_endpoint(host, port), wait_s, client, req, _since(args))
     if cmd == "disconnect":
         peer = _resolve(node, args, need_alive=False)
         acts = node.disconnect(now, peer)
         return acts + [ToClient(client, _ok(req, {"peer": peer.describe(now)}))]
     if cmd == "send":
-        peer = _resolve(node, args)
-        text = _arg_str(args, "text", P.MAX_TEXT_LEN)
-        acts, msg = node.send_text(now, peer, text)
-        return acts + [ToClient(client, _ok(req, {"id": msg.id, "peer": peer.name, "peer_id": peer.id, "status": "sent"}))]
+        query = _arg_str(args, "peer")
+        try:
+            peer_id, peer_name = node.resolve_target(query)
+        except AmbiguousPeer as e:
+            raise BadRequest("ambiguous", str(e)) from None
+        except UnknownPeer as e:
+            raise BadRequest("unknown_peer", f"{e}; `p2pctl peers` lists the peers") from None
+        if "texts" in args:
+            texts = args["texts"]
+            if not isinstance(texts, list) or not 0 < len(texts) <= MAX_BATCH:
+                raise BadRequest("bad_request", f"argument 'texts' must be a list of 1 to {MAX_BATCH} strings")
+            texts = [_text(node, t) for t in texts]
+        else:
+            texts = [_text(node, args.get("text"))]
+        ids = args.get("ids", [args["id"]] if "id" in args else None)
+        if ids is not None and (not isinstance(ids, list) or len(ids) != len(texts) or not all(P.valid_node_id(i) for i in ids)
+                                or len(set(ids)) != len(ids)):
+            raise BadRequest("bad_request", "argument 'ids' must be distinct message ids (1-64 of [0-9A-Za-z_.:-]), one per text")
+        wait_s = _arg_num(args, "wait_s", 0.0, 0.0, 86400 * 30)
+        require = args.get("require", False) is True
+        return node.msgs.send(now, peer_id, peer_name, texts, client, req, wait_s, require, ids)
     if cmd == "broadcast":
-        text = _arg_str(args, "text", P.MAX_TEXT_LEN)
-        acts, msg = node.broadcast(now, text)
+        text = _text(node, args.get("text"))
+        acts, msg = node.msgs.broadcast(now, text)
         reach = [p.name for p in node.table.alive() if p.subscribed]
         return acts + [ToClient(client, _ok(req, {"id": msg.id, "status": "sent", "subscribers": len(reach)}))]
     if cmd == "ping":
@@ -122,8 +161,23 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
         return node.ping(now, peer, wait_s, client, req)
     if cmd == "inbox":
         limit = int(_arg_num(args, "limit", 0, 0, 10**9))
-        items = list(node.inbox)
-        return [ToClient(client, _ok(req, items[-limit:] if limit else items))]
+        return [ToClient(client, _ok(req, node.msgs.inbox(limit or node.settings.inbox_size)))]
+    if cmd == "history":
+        limit = int(_arg_num(args, "limit", 100, 0, 10**9))
+        peer_id = None
+        if args.get("peer") is not None:
+            try:
+                peer_id, _ = node.resolve_target(_arg_str(args, "peer"))
+            except AmbiguousPeer as e:
+                raise BadRequest("ambiguous", str(e)) from None
+            except UnknownPeer as e:
+                raise BadRequest("unknown_peer", str(e)) from None
+        rows = node.store.history(peer_id=peer_id, since=_since(args), limit=limit)
+        return [ToClient(client, _ok(req, rows))]
+    if cmd == "outbox":
+        statuses = ("pending", "expired", "delivered") if args.get("all") is True else ("pending", "expired")
+        limit = int(_arg_num(args, "limit", 1000, 1, 10**9))
+        return [ToClient(client, _ok(req, node.store.outbox(statuses, limit)))]
     if cmd == "watch":
         node.watchers.add(client)
         return [ToClient(client, _ok(req, {"watching": True, "id": node.id, "name": node.name}))]

@@ -21,6 +21,7 @@ from . import protocol as P
 from .home import Home, load_or_create_identity, load_peer_book, pid_alive
 from .node import WILDCARD_HOSTS, Node
 from .settings import Settings, parse_host_port
+from .store import Store
 
 log = logging.getLogger("p2pd")
 READY_TIMEOUT_S = 20.0
@@ -107,7 +108,8 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> None:
             install_signal_handlers()
             address = own_address(settings, transport.port, transport.pub_port)
             now = time.monotonic()
-            node = Node(ident.id, name, address, settings, now, time.time())
+            store = Store(home.store_file, settings.durability)
+            node = Node(ident.id, name, address, settings, now, time.time(), store)
             log.info(
                 "started p2pd %s: id=%s name=%s peer=tcp://%s:%d pub=tcp://%s:%d control=%s",
                 _version(), ident.id, name, settings.host, transport.port, settings.host, transport.pub_port, home.control_endpoint,
@@ -129,6 +131,8 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> None:
             log.info("stopped")
         finally:
             transport.close()
+            if "store" in locals():
+                store.close()
             try:
                 home.pid_file.unlink()
             except OSError:

@@ -66,6 +66,10 @@ class Home:
         return self.path / "peers.json"
 
     @property
+    def store_file(self) -> Path:
+        return self.path / "store.db"
+
+    @property
     def startup_error_file(self) -> Path:
         return self.path / "startup.err"
 

@@ -27,14 +27,16 @@ The peer protocol (docs/PROTOCOL.md):
 from __future__ import annotations
 
 import logging
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 
 from . import protocol as P
 from .actions import CloseLink, OpenLink, Publish, RekeyLink, SavePeers, Send, Shutdown, Subscribe, ToClient, Unsubscribe
-from .membership import ALIVE, LOST, Membership, Peer, is_loopback
+from .membership import ALIVE, LOST, Membership, Peer, UnknownPeer, is_loopback
+from .messaging import Messaging
 from .ratelimit import LogRateLimiter
 from .settings import Settings
+from .store import Store
 
 log = logging.getLogger("p2pd.node")
 
@@ -49,6 +51,7 @@ class PendingConnect:
     deadline: float | None
     client: bytes | None = None
     req: object = None
+    since: float | None = None  # also fetch this peer's broadcasts since this UNIX time
 
 
 @dataclass
@@ -69,7 +72,8 @@ class Bootstrap:
 
 
 class Node:
-    def __init__(self, node_id: str, name: str, address: P.PeerAddress, settings: Settings, now: float, wall: float):
+    def __init__(self, node_id: str, name: str, address: P.PeerAddress, settings: Settings, now: float, wall: float,
+                 store: Store | None = None):
         self.id = node_id
         self.name = name
         self.address = address  # what we advertise; addr None = "use what you see"
@@ -83,13 +87,19 @@ class Node:
         self.pings: dict[str, PendingPing] = {}
         self.bootstraps: dict[str, Bootstrap] = {}
         self.watchers: set[bytes] = set()
-        self.inbox: deque = deque(maxlen=settings.inbox_size)
         self.stats: Counter = Counter()
+        self.store = store if store is not None else Store(":memory:")
+        self.msgs = Messaging(self, self.store, settings)
         self.dropped: Counter = Counter()
         self._limiter = LogRateLimiter(1.0)
         self._next_heartbeat = now
         self._next_gossip = now + settings.gossip_interval_s
         self.stopping = False
+
+    @property
+    def inbox(self) -> list[dict]:
+        """The newest received messages (at most ``inbox_size``), oldest first."""
+        return self.msgs.inbox(self.settings.inbox_size)
 
     # ------------------------------------------------------------------ helpers
     def _epoch(self, now: float) -> float:
@@ -99,7 +109,8 @@ class Node:
         return P.make(type_, self.id, self.name, self._epoch(now), data, target)
 
     def _join(self, now: float, reply_to: str | None = None) -> P.Message:
-        data = {"addr": self.address.addr, "port": self.address.port, "pub_port": self.address.pub_port, "reply_to": reply_to}
+        data = {"addr": self.address.addr, "port": self.address.port, "pub_port": self.address.pub_port, "reply_to": reply_to,
+                **self.msgs.beacon()}
         return self._msg(now, P.JOIN, data)
 
     def _peers_msg(self, now: float, exclude: str) -> P.Message:
@@ -152,9 +163,11 @@ class Node:
         acts.append(Subscribe(peer.pub_endpoint))
         acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id)))
         acts.append(self._save_peers())
+        a = peer.address
+        self.store.remember_peer(peer.id, peer.name, a.addr, a.port, a.pub_port, self._epoch(now))
         log.info("peer joined: %s (%s) at %s", peer.name, peer.id[:12], peer.router_endpoint)
         acts += self.emit(now, "joined", peer=peer.describe(now))
-        return acts
+        return acts + self.msgs.link_up(now, peer)
 
     def _link_to(self, now: float, peer: Peer) -> list:
         """Open (or reopen) a link to a known peer and introduce ourselves."""
@@ -247,10 +260,12 @@ class Node:
         acts = self._became_alive(now, peer) if self.table.heard_from(peer.id, now) else []
         handler = {
             P.MESSAGE: self._on_message,
-            P.BROADCAST: self._on_message,
+            P.BROADCAST: self.msgs.on_broadcast,
             P.PEERS: self._on_peers,
             P.PING: self._on_ping,
             P.PONG: self._on_pong,
+            P.ACK: self.msgs.on_ack,
+            P.FETCH: self.msgs.on_fetch,
         }[msg.type]
         return acts + handler(now, msg, peer)
 
@@ -299,6 +314,9 @@ class Node:
             # A peer we thought alive introduced itself again (it restarted
             # quickly): it has forgotten what it knew, so tell it again.
             acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id)))
+        if pc is not None and pc.since is not None:
+            acts += self.msgs.request_since(now, peer, pc.since)
+        acts += self.msgs.announced(now, peer, msg.data)
         if pc is not None and pc.client is not None:
             acts.append(ToClient(pc.client, _ok(pc.req, {"peer": peer.describe(now)})))
         return acts
@@ -313,22 +331,10 @@ class Node:
         return acts + self.emit(now, "left", peer=peer.describe(now))
 
     def _on_message(self, now: float, msg: P.Message, peer: Peer) -> list:
-        if msg.type == P.MESSAGE and msg.target_id != self.id:
+        if msg.target_id != self.id:
             self.drop(now, "misrouted", f"MESSAGE for {str(msg.target_id)[:12]} delivered to this node", peer.name)
             return []
-        self.stats["messages_in" if msg.type == P.MESSAGE else "broadcasts_in"] += 1
-        entry = {
-            "id": msg.id,
-            "type": msg.type,
-            "sender_id": msg.sender_id,
-            "sender_name": msg.sender_name,
-            "timestamp": msg.timestamp,
-            "text": msg.data["text"],
-            "target_id": msg.target_id,
-        }
-        self.inbox.append(entry)
-        log.debug("%s %s from %s", msg.type, msg.id, peer.name)
-        return self.emit(now, "message" if msg.type == P.MESSAGE else "broadcast", message=entry)
+        return self.msgs.on_message(now, msg, peer)
 
     def _on_peers(self, now: float, msg: P.Message, gossiper: Peer) -> list:
         acts: list = []
@@ -350,7 +356,8 @@ class Node:
         return acts
 
     def _on_ping(self, now: float, msg: P.Message, peer: Peer) -> list:
-        return [self._send(peer.id, self._msg(now, P.PONG, {"ping_id": msg.id}, target=peer.id))]
+        pong = self._send(peer.id, self._msg(now, P.PONG, {"ping_id": msg.id}, target=peer.id))
+        return [pong] + self.msgs.announced(now, peer, msg.data)
 
     def _on_pong(self, now: float, msg: P.Message, peer: Peer) -> list:
         pp = self.pings.pop(msg.data["ping_id"], None)
@@ -387,8 +394,9 @@ class Node:
             acts.append(self._save_peers())
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.settings.heartbeat_interval_s
+            beacon = self.msgs.beacon()
             for peer in self.table.alive():
-                ping = self._msg(now, P.PING, target=peer.id)
+                ping = self._msg(now, P.PING, beacon, target=peer.id)
                 self.pings[ping.id] = PendingPing(peer.id, now, deadline=now + timeout)
                 acts.append(self._send(peer.id, ping))
         if now >= self._next_gossip:
@@ -406,7 +414,11 @@ class Node:
                 acts += self._close_link(pc.key)
                 if pc.client is not None:
                     acts.append(ToClient(pc.client, _err(pc.req, "unreachable", f"no answer from {pc.endpoint} within the timeout: is p2pd running there, and is the port open?")))
-        return acts + self._tick_bootstraps(now)
+        return acts + self._tick_bootstraps(now) + self.msgs.tick(now)
+
+    def flush(self, now: float) -> list:
+        """End of an input batch: what may go out only once the store is committed."""
+        return self.msgs.flush(now)
 
     def _tick_bootstraps(self, now: float) -> list:
         acts: list = []
@@ -427,19 +439,20 @@ class Node:
             acts += self._dial(now, b.endpoint, deadline=None)
         return acts
 
-    def _dial(self, now: float, endpoint: str, deadline: float | None, client: bytes | None = None, req=None) -> list:
+    def _dial(self, now: float, endpoint: str, deadline: float | None, client: bytes | None = None, req=None, since: float | None = None) -> list:
         key = f"pending:{endpoint}:{now:.6f}"
         join = self._join(now)
-        self.pending[join.id] = PendingConnect(key, endpoint, deadline, client, req)
+        self.pending[join.id] = PendingConnect(key, endpoint, deadline, client, req, since)
         self.links[key] = endpoint
         return [OpenLink(key, endpoint), self._send(key, join)]
 
     # ------------------------------------------------------------------ control-socket operations
-    def connect(self, now: float, endpoint: str, wait_s: float, client: bytes, req) -> list:
+    def connect(self, now: float, endpoint: str, wait_s: float, client: bytes, req, since: float | None = None) -> list:
         known = self.table.find_by_endpoint(endpoint)
         if known is not None and known.state == ALIVE:
-            return [ToClient(client, _ok(req, {"peer": known.describe(now), "already": True}))]
-        return self._dial(now, endpoint, now + wait_s, client, req)
+            acts = self.msgs.request_since(now, known, since) if since is not None else []
+            return acts + [ToClient(client, _ok(req, {"peer": known.describe(now), "already": True}))]
+        return self._dial(now, endpoint, now + wait_s, client, req, since)
 
     def disconnect(self, now: float, peer: Peer) -> list:
         """Tell the peer we are leaving it and forget it (it may come back by JOIN)."""
@@ -453,15 +466,23 @@ class Node:
         log.info("disconnected from %s (%s) on request", peer.name, peer.id[:12])
         return acts + self.emit(now, "left", peer=peer.describe(now))
 
-    def send_text(self, now: float, peer: Peer, text: str) -> tuple[list, P.Message]:
-        msg = self._msg(now, P.MESSAGE, {"text": text}, target=peer.id)
-        self.stats["messages_out"] += 1
-        return [self._send(peer.id, msg)], msg
+    def resolve_target(self, query: str) -> tuple[str, str]:
+        """A peer to send to: a current member, else one from the address book (offline or left)."""
+        try:
+            peer = self.table.resolve(query)
+            return peer.id, peer.name
+        except UnknownPeer:
+            pass
+        known = [k for k in self.store.known_peers() if k["id"] not in self.table]
+        for match in ([k for k in known if k["id"] == query], [k for k in known if k["name"] == query],
+                      [k for k in known if len(query) >= 4 and k["id"].startswith(query)]):
+            if len(match) == 1:
+                return match[0]["id"], match[0]["name"]
+            if len(match) > 1:
+                from .membership import AmbiguousPeer
 
-    def broadcast(self, now: float, text: str) -> tuple[list, P.Message]:
-        msg = self._msg(now, P.BROADCAST, {"text": text})
-        self.stats["broadcasts_out"] += 1
-        return [Publish(msg)], msg
+                raise AmbiguousPeer(query, [Peer(k["id"], k["name"], P.PeerAddress(k["addr"], k["port"], k["pub_port"])) for k in match])
+        raise UnknownPeer(f"no peer named {query!r} and no peer id starting with it")
 
     def ping(self, now: float, peer: Peer, timeout_s: float, client: bytes, req) -> list:
         msg = self._msg(now, P.PING, target=peer.id)
@@ -483,6 +504,13 @@ class Node:
             "messages_out": self.stats["messages_out"],
             "broadcasts_in": self.stats["broadcasts_in"],
             "broadcasts_out": self.stats["broadcasts_out"],
+            "outbox_pending": self.msgs.pending_count(),
+            "messages_delivered": self.stats["messages_delivered"],
+            "messages_expired": self.stats["messages_expired"],
+            "duplicates_dropped": self.stats["duplicates_dropped"],
+            "out_of_order_dropped": self.stats["out_of_order_dropped"],
+            "broadcast_fetches": self.stats["broadcast_fetches"],
+            "broadcasts_replayed": self.stats["broadcasts_replayed"],
             "frames_in": self.stats["frames_in"],
             "frames_out": self.stats["frames_out"],
             "dropped": dict(self.dropped),

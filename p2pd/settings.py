@@ -37,7 +37,13 @@ class Settings:
     forget_after_s: float = 3600.0
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_peers: int = 256
-    inbox_size: int = 1000
+    inbox_size: int = 1000  # `p2pctl inbox` lists at most this many of the newest messages
+    send_window: int = 1000  # direct messages in flight per peer before the sender waits for ACKs
+    ack_timeout_s: float = 2.0  # no ACK progress for this long: resend from the oldest unacknowledged
+    message_expiry_s: float = 7 * 86400.0  # an undelivered direct message is given up after this
+    retention_s: float = 30 * 86400.0  # history and delivered outbox rows older than this are pruned
+    max_stored_messages: int = 1_000_000  # history rows kept at most (oldest pruned first)
+    durability: str = "normal"  # "normal": survives a killed daemon; "full": also power loss (slower)
 
     def validate(self) -> "Settings":
         def port_ok(v):
@@ -53,7 +59,8 @@ class Settings:
             raise ConfigError("port 65535 leaves no room for the default broadcast port (port+1); set pub_port / --pub-port")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
-        for name in ("heartbeat_interval_s", "heartbeat_timeout_s", "gossip_interval_s", "retry_min_s", "retry_max_s", "forget_after_s"):
+        for name in ("heartbeat_interval_s", "heartbeat_timeout_s", "gossip_interval_s", "retry_min_s", "retry_max_s", "forget_after_s",
+                     "ack_timeout_s", "message_expiry_s", "retention_s"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < float("inf"):
                 raise ConfigError(f"{name} must be a positive number of seconds, got {v!r}")
@@ -65,7 +72,9 @@ class Settings:
             raise ConfigError(f"name {self.name!r} is not allowed: 1-64 printable characters, no control characters")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
             raise ConfigError("heartbeat_timeout_s must be larger than heartbeat_interval_s")
-        for name in ("max_frame_bytes", "max_peers", "inbox_size"):
+        if self.durability not in ("normal", "full"):
+            raise ConfigError(f"durability must be \"normal\" or \"full\", got {self.durability!r}")
+        for name in ("max_frame_bytes", "max_peers", "inbox_size", "send_window", "max_stored_messages"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")

@@ -215,29 +215,36 @@ class Transport:
             handle(frames)
 
     def run(self, node: Node, extra_status: dict) -> None:
+        """Poll, hand input to the node, commit the store, then perform the effects.
+
+        Effects of a whole turn are held back until the store is committed:
+        an ACK, a reply or an event must never describe data that a crash
+        right now would lose (write-ahead).
+        """
         self.node = node
         poller = zmq.Poller()
         for sock in (self.router, self.pub, self.sub, self.control):
             poller.register(sock, zmq.POLLIN)
+        out: list = []
 
         def on_router(frames):
             try:
                 peer_host = frames[-1].get("Peer-Address")
             except (zmq.ZMQError, AttributeError):
                 peer_host = None
-            self.apply(node.on_router_frames(time.monotonic(), [f.bytes for f in frames], peer_host))
+            out.extend(node.on_router_frames(time.monotonic(), [f.bytes for f in frames], peer_host))
 
         def on_sub(frames):
-            self.apply(node.on_sub_frames(time.monotonic(), [f.bytes for f in frames]))
+            out.extend(node.on_sub_frames(time.monotonic(), [f.bytes for f in frames]))
 
         def on_pub(frames):
-            self.apply(node.on_subscription(time.monotonic(), frames[0].bytes))
+            out.extend(node.on_subscription(time.monotonic(), frames[0].bytes))
 
         def on_control(frames):
             if len(frames) != 2:
                 node.drop(time.monotonic(), "bad_control", f"control request with {len(frames) - 1} frames", "control socket")
                 return
-            self.apply(control.handle(node, time.monotonic(), frames[0].bytes, frames[1].bytes, extra_status))
+            out.extend(control.handle(node, time.monotonic(), frames[0].bytes, frames[1].bytes, extra_status))
 
         handlers = {self.router: on_router, self.sub: on_sub, self.pub: on_pub, self.control: on_control}
         next_tick = 0.0
@@ -250,12 +257,17 @@ class Transport:
                 except Exception:  # a bug must not kill the node: log it and carry on
                     log.exception("error while handling input; continuing")
             now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + 0.05
-                try:
-                    self.apply(node.tick(now))
-                except Exception:
-                    log.exception("error in periodic work; continuing")
+            try:
+                if now >= next_tick:
+                    next_tick = now + 0.05
+                    out.extend(node.tick(now))
+                out.extend(node.flush(now))
+            except Exception:
+                log.exception("error in periodic work; continuing")
+            node.store.commit()
+            if out:
+                self.apply(out)
+                out.clear()
             if not self.running or stop_requested():
                 if not node.stopping:
                     self.apply(node.leave(time.monotonic()))

@@ -92,15 +92,23 @@ class Net:
         return acts
 
     def flush(self, now: float) -> None:
+        """Deliver everything queued; then, like the event loop after each batch, collect each node's
+        end-of-batch output (ACKs), until the network is quiet."""
         steps = 0
-        while self.queue:
-            steps += 1
-            assert steps < 10_000, "message storm"
-            node, act = self.queue.popleft()
-            self.actions.append((now, node.name, act))
-            if not self.up(node):
-                continue
-            self._perform(now, node, act)
+        while True:
+            while self.queue:
+                steps += 1
+                assert steps < 100_000, "message storm"
+                node, act = self.queue.popleft()
+                self.actions.append((now, node.name, act))
+                if not self.up(node):
+                    continue
+                self._perform(now, node, act)
+            for node in list(self.nodes.values()):
+                if self.up(node):
+                    self.queue.extend((node, a) for a in node.flush(now))
+            if not self.queue:
+                return
 
     def _perform(self, now: float, node: Node, act) -> None:
         links = self.dealers[node.id]
@@ -720,7 +728,7 @@ def test_send_and_broadcast_reach_the_inbox(net, trio):
     alice, bob, charlie = trio
     watch(net, bob)
     reply = net.call(alice, 2.0, "send", peer="bob", text="hi bob")
-    assert reply["ok"] is True and reply["result"]["status"] == "sent"
+    assert reply["ok"] is True and reply["result"]["status"] == "queued"  # no wait asked: answered once stored
     assert reply["result"]["peer"] == "bob" and reply["result"]["peer_id"] == bob.id
     (entry,) = list(bob.inbox)
     assert entry["id"] == reply["result"]["id"] and entry["text"] == "hi bob"
@@ -840,7 +848,7 @@ BAD_REQUESTS = [
     ({"cmd": "send", "args": {"peer": "bob-1"}}, "bad_request"),
     ({"cmd": "send", "args": {"peer": "bob-1", "text": ""}}, "bad_request"),
     ({"cmd": "send", "args": {"peer": "bob-1", "text": 5}}, "bad_request"),
-    ({"cmd": "send", "args": {"peer": "bob-1", "text": "x" * (P.MAX_TEXT_LEN + 1)}}, "bad_request"),
+    ({"cmd": "send", "args": {"peer": "bob-1", "text": "x" * (P.MAX_TEXT_LEN + 1)}}, "too_large"),
     ({"cmd": "send", "args": {"text": "hi"}}, "bad_request"),
     ({"cmd": "send", "args": {"peer": "", "text": "hi"}}, "bad_request"),
     ({"cmd": "send", "args": {"peer": 7, "text": "hi"}}, "bad_request"),
@@ -872,7 +880,6 @@ BAD_REQUESTS = [
     ({"cmd": "send", "args": {"peer": "bob", "text": "hi"}}, "ambiguous"),
     ({"cmd": "ping", "args": {"peer": "bob"}}, "ambiguous"),
     ({"cmd": "disconnect", "args": {"peer": "bob"}}, "ambiguous"),
-    ({"cmd": "send", "args": {"peer": "carol", "text": "hi"}}, "not_linked"),
     ({"cmd": "ping", "args": {"peer": "carol"}}, "not_linked"),
 ]
 
@@ -976,3 +983,9 @@ def test_bootstrap_retries_until_answered(net):
     assert state(alice, bob) == ALIVE and state(bob, alice) == ALIVE
     assert alice.pending == {}
     assert all(not k.startswith("pending:") for k in alice.links)
+
+
+def test_send_to_a_lost_peer_is_queued_not_refused(busy_alice):
+    reply = handle(busy_alice, {"req": 1, "cmd": "send", "args": {"peer": "carol", "text": "hi"}})
+    assert reply["ok"] is True and reply["result"]["status"] == "queued"
+    assert [r["text"] for r in busy_alice.store.outbox()] == ["hi"]

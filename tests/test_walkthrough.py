@@ -54,7 +54,7 @@ def test_three_node_walkthrough(trio):
 
     # direct messages by name, both ways
     out = charlie.ctl("send", "alice", "hello", "alice").stdout
-    assert "sent to alice" in out
+    assert "delivered to alice" in out
     alice.ctl("send", "charlie", "hi charlie")
     wait_for(lambda: [m["text"] for m in alice.call("inbox")] == ["hello alice"], what="alice's inbox")
     wait_for(lambda: [m["text"] for m in charlie.call("inbox")] == ["hi charlie"], what="charlie's inbox")

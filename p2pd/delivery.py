@@ -1,0 +1,229 @@
+"""Reliable delivery: exactly-once, in-order direct messages and gap-free broadcasts.
+
+How this works
+--------------
+Direct messages (per ordered pair sender -> receiver):
+
+* The sender numbers each message for that peer (``seq`` 1, 2, 3 ...) and
+  stores it in the outbox *before* saying it was sent.  It transmits from the
+  outbox while fewer than ``window`` messages are unacknowledged (that is the
+  flow control: a fast sender is slowed to the receiver's pace, never
+  dropped), and goes back to the oldest unacknowledged one when the link
+  comes up again or no ACK has made progress for ``ack_timeout_s``
+  (go-back-N).  Every MESSAGE also carries ``base``: the oldest seq the
+  sender still needs; everything below it was acknowledged or expired.
+* The receiver keeps the highest seq it stored from each sender (``in_seq``).
+  ``seq == in_seq + 1`` is stored; lower is a duplicate; higher is a gap and
+  is dropped (the sender will resend it in order).  After each batch is
+  committed it sends one cumulative ``ACK {upto: in_seq}`` per sender, so an
+  ACK always means "on disk".
+
+Broadcasts (per origin):
+
+* The origin numbers its broadcasts (``bseq``), keeps them in its store, and
+  announces its latest ``bseq`` and oldest kept one in every JOIN and PING.
+* A receiver delivers ``bseq == last + 1``, drops duplicates, and holds a
+  bounded number of early arrivals while it asks the origin, over the
+  ROUTER/DEALER link, to ``FETCH`` the missing range; the origin replays the
+  stored BROADCASTs on that link.  A receiver that never saw an origin before
+  starts at the origin's current number: no old backlog unless asked.
+
+Pure apart from the store: no sockets; time is passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .store import Store
+
+FETCH_MAX = 1000  # broadcasts replayed per FETCH request
+REORDER_MAX = 20_000  # early broadcasts held per origin while a gap is fetched
+
+
+@dataclass
+class LinkSeq:
+    out_seq: int = 0  # last seq we numbered for this peer
+    out_acked: int = 0  # highest seq it acknowledged
+    in_seq: int = 0  # highest seq we stored from it
+    bcast_seq: int | None = None  # last of its broadcasts we delivered (None: never synced)
+    next_send: int = 1  # next seq to transmit
+    last_progress: float = 0.0
+    dirty: bool = False
+    ack_owed: bool = False
+    fetch_to: int = 0  # a FETCH up to this bseq is in flight
+    fetch_deadline: float = 0.0
+
+
+class Delivery:
+    def __init__(self, store: Store, window: int = 1000, ack_timeout_s: float = 2.0, expiry_s: float = 7 * 86400):
+        self.store = store
+        self.window = window
+        self.ack_timeout_s = ack_timeout_s
+        self.expiry_s = expiry_s
+        self.links: dict[str, LinkSeq] = {}
+        for peer_id, row in store.links().items():
+            self.links[peer_id] = LinkSeq(row["out_seq"], row["out_acked"], row["in_seq"], row["bcast_seq"], next_send=row["out_acked"] + 1)
+        self.bcast_seq = int(store.get_meta("bcast_seq", "0"))
+        self.early: dict[str, dict[int, tuple]] = {}  # origin -> bseq -> message fields
+
+    def link(self, peer_id: str) -> LinkSeq:
+        ls = self.links.get(peer_id)
+        if ls is None:
+            ls = self.links[peer_id] = LinkSeq()
+        return ls
+
+    def save(self) -> None:
+        """Write changed counters; the caller commits with the batch."""
+        for peer_id, ls in self.links.items():
+            if ls.dirty:
+                self.store.save_link(peer_id, ls.out_seq, ls.out_acked, ls.in_seq, ls.bcast_seq)
+                ls.dirty = False
+
+    # ------------------------------------------------------------------ direct: sender
+    def enqueue(self, peer_id: str, msg_id: str, text: str, timestamp: str, epoch: float, expiry_s: float | None = None) -> int:
+        ls = self.link(peer_id)
+        ls.out_seq += 1
+        ls.dirty = True
+        self.store.add_outbox(peer_id, ls.out_seq, msg_id, text, timestamp, epoch, epoch + (expiry_s or self.expiry_s))
+        return ls.out_seq
+
+    def due(self, peer_id: str, now: float) -> tuple[int, list[tuple]]:
+        """Messages to transmit now to a linked peer: (base, [(seq, id, text, timestamp), ...])."""
+        ls = self.links.get(peer_id)
+        if ls is None or ls.out_acked >= ls.out_seq:
+            return 0, []
+        in_flight = ls.next_send - 1 - ls.out_acked
+        if in_flight > 0 and now - ls.last_progress > self.ack_timeout_s:
+            ls.next_send = ls.out_acked + 1  # no progress: go back and resend in order
+            in_flight = 0
+        room = self.window - in_flight
+        if room <= 0 or ls.next_send > ls.out_seq:
+            return 0, []
+        if in_flight == 0:
+            ls.last_progress = now
+        rows = self.store.pending_after(peer_id, ls.next_send - 1, room)
+        if not rows:
+            ls.next_send = ls.out_seq + 1
+            return 0, []
+        base_rows = self.store.pending_after(peer_id, ls.out_acked, 1)
+        base = base_rows[0][0] if base_rows else rows[0][0]
+        ls.next_send = rows[-1][0] + 1
+        return base, rows
+
+    def rewind(self, peer_id: str) -> None:
+        """The link came (back) up: resend everything not yet acknowledged."""
+        ls = self.links.get(peer_id)
+        if ls is not None:
+            ls.next_send = ls.out_acked + 1
+
+    def on_ack(self, peer_id: str, upto: int, now: float, epoch: float) -> list[str]:
+        ls = self.links.get(peer_id)
+        if ls is None or upto <= ls.out_acked:
+            return []
+        upto = min(upto, ls.out_seq)
+        ls.out_acked = upto
+        ls.next_send = max(ls.next_send, upto + 1)
+        ls.last_progress = now
+        ls.dirty = True
+        return self.store.mark_delivered(peer_id, upto, epoch)
+
+    def pending_peers(self) -> list[str]:
+        return [p for p, ls in self.links.items() if ls.out_acked < ls.out_seq]
+
+    # ------------------------------------------------------------------ direct: receiver
+    def accept(self, peer_id: str, seq: int, base: int) -> str:
+        """Classify an incoming MESSAGE: "new" (store it), "dup", or "gap"."""
+        ls = self.link(peer_id)
+        ls.ack_owed = True
+        if base - 1 > ls.in_seq:
+            ls.in_seq = base - 1  # the sender will never resend below base
+            ls.dirty = True
+        if seq <= ls.in_seq:
+            return "dup"
+        if seq == ls.in_seq + 1:
+            ls.in_seq = seq
+            ls.dirty = True
+            return "new"
+        return "gap"
+
+    def acks_owed(self) -> list[tuple[str, int]]:
+        out = []
+        for peer_id, ls in self.links.items():
+            if ls.ack_owed:
+                ls.ack_owed = False
+                out.append((peer_id, ls.in_seq))
+        return out
+
+    # ------------------------------------------------------------------ broadcasts: origin
+    def next_broadcast(self, msg_id: str, text: str, timestamp: str, epoch: float) -> int:
+        self.bcast_seq += 1
+        self.store.add_broadcast(self.bcast_seq, msg_id, text, timestamp, epoch)
+        self.store.set_meta("bcast_seq", str(self.bcast_seq))
+        return self.bcast_seq
+
+    def broadcast_window(self) -> tuple[int, int]:
+        """(oldest bseq we can still replay, latest bseq)."""
+        oldest = self.store.oldest_broadcast()
+        return (oldest if oldest is not None else self.bcast_seq + 1), self.bcast_seq
+
+    def replay(self, from_seq: int, to_seq: int) -> list[tuple]:
+        return self.store.broadcast_range(from_seq, min(to_seq, from_seq + FETCH_MAX - 1), FETCH_MAX)
+
+    # ------------------------------------------------------------------ broadcasts: receiver
+    def announced(self, origin: str, latest: int, oldest: int, now: float, fetch_timeout_s: float) -> tuple[int, int] | None:
+        """An origin told us its latest/oldest bseq: returns a (from, to) range to FETCH, if any."""
+        ls = self.link(origin)
+        if ls.bcast_seq is None:
+            ls.bcast_seq = latest  # first contact: no backlog unless asked
+            ls.dirty = True
+            return None
+        if ls.bcast_seq + 1 < oldest:
+            ls.bcast_seq = oldest - 1  # pruned at the origin: cannot be had any more
+            ls.dirty = True
+        if latest > ls.bcast_seq:
+            return self._want(ls, latest, now, fetch_timeout_s)
+        return None
+
+    def since(self, origin: str, from_seq: int) -> None:
+        """Ask for an origin's backlog: deliver from ``from_seq`` on."""
+        ls = self.link(origin)
+        ls.bcast_seq = max(0, from_seq - 1)
+        ls.dirty = True
+
+    def _want(self, ls: LinkSeq, to: int, now: float, fetch_timeout_s: float) -> tuple[int, int] | None:
+        if ls.fetch_to >= to and now < ls.fetch_deadline:
+            return None
+        ls.fetch_to = to
+        ls.fetch_deadline = now + fetch_timeout_s
+        return ls.bcast_seq + 1, to
+
+    def on_broadcast(self, origin: str, bseq: int, fields: tuple, now: float, fetch_timeout_s: float) -> tuple[list[tuple], tuple[int, int] | None, bool]:
+        """Returns (messages to deliver in order, range to FETCH or None, was_duplicate)."""
+        ls = self.link(origin)
+        if ls.bcast_seq is None:
+            ls.bcast_seq = bseq - 1
+        if bseq <= ls.bcast_seq:
+            return [], None, True
+        if bseq > ls.bcast_seq + 1:
+            early = self.early.setdefault(origin, {})
+            duplicate = bseq in early
+            if len(early) < REORDER_MAX:
+                early[bseq] = fields
+            return [], self._want(ls, bseq - 1, now, fetch_timeout_s), duplicate
+        out = [fields]
+        ls.bcast_seq = bseq
+        early = self.early.get(origin)
+        while early:
+            nxt = early.pop(ls.bcast_seq + 1, None)
+            if nxt is None:
+                break
+            out.append(nxt)
+            ls.bcast_seq += 1
+        if early is not None:
+            for stale in [s for s in early if s <= ls.bcast_seq]:
+                del early[stale]
+        ls.dirty = True
+        if ls.fetch_to <= ls.bcast_seq:
+            ls.fetch_to = 0
+        return out, None, False

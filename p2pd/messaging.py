@@ -1,0 +1,278 @@
+"""Messages on top of links: durable direct sends, numbered broadcasts, ACK and FETCH.
+
+How this works
+--------------
+The node hands this module every MESSAGE, BROADCAST, ACK and FETCH it
+receives, each control request to send, and a call to `tick` and `flush`.
+Bookkeeping (sequence numbers, windows, gaps) lives in `delivery.py`; this
+module turns its answers into envelopes and effects:
+
+* ``send``: number the message, store it in the outbox and the history, and
+  transmit what the window allows.  The reply to the client says
+  ``delivered`` once the peer's ACK covers it, or ``queued`` when the wait
+  ends first (``require``: an error instead).
+* incoming MESSAGE: store new ones, drop duplicates and gaps; owe an ACK.
+* ``flush``: called by the event loop after a batch; it writes counters, and
+  returns the ACKs owed.  The loop commits the store *before* it performs
+  anything `flush` or the handlers returned, so an ACK, reply or event
+  always describes data already on disk.
+
+Pure apart from the store: no sockets; time is passed in.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from . import protocol as P
+from .actions import Publish, ToClient
+from .delivery import Delivery
+from .store import Store
+
+log = logging.getLogger("p2pd.messaging")
+
+EXPIRE_EVERY_S = 1.0
+PRUNE_EVERY_S = 60.0
+
+
+@dataclass
+class Waiter:
+    client: bytes
+    req: object
+    deadline: float
+    require: bool
+    peer_name: str
+    peer_id: str
+
+
+def entry(msg_id: str, type_: str, sender_id: str, sender_name: str, timestamp: str, text: str, target_id: str | None) -> dict:
+    """A message as `inbox`, `history` and `watch` show it."""
+    return {"id": msg_id, "type": type_, "sender_id": sender_id, "sender_name": sender_name,
+            "timestamp": timestamp, "text": text, "target_id": target_id}
+
+
+class Messaging:
+    def __init__(self, node, store: Store, settings):
+        self.node = node
+        self.store = store
+        self.settings = settings
+        self.delivery = Delivery(store, settings.send_window, settings.ack_timeout_s, settings.message_expiry_s)
+        self.waiters: dict[str, Waiter] = {}
+        self.since_wanted: dict[str, float] = {}
+        self._next_expire = 0.0
+        self._next_prune = 0.0
+
+    # ------------------------------------------------------------------ helpers
+    def beacon(self) -> dict:
+        """Fields for JOIN and PING: our latest broadcast number and the oldest we can replay."""
+        oldest, latest = self.delivery.broadcast_window()
+        return {"bseq": latest, "boldest": oldest}
+
+    def _reply(self, w: Waiter, status: str, msg_id: str) -> ToClient:
+        from .node import _ok
+
+        return ToClient(w.client, _ok(w.req, {"id": msg_id, "peer": w.peer_name, "peer_id": w.peer_id, "status": status}))
+
+    def _store_in(self, now: float, msg: P.Message) -> bool:
+        peer = msg.sender_id
+        return self.store.add_message("in", msg.type, msg.id, peer, msg.sender_id, msg.sender_name, msg.target_id,
+                                      msg.data["text"], msg.timestamp, self.node._epoch(now))
+
+    def _delivered_in(self, now: float, msg_id: str, type_: str, sender_id: str, sender_name: str, timestamp: str, text: str, target_id) -> list:
+        self.node.stats["messages_in" if type_ == P.MESSAGE else "broadcasts_in"] += 1
+        e = entry(msg_id, type_, sender_id, sender_name, timestamp, text, target_id)
+        return self.node.emit(now, "message" if type_ == P.MESSAGE else "broadcast", message=e)
+
+    # ------------------------------------------------------------------ sending
+    def send(self, now: float, peer_id: str, peer_name: str, texts: list[str], client: bytes, req, wait_s: float, require: bool,
+             given_ids: list[str] | None = None) -> list:
+        """Store and send.  ``given_ids`` make a send idempotent: a client that
+        is not sure its request got through (the daemon died before replying)
+        sends again with the same ids, and what is stored already is skipped."""
+        node = self.node
+        epoch = node._epoch(now)
+        ids = []
+        for i, text in enumerate(texts):
+            msg = node._msg(now, P.MESSAGE, {"text": text}, target=peer_id)
+            if given_ids is not None:
+                msg = P.Message(P.MESSAGE, given_ids[i], msg.sender_id, msg.sender_name, msg.timestamp, msg.data, peer_id)
+                if self.store.outbox_status(msg.id) is not None:
+                    ids.append(msg.id)
+                    continue
+            self.delivery.enqueue(peer_id, msg.id, text, msg.timestamp, epoch)
+            self.store.add_message("out", P.MESSAGE, msg.id, peer_id, node.id, node.name, peer_id, text, msg.timestamp, epoch)
+            ids.append(msg.id)
+        node.stats["messages_out"] += len(texts)
+        peer = node.table.get(peer_id)
+        alive = peer is not None and peer.state == "alive"
+        acts = self.pump(now, peer_id) if alive else []
+        if len(ids) > 1:
+            from .node import _ok
+
+            return acts + [ToClient(client, _ok(req, {"ids": ids, "peer": peer_name, "peer_id": peer_id, "status": "queued"}))]
+        w = Waiter(client, req, now + wait_s, require, peer_name, peer_id)
+        if wait_s > 0 and (alive or require):
+            self.waiters[ids[0]] = w
+            return acts
+        return acts + [self._reply(w, "queued", ids[0])]
+
+    def pump(self, now: float, peer_id: str) -> list:
+        """Transmit what the window allows to a linked peer."""
+        base, rows = self.delivery.due(peer_id, now)
+        if not rows:
+            return []
+        node = self.node
+        self.store.count_attempt(peer_id, rows[0][0], rows[-1][0])
+        acts = []
+        for seq, msg_id, text, timestamp in rows:
+            msg = P.Message(P.MESSAGE, msg_id, node.id, node.name, timestamp, {"text": text, "seq": seq, "base": base}, peer_id)
+            acts.append(node._send(peer_id, msg))
+        return acts
+
+    def broadcast(self, now: float, text: str) -> tuple[list, P.Message]:
+        node = self.node
+        epoch = node._epoch(now)
+        msg = node._msg(now, P.BROADCAST, {"text": text})
+        bseq = self.delivery.next_broadcast(msg.id, text, msg.timestamp, epoch)
+        msg = P.Message(P.BROADCAST, msg.id, node.id, node.name, msg.timestamp, {"text": text, "bseq": bseq}, None)
+        self.store.add_message("out", P.BROADCAST, msg.id, None, node.id, node.name, None, text, msg.timestamp, epoch)
+        node.stats["broadcasts_out"] += 1
+        return [Publish(msg)], msg
+
+    # ------------------------------------------------------------------ receiving
+    def on_message(self, now: float, msg: P.Message, peer) -> list:
+        seq = msg.data.get("seq")
+        if seq is None:  # a simple peer without sequence numbers: dedupe by id only
+            return self._delivered_in(now, msg.id, msg.type, msg.sender_id, msg.sender_name, msg.timestamp, msg.data["text"], msg.target_id) if self._store_in(now, msg) else []
+        verdict = self.delivery.accept(peer.id, seq, msg.data["base"])
+        if verdict == "dup":
+            self.node.stats["duplicates_dropped"] += 1
+            return []
+        if verdict == "gap":
+            self.node.stats["out_of_order_dropped"] += 1
+            return []
+        if not self._store_in(now, msg):
+            self.node.stats["duplicates_dropped"] += 1
+            return []
+        return self._delivered_in(now, msg.id, msg.type, msg.sender_id, msg.sender_name, msg.timestamp, msg.data["text"], msg.target_id)
+
+    def on_broadcast(self, now: float, msg: P.Message, peer) -> list:
+        bseq = msg.data.get("bseq")
+        if bseq is None:
+            return self._delivered_in(now, msg.id, msg.type, msg.sender_id, msg.sender_name, msg.timestamp, msg.data["text"], None) if self._store_in(now, msg) else []
+        if msg.data.get("replay") and peer.id in self.since_wanted:
+            del self.since_wanted[peer.id]
+            ls = self.delivery.link(peer.id)
+            if ls.bcast_seq is None or bseq <= ls.bcast_seq:
+                self.delivery.since(peer.id, bseq)
+        fields = (msg.id, msg.sender_id, msg.sender_name, msg.timestamp, msg.data["text"])
+        ready, want, dup = self.delivery.on_broadcast(peer.id, bseq, fields, now, self.settings.ack_timeout_s)
+        if dup:
+            self.node.stats["duplicates_dropped"] += 1
+        acts = self._fetch(now, peer, want) if want else []
+        for msg_id, sender_id, sender_name, timestamp, text in ready:
+            stored = self.store.add_message("in", P.BROADCAST, msg_id, sender_id, sender_id, sender_name, None, text, timestamp, self.node._epoch(now))
+            if stored:
+                acts += self._delivered_in(now, msg_id, P.BROADCAST, sender_id, sender_name, timestamp, text, None)
+        return acts
+
+    def _fetch(self, now: float, peer, rng: tuple[int, int]) -> list:
+        self.node.stats["broadcast_fetches"] += 1
+        log.debug("fetching broadcasts %d..%d from %s", rng[0], rng[1], peer.name)
+        return [self.node._send(peer.id, self.node._msg(now, P.FETCH, {"from": rng[0], "to": rng[1]}, target=peer.id))]
+
+    def announced(self, now: float, peer, data: dict) -> list:
+        """JOIN or PING told us the peer's broadcast numbers: fetch any we missed."""
+        latest, oldest = data.get("bseq"), data.get("boldest")
+        if latest is None:
+            return []
+        want = self.delivery.announced(peer.id, latest, oldest if oldest is not None else 1, now, self.settings.ack_timeout_s)
+        return self._fetch(now, peer, want) if want else []
+
+    def on_ack(self, now: float, msg: P.Message, peer) -> list:
+        if msg.target_id != self.node.id:
+            self.node.drop(now, "misrouted", "ACK for another node", peer.name)
+            return []
+        delivered = self.delivery.on_ack(peer.id, msg.data["upto"], now, self.node._epoch(now))
+        acts = []
+        for msg_id in delivered:
+            w = self.waiters.pop(msg_id, None)
+            if w is not None:
+                acts.append(self._reply(w, "delivered", msg_id))
+        self.node.stats["messages_delivered"] += len(delivered)
+        return acts + self.pump(now, peer.id)
+
+    def on_fetch(self, now: float, msg: P.Message, peer) -> list:
+        node = self.node
+        since = msg.data.get("since")
+        oldest, latest = self.delivery.broadcast_window()
+        if since is not None:
+            first = self.store.first_broadcast_since(since)
+            if first is None:
+                return []
+            lo, hi, replay = first, latest, True
+        else:
+            lo, hi, replay = max(msg.data["from"], oldest), min(msg.data["to"], latest), False
+        acts = []
+        for seq, msg_id, text, timestamp in self.delivery.replay(lo, hi) if lo <= hi else []:
+            data = {"text": text, "bseq": seq, "replay": True} if replay else {"text": text, "bseq": seq}
+            acts.append(node._send(peer.id, P.Message(P.BROADCAST, msg_id, node.id, node.name, timestamp, data, peer.id)))
+        node.stats["broadcasts_replayed"] += len(acts)
+        return acts
+
+    def request_since(self, now: float, peer, since_epoch: float) -> list:
+        self.since_wanted[peer.id] = since_epoch
+        return [self.node._send(peer.id, self.node._msg(now, P.FETCH, {"since": since_epoch}, target=peer.id))]
+
+    def link_up(self, now: float, peer) -> list:
+        self.delivery.rewind(peer.id)
+        return self.pump(now, peer.id)
+
+    # ------------------------------------------------------------------ timers
+    def tick(self, now: float) -> list:
+        acts: list = []
+        node = self.node
+        for peer_id in self.delivery.pending_peers():
+            peer = node.table.get(peer_id)
+            if peer is not None and peer.state == "alive":
+                acts += self.pump(now, peer_id)
+        for msg_id, w in list(self.waiters.items()):
+            if now >= w.deadline:
+                del self.waiters[msg_id]
+                if w.require:
+                    from .node import _err
+
+                    acts.append(ToClient(w.client, _err(w.req, "timeout", f"not delivered to {w.peer_name} in time; it stays queued and is retried until it expires (see: p2pctl outbox)")))
+                else:
+                    acts.append(self._reply(w, "queued", msg_id))
+        if now >= self._next_expire:
+            self._next_expire = now + EXPIRE_EVERY_S
+            for peer_id, seq, msg_id in self.store.expire(node._epoch(now)):
+                node.stats["messages_expired"] += 1
+                log.warning("message %s to %s expired undelivered", msg_id[:12], peer_id[:12])
+                acts += node.emit(now, "expired", message={"id": msg_id, "peer_id": peer_id, "seq": seq})
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_EVERY_S
+            pruned = self.store.prune(node._epoch(now), self.settings.retention_s, self.settings.max_stored_messages)
+            if pruned:
+                log.info("pruned %d old rows from the store", pruned)
+        return acts
+
+    def flush(self, now: float) -> list:
+        """After a batch: save counters and return the ACKs owed (the loop commits first)."""
+        self.delivery.save()
+        node = self.node
+        acts = []
+        for peer_id, upto in self.delivery.acks_owed():
+            if peer_id in node.links:
+                acts.append(node._send(peer_id, node._msg(now, P.ACK, {"upto": upto}, target=peer_id)))
+        return acts
+
+    # ------------------------------------------------------------------ queries
+    def inbox(self, limit: int) -> list[dict]:
+        rows = self.store.history(direction="in", limit=limit)
+        return [entry(r["id"], r["type"], r["sender_id"], r["sender_name"], r["timestamp"], r["text"], r["target_id"]) for r in rows]
+
+    def pending_count(self) -> int:
+        return sum(max(0, ls.out_seq - ls.out_acked) for ls in self.delivery.links.values())

@@ -1,0 +1,273 @@
+"""The message store: outbox, history, sequence counters and own broadcasts, in SQLite.
+
+How this works
+--------------
+One SQLite file (``store.db`` in the home, WAL mode) holds everything that
+must survive a restart or a kill -9:
+
+* ``outbox``     - direct messages we sent, numbered per peer (``seq``), with
+                   status pending / delivered / expired.  A row is pending until
+                   the peer's cumulative ACK covers its seq.
+* ``messages``   - the conversation: every message sent and received (the
+                   inbox is the received part).  ``id`` is unique, so a
+                   duplicate can never be stored twice.
+* ``links``      - per peer: the last seq we numbered for it, the highest it
+                   acknowledged, the highest seq we received from it, and the
+                   last of its broadcast numbers we delivered.
+* ``broadcasts`` - our own broadcasts, numbered, kept so that peers that missed
+                   some (slow joiner, high-water-mark drop, restart) can fetch them.
+* ``meta``       - our own counters (the last broadcast number), which must
+                   never go backwards even when old broadcasts are pruned.
+* ``known``      - the address book of every peer we have linked, so a message
+                   to a peer that is offline or has left can still be queued.
+
+The caller groups writes: nothing is committed until `commit()`, which the
+event loop calls once per batch of input, *before* it sends any reply, ACK or
+event that depends on those writes (write-ahead: nothing is acknowledged that
+is not on disk).  ``synchronous=NORMAL`` in WAL mode survives a killed
+process; ``durability = "full"`` also survives power loss, at a cost.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    peer_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    id TEXT NOT NULL UNIQUE,
+    text TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    delivered REAL,
+    PRIMARY KEY (peer_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status, expires);
+CREATE TABLE IF NOT EXISTS messages (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    direction TEXT NOT NULL,
+    type TEXT NOT NULL,
+    peer_id TEXT,
+    sender_id TEXT NOT NULL,
+    sender_name TEXT NOT NULL,
+    target_id TEXT,
+    text TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    stored REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_peer ON messages(peer_id, n);
+CREATE INDEX IF NOT EXISTS messages_stored ON messages(stored);
+CREATE TABLE IF NOT EXISTS links (
+    peer_id TEXT PRIMARY KEY,
+    out_seq INTEGER NOT NULL DEFAULT 0,
+    out_acked INTEGER NOT NULL DEFAULT 0,
+    in_seq INTEGER NOT NULL DEFAULT 0,
+    bcast_seq INTEGER
+);
+CREATE TABLE IF NOT EXISTS broadcasts (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    text TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS known (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    addr TEXT,
+    port INTEGER NOT NULL,
+    pub_port INTEGER NOT NULL,
+    updated REAL NOT NULL
+);
+"""
+
+
+class Store:
+    def __init__(self, path: str | Path, durability: str = "normal"):
+        self.path = str(path)
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+        self.db.execute("PRAGMA foreign_keys=OFF")
+        self.db.executescript(SCHEMA)
+        self._in_tx = False
+
+    # ------------------------------------------------------------------ transactions
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self.db.execute("BEGIN")
+            self._in_tx = True
+
+    def commit(self) -> None:
+        if self._in_tx:
+            self.db.execute("COMMIT")
+            self._in_tx = False
+
+    def close(self) -> None:
+        self.commit()
+        self.db.close()
+
+    def _write(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        self._begin()
+        return self.db.execute(sql, args)
+
+    # ------------------------------------------------------------------ links (sequence counters)
+    def links(self) -> dict[str, dict]:
+        rows = self.db.execute("SELECT peer_id, out_seq, out_acked, in_seq, bcast_seq FROM links").fetchall()
+        return {r[0]: {"out_seq": r[1], "out_acked": r[2], "in_seq": r[3], "bcast_seq": r[4]} for r in rows}
+
+    def save_link(self, peer_id: str, out_seq: int, out_acked: int, in_seq: int, bcast_seq: int | None) -> None:
+        self._write(
+            "INSERT INTO links(peer_id, out_seq, out_acked, in_seq, bcast_seq) VALUES (?,?,?,?,?) "
+            "ON CONFLICT(peer_id) DO UPDATE SET out_seq=excluded.out_seq, out_acked=excluded.out_acked, "
+            "in_seq=excluded.in_seq, bcast_seq=excluded.bcast_seq",
+            (peer_id, out_seq, out_acked, in_seq, bcast_seq),
+        )
+
+    # ------------------------------------------------------------------ outbox
+    def add_outbox(self, peer_id: str, seq: int, msg_id: str, text: str, timestamp: str, created: float, expires: float) -> None:
+        self._write(
+            "INSERT INTO outbox(peer_id, seq, id, text, timestamp, created, expires) VALUES (?,?,?,?,?,?,?)",
+            (peer_id, seq, msg_id, text, timestamp, created, expires),
+        )
+
+    def pending_after(self, peer_id: str, after_seq: int, limit: int) -> list[tuple]:
+        """Pending rows for a peer with seq > after_seq, oldest first: (seq, id, text, timestamp)."""
+        return self.db.execute(
+            "SELECT seq, id, text, timestamp FROM outbox WHERE peer_id=? AND seq>? AND status='pending' ORDER BY seq LIMIT ?",
+            (peer_id, after_seq, limit),
+        ).fetchall()
+
+    def mark_delivered(self, peer_id: str, upto_seq: int, now: float) -> list[str]:
+        ids = [r[0] for r in self.db.execute(
+            "SELECT id FROM outbox WHERE peer_id=? AND seq<=? AND status='pending'", (peer_id, upto_seq)).fetchall()]
+        if ids:
+            self._write("UPDATE outbox SET status='delivered', delivered=? WHERE peer_id=? AND seq<=? AND status='pending'",
+                        (now, peer_id, upto_seq))
+        return ids
+
+    def count_attempt(self, peer_id: str, from_seq: int, to_seq: int) -> None:
+        self._write("UPDATE outbox SET attempts=attempts+1 WHERE peer_id=? AND seq BETWEEN ? AND ?", (peer_id, from_seq, to_seq))
+
+    def expire(self, now: float) -> list[tuple]:
+        """Mark pending rows past their expiry; returns (peer_id, seq, id) of each."""
+        rows = self.db.execute("SELECT peer_id, seq, id FROM outbox WHERE status='pending' AND expires<=?", (now,)).fetchall()
+        if rows:
+            self._write("UPDATE outbox SET status='expired' WHERE status='pending' AND expires<=?", (now,))
+        return rows
+
+    def peers_with_pending(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT peer_id FROM outbox WHERE status='pending'").fetchall()]
+
+    def outbox(self, statuses: tuple[str, ...] = ("pending", "expired"), limit: int = 1000) -> list[dict]:
+        marks = ",".join("?" * len(statuses))
+        rows = self.db.execute(
+            f"SELECT o.id, o.peer_id, k.name, o.seq, o.text, o.timestamp, o.created, o.expires, o.status, o.attempts "
+            f"FROM outbox o LEFT JOIN known k ON k.id=o.peer_id WHERE o.status IN ({marks}) ORDER BY o.created, o.seq LIMIT ?",
+            (*statuses, limit),
+        ).fetchall()
+        keys = ("id", "peer_id", "peer", "seq", "text", "timestamp", "created", "expires", "status", "attempts")
+        return [dict(zip(keys, r)) for r in rows]
+
+    def outbox_status(self, msg_id: str) -> str | None:
+        row = self.db.execute("SELECT status FROM outbox WHERE id=?", (msg_id,)).fetchone()
+        return row[0] if row else None
+
+    # ------------------------------------------------------------------ conversation
+    def add_message(self, direction: str, type_: str, msg_id: str, peer_id: str | None, sender_id: str, sender_name: str,
+                    target_id: str | None, text: str, timestamp: str, now: float) -> bool:
+        """Store one message; False if a message with this id is already stored."""
+        cur = self._write(
+            "INSERT OR IGNORE INTO messages(id, direction, type, peer_id, sender_id, sender_name, target_id, text, timestamp, stored) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now),
+        )
+        return cur.rowcount == 1
+
+    def history(self, peer_id: str | None = None, since: float | None = None, limit: int = 0, direction: str | None = None) -> list[dict]:
+        where, args = [], []
+        if peer_id is not None:
+            where.append("peer_id=?")
+            args.append(peer_id)
+        if since is not None:
+            where.append("stored>=?")
+            args.append(since)
+        if direction is not None:
+            where.append("direction=?")
+            args.append(direction)
+        sql = ("SELECT m.n, m.id, m.direction, m.type, m.peer_id, m.sender_id, m.sender_name, m.target_id, m.text, m.timestamp, "
+               "m.stored, k.name FROM messages m LEFT JOIN known k ON k.id = m.peer_id")
+        if where:
+            sql += " WHERE " + " AND ".join(f"m.{w}" for w in where)
+        sql += " ORDER BY m.n DESC"
+        if limit:
+            sql += " LIMIT ?"
+            args.append(limit)
+        rows = self.db.execute(sql, args).fetchall()
+        keys = ("n", "id", "direction", "type", "peer_id", "sender_id", "sender_name", "target_id", "text", "timestamp", "stored", "peer_name")
+        return [dict(zip(keys, r)) for r in reversed(rows)]
+
+    # ------------------------------------------------------------------ own broadcasts
+    def add_broadcast(self, seq: int, msg_id: str, text: str, timestamp: str, now: float) -> None:
+        self._write("INSERT INTO broadcasts(seq, id, text, timestamp, created) VALUES (?,?,?,?,?)", (seq, msg_id, text, timestamp, now))
+
+    def broadcast_range(self, from_seq: int, to_seq: int, limit: int) -> list[tuple]:
+        return self.db.execute(
+            "SELECT seq, id, text, timestamp FROM broadcasts WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT ?", (from_seq, to_seq, limit)
+        ).fetchall()
+
+    def first_broadcast_since(self, epoch: float) -> int | None:
+        row = self.db.execute("SELECT MIN(seq) FROM broadcasts WHERE created>=?", (epoch,)).fetchone()
+        return row[0]
+
+    def oldest_broadcast(self) -> int | None:
+        return self.db.execute("SELECT MIN(seq) FROM broadcasts").fetchone()[0]
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._write("INSERT INTO meta(key, value) VALUES (?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+
+    # ------------------------------------------------------------------ address book
+    def remember_peer(self, peer_id: str, name: str, addr: str | None, port: int, pub_port: int, now: float) -> None:
+        self._write(
+            "INSERT INTO known(id, name, addr, port, pub_port, updated) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT(id) DO UPDATE SET name=excluded.name, addr=excluded.addr, port=excluded.port, "
+            "pub_port=excluded.pub_port, updated=excluded.updated",
+            (peer_id, name, addr, port, pub_port, now),
+        )
+
+    def known_peers(self) -> list[dict]:
+        rows = self.db.execute("SELECT id, name, addr, port, pub_port, updated FROM known ORDER BY name, id").fetchall()
+        return [dict(zip(("id", "name", "addr", "port", "pub_port", "updated"), r)) for r in rows]
+
+    # ------------------------------------------------------------------ retention
+    def prune(self, now: float, max_age_s: float, max_messages: int) -> int:
+        """Drop old history, delivered/expired outbox rows and old own broadcasts.
+
+        Pending outbox rows are never touched here: they leave only by
+        delivery or by their own expiry.
+        """
+        cutoff = now - max_age_s
+        n = self._write("DELETE FROM messages WHERE stored<?", (cutoff,)).rowcount
+        n += self._write("DELETE FROM outbox WHERE status!='pending' AND created<?", (cutoff,)).rowcount
+        n += self._write("DELETE FROM broadcasts WHERE created<?", (cutoff,)).rowcount
+        total = self.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        if total > max_messages:
+            n += self._write("DELETE FROM messages WHERE n IN (SELECT n FROM messages ORDER BY n LIMIT ?)", (total - max_messages,)).rowcount
+        total = self.db.execute("SELECT COUNT(*) FROM broadcasts").fetchone()[0]
+        if total > max_messages:
+            n += self._write("DELETE FROM broadcasts WHERE seq IN (SELECT seq FROM broadcasts ORDER BY seq LIMIT ?)", (total - max_messages,)).rowcount
+        return n
