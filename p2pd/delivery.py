@@ -192,7 +192,12 @@ class Delivery:
         ls.dirty = True
 
     def _want(self, ls: LinkSeq, to: int, now: float, fetch_timeout_s: float) -> tuple[int, int] | None:
-        if ls.fetch_to >= to and now < ls.fetch_deadline:
+        """Ask for (next missing .. to), unless a FETCH that covers the next missing one is in flight.
+
+        One FETCH at a time per origin: its replies fill the gap from the
+        bottom, and the next arrival or announcement asks for what is left.
+        """
+        if ls.fetch_to > ls.bcast_seq and now < ls.fetch_deadline:
             return None
         ls.fetch_to = to
         ls.fetch_deadline = now + fetch_timeout_s

@@ -1,0 +1,230 @@
+"""Unit tests of the store and the delivery bookkeeping: no sockets, time passed in."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2pd.delivery import Delivery
+from p2pd.store import Store
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "store.db")
+    yield s
+    s.close()
+
+
+def fill(d: Delivery, peer: str, n: int, epoch: float = 1000.0) -> list[str]:
+    ids = []
+    for i in range(1, n + 1):
+        d.enqueue(peer, f"m{i}", f"text {i}", "2026-01-01T00:00:00.000Z", epoch)
+        ids.append(f"m{i}")
+    return ids
+
+
+# ---------------------------------------------------------------------------- store
+
+
+def test_store_survives_reopen(tmp_path):
+    s = Store(tmp_path / "s.db")
+    s.add_outbox("bob", 1, "a", "hello", "ts", 10.0, 20.0)
+    s.add_message("out", "MESSAGE", "a", "bob", "me", "me", "bob", "hello", "ts", 10.0)
+    s.save_link("bob", 1, 0, 0, None)
+    s.commit()
+    s.db.close()  # as a kill -9 would: no clean close
+    s2 = Store(tmp_path / "s.db")
+    assert [r["id"] for r in s2.outbox()] == ["a"]
+    assert [m["text"] for m in s2.history()] == ["hello"]
+    assert s2.links()["bob"]["out_seq"] == 1
+    s2.close()
+
+
+def test_uncommitted_writes_are_not_visible_after_a_crash(tmp_path):
+    s = Store(tmp_path / "s.db")
+    s.add_outbox("bob", 1, "a", "hello", "ts", 10.0, 20.0)
+    s.db.close()  # died before commit
+    s2 = Store(tmp_path / "s.db")
+    assert s2.outbox() == []
+    s2.close()
+
+
+def test_message_ids_are_stored_once(store):
+    assert store.add_message("in", "MESSAGE", "x", "bob", "bob", "bob", "me", "hi", "ts", 1.0) is True
+    assert store.add_message("in", "MESSAGE", "x", "bob", "bob", "bob", "me", "hi", "ts", 2.0) is False
+    assert len(store.history()) == 1
+
+
+def test_history_filters(store):
+    store.remember_peer("bob", "bob", "127.0.0.1", 1, 2, 0.0)
+    store.add_message("in", "MESSAGE", "1", "bob", "bob", "bob", "me", "a", "ts", 10.0)
+    store.add_message("out", "MESSAGE", "2", "carol", "me", "me", "carol", "b", "ts", 20.0)
+    store.add_message("in", "BROADCAST", "3", "bob", "bob", "bob", None, "c", "ts", 30.0)
+    assert [m["text"] for m in store.history()] == ["a", "b", "c"]
+    assert [m["text"] for m in store.history(peer_id="bob")] == ["a", "c"]
+    assert [m["text"] for m in store.history(since=15.0)] == ["b", "c"]
+    assert [m["text"] for m in store.history(limit=2)] == ["b", "c"]  # the newest two, oldest first
+    assert [m["text"] for m in store.history(direction="in")] == ["a", "c"]
+    assert store.history(peer_id="bob")[0]["peer_name"] == "bob"
+
+
+def test_prune_never_drops_a_pending_message(store):
+    store.add_outbox("bob", 1, "old-pending", "x", "ts", 0.0, 10**9)
+    store.add_outbox("bob", 2, "old-delivered", "y", "ts", 0.0, 10**9)
+    store.db.execute("UPDATE outbox SET status='delivered' WHERE id='old-delivered'")
+    store.add_message("in", "MESSAGE", "h1", "bob", "bob", "bob", "me", "old", "ts", 0.0)
+    store.add_message("in", "MESSAGE", "h2", "bob", "bob", "bob", "me", "new", "ts", 5000.0)
+    store.add_broadcast(1, "b1", "old bcast", "ts", 0.0)
+    pruned = store.prune(now=5000.0, max_age_s=1000.0, max_messages=100)
+    assert pruned == 3
+    assert [r["id"] for r in store.outbox(("pending", "delivered", "expired"))] == ["old-pending"]
+    assert [m["id"] for m in store.history()] == ["h2"]
+    assert store.oldest_broadcast() is None
+
+
+def test_prune_by_count_keeps_the_newest(store):
+    for i in range(10):
+        store.add_message("in", "MESSAGE", f"h{i}", "bob", "bob", "bob", "me", str(i), "ts", 100.0 + i)
+    store.prune(now=200.0, max_age_s=1e9, max_messages=3)
+    assert [m["text"] for m in store.history()] == ["7", "8", "9"]
+
+
+def test_expire_marks_only_overdue_pending(store):
+    store.add_outbox("bob", 1, "a", "x", "ts", 0.0, 50.0)
+    store.add_outbox("bob", 2, "b", "y", "ts", 0.0, 150.0)
+    assert store.expire(100.0) == [("bob", 1, "a")]
+    assert store.expire(100.0) == []
+    assert {r["id"]: r["status"] for r in store.outbox()} == {"a": "expired", "b": "pending"}
+
+
+# ---------------------------------------------------------------------------- direct delivery
+
+
+def test_window_limits_what_is_in_flight(store):
+    d = Delivery(store, window=3, ack_timeout_s=2.0)
+    fill(d, "bob", 5)
+    base, rows = d.due("bob", now=0.0)
+    assert base == 1 and [r[0] for r in rows] == [1, 2, 3]
+    assert d.due("bob", now=0.5) == (0, [])  # window full: the sender waits
+    assert d.on_ack("bob", 2, now=0.6, epoch=1.0) == ["m1", "m2"]
+    base, rows = d.due("bob", now=0.7)
+    assert base == 3 and [r[0] for r in rows] == [4, 5]
+
+
+def test_no_ack_progress_goes_back_n(store):
+    d = Delivery(store, window=10, ack_timeout_s=2.0)
+    fill(d, "bob", 4)
+    assert [r[0] for r in d.due("bob", now=0.0)[1]] == [1, 2, 3, 4]
+    assert d.due("bob", now=1.9) == (0, [])
+    d.on_ack("bob", 1, now=1.0, epoch=1.0)
+    assert d.due("bob", now=2.9) == (0, [])  # progress at 1.0: not yet
+    base, rows = d.due("bob", now=3.1)
+    assert base == 2 and [r[0] for r in rows] == [2, 3, 4]  # resent in order from the oldest unacked
+
+
+def test_rewind_on_link_up_resends_unacknowledged(store):
+    d = Delivery(store, window=10)
+    fill(d, "bob", 3)
+    d.due("bob", now=0.0)
+    d.on_ack("bob", 1, now=0.1, epoch=1.0)
+    d.rewind("bob")
+    assert [r[0] for r in d.due("bob", now=0.2)[1]] == [2, 3]
+
+
+def test_counters_persist_across_restart(tmp_path):
+    s = Store(tmp_path / "s.db")
+    d = Delivery(s)
+    fill(d, "bob", 3)
+    d.due("bob", now=0.0)
+    d.on_ack("bob", 2, now=0.1, epoch=1.0)
+    assert d.accept("carol", 1, 1) == "new"
+    d.save()
+    s.commit()
+    s.db.close()
+    s2 = Store(tmp_path / "s.db")
+    d2 = Delivery(s2)
+    assert (d2.links["bob"].out_seq, d2.links["bob"].out_acked) == (3, 2)
+    assert [r[0] for r in d2.due("bob", now=0.0)[1]] == [3]  # resumes after the acknowledged ones
+    assert d2.accept("carol", 1, 1) == "dup"  # still knows what it stored
+    d2.enqueue("bob", "m4", "t", "ts", 1.0)
+    assert d2.links["bob"].out_seq == 4  # numbering never restarts
+    s2.close()
+
+
+def test_receiver_classifies_new_dup_gap(store):
+    d = Delivery(store)
+    assert d.accept("bob", 1, 1) == "new"
+    assert d.accept("bob", 1, 1) == "dup"
+    assert d.accept("bob", 3, 1) == "gap"
+    assert d.accept("bob", 2, 1) == "new"
+    assert d.accept("bob", 3, 1) == "new"
+    assert d.acks_owed() == [("bob", 3)]
+    assert d.acks_owed() == []  # one ACK per batch
+
+
+def test_base_lets_a_receiver_with_a_wiped_store_catch_up(store):
+    d = Delivery(store)
+    # the sender's messages 1..99 were acknowledged long ago (by this receiver's previous store)
+    assert d.accept("bob", 100, 100) == "new"
+    assert d.acks_owed() == [("bob", 100)]
+
+
+def test_ack_beyond_what_was_sent_is_clamped(store):
+    d = Delivery(store)
+    fill(d, "bob", 2)
+    d.due("bob", 0.0)
+    assert d.on_ack("bob", 10**9, 0.1, 1.0) == ["m1", "m2"]
+    assert d.links["bob"].out_acked == 2
+    assert d.on_ack("bob", 1, 0.2, 1.0) == []  # old ACKs change nothing
+
+
+# ---------------------------------------------------------------------------- broadcasts
+
+
+def test_first_contact_starts_at_the_origins_latest(store):
+    d = Delivery(store)
+    assert d.announced("alice", latest=40, oldest=1, now=0.0, fetch_timeout_s=2.0) is None
+    assert d.link("alice").bcast_seq == 40
+    out, want, dup = d.on_broadcast("alice", 41, ("id41",), 0.1, 2.0)
+    assert out == [("id41",)] and want is None and not dup
+
+
+def test_gap_is_fetched_and_early_arrivals_held(store):
+    d = Delivery(store)
+    d.announced("alice", 10, 1, 0.0, 2.0)
+    out, want, _ = d.on_broadcast("alice", 13, ("13",), 0.1, 2.0)
+    assert out == [] and want == (11, 12)
+    out, want, _ = d.on_broadcast("alice", 14, ("14",), 0.2, 2.0)
+    assert out == [] and want is None  # a fetch covering it is in flight
+    out, _, _ = d.on_broadcast("alice", 11, ("11",), 0.3, 2.0)
+    assert out == [("11",)]
+    out, _, _ = d.on_broadcast("alice", 12, ("12",), 0.4, 2.0)
+    assert out == [("12",), ("13",), ("14",)]  # the held ones follow in order
+    out, _, dup = d.on_broadcast("alice", 13, ("13",), 0.5, 2.0)
+    assert out == [] and dup
+
+
+def test_fetch_is_repeated_after_its_timeout(store):
+    d = Delivery(store)
+    d.announced("alice", 5, 1, 0.0, 2.0)
+    assert d.announced("alice", 8, 1, 0.1, 2.0) == (6, 8)
+    assert d.announced("alice", 8, 1, 1.0, 2.0) is None
+    assert d.announced("alice", 8, 1, 2.5, 2.0) == (6, 8)
+
+
+def test_pruned_broadcasts_are_skipped(store):
+    d = Delivery(store)
+    d.announced("alice", 5, 1, 0.0, 2.0)
+    assert d.announced("alice", 500, 400, 0.1, 2.0) == (400, 500)
+
+
+def test_origin_numbering_and_replay(store):
+    d = Delivery(store)
+    for i in range(1, 6):
+        assert d.next_broadcast(f"b{i}", f"t{i}", "ts", 100.0 + i) == i
+    assert d.broadcast_window() == (1, 5)
+    assert [r[0] for r in d.replay(2, 4)] == [2, 3, 4]
+    store.prune(now=10_000.0, max_age_s=1.0, max_messages=100)
+    d2 = Delivery(store)
+    assert d2.next_broadcast("b6", "t6", "ts", 10_001.0) == 6  # numbers never go back, even after pruning
+    assert d2.broadcast_window() == (6, 6)
