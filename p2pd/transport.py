@@ -38,8 +38,17 @@ from .node import SUB_TOPIC_PREFIX, Node
 log = logging.getLogger("p2pd.transport")
 
 BATCH = 512  # frames per socket per loop turn: fairness between sockets
-LINK_SNDHWM = 10_000  # frames queued per peer link before sends report "queue full"
-PUB_SNDHWM = 100_000  # per subscriber; PUB drops beyond it (issue 3 recovers gaps)
+# High-water marks bound memory; they never decide what is lost, because the
+# store does.  A link carries at most send_window (1,000) unacknowledged
+# MESSAGEs plus control frames and up to one FETCH reply (1,000 BROADCASTs),
+# so 10,000 is never reached by a well-behaved node; if it is, the send is
+# counted as send_queue_full and the message is resent from the outbox.
+LINK_SNDHWM = 10_000
+# A PUB drops frames for a subscriber whose queue is full.  10,000 frames
+# (about 2.5 MB per subscriber) absorbs bursts; a subscriber that falls
+# further behind sees a gap in the broadcast numbers and FETCHes what it
+# missed from the origin's store, at its own pace.
+PUB_SNDHWM = 10_000
 CONTROL_HWM = 10_000
 CLOSE_LINGER_MS = 1_000  # let a LEAVE reach the peer, but never hang a stop on a dead one
 
