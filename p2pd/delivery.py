@@ -48,6 +48,7 @@ class LinkSeq:
     in_seq: int = 0  # highest seq we stored from it
     bcast_seq: int | None = None  # last of its broadcasts we delivered (None: never synced)
     next_send: int = 1  # next seq to transmit
+    sent_hi: int = 0  # highest seq transmitted at least once (in this run)
     last_progress: float = 0.0
     dirty: bool = False
     ack_owed: bool = False
@@ -108,6 +109,9 @@ class Delivery:
             return 0, []
         base_rows = self.store.pending_after(peer_id, ls.out_acked, 1)
         base = base_rows[0][0] if base_rows else rows[0][0]
+        if rows[0][0] <= ls.sent_hi:
+            self.store.count_attempt(peer_id, rows[0][0], min(rows[-1][0], ls.sent_hi))
+        ls.sent_hi = max(ls.sent_hi, rows[-1][0])
         ls.next_send = rows[-1][0] + 1
         return base, rows
 
@@ -122,11 +126,13 @@ class Delivery:
         if ls is None or upto <= ls.out_acked:
             return []
         upto = min(upto, ls.out_seq)
+        # Rows at or below the old mark were settled before (delivered or expired): skip them.
+        previous = ls.out_acked
         ls.out_acked = upto
         ls.next_send = max(ls.next_send, upto + 1)
         ls.last_progress = now
         ls.dirty = True
-        return self.store.mark_delivered(peer_id, upto, epoch)
+        return self.store.mark_delivered(peer_id, upto, epoch, after_seq=previous)
 
     def pending_peers(self) -> list[str]:
         return [p for p, ls in self.links.items() if ls.out_acked < ls.out_seq]

@@ -123,7 +123,6 @@ class Messaging:
         if not rows:
             return []
         node = self.node
-        self.store.count_attempt(peer_id, rows[0][0], rows[-1][0])
         acts = []
         for seq, msg_id, text, timestamp in rows:
             msg = P.Message(P.MESSAGE, msg_id, node.id, node.name, timestamp, {"text": text, "seq": seq, "base": base}, peer_id)

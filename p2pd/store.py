@@ -5,9 +5,9 @@ How this works
 One SQLite file (``store.db`` in the home, WAL mode) holds everything that
 must survive a restart or a kill -9:
 
-* ``outbox``     - direct messages we sent, numbered per peer (``seq``), with
-                   status pending / delivered / expired.  A row is pending until
-                   the peer's cumulative ACK covers its seq.
+* ``outbox``     - direct messages we sent, numbered per peer (``seq``).  A row
+                   is delivered once the peer's cumulative ACK covers its seq
+                   (``links.out_acked``), expired when given up, else pending.
 * ``messages``   - the conversation: every message sent and received (the
                    inbox is the received part).  ``id`` is unique, so a
                    duplicate can never be stored twice.
@@ -42,9 +42,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     timestamp TEXT NOT NULL,
     created REAL NOT NULL,
     expires REAL NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    delivered REAL,
+    status TEXT NOT NULL DEFAULT 'pending',  -- 'pending' or 'expired'; delivered is seq <= links.out_acked
+    attempts INTEGER NOT NULL DEFAULT 0,  -- retransmissions
     PRIMARY KEY (peer_id, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status, expires);
@@ -148,40 +147,52 @@ class Store:
             (peer_id, after_seq, limit),
         ).fetchall()
 
-    def mark_delivered(self, peer_id: str, upto_seq: int, now: float) -> list[str]:
-        ids = [r[0] for r in self.db.execute(
-            "SELECT id FROM outbox WHERE peer_id=? AND seq<=? AND status='pending'", (peer_id, upto_seq)).fetchall()]
-        if ids:
-            self._write("UPDATE outbox SET status='delivered', delivered=? WHERE peer_id=? AND seq<=? AND status='pending'",
-                        (now, peer_id, upto_seq))
-        return ids
+    def mark_delivered(self, peer_id: str, upto_seq: int, now: float, after_seq: int = 0) -> list[str]:
+        """Ids of the pending rows after_seq < seq <= upto_seq, which an ACK just covered.
+
+        Nothing is written per row: a row is delivered because its seq is at
+        or below the peer's ``links.out_acked``, saved with the same batch.
+        That keeps an ACK of N messages one small write instead of N.
+        """
+        return [r[0] for r in self.db.execute(
+            "SELECT id FROM outbox WHERE peer_id=? AND seq>? AND seq<=? AND status='pending'", (peer_id, after_seq, upto_seq)).fetchall()]
 
     def count_attempt(self, peer_id: str, from_seq: int, to_seq: int) -> None:
+        """Count a retransmission of seq from_seq..to_seq (shown by `p2pctl outbox`)."""
         self._write("UPDATE outbox SET attempts=attempts+1 WHERE peer_id=? AND seq BETWEEN ? AND ?", (peer_id, from_seq, to_seq))
 
     def expire(self, now: float) -> list[tuple]:
-        """Mark pending rows past their expiry; returns (peer_id, seq, id) of each."""
-        rows = self.db.execute("SELECT peer_id, seq, id FROM outbox WHERE status='pending' AND expires<=?", (now,)).fetchall()
-        if rows:
-            self._write("UPDATE outbox SET status='expired' WHERE status='pending' AND expires<=?", (now,))
+        """Mark undelivered rows past their expiry; returns (peer_id, seq, id) of each."""
+        rows = self.db.execute(
+            "SELECT o.peer_id, o.seq, o.id FROM outbox o LEFT JOIN links l ON l.peer_id=o.peer_id "
+            "WHERE o.status='pending' AND o.expires<=? AND o.seq>COALESCE(l.out_acked, 0)", (now,)).fetchall()
+        for peer_id, seq, _ in rows:
+            self._write("UPDATE outbox SET status='expired' WHERE peer_id=? AND seq=?", (peer_id, seq))
         return rows
 
-    def peers_with_pending(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT DISTINCT peer_id FROM outbox WHERE status='pending'").fetchall()]
+    _OUTBOX_COLS = ("SELECT o.id, o.peer_id, k.name, o.seq, o.text, o.timestamp, o.created, o.expires, "
+                    "CASE WHEN o.status='expired' THEN 'expired' WHEN o.seq<=COALESCE(l.out_acked, 0) THEN 'delivered' ELSE 'pending' END, "
+                    "o.attempts FROM outbox o LEFT JOIN known k ON k.id=o.peer_id LEFT JOIN links l ON l.peer_id=o.peer_id ")
 
     def outbox(self, statuses: tuple[str, ...] = ("pending", "expired"), limit: int = 1000) -> list[dict]:
-        marks = ",".join("?" * len(statuses))
-        rows = self.db.execute(
-            f"SELECT o.id, o.peer_id, k.name, o.seq, o.text, o.timestamp, o.created, o.expires, o.status, o.attempts "
-            f"FROM outbox o LEFT JOIN known k ON k.id=o.peer_id WHERE o.status IN ({marks}) ORDER BY o.created, o.seq LIMIT ?",
-            (*statuses, limit),
-        ).fetchall()
+        """Outbox rows with the given statuses, oldest first."""
+        queries = []
+        if "pending" in statuses:
+            queries.append(self._OUTBOX_COLS + "WHERE o.status='pending' AND o.seq>COALESCE(l.out_acked, 0)")
+        if "expired" in statuses:
+            queries.append(self._OUTBOX_COLS + "WHERE o.status='expired'")
+        if "delivered" in statuses:
+            queries.append(self._OUTBOX_COLS + "WHERE o.status!='expired' AND o.seq<=COALESCE(l.out_acked, 0)")
+        rows = []
+        for q in queries:
+            rows += self.db.execute(q + " ORDER BY o.created, o.seq LIMIT ?", (limit,)).fetchall()
+        rows.sort(key=lambda r: (r[6], r[1], r[3]))
         keys = ("id", "peer_id", "peer", "seq", "text", "timestamp", "created", "expires", "status", "attempts")
-        return [dict(zip(keys, r)) for r in rows]
+        return [dict(zip(keys, r)) for r in rows[:limit]]
 
     def outbox_status(self, msg_id: str) -> str | None:
-        row = self.db.execute("SELECT status FROM outbox WHERE id=?", (msg_id,)).fetchone()
-        return row[0] if row else None
+        row = self.db.execute(self._OUTBOX_COLS + "WHERE o.id=?", (msg_id,)).fetchone()
+        return row[8] if row else None
 
     # ------------------------------------------------------------------ conversation
     def add_message(self, direction: str, type_: str, msg_id: str, peer_id: str | None, sender_id: str, sender_name: str,
@@ -262,7 +273,9 @@ class Store:
         """
         cutoff = now - max_age_s
         n = self._write("DELETE FROM messages WHERE stored<?", (cutoff,)).rowcount
-        n += self._write("DELETE FROM outbox WHERE status!='pending' AND created<?", (cutoff,)).rowcount
+        n += self._write(
+            "DELETE FROM outbox WHERE created<? AND (status='expired' OR "
+            "seq<=COALESCE((SELECT out_acked FROM links WHERE links.peer_id=outbox.peer_id), 0))", (cutoff,)).rowcount
         n += self._write("DELETE FROM broadcasts WHERE created<?", (cutoff,)).rowcount
         total = self.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
         if total > max_messages:

@@ -70,14 +70,18 @@ def test_history_filters(store):
 
 def test_prune_never_drops_a_pending_message(store):
     store.add_outbox("bob", 1, "old-pending", "x", "ts", 0.0, 10**9)
-    store.add_outbox("bob", 2, "old-delivered", "y", "ts", 0.0, 10**9)
-    store.db.execute("UPDATE outbox SET status='delivered' WHERE id='old-delivered'")
+    store.add_outbox("bob", 2, "old-pending-2", "y", "ts", 0.0, 10**9)
+    store.save_link("bob", 2, 0, 0, None)
+    store.add_outbox("bob", 3, "old-expired", "z", "ts", 0.0, 1.0)
+    store.expire(2.0)
     store.add_message("in", "MESSAGE", "h1", "bob", "bob", "bob", "me", "old", "ts", 0.0)
     store.add_message("in", "MESSAGE", "h2", "bob", "bob", "bob", "me", "new", "ts", 5000.0)
     store.add_broadcast(1, "b1", "old bcast", "ts", 0.0)
+    store.add_outbox("carol", 1, "old-delivered-2", "w", "ts", 0.0, 10**9)
+    store.save_link("carol", 1, 1, 0, None)  # carol acknowledged seq 1
     pruned = store.prune(now=5000.0, max_age_s=1000.0, max_messages=100)
-    assert pruned == 3
-    assert [r["id"] for r in store.outbox(("pending", "delivered", "expired"))] == ["old-pending"]
+    assert pruned == 4
+    assert [r["id"] for r in store.outbox(("pending", "delivered", "expired"))] == ["old-pending", "old-pending-2"]
     assert [m["id"] for m in store.history()] == ["h2"]
     assert store.oldest_broadcast() is None
 
