@@ -148,6 +148,9 @@ def event_line(ev: dict, self_id: str | None = None) -> str:
         return f"{t} {yellow('*')} {yellow(who)} left"
     if kind == "lost":
         return f"{t} {red('*')} {red(who)} lost (no heartbeat)"
+    if kind == "expired":
+        m = ev.get("message", {})
+        return f"{t} {red('!')} message {str(m.get('id'))[:12]} to {str(m.get('peer_id'))[:12]} expired undelivered"
     return f"{t} {kind}: {ev}"
 
 
@@ -171,7 +174,7 @@ def outbox_table(rows: list[dict]) -> str:
         cells[3] = {"pending": yellow, "expired": red, "delivered": green}.get(row[3], str)(cells[3])
         return cells
 
-    return table(["ID", "PEER", "SEQ", "STATUS", "TRIES", "QUEUED", "TEXT"], out, colorize)
+    return table(["ID", "PEER", "SEQ", "STATUS", "RESENT", "QUEUED", "TEXT"], out, colorize)
 
 
 def _iso(epoch: float) -> str:
