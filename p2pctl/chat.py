@@ -85,8 +85,9 @@ def handle_line(line: str, call, echo) -> bool:
         if not peer or not text.strip():
             echo(render.error("usage: /msg <peer> <text>"))
             return True
-        res = call("send", peer=peer, text=text.strip())
-        echo(f"{render.dim('you')} {render.magenta('->')} {render.cyan(res['peer'])}: {text.strip()}")
+        res = call("send", peer=peer, text=text.strip(), wait_s=1.0)
+        note = "" if res["status"] == "delivered" else render.yellow(" (queued: delivered when it is reachable)")
+        echo(f"{render.dim('you')} {render.magenta('->')} {render.cyan(res['peer'])}: {text.strip()}{note}")
     elif cmd == "/ping":
         if not rest:
             echo(render.error("usage: /ping <peer>"))

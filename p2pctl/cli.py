@@ -172,11 +172,11 @@ def info(ctx):
 
 @main.command()
 @click.argument("peer")
-@click.argument("text", nargs=-1, required=True)
-@click.option("--wait", "wait_s", type=float, is_flag=False, flag_value=60.0, default=None, metavar="[SECONDS]",
+@click.argument("text", nargs=-1)
+@click.option("--wait", "wait_opt", is_flag=False, flag_value="60", default=None, metavar="[SECONDS]",
               help="Block until delivered (default 60 s); exit 4 if not delivered by then.")
 @command
-def send(ctx, peer, text, wait_s):
+def send(ctx, peer, text, wait_opt):
     """Send a direct message to PEER (a name or a unique id prefix).
 
     TEXT may be several words; "-" reads the message from stdin.  The
@@ -184,6 +184,16 @@ def send(ctx, peer, text, wait_s):
     acknowledges it (or it expires, after 7 days by default).  Prints
     "delivered" if the peer acknowledged it within a moment, else "queued".
     """
+    wait_s = None
+    if wait_opt is not None:
+        try:
+            wait_s = float(wait_opt)
+        except ValueError:  # `send --wait bob hi`: the option took the peer's name as its value
+            peer, text, wait_s = wait_opt, (peer, *text), 60.0
+        if not 0 < wait_s <= 30 * 86400:
+            raise click.BadParameter("must be a positive number of seconds", param_hint="--wait")
+    if not text:
+        raise click.UsageError("missing TEXT: p2pctl send PEER TEXT... (or - to read stdin)")
     body = _text_arg(text)
     require = wait_s is not None
     wait = wait_s if require else min(ctx.timeout_s, 2.0)

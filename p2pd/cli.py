@@ -75,13 +75,13 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
         _fail(str(e), exitcodes.USAGE)
     if foreground or daemonized:
         try:
-            run_foreground(h, settings, log_to_stderr=not daemonized)
+            code = run_foreground(h, settings, log_to_stderr=not daemonized)
         except AlreadyRunning as e:
             _fail(str(e), exitcodes.CONFLICT)
         except Exception as e:  # StartupError and friends: one line, no traceback
             conflict = "already in use" in str(e)
             _fail(str(e), exitcodes.CONFLICT if conflict else exitcodes.FAILED)
-        return
+        sys.exit(code)
     running, pid = is_running(h)
     if running:
         _fail(f"p2pd is already running on home {h.path} (pid {pid}); stop it with: p2pd stop --home {h.path}", exitcodes.CONFLICT)

@@ -84,12 +84,13 @@ def own_address(settings: Settings, port: int, pub_port: int) -> P.PeerAddress:
     return P.PeerAddress(host, port, pub_port)
 
 
-def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> None:
-    """Run the node in this process until stopped. Raises on a failed start."""
+def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> int:
+    """Run the node in this process until stopped; returns the exit code. Raises on a failed start."""
     from .transport import Transport, install_signal_handlers  # zmq is imported only here
 
     home.ensure()
     lock = HomeLock(home)
+    exit_code = 1
     if not lock.acquire():
         pid = home.read_pid()
         raise AlreadyRunning(f"p2pd is already running on home {home.path}" + (f" (pid {pid})" if pid else "") + "; stop it with: p2pd stop --home " + str(home.path))
@@ -128,17 +129,22 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> None:
             joins = [P.tcp_endpoint(*parse_host_port(j)) for j in settings.join]
             transport.apply(node.start(now, load_peer_book(home), joins))
             transport.run(node, extra)
-            log.info("stopped")
+            exit_code = transport.exit_code
+            log.info("stopped" if not exit_code else "stopped after a fatal error")
         finally:
             transport.close()
             if "store" in locals():
-                store.close()
+                try:
+                    store.close()
+                except Exception as e:
+                    log.error("closing the store failed: %s", e)
             try:
                 home.pid_file.unlink()
             except OSError:
                 pass
     finally:
         lock.release()
+    return exit_code
 
 
 def _default_name(node_id: str) -> str:

@@ -47,6 +47,8 @@ class LinkSeq:
     out_acked: int = 0  # highest seq it acknowledged
     in_seq: int = 0  # highest seq we stored from it
     bcast_seq: int | None = None  # last of its broadcasts we delivered (None: never synced)
+    in_epoch: str | None = None  # the peer's store epoch its direct numbering belongs to
+    bcast_epoch: str | None = None  # ... and its broadcast numbering
     next_send: int = 1  # next seq to transmit
     sent_hi: int = 0  # highest seq transmitted at least once (in this run)
     last_progress: float = 0.0
@@ -64,7 +66,8 @@ class Delivery:
         self.expiry_s = expiry_s
         self.links: dict[str, LinkSeq] = {}
         for peer_id, row in store.links().items():
-            self.links[peer_id] = LinkSeq(row["out_seq"], row["out_acked"], row["in_seq"], row["bcast_seq"], next_send=row["out_acked"] + 1)
+            self.links[peer_id] = LinkSeq(row["out_seq"], row["out_acked"], row["in_seq"], row["bcast_seq"],
+                                          row["in_epoch"], row["bcast_epoch"], next_send=row["out_acked"] + 1)
         self.bcast_seq = int(store.get_meta("bcast_seq", "0"))
         self.early: dict[str, dict[int, tuple]] = {}  # origin -> bseq -> message fields
 
@@ -78,7 +81,7 @@ class Delivery:
         """Write changed counters; the caller commits with the batch."""
         for peer_id, ls in self.links.items():
             if ls.dirty:
-                self.store.save_link(peer_id, ls.out_seq, ls.out_acked, ls.in_seq, ls.bcast_seq)
+                self.store.save_link(peer_id, ls.out_seq, ls.out_acked, ls.in_seq, ls.bcast_seq, ls.in_epoch, ls.bcast_epoch)
                 ls.dirty = False
 
     # ------------------------------------------------------------------ direct: sender
@@ -138,10 +141,19 @@ class Delivery:
         return [p for p, ls in self.links.items() if ls.out_acked < ls.out_seq]
 
     # ------------------------------------------------------------------ direct: receiver
-    def accept(self, peer_id: str, seq: int, base: int) -> str:
-        """Classify an incoming MESSAGE: "new" (store it), "dup", or "gap"."""
+    def accept(self, peer_id: str, seq: int, base: int, epoch: str | None = None) -> str:
+        """Classify an incoming MESSAGE: "new" (store it), "dup", or "gap".
+
+        A different ``epoch`` means the sender's store was replaced and its
+        numbering restarted: forget what we counted and follow ``base``.
+        """
         ls = self.link(peer_id)
         ls.ack_owed = True
+        if epoch is not None and epoch != ls.in_epoch:
+            if ls.in_epoch is not None:
+                ls.in_seq = 0
+            ls.in_epoch = epoch
+            ls.dirty = True
         if base - 1 > ls.in_seq:
             ls.in_seq = base - 1  # the sender will never resend below base
             ls.dirty = True
@@ -177,9 +189,18 @@ class Delivery:
         return self.store.broadcast_range(from_seq, min(to_seq, from_seq + FETCH_MAX - 1), FETCH_MAX)
 
     # ------------------------------------------------------------------ broadcasts: receiver
-    def announced(self, origin: str, latest: int, oldest: int, now: float, fetch_timeout_s: float) -> tuple[int, int] | None:
+    def _check_epoch(self, ls: LinkSeq, epoch: str | None) -> None:
+        if epoch is not None and epoch != ls.bcast_epoch:
+            if ls.bcast_epoch is not None:
+                ls.bcast_seq = None  # the origin's numbering restarted: resynchronise as on first contact
+            ls.bcast_epoch = epoch
+            ls.dirty = True
+
+    def announced(self, origin: str, latest: int, oldest: int, now: float, fetch_timeout_s: float,
+                  epoch: str | None = None) -> tuple[int, int] | None:
         """An origin told us its latest/oldest bseq: returns a (from, to) range to FETCH, if any."""
         ls = self.link(origin)
+        self._check_epoch(ls, epoch)
         if ls.bcast_seq is None:
             ls.bcast_seq = latest  # first contact: no backlog unless asked
             ls.dirty = True
@@ -209,9 +230,13 @@ class Delivery:
         ls.fetch_deadline = now + fetch_timeout_s
         return ls.bcast_seq + 1, to
 
-    def on_broadcast(self, origin: str, bseq: int, fields: tuple, now: float, fetch_timeout_s: float) -> tuple[list[tuple], tuple[int, int] | None, bool]:
+    def on_broadcast(self, origin: str, bseq: int, fields: tuple, now: float, fetch_timeout_s: float,
+                     epoch: str | None = None) -> tuple[list[tuple], tuple[int, int] | None, bool]:
         """Returns (messages to deliver in order, range to FETCH or None, was_duplicate)."""
         ls = self.link(origin)
+        if epoch is not None and epoch != ls.bcast_epoch and ls.bcast_epoch is not None:
+            self.early.pop(origin, None)
+        self._check_epoch(ls, epoch)
         if ls.bcast_seq is None:
             ls.bcast_seq = bseq - 1
         if bseq <= ls.bcast_seq:

@@ -191,6 +191,9 @@ def _opt_seq(data: dict, key: str, lo: int = 0) -> None:
 
 
 def _check_data(type_: str, data: dict, target_id: str | None) -> None:
+    epoch = data.get("epoch")
+    if epoch is not None and not (isinstance(epoch, str) and _ID_RE.match(epoch)):
+        raise ProtocolError("bad_field", "data.epoch must be an id string")
     if type_ in (JOIN, PING):
         _opt_seq(data, "bseq")
         _opt_seq(data, "boldest")
@@ -199,6 +202,8 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
         _opt_seq(data, "base", 1)
         if (data.get("seq") is None) != (data.get("base") is None):
             raise ProtocolError("bad_field", "MESSAGE needs both data.seq and data.base, or neither")
+        if data.get("seq") is not None and data["base"] > data["seq"]:
+            raise ProtocolError("bad_field", "MESSAGE data.base is above data.seq")
     elif type_ == BROADCAST:
         _opt_seq(data, "bseq", 1)
     elif type_ == ACK:

@@ -74,6 +74,8 @@ class Settings:
             raise ConfigError("heartbeat_timeout_s must be larger than heartbeat_interval_s")
         if self.durability not in ("normal", "full"):
             raise ConfigError(f"durability must be \"normal\" or \"full\", got {self.durability!r}")
+        if isinstance(self.send_window, int) and self.send_window > 5000:
+            raise ConfigError("send_window must be at most 5000 (it must stay well below the link queue of 10,000 frames)")
         for name in ("max_frame_bytes", "max_peers", "inbox_size", "send_window", "max_stored_messages"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:

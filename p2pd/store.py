@@ -30,6 +30,7 @@ process; ``durability = "full"`` also survives power loss, at a cost.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 from pathlib import Path
 
@@ -37,19 +38,20 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     peer_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    id TEXT NOT NULL UNIQUE,
+    id TEXT NOT NULL,
     text TEXT NOT NULL,
     timestamp TEXT NOT NULL,
     created REAL NOT NULL,
     expires REAL NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending',  -- 'pending' or 'expired'; delivered is seq <= links.out_acked
     attempts INTEGER NOT NULL DEFAULT 0,  -- retransmissions
-    PRIMARY KEY (peer_id, seq)
+    PRIMARY KEY (peer_id, seq),
+    UNIQUE (peer_id, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status, expires);
 CREATE TABLE IF NOT EXISTS messages (
     n INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
+    id TEXT NOT NULL,
     direction TEXT NOT NULL,
     type TEXT NOT NULL,
     peer_id TEXT,
@@ -58,7 +60,8 @@ CREATE TABLE IF NOT EXISTS messages (
     target_id TEXT,
     text TEXT NOT NULL,
     timestamp TEXT NOT NULL,
-    stored REAL NOT NULL
+    stored REAL NOT NULL,
+    UNIQUE (sender_id, peer_id, id)
 );
 CREATE INDEX IF NOT EXISTS messages_peer ON messages(peer_id, n);
 CREATE INDEX IF NOT EXISTS messages_stored ON messages(stored);
@@ -67,7 +70,9 @@ CREATE TABLE IF NOT EXISTS links (
     out_seq INTEGER NOT NULL DEFAULT 0,
     out_acked INTEGER NOT NULL DEFAULT 0,
     in_seq INTEGER NOT NULL DEFAULT 0,
-    bcast_seq INTEGER
+    bcast_seq INTEGER,
+    in_epoch TEXT,
+    bcast_epoch TEXT
 );
 CREATE TABLE IF NOT EXISTS broadcasts (
     seq INTEGER PRIMARY KEY,
@@ -91,6 +96,13 @@ CREATE TABLE IF NOT EXISTS known (
 """
 
 
+SCHEMA_VERSION = 1  # bump with a migration whenever SCHEMA changes
+
+
+class StoreError(RuntimeError):
+    pass
+
+
 class Store:
     def __init__(self, path: str | Path, durability: str = "normal"):
         self.path = str(path)
@@ -98,8 +110,28 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
         self.db.execute("PRAGMA foreign_keys=OFF")
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        has_tables = self.db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table'").fetchone()[0] > 0
+        if version > SCHEMA_VERSION or (has_tables and version < SCHEMA_VERSION):
+            self.db.close()
+            raise StoreError(f"{self.path} has store format {version}, this p2pd reads format {SCHEMA_VERSION}; "
+                             f"move the file away to start an empty store (its messages stay readable with sqlite3)")
         self.db.executescript(SCHEMA)
+        self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._in_tx = False
+        if self.path != ":memory:":
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    Path(self.path + suffix).chmod(0o600)  # messages are private
+                except OSError:
+                    pass
+        self.epoch = self.get_meta("epoch")
+        if self.epoch is None:
+            # Names this store: a peer that sees another epoch knows our
+            # numbering restarted (store lost or restored) and resynchronises.
+            self.epoch = secrets.token_hex(8)
+            self.set_meta("epoch", self.epoch)
+            self.commit()
 
     # ------------------------------------------------------------------ transactions
     def _begin(self) -> None:
@@ -122,15 +154,17 @@ class Store:
 
     # ------------------------------------------------------------------ links (sequence counters)
     def links(self) -> dict[str, dict]:
-        rows = self.db.execute("SELECT peer_id, out_seq, out_acked, in_seq, bcast_seq FROM links").fetchall()
-        return {r[0]: {"out_seq": r[1], "out_acked": r[2], "in_seq": r[3], "bcast_seq": r[4]} for r in rows}
+        rows = self.db.execute("SELECT peer_id, out_seq, out_acked, in_seq, bcast_seq, in_epoch, bcast_epoch FROM links").fetchall()
+        keys = ("out_seq", "out_acked", "in_seq", "bcast_seq", "in_epoch", "bcast_epoch")
+        return {r[0]: dict(zip(keys, r[1:])) for r in rows}
 
-    def save_link(self, peer_id: str, out_seq: int, out_acked: int, in_seq: int, bcast_seq: int | None) -> None:
+    def save_link(self, peer_id: str, out_seq: int, out_acked: int, in_seq: int, bcast_seq: int | None,
+                  in_epoch: str | None = None, bcast_epoch: str | None = None) -> None:
         self._write(
-            "INSERT INTO links(peer_id, out_seq, out_acked, in_seq, bcast_seq) VALUES (?,?,?,?,?) "
+            "INSERT INTO links(peer_id, out_seq, out_acked, in_seq, bcast_seq, in_epoch, bcast_epoch) VALUES (?,?,?,?,?,?,?) "
             "ON CONFLICT(peer_id) DO UPDATE SET out_seq=excluded.out_seq, out_acked=excluded.out_acked, "
-            "in_seq=excluded.in_seq, bcast_seq=excluded.bcast_seq",
-            (peer_id, out_seq, out_acked, in_seq, bcast_seq),
+            "in_seq=excluded.in_seq, bcast_seq=excluded.bcast_seq, in_epoch=excluded.in_epoch, bcast_epoch=excluded.bcast_epoch",
+            (peer_id, out_seq, out_acked, in_seq, bcast_seq, in_epoch, bcast_epoch),
         )
 
     # ------------------------------------------------------------------ outbox
@@ -190,8 +224,12 @@ class Store:
         keys = ("id", "peer_id", "peer", "seq", "text", "timestamp", "created", "expires", "status", "attempts")
         return [dict(zip(keys, r)) for r in rows[:limit]]
 
-    def outbox_status(self, msg_id: str) -> str | None:
-        row = self.db.execute(self._OUTBOX_COLS + "WHERE o.id=?", (msg_id,)).fetchone()
+    def expired_after(self, peer_id: str, after_seq: int) -> int:
+        """How many of a peer's rows with seq > after_seq expired."""
+        return self.db.execute("SELECT COUNT(*) FROM outbox WHERE peer_id=? AND seq>? AND status='expired'", (peer_id, after_seq)).fetchone()[0]
+
+    def outbox_status(self, peer_id: str, msg_id: str) -> str | None:
+        row = self.db.execute(self._OUTBOX_COLS + "WHERE o.peer_id=? AND o.id=?", (peer_id, msg_id)).fetchone()
         return row[8] if row else None
 
     # ------------------------------------------------------------------ conversation

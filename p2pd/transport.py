@@ -82,6 +82,7 @@ class Transport:
         self.node: Node | None = None
         self.node_id = node_id
         self.watch_overflow = 0
+        self.exit_code = 0
         try:
             self._open_sockets(node_id, name)
         except BaseException:
@@ -273,7 +274,17 @@ class Transport:
                 out.extend(node.flush(now))
             except Exception:
                 log.exception("error in periodic work; continuing")
-            node.store.commit()
+            try:
+                node.store.commit()
+            except Exception as e:  # disk full, store locked for too long, I/O error
+                # Nothing of this turn may go out: it would acknowledge what is
+                # not on disk.  Stop (peers get LEAVE and queue for us); the
+                # store on disk is consistent, and a restart resumes from it.
+                log.critical("cannot write the message store %s (%s): stopping so that nothing unstored is acknowledged",
+                             self.home.store_file, e)
+                out.clear()
+                self.exit_code = 1
+                self.running = False
             if out:
                 self.apply(out)
                 out.clear()

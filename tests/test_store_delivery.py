@@ -232,3 +232,58 @@ def test_origin_numbering_and_replay(store):
     d2 = Delivery(store)
     assert d2.next_broadcast("b6", "t6", "ts", 10_001.0) == 6  # numbers never go back, even after pruning
     assert d2.broadcast_window() == (6, 6)
+
+
+# ---------------------------------------------------------------------------- epochs: a peer whose store was replaced
+
+
+def test_a_new_sender_epoch_restarts_its_numbering(store):
+    d = Delivery(store)
+    for seq in (1, 2, 3):
+        assert d.accept("bob", seq, 1, "epoch-a") == "new"
+    # bob lost its store: it numbers from 1 again under a new epoch; nothing may be taken for a duplicate
+    assert d.accept("bob", 1, 1, "epoch-b") == "new"
+    assert d.accept("bob", 1, 1, "epoch-b") == "dup"
+    assert d.acks_owed() == [("bob", 1)]
+
+
+def test_a_new_origin_epoch_resynchronises_broadcasts(store):
+    d = Delivery(store)
+    d.announced("alice", 50, 1, 0.0, 2.0, "e1")
+    assert d.on_broadcast("alice", 51, ("51",), 0.1, 2.0, "e1")[0] == [("51",)]
+    # alice's store was replaced: its numbers restart at 1
+    assert d.announced("alice", 0, 1, 0.2, 2.0, "e2") is None
+    out, want, dup = d.on_broadcast("alice", 1, ("new 1",), 0.3, 2.0, "e2")
+    assert out == [("new 1",)] and want is None and not dup
+
+
+def test_store_epoch_is_kept_and_files_are_private(tmp_path):
+    s = Store(tmp_path / "s.db")
+    epoch = s.epoch
+    s.close()
+    assert (tmp_path / "s.db").stat().st_mode & 0o777 == 0o600
+    s2 = Store(tmp_path / "s.db")
+    assert s2.epoch == epoch
+    s2.close()
+    assert Store(tmp_path / "other.db").epoch != epoch
+
+
+def test_a_store_of_another_format_is_refused_with_the_fix(tmp_path):
+    import sqlite3
+
+    from p2pd.store import StoreError
+
+    db = sqlite3.connect(tmp_path / "old.db")
+    db.execute("CREATE TABLE outbox (x)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="move the file away"):
+        Store(tmp_path / "old.db")
+
+
+def test_ids_are_scoped_per_peer(store):
+    store.add_outbox("bob", 1, "same", "to bob", "ts", 0.0, 10.0)
+    store.add_outbox("carol", 1, "same", "to carol", "ts", 0.0, 10.0)
+    assert store.outbox_status("bob", "same") == "pending" and store.outbox_status("dave", "same") is None
+    assert store.add_message("in", "MESSAGE", "same", "bob", "bob", "bob", "me", "x", "ts", 1.0)
+    assert store.add_message("in", "MESSAGE", "same", "carol", "carol", "carol", "me", "y", "ts", 1.0)
