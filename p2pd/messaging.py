@@ -65,9 +65,9 @@ class Messaging:
 
     # ------------------------------------------------------------------ helpers
     def beacon(self) -> dict:
-        """Fields for JOIN and PING: our latest broadcast number and the oldest we can replay."""
+        """Fields for JOIN and PING: our latest broadcast number, the oldest we can replay, our store's epoch."""
         oldest, latest = self.delivery.broadcast_window()
-        return {"bseq": latest, "boldest": oldest}
+        return {"bseq": latest, "boldest": oldest, "epoch": self.store.epoch}
 
     def _reply(self, w: Waiter, status: str, msg_id: str) -> ToClient:
         from .node import _ok
@@ -93,17 +93,19 @@ class Messaging:
         node = self.node
         epoch = node._epoch(now)
         ids = []
+        prior = None  # status of a message this request repeats (single sends only matter)
         for i, text in enumerate(texts):
             msg = node._msg(now, P.MESSAGE, {"text": text}, target=peer_id)
             if given_ids is not None:
                 msg = P.Message(P.MESSAGE, given_ids[i], msg.sender_id, msg.sender_name, msg.timestamp, msg.data, peer_id)
-                if self.store.outbox_status(msg.id) is not None:
+                prior = self.store.outbox_status(peer_id, msg.id)
+                if prior is not None:
                     ids.append(msg.id)
                     continue
             self.delivery.enqueue(peer_id, msg.id, text, msg.timestamp, epoch)
             self.store.add_message("out", P.MESSAGE, msg.id, peer_id, node.id, node.name, peer_id, text, msg.timestamp, epoch)
             ids.append(msg.id)
-        node.stats["messages_out"] += len(texts)
+            node.stats["messages_out"] += 1
         peer = node.table.get(peer_id)
         alive = peer is not None and peer.state == "alive"
         acts = self.pump(now, peer_id) if alive else []
@@ -112,6 +114,8 @@ class Messaging:
 
             return acts + [ToClient(client, _ok(req, {"ids": ids, "peer": peer_name, "peer_id": peer_id, "status": "queued"}))]
         w = Waiter(client, req, now + wait_s, require, peer_name, peer_id)
+        if prior == "delivered":  # a retry of a message already acknowledged: no ACK will come again
+            return acts + [self._reply(w, "delivered", ids[0])]
         if wait_s > 0 and (alive or require):
             self.waiters[ids[0]] = w
             return acts
@@ -125,7 +129,8 @@ class Messaging:
         node = self.node
         acts = []
         for seq, msg_id, text, timestamp in rows:
-            msg = P.Message(P.MESSAGE, msg_id, node.id, node.name, timestamp, {"text": text, "seq": seq, "base": base}, peer_id)
+            msg = P.Message(P.MESSAGE, msg_id, node.id, node.name, timestamp,
+                            {"text": text, "seq": seq, "base": base, "epoch": self.store.epoch}, peer_id)
             acts.append(node._send(peer_id, msg))
         return acts
 
@@ -134,7 +139,7 @@ class Messaging:
         epoch = node._epoch(now)
         msg = node._msg(now, P.BROADCAST, {"text": text})
         bseq = self.delivery.next_broadcast(msg.id, text, msg.timestamp, epoch)
-        msg = P.Message(P.BROADCAST, msg.id, node.id, node.name, msg.timestamp, {"text": text, "bseq": bseq}, None)
+        msg = P.Message(P.BROADCAST, msg.id, node.id, node.name, msg.timestamp, {"text": text, "bseq": bseq, "epoch": self.store.epoch}, None)
         self.store.add_message("out", P.BROADCAST, msg.id, None, node.id, node.name, None, text, msg.timestamp, epoch)
         node.stats["broadcasts_out"] += 1
         return [Publish(msg)], msg
@@ -144,7 +149,7 @@ class Messaging:
         seq = msg.data.get("seq")
         if seq is None:  # a simple peer without sequence numbers: dedupe by id only
             return self._delivered_in(now, msg.id, msg.type, msg.sender_id, msg.sender_name, msg.timestamp, msg.data["text"], msg.target_id) if self._store_in(now, msg) else []
-        verdict = self.delivery.accept(peer.id, seq, msg.data["base"])
+        verdict = self.delivery.accept(peer.id, seq, msg.data["base"], msg.data.get("epoch"))
         if verdict == "dup":
             self.node.stats["duplicates_dropped"] += 1
             return []
@@ -166,7 +171,7 @@ class Messaging:
             if ls.bcast_seq is None or bseq <= ls.bcast_seq:
                 self.delivery.since(peer.id, bseq)
         fields = (msg.id, msg.sender_id, msg.sender_name, msg.timestamp, msg.data["text"])
-        ready, want, dup = self.delivery.on_broadcast(peer.id, bseq, fields, now, self.settings.ack_timeout_s)
+        ready, want, dup = self.delivery.on_broadcast(peer.id, bseq, fields, now, self.settings.ack_timeout_s, msg.data.get("epoch"))
         if dup:
             self.node.stats["duplicates_dropped"] += 1
         acts = self._fetch(now, peer, want) if want else []
@@ -186,7 +191,8 @@ class Messaging:
         latest, oldest = data.get("bseq"), data.get("boldest")
         if latest is None:
             return []
-        want = self.delivery.announced(peer.id, latest, oldest if oldest is not None else 1, now, self.settings.ack_timeout_s)
+        want = self.delivery.announced(peer.id, latest, oldest if oldest is not None else 1, now, self.settings.ack_timeout_s,
+                                       data.get("epoch"))
         return self._fetch(now, peer, want) if want else []
 
     def on_ack(self, now: float, msg: P.Message, peer) -> list:
@@ -204,6 +210,9 @@ class Messaging:
 
     def on_fetch(self, now: float, msg: P.Message, peer) -> list:
         node = self.node
+        if msg.target_id != node.id:
+            node.drop(now, "misrouted", "FETCH for another node", peer.name)
+            return []
         since = msg.data.get("since")
         oldest, latest = self.delivery.broadcast_window()
         if since is not None:
@@ -215,7 +224,9 @@ class Messaging:
             lo, hi, replay = max(msg.data["from"], oldest), min(msg.data["to"], latest), False
         acts = []
         for seq, msg_id, text, timestamp in self.delivery.replay(lo, hi) if lo <= hi else []:
-            data = {"text": text, "bseq": seq, "replay": True} if replay else {"text": text, "bseq": seq}
+            data = {"text": text, "bseq": seq, "epoch": self.store.epoch}
+            if replay:
+                data["replay"] = True
             acts.append(node._send(peer.id, P.Message(P.BROADCAST, msg_id, node.id, node.name, timestamp, data, peer.id)))
         node.stats["broadcasts_replayed"] += len(acts)
         return acts
@@ -274,4 +285,6 @@ class Messaging:
         return [entry(r["id"], r["type"], r["sender_id"], r["sender_name"], r["timestamp"], r["text"], r["target_id"]) for r in rows]
 
     def pending_count(self) -> int:
-        return sum(max(0, ls.out_seq - ls.out_acked) for ls in self.delivery.links.values())
+        # An expired message is never acknowledged, yet it no longer waits in the outbox.
+        return sum(ls.out_seq - ls.out_acked - self.store.expired_after(peer_id, ls.out_acked)
+                   for peer_id, ls in self.delivery.links.items() if ls.out_seq > ls.out_acked)
