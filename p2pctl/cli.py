@@ -123,10 +123,24 @@ def parse_since(value: str | None) -> float | None:
 @click.option("--since", help="Also fetch this peer's broadcasts sent since then (30m, 2h, 7d, ISO time).")
 @command
 def connect(ctx, target, port, since):
-    """Link to the peer at HOST PORT (or HOST:PORT); waits for its answer.
+    """Link to the peer at HOST PORT (or HOST:PORT, or p2p://KEY@HOST:PORT); waits for its answer.
+
+    With HOST PORT the peer's key is fetched from its key port (PORT+2) and
+    pinned on first use; a later change is refused (see `p2pctl known`).
+    The p2p:// string printed by `p2pctl info` carries the key itself.
 
     A new peer's old broadcasts are not replayed unless --since asks for them.
     """
+    key = None
+    if target.startswith("p2p://"):
+        from p2pd.keys import KeyError_, parse_connect_string
+
+        if port is not None:
+            raise click.UsageError("a p2p:// connect string already holds the port; give it alone")
+        try:
+            key, target, port = parse_connect_string(target)
+        except KeyError_ as e:
+            raise click.UsageError(str(e)) from None
     if port is None:
         host, sep, p = target.rpartition(":")
         if not sep or not p.isdigit():
@@ -136,7 +150,8 @@ def connect(ctx, target, port, since):
             raise click.UsageError(f"port {port} is out of range 1-65535")
         target = host
     with ctx.client() as c:
-        res = c.call("connect", timeout_s=ctx.timeout_s + 1, host=target.strip("[]"), port=port, wait_s=ctx.timeout_s, since=parse_since(since))
+        res = c.call("connect", timeout_s=ctx.timeout_s + 1, host=target.strip("[]"), port=port, wait_s=ctx.timeout_s,
+                     since=parse_since(since), **({"key": key} if key else {}))
     peer = res["peer"]
     ctx.out(res, f"{'already linked to' if res.get('already') else 'linked to'} {render.cyan(peer['name'])} ({peer['id'][:12]}) at {peer['address']}")
 
@@ -308,6 +323,72 @@ def stop(ctx):
         ctx.out({"stopped": False, "running": False}, f"p2pd is not running on home {home.path}")
     else:
         ctx.out({"stopped": True, "pid": pid}, f"p2pd stopped (pid {pid})")
+
+
+@main.group()
+def trust():
+    """Closed networks: the keys in authorized_keys (allowlist mode when any is listed).
+
+    \b
+    Examples:
+      p2pctl trust list
+      p2pctl trust add 'rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7' laptop
+      p2pctl trust remove laptop-node-id-or-key
+    """
+
+
+@trust.command("list")
+@command
+def trust_list(ctx):
+    """List the authorized keys."""
+    with ctx.client() as c:
+        res = c.call("trust", action="list")
+    ctx.out(res, render.trust_text(res))
+
+
+@trust.command("add")
+@click.argument("key")
+@click.argument("comment", required=False, default="")
+@command
+def trust_add(ctx, key, comment):
+    """Allow KEY (a node's public key, from `p2pctl info` there) to link; turns on allowlist mode."""
+    with ctx.client() as c:
+        res = c.call("trust", action="add", key=key, comment=comment)
+    ctx.out(res, render.trust_text(res))
+
+
+@trust.command("remove")
+@click.argument("match")
+@command
+def trust_remove(ctx, match):
+    """Remove the authorized key equal to MATCH (a key or a node id)."""
+    with ctx.client() as c:
+        res = c.call("trust", action="remove", match=match)
+    ctx.out(res, render.trust_text(res))
+
+
+@main.group()
+def known():
+    """Pinned peer keys (trust on first use), like ssh's known_hosts."""
+
+
+@known.command("list")
+@command
+def known_list(ctx):
+    """List the addresses whose keys are pinned."""
+    with ctx.client() as c:
+        res = c.call("known", action="list")
+    ctx.out(res, "\n".join(f"{r['address']}  {r['key']}  ({r['id'][:12]})" for r in res) or "no pinned keys")
+
+
+@known.command("forget")
+@click.argument("match")
+@command
+def known_forget(ctx, match):
+    """Forget the pinned key of MATCH (HOST:PORT, key or node id), to accept a changed key."""
+    with ctx.client() as c:
+        res = c.call("known", action="forget", match=match)
+    ctx.out(res, f"forgot {match}; the next connect pins the key it finds")
 
 
 @main.command()

@@ -120,10 +120,26 @@ def info_text(i: dict) -> str:
         f"  control     {i.get('control')}",
         f"  log         {i.get('log_file')}",
         f"  pid         {i.get('pid')}, up {ago(i.get('uptime_s')).replace(' ago', '')}, version {i.get('version')}",
+        f"  security    {_security(i)}",
         f"  peers       {i['peers_alive']} alive, {i['peers_lost']} lost, {i['peers']} known",
         f"  messages    {i['messages_in']} in, {i['messages_out']} out ({i.get('outbox_pending', 0)} waiting in the outbox); broadcasts {i['broadcasts_in']} in, {i['broadcasts_out']} out",
         f"  bad input   {i['dropped_total']} dropped ({drop_text})",
     ]
+    return "\n".join(lines)
+
+
+def _security(i: dict) -> str:
+    if i.get("security") == "insecure":
+        return red("INSECURE: plaintext, unauthenticated (--insecure)")
+    mode = "allowlist (authorized_keys)" if i.get("allowlist") else "any key may link"
+    return f"CURVE, {mode}; connect string:\n              {i.get('connect')}"
+
+
+def trust_text(res: dict) -> str:
+    if not res["keys"]:
+        return "no authorized keys: any node with a valid key may link (add one to switch to allowlist mode)"
+    lines = [f"allowlist mode: {len(res['keys'])} authorized key(s)"]
+    lines += [f"  {k['key']}  {k['id'][:12]}  {k['comment']}".rstrip() for k in res["keys"]]
     return "\n".join(lines)
 
 

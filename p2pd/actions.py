@@ -15,9 +15,12 @@ from .protocol import Message
 
 @dataclass(frozen=True)
 class OpenLink:
-    """Open a DEALER (routing id = our node id) to a peer's ROUTER endpoint."""
+    """Open a DEALER (routing id = our node id) to a peer's ROUTER endpoint.
+
+    ``server_key`` is the peer's CURVE public key (None: plaintext link)."""
     key: str
     endpoint: str
+    server_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -47,13 +50,32 @@ class Publish:
 
 @dataclass(frozen=True)
 class Subscribe:
-    """Connect our SUB socket to a peer's PUB endpoint."""
+    """Subscribe to a peer's PUB endpoint, with a SUB socket of its own so
+    every broadcast is known to come from that peer."""
     endpoint: str
+    peer_id: str | None = None
+    server_key: str | None = None
 
 
 @dataclass(frozen=True)
 class Unsubscribe:
     endpoint: str
+    peer_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PinKey:
+    """Remember (trust on first use) that ``address`` (host:port) has ``key``."""
+    address: str
+    key: str
+
+
+@dataclass(frozen=True)
+class FetchKey:
+    """Ask the key port at ``endpoint`` (plaintext) for the node's public key."""
+    endpoint: str
+    tag: str
+    timeout_s: float = 3.0
 
 
 @dataclass(frozen=True)

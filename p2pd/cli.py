@@ -48,10 +48,13 @@ def main():
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), help="Log verbosity. [default: info]")
 @click.option("--heartbeat-interval", "heartbeat_interval_s", type=float, help="Seconds between PINGs. [default: 1]")
 @click.option("--heartbeat-timeout", "heartbeat_timeout_s", type=float, help="Seconds of silence before a peer is lost. [default: 5]")
+@click.option("--key-port", type=int, help="Plaintext port that tells this node's public key (TOFU). [default: port+2]")
+@click.option("--insecure", is_flag=True, default=None, help="Plaintext, unauthenticated links, to talk to simple JSON peers. Not for untrusted networks.")
 @click.option("--foreground", is_flag=True, help="Stay attached (for systemd/containers) and also log to stderr.")
 @click.option("--daemonized", is_flag=True, hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the started node's details as JSON.")
-def start(port, pub_port, host, advertise, name, join, home, config_path, log_level, heartbeat_interval_s, heartbeat_timeout_s, foreground, daemonized, as_json):
+def start(port, pub_port, host, advertise, name, join, home, config_path, log_level, heartbeat_interval_s, heartbeat_timeout_s,
+          key_port, insecure, foreground, daemonized, as_json):
     """Start a node.
 
     By default the daemon detaches and this command returns once the node
@@ -67,7 +70,8 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
 
     h = Home(resolve_home(home))
     overrides = dict(port=port, pub_port=pub_port, host=host, advertise=advertise, name=name, join=list(join),
-                     log_level=log_level, heartbeat_interval_s=heartbeat_interval_s, heartbeat_timeout_s=heartbeat_timeout_s)
+                     log_level=log_level, heartbeat_interval_s=heartbeat_interval_s, heartbeat_timeout_s=heartbeat_timeout_s,
+                     key_port=key_port, insecure=insecure)
     try:
         cfg_file = click.format_filename(config_path) if config_path else (h.config_file if h.config_file.exists() else None)
         settings = build(load_file(cfg_file) if cfg_file else {}, overrides)
@@ -88,9 +92,11 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
     argv = ["start", "--daemonized", "--home", str(h.path)]
     for flag, value in (("--port", port), ("--pub-port", pub_port), ("--host", host), ("--advertise", advertise), ("--name", name),
                         ("--config", config_path), ("--log-level", log_level), ("--heartbeat-interval", heartbeat_interval_s),
-                        ("--heartbeat-timeout", heartbeat_timeout_s)):
+                        ("--heartbeat-timeout", heartbeat_timeout_s), ("--key-port", key_port)):
         if value is not None:
             argv += [flag, str(value)]
+    if insecure:
+        argv.append("--insecure")
     for j in join:
         argv += ["--join", j]
     proc = spawn_detached(argv, h)
@@ -107,7 +113,39 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
     click.echo(f"  peer link  {info['router']}")
     click.echo(f"  broadcast  {info['pub']}")
     click.echo(f"  control    {info['control']}")
+    if info.get("connect"):
+        click.echo(f"  connect    {info['connect']}   (give this to peers: p2pctl connect '<it>')")
+    else:
+        click.echo("  security   INSECURE: plaintext, unauthenticated links")
     click.echo(f"  log        {info['log_file']}   (tail -f it, or: p2pctl --home {h.path} watch)")
+
+
+@main.command()
+@click.option("--home", help=HOME_HELP)
+@click.option("--force", is_flag=True, help="Replace an existing key: the node gets a new id, and peers that pinned the old key refuse it.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def keygen(home, force, as_json):
+    """Create this node's CURVE keypair (done automatically at first start).
+
+    The key is kept in HOME/node.key with mode 0600; the node id is derived
+    from its public key.  Back it up: it is the node's identity.
+    """
+    from .daemon import is_running
+    from .keys import KeyError_, create_keypair
+    from .transport import curve_keypair
+
+    h = Home(resolve_home(home))
+    if is_running(h)[0]:
+        _fail(f"p2pd is running on home {h.path}; stop it first (p2pd stop --home {h.path})", exitcodes.CONFLICT)
+    h.ensure()
+    try:
+        pair = create_keypair(h, curve_keypair, force=force)
+    except KeyError_ as e:
+        _fail(str(e), exitcodes.FAILED)
+    if as_json:
+        click.echo(json.dumps({"id": pair.node_id, "public_key": pair.public, "file": str(h.path / "node.key")}))
+    else:
+        click.echo(f"new key for node {pair.node_id}\n  public key {pair.public}\n  saved in {h.path / 'node.key'} (mode 0600)")
 
 
 @main.command()

@@ -14,6 +14,7 @@ node and the time are passed in.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from . import protocol as P
 from .actions import Shutdown, ToClient
@@ -22,7 +23,8 @@ from .node import Node, _err, _ok
 from .settings import ConfigError, parse_host_port
 
 MAX_REQUEST_BYTES = 1024 * 1024
-COMMANDS = ("status", "info", "peers", "connect", "disconnect", "send", "broadcast", "ping", "inbox", "history", "outbox", "watch", "stop")
+COMMANDS = ("status", "info", "peers", "connect", "disconnect", "send", "broadcast", "ping", "inbox", "history", "outbox", "watch", "stop",
+            "trust", "known")
 MAX_BATCH = 10_000  # texts in one `send` request (the client library's send_many)
 ENVELOPE_OVERHEAD = 1024  # bytes around the text in an encoded MESSAGE, generously
 
@@ -123,7 +125,10 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
         except ConfigError as e:
             raise BadRequest("bad_request", str(e)) from None
         wait_s = _arg_num(args, "wait_s", 5.0, 0.1, 3600)
-        return node.connect(now, P.tcp_endpoint(host, port), wait_s, client, req, _since(args))
+        key = args.get("key")
+        if key is not None and not P.valid_key(key):
+            raise BadRequest("bad_request", "argument 'key' must be a 40-character Z85 public key")
+        return node.connect(now, host, port, wait_s, client, req, _since(args), key)
     if cmd == "disconnect":
         peer = _resolve(node, args, need_alive=False)
         acts = node.disconnect(now, peer)
@@ -181,9 +186,65 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
     if cmd == "watch":
         node.watchers.add(client)
         return [ToClient(client, _ok(req, {"watching": True, "id": node.id, "name": node.name}))]
+    if cmd == "trust":
+        return [ToClient(client, _ok(req, _trust(node, args, extra_status)))]
+    if cmd == "known":
+        return [ToClient(client, _ok(req, _known(node, args, extra_status)))]
     if cmd == "stop":
         return [ToClient(client, _ok(req, {"stopping": True}))] + node.leave(now)
     raise BadRequest("unknown_command", cmd)  # pragma: no cover - COMMANDS checked above
+
+
+def _home(extra_status: dict):
+    from .home import Home
+
+    if "home" not in extra_status:
+        raise BadRequest("bad_request", "this node has no home directory")
+    return Home(Path(extra_status["home"]))
+
+
+def _trust(node: Node, args: dict, extra_status: dict) -> dict:
+    """authorized_keys: list, add or remove; the allowlist takes effect at once."""
+    from .keys import authorized_keys, node_id_for
+
+    action = args.get("action", "list")
+    kl = authorized_keys(_home(extra_status))
+    if action == "add":
+        key = args.get("key")
+        if not P.valid_key(key):
+            raise BadRequest("bad_request", "give a 40-character Z85 public key (the `public_key` of `p2pctl info` on that node)")
+        comment = args.get("comment") or ""
+        if not isinstance(comment, str) or "\n" in comment or len(comment) > 200:
+            raise BadRequest("bad_request", "the comment must be one line of at most 200 characters")
+        kl.add(key, comment=comment)
+    elif action == "remove":
+        removed = kl.remove(_arg_str(args, "match"))
+        if not removed:
+            raise BadRequest("unknown_peer", f"no authorized key matches {args['match']!r}; `p2pctl trust list` shows them")
+    elif action != "list":
+        raise BadRequest("bad_request", "action must be list, add or remove")
+    keys = kl.entries()
+    node.trust.set_allowed({k for _, k, _ in keys})
+    return {"allowlist": node.trust.allowlist_mode,
+            "keys": [{"key": k, "id": node_id_for(k), "comment": c} for _, k, c in keys]}
+
+
+def _known(node: Node, args: dict, extra_status: dict) -> dict:
+    """known_peers (pinned keys): list, or forget an address."""
+    from .keys import known_peers, node_id_for
+
+    action = args.get("action", "list")
+    kl = known_peers(_home(extra_status))
+    if action == "forget":
+        match = _arg_str(args, "match")
+        if not kl.remove(match) and match not in node.trust.pins:
+            raise BadRequest("unknown_peer", f"no pinned key for {match!r}; `p2pctl known list` shows them")
+        for address, key in list(node.trust.pins.items()):
+            if match in (address, key, node_id_for(key)):
+                del node.trust.pins[address]
+    elif action != "list":
+        raise BadRequest("bad_request", "action must be list or forget")
+    return [{"address": a, "key": k, "id": node_id_for(k)} for a, k in sorted(node.trust.pins.items())]
 
 
 __all__ = ["handle", "COMMANDS", "Shutdown"]

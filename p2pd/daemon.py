@@ -21,7 +21,9 @@ from . import protocol as P
 from .home import Home, load_or_create_identity, load_peer_book, pid_alive
 from .node import WILDCARD_HOSTS, Node
 from .settings import Settings, parse_host_port
+from .keys import authorized_keys, connect_string, known_peers, load_or_create_keypair
 from .store import Store
+from .trust import Trust
 
 log = logging.getLogger("p2pd")
 READY_TIMEOUT_S = 20.0
@@ -86,7 +88,7 @@ def own_address(settings: Settings, port: int, pub_port: int) -> P.PeerAddress:
 
 def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> int:
     """Run the node in this process until stopped; returns the exit code. Raises on a failed start."""
-    from .transport import Transport, install_signal_handlers  # zmq is imported only here
+    from .transport import Transport, curve_keypair, install_signal_handlers  # zmq is imported only here
 
     home.ensure()
     lock = HomeLock(home)
@@ -96,11 +98,12 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> int:
         raise AlreadyRunning(f"p2pd is already running on home {home.path}" + (f" (pid {pid})" if pid else "") + "; stop it with: p2pd stop --home " + str(home.path))
     try:
         setup_logging(home, settings.log_level, log_to_stderr)
-        ident = load_or_create_identity(home, settings.name)
+        keypair = load_or_create_keypair(home, curve_keypair)
+        ident = load_or_create_identity(home, settings.name, keypair.node_id)
         name = settings.name or ident.name or _default_name(ident.id)
         home.pid_file.write_text(f"{os.getpid()}\n")  # before the socket exists: p2pctl checks it
         try:
-            transport = Transport(home, settings, ident.id, name)
+            transport = Transport(home, settings, ident.id, name, keypair)
         except Exception as e:
             log.error("start failed: %s", e)
             home.pid_file.unlink(missing_ok=True)
@@ -110,7 +113,15 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> int:
             address = own_address(settings, transport.port, transport.pub_port)
             now = time.monotonic()
             store = Store(home.store_file, settings.durability)
-            node = Node(ident.id, name, address, settings, now, time.time(), store)
+            trust = Trust(keypair.public, secure=not settings.insecure,
+                          pins={a: k for a, k, _ in known_peers(home).entries()},
+                          allowed={k for _, k, _ in authorized_keys(home).entries()})
+            node = Node(ident.id, name, address, settings, now, time.time(), store, trust)
+            transport.node = node
+            if settings.insecure:
+                log.warning("INSECURE mode: peer links are plaintext and unauthenticated; anyone on the network can read and forge traffic")
+            elif trust.allowlist_mode:
+                log.info("allowlist mode: %d key(s) in %s may link", len(trust.allowed), authorized_keys(home).path)
             log.info(
                 "started p2pd %s: id=%s name=%s peer=tcp://%s:%d pub=tcp://%s:%d control=%s",
                 _version(), ident.id, name, settings.host, transport.port, settings.host, transport.pub_port, home.control_endpoint,
@@ -125,6 +136,8 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> int:
                 "router": P.tcp_endpoint(settings.host, transport.port),
                 "pub": P.tcp_endpoint(settings.host, transport.pub_port),
                 "version": _version(),
+                "key_port": transport.key_port or None,
+                "connect": None if settings.insecure else connect_string(keypair.public, _reachable_host(settings), transport.port),
             }
             joins = [P.tcp_endpoint(*parse_host_port(j)) for j in settings.join]
             transport.apply(node.start(now, load_peer_book(home), joins))
@@ -145,6 +158,16 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> int:
     finally:
         lock.release()
     return exit_code
+
+
+def _reachable_host(settings: Settings) -> str:
+    if settings.advertise:
+        return settings.advertise
+    if settings.host not in WILDCARD_HOSTS:
+        return settings.host
+    import socket
+
+    return socket.gethostname()
 
 
 def _default_name(node_id: str) -> str:

@@ -150,7 +150,7 @@ def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
     os.replace(tmp, path)
 
 
-def load_or_create_identity(home: Home, name: str | None) -> Identity:
+def load_or_create_identity(home: Home, name: str | None, node_id: str | None = None) -> Identity:
     """The node id is made once and kept, so a restarted node is the same peer.
 
     A name given once (``--name``) is remembered too, so later restarts
@@ -171,6 +171,9 @@ def load_or_create_identity(home: Home, name: str | None) -> Identity:
         ident = Identity(secrets.token_hex(16), None)
     if name and name != ident.name:
         ident.name = name
+        changed = True
+    if node_id and node_id != ident.id:  # the id follows the node's key
+        ident.id = node_id
         changed = True
     if changed:
         atomic_write(home.identity_file, json.dumps({"id": ident.id, "name": ident.name}, indent=2) + "\n")

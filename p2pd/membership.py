@@ -43,6 +43,9 @@ class Peer:
     ever_alive: bool = False
     msgs_in: int = 0
     msgs_out: int = 0
+    key: str | None = None  # CURVE public key (secure mode)
+    tokens: float = -1.0  # rate-limit bucket; -1: not started
+    tokens_at: float = 0.0
     tags: set = field(default_factory=set)
 
     @property
@@ -65,6 +68,7 @@ class Peer:
             "last_seen_s": None if self.last_seen is None else round(now - self.last_seen, 3),
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
             "subscribed": self.subscribed,
+            "key": self.key,
             "msgs_in": self.msgs_in,
             "msgs_out": self.msgs_out,
         }
@@ -145,16 +149,18 @@ class Membership:
         raise UnknownPeer(f"no peer named {query!r} and no peer id starting with it")
 
     # ---- changes
-    def learn(self, peer_id: str, name: str, address: PeerAddress, now: float) -> tuple[Peer, bool]:
+    def learn(self, peer_id: str, name: str, address: PeerAddress, now: float, key: str | None = None) -> tuple[Peer, bool]:
         """Record a peer (from JOIN, PEERS or connect). Returns (peer, is_new)."""
         peer = self._peers.get(peer_id)
         if peer is None:
-            peer = Peer(peer_id, name, address, LINKING, since=now)
+            peer = Peer(peer_id, name, address, LINKING, since=now, key=key)
             peer.subscribed = peer_id in self._subscribed_ids
             self._peers[peer_id] = peer
             return peer, True
         peer.name = name
         peer.address = address
+        if key is not None:
+            peer.key = key
         return peer, False
 
     def heard_from(self, peer_id: str, now: float) -> bool:

@@ -31,12 +31,13 @@ from collections import Counter
 from dataclasses import dataclass
 
 from . import protocol as P
-from .actions import CloseLink, OpenLink, Publish, RekeyLink, SavePeers, Send, Shutdown, Subscribe, ToClient, Unsubscribe
+from .actions import CloseLink, FetchKey, OpenLink, PinKey, Publish, RekeyLink, SavePeers, Send, Shutdown, Subscribe, ToClient, Unsubscribe
 from .membership import ALIVE, LOST, Membership, Peer, UnknownPeer, is_loopback
 from .messaging import Messaging
 from .ratelimit import LogRateLimiter
 from .settings import Settings
 from .store import Store
+from .trust import Trust, node_id_for
 
 log = logging.getLogger("p2pd.node")
 
@@ -52,6 +53,18 @@ class PendingConnect:
     client: bytes | None = None
     req: object = None
     since: float | None = None  # also fetch this peer's broadcasts since this UNIX time
+    server_key: str | None = None  # the key we dialled with (secure mode)
+
+
+@dataclass
+class PendingKey:
+    """A key fetch from a peer's key port, before dialling it."""
+    host: str
+    port: int
+    deadline: float | None
+    client: bytes | None = None
+    req: object = None
+    since: float | None = None
 
 
 @dataclass
@@ -73,7 +86,7 @@ class Bootstrap:
 
 class Node:
     def __init__(self, node_id: str, name: str, address: P.PeerAddress, settings: Settings, now: float, wall: float,
-                 store: Store | None = None):
+                 store: Store | None = None, trust: Trust | None = None):
         self.id = node_id
         self.name = name
         self.address = address  # what we advertise; addr None = "use what you see"
@@ -88,6 +101,9 @@ class Node:
         self.bootstraps: dict[str, Bootstrap] = {}
         self.watchers: set[bytes] = set()
         self.stats: Counter = Counter()
+        self.trust = trust if trust is not None else Trust(None, secure=False)
+        self.key_fetches: dict[str, PendingKey] = {}
+        self._key_tags = 0
         self.store = store if store is not None else Store(":memory:")
         self.msgs = Messaging(self, self.store, settings)
         self.dropped: Counter = Counter()
@@ -110,12 +126,12 @@ class Node:
 
     def _join(self, now: float, reply_to: str | None = None) -> P.Message:
         data = {"addr": self.address.addr, "port": self.address.port, "pub_port": self.address.pub_port, "reply_to": reply_to,
-                **self.msgs.beacon()}
+                "key": self.trust.public_key, **self.msgs.beacon()}
         return self._msg(now, P.JOIN, data)
 
     def _peers_msg(self, now: float, exclude: str) -> P.Message:
         entries = [
-            {"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port}
+            {"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port, "key": p.key}
             for p in self.table.alive()
             if p.id != exclude
         ]
@@ -135,7 +151,7 @@ class Node:
 
     def _save_peers(self) -> SavePeers:
         return SavePeers([
-            {"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port}
+            {"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port, "key": p.key}
             for p in self.table.all()
         ])
 
@@ -146,7 +162,16 @@ class Node:
             return []
         acts = [CloseLink(peer.id)] if current is not None else []
         self.links[peer.id] = endpoint
-        return acts + [OpenLink(peer.id, endpoint)]
+        return acts + [OpenLink(peer.id, endpoint, self._server_key(peer))]
+
+    def _server_key(self, peer: Peer) -> str | None:
+        return peer.key if self.trust.secure else None
+
+    def _sub(self, peer: Peer) -> Subscribe:
+        return Subscribe(peer.pub_endpoint, peer.id, self._server_key(peer))
+
+    def _unsub(self, peer: Peer, endpoint: str | None = None) -> Unsubscribe:
+        return Unsubscribe(endpoint or peer.pub_endpoint, peer.id)
 
     def _close_link(self, key: str) -> list:
         return [CloseLink(key)] if self.links.pop(key, None) is not None else []
@@ -160,7 +185,7 @@ class Node:
 
     def _became_alive(self, now: float, peer: Peer) -> list:
         acts = self._ensure_link(peer)
-        acts.append(Subscribe(peer.pub_endpoint))
+        acts.append(self._sub(peer))
         acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id)))
         acts.append(self._save_peers())
         a = peer.address
@@ -172,8 +197,10 @@ class Node:
     def _link_to(self, now: float, peer: Peer) -> list:
         """Open (or reopen) a link to a known peer and introduce ourselves."""
         acts = self._close_link(peer.id)
+        if self.trust.may_link(peer.id, peer.key) is not None:
+            return acts
         self.links[peer.id] = peer.router_endpoint
-        return acts + [OpenLink(peer.id, peer.router_endpoint), self._send(peer.id, self._join(now))]
+        return acts + [OpenLink(peer.id, peer.router_endpoint, self._server_key(peer)), self._send(peer.id, self._join(now))]
 
     # ------------------------------------------------------------------ start / stop
     def start(self, now: float, saved_peers: list, join_endpoints: list[str]) -> list:
@@ -186,7 +213,8 @@ class Node:
                 continue
             if pid == self.id or not P.valid_node_id(pid) or not P.valid_name(name) or addr.addr is None:
                 continue
-            peer, _ = self.table.learn(pid, name, addr, now)
+            key = entry.get("key") if P.valid_key(entry.get("key")) else None
+            peer, _ = self.table.learn(pid, name, addr, now, key)
             acts += self._link_to(now, peer)
         for ep in join_endpoints:
             self.bootstraps[ep] = Bootstrap(ep, next_try=now)
@@ -200,8 +228,12 @@ class Node:
         return acts + [Shutdown()]
 
     # ------------------------------------------------------------------ inbound peer traffic
-    def on_router_frames(self, now: float, frames: list[bytes], peer_host: str | None) -> list:
-        """A frame on our ROUTER: [routing id, envelope] from a peer's DEALER."""
+    def on_router_frames(self, now: float, frames: list[bytes], peer_host: str | None, user_id: str | None = None) -> list:
+        """A frame on our ROUTER: [routing id, envelope] from a peer's DEALER.
+
+        ``user_id`` is the node id that ZAP derived from the sender's CURVE
+        key; in secure mode a frame claiming any other sender_id is dropped.
+        """
         source = peer_host or "?"
         if len(frames) != 2:
             self.drop(now, "bad_frames", f"expected 2 frames (routing id, envelope), got {len(frames)}", source)
@@ -215,11 +247,32 @@ class Node:
         if rid != msg.sender_id.encode():
             self.drop(now, "bad_routing_id", f"routing id {rid[:24]!r} does not match sender_id {msg.sender_id[:24]}", source)
             return []
+        if self.trust.secure and user_id != msg.sender_id:
+            self.drop(now, "spoofed", f"frame claims sender {msg.sender_id[:12]} but its key belongs to {str(user_id)[:12]}", source)
+            return []
+        if not self._within_rate(now, msg.sender_id):
+            self.drop(now, "rate_limited", f"{msg.sender_id[:12]} sends faster than max_msgs_per_s={self.settings.max_msgs_per_s:g}", source)
+            return []
         self.stats["frames_in"] += 1
         return self._dispatch(now, msg, peer_host, source)
 
-    def on_sub_frames(self, now: float, frames: list[bytes], source: str = "sub") -> list:
-        """A frame on our SUB socket: a BROADCAST from a peer's PUB."""
+    def _within_rate(self, now: float, peer_id: str) -> bool:
+        """Token bucket per peer: max_msgs_per_s sustained, one second's worth of burst."""
+        peer = self.table.get(peer_id)
+        if peer is None:
+            return True
+        rate = self.settings.max_msgs_per_s
+        if peer.tokens < 0:
+            peer.tokens, peer.tokens_at = rate, now
+        peer.tokens = min(rate, peer.tokens + (now - peer.tokens_at) * rate)
+        peer.tokens_at = now
+        if peer.tokens < 1.0:
+            return False
+        peer.tokens -= 1.0
+        return True
+
+    def on_sub_frames(self, now: float, frames: list[bytes], source: str = "sub", source_peer: str | None = None) -> list:
+        """A frame on one of our SUB sockets: a BROADCAST from the PUB of ``source_peer``."""
         if len(frames) != 1:
             self.drop(now, "bad_frames", f"expected 1 frame on SUB, got {len(frames)}", source)
             return []
@@ -230,6 +283,12 @@ class Node:
             return []
         if msg.type != P.BROADCAST:
             self.drop(now, "bad_type", f"{msg.type} is not allowed on the PUB socket", source)
+            return []
+        if source_peer is not None and msg.sender_id != source_peer:
+            self.drop(now, "spoofed", f"broadcast claims sender {msg.sender_id[:12]} on the PUB of {source_peer[:12]}", source)
+            return []
+        if not self._within_rate(now, msg.sender_id):
+            self.drop(now, "rate_limited", f"{msg.sender_id[:12]} broadcasts faster than max_msgs_per_s", source)
             return []
         self.stats["frames_in"] += 1
         return self._dispatch(now, msg, None, source)
@@ -287,10 +346,15 @@ class Node:
         if self.table.get(msg.sender_id) is None and len(self.table) >= self.settings.max_peers:
             self.drop(now, "peer_limit", f"already at max_peers={self.settings.max_peers}", source)
             return []
+        key = msg.data.get("key")
+        refusal = self.trust.may_link(msg.sender_id, key)
+        if refusal is not None:
+            self.drop(now, "bad_key", f"JOIN from {msg.sender_id[:12]} refused: {refusal}", source)
+            return []
         address = P.PeerAddress(host, adv.port, adv.pub_port)
         old = self.table.get(msg.sender_id)
         old_pub = old.pub_endpoint if old is not None else None
-        peer, _ = self.table.learn(msg.sender_id, msg.sender_name, address, now)
+        peer, _ = self.table.learn(msg.sender_id, msg.sender_name, address, now, key)
         acts: list = []
         reply_to = msg.data.get("reply_to")
         pc = self.pending.pop(reply_to, None) if reply_to else None
@@ -305,7 +369,7 @@ class Node:
                     b.peer_id = peer.id
         acts += self._ensure_link(peer)
         if old_pub is not None and old_pub != peer.pub_endpoint and old.state == ALIVE:
-            acts += [Unsubscribe(old_pub), Subscribe(peer.pub_endpoint)]
+            acts += [self._unsub(peer, old_pub), self._sub(peer)]
         if not reply_to:
             acts.append(self._send(peer.id, self._join(now, reply_to=msg.id)))
         if self.table.heard_from(peer.id, now):
@@ -325,7 +389,7 @@ class Node:
         self.table.remove(peer.id)
         acts = self._close_link(peer.id)
         if peer.state == ALIVE:
-            acts.append(Unsubscribe(peer.pub_endpoint))
+            acts.append(self._unsub(peer))
         acts.append(self._save_peers())
         log.info("peer left: %s (%s)", peer.name, peer.id[:12])
         return acts + self.emit(now, "left", peer=peer.describe(now))
@@ -345,12 +409,16 @@ class Node:
             if len(self.table) >= self.settings.max_peers:
                 self.drop(now, "peer_limit", f"not linking {pid[:12]}: at max_peers={self.settings.max_peers}", gossiper.name)
                 break
+            refusal = self.trust.may_link(pid, entry.get("key"))
+            if refusal is not None:
+                log.debug("not linking %s learned from %s: %s", pid[:12], gossiper.name, refusal)
+                continue
             addr = P.parse_address(entry)
             host = addr.addr
             # The gossiper saw this peer on loopback: it shares the gossiper's host.
             if host is None or host in WILDCARD_HOSTS or (is_loopback(host) and not is_loopback(gossiper.address.addr)):
                 host = gossiper.address.addr
-            peer, _ = self.table.learn(pid, entry["name"], P.PeerAddress(host, addr.port, addr.pub_port), now)
+            peer, _ = self.table.learn(pid, entry["name"], P.PeerAddress(host, addr.port, addr.pub_port), now, entry.get("key"))
             log.info("discovered %s (%s) at %s via %s", peer.name, pid[:12], peer.router_endpoint, gossiper.name)
             acts += self._link_to(now, peer)
         return acts
@@ -382,7 +450,7 @@ class Node:
             self.table.mark_lost(peer.id, now)
             acts += self._close_link(peer.id)
             if was_alive:
-                acts.append(Unsubscribe(peer.pub_endpoint))
+                acts.append(self._unsub(peer))
                 log.warning("peer lost: %s (%s), silent for %.1fs", peer.name, peer.id[:12], now - (peer.last_seen or now))
                 acts += self.emit(now, "lost", peer=peer.describe(now))
         for peer in self.table.due_retries(now):
@@ -436,23 +504,72 @@ class Node:
                 if pc.endpoint == b.endpoint and pc.client is None:
                     del self.pending[mid]
                     acts += self._close_link(pc.key)
-            acts += self._dial(now, b.endpoint, deadline=None)
+            host, _, port = b.endpoint[len("tcp://"):].rpartition(":")
+            acts += self._dial_address(now, host.strip("[]"), int(port), deadline=None)
         return acts
 
-    def _dial(self, now: float, endpoint: str, deadline: float | None, client: bytes | None = None, req=None, since: float | None = None) -> list:
+    def _dial(self, now: float, endpoint: str, deadline: float | None, client: bytes | None = None, req=None,
+              since: float | None = None, server_key: str | None = None) -> list:
         key = f"pending:{endpoint}:{now:.6f}"
         join = self._join(now)
-        self.pending[join.id] = PendingConnect(key, endpoint, deadline, client, req, since)
+        self.pending[join.id] = PendingConnect(key, endpoint, deadline, client, req, since, server_key)
         self.links[key] = endpoint
-        return [OpenLink(key, endpoint), self._send(key, join)]
+        return [OpenLink(key, endpoint, server_key), self._send(key, join)]
+
+    def _fail(self, client: bytes | None, req, code: str, text: str) -> list:
+        if client is not None:
+            return [ToClient(client, _err(req, code, text))]
+        log.warning("%s", text)
+        return []
+
+    def _dial_address(self, now: float, host: str, port: int, deadline: float | None, client: bytes | None = None, req=None,
+                      since: float | None = None, key: str | None = None) -> list:
+        """Dial host:port.  In secure mode we need its key first: given, or fetched from its key port (port+2)."""
+        endpoint = P.tcp_endpoint(host, port)
+        if not self.trust.secure:
+            return self._dial(now, endpoint, deadline, client, req, since)
+        address = f"{host}:{port}"
+        if key is None:
+            self._key_tags += 1
+            tag = f"key{self._key_tags}"
+            self.key_fetches[tag] = PendingKey(host, port, deadline, client, req, since)
+            timeout_s = 3.0 if deadline is None else max(0.05, min(3.0, deadline - now))
+            return [FetchKey(P.tcp_endpoint(host, port + 2), tag, timeout_s)]
+        problem = self.trust.check_pin(address, key)
+        if problem is not None:
+            log.warning("refused %s: %s", address, problem)
+            return self._fail(client, req, "key_changed", problem)
+        if self.trust.allowlist_mode and key not in self.trust.allowed:
+            return self._fail(client, req, "not_authorized", f"the key of {address} is not in authorized_keys; add it with: p2pctl trust add {key}")
+        acts = []
+        if self.trust.pin(address, key):
+            log.info("pinned the key of %s: %s (node %s)", address, key, node_id_for(key)[:12])
+            acts.append(PinKey(address, key))
+        return acts + self._dial(now, endpoint, deadline, client, req, since, key)
+
+    def on_key(self, now: float, tag: str, key: str | None, error: str | None) -> list:
+        """The transport's answer to FetchKey: the key the peer's key port told us, or why not."""
+        pk = self.key_fetches.pop(tag, None)
+        if pk is None:
+            return []
+        address = f"{pk.host}:{pk.port}"
+        if key is None or not P.valid_key(key):
+            pinned = self.trust.pins.get(address)
+            if pinned is None:
+                return self._fail(pk.client, pk.req, "unreachable",
+                                  f"could not get the key of {address} from its key port {pk.port + 2} ({error or 'bad answer'}): "
+                                  f"is p2pd running there, not in --insecure mode? Or connect with the p2p://KEY@{address} string from `p2pctl info` there")
+            key = pinned  # the key port is down, but we know whom to expect
+        return self._dial_address(now, pk.host, pk.port, pk.deadline, pk.client, pk.req, pk.since, key)
 
     # ------------------------------------------------------------------ control-socket operations
-    def connect(self, now: float, endpoint: str, wait_s: float, client: bytes, req, since: float | None = None) -> list:
-        known = self.table.find_by_endpoint(endpoint)
-        if known is not None and known.state == ALIVE:
+    def connect(self, now: float, host: str, port: int, wait_s: float, client: bytes, req, since: float | None = None,
+                key: str | None = None) -> list:
+        known = self.table.find_by_endpoint(P.tcp_endpoint(host, port))
+        if known is not None and known.state == ALIVE and (key is None or key == known.key):
             acts = self.msgs.request_since(now, known, since) if since is not None else []
             return acts + [ToClient(client, _ok(req, {"peer": known.describe(now), "already": True}))]
-        return self._dial(now, endpoint, now + wait_s, client, req, since)
+        return self._dial_address(now, host, port, now + wait_s, client, req, since, key)
 
     def disconnect(self, now: float, peer: Peer) -> list:
         """Tell the peer we are leaving it and forget it (it may come back by JOIN)."""
@@ -461,7 +578,7 @@ class Node:
         # The LEAVE must go out before the link closes: the transport lingers on close.
         acts += self._close_link(peer.id)
         if peer.state == ALIVE:
-            acts.append(Unsubscribe(peer.pub_endpoint))
+            acts.append(self._unsub(peer))
         acts.append(self._save_peers())
         log.info("disconnected from %s (%s) on request", peer.name, peer.id[:12])
         return acts + self.emit(now, "left", peer=peer.describe(now))
@@ -516,6 +633,9 @@ class Node:
             "dropped": dict(self.dropped),
             "dropped_total": sum(self.dropped.values()),
             "watchers": len(self.watchers),
+            "security": "curve" if self.trust.secure else "insecure",
+            "public_key": self.trust.public_key,
+            "allowlist": self.trust.allowlist_mode,
             "protocol_version": P.PROTOCOL_VERSION,
         }
 

@@ -41,6 +41,8 @@ MAX_NAME_LEN = 64
 MAX_TEXT_LEN = 64 * 1024
 MAX_PEERS_LISTED = 1024
 
+Z85_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+_KEY_RE = re.compile("^[" + re.escape(Z85_CHARS) + "]{40}\\Z")
 _ID_RE = re.compile(r"^[0-9A-Za-z_.:-]{1,64}\Z")
 _NAME_RE = re.compile(r"^[^\x00-\x1f\x7f\ud800-\udfff]{1,64}\Z")
 
@@ -226,6 +228,7 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
                 raise ProtocolError("bad_field", "FETCH data.to is below data.from")
     if type_ == JOIN:
         parse_address(data)
+        _opt_key(data)
         reply_to = data.get("reply_to")
         if reply_to is not None and not (isinstance(reply_to, str) and _ID_RE.match(reply_to)):
             raise ProtocolError("bad_field", "JOIN 'reply_to' must be a message id or null")
@@ -247,6 +250,7 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
             _req_str(entry, "id", _ID_RE)
             _req_str(entry, "name", _NAME_RE, MAX_NAME_LEN)
             parse_address(entry)
+            _opt_key(entry)
     elif type_ == PONG:
         ping_id = data.get("ping_id")
         if not (isinstance(ping_id, str) and _ID_RE.match(ping_id)):
@@ -285,6 +289,17 @@ def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
         raise ProtocolError("bad_field", "field 'data' must be an object")
     _check_data(type_, data, target_id)
     return Message(type_, msg_id, sender_id, sender_name, timestamp, data, target_id, v)
+
+
+def valid_key(value) -> bool:
+    """A CURVE public key as 40 characters of Z85 text."""
+    return isinstance(value, str) and bool(_KEY_RE.match(value))
+
+
+def _opt_key(obj: dict) -> None:
+    key = obj.get("key")
+    if key is not None and not valid_key(key):
+        raise ProtocolError("bad_field", "'key' must be a 40-character Z85 public key or null")
 
 
 def valid_node_id(value: str) -> bool:

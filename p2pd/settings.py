@@ -43,6 +43,9 @@ class Settings:
     message_expiry_s: float = 7 * 86400.0  # an undelivered direct message is given up after this
     retention_s: float = 30 * 86400.0  # history and delivered outbox rows older than this are pruned
     max_stored_messages: int = 1_000_000  # history rows kept at most (oldest pruned first)
+    insecure: bool = False  # plaintext links (no CURVE): only to talk to simple JSON peers
+    key_port: int | None = None  # plaintext port that tells our public key (TOFU); default port+2
+    max_msgs_per_s: float = 20_000.0  # frames accepted per peer per second (burst: one second's worth)
     durability: str = "normal"  # "normal": survives a killed daemon; "full": also power loss (slower)
 
     def validate(self) -> "Settings":
@@ -55,8 +58,16 @@ class Settings:
             raise ConfigError(f"pub_port must be 0-65535, got {self.pub_port!r}")
         if self.pub_port is not None and self.pub_port and self.pub_port == self.port:
             raise ConfigError("pub_port must differ from port")
+        if self.key_port is not None and not port_ok(self.key_port):
+            raise ConfigError(f"key_port must be 0-65535, got {self.key_port!r}")
+        if not isinstance(self.insecure, bool):
+            raise ConfigError(f"insecure must be true or false, got {self.insecure!r}")
+        if not isinstance(self.max_msgs_per_s, (int, float)) or isinstance(self.max_msgs_per_s, bool) or not 0 < self.max_msgs_per_s < float("inf"):
+            raise ConfigError(f"max_msgs_per_s must be a positive number, got {self.max_msgs_per_s!r}")
         if self.pub_port is None and self.port == 65535:
             raise ConfigError("port 65535 leaves no room for the default broadcast port (port+1); set pub_port / --pub-port")
+        if self.key_port is None and not self.insecure and self.port >= 65534:
+            raise ConfigError("port 65534 and 65535 leave no room for the default key port (port+2); set key_port")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         for name in ("heartbeat_interval_s", "heartbeat_timeout_s", "gossip_interval_s", "retry_min_s", "retry_max_s", "forget_after_s",
@@ -85,6 +96,12 @@ class Settings:
         for j in self.join:
             parse_host_port(j)
         return self
+
+    @property
+    def effective_key_port(self) -> int:
+        if self.key_port is not None:
+            return self.key_port
+        return self.port + 2 if self.port else 0
 
     @property
     def effective_pub_port(self) -> int:

@@ -28,11 +28,13 @@ import signal
 import time
 
 import zmq
+import zmq.utils.z85
 
 from . import control
 from . import protocol as P
-from .actions import CloseLink, OpenLink, Publish, RekeyLink, SavePeers, Send, Shutdown, Subscribe, ToClient, Unsubscribe
+from .actions import CloseLink, FetchKey, OpenLink, PinKey, Publish, RekeyLink, SavePeers, Send, Shutdown, Subscribe, ToClient, Unsubscribe
 from .home import Home, save_peer_book
+from .keys import known_peers
 from .node import SUB_TOPIC_PREFIX, Node
 
 log = logging.getLogger("p2pd.transport")
@@ -71,46 +73,89 @@ def _bind(sock: zmq.Socket, host: str, port: int, what: str, flag: str) -> int:
     return int(last.rsplit(":", 1)[1])
 
 
+def curve_keypair() -> tuple[str, str]:
+    """A new CURVE keypair as Z85 text (public, secret)."""
+    public, secret = zmq.curve_keypair()
+    return public.decode("ascii"), secret.decode("ascii")
+
+
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+ZAP_DOMAIN = b"p2pd"
+KEY_FETCH_TIMEOUT_S = 3.0
+
+
 class Transport:
-    def __init__(self, home: Home, settings, node_id: str, name: str):
+    def __init__(self, home: Home, settings, node_id: str, name: str, keypair=None):
         self.home = home
         self.settings = settings
         self.ctx = zmq.Context()
+        # CURVE on every TCP socket unless --insecure (keypair: p2pd.keys.KeyPair)
+        self.keypair = None if settings.insecure else keypair
         self.dealers: dict[str, zmq.Socket] = {}
-        self.subscribed: set[str] = set()
+        self.subs: dict[str, tuple[zmq.Socket, str]] = {}  # peer id -> (SUB socket, endpoint)
+        self.key_fetches: dict[zmq.Socket, tuple[str, float]] = {}  # REQ socket -> (tag, deadline)
+        self.poller = zmq.Poller()
+        self.handlers: dict = {}
+        self.key_port = 0
+        self.zap = None
+        self.keyport = None
+        self.node_name = name
         self.running = True
         self.node: Node | None = None
         self.node_id = node_id
         self.watch_overflow = 0
         self.exit_code = 0
+        self._out: list = []
         try:
             self._open_sockets(node_id, name)
         except BaseException:
             self.ctx.destroy(linger=0)
             raise
 
+    def _curve_server(self, sock: zmq.Socket) -> None:
+        if self.keypair is not None:
+            sock.curve_secretkey = self.keypair.secret.encode("ascii")
+            sock.curve_publickey = self.keypair.public.encode("ascii")
+            sock.curve_server = True
+            sock.zap_domain = ZAP_DOMAIN
+
+    def _curve_client(self, sock: zmq.Socket, server_key: str | None) -> None:
+        if self.keypair is not None and server_key is not None:
+            sock.curve_secretkey = self.keypair.secret.encode("ascii")
+            sock.curve_publickey = self.keypair.public.encode("ascii")
+            sock.curve_serverkey = server_key.encode("ascii")
+
     def _open_sockets(self, node_id: str, name: str) -> None:
         s = self.settings
-        max_msg = s.max_frame_bytes * 4  # moderately oversized frames are counted, absurd ones cut the link
+        self.max_msg = max_msg = s.max_frame_bytes * 4  # moderately oversized frames are counted, absurd ones cut the link
+        if self.keypair is not None:
+            # ZAP: libzmq asks this socket whether each CURVE client may in; we answer from the loop.
+            self.zap = self.ctx.socket(zmq.REP)
+            self.zap.linger = 0
+            self.zap.bind(ZAP_ENDPOINT)
         self.router = self.ctx.socket(zmq.ROUTER)
+        self._curve_server(self.router)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         self.router.setsockopt(zmq.MAXMSGSIZE, max_msg)
         self.router.setsockopt(zmq.LINGER, 0)
         self.port = _bind(self.router, s.host, s.port, "peer", "--port")
 
         self.pub = self.ctx.socket(zmq.XPUB)
+        self._curve_server(self.pub)
         self.pub.setsockopt(zmq.XPUB_VERBOSER, 1)
         self.pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub_port = _bind(self.pub, s.host, s.effective_pub_port, "broadcast", "--pub-port")
 
-        self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.MAXMSGSIZE, max_msg)
-        self.sub.setsockopt(zmq.LINGER, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        # A second, never-matching subscription whose topic names us: our
-        # peers' XPUBs see it and so know our SUB is attached.
-        self.sub.setsockopt(zmq.SUBSCRIBE, SUB_TOPIC_PREFIX + node_id.encode())
+        if self.keypair is not None:
+            # Plaintext, answers only "what is your key?": lets `connect HOST PORT` work by trust on first use.
+            self.keyport = self.ctx.socket(zmq.REP)
+            self.keyport.linger = 0
+            self.keyport.setsockopt(zmq.MAXMSGSIZE, 1024)
+            if s.key_port is not None:
+                self.key_port = _bind(self.keyport, s.host, s.key_port, "key", "key_port")
+            else:  # by convention at peer port + 2, so `connect HOST PORT` can find it
+                self.key_port = _bind(self.keyport, s.host, self.port + 2, "key", "key_port (default: port+2)")
 
         self.control = self.ctx.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.ROUTER_MANDATORY, 1)  # tells us when a watcher has gone
@@ -150,7 +195,7 @@ class Transport:
             elif kind is Publish:
                 self.pub.send(P.encode(act.msg), zmq.NOBLOCK)
             elif kind is OpenLink:
-                self._open_link(act.key, act.endpoint)
+                self._open_link(act.key, act.endpoint, act.server_key)
             elif kind is CloseLink:
                 sock = self.dealers.pop(act.key, None)
                 if sock is not None:
@@ -163,19 +208,16 @@ class Transport:
                     else:
                         self.dealers[act.new] = sock
             elif kind is Subscribe:
-                if act.endpoint not in self.subscribed:
-                    try:
-                        self.sub.connect(act.endpoint)
-                        self.subscribed.add(act.endpoint)
-                    except zmq.ZMQError as e:
-                        log.warning("cannot subscribe to %s: %s", act.endpoint, e.strerror)
+                self._subscribe(act.peer_id or act.endpoint, act.endpoint, act.server_key)
             elif kind is Unsubscribe:
-                if act.endpoint in self.subscribed:
-                    self.subscribed.discard(act.endpoint)
-                    try:
-                        self.sub.disconnect(act.endpoint)
-                    except zmq.ZMQError:
-                        pass
+                self._close_sub(act.peer_id or act.endpoint)
+            elif kind is PinKey:
+                try:
+                    known_peers(self.home).add(act.key, address=act.address)
+                except OSError as e:
+                    log.warning("cannot save pinned key to %s: %s", known_peers(self.home).path, e)
+            elif kind is FetchKey:
+                self._fetch_key(act.endpoint, act.tag, act.timeout_s)
             elif kind is SavePeers:
                 try:
                     save_peer_book(self.home, act.peers)
@@ -184,11 +226,109 @@ class Transport:
             elif kind is Shutdown:
                 self.running = False
 
-    def _open_link(self, key: str, endpoint: str) -> None:
+    def _subscribe(self, key: str, endpoint: str, server_key: str | None) -> None:
+        """One SUB per peer: whatever arrives on it came through that peer's PUB."""
+        current = self.subs.get(key)
+        if current is not None and current[1] == endpoint:
+            return
+        self._close_sub(key)
+        sock = self.ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_msg)
+        sock.setsockopt(zmq.LINGER, 0)
+        self._curve_client(sock, server_key)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        # A second, never-matching subscription whose topic names us: the
+        # peer's XPUB sees it and so knows our SUB is attached.
+        sock.setsockopt(zmq.SUBSCRIBE, SUB_TOPIC_PREFIX + self.node_id.encode())
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as e:
+            log.warning("cannot subscribe to %s: %s", endpoint, e.strerror)
+            sock.close(linger=0)
+            return
+        self.subs[key] = (sock, endpoint)
+        node = self.node
+
+        def on_sub(frames, source=key):
+            self._out.extend(node.on_sub_frames(time.monotonic(), [f.bytes for f in frames], endpoint, source_peer=source))
+
+        self._register(sock, on_sub)
+
+    def _close_sub(self, key: str) -> None:
+        current = self.subs.pop(key, None)
+        if current is not None:
+            self._unregister(current[0])
+            current[0].close(linger=0)
+
+    def _register(self, sock: zmq.Socket, handler) -> None:
+        self.handlers[sock] = handler
+        self.poller.register(sock, zmq.POLLIN)
+
+    def _unregister(self, sock: zmq.Socket) -> None:
+        self.handlers.pop(sock, None)
+        try:
+            self.poller.unregister(sock)
+        except KeyError:
+            pass
+
+    def _fetch_key(self, endpoint: str, tag: str, timeout_s: float = KEY_FETCH_TIMEOUT_S) -> None:
+        sock = self.ctx.socket(zmq.REQ)
+        sock.linger = 0
+        sock.setsockopt(zmq.MAXMSGSIZE, 4096)
+        try:
+            sock.connect(endpoint)
+            sock.send(b"KEY")
+        except zmq.ZMQError as e:
+            sock.close(linger=0)
+            self._out.extend(self.node.on_key(time.monotonic(), tag, None, e.strerror))
+            return
+        self.key_fetches[sock] = (tag, time.monotonic() + timeout_s)
+
+        def on_reply(frames, sock=sock):
+            tag, _ = self.key_fetches.pop(sock, ("", 0))
+            self._unregister(sock)
+            sock.close(linger=0)
+            key = error = None
+            try:
+                reply = json.loads(frames[-1].bytes)
+                key = reply.get("key") if isinstance(reply, dict) else None
+            except ValueError:
+                error = "the key port answered something else"
+            self._out.extend(self.node.on_key(time.monotonic(), tag, key, error))
+
+        self._register(sock, on_reply)
+
+    def _expire_key_fetches(self, now: float) -> None:
+        for sock, (tag, deadline) in list(self.key_fetches.items()):
+            if now >= deadline:
+                del self.key_fetches[sock]
+                self._unregister(sock)
+                sock.close(linger=0)
+                self._out.extend(self.node.on_key(now, tag, None, "no answer in time"))
+
+    def _answer_zap(self, frames) -> None:
+        """One ZAP request: [version, request id, domain, address, identity, mechanism, credentials...]."""
+        parts = [f.bytes for f in frames]
+        request_id = parts[1] if len(parts) > 1 else b""
+        ok, user_id, reason = False, "", "malformed ZAP request"
+        if len(parts) >= 7 and parts[5] == b"CURVE" and len(parts[6]) == 32:
+            key = zmq.utils.z85.encode(parts[6]).decode("ascii")
+            ok, user_id, reason = self.node.trust.authorize(key)
+            if not ok:
+                address = parts[3].decode("utf-8", "replace")
+                self.node.drop(time.monotonic(), "unauthorized", f"refused key {key[:8]}... from {address}: {reason}", address)
+        self.zap.send_multipart([b"1.0", request_id, b"200" if ok else b"400", reason.encode(), user_id.encode(), b""])
+
+    def _answer_keyport(self, frames) -> None:
+        node = self.node
+        self.keyport.send(json.dumps({"key": self.keypair.public, "id": node.id, "name": node.name}).encode())
+
+    def _open_link(self, key: str, endpoint: str, server_key: str | None = None) -> None:
         old = self.dealers.pop(key, None)
         if old is not None:
             old.close(linger=0)
         sock = self.ctx.socket(zmq.DEALER)
+        self._curve_client(sock, server_key)
         sock.setsockopt(zmq.ROUTING_ID, self.node_id.encode())
         sock.setsockopt(zmq.SNDHWM, LINK_SNDHWM)
         sock.setsockopt(zmq.RCVHWM, 16)  # peers never send on this link; don't buffer junk
@@ -232,20 +372,21 @@ class Transport:
         right now would lose (write-ahead).
         """
         self.node = node
-        poller = zmq.Poller()
-        for sock in (self.router, self.pub, self.sub, self.control):
-            poller.register(sock, zmq.POLLIN)
-        out: list = []
+        out = self._out
 
         def on_router(frames):
+            last = frames[-1]
             try:
-                peer_host = frames[-1].get("Peer-Address")
+                peer_host = last.get("Peer-Address")
             except (zmq.ZMQError, AttributeError):
                 peer_host = None
-            out.extend(node.on_router_frames(time.monotonic(), [f.bytes for f in frames], peer_host))
-
-        def on_sub(frames):
-            out.extend(node.on_sub_frames(time.monotonic(), [f.bytes for f in frames]))
+            user_id = None
+            if self.keypair is not None:
+                try:
+                    user_id = last.get("User-Id")
+                except (zmq.ZMQError, AttributeError):
+                    user_id = None
+            out.extend(node.on_router_frames(time.monotonic(), [f.bytes for f in frames], peer_host, user_id))
 
         def on_pub(frames):
             out.extend(node.on_subscription(time.monotonic(), frames[0].bytes))
@@ -256,14 +397,23 @@ class Transport:
                 return
             out.extend(control.handle(node, time.monotonic(), frames[0].bytes, frames[1].bytes, extra_status))
 
-        handlers = {self.router: on_router, self.sub: on_sub, self.pub: on_pub, self.control: on_control}
+        self._register(self.router, on_router)
+        self._register(self.pub, on_pub)
+        self._register(self.control, on_control)
+        if self.zap is not None:
+            self._register(self.zap, self._answer_zap)
+        if self.keyport is not None:
+            self._register(self.keyport, self._answer_keyport)
         next_tick = 0.0
         while self.running:
             now = time.monotonic()
             timeout_ms = max(0, int(min(node.next_deadline(now), max(0.0, next_tick - now)) * 1000))
-            for sock, _ in poller.poll(timeout_ms):
+            for sock, _ in self.poller.poll(timeout_ms):
+                handler = self.handlers.get(sock)
+                if handler is None:
+                    continue  # closed earlier in this turn
                 try:
-                    self._drain(sock, handlers[sock])
+                    self._drain(sock, handler)
                 except Exception:  # a bug must not kill the node: log it and carry on
                     log.exception("error while handling input; continuing")
             now = time.monotonic()
@@ -271,6 +421,7 @@ class Transport:
                 if now >= next_tick:
                     next_tick = now + 0.05
                     out.extend(node.tick(now))
+                    self._expire_key_fetches(now)
                 out.extend(node.flush(now))
             except Exception:
                 log.exception("error in periodic work; continuing")
@@ -294,8 +445,9 @@ class Transport:
                 break
 
     def close(self) -> None:
-        for sock in (self.router, self.pub, self.sub):
-            sock.close(linger=0)
+        for sock in (self.router, self.pub, self.zap, self.keyport, *[s for s, _ in self.subs.values()], *self.key_fetches):
+            if sock is not None:
+                sock.close(linger=0)
         self.control.close()
         for sock in self.dealers.values():
             sock.close(linger=CLOSE_LINGER_MS)

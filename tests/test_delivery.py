@@ -404,7 +404,7 @@ class FakePeer:
 
 def test_duplicate_and_reordered_frames_are_stored_once(make_node):
     alice = make_node("alice")
-    alice.start()
+    alice.start("--insecure")  # a plaintext raw peer; CURVE is covered by tests/test_security.py
     fake = FakePeer(alice)
     try:
         join = P.make(P.JOIN, fake.id, "fake", time.time(),

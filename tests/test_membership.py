@@ -302,6 +302,7 @@ def test_describe(table):
         "last_seen_s": 2.5,
         "rtt_ms": 1.235,
         "subscribed": False,
+        "key": None,
         "msgs_in": 1,
         "msgs_out": 0,
     }

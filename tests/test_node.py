@@ -355,7 +355,7 @@ def test_silent_peer_lost_then_retried_with_backoff(net, pair):
     lost = net.events(alice, "lost")
     assert len(lost) == 1 and lost[0]["peer"]["id"] == "bob-id" and lost[0]["peer"]["state"] == LOST
     assert [a for _, a in net.acts("alice", CloseLink, since=5.5)] == [CloseLink("bob-id")]
-    assert [a for _, a in net.acts("alice", Unsubscribe, since=5.5)] == [Unsubscribe(ep(5004))]
+    assert [a for _, a in net.acts("alice", Unsubscribe, since=5.5)] == [Unsubscribe(ep(5004), "bob-id")]
     assert "bob-id" not in alice.links
     assert net.subs[alice.id] == set()
 
@@ -442,7 +442,7 @@ def test_leave_removes_at_once(net, trio):
     left = net.events(alice, "left")
     assert len(left) == 1 and left[0]["peer"]["id"] == "bob-id"
     assert CloseLink("bob-id") in [a for _, a in net.acts("alice", CloseLink, since=3.0)]
-    assert Unsubscribe(ep(5004)) in [a for _, a in net.acts("alice", Unsubscribe, since=3.0)]
+    assert Unsubscribe(ep(5004), "bob-id") in [a for _, a in net.acts("alice", Unsubscribe, since=3.0)]
     assert [p["id"] for p in net.saved["alice"]] == ["charlie-id"]
     assert "bob-id" not in alice.links
     # and no one retries bob later
@@ -552,7 +552,7 @@ def test_wildcard_join_address_resolved_to_peer_host(addr, peer_host, endpoint):
     peer = alice.table.get("bob-id")
     assert peer.address.addr == peer_host and peer.router_endpoint == endpoint
     assert OpenLink("bob-id", endpoint) in acts
-    assert Subscribe(endpoint[:-4] + "5004") in acts
+    assert Subscribe(endpoint[:-4] + "5004", "bob-id") in acts
     reply = next(a.msg for a in acts if isinstance(a, Send) and a.msg.type == P.JOIN)
     assert reply.data["addr"] is None and reply.data["reply_to"] is not None
 

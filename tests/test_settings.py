@@ -106,7 +106,9 @@ def test_bad_pub_port(value):
 
 @pytest.mark.parametrize("value", [0, 65535])
 def test_port_limits_accepted(value):
-    assert Settings(port=value, pub_port=1).validate().port == value
+    assert Settings(port=value, pub_port=1, key_port=2).validate().port == value
+    if value:
+        invalid("default key port", port=value, pub_port=1)
 
 
 def test_pub_port_must_differ_from_port():
