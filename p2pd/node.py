@@ -481,7 +481,8 @@ class Node:
                 del self.pending[mid]
                 acts += self._close_link(pc.key)
                 if pc.client is not None:
-                    acts.append(ToClient(pc.client, _err(pc.req, "unreachable", f"no answer from {pc.endpoint} within the timeout: is p2pd running there, and is the port open?")))
+                    acts.append(ToClient(pc.client, _err(pc.req, "unreachable", f"no answer from {pc.endpoint} within the timeout: is p2pd running there, and is the port open? "
+                                                                     f"(a node in --insecure mode and a secure one cannot link)")))
         return acts + self._tick_bootstraps(now) + self.msgs.tick(now)
 
     def flush(self, now: float) -> list:

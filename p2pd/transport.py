@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import signal
+import struct
 import time
 
 import zmq
@@ -97,6 +98,7 @@ class Transport:
         self.poller = zmq.Poller()
         self.handlers: dict = {}
         self.key_port = 0
+        self.monitors: list = []
         self.zap = None
         self.keyport = None
         self.node_name = name
@@ -306,6 +308,26 @@ class Transport:
                 sock.close(linger=0)
                 self._out.extend(self.node.on_key(now, tag, None, "no answer in time"))
 
+    def _watch_handshakes(self, sock: zmq.Socket, what: str) -> None:
+        """Log connections whose ZMTP handshake fails: the usual sign of a secure/insecure mismatch."""
+        events = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        mon = sock.get_monitor_socket(events)
+        self.monitors.append(mon)
+
+        def on_event(frames):
+            try:
+                event, value = struct.unpack("=hi", frames[0].bytes[:6])
+            except struct.error:
+                return
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                return  # ZAP refused it; already counted as unauthorized
+            mine = "CURVE" if self.keypair is not None else "plaintext (--insecure)"
+            self.node.drop(time.monotonic(), "handshake_failed",
+                           f"a connection to our {what} port failed its handshake (event {event}, code {value:#x}): the other side "
+                           f"does not speak {mine} (one side in --insecure mode?), or is not p2pd", what)
+
+        self._register(mon, on_event)
+
     def _answer_zap(self, frames) -> None:
         """One ZAP request: [version, request id, domain, address, identity, mechanism, credentials...]."""
         parts = [f.bytes for f in frames]
@@ -397,6 +419,8 @@ class Transport:
                 return
             out.extend(control.handle(node, time.monotonic(), frames[0].bytes, frames[1].bytes, extra_status))
 
+        self._watch_handshakes(self.router, "peer")
+        self._watch_handshakes(self.pub, "broadcast")
         self._register(self.router, on_router)
         self._register(self.pub, on_pub)
         self._register(self.control, on_control)
@@ -445,6 +469,8 @@ class Transport:
                 break
 
     def close(self) -> None:
+        for mon in self.monitors:
+            mon.close(linger=0)
         for sock in (self.router, self.pub, self.zap, self.keyport, *[s for s, _ in self.subs.values()], *self.key_fetches):
             if sock is not None:
                 sock.close(linger=0)
