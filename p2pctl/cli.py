@@ -278,12 +278,18 @@ def history(ctx, peer, since, limit):
 
 @main.command()
 @click.option("--all", "show_all", is_flag=True, help="Also list delivered messages still kept.")
+@click.option("-n", "--limit", type=click.IntRange(1), default=1000, show_default=True, help="List at most N messages (oldest first).")
 @command
-def outbox(ctx, show_all):
+def outbox(ctx, show_all, limit):
     """Direct messages not yet delivered (pending) or given up (expired)."""
     with ctx.client() as c:
-        res = c.call("outbox", all=show_all)
-    ctx.out(res, render.outbox_table(res))
+        res = c.call("outbox", all=show_all, limit=limit + 1)
+    more = len(res) > limit
+    res = res[:limit]
+    text = render.outbox_table(res)
+    if more:
+        text += f"\n... more not shown; raise --limit (p2pctl info shows how many are pending)"
+    ctx.out(res, text)
 
 
 @main.command()
