@@ -68,7 +68,12 @@ class Client:
 
     def _check_socket(self) -> None:
         path = self.home.socket_path
-        if not path.exists():
+        try:
+            exists = path.exists()
+        except PermissionError:  # Python < 3.12 raises it for a path inside a directory we may not enter
+            raise PermissionDenied(f"permission denied for control socket {path}: the node's home belongs to another user; "
+                                   f"run p2pctl as that user (or use your own --home)") from None
+        if not exists:
             try:
                 path.parent.stat()
             except PermissionError:

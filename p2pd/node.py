@@ -194,6 +194,12 @@ class Node:
         acts += self.emit(now, "joined", peer=peer.describe(now))
         return acts + self.msgs.link_up(now, peer)
 
+    def _pin_refusal(self, host: str | None, port: int, key: str | None) -> str | None:
+        """Why ``key`` may not be linked at host:port (its address is pinned to another key), else None."""
+        if not self.trust.secure or host is None or key is None:
+            return None
+        return self.trust.check_pin(f"{host}:{port}", key)
+
     def _link_to(self, now: float, peer: Peer) -> list:
         """Open (or reopen) a link to a known peer and introduce ourselves."""
         acts = self._close_link(peer.id)
@@ -351,6 +357,10 @@ class Node:
         if refusal is not None:
             self.drop(now, "bad_key", f"JOIN from {msg.sender_id[:12]} refused: {refusal}", source)
             return []
+        problem = self._pin_refusal(host, adv.port, key)
+        if problem is not None:  # else a new key at a pinned address just dials in, and we would link back to it
+            self.drop(now, "key_changed", f"JOIN from {msg.sender_id[:12]} refused: {problem}", source)
+            return []
         address = P.PeerAddress(host, adv.port, adv.pub_port)
         old = self.table.get(msg.sender_id)
         old_pub = old.pub_endpoint if old is not None else None
@@ -367,6 +377,11 @@ class Node:
             for b in self.bootstraps.values():
                 if b.endpoint == pc.endpoint:
                     b.peer_id = peer.id
+        if not reply_to and old is not None and peer.id in self.links:
+            # It introduced itself again: it restarted, or it stopped hearing us although ZeroMQ sees
+            # our link as up (e.g. its ROUTER handed our routing id to another connection and left
+            # ours open but unread).  A fresh connection heals both; the outbox resends what was lost.
+            acts += self._close_link(peer.id)
         acts += self._ensure_link(peer)
         if old_pub is not None and old_pub != peer.pub_endpoint and old.state == ALIVE:
             acts += [self._unsub(peer, old_pub), self._sub(peer)]
@@ -418,6 +433,10 @@ class Node:
             # The gossiper saw this peer on loopback: it shares the gossiper's host.
             if host is None or host in WILDCARD_HOSTS or (is_loopback(host) and not is_loopback(gossiper.address.addr)):
                 host = gossiper.address.addr
+            problem = self._pin_refusal(host, addr.port, entry.get("key"))
+            if problem is not None:  # counted and rate-limited: gossip repeats it every gossip_interval_s
+                self.drop(now, "key_changed", f"not linking {pid[:12]} learned from {gossiper.name}: {problem}", gossiper.name)
+                continue
             peer, _ = self.table.learn(pid, entry["name"], P.PeerAddress(host, addr.port, addr.pub_port), now, entry.get("key"))
             log.info("discovered %s (%s) at %s via %s", peer.name, pid[:12], peer.router_endpoint, gossiper.name)
             acts += self._link_to(now, peer)
@@ -568,7 +587,12 @@ class Node:
                 key: str | None = None) -> list:
         known = self.table.find_by_endpoint(P.tcp_endpoint(host, port))
         if known is not None and known.state == ALIVE and (key is None or key == known.key):
+            problem = self._pin_refusal(host, port, known.key)
+            if problem is not None:
+                return self._fail(client, req, "key_changed", problem)
             acts = self.msgs.request_since(now, known, since) if since is not None else []
+            if self.trust.secure and known.key is not None and self.trust.pin(f"{host}:{port}", known.key):
+                acts.append(PinKey(f"{host}:{port}", known.key))  # "the next connect pins the key it finds"
             return acts + [ToClient(client, _ok(req, {"peer": known.describe(now), "already": True}))]
         return self._dial_address(now, host, port, now + wait_s, client, req, since, key)
 

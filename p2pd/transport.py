@@ -385,6 +385,8 @@ class Transport:
             except zmq.Again:
                 return
             handle(frames)
+            if sock.closed:  # the handler closed it (a key fetch's REQ after its one reply)
+                return
 
     def run(self, node: Node, extra_status: dict) -> None:
         """Poll, hand input to the node, commit the store, then perform the effects.
