@@ -242,11 +242,7 @@ class Transport:
         # A second, never-matching subscription whose topic names us: the
         # peer's XPUB sees it and so knows our SUB is attached.
         sock.setsockopt(zmq.SUBSCRIBE, SUB_TOPIC_PREFIX + self.node_id.encode())
-        try:
-            sock.connect(endpoint)
-        except zmq.ZMQError as e:
-            log.warning("cannot subscribe to %s: %s", endpoint, e.strerror)
-            sock.close(linger=0)
+        if not self._connect_or_close(sock, endpoint, "subscribe to"):
             return
         self.subs[key] = (sock, endpoint)
         node = self.node
@@ -357,13 +353,18 @@ class Transport:
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2_000)
         sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        if self._connect_or_close(sock, endpoint, "open link to"):
+            self.dealers[key] = sock
+
+    @staticmethod
+    def _connect_or_close(sock: zmq.Socket, endpoint: str, what: str) -> bool:
         try:
             sock.connect(endpoint)
+            return True
         except zmq.ZMQError as e:
-            log.warning("cannot open link to %s: %s", endpoint, e.strerror)
+            log.warning("cannot %s %s: %s", what, endpoint, e.strerror)
             sock.close(linger=0)
-            return
-        self.dealers[key] = sock
+            return False
 
     def _to_client(self, client: bytes, payload: dict) -> None:
         try:
