@@ -113,6 +113,8 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> int:
             address = own_address(settings, transport.port, transport.pub_port)
             now = time.monotonic()
             store = Store(home.store_file, settings.durability)
+            if store.bind_owner(ident.id):
+                log.warning("this node's id changed (new key): peers' message numbering toward it starts afresh")
             trust = Trust(keypair.public, secure=not settings.insecure,
                           pins={a: k for a, k, _ in known_peers(home).entries()},
                           allowed={k for _, k, _ in authorized_keys(home).entries()})

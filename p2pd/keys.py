@@ -117,8 +117,8 @@ class KeyList:
         out = []
         for line in lines:
             parts = line.split(None, 2 if self.keyed_by_address else 1)
-            if not parts or parts[0].startswith("#"):
-                continue
+            if not parts or (parts[0].startswith("#") and not valid_key(parts[0])):
+                continue  # a comment (a key may itself start with "#")
             if self.keyed_by_address:
                 if len(parts) >= 2 and valid_key(parts[1]):
                     out.append((parts[0], parts[1], parts[2] if len(parts) > 2 else ""))

@@ -501,7 +501,7 @@ class Node:
                 acts += self._close_link(pc.key)
                 if pc.client is not None:
                     acts.append(ToClient(pc.client, _err(pc.req, "unreachable", f"no answer from {pc.endpoint} within the timeout: is p2pd running there, and is the port open? "
-                                                                     f"(a node in --insecure mode and a secure one cannot link)")))
+                                                                     f"(a node in --insecure mode and a secure one cannot link; in a closed network, is our key in its authorized_keys?)")))
         return acts + self._tick_bootstraps(now) + self.msgs.tick(now)
 
     def flush(self, now: float) -> list:

@@ -98,12 +98,6 @@ class Settings:
         return self
 
     @property
-    def effective_key_port(self) -> int:
-        if self.key_port is not None:
-            return self.key_port
-        return self.port + 2 if self.port else 0
-
-    @property
     def effective_pub_port(self) -> int:
         if self.pub_port is not None:
             return self.pub_port

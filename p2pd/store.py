@@ -279,6 +279,19 @@ class Store:
         row = self.db.execute("SELECT MIN(seq) FROM broadcasts WHERE created>=?", (epoch,)).fetchone()
         return row[0]
 
+    def bind_owner(self, node_id: str) -> bool:
+        """Tie the store to our node id.  If the id changed (a new key), peers
+        number their messages to the new id afresh, so what we counted of
+        their numbering no longer applies: forget it.  True if it was reset."""
+        owner = self.get_meta("owner")
+        if owner == node_id:
+            return False
+        if owner is not None:
+            self._write("UPDATE links SET in_seq=0, in_epoch=NULL, bcast_seq=NULL, bcast_epoch=NULL")
+        self.set_meta("owner", node_id)
+        self.commit()
+        return owner is not None
+
     def oldest_broadcast(self) -> int | None:
         return self.db.execute("SELECT MIN(seq) FROM broadcasts").fetchone()[0]
 

@@ -10,8 +10,14 @@ Sockets (ZeroMQ sockets are not thread-safe, so only this loop touches them):
 * XPUB ``tcp://host:pub_port`` - broadcasts out.  It is a PUB that also shows
   us subscriptions, so we know which peers' SUBs are attached.
 * one DEALER per link          - routing id = our node id, to a peer's ROUTER.
-* one SUB                      - connected to every linked peer's PUB.
+* one SUB per linked peer      - connected to that peer's PUB, so every
+  broadcast is known to come through the PUB of the peer it names.
+* REP ``tcp://host:port+2``    - the key port: plaintext, answers our public key
+  (trust on first use for `connect HOST PORT`).
+* REP ``inproc://zeromq.zap.01`` - ZAP: libzmq asks it whether a CURVE key may in.
 * ROUTER ``ipc://<home>/control.sock`` - the control API for `p2pctl`.
+
+Unless --insecure, every TCP socket uses CURVE (ROUTER and XPUB as servers).
 
 The loop polls, drains each readable socket in bounded batches, hands raw
 frames and the monotonic time to the pure `Node`, and performs the effects it
@@ -155,9 +161,9 @@ class Transport:
             self.keyport.linger = 0
             self.keyport.setsockopt(zmq.MAXMSGSIZE, 1024)
             if s.key_port is not None:
-                self.key_port = _bind(self.keyport, s.host, s.key_port, "key", "key_port")
+                self.key_port = _bind(self.keyport, s.host, s.key_port, "key", "--key-port")
             else:  # by convention at peer port + 2, so `connect HOST PORT` can find it
-                self.key_port = _bind(self.keyport, s.host, self.port + 2, "key", "key_port (default: port+2)")
+                self.key_port = _bind(self.keyport, s.host, self.port + 2, "key", "--key-port (default: port+2)")
 
         self.control = self.ctx.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.ROUTER_MANDATORY, 1)  # tells us when a watcher has gone

@@ -287,3 +287,16 @@ def test_ids_are_scoped_per_peer(store):
     assert store.outbox_status("bob", "same") == "pending" and store.outbox_status("dave", "same") is None
     assert store.add_message("in", "MESSAGE", "same", "bob", "bob", "bob", "me", "x", "ts", 1.0)
     assert store.add_message("in", "MESSAGE", "same", "carol", "carol", "carol", "me", "y", "ts", 1.0)
+
+
+def test_a_new_node_id_forgets_what_was_counted_from_peers(tmp_path):
+    s = Store(tmp_path / "s.db")
+    assert s.bind_owner("old-id") is False
+    d = Delivery(s)
+    assert d.accept("bob", 1, 1, "e") == "new"
+    d.save()
+    s.commit()
+    assert s.bind_owner("old-id") is False
+    assert s.bind_owner("new-id") is True  # keygen --force: bob numbers its messages to the new id from 1
+    assert Delivery(s).accept("bob", 1, 1, "e") == "new"
+    s.close()
