@@ -18,7 +18,7 @@ from . import render
 from .client import ClientError
 
 HELP = """commands:
-  /connect <ip> <port>   link to a peer
+  /connect <ip> <port>   link to a peer (HOST:PORT and p2p://KEY@HOST:PORT work too)
   /peers                 list peers
   /info                  this node
   /msg <peer> <text>     direct message (peer: name or id prefix)
@@ -74,11 +74,22 @@ def handle_line(line: str, call, echo) -> bool:
     elif cmd == "/info":
         echo(render.info_text(call("info")))
     elif cmd == "/connect":
-        parts = rest.replace(":", " ").split()
+        key = None
+        if rest.startswith("p2p://"):
+            from p2pd.keys import KeyError_, parse_connect_string
+
+            try:
+                key, host, port = parse_connect_string(rest)
+            except KeyError_ as e:
+                echo(render.error(str(e)))
+                return True
+            parts = [host, str(port)]
+        else:
+            parts = rest.rsplit(":", 1) if rest.count(" ") == 0 else rest.split()
         if len(parts) != 2 or not parts[1].isdigit():
-            echo(render.error("usage: /connect <ip> <port>"))
+            echo(render.error("usage: /connect <ip> <port>  (or HOST:PORT, or a p2p:// connect string)"))
             return True
-        res = call("connect", host=parts[0], port=int(parts[1]))
+        res = call("connect", host=parts[0].strip("[]"), port=int(parts[1]), **({"key": key} if key else {}))
         echo(f"linked to {render.cyan(res['peer']['name'])} at {res['peer']['address']}")
     elif cmd == "/msg":
         peer, _, text = rest.partition(" ")
