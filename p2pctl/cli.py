@@ -288,7 +288,7 @@ def outbox(ctx, show_all, limit):
     res = res[:limit]
     text = render.outbox_table(res)
     if more:
-        text += f"\n... more not shown; raise --limit (p2pctl info shows how many are pending)"
+        text += "\n... more not shown; raise --limit (p2pctl info shows how many are pending)"
     ctx.out(res, text)
 
 

@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from . import protocol as P
-from .actions import CloseLink, FetchKey, OpenLink, PinKey, Publish, RekeyLink, SavePeers, Send, Shutdown, Subscribe, ToClient, Unsubscribe
+from .actions import CloseLink, FetchKey, OpenLink, PinKey, RekeyLink, SavePeers, Send, Shutdown, Subscribe, ToClient, Unsubscribe
 from .membership import ALIVE, LOST, Membership, Peer, UnknownPeer, is_loopback
 from .messaging import Messaging
 from .ratelimit import LogRateLimiter

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,36 @@ def trio(make_node):
     for n in nodes:
         n.start()
     return nodes
+
+
+# ---------------------------------------------------------------------------- raw pyzmq peers
+
+
+@pytest.fixture
+def zctx():
+    """A ZeroMQ context for raw test peers, destroyed after the test."""
+    import zmq
+
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+def envelope(type_: str, sender: str, data: dict | None = None, /, target: str | None = None, name: str = "mallory", **override) -> dict:
+    """A well-formed envelope (docs/PROTOCOL.md) that tests then send, or spoil field by field."""
+    env = {
+        "v": 1,
+        "id": uuid.uuid4().hex,
+        "type": type_,
+        "sender_id": sender,
+        "sender_name": name,
+        "timestamp": "2026-01-01T00:00:00.000Z",
+        "data": data if data is not None else {},
+        "target_id": target,
+    }
+    env.update(override)
+    return env
+
+
+def enc(obj) -> bytes:
+    return json.dumps(obj).encode()

@@ -21,7 +21,7 @@ import time
 import pytest
 import zmq
 
-from conftest import pid_alive, wait_for
+from conftest import enc, envelope, pid_alive, wait_for
 from p2pd.home import Home
 
 HOST = "127.0.0.1"
@@ -31,13 +31,6 @@ MAX_FRAME = 256 * 1024  # the default max_frame_bytes; the link is cut only abov
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def zctx():
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
 
 
 @pytest.fixture
@@ -66,26 +59,6 @@ def raw_dealer(ctx: zmq.Context, port: int, routing_id: bytes | None = None) -> 
         s.setsockopt(zmq.ROUTING_ID, routing_id)
     s.connect(f"tcp://{HOST}:{port}")
     return s
-
-
-def envelope(type_: str, sender: str, data: dict | None = None, /, target: str | None = None, name: str = "mallory", **override) -> dict:
-    """A well-formed envelope (docs in p2pd/protocol.py) that tests then spoil field by field."""
-    env = {
-        "v": 1,
-        "id": f"{time.monotonic_ns():032x}"[-32:],
-        "type": type_,
-        "sender_id": sender,
-        "sender_name": name,
-        "timestamp": "2026-01-01T00:00:00.000Z",
-        "data": data if data is not None else {},
-        "target_id": target,
-    }
-    env.update(override)
-    return env
-
-
-def enc(obj) -> bytes:
-    return json.dumps(obj).encode()
 
 
 def dropped(node) -> dict:

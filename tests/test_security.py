@@ -44,7 +44,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 import p2pctl.cli  # loaded before a test forks a child as nobody, who cannot read site-packages under /root
 import p2pctl.client
-from conftest import P2PD, Node, pid_alive, wait_for
+from conftest import P2PD, Node, enc, envelope, pid_alive, wait_for
 from p2pd import exitcodes
 from p2pd.keys import node_id_for
 
@@ -55,30 +55,6 @@ NOBODY = 65534
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture
-def zctx():
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
-def envelope(type_: str, sender: str, data: dict | None = None, target: str | None = None, name: str = "mallory") -> dict:
-    return {
-        "v": 1,
-        "id": uuid.uuid4().hex,
-        "type": type_,
-        "sender_id": sender,
-        "sender_name": name,
-        "timestamp": "2026-01-01T00:00:00.000Z",
-        "data": data if data is not None else {},
-        "target_id": target,
-    }
-
-
-def enc(obj) -> bytes:
-    return json.dumps(obj).encode()
 
 
 def new_keypair() -> tuple[str, str]:
