@@ -141,6 +141,10 @@ class Client:
         args = {"ids": ids} if ids is not None else {}
         return self.call("send", peer=peer, texts=texts, **args)
 
+    def broadcast_many(self, texts: list[str]) -> dict:
+        """Publish many broadcasts in one request (numbered and stored in one transaction)."""
+        return self.call("broadcast", texts=texts)
+
     def watch(self, poll_s: float = 0.2) -> Iterator[dict | None]:
         """Yield events as they happen; yields ``None`` every ``poll_s`` of quiet so callers can do other work."""
         sock = self._socket()

@@ -13,8 +13,9 @@ node and the time are passed in.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+import orjson
 
 from . import protocol as P
 from .actions import Shutdown, ToClient
@@ -58,9 +59,21 @@ def _text(node: Node, value) -> str:
         raise BadRequest("bad_request", "argument 'text' must be a non-empty string")
     if len(value) > P.MAX_TEXT_LEN:
         raise BadRequest("too_large", f"text is longer than {P.MAX_TEXT_LEN} characters")
-    if len(json.dumps(value, ensure_ascii=False).encode("utf-8")) + ENVELOPE_OVERHEAD > node.settings.max_frame_bytes:
+    # Encoded, a character takes at most 6 bytes (a \uXXXX escape): only long texts need the exact size.
+    if len(value) * 6 + ENVELOPE_OVERHEAD > node.settings.max_frame_bytes and \
+            len(orjson.dumps(value)) + ENVELOPE_OVERHEAD > node.settings.max_frame_bytes:
         raise BadRequest("too_large", f"text does not fit in a {node.settings.max_frame_bytes}-byte frame once encoded")
     return value
+
+
+def _texts(node: Node, args: dict) -> list[str]:
+    """``texts`` (a batch, stored in one transaction) or one ``text``."""
+    if "texts" not in args:
+        return [_text(node, args.get("text"))]
+    texts = args["texts"]
+    if not isinstance(texts, list) or not 0 < len(texts) <= MAX_BATCH:
+        raise BadRequest("bad_request", f"argument 'texts' must be a list of 1 to {MAX_BATCH} strings")
+    return [_text(node, t) for t in texts]
 
 
 def _since(args: dict) -> float | None:
@@ -91,8 +104,8 @@ def handle(node: Node, now: float, client: bytes, raw: bytes, extra_status: dict
         if len(raw) > MAX_REQUEST_BYTES:
             raise BadRequest("bad_request", f"request larger than {MAX_REQUEST_BYTES} bytes")
         try:
-            obj = json.loads(raw)
-        except (ValueError, RecursionError):  # RecursionError: nested too deep to parse
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:  # also invalid UTF-8, lone surrogates, nesting deeper than 1024
             raise BadRequest("bad_request", "request is not JSON") from None
         if not isinstance(obj, dict):
             raise BadRequest("bad_request", "request must be a JSON object")
@@ -141,13 +154,7 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
             raise BadRequest("ambiguous", str(e)) from None
         except UnknownPeer as e:
             raise BadRequest("unknown_peer", f"{e}; `p2pctl peers` lists the peers") from None
-        if "texts" in args:
-            texts = args["texts"]
-            if not isinstance(texts, list) or not 0 < len(texts) <= MAX_BATCH:
-                raise BadRequest("bad_request", f"argument 'texts' must be a list of 1 to {MAX_BATCH} strings")
-            texts = [_text(node, t) for t in texts]
-        else:
-            texts = [_text(node, args.get("text"))]
+        texts = _texts(node, args)
         ids = args.get("ids", [args["id"]] if "id" in args else None)
         if ids is not None and (not isinstance(ids, list) or len(ids) != len(texts) or not all(P.valid_node_id(i) for i in ids)
                                 or len(set(ids)) != len(ids)):
@@ -156,10 +163,11 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
         require = args.get("require", False) is True
         return node.msgs.send(now, peer_id, peer_name, texts, client, req, wait_s, require, ids)
     if cmd == "broadcast":
-        text = _text(node, args.get("text"))
-        acts, msg = node.msgs.broadcast(now, text)
-        reach = [p.name for p in node.table.alive() if p.subscribed]
-        return acts + [ToClient(client, _ok(req, {"id": msg.id, "status": "sent", "subscribers": len(reach)}))]
+        texts = _texts(node, args)
+        acts, ids = node.msgs.broadcast(now, texts)
+        reach = sum(1 for p in node.table.alive() if p.subscribed)
+        result = {"ids": ids} if "texts" in args else {"id": ids[0]}
+        return acts + [ToClient(client, _ok(req, {**result, "status": "sent", "subscribers": reach}))]
     if cmd == "ping":
         peer = _resolve(node, args)
         wait_s = _arg_num(args, "wait_s", 5.0, 0.01, 600)

@@ -33,7 +33,8 @@ Pure apart from the store: no sockets; time is passed in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from .store import Store
 
@@ -56,6 +57,10 @@ class LinkSeq:
     ack_owed: bool = False
     fetch_to: int = 0  # a FETCH up to this bseq is in flight
     fetch_deadline: float = 0.0
+    # Rows enqueued in this run and not yet transmitted, in seq order: the
+    # first transmission takes them from here instead of reading back what
+    # was just written.  Bounded; anything else comes from the store.
+    fresh: deque = field(default_factory=deque)
 
 
 class Delivery:
@@ -65,10 +70,12 @@ class Delivery:
         self.ack_timeout_s = ack_timeout_s
         self.expiry_s = expiry_s
         self.links: dict[str, LinkSeq] = {}
+        self.fresh_max = 2 * window
         for peer_id, row in store.links().items():
             self.links[peer_id] = LinkSeq(row["out_seq"], row["out_acked"], row["in_seq"], row["bcast_seq"],
                                           row["in_epoch"], row["bcast_epoch"], next_send=row["out_acked"] + 1)
         self.bcast_seq = int(store.get_meta("bcast_seq", "0"))
+        self.bcast_dirty = False
         self.early: dict[str, dict[int, tuple]] = {}  # origin -> bseq -> message fields
 
     def link(self, peer_id: str) -> LinkSeq:
@@ -79,6 +86,9 @@ class Delivery:
 
     def save(self) -> None:
         """Write changed counters; the caller commits with the batch."""
+        if self.bcast_dirty:
+            self.store.set_meta("bcast_seq", str(self.bcast_seq))
+            self.bcast_dirty = False
         for peer_id, ls in self.links.items():
             if ls.dirty:
                 self.store.save_link(peer_id, ls.out_seq, ls.out_acked, ls.in_seq, ls.bcast_seq, ls.in_epoch, ls.bcast_epoch)
@@ -90,7 +100,25 @@ class Delivery:
         ls.out_seq += 1
         ls.dirty = True
         self.store.add_outbox(peer_id, ls.out_seq, msg_id, text, timestamp, epoch, epoch + (expiry_s or self.expiry_s))
+        fresh = ls.fresh
+        if len(fresh) < self.fresh_max and (not fresh or fresh[-1][0] == ls.out_seq - 1):
+            fresh.append((ls.out_seq, msg_id, text, timestamp))
         return ls.out_seq
+
+    def _take(self, peer_id: str, ls: LinkSeq, room: int) -> list[tuple]:
+        """Up to ``room`` pending rows from ``next_send`` on: from `fresh` when it starts there, else the store."""
+        fresh = ls.fresh
+        while fresh and fresh[0][0] < ls.next_send:
+            fresh.popleft()  # sent already, by way of the store
+        if fresh and fresh[0][0] == ls.next_send:
+            return [fresh.popleft() for _ in range(min(room, len(fresh)))]
+        return self.store.pending_after(peer_id, ls.next_send - 1, room)
+
+    def forget_fresh(self, peer_id: str) -> None:
+        """Rows changed in the store (expired): transmit only what the store says is pending."""
+        ls = self.links.get(peer_id)
+        if ls is not None:
+            ls.fresh.clear()
 
     def due(self, peer_id: str, now: float) -> tuple[int, list[tuple]]:
         """Messages to transmit now to a linked peer: (base, [(seq, id, text, timestamp), ...])."""
@@ -106,7 +134,7 @@ class Delivery:
             return 0, []
         if in_flight == 0:
             ls.last_progress = now
-        rows = self.store.pending_after(peer_id, ls.next_send - 1, room)
+        rows = self._take(peer_id, ls, room)
         if not rows:
             ls.next_send = ls.out_seq + 1
             return 0, []
@@ -124,10 +152,14 @@ class Delivery:
         if ls is not None:
             ls.next_send = ls.out_acked + 1
 
-    def on_ack(self, peer_id: str, upto: int, now: float, epoch: float) -> list[str]:
+    def on_ack(self, peer_id: str, upto: int, now: float, epoch: float, want_ids: bool = True) -> tuple[int, list[str]]:
+        """Apply a cumulative ACK: (how many pending messages it covered, their ids if ``want_ids``).
+
+        Without waiters nobody needs the ids, and counting them from the
+        numbers saves reading back every acknowledged row."""
         ls = self.links.get(peer_id)
         if ls is None or upto <= ls.out_acked:
-            return []
+            return 0, []
         upto = min(upto, ls.out_seq)
         # Rows at or below the old mark were settled before (delivered or expired): skip them.
         previous = ls.out_acked
@@ -135,7 +167,10 @@ class Delivery:
         ls.next_send = max(ls.next_send, upto + 1)
         ls.last_progress = now
         ls.dirty = True
-        return self.store.mark_delivered(peer_id, upto, epoch, after_seq=previous)
+        if want_ids:
+            ids = self.store.mark_delivered(peer_id, upto, epoch, after_seq=previous)
+            return len(ids), ids
+        return self.store.count_pending(peer_id, previous, upto), []
 
     def pending_peers(self) -> list[str]:
         return [p for p, ls in self.links.items() if ls.out_acked < ls.out_seq]
@@ -177,7 +212,7 @@ class Delivery:
     def next_broadcast(self, msg_id: str, text: str, timestamp: str, epoch: float) -> int:
         self.bcast_seq += 1
         self.store.add_broadcast(self.bcast_seq, msg_id, text, timestamp, epoch)
-        self.store.set_meta("bcast_seq", str(self.bcast_seq))
+        self.bcast_dirty = True  # the counter is saved once per batch, by save()
         return self.bcast_seq
 
     def broadcast_window(self) -> tuple[int, int]:

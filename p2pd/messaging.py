@@ -74,13 +74,15 @@ class Messaging:
 
         return ToClient(w.client, _ok(w.req, {"id": msg_id, "peer": w.peer_name, "peer_id": w.peer_id, "status": status}))
 
-    def _store_in(self, now: float, msg: P.Message) -> bool:
+    def _store_in(self, now: float, msg: P.Message, defer: bool = False) -> bool:
         peer = msg.sender_id
         return self.store.add_message("in", msg.type, msg.id, peer, msg.sender_id, msg.sender_name, msg.target_id,
-                                      msg.data["text"], msg.timestamp, self.node._epoch(now))
+                                      msg.data["text"], msg.timestamp, self.node._epoch(now), defer=defer)
 
     def _delivered_in(self, now: float, msg_id: str, type_: str, sender_id: str, sender_name: str, timestamp: str, text: str, target_id) -> list:
         self.node.stats["messages_in" if type_ == P.MESSAGE else "broadcasts_in"] += 1
+        if not self.node.watchers:
+            return []
         e = entry(msg_id, type_, sender_id, sender_name, timestamp, text, target_id)
         return self.node.emit(now, "message" if type_ == P.MESSAGE else "broadcast", message=e)
 
@@ -94,18 +96,24 @@ class Messaging:
         epoch = node._epoch(now)
         ids = []
         prior = None  # status of a message this request repeats (single sends only matter)
+        timestamp = P.utc_timestamp(epoch)
+        stored = 0
+        repeated = self.store.outbox_ids(peer_id, given_ids) if given_ids is not None else set()
         for i, text in enumerate(texts):
-            msg = node._msg(now, P.MESSAGE, {"text": text}, target=peer_id)
             if given_ids is not None:
-                msg = P.Message(P.MESSAGE, given_ids[i], msg.sender_id, msg.sender_name, msg.timestamp, msg.data, peer_id)
-                prior = self.store.outbox_status(peer_id, msg.id)
-                if prior is not None:
-                    ids.append(msg.id)
+                msg_id = given_ids[i]
+                if msg_id in repeated:
+                    prior = self.store.outbox_status(peer_id, msg_id)
+                    ids.append(msg_id)
                     continue
-            self.delivery.enqueue(peer_id, msg.id, text, msg.timestamp, epoch)
-            self.store.add_message("out", P.MESSAGE, msg.id, peer_id, node.id, node.name, peer_id, text, msg.timestamp, epoch)
-            ids.append(msg.id)
-            node.stats["messages_out"] += 1
+                repeated.add(msg_id)  # the same id twice in one request is stored once
+            else:
+                msg_id = P.new_message_id(epoch)
+            self.delivery.enqueue(peer_id, msg_id, text, timestamp, epoch)
+            self.store.add_message("out", P.MESSAGE, msg_id, peer_id, node.id, node.name, peer_id, text, timestamp, epoch, defer=True)
+            ids.append(msg_id)
+            stored += 1
+        node.stats["messages_out"] += stored
         peer = node.table.get(peer_id)
         alive = peer is not None and peer.state == "alive"
         acts = self.pump(now, peer_id) if alive else []
@@ -134,15 +142,21 @@ class Messaging:
             acts.append(node._send(peer_id, msg))
         return acts
 
-    def broadcast(self, now: float, text: str) -> tuple[list, P.Message]:
+    def broadcast(self, now: float, texts: list[str]) -> tuple[list, list[str]]:
+        """Number, store and publish broadcasts; returns (effects, their ids)."""
         node = self.node
         epoch = node._epoch(now)
-        msg = node._msg(now, P.BROADCAST, {"text": text})
-        bseq = self.delivery.next_broadcast(msg.id, text, msg.timestamp, epoch)
-        msg = P.Message(P.BROADCAST, msg.id, node.id, node.name, msg.timestamp, {"text": text, "bseq": bseq, "epoch": self.store.epoch}, None)
-        self.store.add_message("out", P.BROADCAST, msg.id, None, node.id, node.name, None, text, msg.timestamp, epoch)
-        node.stats["broadcasts_out"] += 1
-        return [Publish(msg)], msg
+        timestamp = P.utc_timestamp(epoch)
+        acts, ids = [], []
+        for text in texts:
+            msg_id = P.new_message_id(epoch)
+            bseq = self.delivery.next_broadcast(msg_id, text, timestamp, epoch)
+            acts.append(Publish(P.Message(P.BROADCAST, msg_id, node.id, node.name, timestamp,
+                                          {"text": text, "bseq": bseq, "epoch": self.store.epoch}, None)))
+            self.store.add_message("out", P.BROADCAST, msg_id, None, node.id, node.name, None, text, timestamp, epoch, defer=True)
+            ids.append(msg_id)
+        node.stats["broadcasts_out"] += len(texts)
+        return acts, ids
 
     # ------------------------------------------------------------------ receiving
     def on_message(self, now: float, msg: P.Message, peer) -> list:
@@ -156,9 +170,7 @@ class Messaging:
         if verdict == "gap":
             self.node.stats["out_of_order_dropped"] += 1
             return []
-        if not self._store_in(now, msg):
-            self.node.stats["duplicates_dropped"] += 1
-            return []
+        self._store_in(now, msg, defer=True)  # new by its sequence number
         return self._delivered_in(now, msg.id, msg.type, msg.sender_id, msg.sender_name, msg.timestamp, msg.data["text"], msg.target_id)
 
     def on_broadcast(self, now: float, msg: P.Message, peer) -> list:
@@ -176,9 +188,9 @@ class Messaging:
             self.node.stats["duplicates_dropped"] += 1
         acts = self._fetch(now, peer, want) if want else []
         for msg_id, sender_id, sender_name, timestamp, text in ready:
-            stored = self.store.add_message("in", P.BROADCAST, msg_id, sender_id, sender_id, sender_name, None, text, timestamp, self.node._epoch(now))
-            if stored:
-                acts += self._delivered_in(now, msg_id, P.BROADCAST, sender_id, sender_name, timestamp, text, None)
+            self.store.add_message("in", P.BROADCAST, msg_id, sender_id, sender_id, sender_name, None, text, timestamp,
+                                   self.node._epoch(now), defer=True)  # new by its broadcast number
+            acts += self._delivered_in(now, msg_id, P.BROADCAST, sender_id, sender_name, timestamp, text, None)
         return acts
 
     def _fetch(self, now: float, peer, rng: tuple[int, int]) -> list:
@@ -199,13 +211,13 @@ class Messaging:
         if msg.target_id != self.node.id:
             self.node.drop(now, "misrouted", "ACK for another node", peer.name)
             return []
-        delivered = self.delivery.on_ack(peer.id, msg.data["upto"], now, self.node._epoch(now))
+        delivered = self.delivery.on_ack(peer.id, msg.data["upto"], now, self.node._epoch(now), want_ids=bool(self.waiters))
         acts = []
-        for msg_id in delivered:
+        for msg_id in delivered[1]:
             w = self.waiters.pop(msg_id, None)
             if w is not None:
                 acts.append(self._reply(w, "delivered", msg_id))
-        self.node.stats["messages_delivered"] += len(delivered)
+        self.node.stats["messages_delivered"] += delivered[0]
         return acts + self.pump(now, peer.id)
 
     def on_fetch(self, now: float, msg: P.Message, peer) -> list:
@@ -259,6 +271,7 @@ class Messaging:
         if now >= self._next_expire:
             self._next_expire = now + EXPIRE_EVERY_S
             for peer_id, seq, msg_id in self.store.expire(node._epoch(now)):
+                self.delivery.forget_fresh(peer_id)
                 node.stats["messages_expired"] += 1
                 log.warning("message %s to %s expired undelivered", msg_id[:12], peer_id[:12])
                 acts += node.emit(now, "expired", message={"id": msg_id, "peer_id": peer_id, "seq": seq})

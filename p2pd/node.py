@@ -111,6 +111,15 @@ class Node:
         self._next_heartbeat = now
         self._next_gossip = now + settings.gossip_interval_s
         self.stopping = False
+        self._handlers = {
+            P.MESSAGE: self._on_message,
+            P.BROADCAST: self.msgs.on_broadcast,
+            P.PEERS: self._on_peers,
+            P.PING: self._on_ping,
+            P.PONG: self._on_pong,
+            P.ACK: self.msgs.on_ack,
+            P.FETCH: self.msgs.on_fetch,
+        }
 
     @property
     def inbox(self) -> list[dict]:
@@ -137,15 +146,21 @@ class Node:
         ]
         return self._msg(now, P.PEERS, {"peers": entries})
 
-    def drop(self, now: float, kind: str, reason: str, source: str = "") -> None:
-        """Count and (rate-limited) log one piece of bad input."""
+    def drop(self, now: float, kind: str, reason: str, source="") -> None:
+        """Count and (rate-limited) log one piece of bad input.
+
+        ``source`` may be a function returning it: looked up only when logged."""
         self.dropped[kind] += 1
         ok, suppressed = self._limiter.allow(kind, now)
         if ok:
+            if callable(source):
+                source = source()
             more = f" ({suppressed} more like it suppressed)" if suppressed else ""
             log.warning("dropped bad input [%s] from %s: %s%s", kind, source or "?", reason, more)
 
     def emit(self, now: float, event: str, **fields) -> list:
+        if not self.watchers:
+            return []
         payload = {"event": event, "time": P.utc_timestamp(self._epoch(now)), **fields}
         return [ToClient(c, payload) for c in self.watchers]
 
@@ -234,13 +249,16 @@ class Node:
         return acts + [Shutdown()]
 
     # ------------------------------------------------------------------ inbound peer traffic
-    def on_router_frames(self, now: float, frames: list[bytes], peer_host: str | None, user_id: str | None = None) -> list:
+    def on_router_frames(self, now: float, frames: list[bytes], peer_host, user_id: str | None = None) -> list:
         """A frame on our ROUTER: [routing id, envelope] from a peer's DEALER.
 
         ``user_id`` is the node id that ZAP derived from the sender's CURVE
         key; in secure mode a frame claiming any other sender_id is dropped.
+        ``peer_host`` is the address the frame came from, or a function that
+        returns it: the transport's lookup costs a call into libzmq, and only
+        a JOIN or a log line needs it.
         """
-        source = peer_host or "?"
+        source = (lambda: peer_host() or "?") if callable(peer_host) else (peer_host or "?")
         if len(frames) != 2:
             self.drop(now, "bad_frames", f"expected 2 frames (routing id, envelope), got {len(frames)}", source)
             return []
@@ -322,17 +340,10 @@ class Node:
             return []
         if msg.type == P.LEAVE:
             return self._on_leave(now, peer)
-        acts = self._became_alive(now, peer) if self.table.heard_from(peer.id, now) else []
-        handler = {
-            P.MESSAGE: self._on_message,
-            P.BROADCAST: self.msgs.on_broadcast,
-            P.PEERS: self._on_peers,
-            P.PING: self._on_ping,
-            P.PONG: self._on_pong,
-            P.ACK: self.msgs.on_ack,
-            P.FETCH: self.msgs.on_fetch,
-        }[msg.type]
-        return acts + handler(now, msg, peer)
+        handler = self._handlers[msg.type]
+        if self.table.heard_from(peer.id, now):
+            return self._became_alive(now, peer) + handler(now, msg, peer)
+        return handler(now, msg, peer)
 
     def _join_from_self(self, now: float, msg: P.Message) -> list:
         pc = self.pending.pop(msg.data.get("reply_to") or msg.id, None)  # our own connect JOIN has no reply_to
@@ -345,6 +356,8 @@ class Node:
 
     def _on_join(self, now: float, msg: P.Message, peer_host: str | None, source: str) -> list:
         adv = P.parse_address(msg.data)
+        if callable(peer_host):
+            peer_host = peer_host()
         host = adv.addr if adv.addr not in WILDCARD_HOSTS and adv.addr is not None else peer_host
         if not host:
             self.drop(now, "bad_field", "JOIN without an address and no peer address to use instead", source)

@@ -96,6 +96,10 @@ CREATE TABLE IF NOT EXISTS known (
 """
 
 
+_OUTBOX_INSERT = "INSERT INTO outbox(peer_id, seq, id, text, timestamp, created, expires) VALUES (?,?,?,?,?,?,?)"
+_MESSAGE_INSERT = ("INSERT OR IGNORE INTO messages(id, direction, type, peer_id, sender_id, sender_name, target_id, text, timestamp, stored) "
+                   "VALUES (?,?,?,?,?,?,?,?,?,?)")
+
 SCHEMA_VERSION = 1  # bump with a migration whenever SCHEMA changes
 
 
@@ -119,6 +123,9 @@ class Store:
         self.db.executescript(SCHEMA)
         self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._in_tx = False
+        self._outbox_rows: list[tuple] = []
+        self._message_rows: list[tuple] = []
+        self._broadcast_rows: list[tuple] = []
         if self.path != ":memory:":
             for suffix in ("", "-wal", "-shm"):
                 try:
@@ -140,6 +147,7 @@ class Store:
             self._in_tx = True
 
     def commit(self) -> None:
+        self._flush()
         if self._in_tx:
             self.db.execute("COMMIT")
             self._in_tx = False
@@ -149,12 +157,37 @@ class Store:
         self.db.close()
 
     def _write(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        self._flush()
         self._begin()
         return self.db.execute(sql, args)
 
+    def _read(self, sql: str, args: tuple | list = ()) -> sqlite3.Cursor:
+        self._flush()
+        return self.db.execute(sql, args)
+
+    def _flush(self) -> None:
+        """Write the rows queued by ``defer=True`` adds, one executemany per table.
+
+        A loop turn that stores a batch of messages then costs one call into
+        SQLite per table instead of one per row; every read and write goes
+        through here first, so queued rows are never invisible to a query.
+        """
+        if self._outbox_rows:
+            self._begin()
+            self.db.executemany(_OUTBOX_INSERT, self._outbox_rows)
+            self._outbox_rows = []
+        if self._message_rows:
+            self._begin()
+            self.db.executemany(_MESSAGE_INSERT, self._message_rows)
+            self._message_rows = []
+        if self._broadcast_rows:
+            self._begin()
+            self.db.executemany("INSERT INTO broadcasts(seq, id, text, timestamp, created) VALUES (?,?,?,?,?)", self._broadcast_rows)
+            self._broadcast_rows = []
+
     # ------------------------------------------------------------------ links (sequence counters)
     def links(self) -> dict[str, dict]:
-        rows = self.db.execute("SELECT peer_id, out_seq, out_acked, in_seq, bcast_seq, in_epoch, bcast_epoch FROM links").fetchall()
+        rows = self._read("SELECT peer_id, out_seq, out_acked, in_seq, bcast_seq, in_epoch, bcast_epoch FROM links").fetchall()
         keys = ("out_seq", "out_acked", "in_seq", "bcast_seq", "in_epoch", "bcast_epoch")
         return {r[0]: dict(zip(keys, r[1:])) for r in rows}
 
@@ -169,14 +202,12 @@ class Store:
 
     # ------------------------------------------------------------------ outbox
     def add_outbox(self, peer_id: str, seq: int, msg_id: str, text: str, timestamp: str, created: float, expires: float) -> None:
-        self._write(
-            "INSERT INTO outbox(peer_id, seq, id, text, timestamp, created, expires) VALUES (?,?,?,?,?,?,?)",
-            (peer_id, seq, msg_id, text, timestamp, created, expires),
-        )
+        """Queue one outbox row; written with the next read, write or commit."""
+        self._outbox_rows.append((peer_id, seq, msg_id, text, timestamp, created, expires))
 
     def pending_after(self, peer_id: str, after_seq: int, limit: int) -> list[tuple]:
         """Pending rows for a peer with seq > after_seq, oldest first: (seq, id, text, timestamp)."""
-        return self.db.execute(
+        return self._read(
             "SELECT seq, id, text, timestamp FROM outbox WHERE peer_id=? AND seq>? AND status='pending' ORDER BY seq LIMIT ?",
             (peer_id, after_seq, limit),
         ).fetchall()
@@ -188,8 +219,14 @@ class Store:
         or below the peer's ``links.out_acked``, saved with the same batch.
         That keeps an ACK of N messages one small write instead of N.
         """
-        return [r[0] for r in self.db.execute(
+        return [r[0] for r in self._read(
             "SELECT id FROM outbox WHERE peer_id=? AND seq>? AND seq<=? AND status='pending'", (peer_id, after_seq, upto_seq)).fetchall()]
+
+    def count_pending(self, peer_id: str, after_seq: int, upto_seq: int) -> int:
+        """How many rows after_seq < seq <= upto_seq are not expired: all of them, unless some expired."""
+        expired = self._read("SELECT COUNT(*) FROM outbox WHERE peer_id=? AND seq>? AND seq<=? AND status='expired'",
+                             (peer_id, after_seq, upto_seq)).fetchone()[0]
+        return upto_seq - after_seq - expired
 
     def count_attempt(self, peer_id: str, from_seq: int, to_seq: int) -> None:
         """Count a retransmission of seq from_seq..to_seq (shown by `p2pctl outbox`)."""
@@ -197,7 +234,7 @@ class Store:
 
     def expire(self, now: float) -> list[tuple]:
         """Mark undelivered rows past their expiry; returns (peer_id, seq, id) of each."""
-        rows = self.db.execute(
+        rows = self._read(
             "SELECT o.peer_id, o.seq, o.id FROM outbox o LEFT JOIN links l ON l.peer_id=o.peer_id "
             "WHERE o.status='pending' AND o.expires<=? AND o.seq>COALESCE(l.out_acked, 0)", (now,)).fetchall()
         for peer_id, seq, _ in rows:
@@ -219,29 +256,43 @@ class Store:
             queries.append(self._OUTBOX_COLS + "WHERE o.status!='expired' AND o.seq<=COALESCE(l.out_acked, 0)")
         rows = []
         for q in queries:
-            rows += self.db.execute(q + " ORDER BY o.created, o.seq LIMIT ?", (limit,)).fetchall()
+            rows += self._read(q + " ORDER BY o.created, o.seq LIMIT ?", (limit,)).fetchall()
         rows.sort(key=lambda r: (r[6], r[1], r[3]))
         keys = ("id", "peer_id", "peer", "seq", "text", "timestamp", "created", "expires", "status", "attempts")
         return [dict(zip(keys, r)) for r in rows[:limit]]
 
     def expired_after(self, peer_id: str, after_seq: int) -> int:
         """How many of a peer's rows with seq > after_seq expired."""
-        return self.db.execute("SELECT COUNT(*) FROM outbox WHERE peer_id=? AND seq>? AND status='expired'", (peer_id, after_seq)).fetchone()[0]
+        return self._read("SELECT COUNT(*) FROM outbox WHERE peer_id=? AND seq>? AND status='expired'", (peer_id, after_seq)).fetchone()[0]
+
+    def outbox_ids(self, peer_id: str, ids: list[str]) -> set[str]:
+        """Which of ``ids`` are in the outbox for this peer already (a retried send)."""
+        found: set[str] = set()
+        for k in range(0, len(ids), 500):  # SQLite allows 999 parameters per statement
+            chunk = ids[k:k + 500]
+            found.update(r[0] for r in self._read(
+                f"SELECT id FROM outbox WHERE peer_id=? AND id IN ({','.join('?' * len(chunk))})", [peer_id, *chunk]))
+        return found
 
     def outbox_status(self, peer_id: str, msg_id: str) -> str | None:
-        row = self.db.execute(self._OUTBOX_COLS + "WHERE o.peer_id=? AND o.id=?", (peer_id, msg_id)).fetchone()
+        row = self._read(self._OUTBOX_COLS + "WHERE o.peer_id=? AND o.id=?", (peer_id, msg_id)).fetchone()
         return row[8] if row else None
 
     # ------------------------------------------------------------------ conversation
     def add_message(self, direction: str, type_: str, msg_id: str, peer_id: str | None, sender_id: str, sender_name: str,
-                    target_id: str | None, text: str, timestamp: str, now: float) -> bool:
-        """Store one message; False if a message with this id is already stored."""
-        cur = self._write(
-            "INSERT OR IGNORE INTO messages(id, direction, type, peer_id, sender_id, sender_name, target_id, text, timestamp, stored) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now),
-        )
-        return cur.rowcount == 1
+                    target_id: str | None, text: str, timestamp: str, now: float, defer: bool = False) -> bool:
+        """Store one message; False if a message with this id is already stored.
+
+        ``defer=True`` queues the row for one batched insert and returns True
+        without checking: for callers that already know it is new (numbered
+        by a sequence that rejected duplicates, or an id we just made).  A
+        duplicate id still cannot be stored twice (INSERT OR IGNORE).
+        """
+        row = (msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now)
+        if defer:
+            self._message_rows.append(row)
+            return True
+        return self._write(_MESSAGE_INSERT, row).rowcount == 1
 
     def history(self, peer_id: str | None = None, since: float | None = None, limit: int = 0, direction: str | None = None) -> list[dict]:
         where, args = [], []
@@ -262,21 +313,22 @@ class Store:
         if limit:
             sql += " LIMIT ?"
             args.append(limit)
-        rows = self.db.execute(sql, args).fetchall()
+        rows = self._read(sql, args).fetchall()
         keys = ("n", "id", "direction", "type", "peer_id", "sender_id", "sender_name", "target_id", "text", "timestamp", "stored", "peer_name")
         return [dict(zip(keys, r)) for r in reversed(rows)]
 
     # ------------------------------------------------------------------ own broadcasts
     def add_broadcast(self, seq: int, msg_id: str, text: str, timestamp: str, now: float) -> None:
-        self._write("INSERT INTO broadcasts(seq, id, text, timestamp, created) VALUES (?,?,?,?,?)", (seq, msg_id, text, timestamp, now))
+        """Queue one of our broadcasts; written with the next read, write or commit."""
+        self._broadcast_rows.append((seq, msg_id, text, timestamp, now))
 
     def broadcast_range(self, from_seq: int, to_seq: int, limit: int) -> list[tuple]:
-        return self.db.execute(
+        return self._read(
             "SELECT seq, id, text, timestamp FROM broadcasts WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT ?", (from_seq, to_seq, limit)
         ).fetchall()
 
     def first_broadcast_since(self, epoch: float) -> int | None:
-        row = self.db.execute("SELECT MIN(seq) FROM broadcasts WHERE created>=?", (epoch,)).fetchone()
+        row = self._read("SELECT MIN(seq) FROM broadcasts WHERE created>=?", (epoch,)).fetchone()
         return row[0]
 
     def bind_owner(self, node_id: str) -> bool:
@@ -293,10 +345,10 @@ class Store:
         return owner is not None
 
     def oldest_broadcast(self) -> int | None:
-        return self.db.execute("SELECT MIN(seq) FROM broadcasts").fetchone()[0]
+        return self._read("SELECT MIN(seq) FROM broadcasts").fetchone()[0]
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        row = self._read("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else default
 
     def set_meta(self, key: str, value: str) -> None:
@@ -312,7 +364,7 @@ class Store:
         )
 
     def known_peers(self) -> list[dict]:
-        rows = self.db.execute("SELECT id, name, addr, port, pub_port, updated FROM known ORDER BY name, id").fetchall()
+        rows = self._read("SELECT id, name, addr, port, pub_port, updated FROM known ORDER BY name, id").fetchall()
         return [dict(zip(("id", "name", "addr", "port", "pub_port", "updated"), r)) for r in rows]
 
     # ------------------------------------------------------------------ retention
@@ -328,10 +380,10 @@ class Store:
             "DELETE FROM outbox WHERE created<? AND (status='expired' OR "
             "seq<=COALESCE((SELECT out_acked FROM links WHERE links.peer_id=outbox.peer_id), 0))", (cutoff,)).rowcount
         n += self._write("DELETE FROM broadcasts WHERE created<?", (cutoff,)).rowcount
-        total = self.db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+        total = self._read("SELECT COUNT(*) FROM messages").fetchone()[0]
         if total > max_messages:
             n += self._write("DELETE FROM messages WHERE n IN (SELECT n FROM messages ORDER BY n LIMIT ?)", (total - max_messages,)).rowcount
-        total = self.db.execute("SELECT COUNT(*) FROM broadcasts").fetchone()[0]
+        total = self._read("SELECT COUNT(*) FROM broadcasts").fetchone()[0]
         if total > max_messages:
             n += self._write("DELETE FROM broadcasts WHERE seq IN (SELECT seq FROM broadcasts ORDER BY seq LIMIT ?)", (total - max_messages,)).rowcount
         return n

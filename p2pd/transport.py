@@ -33,7 +33,9 @@ import os
 import signal
 import struct
 import time
+from functools import partial
 
+import orjson
 import zmq
 import zmq.utils.z85
 
@@ -103,6 +105,7 @@ class Transport:
         self.key_fetches: dict[zmq.Socket, tuple[str, float]] = {}  # REQ socket -> (tag, deadline)
         self.poller = zmq.Poller()
         self.handlers: dict = {}
+        self.drainers: set = set()  # sockets whose handler reads them itself (see _register)
         self.key_port = 0
         self.monitors: list = []
         self.zap = None
@@ -253,10 +256,19 @@ class Transport:
         self.subs[key] = (sock, endpoint)
         node = self.node
 
-        def on_sub(frames, source=key):
-            self._out.extend(node.on_sub_frames(time.monotonic(), [f.bytes for f in frames], endpoint, source_peer=source))
+        def drain_sub(sock, source=key):
+            out, monotonic = self._out, time.monotonic
+            for _ in range(BATCH):
+                try:
+                    frame = sock.recv(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return
+                frames = [frame]
+                while frames[-1].more:
+                    frames.append(sock.recv(copy=False))
+                out.extend(node.on_sub_frames(monotonic(), [f.bytes for f in frames], endpoint, source_peer=source))
 
-        self._register(sock, on_sub)
+        self._register(sock, drain_sub, drains=True)
 
     def _close_sub(self, key: str) -> None:
         current = self.subs.pop(key, None)
@@ -264,12 +276,16 @@ class Transport:
             self._unregister(current[0])
             current[0].close(linger=0)
 
-    def _register(self, sock: zmq.Socket, handler) -> None:
+    def _register(self, sock: zmq.Socket, handler, drains: bool = False) -> None:
+        """Poll ``sock``; ``handler`` gets each message's frames, or the socket itself with ``drains``."""
         self.handlers[sock] = handler
+        if drains:
+            self.drainers.add(sock)
         self.poller.register(sock, zmq.POLLIN)
 
     def _unregister(self, sock: zmq.Socket) -> None:
         self.handlers.pop(sock, None)
+        self.drainers.discard(sock)
         try:
             self.poller.unregister(sock)
         except KeyError:
@@ -374,7 +390,7 @@ class Transport:
 
     def _to_client(self, client: bytes, payload: dict) -> None:
         try:
-            self.control.send_multipart([client, json.dumps(payload).encode()], zmq.NOBLOCK)
+            self.control.send_multipart([client, orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)], zmq.NOBLOCK)
         except zmq.ZMQError as e:
             if e.errno == zmq.EHOSTUNREACH:
                 self.node.watchers.discard(client)  # the client went away
@@ -405,19 +421,29 @@ class Transport:
         self.node = node
         out = self._out
 
-        def on_router(frames):
-            last = frames[-1]
-            try:
-                peer_host = last.get("Peer-Address")
-            except (zmq.ZMQError, AttributeError):
-                peer_host = None
-            user_id = None
-            if self.keypair is not None:
+        secure = self.keypair is not None
+
+        def drain_router(sock):
+            # The hot path: recv_multipart costs a getsockopt per part and
+            # frame metadata a call into libzmq each; read the parts by hand
+            # and look the peer address up only if the node asks for it.
+            monotonic = time.monotonic
+            for _ in range(BATCH):
                 try:
-                    user_id = last.get("User-Id")
-                except (zmq.ZMQError, AttributeError):
-                    user_id = None
-            out.extend(node.on_router_frames(time.monotonic(), [f.bytes for f in frames], peer_host, user_id))
+                    first = sock.recv(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    return
+                frames = [first]
+                while frames[-1].more:
+                    frames.append(sock.recv(copy=False))
+                last = frames[-1]
+                user_id = None
+                if secure:
+                    try:
+                        user_id = last.get("User-Id")
+                    except zmq.ZMQError:
+                        pass
+                out.extend(node.on_router_frames(monotonic(), [f.bytes for f in frames], partial(_peer_address, last), user_id))
 
         def on_pub(frames):
             out.extend(node.on_subscription(time.monotonic(), frames[0].bytes))
@@ -430,7 +456,7 @@ class Transport:
 
         self._watch_handshakes(self.router, "peer")
         self._watch_handshakes(self.pub, "broadcast")
-        self._register(self.router, on_router)
+        self._register(self.router, drain_router, drains=True)
         self._register(self.pub, on_pub)
         self._register(self.control, on_control)
         if self.zap is not None:
@@ -446,7 +472,10 @@ class Transport:
                 if handler is None:
                     continue  # closed earlier in this turn
                 try:
-                    self._drain(sock, handler)
+                    if sock in self.drainers:
+                        handler(sock)
+                    else:
+                        self._drain(sock, handler)
                 except Exception:  # a bug must not kill the node: log it and carry on
                     log.exception("error while handling input; continuing")
             now = time.monotonic()
@@ -492,6 +521,13 @@ class Transport:
             self.home.socket_path.unlink()
         except OSError:
             pass
+
+
+def _peer_address(frame: zmq.Frame) -> str | None:
+    try:
+        return frame.get("Peer-Address")
+    except zmq.ZMQError:
+        return None
 
 
 _stop_flag = False

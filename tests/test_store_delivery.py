@@ -110,7 +110,7 @@ def test_window_limits_what_is_in_flight(store):
     base, rows = d.due("bob", now=0.0)
     assert base == 1 and [r[0] for r in rows] == [1, 2, 3]
     assert d.due("bob", now=0.5) == (0, [])  # window full: the sender waits
-    assert d.on_ack("bob", 2, now=0.6, epoch=1.0) == ["m1", "m2"]
+    assert d.on_ack("bob", 2, now=0.6, epoch=1.0) == (2, ["m1", "m2"])
     base, rows = d.due("bob", now=0.7)
     assert base == 3 and [r[0] for r in rows] == [4, 5]
 
@@ -177,9 +177,9 @@ def test_ack_beyond_what_was_sent_is_clamped(store):
     d = Delivery(store)
     fill(d, "bob", 2)
     d.due("bob", 0.0)
-    assert d.on_ack("bob", 10**9, 0.1, 1.0) == ["m1", "m2"]
+    assert d.on_ack("bob", 10**9, 0.1, 1.0) == (2, ["m1", "m2"])
     assert d.links["bob"].out_acked == 2
-    assert d.on_ack("bob", 1, 0.2, 1.0) == []  # old ACKs change nothing
+    assert d.on_ack("bob", 1, 0.2, 1.0) == (0, [])  # old ACKs change nothing
 
 
 # ---------------------------------------------------------------------------- broadcasts
