@@ -74,7 +74,7 @@ class Delivery:
         for peer_id, row in store.links().items():
             self.links[peer_id] = LinkSeq(row["out_seq"], row["out_acked"], row["in_seq"], row["bcast_seq"],
                                           row["in_epoch"], row["bcast_epoch"], next_send=row["out_acked"] + 1)
-        self.bcast_seq = int(store.get_meta("bcast_seq", "0"))
+        self.bcast_seq = max(int(store.get_meta("bcast_seq", "0")), store.newest_broadcast() or 0)
         self.bcast_dirty = False
         self.early: dict[str, dict[int, tuple]] = {}  # origin -> bseq -> message fields
 

@@ -344,6 +344,9 @@ class Store:
         self.commit()
         return owner is not None
 
+    def newest_broadcast(self) -> int | None:
+        return self._read("SELECT MAX(seq) FROM broadcasts").fetchone()[0]
+
     def oldest_broadcast(self) -> int | None:
         return self._read("SELECT MIN(seq) FROM broadcasts").fetchone()[0]
 

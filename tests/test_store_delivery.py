@@ -228,6 +228,7 @@ def test_origin_numbering_and_replay(store):
         assert d.next_broadcast(f"b{i}", f"t{i}", "ts", 100.0 + i) == i
     assert d.broadcast_window() == (1, 5)
     assert [r[0] for r in d.replay(2, 4)] == [2, 3, 4]
+    d.save()  # the event loop saves counters with every batch
     store.prune(now=10_000.0, max_age_s=1.0, max_messages=100)
     d2 = Delivery(store)
     assert d2.next_broadcast("b6", "t6", "ts", 10_001.0) == 6  # numbers never go back, even after pruning
@@ -300,3 +301,38 @@ def test_a_new_node_id_forgets_what_was_counted_from_peers(tmp_path):
     assert s.bind_owner("new-id") is True  # keygen --force: bob numbers its messages to the new id from 1
     assert Delivery(s).accept("bob", 1, 1, "e") == "new"
     s.close()
+
+
+def test_broadcast_counter_survives_a_batch_that_was_stored_but_not_saved(store):
+    """Rows and counter are written in one transaction; even if only the rows made it, numbering resumes after them."""
+    d = Delivery(store)
+    for i in range(1, 4):
+        d.next_broadcast(f"b{i}", f"t{i}", "ts", 100.0 + i)
+    store.commit()  # rows on disk, counter not saved
+    assert Delivery(store).next_broadcast("b4", "t4", "ts", 104.0) == 4
+
+
+def test_ack_counts_without_reading_ids_back(store):
+    d = Delivery(store)
+    for i in range(1, 6):
+        d.enqueue("bob", f"m{i}", "x", "ts", 1.0)
+    d.due("bob", 0.0)
+    assert d.on_ack("bob", 3, now=0.5, epoch=1.0, want_ids=False) == (3, [])
+    assert d.on_ack("bob", 5, now=0.6, epoch=1.0) == (2, ["m4", "m5"])
+
+
+def test_first_transmission_comes_from_memory_and_resends_from_the_store(store):
+    d = Delivery(store, window=3)
+    for i in range(1, 6):
+        d.enqueue("bob", f"m{i}", f"t{i}", "ts", 1.0)
+    base, rows = d.due("bob", 0.0)
+    assert (base, [r[1] for r in rows]) == (1, ["m1", "m2", "m3"])
+    assert d.on_ack("bob", 1, now=0.1, epoch=1.0) == (1, ["m1"])
+    base, rows = d.due("bob", 0.2)
+    assert (base, [r[1] for r in rows]) == (2, ["m4"])
+    d.rewind("bob")  # link came back: go back to the oldest unacknowledged, read from the store
+    base, rows = d.due("bob", 0.3)
+    assert (base, [r[1] for r in rows]) == (2, ["m2", "m3", "m4"])
+    d.on_ack("bob", 4, now=0.4, epoch=1.0)
+    base, rows = d.due("bob", 0.5)
+    assert (base, [r[1] for r in rows]) == (5, ["m5"])
