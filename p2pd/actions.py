@@ -43,9 +43,23 @@ class Send:
 
 
 @dataclass(frozen=True)
+class SendBatch:
+    """Send several envelopes on the link ``key`` as one ZeroMQ message, a frame each
+    (only to a peer whose JOIN said ``batch``; see docs/PROTOCOL.md)."""
+    key: str
+    msgs: list
+
+
+@dataclass(frozen=True)
 class Publish:
     """Send one envelope on our PUB socket to every subscriber."""
     msg: Message
+
+
+@dataclass(frozen=True)
+class PublishBatch:
+    """Publish several envelopes as one ZeroMQ message, a frame each (every subscriber takes batches)."""
+    msgs: list
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,7 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
     if cmd == "outbox":
         statuses = ("pending", "expired", "delivered") if args.get("all") is True else ("pending", "expired")
         limit = int(_arg_num(args, "limit", 1000, 1, 10**9))
-        return [ToClient(client, _ok(req, node.store.outbox(statuses, limit)))]
+        return [ToClient(client, _ok(req, node.msgs.outbox(statuses, limit)))]
     if cmd == "watch":
         node.watchers.add(client)
         return [ToClient(client, _ok(req, {"watching": True, "id": node.id, "name": node.name}))]

@@ -44,6 +44,7 @@ class Peer:
     msgs_in: int = 0
     msgs_out: int = 0
     key: str | None = None  # CURVE public key (secure mode)
+    batch: bool = False  # its JOIN said it takes several envelopes per ZeroMQ message
     tokens: float = -1.0  # rate-limit bucket; -1: not started
     tokens_at: float = 0.0
     tags: set = field(default_factory=set)

@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass
 
 from . import protocol as P
-from .actions import Publish, ToClient
+from .actions import Publish, PublishBatch, ToClient
 from .delivery import Delivery
 from .store import Store
 
@@ -134,29 +134,28 @@ class Messaging:
         base, rows = self.delivery.due(peer_id, now)
         if not rows:
             return []
-        node = self.node
-        acts = []
-        for seq, msg_id, text, timestamp in rows:
-            msg = P.Message(P.MESSAGE, msg_id, node.id, node.name, timestamp,
-                            {"text": text, "seq": seq, "base": base, "epoch": self.store.epoch}, peer_id)
-            acts.append(node._send(peer_id, msg))
-        return acts
+        node, epoch = self.node, self.store.epoch
+        return node._send_many(peer_id, [
+            P.Message(P.MESSAGE, msg_id, node.id, node.name, timestamp, {"text": text, "seq": seq, "base": base, "epoch": epoch}, peer_id)
+            for seq, msg_id, text, timestamp in rows])
 
     def broadcast(self, now: float, texts: list[str]) -> tuple[list, list[str]]:
         """Number, store and publish broadcasts; returns (effects, their ids)."""
         node = self.node
         epoch = node._epoch(now)
         timestamp = P.utc_timestamp(epoch)
-        acts, ids = [], []
+        msgs, ids = [], []
         for text in texts:
             msg_id = P.new_message_id(epoch)
             bseq = self.delivery.next_broadcast(msg_id, text, timestamp, epoch)
-            acts.append(Publish(P.Message(P.BROADCAST, msg_id, node.id, node.name, timestamp,
-                                          {"text": text, "bseq": bseq, "epoch": self.store.epoch}, None)))
+            msgs.append(P.Message(P.BROADCAST, msg_id, node.id, node.name, timestamp, {"text": text, "bseq": bseq, "epoch": self.store.epoch}, None))
             self.store.add_message("out", P.BROADCAST, msg_id, None, node.id, node.name, None, text, timestamp, epoch, defer=True)
             ids.append(msg_id)
         node.stats["broadcasts_out"] += len(texts)
-        return acts, ids
+        # One PUB reaches every subscriber alike: batch only if all our peers take batches.
+        if len(msgs) > 1 and all(p.batch for p in node.table.alive()):
+            return [PublishBatch(msgs[k:k + P.MAX_BATCH]) for k in range(0, len(msgs), P.MAX_BATCH)], ids
+        return [Publish(m) for m in msgs], ids
 
     # ------------------------------------------------------------------ receiving
     def on_message(self, now: float, msg: P.Message, peer) -> list:
@@ -234,14 +233,14 @@ class Messaging:
             lo, hi, replay = first, latest, True
         else:
             lo, hi, replay = max(msg.data["from"], oldest), min(msg.data["to"], latest), False
-        acts = []
+        msgs = []
         for seq, msg_id, text, timestamp in self.delivery.replay(lo, hi) if lo <= hi else []:
             data = {"text": text, "bseq": seq, "epoch": self.store.epoch}
             if replay:
                 data["replay"] = True
-            acts.append(node._send(peer.id, P.Message(P.BROADCAST, msg_id, node.id, node.name, timestamp, data, peer.id)))
-        node.stats["broadcasts_replayed"] += len(acts)
-        return acts
+            msgs.append(P.Message(P.BROADCAST, msg_id, node.id, node.name, timestamp, data, peer.id))
+        node.stats["broadcasts_replayed"] += len(msgs)
+        return node._send_many(peer.id, msgs)
 
     def request_since(self, now: float, peer, since_epoch: float) -> list:
         self.since_wanted[peer.id] = since_epoch
@@ -270,7 +269,8 @@ class Messaging:
                     acts.append(self._reply(w, "queued", msg_id))
         if now >= self._next_expire:
             self._next_expire = now + EXPIRE_EVERY_S
-            for peer_id, seq, msg_id in self.store.expire(node._epoch(now)):
+            pending = [(peer_id, self.delivery.links[peer_id].out_acked) for peer_id in self.delivery.pending_peers()]
+            for peer_id, seq, msg_id in self.store.expire(node._epoch(now), pending):
                 self.delivery.forget_fresh(peer_id)
                 node.stats["messages_expired"] += 1
                 log.warning("message %s to %s expired undelivered", msg_id[:12], peer_id[:12])
@@ -293,6 +293,10 @@ class Messaging:
         return acts
 
     # ------------------------------------------------------------------ queries
+    def outbox(self, statuses: tuple[str, ...], limit: int) -> list[dict]:
+        links = [(peer_id, ls.out_seq, ls.out_acked) for peer_id, ls in self.delivery.links.items() if ls.out_seq > 0]
+        return self.store.outbox(statuses, limit, links)
+
     def inbox(self, limit: int) -> list[dict]:
         rows = self.store.history(direction="in", limit=limit)
         return [entry(r["id"], r["type"], r["sender_id"], r["sender_name"], r["timestamp"], r["text"], r["target_id"]) for r in rows]

@@ -17,7 +17,10 @@ The peer protocol (docs/PROTOCOL.md):
   up with one link each way.  ``connect`` by address files the link under
   ``pending:<endpoint>`` until the reply tells us whose it is.
 * Gossip: on link-up and every ``gossip_interval_s`` we send PEERS (our alive
-  peers with their addresses); a node links to every peer it learns of.
+  peers with their addresses); a node links to every peer it learns of.  A
+  peer that just joined is also pushed at once (at the next tick) to every
+  other alive peer, so a new node meets the whole cluster in about one round
+  trip instead of one gossip interval.
 * Heartbeat: PING every ``heartbeat_interval_s``; any frame counts as life;
   a peer silent past ``heartbeat_timeout_s`` is marked lost, its sockets are
   closed and it is retried with backoff until it answers or is forgotten.
@@ -31,7 +34,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from . import protocol as P
-from .actions import CloseLink, FetchKey, OpenLink, PinKey, RekeyLink, SavePeers, Send, Shutdown, Subscribe, ToClient, Unsubscribe
+from .actions import (CloseLink, FetchKey, OpenLink, PinKey, RekeyLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient,
+                      Unsubscribe)
 from .membership import ALIVE, LOST, Membership, Peer, UnknownPeer, is_loopback
 from .messaging import Messaging
 from .ratelimit import LogRateLimiter
@@ -110,6 +114,7 @@ class Node:
         self._limiter = LogRateLimiter(1.0)
         self._next_heartbeat = now
         self._next_gossip = now + settings.gossip_interval_s
+        self._joined: list[str] = []  # peers that became alive since the last tick
         self.stopping = False
         self._handlers = {
             P.MESSAGE: self._on_message,
@@ -135,13 +140,13 @@ class Node:
 
     def _join(self, now: float, reply_to: str | None = None) -> P.Message:
         data = {"addr": self.address.addr, "port": self.address.port, "pub_port": self.address.pub_port, "reply_to": reply_to,
-                "key": self.trust.public_key, **self.msgs.beacon()}
+                "key": self.trust.public_key, "batch": True, **self.msgs.beacon()}
         return self._msg(now, P.JOIN, data)
 
-    def _peers_msg(self, now: float, exclude: str) -> P.Message:
+    def _peers_msg(self, now: float, exclude: str, peers: list[Peer] | None = None) -> P.Message:
         entries = [
             {"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port, "key": p.key}
-            for p in self.table.alive()
+            for p in (self.table.alive() if peers is None else peers)
             if p.id != exclude
         ]
         return self._msg(now, P.PEERS, {"peers": entries})
@@ -198,11 +203,21 @@ class Node:
             peer.msgs_out += 1
         return Send(key, msg)
 
+    def _send_many(self, key: str, msgs: list) -> list:
+        """Envelopes for one link: batched (MAX_BATCH a message) if the peer takes batches."""
+        peer = self.table.get(key)
+        if peer is None or not peer.batch or len(msgs) < 2:
+            return [self._send(key, m) for m in msgs]
+        self.stats["frames_out"] += len(msgs)
+        peer.msgs_out += len(msgs)
+        return [SendBatch(key, msgs[k:k + P.MAX_BATCH]) for k in range(0, len(msgs), P.MAX_BATCH)]
+
     def _became_alive(self, now: float, peer: Peer) -> list:
         acts = self._ensure_link(peer)
         acts.append(self._sub(peer))
         acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id)))
         acts.append(self._save_peers())
+        self._joined.append(peer.id)  # pushed to the others at the next tick
         a = peer.address
         self.store.remember_peer(peer.id, peer.name, a.addr, a.port, a.pub_port, self._epoch(now))
         log.info("peer joined: %s (%s) at %s", peer.name, peer.id[:12], peer.router_endpoint)
@@ -250,7 +265,10 @@ class Node:
 
     # ------------------------------------------------------------------ inbound peer traffic
     def on_router_frames(self, now: float, frames: list[bytes], peer_host, user_id: str | None = None) -> list:
-        """A frame on our ROUTER: [routing id, envelope] from a peer's DEALER.
+        """A message on our ROUTER: [routing id, envelope, ...] from a peer's DEALER.
+
+        One envelope, or a batch of up to MAX_BATCH from a peer that we told
+        (JOIN ``batch``) we take them: each is checked and handled on its own.
 
         ``user_id`` is the node id that ZAP derived from the sender's CURVE
         key; in secure mode a frame claiming any other sender_id is dropped.
@@ -259,10 +277,17 @@ class Node:
         a JOIN or a log line needs it.
         """
         source = (lambda: peer_host() or "?") if callable(peer_host) else (peer_host or "?")
-        if len(frames) != 2:
-            self.drop(now, "bad_frames", f"expected 2 frames (routing id, envelope), got {len(frames)}", source)
+        if len(frames) == 2:
+            return self._on_envelope(now, frames[0], frames[1], peer_host, user_id, source)
+        if not 2 < len(frames) <= P.MAX_BATCH + 1:
+            self.drop(now, "bad_frames", f"expected 2 to {P.MAX_BATCH + 1} frames (routing id, envelopes), got {len(frames)}", source)
             return []
-        rid, raw = frames
+        acts: list = []
+        for raw in frames[1:]:  # a batch: each envelope stands alone, in order
+            acts += self._on_envelope(now, frames[0], raw, peer_host, user_id, source)
+        return acts
+
+    def _on_envelope(self, now: float, rid: bytes, raw: bytes, peer_host, user_id: str | None, source) -> list:
         try:
             msg = P.decode(raw, self.settings.max_frame_bytes)
         except P.ProtocolError as e:
@@ -296,12 +321,20 @@ class Node:
         return True
 
     def on_sub_frames(self, now: float, frames: list[bytes], source: str = "sub", source_peer: str | None = None) -> list:
-        """A frame on one of our SUB sockets: a BROADCAST from the PUB of ``source_peer``."""
-        if len(frames) != 1:
-            self.drop(now, "bad_frames", f"expected 1 frame on SUB, got {len(frames)}", source)
+        """A message on one of our SUB sockets: BROADCASTs (one, or a batch) from the PUB of ``source_peer``."""
+        if not 0 < len(frames) <= P.MAX_BATCH:
+            self.drop(now, "bad_frames", f"expected 1 to {P.MAX_BATCH} frames on SUB, got {len(frames)}", source)
             return []
+        if len(frames) == 1:
+            return self._on_sub_envelope(now, frames[0], source, source_peer)
+        acts: list = []
+        for raw in frames:
+            acts += self._on_sub_envelope(now, raw, source, source_peer)
+        return acts
+
+    def _on_sub_envelope(self, now: float, raw: bytes, source: str, source_peer: str | None) -> list:
         try:
-            msg = P.decode(frames[0], self.settings.max_frame_bytes)
+            msg = P.decode(raw, self.settings.max_frame_bytes)
         except P.ProtocolError as e:
             self.drop(now, e.kind, e.reason, source)
             return []
@@ -378,6 +411,7 @@ class Node:
         old = self.table.get(msg.sender_id)
         old_pub = old.pub_endpoint if old is not None else None
         peer, _ = self.table.learn(msg.sender_id, msg.sender_name, address, now, key)
+        peer.batch = msg.data.get("batch") is True
         acts: list = []
         reply_to = msg.data.get("reply_to")
         pc = self.pending.pop(reply_to, None) if reply_to else None
@@ -427,6 +461,17 @@ class Node:
             self.drop(now, "misrouted", f"MESSAGE for {str(msg.target_id)[:12]} delivered to this node", peer.name)
             return []
         return self.msgs.on_message(now, msg, peer)
+
+    def _push_joined(self, now: float) -> list:
+        """Tell every alive peer about the peers that joined since the last tick (one PEERS each)."""
+        joined = [p for p in (self.table.get(pid) for pid in dict.fromkeys(self._joined)) if p is not None and p.state == ALIVE]
+        self._joined.clear()
+        acts = []
+        for peer in self.table.alive():
+            news = [p for p in joined if p.id != peer.id]
+            if news:
+                acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id, peers=news)))
+        return acts
 
     def _on_peers(self, now: float, msg: P.Message, gossiper: Peer) -> list:
         acts: list = []
@@ -501,8 +546,11 @@ class Node:
                 acts.append(self._send(peer.id, ping))
         if now >= self._next_gossip:
             self._next_gossip = now + self.settings.gossip_interval_s
+            self._joined.clear()  # the full list below includes them
             for peer in self.table.alive():
                 acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id)))
+        elif self._joined:
+            acts += self._push_joined(now)
         for pid, pp in list(self.pings.items()):
             if now >= pp.deadline:
                 del self.pings[pid]
@@ -675,6 +723,8 @@ class Node:
             "public_key": self.trust.public_key,
             "allowlist": self.trust.allowlist_mode,
             "protocol_version": P.PROTOCOL_VERSION,
+            "heartbeat_interval_s": self.settings.heartbeat_interval_s,
+            "heartbeat_timeout_s": self.settings.heartbeat_timeout_s,
         }
 
 

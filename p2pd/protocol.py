@@ -42,6 +42,7 @@ MAX_ID_LEN = 64
 MAX_NAME_LEN = 64
 MAX_TEXT_LEN = 64 * 1024
 MAX_PEERS_LISTED = 1024
+MAX_BATCH = 256  # envelopes in one ZeroMQ message, to a peer that announced "batch"
 
 Z85_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
 _KEY_RE = re.compile("^[" + re.escape(Z85_CHARS) + "]{40}\\Z")
@@ -270,6 +271,8 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
         reply_to = data.get("reply_to")
         if reply_to is not None and not (isinstance(reply_to, str) and _ID_RE.match(reply_to)):
             raise ProtocolError("bad_field", "JOIN 'reply_to' must be a message id or null")
+        if not isinstance(data.get("batch", False), bool):
+            raise ProtocolError("bad_field", "JOIN 'batch' must be true or false")
     elif type_ in (MESSAGE, BROADCAST):
         text = data.get("text")
         if not isinstance(text, str):

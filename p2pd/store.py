@@ -48,9 +48,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     PRIMARY KEY (peer_id, seq),
     UNIQUE (peer_id, id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status, expires);
+CREATE INDEX IF NOT EXISTS outbox_expired ON outbox(peer_id, seq) WHERE status = 'expired';
 CREATE TABLE IF NOT EXISTS messages (
-    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    n INTEGER PRIMARY KEY,  -- grows with time: age queries search it instead of keeping an index on ``stored``
     id TEXT NOT NULL,
     direction TEXT NOT NULL,
     type TEXT NOT NULL,
@@ -61,10 +61,9 @@ CREATE TABLE IF NOT EXISTS messages (
     text TEXT NOT NULL,
     timestamp TEXT NOT NULL,
     stored REAL NOT NULL,
-    UNIQUE (sender_id, peer_id, id)
+    UNIQUE (id, sender_id, peer_id)  -- id first: our ids start with the time, so inserts land at the end
 );
 CREATE INDEX IF NOT EXISTS messages_peer ON messages(peer_id, n);
-CREATE INDEX IF NOT EXISTS messages_stored ON messages(stored);
 CREATE TABLE IF NOT EXISTS links (
     peer_id TEXT PRIMARY KEY,
     out_seq INTEGER NOT NULL DEFAULT 0,
@@ -100,7 +99,35 @@ _OUTBOX_INSERT = "INSERT INTO outbox(peer_id, seq, id, text, timestamp, created,
 _MESSAGE_INSERT = ("INSERT OR IGNORE INTO messages(id, direction, type, peer_id, sender_id, sender_name, target_id, text, timestamp, stored) "
                    "VALUES (?,?,?,?,?,?,?,?,?,?)")
 
-SCHEMA_VERSION = 1  # bump with a migration whenever SCHEMA changes
+SCHEMA_VERSION = 2  # bump with a migration in MIGRATIONS whenever SCHEMA changes
+
+# Format 1 -> 2: fewer indexes to update per stored message (docs/PERFORMANCE.md):
+# no index on messages.stored or on outbox(status, expires), no AUTOINCREMENT,
+# the messages' unique key led by the id.
+MIGRATIONS = {
+    1: """
+DROP INDEX IF EXISTS outbox_status;
+DROP INDEX IF EXISTS messages_stored;
+CREATE TABLE messages_v2 (
+    n INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    type TEXT NOT NULL,
+    peer_id TEXT,
+    sender_id TEXT NOT NULL,
+    sender_name TEXT NOT NULL,
+    target_id TEXT,
+    text TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    stored REAL NOT NULL,
+    UNIQUE (id, sender_id, peer_id)
+);
+INSERT INTO messages_v2 SELECT n, id, direction, type, peer_id, sender_id, sender_name, target_id, text, timestamp, stored FROM messages;
+DROP TABLE messages;
+ALTER TABLE messages_v2 RENAME TO messages;
+DELETE FROM sqlite_sequence WHERE name = 'messages';
+""",
+}
 
 
 class StoreError(RuntimeError):
@@ -116,7 +143,9 @@ class Store:
         self.db.execute("PRAGMA foreign_keys=OFF")
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         has_tables = self.db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table'").fetchone()[0] > 0
-        if version > SCHEMA_VERSION or (has_tables and version < SCHEMA_VERSION):
+        if has_tables and version in MIGRATIONS:
+            self._migrate(version)
+        elif version > SCHEMA_VERSION or (has_tables and version < SCHEMA_VERSION):
             self.db.close()
             raise StoreError(f"{self.path} has store format {version}, this p2pd reads format {SCHEMA_VERSION}; "
                              f"move the file away to start an empty store (its messages stay readable with sqlite3)")
@@ -139,6 +168,12 @@ class Store:
             self.epoch = secrets.token_hex(8)
             self.set_meta("epoch", self.epoch)
             self.commit()
+
+    def _migrate(self, version: int) -> None:
+        """Bring an older store up to SCHEMA_VERSION, each step in one transaction."""
+        while version < SCHEMA_VERSION:
+            self.db.executescript(f"BEGIN; {MIGRATIONS[version]} PRAGMA user_version={version + 1}; COMMIT;")
+            version += 1
 
     # ------------------------------------------------------------------ transactions
     def _begin(self) -> None:
@@ -232,31 +267,57 @@ class Store:
         """Count a retransmission of seq from_seq..to_seq (shown by `p2pctl outbox`)."""
         self._write("UPDATE outbox SET attempts=attempts+1 WHERE peer_id=? AND seq BETWEEN ? AND ?", (peer_id, from_seq, to_seq))
 
-    def expire(self, now: float) -> list[tuple]:
-        """Mark undelivered rows past their expiry; returns (peer_id, seq, id) of each."""
-        rows = self._read(
-            "SELECT o.peer_id, o.seq, o.id FROM outbox o LEFT JOIN links l ON l.peer_id=o.peer_id "
-            "WHERE o.status='pending' AND o.expires<=? AND o.seq>COALESCE(l.out_acked, 0)", (now,)).fetchall()
-        for peer_id, seq, _ in rows:
-            self._write("UPDATE outbox SET status='expired' WHERE peer_id=? AND seq=?", (peer_id, seq))
-        return rows
+    def _pending_peers(self) -> list[tuple[str, int]]:
+        """(peer_id, out_acked) of every peer that may have pending rows."""
+        return self._read("SELECT peer_id, out_acked FROM links WHERE out_seq > out_acked").fetchall()
+
+    def expire(self, now: float, pending: list[tuple[str, int]] | None = None) -> list[tuple]:
+        """Mark undelivered rows past their expiry; returns (peer_id, seq, id) of each.
+
+        ``pending``: (peer_id, out_acked) of the peers with unacknowledged
+        rows (default: as saved in ``links``).  A peer's rows expire in seq
+        order (each gets the same lifetime when it is queued), so only the
+        oldest pending rows of each peer are read.
+        """
+        out = []
+        for peer_id, acked in self._pending_peers() if pending is None else pending:
+            after = acked
+            while True:
+                rows = self._read("SELECT seq, id, expires FROM outbox WHERE peer_id=? AND seq>? AND status='pending' ORDER BY seq LIMIT 256",
+                                  (peer_id, after)).fetchall()
+                overdue = [(peer_id, seq, msg_id) for seq, msg_id, expires in rows if expires <= now]
+                for _, seq, _ in overdue:
+                    self._write("UPDATE outbox SET status='expired' WHERE peer_id=? AND seq=?", (peer_id, seq))
+                out += overdue
+                if len(overdue) < 256:
+                    break
+                after = rows[-1][0]
+        return out
 
     _OUTBOX_COLS = ("SELECT o.id, o.peer_id, k.name, o.seq, o.text, o.timestamp, o.created, o.expires, "
                     "CASE WHEN o.status='expired' THEN 'expired' WHEN o.seq<=COALESCE(l.out_acked, 0) THEN 'delivered' ELSE 'pending' END, "
                     "o.attempts FROM outbox o LEFT JOIN known k ON k.id=o.peer_id LEFT JOIN links l ON l.peer_id=o.peer_id ")
 
-    def outbox(self, statuses: tuple[str, ...] = ("pending", "expired"), limit: int = 1000) -> list[dict]:
-        """Outbox rows with the given statuses, oldest first."""
-        queries = []
-        if "pending" in statuses:
-            queries.append(self._OUTBOX_COLS + "WHERE o.status='pending' AND o.seq>COALESCE(l.out_acked, 0)")
-        if "expired" in statuses:
-            queries.append(self._OUTBOX_COLS + "WHERE o.status='expired'")
-        if "delivered" in statuses:
-            queries.append(self._OUTBOX_COLS + "WHERE o.status!='expired' AND o.seq<=COALESCE(l.out_acked, 0)")
+    def outbox(self, statuses: tuple[str, ...] = ("pending", "expired"), limit: int = 1000,
+               links: list[tuple[str, int, int]] | None = None) -> list[dict]:
+        """Outbox rows with the given statuses, oldest first (each query walks one peer's rows by seq).
+
+        ``links``: (peer_id, out_seq, out_acked) of every peer we numbered
+        messages for, from memory (default: as saved in ``links``).
+        """
         rows = []
-        for q in queries:
-            rows += self._read(q + " ORDER BY o.created, o.seq LIMIT ?", (limit,)).fetchall()
+        if links is None:
+            links = self._read("SELECT peer_id, out_seq, out_acked FROM links WHERE out_seq > 0").fetchall()
+        peers = [(peer_id,) for peer_id, _, _ in links] if "delivered" in statuses else []
+        if "pending" in statuses:
+            for peer_id, acked in [(p, acked) for p, out_seq, acked in links if out_seq > acked]:
+                rows += self._read(self._OUTBOX_COLS + "WHERE o.peer_id=? AND o.seq>? AND o.status='pending' ORDER BY o.seq LIMIT ?",
+                                   (peer_id, acked, limit)).fetchall()
+        if "expired" in statuses:
+            rows += self._read(self._OUTBOX_COLS + "WHERE o.status='expired' ORDER BY o.peer_id, o.seq LIMIT ?", (limit,)).fetchall()
+        for (peer_id,) in peers:
+            rows += self._read(self._OUTBOX_COLS + "WHERE o.peer_id=? AND o.seq<=COALESCE(l.out_acked, 0) AND o.status!='expired' "
+                               "ORDER BY o.seq DESC LIMIT ?", (peer_id, limit)).fetchall()
         rows.sort(key=lambda r: (r[6], r[1], r[3]))
         keys = ("id", "peer_id", "peer", "seq", "text", "timestamp", "created", "expires", "status", "attempts")
         return [dict(zip(keys, r)) for r in rows[:limit]]
@@ -300,8 +361,8 @@ class Store:
             where.append("peer_id=?")
             args.append(peer_id)
         if since is not None:
-            where.append("stored>=?")
-            args.append(since)
+            where.append("n>=?")
+            args.append(self._first_n_stored_at(since))
         if direction is not None:
             where.append("direction=?")
             args.append(direction)
@@ -371,21 +432,60 @@ class Store:
         return [dict(zip(("id", "name", "addr", "port", "pub_port", "updated"), r)) for r in rows]
 
     # ------------------------------------------------------------------ retention
-    def prune(self, now: float, max_age_s: float, max_messages: int) -> int:
+    def _first_n_stored_at(self, when: float) -> int:
+        """The number of the first message stored at or after ``when`` (one past the last if none).
+
+        ``n`` grows with ``stored``, so a binary search over ``n`` finds it
+        with a few lookups by primary key, instead of an index on ``stored``
+        that every insert would have to update.
+        """
+        lo_hi = self._read("SELECT MIN(n), MAX(n) FROM messages").fetchone()
+        if lo_hi[0] is None:
+            return 0
+        lo, hi = lo_hi[0], lo_hi[1] + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            row = self._read("SELECT n, stored FROM messages WHERE n>=? ORDER BY n LIMIT 1", (mid,)).fetchone()
+            if row[1] < when:
+                lo = row[0] + 1
+            else:
+                hi = mid
+        return lo
+
+    def _prune_outbox(self, peer_id: str, acked: int, cutoff: float, budget: int) -> int:
+        """Delete a peer's oldest settled rows (delivered or expired) created before ``cutoff``, at most ``budget``."""
+        rows = self._read("SELECT seq, created, status FROM outbox WHERE peer_id=? ORDER BY seq LIMIT ?", (peer_id, budget)).fetchall()
+        upto = None
+        for seq, created, status in rows:
+            if created >= cutoff or (seq > acked and status != "expired"):
+                break  # rows are in the order they were queued: the rest are newer, or pending
+            upto = seq
+        if upto is None:
+            return 0
+        return self._write("DELETE FROM outbox WHERE peer_id=? AND seq<=?", (peer_id, upto)).rowcount
+
+    def prune(self, now: float, max_age_s: float, max_messages: int, budget: int = 100_000) -> int:
         """Drop old history, delivered/expired outbox rows and old own broadcasts.
 
         Pending outbox rows are never touched here: they leave only by
-        delivery or by their own expiry.
+        delivery or by their own expiry.  At most ``budget`` rows per table
+        per call, so that a long-idle store never stalls the event loop; the
+        next call takes the rest.
         """
         cutoff = now - max_age_s
-        n = self._write("DELETE FROM messages WHERE stored<?", (cutoff,)).rowcount
-        n += self._write(
-            "DELETE FROM outbox WHERE created<? AND (status='expired' OR "
-            "seq<=COALESCE((SELECT out_acked FROM links WHERE links.peer_id=outbox.peer_id), 0))", (cutoff,)).rowcount
+        first_kept = self._first_n_stored_at(cutoff)
+        n = self._write("DELETE FROM messages WHERE n<? AND n<(SELECT MIN(n) FROM messages)+?", (first_kept, budget)).rowcount
+        for peer_id, acked in self._read("SELECT DISTINCT o.peer_id, COALESCE(l.out_acked, 0) FROM outbox o "
+                                         "LEFT JOIN links l ON l.peer_id=o.peer_id").fetchall():
+            n += self._prune_outbox(peer_id, acked, cutoff, budget)
+        n += self._write("DELETE FROM outbox WHERE status='expired' AND created<?", (cutoff,)).rowcount  # few: a partial index holds them
         n += self._write("DELETE FROM broadcasts WHERE created<?", (cutoff,)).rowcount
-        total = self._read("SELECT COUNT(*) FROM messages").fetchone()[0]
-        if total > max_messages:
-            n += self._write("DELETE FROM messages WHERE n IN (SELECT n FROM messages ORDER BY n LIMIT ?)", (total - max_messages,)).rowcount
+        lo_hi = self._read("SELECT MIN(n), MAX(n) FROM messages").fetchone()
+        if lo_hi[0] is not None and lo_hi[1] - lo_hi[0] + 1 > max_messages:  # cheap bound first: n has few holes
+            total = self._read("SELECT COUNT(*) FROM messages").fetchone()[0]
+            if total > max_messages:
+                n += self._write("DELETE FROM messages WHERE n < (SELECT n FROM messages ORDER BY n LIMIT 1 OFFSET ?)",
+                                 (min(total - max_messages, budget),)).rowcount
         total = self._read("SELECT COUNT(*) FROM broadcasts").fetchone()[0]
         if total > max_messages:
             n += self._write("DELETE FROM broadcasts WHERE seq IN (SELECT seq FROM broadcasts ORDER BY seq LIMIT ?)", (total - max_messages,)).rowcount

@@ -41,7 +41,8 @@ import zmq.utils.z85
 
 from . import control
 from . import protocol as P
-from .actions import CloseLink, FetchKey, OpenLink, PinKey, Publish, RekeyLink, SavePeers, Send, Shutdown, Subscribe, ToClient, Unsubscribe
+from .actions import (CloseLink, FetchKey, OpenLink, PinKey, Publish, PublishBatch, RekeyLink, SavePeers, Send, SendBatch, Shutdown,
+                      Subscribe, ToClient, Unsubscribe)
 from .home import Home, save_peer_book
 from .keys import known_peers
 from .node import SUB_TOPIC_PREFIX, Node
@@ -203,8 +204,18 @@ class Transport:
                     self.node.drop(time.monotonic(), "send_queue_full", f"link queue full, {act.msg.type} not sent", act.key[:12])
             elif kind is ToClient:
                 self._to_client(act.client, act.payload)
+            elif kind is SendBatch:
+                sock = self.dealers.get(act.key)
+                if sock is None:
+                    continue
+                try:
+                    sock.send_multipart([P.encode(m) for m in act.msgs], zmq.NOBLOCK)
+                except zmq.Again:  # all or nothing: the outbox resends what this batch held
+                    self.node.drop(time.monotonic(), "send_queue_full", f"link queue full, batch of {len(act.msgs)} not sent", act.key[:12])
             elif kind is Publish:
                 self.pub.send(P.encode(act.msg), zmq.NOBLOCK)
+            elif kind is PublishBatch:
+                self.pub.send_multipart([P.encode(m) for m in act.msgs], zmq.NOBLOCK)
             elif kind is OpenLink:
                 self._open_link(act.key, act.endpoint, act.server_key)
             elif kind is CloseLink:

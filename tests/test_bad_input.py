@@ -117,12 +117,12 @@ def test_undecodable_frames_on_router_are_dropped_and_counted(pair, zctx):
         before = expect_dropped(alice, before, expected, what)
         still_serving(alice, bob, what)
 
-    # a multi-part message: the ROUTER sees [routing id, a, b] - the wrong frame count
+    # a multi-part message is a batch (docs/PROTOCOL.md): the ROUTER sees [routing id, a, b] and judges each alone
     valid = enc(envelope("PING", "x1", target=alice.id))
-    garbage.send_multipart([b"a", b"b"])
-    garbage.send_multipart([valid, valid])
-    garbage.send_multipart([b"x", b"y", b"z"])
-    before = expect_dropped(alice, before, {"bad_frames": 3}, "multi-part")
+    garbage.send_multipart([b"a", b"b"])  # two not_json
+    garbage.send_multipart([valid, valid])  # two claiming a sender that is not this connection's routing id
+    garbage.send_multipart([b"x"] * 300)  # longer than a batch may be: one bad_frames
+    before = expect_dropped(alice, before, {"not_json": 2, "bad_routing_id": 2, "bad_frames": 1}, "multi-part")
     still_serving(alice, bob, "multi-part")
 
     # dropped at once, logged once per kind (the kinds above were each sent in one burst)
@@ -399,7 +399,7 @@ def test_garbage_on_sub_is_dropped_and_a_real_broadcast_gets_through(pair, fake_
     before = expect_dropped(alice, before, {"bad_type": 3}, "non-BROADCAST on PUB")
     still_serving(alice, bob, "non-BROADCAST on PUB")
 
-    fake.publish(b"two", b"parts")
+    fake.publish(*[b"part"] * 300)  # longer than a batch may be
     fake.publish(enc(envelope("BROADCAST", fake.id, {"text": "x" * (MAX_FRAME + 1)})))
     # well-formed broadcasts the fake peer relays for a node alice does not know, and for alice herself:
     # each SUB belongs to one peer, so anything on it claiming another sender is spoofed

@@ -301,6 +301,20 @@ def test_gossip_every_interval(net, trio):
     assert [e["id"] for e in to_alice.data["peers"]] == ["charlie-id"]  # never the receiver itself
 
 
+def test_a_new_peer_is_pushed_to_the_others_at_the_next_tick(net, pair):
+    """dave links to bob only; bob tells alice about dave at its next tick, not a gossip interval later."""
+    alice, bob = pair
+    dave = net.add("dave")
+    assert net.connect(dave, bob, 1.0)["ok"] is True
+    pushes = [m for _, m in net.sent("bob", "alice", P.PEERS)]
+    net.tick(1.05, bob)
+    pushed = [m for _, m in net.sent("bob", "alice", P.PEERS)][len(pushes):]
+    assert [[e["id"] for e in m.data["peers"]] for m in pushed] == [["dave-id"]]  # only the news
+    assert state(alice, dave) == ALIVE and state(dave, alice) == ALIVE
+    net.tick(1.1, bob)
+    assert len(net.sent("bob", "alice", P.PEERS)) == len(pushes) + 1  # once
+
+
 # ============================================================================ heartbeat
 
 
@@ -624,7 +638,7 @@ def test_bad_frames_counted_by_kind(net, alice_bob):
     ping = lambda sender=bob.id, **kw: P.encode(P.make(P.PING, sender, "x", WALL, **kw))  # noqa: E731
     cases = [
         ([b"only one"], "bad_frames"),
-        ([bob.id.encode(), ping(), b"extra"], "bad_frames"),
+        ([bob.id.encode()] + [ping()] * (P.MAX_BATCH + 1), "bad_frames"),  # a batch longer than allowed
         ([b"charlie-id", ping()], "bad_routing_id"),  # claims to be bob on charlie's link
         ([b"ghost", ping("ghost")], "not_linked"),
         ([alice.id.encode(), ping(alice.id)], "self"),
@@ -651,7 +665,9 @@ def test_bad_sub_frames(net, alice_bob):
     msg = P.encode(P.make(P.MESSAGE, bob.id, "bob", WALL, {"text": "x"}, alice.id))
     assert alice.on_sub_frames(1.0, [msg]) == []
     assert alice.dropped["bad_type"] == 1
-    assert alice.on_sub_frames(1.0, [msg, msg]) == []
+    assert alice.on_sub_frames(1.0, [msg, msg]) == []  # a batch: each dropped alone
+    assert alice.dropped["bad_type"] == 3
+    assert alice.on_sub_frames(1.0, [msg] * (P.MAX_BATCH + 1)) == []
     assert alice.dropped["bad_frames"] == 1
     assert alice.on_sub_frames(1.0, [b"junk"]) == []
     assert alice.dropped["not_json"] == 1
@@ -988,4 +1004,25 @@ def test_bootstrap_retries_until_answered(net):
 def test_send_to_a_lost_peer_is_queued_not_refused(busy_alice):
     reply = handle(busy_alice, {"req": 1, "cmd": "send", "args": {"peer": "carol", "text": "hi"}})
     assert reply["ok"] is True and reply["result"]["status"] == "queued"
-    assert [r["text"] for r in busy_alice.store.outbox()] == ["hi"]
+    assert [r["text"] for r in busy_alice.msgs.outbox(("pending",), 10)] == ["hi"]
+
+
+def test_a_batch_of_envelopes_is_handled_one_by_one(net, alice_bob):
+    """[routing id, env, env, ...]: good envelopes are handled in order, a bad one is dropped alone."""
+    alice, bob = alice_bob
+    msg = lambda i: P.encode(P.make(P.MESSAGE, bob.id, "bob", WALL, {"text": f"m{i}"}, alice.id))  # noqa: E731
+    frames = [bob.id.encode(), msg(1), b"\xff not json", msg(2), P.encode(P.make(P.PING, "ghost", "x", WALL)), msg(3)]
+    acts = alice.on_router_frames(2.0, frames, HOST)
+    assert [m["text"] for m in alice.inbox] == ["m1", "m2", "m3"]
+    assert alice.dropped["not_json"] == 1 and alice.dropped["bad_routing_id"] == 1
+    assert acts == [] or all(type(a).__name__ != "Send" or a.msg.type != "MESSAGE" for a in acts)
+
+
+def test_batches_go_only_to_peers_that_announced_them(net, alice_bob):
+    alice, bob = alice_bob
+    assert alice.table.get(bob.id).batch  # p2pd's JOIN says "batch": true
+    msgs = [P.make(P.MESSAGE, alice.id, "alice", WALL, {"text": str(i)}, bob.id) for i in range(P.MAX_BATCH + 3)]
+    acts = alice._send_many(bob.id, msgs)
+    assert [type(a).__name__ for a in acts] == ["SendBatch", "SendBatch"] and [len(a.msgs) for a in acts] == [P.MAX_BATCH, 3]
+    alice.table.get(bob.id).batch = False  # a simple peer that did not say so
+    assert [type(a).__name__ for a in alice._send_many(bob.id, msgs[:3])] == ["Send"] * 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from p2pd.delivery import Delivery
-from p2pd.store import Store
+from p2pd.store import SCHEMA_VERSION, Store
 
 
 @pytest.fixture
@@ -96,6 +96,8 @@ def test_prune_by_count_keeps_the_newest(store):
 def test_expire_marks_only_overdue_pending(store):
     store.add_outbox("bob", 1, "a", "x", "ts", 0.0, 50.0)
     store.add_outbox("bob", 2, "b", "y", "ts", 0.0, 150.0)
+    assert store.expire(100.0) == []  # only peers with something unacknowledged are looked at
+    store.save_link("bob", 2, 0, 0, None)
     assert store.expire(100.0) == [("bob", 1, "a")]
     assert store.expire(100.0) == []
     assert {r["id"]: r["status"] for r in store.outbox()} == {"a": "expired", "b": "pending"}
@@ -336,3 +338,111 @@ def test_first_transmission_comes_from_memory_and_resends_from_the_store(store):
     d.on_ack("bob", 4, now=0.4, epoch=1.0)
     base, rows = d.due("bob", 0.5)
     assert (base, [r[1] for r in rows]) == (5, ["m5"])
+
+
+# The store format 1 tables (p2pd before the performance work), to test the migration.
+V1_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    peer_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',  -- 'pending' or 'expired'; delivered is seq <= links.out_acked
+    attempts INTEGER NOT NULL DEFAULT 0,  -- retransmissions
+    PRIMARY KEY (peer_id, seq),
+    UNIQUE (peer_id, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status, expires);
+CREATE TABLE IF NOT EXISTS messages (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    type TEXT NOT NULL,
+    peer_id TEXT,
+    sender_id TEXT NOT NULL,
+    sender_name TEXT NOT NULL,
+    target_id TEXT,
+    text TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    stored REAL NOT NULL,
+    UNIQUE (sender_id, peer_id, id)
+);
+CREATE INDEX IF NOT EXISTS messages_peer ON messages(peer_id, n);
+CREATE INDEX IF NOT EXISTS messages_stored ON messages(stored);
+CREATE TABLE IF NOT EXISTS links (
+    peer_id TEXT PRIMARY KEY,
+    out_seq INTEGER NOT NULL DEFAULT 0,
+    out_acked INTEGER NOT NULL DEFAULT 0,
+    in_seq INTEGER NOT NULL DEFAULT 0,
+    bcast_seq INTEGER,
+    in_epoch TEXT,
+    bcast_epoch TEXT
+);
+CREATE TABLE IF NOT EXISTS broadcasts (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    text TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS known (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    addr TEXT,
+    port INTEGER NOT NULL,
+    pub_port INTEGER NOT NULL,
+    updated REAL NOT NULL
+);
+"""
+
+
+def test_a_format_1_store_is_migrated_with_its_messages(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "store.db"
+    db = sqlite3.connect(path)
+    db.executescript(V1_SCHEMA)
+    db.execute("INSERT INTO messages(id, direction, type, peer_id, sender_id, sender_name, target_id, text, timestamp, stored) "
+               "VALUES ('m1', 'in', 'MESSAGE', 'bob', 'bob', 'bob', 'me', 'kept', 'ts', 1.0)")
+    db.execute("INSERT INTO outbox(peer_id, seq, id, text, timestamp, created, expires) VALUES ('bob', 1, 'o1', 'queued', 'ts', 1.0, 99.0)")
+    db.execute("INSERT INTO links(peer_id, out_seq) VALUES ('bob', 1)")
+    db.execute("INSERT INTO meta(key, value) VALUES ('epoch', 'e1')")
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+
+    s = Store(path)
+    assert s.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert [m["text"] for m in s.history()] == ["kept"]
+    assert [r["id"] for r in s.outbox()] == ["o1"] and s.epoch == "e1"
+    indexes = {r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type='index' AND name NOT LIKE 'sqlite_%'")}
+    assert indexes == {"messages_peer", "outbox_expired"}
+    assert s.add_message("in", "MESSAGE", "m1", "bob", "bob", "bob", "me", "again", "ts", 2.0) is False  # still unique
+    s.close()
+    assert [m["text"] for m in Store(path).history()] == ["kept"]  # opening again changes nothing
+
+
+def test_history_since_and_prune_by_age_find_the_boundary_by_number(store):
+    for i in range(100):
+        store.add_message("in", "MESSAGE", f"h{i}", "bob", "bob", "bob", "me", str(i), "ts", 1000.0 + i, defer=True)
+    assert [m["text"] for m in store.history(since=1097.5)] == ["98", "99"]
+    assert store.history(since=5000.0) == [] and len(store.history(since=0.0)) == 100
+    assert store.prune(now=1100.0 + 10, max_age_s=100.0, max_messages=10**6, budget=5) == 5  # bounded per call
+    assert store.prune(now=1100.0 + 10, max_age_s=100.0, max_messages=10**6) == 5
+    assert [m["text"] for m in store.history()][:1] == ["10"]
+
+
+def test_prune_takes_delivered_outbox_rows_in_order_and_never_pending_ones(store):
+    for seq in range(1, 11):
+        store.add_outbox("bob", seq, f"o{seq}", "x", "ts", float(seq), 10**9)
+    store.save_link("bob", 10, 6, 0, None)  # bob acknowledged 1..6
+    assert store.prune(now=1000.0, max_age_s=995.0, max_messages=100) == 4  # created before 5: seq 1..4
+    assert store.prune(now=1000.0, max_age_s=0.0, max_messages=100) == 2  # 5, 6; 7..10 are pending
+    assert [r["seq"] for r in store.outbox(("pending", "delivered", "expired"))] == [7, 8, 9, 10]
