@@ -124,11 +124,15 @@ class Cluster:
         new = [Daemon(self.base, f"{prefix}{len(self.daemons) + i}", config) for i in range(n)]
         self.daemons.extend(new)
         procs = [subprocess.Popen(d.start_cmd(*extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for d in new]
-        for d, p in zip(new, procs):
+        failures = []
+        for d, p in zip(new, procs):  # collect every one, so that close() can kill all that did start
             out, err = p.communicate(timeout=120)
-            if p.returncode != 0:
-                raise RuntimeError(f"p2pd start {d.name} failed ({p.returncode}): {err.strip()}")
-            d.started(out)
+            if p.returncode == 0:
+                d.started(out)
+            else:
+                failures.append(f"p2pd start {d.name} failed ({p.returncode}): {err.strip()}")
+        if failures:
+            raise RuntimeError("; ".join(failures))
         return new
 
     def close(self) -> None:

@@ -11,48 +11,51 @@ import os
 import sys
 from datetime import datetime
 
-import colorama
-
 _enabled = False
+_codes: dict[str, str] = {}  # colour name -> escape code, filled when colour is on
 
 
 def setup(no_color: bool = False) -> None:
     global _enabled
     _enabled = not no_color and "NO_COLOR" not in os.environ and sys.stdout.isatty()
-    if _enabled:
+    if _enabled:  # imported only when needed: most scripted runs never print colour
+        import colorama
+
         colorama.just_fix_windows_console()
+        _codes.update({name: getattr(colorama.Fore, name) for name in ("GREEN", "RED", "YELLOW", "CYAN", "MAGENTA")})
+        _codes.update(DIM=colorama.Style.DIM, BRIGHT=colorama.Style.BRIGHT, RESET=colorama.Style.RESET_ALL)
 
 
 def _c(color: str, text: str) -> str:
-    return f"{color}{text}{colorama.Style.RESET_ALL}" if _enabled else text
+    return f"{_codes[color]}{text}{_codes['RESET']}" if _enabled else text
 
 
 def green(t: str) -> str:
-    return _c(colorama.Fore.GREEN, t)
+    return _c("GREEN", t)
 
 
 def red(t: str) -> str:
-    return _c(colorama.Fore.RED, t)
+    return _c("RED", t)
 
 
 def yellow(t: str) -> str:
-    return _c(colorama.Fore.YELLOW, t)
+    return _c("YELLOW", t)
 
 
 def cyan(t: str) -> str:
-    return _c(colorama.Fore.CYAN, t)
+    return _c("CYAN", t)
 
 
 def magenta(t: str) -> str:
-    return _c(colorama.Fore.MAGENTA, t)
+    return _c("MAGENTA", t)
 
 
 def dim(t: str) -> str:
-    return _c(colorama.Style.DIM, t)
+    return _c("DIM", t)
 
 
 def bold(t: str) -> str:
-    return _c(colorama.Style.BRIGHT, t)
+    return _c("BRIGHT", t)
 
 
 STATE_COLOR = {"alive": green, "linking": yellow, "lost": red}

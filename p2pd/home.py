@@ -7,16 +7,11 @@ its socket - the long-running complaint against supervisor.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import secrets
 import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from .protocol import valid_name, valid_node_id
 
 ENV_HOME = "P2PD_HOME"
 IPC_PATH_MAX = 100  # sun_path is 104-108 bytes; leave room
@@ -37,9 +32,23 @@ def resolve_home(option: str | None) -> Path:
     return (Path(raw).expanduser() if raw else default_home()).absolute()
 
 
-@dataclass(frozen=True)
 class Home:
-    path: Path
+    """Where a node keeps its files.  (A plain class: p2pctl imports this on every run, and
+    dataclasses would add their import cost to each command.)"""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Home) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    def __repr__(self) -> str:
+        return f"Home({self.path!r})"
 
     @property
     def identity_file(self) -> Path:
@@ -79,7 +88,11 @@ class Home:
         direct = self.path / "control.sock"
         if len(str(direct)) <= IPC_PATH_MAX:
             return direct
-        digest = hashlib.sha256(str(self.path).encode()).hexdigest()[:20]
+        import tempfile
+
+        from .keys import sha256
+
+        digest = sha256(str(self.path).encode()).hexdigest()[:20]
         uid = os.getuid() if hasattr(os, "getuid") else 0
         return Path(tempfile.gettempdir()) / f"p2pd-{uid}" / f"{digest}.sock"
 
@@ -136,14 +149,16 @@ def _is_zombie(pid: int) -> bool:
         return False  # no /proc (macOS): os.kill's answer stands
 
 
-@dataclass
 class Identity:
-    id: str
-    name: str | None
+    __slots__ = ("id", "name")
+
+    def __init__(self, id: str, name: str | None):
+        self.id = id
+        self.name = name
 
 
 def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
@@ -156,6 +171,8 @@ def load_or_create_identity(home: Home, name: str | None, node_id: str | None = 
     A name given once (``--name``) is remembered too, so later restarts
     without the flag keep it.
     """
+    from .protocol import valid_name, valid_node_id
+
     ident = None
     try:
         data = json.loads(home.identity_file.read_text(encoding="utf-8"))
@@ -168,7 +185,7 @@ def load_or_create_identity(home: Home, name: str | None, node_id: str | None = 
         raise RuntimeError(f"identity file {home.identity_file} is unreadable ({e}); move it away to create a new identity") from None
     changed = ident is None
     if ident is None:
-        ident = Identity(secrets.token_hex(16), None)
+        ident = Identity(os.urandom(16).hex(), None)
     if name and name != ident.name:
         ident.name = name
         changed = True

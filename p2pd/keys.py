@@ -17,7 +17,6 @@ curve_keypair), passed in as a function, so this module imports no zmq.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -41,9 +40,25 @@ class KeyPair:
         return node_id_for(self.public)
 
 
+def _builtin_sha256():
+    """CPython's own SHA-256 where it has one: importing hashlib maps OpenSSL's
+    libcrypto into the daemon, about 3.4 MiB of RSS for one hash of a key."""
+    try:
+        from _sha256 import sha256 as impl  # CPython 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256 as impl  # CPython 3.12 and later
+        except ImportError:
+            from hashlib import sha256 as impl
+    return impl
+
+
+sha256 = _builtin_sha256()
+
+
 def node_id_for(public_key: str) -> str:
     """The node id that belongs to a public key."""
-    return hashlib.sha256(public_key.encode("ascii")).hexdigest()[:32]
+    return sha256(public_key.encode("ascii")).hexdigest()[:32]
 
 
 def key_file(home: Home) -> Path:

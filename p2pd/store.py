@@ -30,7 +30,7 @@ process; ``durability = "full"`` also survives power loss, at a cost.
 
 from __future__ import annotations
 
-import secrets
+import os
 import sqlite3
 from pathlib import Path
 
@@ -165,7 +165,7 @@ class Store:
         if self.epoch is None:
             # Names this store: a peer that sees another epoch knows our
             # numbering restarted (store lost or restored) and resynchronises.
-            self.epoch = secrets.token_hex(8)
+            self.epoch = os.urandom(8).hex()
             self.set_meta("epoch", self.epoch)
             self.commit()
 

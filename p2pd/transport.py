@@ -151,14 +151,6 @@ class Transport:
         self.router.setsockopt(zmq.MAXMSGSIZE, max_msg)
         self.router.setsockopt(zmq.LINGER, 0)
         self.port = _bind(self.router, s.host, s.port, "peer", "--port")
-
-        self.pub = self.ctx.socket(zmq.XPUB)
-        self._curve_server(self.pub)
-        self.pub.setsockopt(zmq.XPUB_VERBOSER, 1)
-        self.pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub_port = _bind(self.pub, s.host, s.effective_pub_port, "broadcast", "--pub-port")
-
         if self.keypair is not None:
             # Plaintext, answers only "what is your key?": lets `connect HOST PORT` work by trust on first use.
             self.keyport = self.ctx.socket(zmq.REP)
@@ -167,7 +159,23 @@ class Transport:
             if s.key_port is not None:
                 self.key_port = _bind(self.keyport, s.host, s.key_port, "key", "--key-port")
             else:  # by convention at peer port + 2, so `connect HOST PORT` can find it
-                self.key_port = _bind(self.keyport, s.host, self.port + 2, "key", "--key-port (default: port+2)")
+                for attempt in range(1, 21):
+                    try:
+                        self.key_port = _bind(self.keyport, s.host, self.port + 2, "key", "--key-port (default: port+2)")
+                        break
+                    except StartupError:
+                        if s.port or attempt == 20:
+                            raise
+                        # --port 0: the OS gave us a port whose +2 is taken; ask for another
+                        self.router.unbind(self.router.getsockopt_string(zmq.LAST_ENDPOINT))
+                        self.port = _bind(self.router, s.host, 0, "peer", "--port")
+
+        self.pub = self.ctx.socket(zmq.XPUB)
+        self._curve_server(self.pub)
+        self.pub.setsockopt(zmq.XPUB_VERBOSER, 1)
+        self.pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub_port = _bind(self.pub, s.host, s.effective_pub_port, "broadcast", "--pub-port")
 
         self.control = self.ctx.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.ROUTER_MANDATORY, 1)  # tells us when a watcher has gone
