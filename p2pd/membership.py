@@ -45,6 +45,7 @@ class Peer:
     msgs_out: int = 0
     key: str | None = None  # CURVE public key (secure mode)
     batch: bool = False  # its JOIN said it takes several envelopes per ZeroMQ message
+    boot: str | None = None  # its JOIN's run id: a new one means it restarted
     tokens: float = -1.0  # rate-limit bucket; -1: not started
     tokens_at: float = 0.0
     tags: set = field(default_factory=set)

@@ -20,8 +20,11 @@ The peer protocol (docs/PROTOCOL.md):
   peers with their addresses); a node links to every peer it learns of.  A
   peer that just joined is also pushed at once (at the next tick) to every
   other alive peer, so a new node meets the whole cluster in about one round
-  trip instead of one gossip interval.
-* Heartbeat: PING every ``heartbeat_interval_s``; any frame counts as life;
+  trip instead of one gossip interval (only a peer that introduced itself to
+  us: one we heard of by gossip is being spread by whoever told us).
+* Heartbeat: every ``heartbeat_interval_s``, PING each peer not heard from
+  within that interval (so of two idle peers usually only one asks, and a
+  busy link needs no PINGs); any frame counts as life;
   a peer silent past ``heartbeat_timeout_s`` is marked lost, its sockets are
   closed and it is retried with backoff until it answers or is forgotten.
 * Leave: LEAVE removes the sender at once.
@@ -30,6 +33,7 @@ The peer protocol (docs/PROTOCOL.md):
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 
@@ -99,6 +103,7 @@ class Node:
         self.started_wall = wall
         self.wall_offset = wall - now  # epoch = monotonic + offset, for timestamps
         self.table = Membership(node_id, settings.retry_min_s, settings.retry_max_s, settings.forget_after_s)
+        self.link_since: dict[str, float] = {}  # link key -> when we opened it
         self.links: dict[str, str] = {}  # link key -> router endpoint
         self.pending: dict[str, PendingConnect] = {}  # JOIN message id -> pending connect
         self.pings: dict[str, PendingPing] = {}
@@ -115,7 +120,11 @@ class Node:
         self._next_heartbeat = now
         self._next_gossip = now + settings.gossip_interval_s
         self._joined: list[str] = []  # peers that became alive since the last tick
+        # Peers whose JOIN reached us before any gossip did: new to the cluster as far as we know.
+        # Only those are pushed; a peer we heard of by gossip is being spread by whoever told us.
+        self._first_contact: set[str] = set()
         self.stopping = False
+        self.boot = os.urandom(4).hex()  # this run of the node: a peer that sees it change knows we restarted
         self._handlers = {
             P.MESSAGE: self._on_message,
             P.BROADCAST: self.msgs.on_broadcast,
@@ -138,9 +147,11 @@ class Node:
     def _msg(self, now: float, type_: str, data: dict | None = None, target: str | None = None) -> P.Message:
         return P.make(type_, self.id, self.name, self._epoch(now), data, target)
 
-    def _join(self, now: float, reply_to: str | None = None) -> P.Message:
+    def _join(self, now: float, reply_to: str | None = None, again: bool = False) -> P.Message:
         data = {"addr": self.address.addr, "port": self.address.port, "pub_port": self.address.pub_port, "reply_to": reply_to,
-                "key": self.trust.public_key, "batch": True, **self.msgs.beacon()}
+                "key": self.trust.public_key, "batch": True, "boot": self.boot, **self.msgs.beacon()}
+        if again:
+            data["again"] = True
         return self._msg(now, P.JOIN, data)
 
     def _peers_msg(self, now: float, exclude: str, peers: list[Peer] | None = None) -> P.Message:
@@ -175,13 +186,14 @@ class Node:
             for p in self.table.all()
         ])
 
-    def _ensure_link(self, peer: Peer) -> list:
+    def _ensure_link(self, now: float, peer: Peer) -> list:
         endpoint = peer.router_endpoint
         current = self.links.get(peer.id)
         if current == endpoint:
             return []
         acts = [CloseLink(peer.id)] if current is not None else []
         self.links[peer.id] = endpoint
+        self.link_since[peer.id] = now
         return acts + [OpenLink(peer.id, endpoint, self._server_key(peer))]
 
     def _server_key(self, peer: Peer) -> str | None:
@@ -194,6 +206,7 @@ class Node:
         return Unsubscribe(endpoint or peer.pub_endpoint, peer.id)
 
     def _close_link(self, key: str) -> list:
+        self.link_since.pop(key, None)
         return [CloseLink(key)] if self.links.pop(key, None) is not None else []
 
     def _send(self, key: str, msg: P.Message) -> Send:
@@ -213,11 +226,13 @@ class Node:
         return [SendBatch(key, msgs[k:k + P.MAX_BATCH]) for k in range(0, len(msgs), P.MAX_BATCH)]
 
     def _became_alive(self, now: float, peer: Peer) -> list:
-        acts = self._ensure_link(peer)
+        acts = self._ensure_link(now, peer)
         acts.append(self._sub(peer))
         acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id)))
         acts.append(self._save_peers())
-        self._joined.append(peer.id)  # pushed to the others at the next tick
+        if peer.id in self._first_contact:  # news to the cluster: pushed to the others at the next tick
+            self._first_contact.discard(peer.id)
+            self._joined.append(peer.id)
         a = peer.address
         self.store.remember_peer(peer.id, peer.name, a.addr, a.port, a.pub_port, self._epoch(now))
         log.info("peer joined: %s (%s) at %s", peer.name, peer.id[:12], peer.router_endpoint)
@@ -230,13 +245,14 @@ class Node:
             return None
         return self.trust.check_pin(f"{host}:{port}", key)
 
-    def _link_to(self, now: float, peer: Peer) -> list:
-        """Open (or reopen) a link to a known peer and introduce ourselves."""
+    def _link_to(self, now: float, peer: Peer, again: bool = False) -> list:
+        """Open (or reopen) a link to a known peer and introduce ourselves (``again``: we had lost it)."""
         acts = self._close_link(peer.id)
         if self.trust.may_link(peer.id, peer.key) is not None:
             return acts
         self.links[peer.id] = peer.router_endpoint
-        return acts + [OpenLink(peer.id, peer.router_endpoint, self._server_key(peer)), self._send(peer.id, self._join(now))]
+        self.link_since[peer.id] = now
+        return acts + [OpenLink(peer.id, peer.router_endpoint, self._server_key(peer)), self._send(peer.id, self._join(now, again=again))]
 
     # ------------------------------------------------------------------ start / stop
     def start(self, now: float, saved_peers: list, join_endpoints: list[str]) -> list:
@@ -410,8 +426,13 @@ class Node:
         address = P.PeerAddress(host, adv.port, adv.pub_port)
         old = self.table.get(msg.sender_id)
         old_pub = old.pub_endpoint if old is not None else None
+        if old is None:
+            self._first_contact.add(msg.sender_id)
         peer, _ = self.table.learn(msg.sender_id, msg.sender_name, address, now, key)
         peer.batch = msg.data.get("batch") is True
+        boot = msg.data.get("boot")
+        restarted = old is not None and old.boot is not None and boot != old.boot
+        peer.boot = boot
         acts: list = []
         reply_to = msg.data.get("reply_to")
         pc = self.pending.pop(reply_to, None) if reply_to else None
@@ -420,16 +441,17 @@ class Node:
                 acts += self._close_link(pc.key)
             else:
                 self.links[peer.id] = self.links.pop(pc.key)
+                self.link_since[peer.id] = self.link_since.pop(pc.key, now)
                 acts.append(RekeyLink(pc.key, peer.id))
             for b in self.bootstraps.values():
                 if b.endpoint == pc.endpoint:
                     b.peer_id = peer.id
-        if not reply_to and old is not None and peer.id in self.links:
+        if not reply_to and old is not None and peer.id in self.links and self._stale_link(now, peer, msg, restarted):
             # It introduced itself again: it restarted, or it stopped hearing us although ZeroMQ sees
             # our link as up (e.g. its ROUTER handed our routing id to another connection and left
             # ours open but unread).  A fresh connection heals both; the outbox resends what was lost.
             acts += self._close_link(peer.id)
-        acts += self._ensure_link(peer)
+        acts += self._ensure_link(now, peer)
         if old_pub is not None and old_pub != peer.pub_endpoint and old.state == ALIVE:
             acts += [self._unsub(peer, old_pub), self._sub(peer)]
         if not reply_to:
@@ -446,6 +468,19 @@ class Node:
         if pc is not None and pc.client is not None:
             acts.append(ToClient(pc.client, _ok(pc.req, {"peer": peer.describe(now)})))
         return acts
+
+    def _stale_link(self, now: float, peer: Peer, join: P.Message, restarted: bool) -> bool:
+        """Does a JOIN from a peer we are linked to mean our link to it is broken?
+
+        A p2pd peer says so: a new ``boot`` (it restarted) or ``again`` (it had
+        lost us).  Anything else is both of us dialling at once (gossip told
+        each of the other), and closing the link would only make both dial
+        again.  A peer that sends neither: assume broken unless we opened the
+        link moments ago.
+        """
+        if join.data.get("boot") is not None:
+            return restarted or join.data.get("again") is True
+        return now - self.link_since.get(peer.id, float("-inf")) > self.settings.heartbeat_interval_s
 
     def _on_leave(self, now: float, peer: Peer) -> list:
         self.table.remove(peer.id)
@@ -532,15 +567,18 @@ class Node:
                 acts += self.emit(now, "lost", peer=peer.describe(now))
         for peer in self.table.due_retries(now):
             log.debug("retrying %s at %s (next in %.0fs)", peer.name, peer.router_endpoint, peer.retry_backoff_s)
-            acts += self._link_to(now, peer)
+            acts += self._link_to(now, peer, again=True)
         for peer in self.table.forgettable(now):
             self.table.remove(peer.id)
             log.info("forgot %s (%s): unreachable for %.0fs", peer.name, peer.id[:12], now - peer.since)
             acts.append(self._save_peers())
         if now >= self._next_heartbeat:
-            self._next_heartbeat = now + self.settings.heartbeat_interval_s
+            interval = self.settings.heartbeat_interval_s
+            self._next_heartbeat = now + interval
             beacon = self.msgs.beacon()
             for peer in self.table.alive():
+                if peer.last_seen is not None and now - peer.last_seen < interval:
+                    continue  # heard from it within the interval (its own PING, a message): no need to ask
                 ping = self._msg(now, P.PING, beacon, target=peer.id)
                 self.pings[ping.id] = PendingPing(peer.id, now, deadline=now + timeout)
                 acts.append(self._send(peer.id, ping))
@@ -595,6 +633,7 @@ class Node:
         join = self._join(now)
         self.pending[join.id] = PendingConnect(key, endpoint, deadline, client, req, since, server_key)
         self.links[key] = endpoint
+        self.link_since[key] = now
         return [OpenLink(key, endpoint, server_key), self._send(key, join)]
 
     def _fail(self, client: bytes | None, req, code: str, text: str) -> list:

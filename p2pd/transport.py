@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import signal
 import struct
@@ -43,6 +44,7 @@ from . import control
 from . import protocol as P
 from .actions import (CloseLink, FetchKey, OpenLink, PinKey, Publish, PublishBatch, RekeyLink, SavePeers, Send, SendBatch, Shutdown,
                       Subscribe, ToClient, Unsubscribe)
+from .fdpoll import FdPoller
 from .home import Home, save_peer_book
 from .keys import known_peers
 from .node import SUB_TOPIC_PREFIX, Node
@@ -55,6 +57,7 @@ BATCH = 512  # frames per socket per loop turn: fairness between sockets
 # MESSAGEs plus control frames and up to one FETCH reply (1,000 BROADCASTs),
 # so 10,000 is never reached by a well-behaved node; if it is, the send is
 # counted as send_queue_full and the message is resent from the outbox.
+PEER_BOOK_EVERY_S = 1.0  # the peer book file is rewritten at most this often
 LINK_SNDHWM = 10_000
 # A PUB drops frames for a subscriber whose queue is full.  10,000 frames
 # (about 2.5 MB per subscriber) absorbs bursts; a subscriber that falls
@@ -104,9 +107,11 @@ class Transport:
         self.dealers: dict[str, zmq.Socket] = {}
         self.subs: dict[str, tuple[zmq.Socket, str]] = {}  # peer id -> (SUB socket, endpoint)
         self.key_fetches: dict[zmq.Socket, tuple[str, float]] = {}  # REQ socket -> (tag, deadline)
-        self.poller = zmq.Poller()
+        self.poller = FdPoller()
         self.handlers: dict = {}
-        self.drainers: set = set()  # sockets whose handler reads them itself (see _register)
+        self.drainers: set = set()
+        self._peer_book: list | None = None  # the newest peer book not yet written
+        self._peer_book_due = 0.0  # sockets whose handler reads them itself (see _register)
         self.key_port = 0
         self.monitors: list = []
         self.zap = None
@@ -249,10 +254,7 @@ class Transport:
             elif kind is FetchKey:
                 self._fetch_key(act.endpoint, act.tag, act.timeout_s)
             elif kind is SavePeers:
-                try:
-                    save_peer_book(self.home, act.peers)
-                except OSError as e:
-                    log.warning("cannot save peer book %s: %s", self.home.peers_file, e)
+                self._peer_book = act.peers  # written by _save_peer_book, at most once a second
             elif kind is Shutdown:
                 self.running = False
 
@@ -300,15 +302,12 @@ class Transport:
         self.handlers[sock] = handler
         if drains:
             self.drainers.add(sock)
-        self.poller.register(sock, zmq.POLLIN)
+        self.poller.register(sock)
 
     def _unregister(self, sock: zmq.Socket) -> None:
         self.handlers.pop(sock, None)
         self.drainers.discard(sock)
-        try:
-            self.poller.unregister(sock)
-        except KeyError:
-            pass
+        self.poller.unregister(sock)
 
     def _fetch_key(self, endpoint: str, tag: str, timeout_s: float = KEY_FETCH_TIMEOUT_S) -> None:
         sock = self.ctx.socket(zmq.REQ)
@@ -419,6 +418,18 @@ class Transport:
             else:
                 raise
 
+    def _save_peer_book(self, now: float, force: bool = False) -> None:
+        """Write the newest peer book if one is waiting.  A cluster forming changes it once per
+        peer, and each write is a file replace: coalesce them to one a second."""
+        if self._peer_book is None or (now < self._peer_book_due and not force):
+            return
+        try:
+            save_peer_book(self.home, self._peer_book)
+        except OSError as e:
+            log.warning("cannot save peer book %s: %s", self.home.peers_file, e)
+        self._peer_book = None
+        self._peer_book_due = now + PEER_BOOK_EVERY_S
+
     # ------------------------------------------------------------------ loop
     def _drain(self, sock: zmq.Socket, handle) -> None:
         for _ in range(BATCH):
@@ -485,8 +496,9 @@ class Transport:
         next_tick = 0.0
         while self.running:
             now = time.monotonic()
-            timeout_ms = max(0, int(min(node.next_deadline(now), max(0.0, next_tick - now)) * 1000))
-            for sock, _ in self.poller.poll(timeout_ms):
+            # Round up: rounding 0.9 ms down to 0 would spin the loop until the deadline.
+            timeout_ms = max(0, math.ceil(min(node.next_deadline(now), max(0.0, next_tick - now)) * 1000))
+            for sock in self.poller.poll(timeout_ms / 1000):
                 handler = self.handlers.get(sock)
                 if handler is None:
                     continue  # closed earlier in this turn
@@ -497,9 +509,11 @@ class Transport:
                         self._drain(sock, handler)
                 except Exception:  # a bug must not kill the node: log it and carry on
                     log.exception("error while handling input; continuing")
+                self.poller.done(sock)
             now = time.monotonic()
             try:
-                if now >= next_tick:
+                # The node's own deadline (a heartbeat) also runs tick: else poll(0) would spin until next_tick.
+                if now >= next_tick or node.next_deadline(now) <= 0:
                     next_tick = now + 0.05
                     out.extend(node.tick(now))
                     self._expire_key_fetches(now)
@@ -520,12 +534,17 @@ class Transport:
             if out:
                 self.apply(out)
                 out.clear()
+                for sock in (self.control, self.pub):  # we sent on these: see fdpoll.py
+                    self.poller.recheck(sock)
+            self._save_peer_book(now)
             if not self.running or stop_requested():
                 if not node.stopping:
                     self.apply(node.leave(time.monotonic()))
                 break
 
     def close(self) -> None:
+        self._save_peer_book(time.monotonic(), force=True)
+        self.poller.close()
         for mon in self.monitors:
             mon.close(linger=0)
         for sock in (self.router, self.pub, self.zap, self.keyport, *[s for s, _ in self.subs.values()], *self.key_fetches):

@@ -318,15 +318,29 @@ def test_a_new_peer_is_pushed_to_the_others_at_the_next_tick(net, pair):
 # ============================================================================ heartbeat
 
 
+def test_a_peer_heard_within_the_interval_is_not_pinged(net, pair):
+    """Two idle peers: whoever asks first also answers for the other; a busy link needs no PINGs at all."""
+    alice, bob = pair
+    for t in range(11):  # their heartbeats are half an interval apart, as two nodes started apart are
+        net.tick(float(t), alice)
+        net.tick(t + 0.5, bob)
+    assert len(net.sent("bob", "alice", P.PING)) == 0  # alice's PINGs (and bob's PONGs) keep both informed
+    assert len(net.sent("alice", "bob", P.PING)) == 10  # one per interval per pair, not one each way
+    for t in range(11, 21):  # bob sends alice a message every second: alice never has to ask
+        net.request(bob, t - 0.5, "send", peer="alice", text=f"m{t}")
+        net.tick(float(t), alice)
+    assert [t for t, _ in net.sent("alice", "bob", P.PING) if t > 10.5] == []
+
+
 def test_heartbeat_pings_each_interval_and_pong_sets_rtt(net, pair):
     alice, bob = pair
-    net.tick(0.0, alice)  # the first heartbeat is due at once
+    net.tick(0.0, alice)  # the first heartbeat is due at once, but bob was heard at 0.0 (linking)
     net.tick(0.5, alice)
-    net.tick(1.0, alice)
+    net.tick(1.0, alice)  # silent for a whole interval: asked
     net.tick(1.7, alice)
-    assert [t for t, _ in net.sent("alice", "bob", P.PING)] == [0.0, 1.0]
+    assert [t for t, _ in net.sent("alice", "bob", P.PING)] == [1.0]
     assert all(m.target_id == "bob-id" for _, m in net.sent("alice", "bob", P.PING))
-    assert len(net.sent("bob", "alice", P.PONG)) == 2
+    assert len(net.sent("bob", "alice", P.PONG)) == 1
     assert alice.table.get(bob.id).rtt_ms == 0.0
 
     net.tick(2.0, alice, flush=False)  # the PING is in flight ...
@@ -1026,3 +1040,20 @@ def test_batches_go_only_to_peers_that_announced_them(net, alice_bob):
     assert [type(a).__name__ for a in acts] == ["SendBatch", "SendBatch"] and [len(a.msgs) for a in acts] == [P.MAX_BATCH, 3]
     alice.table.get(bob.id).batch = False  # a simple peer that did not say so
     assert [type(a).__name__ for a in alice._send_many(bob.id, msgs[:3])] == ["Send"] * 3
+
+
+def test_a_join_from_a_linked_peer_reopens_the_link_only_when_it_restarted_or_lost_us():
+    """Both sides dialling at once (gossip told each of the other) must not tear down fresh links."""
+    alice = Node("alice-id", "alice", P.PeerAddress("10.0.0.1", 5001, 5002), FAST, 0.0, WALL)
+
+    def join(t: float, **data) -> list:
+        msg = P.make(P.JOIN, "bob-id", "bob", WALL, {"addr": "10.0.0.2", "port": 5003, "pub_port": 5004, **data})
+        return alice.on_router_frames(t, [b"bob-id", P.encode(msg)], "10.0.0.2")
+
+    join(0.0, boot="b1")
+    assert alice.table.get("bob-id").state == ALIVE
+    assert CloseLink("bob-id") not in join(5.0, boot="b1")  # the same run dialling us: keep our link
+    assert CloseLink("bob-id") in join(6.0, boot="b1", again=True)  # it had lost us
+    assert CloseLink("bob-id") in join(7.0, boot="b2")  # it restarted
+    assert CloseLink("bob-id") not in join(7.5)  # a simple peer, our link is half a second old
+    assert CloseLink("bob-id") in join(9.0)  # ... and now it is not
