@@ -539,6 +539,13 @@ class Node:
         pong = self._send(peer.id, self._msg(now, P.PONG, {"ping_id": msg.id}, target=peer.id))
         return [pong] + self.msgs.announced(now, peer, msg.data)
 
+    def ping_leaving(self, ping_id: str, now: float) -> None:
+        """The transport is about to put a PING on the wire: time the round trip from here, not
+        from when it was decided (the rest of that loop turn is not the network's doing)."""
+        pp = self.pings.get(ping_id)
+        if pp is not None:
+            pp.sent_at = now
+
     def _on_pong(self, now: float, msg: P.Message, peer: Peer) -> list:
         pp = self.pings.pop(msg.data["ping_id"], None)
         if pp is None or pp.peer_id != peer.id:

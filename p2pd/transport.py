@@ -211,6 +211,8 @@ class Transport:
                 sock = self.dealers.get(act.key)
                 if sock is None:
                     continue
+                if act.msg.type == P.PING:
+                    self.node.ping_leaving(act.msg.id, time.monotonic())
                 try:
                     sock.send(P.encode(act.msg), zmq.NOBLOCK)
                 except zmq.Again:
@@ -431,6 +433,19 @@ class Transport:
         self._peer_book_due = now + PEER_BOOK_EVERY_S
 
     # ------------------------------------------------------------------ loop
+    def _handle(self, sock: zmq.Socket) -> None:
+        handler = self.handlers.get(sock)
+        if handler is None:
+            return  # closed earlier in this turn
+        try:
+            if sock in self.drainers:
+                handler(sock)
+            else:
+                self._drain(sock, handler)
+        except Exception:  # a bug must not kill the node: log it and carry on
+            log.exception("error while handling input; continuing")
+        self.poller.done(sock)
+
     def _drain(self, sock: zmq.Socket, handle) -> None:
         for _ in range(BATCH):
             try:
@@ -498,18 +513,10 @@ class Transport:
             now = time.monotonic()
             # Round up: rounding 0.9 ms down to 0 would spin the loop until the deadline.
             timeout_ms = max(0, math.ceil(min(node.next_deadline(now), max(0.0, next_tick - now)) * 1000))
+            # One batch of input per turn, then commit and act: reading on for bigger
+            # transactions was measured slower (ACKs and replies wait, the peer idles).
             for sock in self.poller.poll(timeout_ms / 1000):
-                handler = self.handlers.get(sock)
-                if handler is None:
-                    continue  # closed earlier in this turn
-                try:
-                    if sock in self.drainers:
-                        handler(sock)
-                    else:
-                        self._drain(sock, handler)
-                except Exception:  # a bug must not kill the node: log it and carry on
-                    log.exception("error while handling input; continuing")
-                self.poller.done(sock)
+                self._handle(sock)
             now = time.monotonic()
             try:
                 # The node's own deadline (a heartbeat) also runs tick: else poll(0) would spin until next_tick.
