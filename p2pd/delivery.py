@@ -61,6 +61,7 @@ class LinkSeq:
     # first transmission takes them from here instead of reading back what
     # was just written.  Bounded; anything else comes from the store.
     fresh: deque = field(default_factory=deque)
+    sent_since_progress: int = 0  # messages handed to the link since the last ACK progress
 
 
 class Delivery:
@@ -125,6 +126,11 @@ class Delivery:
         ls = self.links.get(peer_id)
         if ls is None or ls.out_acked >= ls.out_seq:
             return 0, []
+        if ls.sent_since_progress >= 2 * self.window:
+            # Two windows queued and nothing acknowledged: a peer that is alive but reads nothing.
+            # Queue no more (each go-back would add a window to the link's queue) until an ACK
+            # or a new connection.
+            return 0, []
         in_flight = ls.next_send - 1 - ls.out_acked
         if in_flight > 0 and now - ls.last_progress > self.ack_timeout_s:
             ls.next_send = ls.out_acked + 1  # no progress: go back and resend in order
@@ -144,6 +150,7 @@ class Delivery:
             self.store.count_attempt(peer_id, rows[0][0], min(rows[-1][0], ls.sent_hi))
         ls.sent_hi = max(ls.sent_hi, rows[-1][0])
         ls.next_send = rows[-1][0] + 1
+        ls.sent_since_progress += len(rows)
         return base, rows
 
     def rewind(self, peer_id: str) -> None:
@@ -151,6 +158,7 @@ class Delivery:
         ls = self.links.get(peer_id)
         if ls is not None:
             ls.next_send = ls.out_acked + 1
+            ls.sent_since_progress = 0  # a new connection: what the old one queued is gone
 
     def on_ack(self, peer_id: str, upto: int, now: float, epoch: float, want_ids: bool = True) -> tuple[int, list[str]]:
         """Apply a cumulative ACK: (how many pending messages it covered, their ids if ``want_ids``).
@@ -166,6 +174,7 @@ class Delivery:
         ls.out_acked = upto
         ls.next_send = max(ls.next_send, upto + 1)
         ls.last_progress = now
+        ls.sent_since_progress = 0
         ls.dirty = True
         if want_ids:
             ids = self.store.mark_delivered(peer_id, upto, epoch, after_seq=previous)

@@ -152,8 +152,8 @@ class Messaging:
             self.store.add_message("out", P.BROADCAST, msg_id, None, node.id, node.name, None, text, timestamp, epoch, defer=True)
             ids.append(msg_id)
         node.stats["broadcasts_out"] += len(texts)
-        # One PUB reaches every subscriber alike: batch only if all our peers take batches.
-        if len(msgs) > 1 and all(p.batch for p in node.table.alive()):
+        # One PUB reaches every subscriber alike: batch only if every peer that may be subscribed takes batches.
+        if len(msgs) > 1 and all(p.batch for p in node.table.all() if p.subscribed or p.state == "alive"):
             return [PublishBatch(msgs[k:k + P.MAX_BATCH]) for k in range(0, len(msgs), P.MAX_BATCH)], ids
         return [Publish(m) for m in msgs], ids
 

@@ -536,7 +536,8 @@ class Node:
         return acts
 
     def _on_ping(self, now: float, msg: P.Message, peer: Peer) -> list:
-        pong = self._send(peer.id, self._msg(now, P.PONG, {"ping_id": msg.id}, target=peer.id))
+        # The PONG announces our broadcast numbers too: of two idle peers only one may PING.
+        pong = self._send(peer.id, self._msg(now, P.PONG, {"ping_id": msg.id, **self.msgs.beacon()}, target=peer.id))
         return [pong] + self.msgs.announced(now, peer, msg.data)
 
     def ping_leaving(self, ping_id: str, now: float) -> None:
@@ -547,14 +548,15 @@ class Node:
             pp.sent_at = now
 
     def _on_pong(self, now: float, msg: P.Message, peer: Peer) -> list:
+        announced = self.msgs.announced(now, peer, msg.data)
         pp = self.pings.pop(msg.data["ping_id"], None)
         if pp is None or pp.peer_id != peer.id:
-            return []
+            return announced
         rtt_ms = (now - pp.sent_at) * 1000.0
         peer.rtt_ms = rtt_ms
         if pp.client is not None:
-            return [ToClient(pp.client, _ok(pp.req, {"peer": peer.name, "id": peer.id, "rtt_ms": round(rtt_ms, 3)}))]
-        return []
+            return announced + [ToClient(pp.client, _ok(pp.req, {"peer": peer.name, "id": peer.id, "rtt_ms": round(rtt_ms, 3)}))]
+        return announced
 
     # ------------------------------------------------------------------ timers
     def next_deadline(self, now: float) -> float:

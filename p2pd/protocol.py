@@ -235,7 +235,7 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
     epoch = data.get("epoch")
     if epoch is not None and not (type(epoch) is str and _matches(epoch, _ID_RE)):
         raise ProtocolError("bad_field", "data.epoch must be an id string")
-    if type_ in (JOIN, PING):
+    if type_ in (JOIN, PING, PONG):
         _opt_seq(data, "bseq")
         _opt_seq(data, "boldest")
     if type_ == MESSAGE:

@@ -61,9 +61,13 @@ CREATE TABLE IF NOT EXISTS messages (
     text TEXT NOT NULL,
     timestamp TEXT NOT NULL,
     stored REAL NOT NULL,
-    UNIQUE (id, sender_id, peer_id)  -- id first: our ids start with the time, so inserts land at the end
+    dedupe INTEGER  -- 1: unique by id (see messages_dedupe); NULL: made unique by a sequence number
 );
 CREATE INDEX IF NOT EXISTS messages_peer ON messages(peer_id, n);
+-- Only rows nothing else keeps unique are indexed by id: messages from peers that send no
+-- sequence numbers.  Numbered messages are deduplicated by their number (delivery.py), our
+-- own by the outbox's (peer_id, id); one index fewer per stored message.
+CREATE UNIQUE INDEX IF NOT EXISTS messages_dedupe ON messages(id, sender_id, peer_id) WHERE dedupe IS NOT NULL;
 CREATE TABLE IF NOT EXISTS links (
     peer_id TEXT PRIMARY KEY,
     out_seq INTEGER NOT NULL DEFAULT 0,
@@ -96,14 +100,15 @@ CREATE TABLE IF NOT EXISTS known (
 
 
 _OUTBOX_INSERT = "INSERT INTO outbox(peer_id, seq, id, text, timestamp, created, expires) VALUES (?,?,?,?,?,?,?)"
-_MESSAGE_INSERT = ("INSERT OR IGNORE INTO messages(id, direction, type, peer_id, sender_id, sender_name, target_id, text, timestamp, stored) "
-                   "VALUES (?,?,?,?,?,?,?,?,?,?)")
+_MESSAGE_INSERT = ("INSERT OR IGNORE INTO messages(id, direction, type, peer_id, sender_id, sender_name, target_id, text, timestamp, stored, "
+                   "dedupe) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
 
 SCHEMA_VERSION = 2  # bump with a migration in MIGRATIONS whenever SCHEMA changes
 
 # Format 1 -> 2: fewer indexes to update per stored message (docs/PERFORMANCE.md):
 # no index on messages.stored or on outbox(status, expires), no AUTOINCREMENT,
-# the messages' unique key led by the id.
+# uniqueness by id only for messages that carry no sequence number (every
+# message kept from format 1 is marked so: its origin is not known).
 MIGRATIONS = {
     1: """
 DROP INDEX IF EXISTS outbox_status;
@@ -120,9 +125,9 @@ CREATE TABLE messages_v2 (
     text TEXT NOT NULL,
     timestamp TEXT NOT NULL,
     stored REAL NOT NULL,
-    UNIQUE (id, sender_id, peer_id)
+    dedupe INTEGER
 );
-INSERT INTO messages_v2 SELECT n, id, direction, type, peer_id, sender_id, sender_name, target_id, text, timestamp, stored FROM messages;
+INSERT INTO messages_v2 SELECT n, id, direction, type, peer_id, sender_id, sender_name, target_id, text, timestamp, stored, 1 FROM messages;
 DROP TABLE messages;
 ALTER TABLE messages_v2 RENAME TO messages;
 DELETE FROM sqlite_sequence WHERE name = 'messages';
@@ -346,13 +351,13 @@ class Store:
 
         ``defer=True`` queues the row for one batched insert and returns True
         without checking: for callers that already know it is new (numbered
-        by a sequence that rejected duplicates, or an id we just made).  A
-        duplicate id still cannot be stored twice (INSERT OR IGNORE).
+        by a sequence that rejected duplicates, or an id we just made).  Such
+        rows are not in the id index; the others are, and their id is unique.
         """
-        row = (msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now)
         if defer:
-            self._message_rows.append(row)
+            self._message_rows.append((msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now, None))
             return True
+        row = (msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now, 1)
         return self._write(_MESSAGE_INSERT, row).rowcount == 1
 
     def history(self, peer_id: str | None = None, since: float | None = None, limit: int = 0, direction: str | None = None) -> list[dict]:

@@ -1057,3 +1057,14 @@ def test_a_join_from_a_linked_peer_reopens_the_link_only_when_it_restarted_or_lo
     assert CloseLink("bob-id") in join(7.0, boot="b2")  # it restarted
     assert CloseLink("bob-id") not in join(7.5)  # a simple peer, our link is half a second old
     assert CloseLink("bob-id") in join(9.0)  # ... and now it is not
+
+
+def test_a_pong_announces_broadcast_numbers_too(net, pair):
+    """Of two idle peers only one may PING; the PONG carries the other's broadcast numbers."""
+    alice, bob = pair
+    net.request(bob, 0.5, "broadcast", text="one")
+    bob.msgs.delivery.bcast_seq += 1  # a broadcast that alice never received (lost on the PUB)
+    net.tick(2.0, alice)  # alice asks bob (silent for a while); bob does not ask alice
+    pong = net.sent("bob", "alice", P.PONG)[-1][1]
+    assert pong.data["bseq"] == 2
+    assert net.sent("alice", "bob", P.FETCH)  # alice noticed the gap from the PONG

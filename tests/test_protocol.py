@@ -547,3 +547,13 @@ def test_delivery_fields_are_optional_for_simple_peers():
     msg = P.decode(raw(envelope(type_=P.MESSAGE, data={"text": "x", "seq": 7, "base": 3}, target_id="b")))
     assert (msg.data["seq"], msg.data["base"]) == (7, 3)
     assert P.decode(raw(envelope(type_=P.FETCH, data={"since": 1700000000.5}, target_id="b"))).data["since"] == 1700000000.5
+
+
+@pytest.mark.parametrize("depth", [1025, 131_072])
+def test_deeply_nested_frames_are_refused_not_fatal(depth):
+    """A frame within max_frame_bytes but nested past 1024 levels is not JSON to us (older
+    orjson crashed the process on it: setup.cfg asks for a version that bounds nesting)."""
+    raw = b"[" * depth + b"]" * depth
+    with pytest.raises(P.ProtocolError) as e:
+        P.decode(raw, max_bytes=len(raw))
+    assert e.value.kind == "not_json"

@@ -423,7 +423,7 @@ def test_a_format_1_store_is_migrated_with_its_messages(tmp_path):
     assert [m["text"] for m in s.history()] == ["kept"]
     assert [r["id"] for r in s.outbox()] == ["o1"] and s.epoch == "e1"
     indexes = {r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type='index' AND name NOT LIKE 'sqlite_%'")}
-    assert indexes == {"messages_peer", "outbox_expired"}
+    assert indexes == {"messages_peer", "messages_dedupe", "outbox_expired"}
     assert s.add_message("in", "MESSAGE", "m1", "bob", "bob", "bob", "me", "again", "ts", 2.0) is False  # still unique
     s.close()
     assert [m["text"] for m in Store(path).history()] == ["kept"]  # opening again changes nothing
@@ -446,3 +446,15 @@ def test_prune_takes_delivered_outbox_rows_in_order_and_never_pending_ones(store
     assert store.prune(now=1000.0, max_age_s=995.0, max_messages=100) == 4  # created before 5: seq 1..4
     assert store.prune(now=1000.0, max_age_s=0.0, max_messages=100) == 2  # 5, 6; 7..10 are pending
     assert [r["seq"] for r in store.outbox(("pending", "delivered", "expired"))] == [7, 8, 9, 10]
+
+
+def test_a_peer_that_reads_nothing_gets_at_most_two_windows_queued(store):
+    d = Delivery(store, window=10, ack_timeout_s=1.0)
+    for i in range(1, 101):
+        d.enqueue("bob", f"m{i}", "x", "ts", 1.0)
+    sent = [len(d.due("bob", t)[1]) for t in (0.0, 1.5, 3.0, 4.5, 6.0)]
+    assert sent == [10, 10, 0, 0, 0]  # the first window, one go-back, then nothing more
+    d.on_ack("bob", 5, now=6.1, epoch=1.0)  # it read something after all
+    assert [r[0] for r in d.due("bob", 6.2)[1]] == list(range(11, 16))  # back to normal: fill the window
+    d.rewind("bob")  # or a new connection, whose queue starts empty
+    assert len(d.due("bob", 6.3)[1]) == 10
