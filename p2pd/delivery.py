@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from .store import Store
 
+_UNKNOWN = object()
 FETCH_MAX = 1000  # broadcasts replayed per FETCH request
 REORDER_MAX = 20_000  # early broadcasts held per origin while a gap is fetched
 
@@ -77,6 +78,7 @@ class Delivery:
                                           row["in_epoch"], row["bcast_epoch"], next_send=row["out_acked"] + 1)
         self.bcast_seq = max(int(store.get_meta("bcast_seq", "0")), store.newest_broadcast() or 0)
         self.bcast_dirty = False
+        self._oldest = _UNKNOWN  # oldest kept broadcast number, cached (see broadcast_window)
         self.early: dict[str, dict[int, tuple]] = {}  # origin -> bseq -> message fields
 
     def link(self, peer_id: str) -> LinkSeq:
@@ -221,13 +223,22 @@ class Delivery:
     def next_broadcast(self, msg_id: str, text: str, timestamp: str, epoch: float) -> int:
         self.bcast_seq += 1
         self.store.add_broadcast(self.bcast_seq, msg_id, text, timestamp, epoch)
+        if self._oldest is None:
+            self._oldest = self.bcast_seq  # our first kept broadcast
         self.bcast_dirty = True  # the counter is saved once per batch, by save()
         return self.bcast_seq
 
     def broadcast_window(self) -> tuple[int, int]:
-        """(oldest bseq we can still replay, latest bseq)."""
-        oldest = self.store.oldest_broadcast()
+        """(oldest bseq we can still replay, latest bseq).  Every PING and PONG carries it: the
+        oldest is looked up once and kept until pruning may have changed it."""
+        if self._oldest is _UNKNOWN:
+            self._oldest = self.store.oldest_broadcast()
+        oldest = self._oldest
         return (oldest if oldest is not None else self.bcast_seq + 1), self.bcast_seq
+
+    def pruned(self) -> None:
+        """Old broadcasts may have been deleted: look the oldest up again when next asked."""
+        self._oldest = _UNKNOWN
 
     def replay(self, from_seq: int, to_seq: int) -> list[tuple]:
         return self.store.broadcast_range(from_seq, min(to_seq, from_seq + FETCH_MAX - 1), FETCH_MAX)

@@ -46,6 +46,7 @@ class Peer:
     key: str | None = None  # CURVE public key (secure mode)
     batch: bool = False  # its JOIN said it takes several envelopes per ZeroMQ message
     boot: str | None = None  # its JOIN's run id: a new one means it restarted
+    learned: float = 0.0  # when we first heard of it (monotonic)
     tokens: float = -1.0  # rate-limit bucket; -1: not started
     tokens_at: float = 0.0
     tags: set = field(default_factory=set)
@@ -67,6 +68,8 @@ class Peer:
             "router": self.router_endpoint,
             "pub": self.pub_endpoint,
             "state": self.state,
+            "state_for_s": round(now - self.since, 3),
+            "known_for_s": round(now - self.learned, 3),
             "last_seen_s": None if self.last_seen is None else round(now - self.last_seen, 3),
             "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
             "subscribed": self.subscribed,
@@ -155,7 +158,7 @@ class Membership:
         """Record a peer (from JOIN, PEERS or connect). Returns (peer, is_new)."""
         peer = self._peers.get(peer_id)
         if peer is None:
-            peer = Peer(peer_id, name, address, LINKING, since=now, key=key)
+            peer = Peer(peer_id, name, address, LINKING, since=now, key=key, learned=now)
             peer.subscribed = peer_id in self._subscribed_ids
             self._peers[peer_id] = peer
             return peer, True

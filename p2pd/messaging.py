@@ -278,6 +278,7 @@ class Messaging:
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY_S
             pruned = self.store.prune(node._epoch(now), self.settings.retention_s, self.settings.max_stored_messages)
+            self.delivery.pruned()
             if pruned:
                 log.info("pruned %d old rows from the store", pruned)
         return acts

@@ -299,6 +299,8 @@ def test_describe(table):
         "router": "tcp://[::1]:5000",
         "pub": "tcp://[::1]:5001",
         "state": ALIVE,
+        "state_for_s": 2.5,  # alive since 10.0
+        "known_for_s": 2.5,  # learned at 10.0
         "last_seen_s": 2.5,
         "rtt_ms": 1.235,
         "subscribed": False,
