@@ -25,7 +25,7 @@ SIZES = {
     "quick": {"direct": 30_000, "raw_acked": 50_000, "ping": 1_000, "raw_ping": 2_000, "broadcast": 10_000, "raw_fanout": 20_000,
               "discovery": [10, 20, 40], "failure_nodes": 5, "footprint_peers": 10, "sends": 10},
     "full": {"direct": 200_000, "raw_acked": 200_000, "ping": 5_000, "raw_ping": 10_000, "broadcast": 50_000, "raw_fanout": 100_000,
-             "discovery": [10, 20, 40], "failure_nodes": 10, "footprint_peers": 20, "sends": 20},
+             "discovery": [10, 20, 40], "discovery_insecure": 40, "failure_nodes": 10, "footprint_peers": 20, "sends": 20},
 }
 
 
@@ -84,6 +84,8 @@ def measure(size: dict, rounds: int) -> tuple[dict, list]:
     r["discovery"] = {}
     for n in size["discovery"]:
         step(r["discovery"], errors, n, w.discovery, n)
+    if size.get("discovery_insecure"):  # how much of it is CURVE: the same with plaintext links
+        step(r, errors, "discovery_insecure", w.discovery, size["discovery_insecure"], "--insecure")
     step(r, errors, "failure", w.failure_detection, size["failure_nodes"])
     step(r, errors, "footprint", w.footprint, size["footprint_peers"], size["sends"])
     return r, errors
@@ -122,6 +124,9 @@ def table(r: dict) -> list[tuple[str, str, str, str, str]]:
             goal = f"<= 3 s: {verdict(disc['seconds'] <= 3)}" if n == 40 else ""
             rows.append((f"discovery, chain of {n}: all listed", f"{disc['seconds']:.2f} s", "", "", goal))
             rows.append(("  ... all linked both ways", f"{disc['alive_s']:.2f} s", "", "", ""))
+    di = r.get("discovery_insecure")
+    if di:
+        rows.append((f"  (chain of {di['nodes']}, --insecure)", f"{di['seconds']:.2f} / {di['alive_s']:.2f} s", "", "", "listed / linked"))
     f = r.get("failure")
     if f:
         rows.append((f"failure detection, {f['nodes']} nodes", f"{f['first_s']:.2f}-{f['last_s']:.2f} s", f"timeout {f['timeout_s']:g} s",

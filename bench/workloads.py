@@ -112,12 +112,12 @@ def broadcast(n: int, receivers: int = 10, batch: int = 1000) -> dict:
 # ---------------------------------------------------------------------------- discovery
 
 
-def discovery(n: int) -> dict:
+def discovery(n: int, *extra: str) -> dict:
     """``n`` daemons, each told only of the previous one (all told at once, as a cluster booting
     from a list would be): seconds until every one lists all the others (``seconds``), and until
     every one is linked both ways with all the others (``alive_s``)."""
     with Cluster() as c:
-        ds = c.add(n)
+        ds = c.add(n, extra=extra)
         for d in ds:
             d.client()  # connect the control clients before the clock starts
         t0 = time.perf_counter()
@@ -182,25 +182,26 @@ def failure_detection(n: int = 5) -> dict:
 def footprint(peers: int = 20, sends: int = 20) -> dict:
     """Idle RSS of a daemon, extra RSS per linked peer, and the wall time of one `p2pctl send`."""
     with Cluster() as c:
-        hub, = c.add(1)
+        hub, bob = c.add(2)
         time.sleep(1.0)  # let it settle before reading its size; not a synchronisation
         idle = rss_bytes(hub.pid)
-        others = c.add(peers)
-        for d in others:
-            d.call("connect", host="127.0.0.1", port=hub.port)
-        wait_until(lambda: sum(1 for p in hub.peers() if p["state"] == "alive" and p["subscribed"]) == peers, 60, 0.02,
-                   what=f"{peers} peers linked to the hub")
-        hub.call("ping", peer=others[0].id)
-        linked = rss_bytes(hub.pid)
-        walls = []
+        link(hub, bob)
+        walls = []  # timed with one peer: a crowd of idle daemons would be timed too
         env = dict(os.environ, NO_COLOR="1")
         for i in range(sends):
             t = time.perf_counter()
-            proc = subprocess.run([*P2PCTL, "--home", str(hub.home), "send", others[0].id, f"hello {i}"],
+            proc = subprocess.run([*P2PCTL, "--home", str(hub.home), "send", bob.id, f"hello {i}"],
                                   capture_output=True, text=True, timeout=30, env=env)
             walls.append((time.perf_counter() - t) * 1000.0)
             if proc.returncode != 0:
                 raise RuntimeError(f"p2pctl send failed: {proc.stderr.strip()}")
+        one = rss_bytes(hub.pid)
+        others = c.add(peers - 1)
+        for d in others:
+            d.call("connect", host="127.0.0.1", port=hub.port)
+        wait_until(lambda: sum(1 for p in hub.peers() if p["state"] == "alive" and p["subscribed"]) == peers, 60, 0.02,
+                   what=f"{peers} peers linked to the hub")
+        linked = rss_bytes(hub.pid)
         return {"idle_rss_mib": idle / MiB, "linked_rss_mib": linked / MiB, "peers": peers,
-                "per_peer_kib": (linked - idle) / peers / 1024, "send_wall_ms_p50": statistics.median(walls),
+                "per_peer_kib": (linked - one) / (peers - 1) / 1024, "send_wall_ms_p50": statistics.median(walls),
                 "send_wall_ms_min": min(walls)}
