@@ -186,10 +186,17 @@ class Messaging:
         if dup:
             self.node.stats["duplicates_dropped"] += 1
         acts = self._fetch(now, peer, want) if want else []
+        # Broadcasts stay in the id index: a backlog asked for with `connect --since` restarts the
+        # numbering below what was delivered live, and only the id tells those apart.  Live ones are
+        # new by their number (one batched insert); a replayed one is checked as it is stored.
+        checked = bool(msg.data.get("replay"))
         for msg_id, sender_id, sender_name, timestamp, text in ready:
-            self.store.add_message("in", P.BROADCAST, msg_id, sender_id, sender_id, sender_name, None, text, timestamp,
-                                   self.node._epoch(now), defer=True)  # new by its broadcast number
-            acts += self._delivered_in(now, msg_id, P.BROADCAST, sender_id, sender_name, timestamp, text, None)
+            stored = self.store.add_message("in", P.BROADCAST, msg_id, sender_id, sender_id, sender_name, None, text, timestamp,
+                                            self.node._epoch(now), defer=not checked, dedupe=True)
+            if stored:
+                acts += self._delivered_in(now, msg_id, P.BROADCAST, sender_id, sender_name, timestamp, text, None)
+            else:
+                self.node.stats["duplicates_dropped"] += 1
         return acts
 
     def _fetch(self, now: float, peer, rng: tuple[int, int]) -> list:

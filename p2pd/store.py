@@ -346,16 +346,18 @@ class Store:
 
     # ------------------------------------------------------------------ conversation
     def add_message(self, direction: str, type_: str, msg_id: str, peer_id: str | None, sender_id: str, sender_name: str,
-                    target_id: str | None, text: str, timestamp: str, now: float, defer: bool = False) -> bool:
+                    target_id: str | None, text: str, timestamp: str, now: float, defer: bool = False, dedupe: bool = False) -> bool:
         """Store one message; False if a message with this id is already stored.
 
         ``defer=True`` queues the row for one batched insert and returns True
         without checking: for callers that already know it is new (numbered
         by a sequence that rejected duplicates, or an id we just made).  Such
-        rows are not in the id index; the others are, and their id is unique.
+        rows are not in the id index unless ``dedupe``; the others are, and
+        their id is unique.
         """
         if defer:
-            self._message_rows.append((msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now, None))
+            self._message_rows.append((msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now,
+                                       1 if dedupe else None))
             return True
         row = (msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now, 1)
         return self._write(_MESSAGE_INSERT, row).rowcount == 1
