@@ -488,7 +488,11 @@ class Transport:
                         user_id = last.get("User-Id")
                     except zmq.ZMQError:
                         pass
-                out.extend(node.on_router_frames(monotonic(), [f.bytes for f in frames], partial(_peer_address, last), user_id))
+                acts = node.on_router_frames(monotonic(), [f.bytes for f in frames], partial(_peer_address, last), user_id)
+                if len(acts) == 1 and type(acts[0]) is Send and acts[0].msg.type == P.PONG:
+                    self.apply(acts)  # a PONG tells nothing stored: it need not wait for the turn's commit
+                else:
+                    out.extend(acts)
 
         def on_pub(frames):
             out.extend(node.on_subscription(time.monotonic(), frames[0].bytes))
