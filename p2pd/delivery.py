@@ -63,6 +63,8 @@ class LinkSeq:
     # was just written.  Bounded; anything else comes from the store.
     fresh: deque = field(default_factory=deque)
     sent_since_progress: int = 0  # messages handed to the link since the last ACK progress
+    short_since: float | None = None  # since when heartbeats show broadcasts we lack, with none arriving
+    short_at: int = 0  # our bcast_seq then
 
 
 class Delivery:
@@ -252,8 +254,11 @@ class Delivery:
             ls.dirty = True
 
     def announced(self, origin: str, latest: int, oldest: int, now: float, fetch_timeout_s: float,
-                  epoch: str | None = None) -> tuple[int, int] | None:
-        """An origin told us its latest/oldest bseq: returns a (from, to) range to FETCH, if any."""
+                  epoch: str | None = None, patience_s: float = 0.0) -> tuple[int, int] | None:
+        """An origin told us its latest/oldest bseq: returns a (from, to) range to FETCH, if any.
+
+        With ``patience_s``, a shortfall is fetched only once it has lasted that long (the
+        broadcasts may still be on their way); the first notice only starts the clock."""
         ls = self.link(origin)
         self._check_epoch(ls, epoch)
         if ls.bcast_seq is None:
@@ -264,7 +269,14 @@ class Delivery:
             ls.bcast_seq = oldest - 1  # pruned at the origin: cannot be had any more
             ls.dirty = True
         if latest > ls.bcast_seq:
+            if patience_s > 0:
+                if ls.short_since is None or ls.bcast_seq > ls.short_at:  # first notice, or they are arriving
+                    ls.short_since, ls.short_at = now, ls.bcast_seq
+                    return None
+                if now - ls.short_since < patience_s:
+                    return None
             return self._want(ls, latest, now, fetch_timeout_s)
+        ls.short_since = None
         return None
 
     def since(self, origin: str, from_seq: int) -> None:

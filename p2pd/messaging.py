@@ -204,13 +204,16 @@ class Messaging:
         log.debug("fetching broadcasts %d..%d from %s", rng[0], rng[1], peer.name)
         return [self.node._send(peer.id, self.node._msg(now, P.FETCH, {"from": rng[0], "to": rng[1]}, target=peer.id))]
 
-    def announced(self, now: float, peer, data: dict) -> list:
-        """JOIN or PING told us the peer's broadcast numbers: fetch any we missed."""
+    def announced(self, now: float, peer, data: dict, patience_s: float = 0.0) -> list:
+        """JOIN, PING or PONG told us the peer's broadcast numbers: fetch any we missed.
+
+        ``patience_s``: a heartbeat can overtake broadcasts still on their way through the
+        PUB, so a shortfall it shows is fetched only if it is still there that much later."""
         latest, oldest = data.get("bseq"), data.get("boldest")
         if latest is None:
             return []
         want = self.delivery.announced(peer.id, latest, oldest if oldest is not None else 1, now, self.settings.ack_timeout_s,
-                                       data.get("epoch"))
+                                       data.get("epoch"), patience_s)
         return self._fetch(now, peer, want) if want else []
 
     def on_ack(self, now: float, msg: P.Message, peer) -> list:

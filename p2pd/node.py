@@ -538,7 +538,7 @@ class Node:
     def _on_ping(self, now: float, msg: P.Message, peer: Peer) -> list:
         # The PONG announces our broadcast numbers too: of two idle peers only one may PING.
         pong = self._send(peer.id, self._msg(now, P.PONG, {"ping_id": msg.id, **self.msgs.beacon()}, target=peer.id))
-        return [pong] + self.msgs.announced(now, peer, msg.data)
+        return [pong] + self.msgs.announced(now, peer, msg.data, patience_s=self.settings.ack_timeout_s)
 
     def ping_leaving(self, ping_id: str, now: float) -> None:
         """The transport is about to put a PING on the wire: time the round trip from here, not
@@ -548,7 +548,7 @@ class Node:
             pp.sent_at = now
 
     def _on_pong(self, now: float, msg: P.Message, peer: Peer) -> list:
-        announced = self.msgs.announced(now, peer, msg.data)
+        announced = self.msgs.announced(now, peer, msg.data, patience_s=self.settings.ack_timeout_s)
         pp = self.pings.pop(msg.data["ping_id"], None)
         if pp is None or pp.peer_id != peer.id:
             return announced

@@ -458,3 +458,14 @@ def test_a_peer_that_reads_nothing_gets_at_most_two_windows_queued(store):
     assert [r[0] for r in d.due("bob", 6.2)[1]] == list(range(11, 16))  # back to normal: fill the window
     d.rewind("bob")  # or a new connection, whose queue starts empty
     assert len(d.due("bob", 6.3)[1]) == 10
+
+
+def test_a_heartbeat_shortfall_is_fetched_only_if_nothing_arrives_meanwhile(store):
+    """A PING or PONG can overtake broadcasts still queued in the PUB: wait before fetching."""
+    d = Delivery(store)
+    d.announced("alice", 10, 1, 0.0, 2.0)  # first contact at 10
+    assert d.announced("alice", 50, 1, 1.0, 2.0, patience_s=2.0) is None  # 11..50 may be on their way
+    d.on_broadcast("alice", 11, ("b11", "alice", "alice", "ts", "x"), 1.5, 2.0)
+    assert d.announced("alice", 50, 1, 3.2, 2.0, patience_s=2.0) is None  # one arrived: still flowing, wait again
+    assert d.announced("alice", 50, 1, 5.3, 2.0, patience_s=2.0) == (12, 50)  # nothing for 2 s: fetch
+    assert d.announced("alice", 60, 1, 5.4, 2.0) is None  # a FETCH is in flight
