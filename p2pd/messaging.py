@@ -33,6 +33,7 @@ from .store import Store
 log = logging.getLogger("p2pd.messaging")
 
 EXPIRE_EVERY_S = 1.0
+CLOCK_SLACK_S = 300.0  # how far another node's clock may be ahead of ours, for `connect --since`
 PRUNE_EVERY_S = 60.0
 
 
@@ -60,6 +61,7 @@ class Messaging:
         self.delivery = Delivery(store, settings.send_window, settings.ack_timeout_s, settings.message_expiry_s)
         self.waiters: dict[str, Waiter] = {}
         self.since_wanted: dict[str, float] = {}
+        self.replay_seen: dict[str, tuple[set, int]] = {}  # origin -> (ids delivered live, bseq the replay must pass)
         self._next_expire = 0.0
         self._next_prune = 0.0
 
@@ -177,26 +179,31 @@ class Messaging:
         if bseq is None:
             return self._delivered_in(now, msg.id, msg.type, msg.sender_id, msg.sender_name, msg.timestamp, msg.data["text"], None) if self._store_in(now, msg) else []
         if msg.data.get("replay") and peer.id in self.since_wanted:
-            del self.since_wanted[peer.id]
+            since_epoch = self.since_wanted.pop(peer.id)
             ls = self.delivery.link(peer.id)
             if ls.bcast_seq is None or bseq <= ls.bcast_seq:
+                # The backlog is numbered from below what was delivered live since first contact:
+                # those come again, and only their ids tell them apart.  Remember the ids stored
+                # from this origin since then, until the replay has passed where we were.
+                seen = self.store.broadcast_ids_since(peer.id, since_epoch - CLOCK_SLACK_S)
+                self.replay_seen[peer.id] = (seen, ls.bcast_seq or 0)
                 self.delivery.since(peer.id, bseq)
         fields = (msg.id, msg.sender_id, msg.sender_name, msg.timestamp, msg.data["text"])
         ready, want, dup = self.delivery.on_broadcast(peer.id, bseq, fields, now, self.settings.ack_timeout_s, msg.data.get("epoch"))
         if dup:
             self.node.stats["duplicates_dropped"] += 1
         acts = self._fetch(now, peer, want) if want else []
-        # Broadcasts stay in the id index: a backlog asked for with `connect --since` restarts the
-        # numbering below what was delivered live, and only the id tells those apart.  Live ones are
-        # new by their number (one batched insert); a replayed one is checked as it is stored.
-        checked = bool(msg.data.get("replay"))
+        replay = self.replay_seen.get(peer.id)
         for msg_id, sender_id, sender_name, timestamp, text in ready:
-            stored = self.store.add_message("in", P.BROADCAST, msg_id, sender_id, sender_id, sender_name, None, text, timestamp,
-                                            self.node._epoch(now), defer=not checked, dedupe=True)
-            if stored:
-                acts += self._delivered_in(now, msg_id, P.BROADCAST, sender_id, sender_name, timestamp, text, None)
-            else:
-                self.node.stats["duplicates_dropped"] += 1
+            if replay is not None and msg_id in replay[0]:
+                self.node.stats["duplicates_dropped"] += 1  # delivered live before the backlog was asked for
+                continue
+            # New by its number: queued for the turn's batched insert, outside the id index.
+            self.store.add_message("in", P.BROADCAST, msg_id, sender_id, sender_id, sender_name, None, text, timestamp,
+                                   self.node._epoch(now), defer=True)
+            acts += self._delivered_in(now, msg_id, P.BROADCAST, sender_id, sender_name, timestamp, text, None)
+        if replay is not None and self.delivery.link(peer.id).bcast_seq >= replay[1]:
+            del self.replay_seen[peer.id]  # the replay has caught up with what was delivered live
         return acts
 
     def _fetch(self, now: float, peer, rng: tuple[int, int]) -> list:

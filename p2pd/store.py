@@ -362,6 +362,11 @@ class Store:
         row = (msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now, 1)
         return self._write(_MESSAGE_INSERT, row).rowcount == 1
 
+    def broadcast_ids_since(self, origin: str, when: float) -> set[str]:
+        """Ids of the broadcasts from ``origin`` stored at or after ``when`` (walks that origin's rows by number)."""
+        return {r[0] for r in self._read("SELECT id FROM messages WHERE peer_id=? AND n>=? AND direction='in' AND type='BROADCAST'",
+                                         (origin, self._first_n_stored_at(when)))}
+
     def history(self, peer_id: str | None = None, since: float | None = None, limit: int = 0, direction: str | None = None) -> list[dict]:
         where, args = [], []
         if peer_id is not None:
