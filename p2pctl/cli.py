@@ -331,6 +331,29 @@ def stop(ctx):
         ctx.out({"stopped": True, "pid": pid}, f"p2pd stopped (pid {pid})")
 
 
+@main.command()
+@click.option("-n", "--lines", "lines", type=click.IntRange(min=0), default=50, show_default=True, help="How many of the last lines to print.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as the daemon writes them (Ctrl-C stops); follows a rotated log.")
+@command
+def logs(ctx, lines, follow):
+    """Print the daemon's log (HOME/p2pd.log), like tail; the daemon need not be running."""
+    from p2pd.home import Home, resolve_home
+
+    from .logtail import follow_lines, last_lines
+
+    path = Home(resolve_home(ctx.home)).log_file
+    if not path.exists() and not follow:
+        click.echo(render.error(f"no log at {path}: has a node run with this home? (p2pd start --home {path.parent})"), err=True)
+        sys.exit(1)
+    for line in last_lines(path, lines):
+        click.echo(line)
+    if follow:
+        sys.stdout.flush()
+        for line in follow_lines(path):
+            click.echo(line)
+            sys.stdout.flush()  # a pipe (| grep) sees each line as it comes
+
+
 @main.group()
 def trust():
     """Closed networks: the keys in authorized_keys (allowlist mode when any is listed).
