@@ -1,3 +1,3 @@
 from .cli import main
 
-main()
+main(prog_name="p2pd")  # the same name (usage lines, completion variable) as the installed script
