@@ -117,7 +117,7 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
         click.echo(f"  connect    {info['connect']}   (give this to peers: p2pctl connect '<it>')")
     else:
         click.echo("  security   INSECURE: plaintext, unauthenticated links")
-    click.echo(f"  log        {info['log_file']}   (tail -f it, or: p2pctl --home {h.path} watch)")
+    click.echo(f"  log        {info['log_file']}   (follow it: p2pctl --home {h.path} logs -f)")
 
 
 @main.command()
