@@ -18,6 +18,7 @@ import sys
 import time
 
 from . import protocol as P
+from . import sdnotify
 from .home import Home, load_or_create_identity, load_peer_book, pid_alive
 from .node import WILDCARD_HOSTS, Node
 from .settings import Settings, parse_host_port
@@ -143,7 +144,10 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> int:
             }
             joins = [P.tcp_endpoint(*parse_host_port(j)) for j in settings.join]
             transport.apply(node.start(now, load_peer_book(home), joins))
+            # The control socket is bound and the loop starts now: requests sent meanwhile wait in it.
+            sdnotify.notify(f"READY=1\nSTATUS=serving on {extra['router']}, control {home.control_endpoint}\nMAINPID={os.getpid()}")
             transport.run(node, extra)
+            sdnotify.notify("STOPPING=1")
             exit_code = transport.exit_code
             log.info("stopped" if not exit_code else "stopped after a fatal error")
         finally:

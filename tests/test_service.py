@@ -1,0 +1,82 @@
+"""Running under systemd: readiness (sd_notify) and the unit files in configs/."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import P2PD, P2PCTL, FAST_CONFIG
+
+from p2pd import sdnotify
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+needs_unix = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="sd_notify uses a unix datagram socket")
+
+
+def listener(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(30)  # bounded: every wait below ends
+    return sock
+
+
+@needs_unix
+def test_notify_sends_one_datagram_or_nothing(tmp_path, monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert sdnotify.notify("READY=1") is False  # not under systemd: nothing to do
+    sock = listener(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    assert sdnotify.notify("READY=1") is True
+    assert sock.recv(4096) == b"READY=1"
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
+    assert sdnotify.notify("READY=1") is False  # an error is not fatal
+    sock.close()
+
+
+@needs_unix
+def test_foreground_daemon_says_ready_once_it_answers_and_stopping_on_sigterm(tmp_path):
+    home = tmp_path / "svc"
+    home.mkdir()
+    (home / "p2pd.toml").write_text(FAST_CONFIG)
+    sock = listener(tmp_path / "notify")
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify")}
+    proc = subprocess.Popen([*P2PD, "start", "--foreground", "--home", str(home), "--port", "0", "--name", "svc"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ready = sock.recv(4096).decode()
+        assert ready.startswith("READY=1\n") and f"MAINPID={proc.pid}" in ready and "STATUS=serving" in ready, ready
+        # READY means requests are answered from now on
+        status = subprocess.run([*P2PCTL, "--home", str(home), "status"], capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0, status.stderr
+        proc.send_signal(signal.SIGTERM)  # what systemctl stop sends
+        assert sock.recv(4096) == b"STOPPING=1"
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        sock.close()
+
+
+@pytest.mark.parametrize("unit", ["p2pd.service", "p2pd-user.service"])
+def test_unit_files(unit):
+    cfg = configparser.ConfigParser(strict=False, interpolation=None)
+    cfg.optionxform = str
+    cfg.read(CONFIGS / unit)
+    service = cfg["Service"]
+    assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
+    assert " start --foreground" in service["ExecStart"]
+    assert service["KillSignal"] == "SIGTERM" and service["Restart"] == "on-failure"
+    assert service["RestartPreventExitStatus"] == "6"  # exitcodes.CONFLICT: retrying cannot help
+    assert cfg["Install"]["WantedBy"]
+
+
+def test_logrotate_snippet_needs_no_copytruncate():
+    """p2pd reopens a renamed log by itself, so rotation by renaming loses no line."""
+    lines = [ln.strip() for ln in (CONFIGS / "p2pd.logrotate").read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert lines[0].startswith("/var/lib/p2pd/p2pd.log") and "copytruncate" not in lines
