@@ -79,7 +79,8 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
         _fail(str(e), exitcodes.USAGE)
     if foreground or daemonized:
         try:
-            code = run_foreground(h, settings, log_to_stderr=not daemonized)
+            code = run_foreground(h, settings, log_to_stderr=not daemonized,
+                                  read_settings=lambda: build(load_file(cfg_file) if cfg_file else {}, overrides))
         except AlreadyRunning as e:
             _fail(str(e), exitcodes.CONFLICT)
         except Exception as e:  # StartupError and friends: one line, no traceback

@@ -87,7 +87,26 @@ def own_address(settings: Settings, port: int, pub_port: int) -> P.PeerAddress:
     return P.PeerAddress(host, port, pub_port)
 
 
-def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> int:
+def reload(home: Home, running: Settings, read_settings, log_to_stderr: bool) -> None:
+    """SIGHUP: read the configuration again, apply what can change while running (the log
+    level), reopen the log file, and say which other changes wait for a restart."""
+    from dataclasses import fields
+
+    from .settings import ConfigError
+
+    try:
+        new = read_settings()
+    except ConfigError as e:
+        log.error("reload (SIGHUP) failed: %s; keeping the running configuration", e)
+        return
+    setup_logging(home, new.log_level, log_to_stderr)  # also reopens the log file
+    later = [f.name for f in fields(Settings) if f.name != "log_level" and getattr(new, f.name) != getattr(running, f.name)]
+    log.info("reloaded configuration (SIGHUP): log_level=%s, log file reopened", new.log_level)
+    if later:
+        log.warning("changed in the configuration, applied at the next restart: %s", ", ".join(later))
+
+
+def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_settings=None) -> int:
     """Run the node in this process until stopped; returns the exit code. Raises on a failed start."""
     from .transport import Transport, curve_keypair, install_signal_handlers  # zmq is imported only here
 
@@ -143,6 +162,8 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool) -> int:
                 "connect": None if settings.insecure else connect_string(keypair.public, _reachable_host(settings), transport.port),
             }
             joins = [P.tcp_endpoint(*parse_host_port(j)) for j in settings.join]
+            if read_settings is not None:
+                transport.on_reload = lambda: reload(home, settings, read_settings, log_to_stderr)
             transport.apply(node.start(now, load_peer_book(home), joins))
             # The control socket is bound and the loop starts now: requests sent meanwhile wait in it.
             sdnotify.notify(f"READY=1\nSTATUS=serving on {extra['router']}, control {home.control_endpoint}\nMAINPID={os.getpid()}")

@@ -110,6 +110,7 @@ class Transport:
         self.poller = FdPoller()
         self.handlers: dict = {}
         self.drainers: set = set()
+        self.on_reload = None  # called in the loop after a SIGHUP (set by the daemon)
         self._peer_book: list | None = None  # the newest peer book not yet written
         self._peer_book_due = 0.0  # sockets whose handler reads them itself (see _register)
         self.key_port = 0
@@ -548,6 +549,11 @@ class Transport:
                 for sock in (self.control, self.pub):  # we sent on these: see fdpoll.py
                     self.poller.recheck(sock)
             self._save_peer_book(now)
+            if reload_requested() and self.on_reload is not None:
+                try:
+                    self.on_reload()
+                except Exception:
+                    log.exception("reload failed; carrying on with the running configuration")
             if not self.running or stop_requested():
                 if not node.stopping:
                     self.apply(node.leave(time.monotonic()))
@@ -586,12 +592,28 @@ def stop_requested() -> bool:
     return _stop_flag
 
 
+_reload_flag = False
+
+
+def reload_requested() -> bool:
+    """True once per SIGHUP."""
+    global _reload_flag
+    asked, _reload_flag = _reload_flag, False
+    return asked
+
+
 def install_signal_handlers() -> None:
-    """SIGTERM and SIGINT mean a graceful leave, not a crash (serf #56)."""
+    """SIGTERM and SIGINT mean a graceful leave, not a crash (serf #56); SIGHUP a reload."""
 
     def handler(signum, frame):
         global _stop_flag
         _stop_flag = True
 
+    def hup(signum, frame):
+        global _reload_flag
+        _reload_flag = True
+
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+    if hasattr(signal, "SIGHUP"):  # not on Windows
+        signal.signal(signal.SIGHUP, hup)

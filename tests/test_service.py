@@ -72,6 +72,7 @@ def test_unit_files(unit):
     assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
     assert " start --foreground" in service["ExecStart"]
     assert service["KillSignal"] == "SIGTERM" and service["Restart"] == "on-failure"
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert service["RestartPreventExitStatus"] == "6"  # exitcodes.CONFLICT: retrying cannot help
     assert cfg["Install"]["WantedBy"]
 
@@ -80,3 +81,38 @@ def test_logrotate_snippet_needs_no_copytruncate():
     """p2pd reopens a renamed log by itself, so rotation by renaming loses no line."""
     lines = [ln.strip() for ln in (CONFIGS / "p2pd.logrotate").read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     assert lines[0].startswith("/var/lib/p2pd/p2pd.log") and "copytruncate" not in lines
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_reloads_the_log_level_and_reopens_the_log(tmp_path):
+    from conftest import wait_for
+
+    home = tmp_path / "svc"
+    home.mkdir()
+    config = home / "p2pd.toml"
+    config.write_text(FAST_CONFIG.replace('log_level = "debug"', 'log_level = "info"'))
+    proc = subprocess.Popen([*P2PD, "start", "--foreground", "--home", str(home), "--port", "0", "--name", "svc"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = home / "p2pd.log"
+
+    def status_ok() -> bool:
+        return subprocess.run([*P2PCTL, "--home", str(home), "status"], capture_output=True, timeout=30).returncode == 0
+
+    try:
+        wait_for(status_ok, timeout=30, what="the daemon to answer")
+        os.rename(log, home / "p2pd.log.1")  # as logrotate would
+        config.write_text(FAST_CONFIG.replace('host = "127.0.0.1"', 'host = "127.0.0.1"\nmax_peers = 10'))  # debug again, and a restart-only change
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: log.exists() and "reloaded configuration (SIGHUP): log_level=debug" in log.read_text(), timeout=10,
+                 what="the reload line in a new log file")
+        assert "applied at the next restart: max_peers" in log.read_text()
+        config.write_text("log_level = \"shouting\"\n")  # a broken config: reported, the node carries on
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload (SIGHUP) failed" in log.read_text(), timeout=10, what="the failed reload to be logged")
+        assert proc.poll() is None and status_ok()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
