@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from p2pd.home import pid_alive  # also treats a zombie as gone
+
 P2PD = [sys.executable, "-m", "p2pd"]
 P2PCTL = [sys.executable, "-m", "p2pctl"]
 
@@ -39,18 +41,6 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class Daemon:

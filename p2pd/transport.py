@@ -282,14 +282,7 @@ class Transport:
 
         def drain_sub(sock, source=key):
             out, monotonic = self._out, time.monotonic
-            for _ in range(BATCH):
-                try:
-                    frame = sock.recv(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    return
-                frames = [frame]
-                while frames[-1].more:
-                    frames.append(sock.recv(copy=False))
+            for frames in _messages(sock):
                 out.extend(node.on_sub_frames(monotonic(), [f.bytes for f in frames], endpoint, source_peer=source))
 
         self._register(sock, drain_sub, drains=True)
@@ -470,18 +463,10 @@ class Transport:
         secure = self.keypair is not None
 
         def drain_router(sock):
-            # The hot path: recv_multipart costs a getsockopt per part and
-            # frame metadata a call into libzmq each; read the parts by hand
-            # and look the peer address up only if the node asks for it.
+            # The hot path: frame metadata costs a call into libzmq per lookup;
+            # look the peer address up only if the node asks for it.
             monotonic = time.monotonic
-            for _ in range(BATCH):
-                try:
-                    first = sock.recv(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    return
-                frames = [first]
-                while frames[-1].more:
-                    frames.append(sock.recv(copy=False))
+            for frames in _messages(sock):
                 last = frames[-1]
                 user_id = None
                 if secure:
@@ -576,6 +561,19 @@ class Transport:
             self.home.socket_path.unlink()
         except OSError:
             pass
+
+
+def _messages(sock: zmq.Socket):
+    """Up to BATCH waiting messages, each as its list of frames.  Read part by part:
+    recv_multipart costs a getsockopt per part, a frame knows whether more follow."""
+    for _ in range(BATCH):
+        try:
+            frames = [sock.recv(zmq.NOBLOCK, copy=False)]
+        except zmq.Again:
+            return
+        while frames[-1].more:
+            frames.append(sock.recv(copy=False))
+        yield frames
 
 
 def _peer_address(frame: zmq.Frame) -> str | None:
