@@ -51,6 +51,7 @@ log = logging.getLogger("p2pd.node")
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*", ""})
 SUB_TOPIC_PREFIX = b"\x00sub:"  # never matches an envelope, which starts with "{"
+KEY_FETCH_S = 3.0  # a background dial's wait for a key port
 
 
 @dataclass
@@ -662,7 +663,9 @@ class Node:
             self._key_tags += 1
             tag = f"key{self._key_tags}"
             self.key_fetches[tag] = PendingKey(host, port, deadline, client, req, since)
-            timeout_s = 3.0 if deadline is None else max(0.05, min(3.0, deadline - now))
+            # A user's connect waits as long as its --timeout allows (on a lossy link one lost
+            # SYN costs 1 s, two cost 3 s); a background dial is retried with backoff anyway.
+            timeout_s = KEY_FETCH_S if deadline is None else max(0.05, deadline - now)
             return [FetchKey(P.tcp_endpoint(host, port + 2), tag, timeout_s)]
         problem = self.trust.check_pin(address, key)
         if problem is not None:

@@ -76,12 +76,13 @@ class Node:
         (self.home / "p2pd.toml").write_text(FAST_CONFIG)
         self.info: dict = {}
         self.pids: list[int] = []
+        self.prefix: list[str] = []  # e.g. ip netns exec NS, for the lab hosts of tests/netlab.py
         self._registry = registry
         registry.append(self)
 
     # -------------------------------------------------------------- processes
     def start(self, *extra: str, port: int | None = 0, check: bool = True) -> subprocess.CompletedProcess:
-        args = [*P2PD, "start", "--home", str(self.home), "--name", self.name, "--json", *extra]
+        args = [*self.prefix, *P2PD, "start", "--home", str(self.home), "--name", self.name, "--json", *extra]
         if port is not None:
             args += ["--port", str(port)]
         proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
@@ -112,11 +113,11 @@ class Node:
         wait_for(lambda: not pid_alive(self.pid), 10, what=f"{self.name} to die")
 
     def stop(self) -> subprocess.CompletedProcess:
-        return subprocess.run([*P2PD, "stop", "--home", str(self.home)], capture_output=True, text=True, timeout=60)
+        return subprocess.run([*self.prefix, *P2PD, "stop", "--home", str(self.home)], capture_output=True, text=True, timeout=60)
 
     # -------------------------------------------------------------- p2pctl
     def ctl(self, *args: str, check: bool = True, input: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
-        proc = subprocess.run([*P2PCTL, "--home", str(self.home), *args], capture_output=True, text=True, input=input, timeout=timeout)
+        proc = subprocess.run([*self.prefix, *P2PCTL, "--home", str(self.home), *args], capture_output=True, text=True, input=input, timeout=timeout)
         if check:
             assert proc.returncode == 0, f"p2pctl {' '.join(args)} on {self.name} failed ({proc.returncode}): {proc.stderr}"
         return proc

@@ -162,6 +162,7 @@ def test_connect_by_address_fetches_the_key_then_pins_it():
     acts = alice.connect(1.0, "127.0.0.1", 6000, 5.0, b"cli", 1)
     (fetch,) = acts
     assert type(fetch).__name__ == "FetchKey" and fetch.endpoint == "tcp://127.0.0.1:6002"
+    assert fetch.timeout_s == 5.0  # the whole of the user's --timeout (lossy links lose SYNs)
     acts = alice.on_key(1.1, fetch.tag, KEY_B, None)
     kinds = [type(a).__name__ for a in acts]
     assert kinds[:2] == ["PinKey", "OpenLink"] and acts[1].server_key == KEY_B
