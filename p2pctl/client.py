@@ -9,6 +9,11 @@
 Every failure is one of four exceptions, each with a message that names the
 socket tried and the fix, and an ``exit_code`` from `p2pd.exitcodes`:
 not running, permission denied, timed out, or the request failed.
+
+The daemon is reached over ``ipc://``, or over loopback TCP where ZeroMQ has no
+ipc (Windows), with ``P2PD_CONTROL=tcp``, or when the home has a
+``control.endpoint`` file; then every request carries the token from
+``control.token`` (docs/PROTOCOL.md section 9).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Iterator
 import zmq
 
 from p2pd import exitcodes
-from p2pd.home import Home, pid_alive, resolve_home
+from p2pd.home import ControlChoiceError, Home, control_transport, pid_alive, resolve_home
 
 
 class ClientError(Exception):
@@ -46,12 +51,19 @@ class DaemonTimeout(ClientError):
     code = "timeout"
 
 
+class UsageError(ClientError):
+    exit_code = exitcodes.USAGE
+    code = "usage"
+
+
 class RequestFailed(ClientError):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
         if code in ("timeout", "unreachable"):
             self.exit_code = exitcodes.TIMEOUT
+        elif code == "bad_token":
+            self.exit_code = exitcodes.PERMISSION
 
 
 class Client:
@@ -61,6 +73,8 @@ class Client:
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
         self._ids = itertools.count(1)
+        self._token: str | None = None  # TCP control only
+        self._where = f"control socket at {self.home.socket_path}"
 
     # ------------------------------------------------------------------ plumbing
     def _start_hint(self) -> str:
@@ -83,33 +97,64 @@ class Client:
             raise DaemonNotRunning(f"p2pd is not running (no control socket at {path}); {self._start_hint()}")
         if not os.access(path, os.R_OK | os.W_OK):
             raise PermissionDenied(f"permission denied for control socket {path}: it belongs to another user; run p2pctl as that user (or use your own --home)")
+        self._check_pid()
+
+    def _check_pid(self) -> None:
         pid = self.home.read_pid()
         if pid is not None and not pid_alive(pid):
-            raise DaemonNotRunning(f"p2pd is not running (pid {pid} is gone; stale control socket at {path}); {self._start_hint()}")
+            raise DaemonNotRunning(f"p2pd is not running (pid {pid} is gone; stale {self._where}); {self._start_hint()}")
+
+    def _tcp_endpoint(self) -> str:
+        """TCP control: the endpoint and token the daemon wrote into the home (mode 0600)."""
+        ep_file = self.home.control_endpoint_file
+        try:
+            endpoint, self._token = self.home.read_control_files()
+        except FileNotFoundError:
+            raise DaemonNotRunning(f"p2pd is not running (no control endpoint file {ep_file}); {self._start_hint()}") from None
+        except PermissionError as e:
+            raise PermissionDenied(f"permission denied for {e.filename or ep_file}: the node's home belongs to another user; "
+                                   f"run p2pctl as that user (or use your own --home)") from None
+        except (OSError, ValueError) as e:
+            raise ClientError(f"cannot use the TCP control endpoint: {e}; restart p2pd to write {ep_file.name} and control.token anew") from None
+        self._where = f"control endpoint {endpoint}"
+        self._check_pid()
+        return endpoint
+
+    def _endpoint(self) -> str:
+        try:
+            kind = control_transport(zmq.has("ipc"), self.home.control_endpoint_file)
+        except ControlChoiceError as e:
+            raise UsageError(str(e)) from None
+        if kind == "tcp":
+            return self._tcp_endpoint()
+        self._check_socket()
+        return self.home.control_endpoint
 
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
-            self._check_socket()
+            endpoint = self._endpoint()
             self._ctx = zmq.Context()
             self._sock = self._ctx.socket(zmq.DEALER)
             self._sock.setsockopt(zmq.LINGER, 0)
-            self._sock.connect(self.home.control_endpoint)
+            self._sock.connect(endpoint)
         return self._sock
 
     def _no_answer(self, waited_s: float) -> ClientError:
         pid = self.home.read_pid()
-        path = self.home.socket_path
         if not pid_alive(pid):
-            return DaemonNotRunning(f"p2pd is not running (stale control socket at {path}); {self._start_hint()}")
+            return DaemonNotRunning(f"p2pd is not running (stale {self._where}); {self._start_hint()}")
         return DaemonTimeout(
-            f"p2pd (pid {pid}) did not answer on {path} within {waited_s:g}s; it may be overloaded or stuck: see {self.home.log_file}, or raise --timeout"
+            f"p2pd (pid {pid}) did not answer on {self._where} within {waited_s:g}s; it may be overloaded or stuck: see {self.home.log_file}, or raise --timeout"
         )
 
     def request(self, cmd: str, timeout_s: float | None = None, **args) -> dict:
         """Send one request and return the raw reply dict (``ok``, ``result`` / ``error``)."""
         sock = self._socket()
         req = next(self._ids)
-        sock.send(json.dumps({"req": req, "cmd": cmd, "args": args}).encode())
+        msg = {"req": req, "cmd": cmd, "args": args}
+        if self._token is not None:
+            msg["token"] = self._token
+        sock.send(json.dumps(msg).encode())
         wait = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + wait
         while True:

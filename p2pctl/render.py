@@ -128,6 +128,9 @@ def info_text(i: dict) -> str:
         f"  messages    {i['messages_in']} in, {i['messages_out']} out ({i.get('outbox_pending', 0)} waiting in the outbox); broadcasts {i['broadcasts_in']} in, {i['broadcasts_out']} out",
         f"  bad input   {i['dropped_total']} dropped ({drop_text})",
     ]
+    lan = i.get("discover")
+    if lan:
+        lines.insert(-3, f"  discovery   LAN beacons on UDP {lan['port']} to {lan['to']}: {lan['beacons_sent']} sent, {lan['beacons_heard']} heard")
     return "\n".join(lines)
 
 

@@ -93,6 +93,12 @@ class FetchKey:
 
 
 @dataclass(frozen=True)
+class LanBeacon:
+    """Send our LAN discovery beacon (p2pd/lan.py) to the configured broadcast address."""
+    payload: bytes
+
+
+@dataclass(frozen=True)
 class ToClient:
     """A frame (JSON-able dict) for one control-socket client."""
     client: bytes

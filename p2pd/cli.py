@@ -8,7 +8,7 @@ import sys
 import click
 
 from . import __version__, exitcodes
-from .home import Home, resolve_home
+from .home import ControlChoiceError, Home, control_transport, resolve_home
 from .settings import ConfigError, LOG_LEVELS, build, load_file
 
 HOME_HELP = "Node home directory (identity, config, log, socket). Default: $P2PD_HOME or the user data dir."
@@ -50,11 +50,14 @@ def main():
 @click.option("--heartbeat-timeout", "heartbeat_timeout_s", type=float, help="Seconds of silence before a peer is lost. [default: 5]")
 @click.option("--key-port", type=int, help="Plaintext port that tells this node's public key (TOFU). [default: port+2]")
 @click.option("--insecure", is_flag=True, default=None, help="Plaintext, unauthenticated links, to talk to simple JSON peers. Not for untrusted networks.")
+@click.option("--discover", type=click.Choice(["none", "lan"]),
+              help="lan: find nodes on this network by UDP beacons and link to them (docs/OPERATIONS.md). [default: none]")
+@click.option("--discover-port", type=int, help="UDP port of the LAN beacons. [default: 5670]")
 @click.option("--foreground", is_flag=True, help="Stay attached (for systemd/containers) and also log to stderr.")
 @click.option("--daemonized", is_flag=True, hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the started node's details as JSON.")
 def start(port, pub_port, host, advertise, name, join, home, config_path, log_level, heartbeat_interval_s, heartbeat_timeout_s,
-          key_port, insecure, foreground, daemonized, as_json):
+          key_port, insecure, discover, discover_port, foreground, daemonized, as_json):
     """Start a node.
 
     By default the daemon detaches and this command returns once the node
@@ -65,17 +68,19 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
       p2pd start --port 5000 --name alice
       p2pd start --home /tmp/bob --port 5010 --name bob --join 127.0.0.1:5000
       p2pd start --foreground          # under systemd or in a container
+      p2pd start --discover lan        # link to every p2pd on this LAN by itself
     """
     from .daemon import AlreadyRunning, is_running, run_foreground, spawn_detached, wait_ready
 
     h = Home(resolve_home(home))
     overrides = dict(port=port, pub_port=pub_port, host=host, advertise=advertise, name=name, join=list(join),
                      log_level=log_level, heartbeat_interval_s=heartbeat_interval_s, heartbeat_timeout_s=heartbeat_timeout_s,
-                     key_port=key_port, insecure=insecure)
+                     key_port=key_port, insecure=insecure, discover=discover, discover_port=discover_port)
     try:
+        control_transport(ipc_available=True)  # a bad $P2PD_CONTROL is a usage error, before anything starts
         cfg_file = click.format_filename(config_path) if config_path else (h.config_file if h.config_file.exists() else None)
         settings = build(load_file(cfg_file) if cfg_file else {}, overrides)
-    except ConfigError as e:
+    except (ConfigError, ControlChoiceError) as e:
         _fail(str(e), exitcodes.USAGE)
     if foreground or daemonized:
         try:
@@ -93,7 +98,8 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
     argv = ["start", "--daemonized", "--home", str(h.path)]
     for flag, value in (("--port", port), ("--pub-port", pub_port), ("--host", host), ("--advertise", advertise), ("--name", name),
                         ("--config", config_path), ("--log-level", log_level), ("--heartbeat-interval", heartbeat_interval_s),
-                        ("--heartbeat-timeout", heartbeat_timeout_s), ("--key-port", key_port)):
+                        ("--heartbeat-timeout", heartbeat_timeout_s), ("--key-port", key_port), ("--discover", discover),
+                        ("--discover-port", discover_port)):
         if value is not None:
             argv += [flag, str(value)]
     if insecure:

@@ -9,10 +9,15 @@ and gets back ``{"req": <same>, "ok": true, "result": ...}`` or
 same client until it goes away.  Requests are validated here before they
 reach the node; a bad request gets an error reply, never a crash.  Pure: the
 node and the time are passed in.
+
+Over loopback TCP (where ``ipc://`` is missing, or ``P2PD_CONTROL=tcp``) every
+request must also carry ``"token"``, the daemon's secret from ``control.token``;
+the transport passes it in, and a missing or wrong one is refused as ``bad_token``.
 """
 
 from __future__ import annotations
 
+import hmac
 from pathlib import Path
 
 import orjson
@@ -98,7 +103,16 @@ def _resolve(node: Node, args: dict, need_alive: bool = True):
     return peer
 
 
-def handle(node: Node, now: float, client: bytes, raw: bytes, extra_status: dict) -> list:
+def _check_token(obj: dict, token: str) -> None:
+    given = obj.get("token")
+    if not isinstance(given, str) or not given:
+        raise BadRequest("bad_token", "bad control token: none given; over TCP every request must carry the token from the home's control.token")
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise BadRequest("bad_token", "bad control token: it is not this daemon's (each start writes a new control.token)")
+
+
+def handle(node: Node, now: float, client: bytes, raw: bytes, extra_status: dict, token: str | None = None) -> list:
+    """One request; ``token``: the secret every request must carry (TCP control), None over ipc."""
     req = None
     try:
         if len(raw) > MAX_REQUEST_BYTES:
@@ -112,6 +126,8 @@ def handle(node: Node, now: float, client: bytes, raw: bytes, extra_status: dict
         req = obj.get("req")
         if not isinstance(req, (int, str, type(None))) or isinstance(req, bool):
             req = None
+        if token is not None:
+            _check_token(obj, token)
         cmd = obj.get("cmd")
         args = obj.get("args", {})
         if not isinstance(args, dict):
@@ -120,7 +136,7 @@ def handle(node: Node, now: float, client: bytes, raw: bytes, extra_status: dict
             raise BadRequest("unknown_command", f"unknown command {str(cmd)[:32]!r}; known: {', '.join(COMMANDS)}")
         return _dispatch(node, now, client, req, cmd, args, extra_status)
     except BadRequest as e:
-        if e.code in ("bad_request", "unknown_command"):
+        if e.code in ("bad_request", "unknown_command", "bad_token"):
             node.drop(now, "bad_control", e.error, "control socket")
         return [ToClient(client, _err(req, e.code, e.error))]
 

@@ -146,7 +146,7 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_set
                 log.info("allowlist mode: %d key(s) in %s may link", len(trust.allowed), authorized_keys(home).path)
             log.info(
                 "started p2pd %s: id=%s name=%s peer=tcp://%s:%d pub=tcp://%s:%d control=%s",
-                _version(), ident.id, name, settings.host, transport.port, settings.host, transport.pub_port, home.control_endpoint,
+                _version(), ident.id, name, settings.host, transport.port, settings.host, transport.pub_port, transport.control_endpoint,
             )
             if address.addr is None:
                 log.info("bound to all interfaces without --advertise: peers will use the address they see us at")
@@ -154,7 +154,7 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_set
                 "pid": os.getpid(),
                 "home": str(home.path),
                 "log_file": str(home.log_file),
-                "control": home.control_endpoint,
+                "control": transport.control_endpoint,
                 "router": P.tcp_endpoint(settings.host, transport.port),
                 "pub": P.tcp_endpoint(settings.host, transport.pub_port),
                 "version": _version(),
@@ -166,7 +166,7 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_set
                 transport.on_reload = lambda: reload(home, settings, read_settings, log_to_stderr)
             transport.apply(node.start(now, load_peer_book(home), joins))
             # The control socket is bound and the loop starts now: requests sent meanwhile wait in it.
-            sdnotify.notify(f"READY=1\nSTATUS=serving on {extra['router']}, control {home.control_endpoint}\nMAINPID={os.getpid()}")
+            sdnotify.notify(f"READY=1\nSTATUS=serving on {extra['router']}, control {transport.control_endpoint}\nMAINPID={os.getpid()}")
             transport.run(node, extra)
             sdnotify.notify("STOPPING=1")
             exit_code = transport.exit_code
@@ -234,7 +234,7 @@ def wait_ready(proc: subprocess.Popen, home: Home, timeout_s: float = READY_TIME
         code = proc.poll()
         if code is not None:
             return None, _startup_error(home) or f"p2pd exited with code {code} during start; see {home.log_file}"
-        if home.socket_path.exists():
+        if home.socket_path.exists() or home.control_endpoint_file.exists():
             try:
                 with Client(home.path, timeout_s=0.5) as c:
                     return c.call("info"), None

@@ -16,6 +16,9 @@ caller: after reading a socket, call `done` (if input is left, the socket
 stays "hot" and is looked at next time without waiting); after *sending* on
 a registered socket, call `recheck` (a send can swallow the edge of an input
 that arrived meanwhile).
+
+A plain socket (the UDP socket of LAN discovery) may be registered too: its
+descriptor is level-triggered, so it is reported exactly when it fired.
 """
 
 from __future__ import annotations
@@ -31,11 +34,13 @@ class FdPoller:
         self._fds: dict[zmq.Socket, int] = {}
         self._hot: set[zmq.Socket] = set()
 
-    def register(self, sock: zmq.Socket) -> None:
-        fd = sock.getsockopt(zmq.FD)
+    def register(self, sock) -> None:
+        zmq_socket = isinstance(sock, zmq.Socket)
+        fd = sock.getsockopt(zmq.FD) if zmq_socket else sock.fileno()
         self._selector.register(fd, selectors.EVENT_READ, sock)
         self._fds[sock] = fd
-        self._hot.add(sock)  # it may hold input already
+        if zmq_socket:
+            self._hot.add(sock)  # it may hold input already
 
     def unregister(self, sock: zmq.Socket) -> None:
         fd = self._fds.pop(sock, None)
@@ -53,11 +58,13 @@ class FdPoller:
 
     def done(self, sock: zmq.Socket) -> None:
         """The caller read what it wanted from ``sock``: keep it hot if input is left."""
-        if sock in self._fds and not sock.closed and self._readable(sock):
+        if sock in self._fds and isinstance(sock, zmq.Socket) and not sock.closed and self._readable(sock):
             self._hot.add(sock)
 
     @staticmethod
-    def _readable(sock: zmq.Socket) -> bool:
+    def _readable(sock) -> bool:
+        if not isinstance(sock, zmq.Socket):
+            return True  # a plain socket is only asked about when its descriptor fired
         try:
             return bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
         except zmq.ZMQError:  # closed under us

@@ -15,6 +15,36 @@ from pathlib import Path
 
 ENV_HOME = "P2PD_HOME"
 IPC_PATH_MAX = 100  # sun_path is 104-108 bytes; leave room
+ENV_CONTROL = "P2PD_CONTROL"  # force the control API's transport: ipc or tcp
+CONTROL_TRANSPORTS = ("ipc", "tcp")
+CONTROL_TCP_PREFIX = "tcp://127.0.0.1:"  # the TCP fallback is loopback only
+
+
+class ControlChoiceError(ValueError):
+    """$P2PD_CONTROL asks for something this machine cannot do."""
+
+
+def control_transport(ipc_available: bool, endpoint_file: Path | None = None) -> str:
+    """``ipc`` or ``tcp``: $P2PD_CONTROL if set, else ipc where ZeroMQ has it, else loopback TCP.
+
+    The caller says whether ZeroMQ has ipc (only transport.py and p2pctl import
+    zmq).  A client also passes the home's control.endpoint file: when it is
+    there, the daemon was started with TCP control.
+    """
+    raw = os.environ.get(ENV_CONTROL, "")
+    kind = raw.strip().lower()
+    if kind:
+        if kind not in CONTROL_TRANSPORTS:
+            raise ControlChoiceError(f"{ENV_CONTROL}={raw!r} is not valid: use ipc or tcp (or leave it unset)")
+        if kind == "ipc" and not ipc_available:
+            raise ControlChoiceError(f"{ENV_CONTROL}=ipc, but this ZeroMQ has no ipc:// transport: use tcp (or leave it unset)")
+        return kind
+    if not ipc_available:
+        return "tcp"
+    try:
+        return "tcp" if endpoint_file is not None and endpoint_file.exists() else "ipc"
+    except OSError:  # a home we may not enter: the ipc path reports "permission denied"
+        return "ipc"
 
 
 def default_home() -> Path:
@@ -98,7 +128,40 @@ class Home:
 
     @property
     def control_endpoint(self) -> str:
+        """The ipc endpoint; with TCP control the endpoint is in `control_endpoint_file`."""
         return f"ipc://{self.socket_path}"
+
+    @property
+    def control_endpoint_file(self) -> Path:
+        return self.path / "control.endpoint"
+
+    @property
+    def control_token_file(self) -> Path:
+        return self.path / "control.token"
+
+    def write_control_files(self, endpoint: str, token: str) -> None:
+        """TCP control: the endpoint and its token, each mode 0600 from creation and replaced
+        atomically.  The token first, so a client that finds the endpoint finds the token."""
+        atomic_write(self.control_token_file, token + "\n")
+        atomic_write(self.control_endpoint_file, endpoint + "\n")
+
+    def read_control_files(self) -> tuple[str, str]:
+        """(endpoint, token); OSError if missing or unreadable, ValueError if damaged."""
+        endpoint = self.control_endpoint_file.read_text(encoding="utf-8").strip()
+        token = self.control_token_file.read_text(encoding="utf-8").strip()
+        port = endpoint.removeprefix(CONTROL_TCP_PREFIX)
+        if not endpoint.startswith(CONTROL_TCP_PREFIX) or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+            raise ValueError(f"{self.control_endpoint_file} does not hold a {CONTROL_TCP_PREFIX}PORT endpoint")
+        if len(token) != 64 or not all(c in "0123456789abcdef" for c in token):
+            raise ValueError(f"{self.control_token_file} does not hold a 64-digit hex token")
+        return endpoint, token
+
+    def remove_control_files(self) -> None:
+        for path in (self.control_endpoint_file, self.control_token_file):
+            try:
+                path.unlink()
+            except OSError:
+                pass
 
     def ensure(self) -> None:
         """Create the home (mode 0700: it holds the identity and control socket)."""

@@ -37,9 +37,10 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 
+from . import lan
 from . import protocol as P
-from .actions import (CloseLink, FetchKey, OpenLink, PinKey, RekeyLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient,
-                      Unsubscribe)
+from .actions import (CloseLink, FetchKey, LanBeacon, OpenLink, PinKey, RekeyLink, SavePeers, Send, SendBatch, Shutdown, Subscribe,
+                      ToClient, Unsubscribe)
 from .membership import ALIVE, LOST, Membership, Peer, UnknownPeer, is_loopback
 from .messaging import Messaging
 from .ratelimit import LogRateLimiter
@@ -126,6 +127,10 @@ class Node:
         self._first_contact: set[str] = set()
         self.stopping = False
         self.boot = os.urandom(4).hex()  # this run of the node: a peer that sees it change knows we restarted
+        self.lan = None  # LAN discovery (--discover lan): beacons out and in
+        if settings.discover == "lan":
+            self.lan = lan.LanDiscovery(node_id, address.port, self.trust.public_key if self.trust.secure else None,
+                                        settings.discover_interval_s, now)
         self._handlers = {
             P.MESSAGE: self._on_message,
             P.BROADCAST: self.msgs.on_broadcast,
@@ -562,10 +567,17 @@ class Node:
     # ------------------------------------------------------------------ timers
     def next_deadline(self, now: float) -> float:
         """How long the event loop may sleep before calling `tick`."""
-        return max(0.0, min(self._next_heartbeat, self._next_gossip, now + 0.25) - now)
+        soonest = min(self._next_heartbeat, self._next_gossip, now + 0.25)
+        if self.lan is not None:
+            soonest = min(soonest, self.lan.next_at)
+        return max(0.0, soonest - now)
 
     def tick(self, now: float) -> list:
         acts: list = []
+        if self.lan is not None:
+            payload = self.lan.due(now)
+            if payload is not None:
+                acts.append(LanBeacon(payload))
         timeout = self.settings.heartbeat_timeout_s
         for peer in self.table.silent(now, timeout):
             was_alive = peer.state == ALIVE
@@ -694,6 +706,26 @@ class Node:
             key = pinned  # the key port is down, but we know whom to expect
         return self._dial_address(now, pk.host, pk.port, pk.deadline, pk.client, pk.req, pk.since, key)
 
+    def on_lan_beacon(self, now: float, data: bytes, host: str) -> list:
+        """A UDP beacon from ``host`` (LAN discovery, p2pd/lan.py): dial its sender unless we are linked to it."""
+        if self.lan is None:
+            return []
+        try:
+            beacon = lan.decode(data)
+        except lan.BadBeacon as e:
+            self.drop(now, "bad_beacon", str(e), f"{host} (LAN beacon)")
+            return []
+        peer = self.table.get(beacon.node_id)
+        linked = peer is not None and (peer.state == ALIVE or beacon.node_id in self.links)
+        if not self.lan.should_dial(now, beacon, linked):
+            return []
+        refusal = self.trust.may_link(beacon.node_id, beacon.key)
+        if refusal is not None:
+            log.debug("LAN beacon from %s at %s ignored: %s", beacon.node_id[:12], host, refusal)
+            return []
+        log.info("LAN beacon from %s at %s:%d: linking", beacon.node_id[:12], host, beacon.port)
+        return self._dial_address(now, host, beacon.port, deadline=now + lan.REDIAL_S, key=beacon.key)
+
     # ------------------------------------------------------------------ control-socket operations
     def connect(self, now: float, host: str, port: int, wait_s: float, client: bytes, req, since: float | None = None,
                 key: str | None = None) -> list:
@@ -776,6 +808,9 @@ class Node:
             "protocol_version": P.PROTOCOL_VERSION,
             "heartbeat_interval_s": self.settings.heartbeat_interval_s,
             "heartbeat_timeout_s": self.settings.heartbeat_timeout_s,
+            "discover": None if self.lan is None else {
+                "mode": "lan", "port": self.settings.discover_port, "to": self.settings.discover_to,
+                "beacons_sent": self.lan.sent, "beacons_heard": self.lan.heard, "dials": len(self.lan.dialed)},
         }
 
 

@@ -47,6 +47,10 @@ class Settings:
     key_port: int | None = None  # plaintext port that tells our public key (TOFU); default port+2
     max_msgs_per_s: float = 20_000.0  # frames accepted per peer per second (burst: one second's worth)
     durability: str = "normal"  # "normal": survives a killed daemon; "full": also power loss (slower)
+    discover: str = "none"  # "lan": find nodes on the local network by UDP beacons (p2pd/lan.py)
+    discover_port: int = 5670  # UDP port beacons are sent to and heard on
+    discover_interval_s: float = 1.0  # one beacon this often
+    discover_to: str = "255.255.255.255"  # where beacons go: a broadcast address (a subnet's picks its interface)
 
     def validate(self) -> "Settings":
         def port_ok(v):
@@ -71,7 +75,7 @@ class Settings:
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         for name in ("heartbeat_interval_s", "heartbeat_timeout_s", "gossip_interval_s", "retry_min_s", "retry_max_s", "forget_after_s",
-                     "ack_timeout_s", "message_expiry_s", "retention_s"):
+                     "ack_timeout_s", "message_expiry_s", "retention_s", "discover_interval_s"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < float("inf"):
                 raise ConfigError(f"{name} must be a positive number of seconds, got {v!r}")
@@ -83,6 +87,12 @@ class Settings:
             raise ConfigError(f"name {self.name!r} is not allowed: 1-64 printable characters, no control characters")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
             raise ConfigError("heartbeat_timeout_s must be larger than heartbeat_interval_s")
+        if self.discover not in ("none", "lan"):
+            raise ConfigError(f"discover must be \"none\" or \"lan\", got {self.discover!r}")
+        if not port_ok(self.discover_port) or self.discover_port == 0:
+            raise ConfigError(f"discover_port must be 1-65535, got {self.discover_port!r}")
+        if not _ipv4(self.discover_to):
+            raise ConfigError(f"discover_to must be an IPv4 broadcast address such as 255.255.255.255 or 192.168.1.255, got {self.discover_to!r}")
         if self.durability not in ("normal", "full"):
             raise ConfigError(f"durability must be \"normal\" or \"full\", got {self.durability!r}")
         if isinstance(self.send_window, int) and self.send_window > 5000:
@@ -105,6 +115,11 @@ class Settings:
 
 
 SETTING_NAMES = frozenset(f.name for f in fields(Settings))
+
+
+def _ipv4(text) -> bool:
+    parts = text.split(".") if isinstance(text, str) else []
+    return len(parts) == 4 and all(p.isascii() and p.isdigit() and len(p) <= 3 and int(p) <= 255 for p in parts)
 
 
 def parse_host_port(text: str) -> tuple[str, int]:

@@ -15,7 +15,11 @@ Sockets (ZeroMQ sockets are not thread-safe, so only this loop touches them):
 * REP ``tcp://host:port+2``    - the key port: plaintext, answers our public key
   (trust on first use for `connect HOST PORT`).
 * REP ``inproc://zeromq.zap.01`` - ZAP: libzmq asks it whether a CURVE key may in.
-* ROUTER ``ipc://<home>/control.sock`` - the control API for `p2pctl`.
+* ROUTER ``ipc://<home>/control.sock`` - the control API for `p2pctl`; where ZeroMQ
+  has no ipc (Windows) or with P2PD_CONTROL=tcp, ``tcp://127.0.0.1:*`` instead,
+  each request carrying the token written to ``<home>/control.token``.
+* with ``discover = "lan"``, a plain UDP socket on ``discover_port``: our beacon
+  out to ``discover_to`` (a broadcast address), other nodes' beacons in.
 
 Unless --insecure, every TCP socket uses CURVE (ROUTER and XPUB as servers).
 
@@ -32,6 +36,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import struct
 import time
 from functools import partial
@@ -42,10 +47,10 @@ import zmq.utils.z85
 
 from . import control
 from . import protocol as P
-from .actions import (CloseLink, FetchKey, OpenLink, PinKey, Publish, PublishBatch, RekeyLink, SavePeers, Send, SendBatch, Shutdown,
+from .actions import (CloseLink, FetchKey, LanBeacon, OpenLink, PinKey, Publish, PublishBatch, RekeyLink, SavePeers, Send, SendBatch, Shutdown,
                       Subscribe, ToClient, Unsubscribe)
 from .fdpoll import FdPoller
-from .home import Home, save_peer_book
+from .home import ControlChoiceError, Home, control_transport, save_peer_book
 from .keys import known_peers
 from .node import SUB_TOPIC_PREFIX, Node
 
@@ -117,6 +122,7 @@ class Transport:
         self.monitors: list = []
         self.zap = None
         self.keyport = None
+        self.beacon_sock: socket.socket | None = None
         self.node_name = name
         self.running = True
         self.node: Node | None = None
@@ -182,27 +188,53 @@ class Transport:
         self.pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub_port = _bind(self.pub, s.host, s.effective_pub_port, "broadcast", "--pub-port")
+        if s.discover == "lan":
+            self._open_beacon_socket()
 
         self.control = self.ctx.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.ROUTER_MANDATORY, 1)  # tells us when a watcher has gone
         self.control.setsockopt(zmq.SNDHWM, CONTROL_HWM)
         self.control.setsockopt(zmq.LINGER, 500)  # the reply to `stop` must get out
+        self.control_token: str | None = None
+        self.control_endpoint = self.home.control_endpoint
+        try:
+            kind = control_transport(zmq.has("ipc"))
+        except ControlChoiceError as e:
+            raise StartupError(str(e)) from None
         sock_path = self.home.socket_path
         try:
             sock_path.unlink()  # we hold the home's lock, so any socket file here is stale
         except FileNotFoundError:
             pass
-        old_umask = os.umask(0o177)
+        self.home.remove_control_files()  # stale too
+        if kind == "tcp":
+            self._bind_control_tcp()
+        else:
+            old_umask = os.umask(0o177)
+            try:
+                self.control.bind(self.home.control_endpoint)
+            except zmq.ZMQError as e:
+                raise StartupError(f"cannot create control socket {sock_path}: {e.strerror}") from None
+            finally:
+                os.umask(old_umask)
+            try:
+                os.chmod(sock_path, 0o600)
+            except OSError:
+                pass
+
+    def _bind_control_tcp(self) -> None:
+        """Loopback only, on a port the OS picks; every request must carry a fresh random token."""
+        self.control.setsockopt(zmq.MAXMSGSIZE, 2 * control.MAX_REQUEST_BYTES)  # anyone local may connect: bound what they send
         try:
-            self.control.bind(self.home.control_endpoint)
+            self.control.bind("tcp://127.0.0.1:*")
         except zmq.ZMQError as e:
-            raise StartupError(f"cannot create control socket {sock_path}: {e.strerror}") from None
-        finally:
-            os.umask(old_umask)
+            raise StartupError(f"cannot bind the control socket to tcp://127.0.0.1: {e.strerror}") from None
+        self.control_endpoint = self.control.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.control_token = os.urandom(32).hex()
         try:
-            os.chmod(sock_path, 0o600)
-        except OSError:
-            pass
+            self.home.write_control_files(self.control_endpoint, self.control_token)
+        except OSError as e:
+            raise StartupError(f"cannot write the control token to {self.home.path}: {e}") from None
 
     # ------------------------------------------------------------------ effects
     def apply(self, actions: list) -> None:
@@ -256,10 +288,53 @@ class Transport:
                     log.warning("cannot save pinned key to %s: %s", known_peers(self.home).path, e)
             elif kind is FetchKey:
                 self._fetch_key(act.endpoint, act.tag, act.timeout_s)
+            elif kind is LanBeacon:
+                self._send_beacon(act.payload)
             elif kind is SavePeers:
                 self._peer_book = act.peers  # written by _save_peer_book, at most once a second
             elif kind is Shutdown:
                 self.running = False
+
+    # ------------------------------------------------------------------ LAN discovery
+    def _open_beacon_socket(self) -> None:
+        """UDP on discover_port, all interfaces (broadcasts reach only a socket bound to any address);
+        shared with other nodes on this host (SO_REUSEADDR/SO_REUSEPORT), so each hears every beacon."""
+        s = self.settings
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            sock.bind(("", s.discover_port))
+        except OSError as e:
+            sock.close()
+            raise StartupError(f"cannot listen for LAN beacons on UDP port {s.discover_port}: {e.strerror}; "
+                               f"choose another with --discover-port (every node of the LAN must use the same)") from None
+        sock.setblocking(False)
+        self.beacon_sock = sock
+        self._beacon_warned = 0.0
+
+    def _send_beacon(self, payload: bytes) -> None:
+        try:
+            self.beacon_sock.sendto(payload, (self.settings.discover_to, self.settings.discover_port))
+        except OSError as e:  # no route for broadcasts (no default route?), interface down
+            now = time.monotonic()
+            if now - self._beacon_warned >= 60.0:
+                self._beacon_warned = now
+                log.warning("cannot send the LAN beacon to %s:%d: %s (set discover_to to this network's broadcast address)",
+                            self.settings.discover_to, self.settings.discover_port, e.strerror)
+
+    def _read_beacons(self, sock: socket.socket) -> None:
+        node = self.node
+        for _ in range(BATCH):
+            try:
+                data, source = sock.recvfrom(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. an ICMP error queued on the socket
+                continue
+            self._out.extend(node.on_lan_beacon(time.monotonic(), data, source[0]))
 
     def _subscribe(self, key: str, endpoint: str, server_key: str | None) -> None:
         """One SUB per peer: whatever arrives on it came through that peer's PUB."""
@@ -487,7 +562,7 @@ class Transport:
             if len(frames) != 2:
                 node.drop(time.monotonic(), "bad_control", f"control request with {len(frames) - 1} frames", "control socket")
                 return
-            out.extend(control.handle(node, time.monotonic(), frames[0].bytes, frames[1].bytes, extra_status))
+            out.extend(control.handle(node, time.monotonic(), frames[0].bytes, frames[1].bytes, extra_status, self.control_token))
 
         self._watch_handshakes(self.router, "peer")
         self._watch_handshakes(self.pub, "broadcast")
@@ -498,6 +573,8 @@ class Transport:
             self._register(self.zap, self._answer_zap)
         if self.keyport is not None:
             self._register(self.keyport, self._answer_keyport)
+        if self.beacon_sock is not None:
+            self._register(self.beacon_sock, self._read_beacons, drains=True)
         next_tick = 0.0
         while self.running:
             now = time.monotonic()
@@ -552,6 +629,8 @@ class Transport:
         for sock in (self.router, self.pub, self.zap, self.keyport, *[s for s, _ in self.subs.values()], *self.key_fetches):
             if sock is not None:
                 sock.close(linger=0)
+        if self.beacon_sock is not None:
+            self.beacon_sock.close()
         self.control.close()
         for sock in self.dealers.values():
             sock.close(linger=CLOSE_LINGER_MS)
@@ -561,6 +640,7 @@ class Transport:
             self.home.socket_path.unlink()
         except OSError:
             pass
+        self.home.remove_control_files()
 
 
 def _messages(sock: zmq.Socket):

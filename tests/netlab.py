@@ -140,6 +140,8 @@ class Lab:
         run("ip", "-n", self.sw, "link", "add", port, "type", "veth", "peer", "name", "e0", "netns", host.ns)
         run("ip", "-n", host.ns, "addr", "add", f"{host.ip}/24", "dev", "e0")
         run("ip", "-n", host.ns, "link", "set", "e0", "up")
+        # the lab is the host's whole world: even 255.255.255.255 (LAN beacons) has a route, into the lab
+        run("ip", "-n", host.ns, "route", "add", "default", "dev", "e0")
         host.sh(sys.executable, "-c", _OFFLOADS_OFF, "e0")
         run("ip", "-n", self.sw, "link", "set", port, "up")
         if impaired is None:

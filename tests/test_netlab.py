@@ -171,3 +171,29 @@ def test_host_that_changes_address_is_relinked(lab):
     assert texts_from(h3, "h1") == {"found you": 1}
     print(f"re-linked at {h3.ip} in {relink_s:.2f} s")
     assert json.loads(h3.ctl("--json", "info").stdout)["id"] == h3.id
+
+
+def test_lan_discovery_links_hosts_nobody_introduced(lab):
+    hosts = [lab.add_host(f"h{i}") for i in range(1, 5)]
+    hosts[0].configure(extra="discover_interval_s = 0.3\n")
+    hosts[0].start("--discover", "lan", "--discover-port", "5670", port=int(PORT))  # by flags
+    hosts[1].configure(extra='discover = "lan"\ndiscover_interval_s = 0.3\n')  # by the config file
+    hosts[2].configure(extra='discover = "lan"\ndiscover_interval_s = 0.3\ndiscover_to = "10.231.0.255"\n')  # a subnet's broadcast
+    hosts[3].configure()  # no discovery: it beacons nothing, and nobody finds it
+    start(*hosts[1:])
+    t0 = time.monotonic()
+    finders = hosts[:3]
+    names = {h.name for h in finders}
+    for h in finders:
+        wait_for(lambda h=h: alive_view(h) == names - {h.name}, 20, interval=0.2, what=f"{h.name} to find the others on the LAN")
+    took = time.monotonic() - t0
+    assert alive_view(hosts[3]) == set()
+    info = hosts[0].ctl_json("info")
+    assert info["discover"]["mode"] == "lan" and info["discover"]["beacons_sent"] > 0 and info["discover"]["beacons_heard"] > 0
+    assert info["dropped_total"] == 0
+    assert "delivered" in hosts[0].ctl("send", "--wait", "10", "h3", "found you on the LAN").stdout
+    # a later newcomer is found too, and the one without discovery can still be introduced by hand
+    hosts[3].ctl("--timeout", "20", "connect", hosts[0].ip, PORT)
+    for h in hosts:
+        wait_for(lambda h=h: alive_view(h) == {"h1", "h2", "h3", "h4"} - {h.name}, 20, interval=0.2, what=f"{h.name} to see all four")
+    print(f"three hosts found each other by LAN beacons in {took:.2f} s")
