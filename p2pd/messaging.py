@@ -12,6 +12,9 @@ module turns its answers into envelopes and effects:
   ``delivered`` once the peer's ACK covers it, or ``queued`` when the wait
   ends first (``require``: an error instead).
 * incoming MESSAGE: store new ones, drop duplicates and gaps; owe an ACK.
+* ``on_join``: a peer's JOIN says how far it received our numbering; beyond
+  our own counters, our store went back in time (a restored backup), and we
+  start a new store epoch so that the peers resynchronise.
 * ``flush``: called by the event loop after a batch; it writes counters, and
   returns the ACKs owed.  The loop commits the store *before* it performs
   anything `flush` or the handlers returned, so an ACK, reply or event
@@ -62,6 +65,10 @@ class Messaging:
         self.waiters: dict[str, Waiter] = {}
         self.since_wanted: dict[str, float] = {}
         self.replay_seen: dict[str, tuple[set, int]] = {}  # origin -> (ids delivered live, bseq the replay must pass)
+        # After our store was found to have gone back in time (on_join): the epoch we left, and
+        # each peer's out_seq then.  Until a restart, a JOIN that reports the old numbering still
+        # acknowledges what it covers.
+        self.left_epoch: tuple[str, dict[str, int]] | None = None
         self._next_expire = 0.0
         self._next_prune = 0.0
 
@@ -70,6 +77,48 @@ class Messaging:
         """Fields for JOIN and PING: our latest broadcast number, the oldest we can replay, our store's epoch."""
         oldest, latest = self.delivery.broadcast_window()
         return {"bseq": latest, "boldest": oldest, "epoch": self.store.epoch}
+
+    def received(self, peer_id: str | None) -> dict:
+        """Fields for a JOIN to ``peer_id``: how far we have received its messages and broadcasts,
+        each with the epoch that numbering belongs to (only where we know it)."""
+        ls = self.delivery.links.get(peer_id) if peer_id is not None else None
+        if ls is None:
+            return {}
+        data = {}
+        if ls.in_epoch is not None:
+            data["got"], data["got_epoch"] = ls.in_seq, ls.in_epoch
+        if ls.bcast_epoch is not None and ls.bcast_seq is not None:
+            data["bgot"], data["bgot_epoch"] = ls.bcast_seq, ls.bcast_epoch
+        return data
+
+    def on_join(self, now: float, peer, data: dict) -> list:
+        """A JOIN told us how far ``peer`` has received our numbering (`received` on its side).
+        Called before anything is sent to the peer in answer to that JOIN.
+
+        Beyond our own counters, in our current epoch, means that our store went back in time
+        (restored from an older backup, or its last commits lost to a power loss): the numbers we
+        would give out next are ones the peers have seen, and they would drop those messages as
+        duplicates.  So start a new epoch: every peer then resynchronises as with a new store.
+        What the peer received of the numbering we left acknowledges our outbox up to there
+        (those messages reached it after the backup was taken): they are not sent again."""
+        epoch, delivery = self.store.epoch, self.delivery
+        ls = delivery.links.get(peer.id)
+        out_seq = ls.out_seq if ls is not None else 0
+        got, bgot = data.get("got"), data.get("bgot")
+        behind = None
+        if got is not None and data.get("got_epoch") == epoch and got > out_seq:
+            behind = f"seq {got} > {out_seq}"
+        elif bgot is not None and data.get("bgot_epoch") == epoch and bgot > delivery.bcast_seq:
+            behind = f"broadcast {bgot} > {delivery.bcast_seq}"
+        if behind is not None:
+            log.warning("the store is older than what peer %s has received from us (%s): it was restored from a backup? "
+                        "starting a new store epoch so peers resynchronise", peer.name, behind)
+            self.node.stats["store_rollbacks_detected"] += 1
+            self.left_epoch = (epoch, {peer_id: link.out_seq for peer_id, link in delivery.links.items()})
+            self.store.new_epoch()
+        if got is not None and self.left_epoch is not None and data.get("got_epoch") == self.left_epoch[0]:
+            return self._acked(now, peer.id, min(got, self.left_epoch[1].get(peer.id, 0)))
+        return []
 
     def _reply(self, w: Waiter, status: str, msg_id: str) -> ToClient:
         from .node import _ok
@@ -227,14 +276,18 @@ class Messaging:
         if msg.target_id != self.node.id:
             self.node.drop(now, "misrouted", "ACK for another node", peer.name)
             return []
-        delivered = self.delivery.on_ack(peer.id, msg.data["upto"], now, self.node._epoch(now), want_ids=bool(self.waiters))
+        return self._acked(now, peer.id, msg.data["upto"]) + self.pump(now, peer.id)
+
+    def _acked(self, now: float, peer_id: str, upto: int) -> list:
+        """``peer_id`` has stored our messages up to ``upto``: settle them and answer their waiters."""
+        delivered = self.delivery.on_ack(peer_id, upto, now, self.node._epoch(now), want_ids=bool(self.waiters))
         acts = []
         for msg_id in delivered[1]:
             w = self.waiters.pop(msg_id, None)
             if w is not None:
                 acts.append(self._reply(w, "delivered", msg_id))
         self.node.stats["messages_delivered"] += delivered[0]
-        return acts + self.pump(now, peer.id)
+        return acts
 
     def on_fetch(self, now: float, msg: P.Message, peer) -> list:
         node = self.node

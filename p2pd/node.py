@@ -122,8 +122,11 @@ class Node:
         self._next_heartbeat = now
         self._next_gossip = now + settings.gossip_interval_s
         self._joined: list[str] = []  # peers that became alive since the last tick
+        self._rumors: dict[str, str] = {}  # peers first heard of in PEERS since the last tick -> who told us
         # Peers whose JOIN reached us before any gossip did: new to the cluster as far as we know.
-        # Only those are pushed; a peer we heard of by gossip is being spread by whoever told us.
+        # They are pushed once alive; peers first heard of in gossip (_rumors) are relayed at once,
+        # to all but whoever told us: news then crosses a forming cluster one hop per tick, where
+        # waiting for each hop's link to come up (a CURVE handshake) was the slow part.
         self._first_contact: set[str] = set()
         self.stopping = False
         self.boot = os.urandom(4).hex()  # this run of the node: a peer that sees it change knows we restarted
@@ -153,9 +156,10 @@ class Node:
     def _msg(self, now: float, type_: str, data: dict | None = None, target: str | None = None) -> P.Message:
         return P.make(type_, self.id, self.name, self._epoch(now), data, target)
 
-    def _join(self, now: float, reply_to: str | None = None, again: bool = False) -> P.Message:
+    def _join(self, now: float, reply_to: str | None = None, again: bool = False, to: str | None = None) -> P.Message:
+        """A JOIN; ``to``: the peer it goes to, if known (it then says how far we received that peer's numbering)."""
         data = {"addr": self.address.addr, "port": self.address.port, "pub_port": self.address.pub_port, "reply_to": reply_to,
-                "key": self.trust.public_key, "batch": True, "boot": self.boot, **self.msgs.beacon()}
+                "key": self.trust.public_key, "batch": True, "boot": self.boot, **self.msgs.beacon(), **self.msgs.received(to)}
         if again:
             data["again"] = True
         return self._msg(now, P.JOIN, data)
@@ -258,7 +262,7 @@ class Node:
             return acts
         self.links[peer.id] = peer.router_endpoint
         self.link_since[peer.id] = now
-        return acts + [OpenLink(peer.id, peer.router_endpoint, self._server_key(peer)), self._send(peer.id, self._join(now, again=again))]
+        return acts + [OpenLink(peer.id, peer.router_endpoint, self._server_key(peer)), self._send(peer.id, self._join(now, again=again, to=peer.id))]
 
     # ------------------------------------------------------------------ start / stop
     def start(self, now: float, saved_peers: list, join_endpoints: list[str]) -> list:
@@ -439,7 +443,7 @@ class Node:
         boot = msg.data.get("boot")
         restarted = old is not None and old.boot is not None and boot != old.boot
         peer.boot = boot
-        acts: list = []
+        acts: list = self.msgs.on_join(now, peer, msg.data)  # first: it may start a new store epoch
         reply_to = msg.data.get("reply_to")
         pc = self.pending.pop(reply_to, None) if reply_to else None
         if pc is not None:
@@ -461,7 +465,7 @@ class Node:
         if old_pub is not None and old_pub != peer.pub_endpoint and old.state == ALIVE:
             acts += [self._unsub(peer, old_pub), self._sub(peer)]
         if not reply_to:
-            acts.append(self._send(peer.id, self._join(now, reply_to=msg.id)))
+            acts.append(self._send(peer.id, self._join(now, reply_to=msg.id, to=peer.id)))
         if self.table.heard_from(peer.id, now):
             acts += self._became_alive(now, peer)
         elif not reply_to:
@@ -504,12 +508,15 @@ class Node:
         return self.msgs.on_message(now, msg, peer)
 
     def _push_joined(self, now: float) -> list:
-        """Tell every alive peer about the peers that joined since the last tick (one PEERS each)."""
+        """Tell every alive peer about the peers that joined, or that gossip first told us of, since
+        the last tick (one PEERS each; a rumour never goes back to whoever told it)."""
         joined = [p for p in (self.table.get(pid) for pid in dict.fromkeys(self._joined)) if p is not None and p.state == ALIVE]
+        rumors = [(p, src) for p, src in ((self.table.get(pid), src) for pid, src in self._rumors.items()) if p is not None]
         self._joined.clear()
+        self._rumors.clear()
         acts = []
         for peer in self.table.alive():
-            news = [p for p in joined if p.id != peer.id]
+            news = [p for p in joined if p.id != peer.id] + [p for p, src in rumors if p.id != peer.id and src != peer.id]
             if news:
                 acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id, peers=news)))
         return acts
@@ -538,6 +545,7 @@ class Node:
                 continue
             peer, _ = self.table.learn(pid, entry["name"], P.PeerAddress(host, addr.port, addr.pub_port), now, entry.get("key"))
             log.info("discovered %s (%s) at %s via %s", peer.name, pid[:12], peer.router_endpoint, gossiper.name)
+            self._rumors[pid] = gossiper.id
             acts += self._link_to(now, peer)
         return acts
 
@@ -607,9 +615,10 @@ class Node:
         if now >= self._next_gossip:
             self._next_gossip = now + self.settings.gossip_interval_s
             self._joined.clear()  # the full list below includes them
+            self._rumors.clear()
             for peer in self.table.alive():
                 acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id)))
-        elif self._joined:
+        elif self._joined or self._rumors:
             acts += self._push_joined(now)
         for pid, pp in list(self.pings.items()):
             if now >= pp.deadline:
@@ -797,6 +806,7 @@ class Node:
             "out_of_order_dropped": self.stats["out_of_order_dropped"],
             "broadcast_fetches": self.stats["broadcast_fetches"],
             "broadcasts_replayed": self.stats["broadcasts_replayed"],
+            "store_rollbacks_detected": self.stats["store_rollbacks_detected"],
             "frames_in": self.stats["frames_in"],
             "frames_out": self.stats["frames_out"],
             "dropped": dict(self.dropped),

@@ -231,10 +231,15 @@ def _opt_seq(data: dict, key: str, lo: int = 0) -> None:
         raise ProtocolError("bad_field", f"data.{key} must be an integer {lo}..2^53")
 
 
+def _opt_id(data: dict, key: str) -> None:
+    """An optional id-like field (an epoch): a string of the id pattern when present."""
+    val = data.get(key)
+    if val is not None and not (type(val) is str and _matches(val, _ID_RE)):
+        raise ProtocolError("bad_field", f"data.{key} must be an id string")
+
+
 def _check_data(type_: str, data: dict, target_id: str | None) -> None:
-    epoch = data.get("epoch")
-    if epoch is not None and not (type(epoch) is str and _matches(epoch, _ID_RE)):
-        raise ProtocolError("bad_field", "data.epoch must be an id string")
+    _opt_id(data, "epoch")
     if type_ in (JOIN, PING, PONG):
         _opt_seq(data, "bseq")
         _opt_seq(data, "boldest")
@@ -276,6 +281,11 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
         boot = data.get("boot")
         if boot is not None and not (isinstance(boot, str) and _ID_RE.match(boot)):
             raise ProtocolError("bad_field", "JOIN 'boot' must be an id string")
+        for seq, epoch in (("got", "got_epoch"), ("bgot", "bgot_epoch")):  # how far the sender received our numbering
+            _opt_seq(data, seq)
+            _opt_id(data, epoch)
+            if (data.get(seq) is None) != (data.get(epoch) is None):
+                raise ProtocolError("bad_field", f"JOIN needs both data.{seq} and data.{epoch}, or neither")
     elif type_ in (MESSAGE, BROADCAST):
         text = data.get("text")
         if not isinstance(text, str):

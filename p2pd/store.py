@@ -17,7 +17,8 @@ must survive a restart or a kill -9:
 * ``broadcasts`` - our own broadcasts, numbered, kept so that peers that missed
                    some (slow joiner, high-water-mark drop, restart) can fetch them.
 * ``meta``       - our own counters (the last broadcast number), which must
-                   never go backwards even when old broadcasts are pruned.
+                   never go backwards even when old broadcasts are pruned, and
+                   the store's ``epoch``, the name our numbering belongs to.
 * ``known``      - the address book of every peer we have linked, so a message
                    to a peer that is offline or has left can still be queued.
 
@@ -168,11 +169,16 @@ class Store:
                     pass
         self.epoch = self.get_meta("epoch")
         if self.epoch is None:
-            # Names this store: a peer that sees another epoch knows our
-            # numbering restarted (store lost or restored) and resynchronises.
-            self.epoch = os.urandom(8).hex()
-            self.set_meta("epoch", self.epoch)
+            self.new_epoch()
             self.commit()
+
+    def new_epoch(self) -> str:
+        """Name this store afresh (written with the next commit).  The epoch names the store: a
+        peer that sees another epoch knows our numbering restarted (store lost, or found to have
+        gone back in time) and resynchronises."""
+        self.epoch = os.urandom(8).hex()
+        self.set_meta("epoch", self.epoch)
+        return self.epoch
 
     def _migrate(self, version: int) -> None:
         """Bring an older store up to SCHEMA_VERSION, each step in one transaction."""

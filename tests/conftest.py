@@ -1,8 +1,8 @@
 """Test harness: real p2pd daemons on loopback, driven by the real p2pctl.
 
-Every node gets its own home under pytest's tmp dir, binds 127.0.0.1 on
-ports the OS picks (``--port 0``), and uses fast heartbeat settings from a
-config file in its home.  Every daemon started is killed by pid at teardown.
+Every node gets its own home under pytest's tmp dir, binds 127.0.0.1 on a
+free block of ports below the OS's ephemeral range (see `free_port_block`),
+and uses fast heartbeat settings from a config file in its home.  Every daemon started is killed by pid at teardown.
 Waiting is always "poll a condition until a deadline", never a bare sleep.
 """
 
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -55,6 +57,31 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str
         time.sleep(interval)
 
 
+AUTO_PORT = -1  # Node.start: a free block from free_port_block
+
+
+def free_port_block(span: int = 3) -> int:
+    """A port P with P..P+span-1 free on 127.0.0.1 (peer, broadcast and key port), below the
+    ephemeral range (32768+ on Linux).  A port the OS picks for ``--port 0`` comes from that
+    range, and a test that restarts a node on its old port could find it taken meanwhile by
+    some process's outgoing connection; below the range only a listener can take it."""
+    for _ in range(500):
+        port = random.randrange(20000, 32700 - span)
+        socks = []
+        try:
+            for q in range(port, port + span):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", q))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free block of ports found in 20000-32700")
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -81,11 +108,16 @@ class Node:
         registry.append(self)
 
     # -------------------------------------------------------------- processes
-    def start(self, *extra: str, port: int | None = 0, check: bool = True) -> subprocess.CompletedProcess:
-        args = [*self.prefix, *P2PD, "start", "--home", str(self.home), "--name", self.name, "--json", *extra]
-        if port is not None:
-            args += ["--port", str(port)]
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    def start(self, *extra: str, port: int | None = AUTO_PORT, check: bool = True) -> subprocess.CompletedProcess:
+        """``port``: AUTO_PORT (a free block, see free_port_block), a number, or None for no --port flag."""
+        for _ in range(5):
+            args = [*self.prefix, *P2PD, "start", "--home", str(self.home), "--name", self.name, "--json", *extra]
+            chosen = free_port_block() if port == AUTO_PORT else port
+            if chosen is not None:
+                args += ["--port", str(chosen)]
+            proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+            if not (port == AUTO_PORT and proc.returncode == 6 and "already in use" in proc.stderr):
+                break  # else another test's daemon took the block between our check and the bind
         if check:
             assert proc.returncode == 0, f"p2pd start {self.name} failed ({proc.returncode}): {proc.stderr}"
             self.info = json.loads(proc.stdout)

@@ -29,7 +29,7 @@ HOST = "127.0.0.1"
 WALL = 1_700_000_000.0
 CLI = b"cli"
 WATCH = b"watcher"
-PORTS = {"alice": 5001, "bob": 5003, "charlie": 5005, "dave": 5007}
+PORTS = {"alice": 5001, "bob": 5003, "charlie": 5005, "dave": 5007, "erin": 5009}
 
 FAST = Settings(
     heartbeat_interval_s=1.0,
@@ -62,9 +62,10 @@ class Net:
         self.shutdown: set[str] = set()
 
     # ---- membership of the fake network
-    def add(self, name: str, node_id: str | None = None, settings: Settings = FAST, now: float = 0.0, addr: str | None = HOST) -> Node:
+    def add(self, name: str, node_id: str | None = None, settings: Settings = FAST, now: float = 0.0, addr: str | None = HOST,
+            store=None) -> Node:
         port = PORTS[name]
-        node = Node(node_id or f"{name}-id", name, P.PeerAddress(addr, port, port + 1), settings, now, WALL)
+        node = Node(node_id or f"{name}-id", name, P.PeerAddress(addr, port, port + 1), settings, now, WALL, store)
         self.nodes[name] = node
         self.by_router[ep(port)] = node
         self.by_pub[ep(port + 1)] = node
@@ -315,6 +316,26 @@ def test_a_new_peer_is_pushed_to_the_others_at_the_next_tick(net, pair):
     assert len(net.sent("bob", "alice", P.PEERS)) == len(pushes) + 1  # once
 
 
+def test_peers_first_heard_in_gossip_are_relayed_once_at_the_next_tick_but_not_back(net, pair):
+    """dave (linked to erin) joins bob and hears of alice from bob: at its next tick dave tells
+    erin about alice (rumour relay: news crosses the cluster one hop per tick, not one link-up
+    per hop), never bob, who told it, and only once."""
+    alice, bob = pair
+    erin, dave = net.add("erin"), net.add("dave")
+    assert net.connect(dave, erin, 0.5)["ok"] is True
+    assert net.connect(dave, bob, 1.0)["ok"] is True
+    assert "alice-id" in dave._rumors and dave._rumors["alice-id"] == bob.id
+    before_erin = len(net.sent("dave", "erin", P.PEERS))
+    before_bob = len(net.sent("dave", "bob", P.PEERS))
+    net.tick(1.05, dave)
+    relayed = [m for _, m in net.sent("dave", "erin", P.PEERS)][before_erin:]
+    assert any("alice-id" in [e["id"] for e in m.data["peers"]] for m in relayed)
+    assert not any("alice-id" in [e["id"] for e in m.data["peers"]] for _, m in net.sent("dave", "bob", P.PEERS)[before_bob:])
+    net.tick(1.1, dave)
+    assert len(net.sent("dave", "erin", P.PEERS)) == before_erin + len(relayed)  # once
+    assert all(state(n, alice) == ALIVE for n in (bob, erin, dave))
+
+
 # ============================================================================ heartbeat
 
 
@@ -563,8 +584,8 @@ def test_ping_timeout(net, pair):
 # ============================================================================ addresses
 
 
-def join_frame(sender: str, port: int, addr, reply_to=None, name: str | None = None) -> list[bytes]:
-    data = {"addr": addr, "port": port, "pub_port": port + 1, "reply_to": reply_to}
+def join_frame(sender: str, port: int, addr, reply_to=None, name: str | None = None, **extra) -> list[bytes]:
+    data = {"addr": addr, "port": port, "pub_port": port + 1, "reply_to": reply_to, **extra}
     return [sender.encode(), P.encode(P.make(P.JOIN, sender, name or sender.split("-")[0], WALL, data))]
 
 
