@@ -17,7 +17,6 @@ the transport passes it in, and a missing or wrong one is refused as ``bad_token
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
 
 import orjson
@@ -107,6 +106,8 @@ def _check_token(obj: dict, token: str) -> None:
     given = obj.get("token")
     if not isinstance(given, str) or not given:
         raise BadRequest("bad_token", "bad control token: none given; over TCP every request must carry the token from the home's control.token")
+    import hmac  # only over TCP control: hmac pulls in OpenSSL (~4 MiB of RSS) via hashlib
+
     if not hmac.compare_digest(given.encode(), token.encode()):
         raise BadRequest("bad_token", "bad control token: it is not this daemon's (each start writes a new control.token)")
 
