@@ -98,3 +98,13 @@ def test_log_records_events_and_survives_rotation(make_node):
     assert "peer left: bob" not in rotated.read_text()
     alice.stop()
     assert "stopped" in log.read_text()
+
+
+def test_a_running_daemon_has_not_loaded_openssl(make_node):
+    """hashlib, secrets and hmac map OpenSSL's libcrypto (3.5-4 MiB of RSS for nothing the daemon
+    needs: keys use the builtin sha256, tokens os.urandom).  A stray import put it back once."""
+    node = make_node("lean")
+    node.start()
+    with open(f"/proc/{node.pid}/maps") as f:
+        mapped = f.read()
+    assert "libcrypto" not in mapped and "libssl" not in mapped
