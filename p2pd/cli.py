@@ -78,14 +78,18 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
                      key_port=key_port, insecure=insecure, discover=discover, discover_port=discover_port)
     try:
         control_transport(ipc_available=True)  # a bad $P2PD_CONTROL is a usage error, before anything starts
-        cfg_file = click.format_filename(config_path) if config_path else (h.config_file if h.config_file.exists() else None)
-        settings = build(load_file(cfg_file) if cfg_file else {}, overrides)
+        def current_settings():
+            # Looked for again at each SIGHUP: a HOME/p2pd.toml written after the start counts too.
+            cfg_file = click.format_filename(config_path) if config_path else (h.config_file if h.config_file.exists() else None)
+            return build(load_file(cfg_file) if cfg_file else {}, overrides)
+
+        settings = current_settings()
     except (ConfigError, ControlChoiceError) as e:
         _fail(str(e), exitcodes.USAGE)
     if foreground or daemonized:
         try:
             code = run_foreground(h, settings, log_to_stderr=not daemonized,
-                                  read_settings=lambda: build(load_file(cfg_file) if cfg_file else {}, overrides))
+                                  read_settings=current_settings)
         except AlreadyRunning as e:
             _fail(str(e), exitcodes.CONFLICT)
         except Exception as e:  # StartupError and friends: one line, no traceback

@@ -116,3 +116,26 @@ def test_sighup_reloads_the_log_level_and_reopens_the_log(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
+def test_sighup_reads_a_config_file_written_after_the_start(tmp_path):
+    from conftest import wait_for
+
+    home = tmp_path / "late"
+    home.mkdir()
+    proc = subprocess.Popen([*P2PD, "start", "--foreground", "--home", str(home), "--host", "127.0.0.1", "--port", "0", "--name", "late"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = home / "p2pd.log"
+    try:
+        wait_for(lambda: subprocess.run([*P2PCTL, "--home", str(home), "status"], capture_output=True, timeout=30).returncode == 0,
+                 timeout=30, what="the daemon to answer")
+        (home / "p2pd.toml").write_text('log_level = "debug"\n')
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded configuration (SIGHUP): log_level=debug" in log.read_text(), timeout=10, what="the new file to be read")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
