@@ -5,17 +5,19 @@ How this works
 `Node` is a sans-I/O state machine (in the spirit of h11): the event loop in
 `transport.py` feeds it raw frames and the current monotonic time, and it
 returns a list of effects from `actions.py` (open a link, send an envelope,
-reply to a control client ...).  It owns the membership table, the counters,
-the inbox and the in-flight handshakes and pings; it owns no socket and reads
-no clock, so every rule below is unit-tested without ZeroMQ.
+reply to a control client ...).  It owns the membership table, the links, the
+counters and the in-flight pings, and hands two parts to helpers it owns:
+messages and broadcasts to `messaging.py`, dialing by address (key fetch,
+pinning, pending links, ``--join`` bootstraps) to `dialer.py`.  It owns no
+socket and reads no clock, so every rule below is unit-tested without ZeroMQ.
 
 The peer protocol (docs/PROTOCOL.md):
 
 * Link: to reach a peer we open a DEALER to its ROUTER and send JOIN.  A JOIN
   that is not itself a reply is answered with a JOIN carrying ``reply_to``,
   over the receiver's own DEALER to the sender's ROUTER, so both sides end
-  up with one link each way.  ``connect`` by address files the link under
-  ``pending:<endpoint>`` until the reply tells us whose it is.
+  up with one link each way.  A dial by address (``connect``, ``--join``, a
+  LAN beacon) is `dialer.py`'s until the JOIN reply tells us whose it is.
 * Gossip: on link-up and every ``gossip_interval_s`` we send PEERS (our alive
   peers with their addresses); a node links to every peer it learns of.  A
   peer that just joined is also pushed at once (at the next tick) to every
@@ -39,42 +41,19 @@ from dataclasses import dataclass
 
 from . import lan
 from . import protocol as P
-from .actions import (CloseLink, FetchKey, LanBeacon, OpenLink, PinKey, RekeyLink, SavePeers, Send, SendBatch, Shutdown, Subscribe,
-                      ToClient, Unsubscribe)
+from .actions import CloseLink, LanBeacon, OpenLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe
+from .dialer import Dialer
 from .membership import ALIVE, LOST, Membership, Peer, UnknownPeer, is_loopback
 from .messaging import Messaging
 from .ratelimit import LogRateLimiter
 from .settings import Settings
 from .store import Store
-from .trust import Trust, node_id_for
+from .trust import Trust
 
 log = logging.getLogger("p2pd.node")
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*", ""})
 SUB_TOPIC_PREFIX = b"\x00sub:"  # never matches an envelope, which starts with "{"
-KEY_FETCH_S = 3.0  # a background dial's wait for a key port
-
-
-@dataclass
-class PendingConnect:
-    key: str
-    endpoint: str
-    deadline: float | None
-    client: bytes | None = None
-    req: object = None
-    since: float | None = None  # also fetch this peer's broadcasts since this UNIX time
-    server_key: str | None = None  # the key we dialled with (secure mode)
-
-
-@dataclass
-class PendingKey:
-    """A key fetch from a peer's key port, before dialling it."""
-    host: str
-    port: int
-    deadline: float | None
-    client: bytes | None = None
-    req: object = None
-    since: float | None = None
 
 
 @dataclass
@@ -84,14 +63,6 @@ class PendingPing:
     client: bytes | None = None
     req: object = None
     deadline: float = 0.0
-
-
-@dataclass
-class Bootstrap:
-    endpoint: str
-    next_try: float
-    backoff_s: float = 0.0
-    peer_id: str | None = None
 
 
 class Node:
@@ -107,16 +78,13 @@ class Node:
         self.table = Membership(node_id, settings.retry_min_s, settings.retry_max_s, settings.forget_after_s)
         self.link_since: dict[str, float] = {}  # link key -> when we opened it
         self.links: dict[str, str] = {}  # link key -> router endpoint
-        self.pending: dict[str, PendingConnect] = {}  # JOIN message id -> pending connect
         self.pings: dict[str, PendingPing] = {}
-        self.bootstraps: dict[str, Bootstrap] = {}
         self.watchers: set[bytes] = set()
         self.stats: Counter = Counter()
         self.trust = trust if trust is not None else Trust(None, secure=False)
-        self.key_fetches: dict[str, PendingKey] = {}
-        self._key_tags = 0
         self.store = store if store is not None else Store(":memory:")
         self.msgs = Messaging(self, self.store, settings)
+        self.dial = Dialer(self)  # connect by address, key fetch and pinning, pending links, bootstraps
         self.dropped: Counter = Counter()
         self._limiter = LogRateLimiter(1.0)
         self._next_heartbeat = now
@@ -148,6 +116,22 @@ class Node:
     def inbox(self) -> list[dict]:
         """The newest received messages (at most ``inbox_size``), oldest first."""
         return self.msgs.inbox(self.settings.inbox_size)
+
+    # The dialer's state, still readable here: tests and tools look at it on the node.
+    @property
+    def pending(self) -> dict:
+        """JOIN message id -> `dialer.PendingConnect`: our dials by address not answered yet."""
+        return self.dial.pending
+
+    @property
+    def key_fetches(self) -> dict:
+        """Tag -> `dialer.PendingKey`: key fetches from a peer's key port not answered yet."""
+        return self.dial.key_fetches
+
+    @property
+    def bootstraps(self) -> dict:
+        """Endpoint -> `dialer.Bootstrap`: the ``--join`` addresses and their backoff."""
+        return self.dial.bootstraps
 
     # ------------------------------------------------------------------ helpers
     def _epoch(self, now: float) -> float:
@@ -249,12 +233,6 @@ class Node:
         acts += self.emit(now, "joined", peer=peer.describe(now))
         return acts + self.msgs.link_up(now, peer)
 
-    def _pin_refusal(self, host: str | None, port: int, key: str | None) -> str | None:
-        """Why ``key`` may not be linked at host:port (its address is pinned to another key), else None."""
-        if not self.trust.secure or host is None or key is None:
-            return None
-        return self.trust.check_pin(f"{host}:{port}", key)
-
     def _link_to(self, now: float, peer: Peer, again: bool = False) -> list:
         """Open (or reopen) a link to a known peer and introduce ourselves (``again``: we had lost it)."""
         acts = self._close_link(peer.id)
@@ -278,9 +256,7 @@ class Node:
             key = entry.get("key") if P.valid_key(entry.get("key")) else None
             peer, _ = self.table.learn(pid, name, addr, now, key)
             acts += self._link_to(now, peer)
-        for ep in join_endpoints:
-            self.bootstraps[ep] = Bootstrap(ep, next_try=now)
-        return acts + self._tick_bootstraps(now)
+        return acts + self.dial.start(now, join_endpoints)
 
     def leave(self, now: float) -> list:
         """Graceful stop: LEAVE to every linked peer, then shut down."""
@@ -387,7 +363,7 @@ class Node:
     def _dispatch(self, now: float, msg: P.Message, peer_host: str | None, source: str) -> list:
         if msg.sender_id == self.id:
             if msg.type == P.JOIN:
-                return self._join_from_self(now, msg)
+                return self.dial.join_from_self(now, msg)
             self.drop(now, "self", "frame claims to come from this node", source)
             return []
         if msg.type == P.JOIN:
@@ -403,15 +379,6 @@ class Node:
         if self.table.heard_from(peer.id, now):
             return self._became_alive(now, peer) + handler(now, msg, peer)
         return handler(now, msg, peer)
-
-    def _join_from_self(self, now: float, msg: P.Message) -> list:
-        pc = self.pending.pop(msg.data.get("reply_to") or msg.id, None)  # our own connect JOIN has no reply_to
-        if pc is None:
-            return []
-        acts = self._close_link(pc.key)
-        if pc.client is not None:
-            acts.append(ToClient(pc.client, _err(pc.req, "self", f"{pc.endpoint} is this node itself")))
-        return acts
 
     def _on_join(self, now: float, msg: P.Message, peer_host: str | None, source: str) -> list:
         adv = P.parse_address(msg.data)
@@ -429,7 +396,7 @@ class Node:
         if refusal is not None:
             self.drop(now, "bad_key", f"JOIN from {msg.sender_id[:12]} refused: {refusal}", source)
             return []
-        problem = self._pin_refusal(host, adv.port, key)
+        problem = self.dial.pin_refusal(host, adv.port, key)
         if problem is not None:  # else a new key at a pinned address just dials in, and we would link back to it
             self.drop(now, "key_changed", f"JOIN from {msg.sender_id[:12]} refused: {problem}", source)
             return []
@@ -445,17 +412,8 @@ class Node:
         peer.boot = boot
         acts: list = self.msgs.on_join(now, peer, msg.data)  # first: it may start a new store epoch
         reply_to = msg.data.get("reply_to")
-        pc = self.pending.pop(reply_to, None) if reply_to else None
-        if pc is not None:
-            if peer.id in self.links or self.links.get(pc.key) != peer.router_endpoint:
-                acts += self._close_link(pc.key)
-            else:
-                self.links[peer.id] = self.links.pop(pc.key)
-                self.link_since[peer.id] = self.link_since.pop(pc.key, now)
-                acts.append(RekeyLink(pc.key, peer.id))
-            for b in self.bootstraps.values():
-                if b.endpoint == pc.endpoint:
-                    b.peer_id = peer.id
+        pc, replied = self.dial.on_reply(now, peer, reply_to)  # the answer to our dial, if it is one
+        acts += replied
         if not reply_to and old is not None and peer.id in self.links and self._stale_link(now, peer, msg, restarted):
             # It introduced itself again: it restarted, or it stopped hearing us although ZeroMQ sees
             # our link as up (e.g. its ROUTER handed our routing id to another connection and left
@@ -539,7 +497,7 @@ class Node:
             # The gossiper saw this peer on loopback: it shares the gossiper's host.
             if host is None or host in WILDCARD_HOSTS or (is_loopback(host) and not is_loopback(gossiper.address.addr)):
                 host = gossiper.address.addr
-            problem = self._pin_refusal(host, addr.port, entry.get("key"))
+            problem = self.dial.pin_refusal(host, addr.port, entry.get("key"))
             if problem is not None:  # counted and rate-limited: gossip repeats it every gossip_interval_s
                 self.drop(now, "key_changed", f"not linking {pid[:12]} learned from {gossiper.name}: {problem}", gossiper.name)
                 continue
@@ -625,95 +583,15 @@ class Node:
                 del self.pings[pid]
                 if pp.client is not None:
                     acts.append(ToClient(pp.client, _err(pp.req, "timeout", "no PONG within the timeout")))
-        for mid, pc in list(self.pending.items()):
-            if pc.deadline is not None and now >= pc.deadline:
-                del self.pending[mid]
-                acts += self._close_link(pc.key)
-                if pc.client is not None:
-                    acts.append(ToClient(pc.client, _err(pc.req, "unreachable", f"no answer from {pc.endpoint} within the timeout: is p2pd running there, and is the port open? "
-                                                                     f"(a node in --insecure mode and a secure one cannot link; in a closed network, is our key in its authorized_keys?)")))
-        return acts + self._tick_bootstraps(now) + self.msgs.tick(now)
+        return acts + self.dial.tick(now) + self.msgs.tick(now)
 
     def flush(self, now: float) -> list:
         """End of an input batch: what may go out only once the store is committed."""
         return self.msgs.flush(now)
 
-    def _tick_bootstraps(self, now: float) -> list:
-        acts: list = []
-        for b in self.bootstraps.values():
-            if b.peer_id is not None:
-                peer = self.table.get(b.peer_id)
-                if peer is not None:
-                    continue  # membership retries it from here on
-                b.peer_id = None  # it left: keep knocking
-            if now < b.next_try:
-                continue
-            b.backoff_s = min(self.settings.retry_max_s, max(self.settings.retry_min_s, b.backoff_s * 2))
-            b.next_try = now + b.backoff_s
-            for mid, pc in list(self.pending.items()):
-                if pc.endpoint == b.endpoint and pc.client is None:
-                    del self.pending[mid]
-                    acts += self._close_link(pc.key)
-            host, _, port = b.endpoint[len("tcp://"):].rpartition(":")
-            acts += self._dial_address(now, host.strip("[]"), int(port), deadline=None)
-        return acts
-
-    def _dial(self, now: float, endpoint: str, deadline: float | None, client: bytes | None = None, req=None,
-              since: float | None = None, server_key: str | None = None) -> list:
-        key = f"pending:{endpoint}:{now:.6f}"
-        join = self._join(now)
-        self.pending[join.id] = PendingConnect(key, endpoint, deadline, client, req, since, server_key)
-        self.links[key] = endpoint
-        self.link_since[key] = now
-        return [OpenLink(key, endpoint, server_key), self._send(key, join)]
-
-    def _fail(self, client: bytes | None, req, code: str, text: str) -> list:
-        if client is not None:
-            return [ToClient(client, _err(req, code, text))]
-        log.warning("%s", text)
-        return []
-
-    def _dial_address(self, now: float, host: str, port: int, deadline: float | None, client: bytes | None = None, req=None,
-                      since: float | None = None, key: str | None = None) -> list:
-        """Dial host:port.  In secure mode we need its key first: given, or fetched from its key port (port+2)."""
-        endpoint = P.tcp_endpoint(host, port)
-        if not self.trust.secure:
-            return self._dial(now, endpoint, deadline, client, req, since)
-        address = f"{host}:{port}"
-        if key is None:
-            self._key_tags += 1
-            tag = f"key{self._key_tags}"
-            self.key_fetches[tag] = PendingKey(host, port, deadline, client, req, since)
-            # A user's connect waits as long as its --timeout allows (on a lossy link one lost
-            # SYN costs 1 s, two cost 3 s); a background dial is retried with backoff anyway.
-            timeout_s = KEY_FETCH_S if deadline is None else max(0.05, deadline - now)
-            return [FetchKey(P.tcp_endpoint(host, port + 2), tag, timeout_s)]
-        problem = self.trust.check_pin(address, key)
-        if problem is not None:
-            log.warning("refused %s: %s", address, problem)
-            return self._fail(client, req, "key_changed", problem)
-        if self.trust.allowlist_mode and key not in self.trust.allowed:
-            return self._fail(client, req, "not_authorized", f"the key of {address} is not in authorized_keys; add it with: p2pctl trust add {key}")
-        acts = []
-        if self.trust.pin(address, key):
-            log.info("pinned the key of %s: %s (node %s)", address, key, node_id_for(key)[:12])
-            acts.append(PinKey(address, key))
-        return acts + self._dial(now, endpoint, deadline, client, req, since, key)
-
     def on_key(self, now: float, tag: str, key: str | None, error: str | None) -> list:
-        """The transport's answer to FetchKey: the key the peer's key port told us, or why not."""
-        pk = self.key_fetches.pop(tag, None)
-        if pk is None:
-            return []
-        address = f"{pk.host}:{pk.port}"
-        if key is None or not P.valid_key(key):
-            pinned = self.trust.pins.get(address)
-            if pinned is None:
-                return self._fail(pk.client, pk.req, "unreachable",
-                                  f"could not get the key of {address} from its key port {pk.port + 2} ({error or 'bad answer'}): "
-                                  f"is p2pd running there, not in --insecure mode? Or connect with the p2p://KEY@{address} string from `p2pctl info` there")
-            key = pinned  # the key port is down, but we know whom to expect
-        return self._dial_address(now, pk.host, pk.port, pk.deadline, pk.client, pk.req, pk.since, key)
+        """The transport's answer to FetchKey (see `Dialer.on_key`)."""
+        return self.dial.on_key(now, tag, key, error)
 
     def on_lan_beacon(self, now: float, data: bytes, host: str) -> list:
         """A UDP beacon from ``host`` (LAN discovery, p2pd/lan.py): dial its sender unless we are linked to it."""
@@ -733,33 +611,17 @@ class Node:
             log.debug("LAN beacon from %s at %s ignored: %s", beacon.node_id[:12], host, refusal)
             return []
         log.info("LAN beacon from %s at %s:%d: linking", beacon.node_id[:12], host, beacon.port)
-        return self._dial_address(now, host, beacon.port, deadline=now + lan.REDIAL_S, key=beacon.key)
+        return self.dial.dial_address(now, host, beacon.port, deadline=now + lan.REDIAL_S, key=beacon.key)
 
     # ------------------------------------------------------------------ control-socket operations
     def connect(self, now: float, host: str, port: int, wait_s: float, client: bytes, req, since: float | None = None,
                 key: str | None = None) -> list:
-        known = self.table.find_by_endpoint(P.tcp_endpoint(host, port))
-        if known is not None and known.state == ALIVE and (key is None or key == known.key):
-            problem = self._pin_refusal(host, port, known.key)
-            if problem is not None:
-                return self._fail(client, req, "key_changed", problem)
-            acts = self.msgs.request_since(now, known, since) if since is not None else []
-            if self.trust.secure and known.key is not None and self.trust.pin(f"{host}:{port}", known.key):
-                acts.append(PinKey(f"{host}:{port}", known.key))  # "the next connect pins the key it finds"
-            return acts + [ToClient(client, _ok(req, {"peer": known.describe(now), "already": True}))]
-        return self._dial_address(now, host, port, now + wait_s, client, req, since, key)
+        """Link to host:port, or say we already are (see `Dialer.connect`)."""
+        return self.dial.connect(now, host, port, wait_s, client, req, since, key)
 
     def disconnect(self, now: float, peer: Peer) -> list:
-        """Tell the peer we are leaving it and forget it (it may come back by JOIN)."""
-        acts = [self._send(peer.id, self._msg(now, P.LEAVE))] if peer.id in self.links else []
-        self.table.remove(peer.id)
-        # The LEAVE must go out before the link closes: the transport lingers on close.
-        acts += self._close_link(peer.id)
-        if peer.state == ALIVE:
-            acts.append(self._unsub(peer))
-        acts.append(self._save_peers())
-        log.info("disconnected from %s (%s) on request", peer.name, peer.id[:12])
-        return acts + self.emit(now, "left", peer=peer.describe(now))
+        """Tell the peer we are leaving it and forget it (see `Dialer.disconnect`)."""
+        return self.dial.disconnect(now, peer)
 
     def resolve_target(self, query: str) -> tuple[str, str]:
         """A peer to send to: a current member, else one from the address book (offline or left)."""

@@ -4,8 +4,9 @@ The kernels these tests run on do not always have sch_netem (CONFIG_NET_SCH_NETE
 so the lab (tests/netlab.py) puts an impaired host behind this relay instead: it
 reads every Ethernet frame arriving on interface A with an AF_PACKET socket, drops
 it with probability ``--loss``, and writes it out of interface B ``--delay`` seconds
-later (and the same from B to A).  Frames keep their order per direction, as netem
-without jitter does.  The interfaces live in the lab's own "switch" namespace, so
+later; frames from B to A pass unchanged.  That is what netem on the host's own
+interface does: it shapes what the host sends (egress), not what it receives.
+Frames keep their order, as netem without jitter does.  The interfaces live in the lab's own "switch" namespace, so
 nothing here can reach a real network.
 
 Run as: ``python netem_relay.py IFACE_A IFACE_B --loss 0.2 --delay 0.05 --seed 1``
@@ -75,6 +76,12 @@ def main(argv=None) -> int:
                     break
                 if addr[2] == PACKET_OUTGOING:
                     continue  # our own writes on this interface
+                if key.data != args.a:  # toward the impaired host: untouched
+                    try:
+                        other[key.data].send(frame)
+                    except OSError:
+                        pass
+                    continue
                 if rng.random() < args.loss:
                     counts["dropped"] += 1
                     continue

@@ -5,8 +5,9 @@ How it works: every lab host is a network namespace (``ip netns``) with one inte
 attached to bridge ``br0``.  A partition moves some hosts' switch ports to a second,
 unconnected bridge ``br1`` (both sides keep running, neither hears the other); healing
 moves them back.  A host created ``impaired`` is wired through tests/netem_relay.py
-instead of straight to the bridge, which drops and delays frames as ``tc netem`` would
-(that qdisc is missing from some kernels, this one included).  One ``p2pd`` runs in each
+instead of straight to the bridge, which drops and delays what that host sends, as
+``tc qdisc ... netem`` on its interface would (that qdisc is missing from some
+kernels, this one included).  One ``p2pd`` runs in each
 host, started and driven with the real programs through ``ip netns exec``.
 
 Nothing here touches the machine's own interfaces or routes: every address, bridge and
@@ -132,7 +133,8 @@ class Lab:
         run("ip", "-n", name, "link", "set", "lo", "up")
 
     def add_host(self, name: str, impaired: tuple[float, float] | None = None) -> LabHost:
-        """A new host on br0; ``impaired=(loss, delay_s)`` puts the relay between it and the bridge."""
+        """A new host on br0; ``impaired=(loss, delay_s)`` puts the relay between it and the bridge,
+        dropping and delaying what the host sends (``tc qdisc add dev e0 root netem loss L delay D``)."""
         index = len(self.hosts) + 1
         host = LabHost(self, index, self.base, name, self.registry)
         self._netns(host.ns)

@@ -1,0 +1,267 @@
+"""Dialing: linking to a node by address, fetching and pinning its key, bootstraps.
+
+How this works
+--------------
+A dial knows only host:port: a `connect` from the control socket, a
+``--join`` bootstrap, a LAN beacon (`Node.on_lan_beacon`).  In secure mode we
+need the peer's CURVE key before a CURVE link can be opened to it.  It is
+given (a ``p2p://KEY@host:port`` connect string, a beacon), or fetched from
+the peer's key port, port+2: a `FetchKey` effect, answered through `on_key`.
+If the key port does not answer but the address is pinned, the pinned key is
+used.  The key is then checked against the pin of that address (trust on
+first use, as ssh pins host keys: the first key seen at an address is pinned,
+a `PinKey` effect saves it; another key there later is refused with the
+command that forgets the pin) and, with authorized_keys, against the
+allowlist.
+
+Then we open a DEALER to the address and send JOIN.  Whose node answers there
+we do not know yet, so the link is filed under ``pending:<endpoint>`` (and
+the time of the dial) and the JOIN's id in `pending`.  The JOIN reply names
+our JOIN in ``reply_to`` (`on_reply`): the pending link is re-keyed under the
+peer's id (`RekeyLink`), and the client that asked is told whom it reached.
+No reply by the deadline closes the link and answers ``unreachable``; our own
+JOIN coming back means we dialled ourselves (`join_from_self`).
+
+Crossing dials: two nodes may dial each other at once (two connects, two
+bootstraps, both hearing the other's beacon).  Each then gets the other's
+JOIN, links back to its sender and replies, so when the reply to our pending
+dial comes we may already hold a link to that peer: the pending link is then
+closed rather than re-keyed (so is one to another endpoint than the peer
+advertises), and each side keeps one link each way.  Dials by id cross too
+(gossip tells each of the other): a JOIN from a peer we are linked to closes
+that link only if the peer says it is broken (a new ``boot``, or ``again``);
+anything else is the crossing, and closing would only make both dial again
+(`Node._stale_link`).
+
+Bootstraps (``--join``) are dialled at start and again with backoff
+(retry_min_s, doubling up to retry_max_s) until each answers; membership then
+retries that peer like any other, and the bootstrap knocks again only once
+the peer is gone from the table (it left, was disconnected or forgotten).  A
+background dial (bootstrap, beacon) has no client: a key it could not get or
+may not use is logged instead of answered.
+
+The control socket's `connect` to a peer we are already linked to answers at
+once (``already``); `disconnect` sends LEAVE and forgets the peer.
+
+Pure, like the node: no sockets; time is passed in, effects are returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from . import protocol as P
+from .actions import FetchKey, OpenLink, PinKey, RekeyLink, ToClient
+from .membership import ALIVE, Peer
+from .trust import node_id_for
+
+log = logging.getLogger("p2pd.node")  # the node's logger: dialing was the node's, and its log lines say so
+
+KEY_FETCH_S = 3.0  # a background dial's wait for a key port
+
+
+@dataclass
+class PendingConnect:
+    key: str
+    endpoint: str
+    deadline: float | None
+    client: bytes | None = None
+    req: object = None
+    since: float | None = None  # also fetch this peer's broadcasts since this UNIX time
+    server_key: str | None = None  # the key we dialled with (secure mode)
+
+
+@dataclass
+class PendingKey:
+    """A key fetch from a peer's key port, before dialling it."""
+    host: str
+    port: int
+    deadline: float | None
+    client: bytes | None = None
+    req: object = None
+    since: float | None = None
+
+
+@dataclass
+class Bootstrap:
+    endpoint: str
+    next_try: float
+    backoff_s: float = 0.0
+    peer_id: str | None = None
+
+
+class Dialer:
+    def __init__(self, node):
+        self.node = node
+        self.pending: dict[str, PendingConnect] = {}  # JOIN message id -> pending connect
+        self.bootstraps: dict[str, Bootstrap] = {}
+        self.key_fetches: dict[str, PendingKey] = {}
+        self._key_tags = 0
+
+    def start(self, now: float, join_endpoints: list[str]) -> list:
+        for ep in join_endpoints:
+            self.bootstraps[ep] = Bootstrap(ep, next_try=now)
+        return self._tick_bootstraps(now)
+
+    def pin_refusal(self, host: str | None, port: int, key: str | None) -> str | None:
+        """Why ``key`` may not be linked at host:port (its address is pinned to another key), else None."""
+        if not self.node.trust.secure or host is None or key is None:
+            return None
+        return self.node.trust.check_pin(f"{host}:{port}", key)
+
+    # ------------------------------------------------------------------ JOIN replies
+    def join_from_self(self, now: float, msg: P.Message) -> list:
+        from .node import _err
+
+        pc = self.pending.pop(msg.data.get("reply_to") or msg.id, None)  # our own connect JOIN has no reply_to
+        if pc is None:
+            return []
+        acts = self.node._close_link(pc.key)
+        if pc.client is not None:
+            acts.append(ToClient(pc.client, _err(pc.req, "self", f"{pc.endpoint} is this node itself")))
+        return acts
+
+    def on_reply(self, now: float, peer: Peer, reply_to: str | None) -> tuple[PendingConnect | None, list]:
+        """A JOIN from ``peer`` replying to ``reply_to``: our dial, if it was one, and its link re-keyed or closed."""
+        node = self.node
+        acts: list = []
+        pc = self.pending.pop(reply_to, None) if reply_to else None
+        if pc is not None:
+            if peer.id in node.links or node.links.get(pc.key) != peer.router_endpoint:
+                acts += node._close_link(pc.key)
+            else:
+                node.links[peer.id] = node.links.pop(pc.key)
+                node.link_since[peer.id] = node.link_since.pop(pc.key, now)
+                acts.append(RekeyLink(pc.key, peer.id))
+            for b in self.bootstraps.values():
+                if b.endpoint == pc.endpoint:
+                    b.peer_id = peer.id
+        return pc, acts
+
+    # ------------------------------------------------------------------ timers
+    def tick(self, now: float) -> list:
+        from .node import _err
+
+        acts: list = []
+        for mid, pc in list(self.pending.items()):
+            if pc.deadline is not None and now >= pc.deadline:
+                del self.pending[mid]
+                acts += self.node._close_link(pc.key)
+                if pc.client is not None:
+                    acts.append(ToClient(pc.client, _err(pc.req, "unreachable", f"no answer from {pc.endpoint} within the timeout: is p2pd running there, and is the port open? "
+                                                                     f"(a node in --insecure mode and a secure one cannot link; in a closed network, is our key in its authorized_keys?)")))
+        return acts + self._tick_bootstraps(now)
+
+    def _tick_bootstraps(self, now: float) -> list:
+        node = self.node
+        acts: list = []
+        for b in self.bootstraps.values():
+            if b.peer_id is not None:
+                peer = node.table.get(b.peer_id)
+                if peer is not None:
+                    continue  # membership retries it from here on
+                b.peer_id = None  # it left: keep knocking
+            if now < b.next_try:
+                continue
+            b.backoff_s = min(node.settings.retry_max_s, max(node.settings.retry_min_s, b.backoff_s * 2))
+            b.next_try = now + b.backoff_s
+            for mid, pc in list(self.pending.items()):
+                if pc.endpoint == b.endpoint and pc.client is None:
+                    del self.pending[mid]
+                    acts += node._close_link(pc.key)
+            host, _, port = b.endpoint[len("tcp://"):].rpartition(":")
+            acts += self.dial_address(now, host.strip("[]"), int(port), deadline=None)
+        return acts
+
+    # ------------------------------------------------------------------ dialing
+    def _dial(self, now: float, endpoint: str, deadline: float | None, client: bytes | None = None, req=None,
+              since: float | None = None, server_key: str | None = None) -> list:
+        node = self.node
+        key = f"pending:{endpoint}:{now:.6f}"
+        join = node._join(now)
+        self.pending[join.id] = PendingConnect(key, endpoint, deadline, client, req, since, server_key)
+        node.links[key] = endpoint
+        node.link_since[key] = now
+        return [OpenLink(key, endpoint, server_key), node._send(key, join)]
+
+    def _fail(self, client: bytes | None, req, code: str, text: str) -> list:
+        from .node import _err
+
+        if client is not None:
+            return [ToClient(client, _err(req, code, text))]
+        log.warning("%s", text)
+        return []
+
+    def dial_address(self, now: float, host: str, port: int, deadline: float | None, client: bytes | None = None, req=None,
+                     since: float | None = None, key: str | None = None) -> list:
+        """Dial host:port.  In secure mode we need its key first: given, or fetched from its key port (port+2)."""
+        trust = self.node.trust
+        endpoint = P.tcp_endpoint(host, port)
+        if not trust.secure:
+            return self._dial(now, endpoint, deadline, client, req, since)
+        address = f"{host}:{port}"
+        if key is None:
+            self._key_tags += 1
+            tag = f"key{self._key_tags}"
+            self.key_fetches[tag] = PendingKey(host, port, deadline, client, req, since)
+            # A user's connect waits as long as its --timeout allows (on a lossy link one lost
+            # SYN costs 1 s, two cost 3 s); a background dial is retried with backoff anyway.
+            timeout_s = KEY_FETCH_S if deadline is None else max(0.05, deadline - now)
+            return [FetchKey(P.tcp_endpoint(host, port + 2), tag, timeout_s)]
+        problem = trust.check_pin(address, key)
+        if problem is not None:
+            log.warning("refused %s: %s", address, problem)
+            return self._fail(client, req, "key_changed", problem)
+        if trust.allowlist_mode and key not in trust.allowed:
+            return self._fail(client, req, "not_authorized", f"the key of {address} is not in authorized_keys; add it with: p2pctl trust add {key}")
+        acts = []
+        if trust.pin(address, key):
+            log.info("pinned the key of %s: %s (node %s)", address, key, node_id_for(key)[:12])
+            acts.append(PinKey(address, key))
+        return acts + self._dial(now, endpoint, deadline, client, req, since, key)
+
+    def on_key(self, now: float, tag: str, key: str | None, error: str | None) -> list:
+        """The transport's answer to FetchKey: the key the peer's key port told us, or why not."""
+        pk = self.key_fetches.pop(tag, None)
+        if pk is None:
+            return []
+        address = f"{pk.host}:{pk.port}"
+        if key is None or not P.valid_key(key):
+            pinned = self.node.trust.pins.get(address)
+            if pinned is None:
+                return self._fail(pk.client, pk.req, "unreachable",
+                                  f"could not get the key of {address} from its key port {pk.port + 2} ({error or 'bad answer'}): "
+                                  f"is p2pd running there, not in --insecure mode? Or connect with the p2p://KEY@{address} string from `p2pctl info` there")
+            key = pinned  # the key port is down, but we know whom to expect
+        return self.dial_address(now, pk.host, pk.port, pk.deadline, pk.client, pk.req, pk.since, key)
+
+    # ------------------------------------------------------------------ control-socket operations
+    def connect(self, now: float, host: str, port: int, wait_s: float, client: bytes, req, since: float | None = None,
+                key: str | None = None) -> list:
+        from .node import _ok
+
+        node = self.node
+        known = node.table.find_by_endpoint(P.tcp_endpoint(host, port))
+        if known is not None and known.state == ALIVE and (key is None or key == known.key):
+            problem = self.pin_refusal(host, port, known.key)
+            if problem is not None:
+                return self._fail(client, req, "key_changed", problem)
+            acts = node.msgs.request_since(now, known, since) if since is not None else []
+            if node.trust.secure and known.key is not None and node.trust.pin(f"{host}:{port}", known.key):
+                acts.append(PinKey(f"{host}:{port}", known.key))  # "the next connect pins the key it finds"
+            return acts + [ToClient(client, _ok(req, {"peer": known.describe(now), "already": True}))]
+        return self.dial_address(now, host, port, now + wait_s, client, req, since, key)
+
+    def disconnect(self, now: float, peer: Peer) -> list:
+        """Tell the peer we are leaving it and forget it (it may come back by JOIN)."""
+        node = self.node
+        acts = [node._send(peer.id, node._msg(now, P.LEAVE))] if peer.id in node.links else []
+        node.table.remove(peer.id)
+        # The LEAVE must go out before the link closes: the transport lingers on close.
+        acts += node._close_link(peer.id)
+        if peer.state == ALIVE:
+            acts.append(node._unsub(peer))
+        acts.append(node._save_peers())
+        log.info("disconnected from %s (%s) on request", peer.name, peer.id[:12])
+        return acts + node.emit(now, "left", peer=peer.describe(now))
