@@ -141,7 +141,9 @@ class StoreError(RuntimeError):
 
 
 class Store:
-    def __init__(self, path: str | Path, durability: str = "normal"):
+    def __init__(self, path: str | Path, durability: str = "normal", before_migration=None):
+        """``before_migration(old_format, new_format)`` is called before an older store is migrated
+        (which can take a while: the daemon tells systemd to wait, and logs it)."""
         self.path = str(path)
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
@@ -150,6 +152,8 @@ class Store:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
         has_tables = self.db.execute("SELECT COUNT(*) FROM sqlite_master WHERE type='table'").fetchone()[0] > 0
         if has_tables and version in MIGRATIONS:
+            if before_migration is not None:
+                before_migration(version, SCHEMA_VERSION)
             self._migrate(version)
         elif version > SCHEMA_VERSION or (has_tables and version < SCHEMA_VERSION):
             self.db.close()

@@ -139,3 +139,20 @@ def test_sighup_reads_a_config_file_written_after_the_start(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_a_store_migration_asks_systemd_for_more_time(tmp_path, monkeypatch):
+    """Without it a long migration outlasts TimeoutStartSec: systemd kills it, it rolls back, restarts."""
+    import socket as socket_
+
+    from p2pd import daemon
+
+    path = str(tmp_path / "notify")
+    with socket_.socket(socket_.AF_UNIX, socket_.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        sock.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        daemon._migrating(1, 2)
+        got = sock.recv(4096).decode()
+    assert f"EXTEND_TIMEOUT_USEC={daemon.MIGRATION_GRACE_S * 1_000_000}" in got.splitlines()
+    assert "STATUS=migrating the message store (format 1 to 2)" in got
