@@ -38,6 +38,7 @@ key is ignored.
 from __future__ import annotations
 
 import struct
+from typing import NamedTuple
 
 from .keys import node_id_for
 from .protocol import valid_key
@@ -59,19 +60,10 @@ class BadBeacon(ValueError):
     pass
 
 
-class Beacon:
-    __slots__ = ("node_id", "port", "key")
-
-    def __init__(self, node_id: str, port: int, key: str | None):
-        self.node_id = node_id
-        self.port = port
-        self.key = key
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Beacon) and (self.node_id, self.port, self.key) == (other.node_id, other.port, other.key)
-
-    def __repr__(self) -> str:
-        return f"Beacon({self.node_id[:12]}, port={self.port}, key={'yes' if self.key else 'no'})"
+class Beacon(NamedTuple):
+    node_id: str
+    port: int
+    key: str | None  # None from an --insecure node
 
 
 def encode(node_id: str, port: int, key: str | None) -> bytes:

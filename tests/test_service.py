@@ -7,10 +7,11 @@ import os
 import signal
 import socket
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import P2PD, P2PCTL, FAST_CONFIG
+from conftest import P2PD, P2PCTL, FAST_CONFIG, wait_for
 
 from p2pd import sdnotify
 
@@ -83,23 +84,32 @@ def test_logrotate_snippet_needs_no_copytruncate():
     assert lines[0].startswith("/var/lib/p2pd/p2pd.log") and "copytruncate" not in lines
 
 
+@contextmanager
+def foreground(home: Path, *extra: str):
+    """`p2pd start --foreground` on ``home`` (as systemd runs it); killed by pid unless the test stopped it."""
+    proc = subprocess.Popen([*P2PD, "start", "--foreground", "--home", str(home), "--port", "0", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def answers(home: Path) -> bool:
+    return subprocess.run([*P2PCTL, "--home", str(home), "status"], capture_output=True, timeout=30).returncode == 0
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_sighup_reloads_the_log_level_and_reopens_the_log(tmp_path):
-    from conftest import wait_for
-
     home = tmp_path / "svc"
     home.mkdir()
     config = home / "p2pd.toml"
     config.write_text(FAST_CONFIG.replace('log_level = "debug"', 'log_level = "info"'))
-    proc = subprocess.Popen([*P2PD, "start", "--foreground", "--home", str(home), "--port", "0", "--name", "svc"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = home / "p2pd.log"
-
-    def status_ok() -> bool:
-        return subprocess.run([*P2PCTL, "--home", str(home), "status"], capture_output=True, timeout=30).returncode == 0
-
-    try:
-        wait_for(status_ok, timeout=30, what="the daemon to answer")
+    with foreground(home, "--name", "svc") as proc:
+        wait_for(lambda: answers(home), timeout=30, what="the daemon to answer")
         os.rename(log, home / "p2pd.log.1")  # as logrotate would
         config.write_text(FAST_CONFIG.replace('host = "127.0.0.1"', 'host = "127.0.0.1"\nmax_peers = 10'))  # debug again, and a restart-only change
         proc.send_signal(signal.SIGHUP)
@@ -109,50 +119,34 @@ def test_sighup_reloads_the_log_level_and_reopens_the_log(tmp_path):
         config.write_text("log_level = \"shouting\"\n")  # a broken config: reported, the node carries on
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "reload (SIGHUP) failed" in log.read_text(), timeout=10, what="the failed reload to be logged")
-        assert proc.poll() is None and status_ok()
+        assert proc.poll() is None and answers(home)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_sighup_reads_a_config_file_written_after_the_start(tmp_path):
-    from conftest import wait_for
-
     home = tmp_path / "late"
     home.mkdir()
-    proc = subprocess.Popen([*P2PD, "start", "--foreground", "--home", str(home), "--host", "127.0.0.1", "--port", "0", "--name", "late"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = home / "p2pd.log"
-    try:
-        wait_for(lambda: subprocess.run([*P2PCTL, "--home", str(home), "status"], capture_output=True, timeout=30).returncode == 0,
-                 timeout=30, what="the daemon to answer")
+    with foreground(home, "--host", "127.0.0.1", "--name", "late") as proc:
+        wait_for(lambda: answers(home), timeout=30, what="the daemon to answer")
         (home / "p2pd.toml").write_text('log_level = "debug"\n')
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "reloaded configuration (SIGHUP): log_level=debug" in log.read_text(), timeout=10, what="the new file to be read")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
+@needs_unix
 def test_a_store_migration_asks_systemd_for_more_time(tmp_path, monkeypatch):
     """Without it a long migration outlasts TimeoutStartSec: systemd kills it, it rolls back, restarts."""
-    import socket as socket_
-
     from p2pd import daemon
 
-    path = str(tmp_path / "notify")
-    with socket_.socket(socket_.AF_UNIX, socket_.SOCK_DGRAM) as sock:
-        sock.bind(path)
-        sock.settimeout(5)
-        monkeypatch.setenv("NOTIFY_SOCKET", path)
-        daemon._migrating(1, 2)
-        got = sock.recv(4096).decode()
+    sock = listener(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    daemon._migrating(1, 2)
+    got = sock.recv(4096).decode()
+    sock.close()
     assert f"EXTEND_TIMEOUT_USEC={daemon.MIGRATION_GRACE_S * 1_000_000}" in got.splitlines()
     assert "STATUS=migrating the message store (format 1 to 2)" in got
