@@ -10,7 +10,12 @@ Direct messages (per ordered pair sender -> receiver):
   flow control: a fast sender is slowed to the receiver's pace, never
   dropped), and goes back to the oldest unacknowledged one when the link
   comes up again or no ACK has made progress for ``ack_timeout_s``
-  (go-back-N).  Every MESSAGE also carries ``base``: the oldest seq the
+  (go-back-N).  A receiver that drops a message as out of order says so in
+  its next ACK (``gap``), and the sender goes back at once; each such loss
+  also halves how many it keeps in flight (``cwnd``, at least ``CWND_MIN``),
+  which grows back by about ``CWND_STEP`` per window acknowledged, so a
+  sender paced by the receiver's rate limit loses little (AIMD, as TCP).
+  Every MESSAGE also carries ``base``: the oldest seq the
   sender still needs; everything below it was acknowledged or expired.
 * The receiver keeps the highest seq it stored from each sender (``in_seq``).
   ``seq == in_seq + 1`` is stored; lower is a duplicate; higher is a gap and
@@ -41,6 +46,8 @@ from .store import Store
 _UNKNOWN = object()
 FETCH_MAX = 1000  # broadcasts replayed per FETCH request
 REORDER_MAX = 20_000  # early broadcasts held per origin while a gap is fetched
+CWND_MIN = 32  # messages in flight per peer, at least, after losses
+CWND_STEP = 32  # ... regained per window's worth acknowledged
 
 
 @dataclass
@@ -65,6 +72,10 @@ class LinkSeq:
     sent_since_progress: int = 0  # messages handed to the link since the last ACK progress
     short_since: float | None = None  # since when heartbeats show broadcasts we lack, with none arriving
     short_at: int = 0  # our bcast_seq then
+    gap_at: int = -1  # receiver: in_seq when we last told the sender of a gap (one report per point)
+    gap_owed: bool = False  # ... and the next ACK should say so
+    rewound_at: int = -1  # sender: out_acked when we last went back (a gap report for it is stale)
+    cwnd: int = 0  # sender: messages allowed in flight now (0: the full window; see Delivery.due)
 
 
 class Delivery:
@@ -138,8 +149,10 @@ class Delivery:
         in_flight = ls.next_send - 1 - ls.out_acked
         if in_flight > 0 and now - ls.last_progress > self.ack_timeout_s:
             ls.next_send = ls.out_acked + 1  # no progress: go back and resend in order
+            ls.rewound_at = ls.out_acked
+            self._lost(ls)
             in_flight = 0
-        room = self.window - in_flight
+        room = (ls.cwnd or self.window) - in_flight
         if room <= 0 or ls.next_send > ls.out_seq:
             return 0, []
         if in_flight == 0:
@@ -162,28 +175,52 @@ class Delivery:
         ls = self.links.get(peer_id)
         if ls is not None:
             ls.next_send = ls.out_acked + 1
+            ls.rewound_at = ls.out_acked
             ls.sent_since_progress = 0  # a new connection: what the old one queued is gone
 
-    def on_ack(self, peer_id: str, upto: int, now: float, epoch: float, want_ids: bool = True) -> tuple[int, list[str]]:
+    def on_ack(self, peer_id: str, upto: int, now: float, epoch: float, want_ids: bool = True, gap: bool = False) -> tuple[int, list[str]]:
         """Apply a cumulative ACK: (how many pending messages it covered, their ids if ``want_ids``).
 
         Without waiters nobody needs the ids, and counting them from the
-        numbers saves reading back every acknowledged row."""
+        numbers saves reading back every acknowledged row.  ``gap``: the peer
+        dropped a message after ``upto`` as out of order (one of ours was lost
+        on the way, e.g. to its rate limit), so everything sent after it is
+        being dropped too: go back now instead of after ``ack_timeout_s``."""
         ls = self.links.get(peer_id)
-        if ls is None or upto <= ls.out_acked:
+        if ls is None:
             return 0, []
-        upto = min(upto, ls.out_seq)
-        # Rows at or below the old mark were settled before (delivered or expired): skip them.
-        previous = ls.out_acked
-        ls.out_acked = upto
-        ls.next_send = max(ls.next_send, upto + 1)
-        ls.last_progress = now
-        ls.sent_since_progress = 0
-        ls.dirty = True
-        if want_ids:
-            ids = self.store.mark_delivered(peer_id, upto, epoch, after_seq=previous)
-            return len(ids), ids
-        return self.store.count_pending(peer_id, previous, upto), []
+        settled: tuple[int, list[str]] = (0, [])
+        if upto > ls.out_acked:
+            upto = min(upto, ls.out_seq)
+            # Rows at or below the old mark were settled before (delivered or expired): skip them.
+            previous = ls.out_acked
+            ls.out_acked = upto
+            ls.next_send = max(ls.next_send, upto + 1)
+            ls.last_progress = now
+            ls.sent_since_progress = 0
+            ls.dirty = True
+            if ls.cwnd:  # recovering from a loss: additive increase
+                ls.cwnd += max(1, (upto - previous) * CWND_STEP // ls.cwnd)
+                if ls.cwnd >= self.window:
+                    ls.cwnd = 0
+            if want_ids:
+                ids = self.store.mark_delivered(peer_id, upto, epoch, after_seq=previous)
+                settled = (len(ids), ids)
+            else:
+                settled = (self.store.count_pending(peer_id, previous, upto), [])
+        if gap and ls.next_send - 1 > ls.out_acked and ls.rewound_at != ls.out_acked:
+            # Once per point: frames already on their way after the lost one report the same gap.
+            ls.next_send = ls.out_acked + 1
+            ls.rewound_at = ls.out_acked
+            ls.sent_since_progress = 0
+            ls.last_progress = now
+            self._lost(ls)
+        return settled
+
+    def _lost(self, ls: LinkSeq) -> None:
+        """A message was lost on the way: halve what may be in flight (multiplicative decrease)."""
+        cwnd = max(min(CWND_MIN, self.window), (ls.cwnd or self.window) // 2)
+        ls.cwnd = 0 if cwnd >= self.window else cwnd
 
     def pending_peers(self) -> list[str]:
         return [p for p, ls in self.links.items() if ls.out_acked < ls.out_seq]
@@ -211,14 +248,20 @@ class Delivery:
             ls.in_seq = seq
             ls.dirty = True
             return "new"
+        if ls.gap_at != ls.in_seq:
+            ls.gap_at = ls.in_seq  # report it once: the sender goes back to in_seq + 1
+            ls.gap_owed = True
         return "gap"
 
-    def acks_owed(self) -> list[tuple[str, int]]:
+    def acks_owed(self) -> list[tuple[str, int, bool]]:
+        """(peer, upto, gap) for each sender owed an ACK since the last call."""
         out = []
         for peer_id, ls in self.links.items():
             if ls.ack_owed:
                 ls.ack_owed = False
-                out.append((peer_id, ls.in_seq))
+                # A gap that later frames of the same batch filled is not one any more.
+                out.append((peer_id, ls.in_seq, ls.gap_owed and ls.gap_at == ls.in_seq))
+                ls.gap_owed = False
         return out
 
     # ------------------------------------------------------------------ broadcasts: origin

@@ -276,11 +276,11 @@ class Messaging:
         if msg.target_id != self.node.id:
             self.node.drop(now, "misrouted", "ACK for another node", peer.name)
             return []
-        return self._acked(now, peer.id, msg.data["upto"]) + self.pump(now, peer.id)
+        return self._acked(now, peer.id, msg.data["upto"], msg.data.get("gap") is True) + self.pump(now, peer.id)
 
-    def _acked(self, now: float, peer_id: str, upto: int) -> list:
+    def _acked(self, now: float, peer_id: str, upto: int, gap: bool = False) -> list:
         """``peer_id`` has stored our messages up to ``upto``: settle them and answer their waiters."""
-        delivered = self.delivery.on_ack(peer_id, upto, now, self.node._epoch(now), want_ids=bool(self.waiters))
+        delivered = self.delivery.on_ack(peer_id, upto, now, self.node._epoch(now), want_ids=bool(self.waiters), gap=gap)
         acts = []
         for msg_id in delivered[1]:
             w = self.waiters.pop(msg_id, None)
@@ -358,9 +358,10 @@ class Messaging:
         self.delivery.save()
         node = self.node
         acts = []
-        for peer_id, upto in self.delivery.acks_owed():
+        for peer_id, upto, gap in self.delivery.acks_owed():
             if peer_id in node.links:
-                acts.append(node._send(peer_id, node._msg(now, P.ACK, {"upto": upto}, target=peer_id)))
+                data = {"upto": upto, "gap": True} if gap else {"upto": upto}
+                acts.append(node._send(peer_id, node._msg(now, P.ACK, data, target=peer_id)))
         return acts
 
     # ------------------------------------------------------------------ queries

@@ -256,6 +256,8 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
         if data.get("upto") is None:
             raise ProtocolError("bad_field", "ACK needs data.upto")
         _opt_seq(data, "upto")
+        if not isinstance(data.get("gap", False), bool):
+            raise ProtocolError("bad_field", "ACK 'gap' must be true or false")
         if target_id is None:
             raise ProtocolError("bad_field", "ACK needs a target_id")
     elif type_ == FETCH:

@@ -45,7 +45,7 @@ class Settings:
     max_stored_messages: int = 1_000_000  # history rows kept at most (oldest pruned first)
     insecure: bool = False  # plaintext links (no CURVE): only to talk to simple JSON peers
     key_port: int | None = None  # plaintext port that tells our public key (TOFU); default port+2
-    max_msgs_per_s: float = 20_000.0  # frames accepted per peer per second (burst: one second's worth)
+    max_msgs_per_s: float = 100_000.0  # frames accepted per peer per second (burst: one second's worth); above what one node takes in
     durability: str = "normal"  # "normal": survives a killed daemon; "full": also power loss (slower)
     discover: str = "none"  # "lan": find nodes on the local network by UDP beacons (p2pd/lan.py)
     discover_port: int = 5670  # UDP port beacons are sent to and heard on

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from p2pd import control
 from p2pd import protocol as P
-from p2pd.actions import CloseLink, OpenLink, Publish, RekeyLink, SavePeers, Send, Shutdown, Subscribe, ToClient, Unsubscribe
+from p2pd.actions import CloseLink, OpenLink, Publish, RekeyLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe
 from p2pd.membership import ALIVE, LINKING, LOST
 from p2pd.node import SUB_TOPIC_PREFIX, Node
 from p2pd.settings import Settings
@@ -60,6 +60,7 @@ class Net:
         self.replies: dict = defaultdict(list)  # (node name, client) -> payloads
         self.saved: dict[str, list] = {}
         self.shutdown: set[str] = set()
+        self.lose = None  # (from name, to name, Message) -> True to lose that frame on the wire
 
     # ---- membership of the fake network
     def add(self, name: str, node_id: str | None = None, settings: Settings = FAST, now: float = 0.0, addr: str | None = HOST,
@@ -121,13 +122,17 @@ class Net:
             endpoint = links.pop(act.old, None)
             if endpoint is not None and act.new not in links:
                 links[act.new] = endpoint
-        elif isinstance(act, Send):
+        elif isinstance(act, (Send, SendBatch)):
             endpoint = links.get(act.key)
             target = self.by_router.get(endpoint) if endpoint else None
             if target is None:
                 return  # no link, or nobody listening there: lost on the wire
-            self.delivered.append((now, node.name, target.name, act.msg))
-            self.apply(target, target.on_router_frames(now, [node.id.encode(), P.encode(act.msg)], HOST), flush=False)
+            msgs = [m for m in (act.msgs if isinstance(act, SendBatch) else [act.msg])
+                    if self.lose is None or not self.lose(node.name, target.name, m)]
+            if msgs:
+                self.delivered.extend((now, node.name, target.name, m) for m in msgs)
+                frames = [node.id.encode(), *(P.encode(m) for m in msgs)]
+                self.apply(target, target.on_router_frames(now, frames, HOST), flush=False)
         elif isinstance(act, Publish):
             wire = P.encode(act.msg)
             mine = ep(node.address.pub_port)
@@ -796,6 +801,26 @@ def test_send_and_broadcast_reach_the_inbox(net, trio):
     assert [e["message"]["text"] for e in net.events(bob, "broadcast")] == ["hi all"]
     assert alice.stats["messages_out"] == 1 and alice.stats["broadcasts_out"] == 1
     assert bob.stats["messages_in"] == 1 and bob.stats["broadcasts_in"] == 1
+
+
+def test_a_lost_message_is_resent_at_once_when_the_receiver_reports_the_gap(net, pair):
+    alice, bob = pair
+    lost = []
+
+    def lose_seq_2(frm, to, msg):
+        if msg.type == P.MESSAGE and msg.data.get("seq") == 2 and not lost:
+            lost.append(msg.id)
+            return True
+        return False
+
+    net.lose = lose_seq_2
+    for i in range(3):
+        net.call(bob, 1.0, "send", peer="alice", text=f"m{i}")
+    # All at t=1.0: no ack_timeout_s had to pass.
+    assert lost and [e["text"] for e in alice.inbox] == ["m0", "m1", "m2"]
+    acks = [m.data for _, m in net.sent("alice", "bob", P.ACK)]
+    assert {"upto": 1, "gap": True} in acks and acks[-1] == {"upto": 3}
+    assert alice.stats["out_of_order_dropped"] == 1 and alice.stats["messages_in"] == 3
 
 
 def test_inbox_is_bounded(net):

@@ -531,6 +531,8 @@ def test_lone_surrogate_names_refused(name):
         (P.ACK, {}, "bob-id"),
         (P.ACK, {"upto": 3}, None),
         (P.ACK, {"upto": -1}, "bob-id"),
+        (P.ACK, {"upto": 3, "gap": 1}, "bob-id"),
+        (P.ACK, {"upto": 3, "gap": "yes"}, "bob-id"),
         (P.FETCH, {"from": 5}, "bob-id"),
         (P.FETCH, {"from": 5, "to": 4}, "bob-id"),
         (P.FETCH, {"since": "yesterday"}, "bob-id"),

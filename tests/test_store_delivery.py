@@ -164,15 +164,60 @@ def test_receiver_classifies_new_dup_gap(store):
     assert d.accept("bob", 3, 1) == "gap"
     assert d.accept("bob", 2, 1) == "new"
     assert d.accept("bob", 3, 1) == "new"
-    assert d.acks_owed() == [("bob", 3)]
+    assert d.acks_owed() == [("bob", 3, False)]  # the gap was filled in the same batch: not reported
     assert d.acks_owed() == []  # one ACK per batch
+
+
+def test_receiver_reports_a_gap_once_per_point(store):
+    d = Delivery(store)
+    assert d.accept("bob", 1, 1) == "new"
+    assert [d.accept("bob", s, 1) for s in (3, 4, 5)] == ["gap"] * 3
+    assert d.acks_owed() == [("bob", 1, True)]
+    assert d.accept("bob", 6, 1) == "gap"  # more of what was on its way after the lost one
+    assert d.acks_owed() == [("bob", 1, False)]
+    assert d.accept("bob", 2, 1) == "new"  # the sender went back
+    assert d.accept("bob", 4, 1) == "gap"  # a new loss at a new point is reported again
+    assert d.acks_owed() == [("bob", 2, True)]
+
+
+def test_reported_gap_makes_the_sender_go_back_at_once_and_slow_down(store):
+    from p2pd.delivery import CWND_MIN
+
+    d = Delivery(store, window=64, ack_timeout_s=2.0)
+    fill(d, "bob", 200)
+    assert [r[0] for r in d.due("bob", now=0.0)[1]] == list(range(1, 65))
+    d.on_ack("bob", 10, now=0.01, epoch=1.0, gap=True)  # 11 was lost; 12.. were dropped
+    base, rows = d.due("bob", now=0.02)  # long before ack_timeout_s
+    assert base == 11 and [r[0] for r in rows] == list(range(11, 11 + 32))  # half the window in flight
+    d.on_ack("bob", 10, now=0.03, epoch=1.0, gap=True)  # the same report again (frames still on their way)
+    assert d.due("bob", now=0.04) == (0, [])  # ignored: already gone back for it
+    assert d.links["bob"].cwnd == 32
+    for k in range(3):  # losses at new points: never below CWND_MIN
+        d.on_ack("bob", 11 + k, now=0.05, epoch=1.0, gap=True)
+        assert d.links["bob"].cwnd == CWND_MIN
+        assert d.due("bob", now=0.05)[1][0][0] == 12 + k  # gone back at once each time
+    acked, now = 13, 0.1
+    while d.links["bob"].cwnd and acked < 200:  # additive increase back to the full window
+        _, rows = d.due("bob", now=now)
+        acked = rows[-1][0] if rows else acked
+        d.on_ack("bob", acked, now=now, epoch=1.0)
+        now += 0.01
+    assert d.links["bob"].cwnd == 0 and acked < 200  # the full window again, before the end
+
+
+def test_gap_report_without_anything_in_flight_changes_nothing(store):
+    d = Delivery(store, window=8)
+    fill(d, "bob", 3)
+    d.due("bob", now=0.0)
+    d.on_ack("bob", 3, now=0.1, epoch=1.0, gap=True)
+    assert d.links["bob"].cwnd == 0 and d.due("bob", now=0.2) == (0, [])
 
 
 def test_base_lets_a_receiver_with_a_wiped_store_catch_up(store):
     d = Delivery(store)
     # the sender's messages 1..99 were acknowledged long ago (by this receiver's previous store)
     assert d.accept("bob", 100, 100) == "new"
-    assert d.acks_owed() == [("bob", 100)]
+    assert d.acks_owed() == [("bob", 100, False)]
 
 
 def test_ack_beyond_what_was_sent_is_clamped(store):
@@ -247,7 +292,7 @@ def test_a_new_sender_epoch_restarts_its_numbering(store):
     # bob lost its store: it numbers from 1 again under a new epoch; nothing may be taken for a duplicate
     assert d.accept("bob", 1, 1, "epoch-b") == "new"
     assert d.accept("bob", 1, 1, "epoch-b") == "dup"
-    assert d.acks_owed() == [("bob", 1)]
+    assert d.acks_owed() == [("bob", 1, False)]
 
 
 def test_a_new_origin_epoch_resynchronises_broadcasts(store):
