@@ -470,11 +470,24 @@ def test_a_format_1_store_is_migrated_with_its_messages(tmp_path):
     assert [m["text"] for m in s.history()] == ["kept"]
     assert [r["id"] for r in s.outbox()] == ["o1"] and s.epoch == "e1"
     indexes = {r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type='index' AND name NOT LIKE 'sqlite_%'")}
-    assert indexes == {"messages_peer", "messages_dedupe", "outbox_expired"}
+    assert indexes == {"messages_dedupe", "outbox_expired"}
     assert s.add_message("in", "MESSAGE", "m1", "bob", "bob", "bob", "me", "again", "ts", 2.0) is False  # still unique
     s.close()
     assert [m["text"] for m in Store(path, before_migration=lambda *a: told.append(a)).history()] == ["kept"]  # opening again changes nothing
     assert len(told) == 1
+
+
+def test_the_per_peer_index_of_older_stores_is_dropped_at_open(tmp_path):
+    s = Store(tmp_path / "store.db")
+    for i in range(5):
+        s.add_message("in", "MESSAGE", f"m{i}", "bob" if i % 2 else "carol", "x", "x", "me", f"t{i}", "ts", float(i), defer=True)
+    s.db.execute("CREATE INDEX messages_peer ON messages(peer_id, n)")  # as a store from before December 2026
+    s.close()
+    s = Store(tmp_path / "store.db")
+    assert s.db.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='messages_peer'").fetchone()[0] == 0
+    assert [m["text"] for m in s.history(peer_id="bob")] == ["t1", "t3"]
+    assert [m["text"] for m in s.history(peer_id="carol", limit=2)] == ["t2", "t4"]
+    s.close()
 
 
 def test_history_since_and_prune_by_age_find_the_boundary_by_number(store):
