@@ -72,9 +72,9 @@ class LinkSeq:
     sent_since_progress: int = 0  # messages handed to the link since the last ACK progress
     short_since: float | None = None  # since when heartbeats show broadcasts we lack, with none arriving
     short_at: int = 0  # our bcast_seq then
-    gap_at: int = -1  # receiver: in_seq when we last told the sender of a gap (one report per point)
+    gap_at: int = -1  # receiver: in_seq when we last told the sender of a gap
+    gap_hi: int = 0  # ... the highest seq dropped as a gap there since (lower again: the sender went back)
     gap_owed: bool = False  # ... and the next ACK should say so
-    rewound_at: int = -1  # sender: out_acked when we last went back (a gap report for it is stale)
     cwnd: int = 0  # sender: messages allowed in flight now (0: the full window; see Delivery.due)
 
 
@@ -149,7 +149,6 @@ class Delivery:
         in_flight = ls.next_send - 1 - ls.out_acked
         if in_flight > 0 and now - ls.last_progress > self.ack_timeout_s:
             ls.next_send = ls.out_acked + 1  # no progress: go back and resend in order
-            ls.rewound_at = ls.out_acked
             self._lost(ls)
             in_flight = 0
         room = (ls.cwnd or self.window) - in_flight
@@ -175,7 +174,6 @@ class Delivery:
         ls = self.links.get(peer_id)
         if ls is not None:
             ls.next_send = ls.out_acked + 1
-            ls.rewound_at = ls.out_acked
             ls.sent_since_progress = 0  # a new connection: what the old one queued is gone
 
     def on_ack(self, peer_id: str, upto: int, now: float, epoch: float, want_ids: bool = True, gap: bool = False) -> tuple[int, list[str]]:
@@ -208,10 +206,10 @@ class Delivery:
                 settled = (len(ids), ids)
             else:
                 settled = (self.store.count_pending(peer_id, previous, upto), [])
-        if gap and ls.next_send - 1 > ls.out_acked and ls.rewound_at != ls.out_acked:
-            # Once per point: frames already on their way after the lost one report the same gap.
+        if gap and upto >= ls.out_acked and ls.next_send - 1 > ls.out_acked:
+            # The receiver reports a point once, and again only after it saw us go back and lose
+            # the same message again, so each report is news (see accept).
             ls.next_send = ls.out_acked + 1
-            ls.rewound_at = ls.out_acked
             ls.sent_since_progress = 0
             ls.last_progress = now
             self._lost(ls)
@@ -237,6 +235,7 @@ class Delivery:
         if epoch is not None and epoch != ls.in_epoch:
             if ls.in_epoch is not None:
                 ls.in_seq = 0
+                ls.gap_at = -1
             ls.in_epoch = epoch
             ls.dirty = True
         if base - 1 > ls.in_seq:
@@ -248,9 +247,12 @@ class Delivery:
             ls.in_seq = seq
             ls.dirty = True
             return "new"
-        if ls.gap_at != ls.in_seq:
-            ls.gap_at = ls.in_seq  # report it once: the sender goes back to in_seq + 1
+        if ls.gap_at != ls.in_seq or seq <= ls.gap_hi:
+            # The first gap at this point, or the sender went back and lost in_seq + 1 again:
+            # report it.  The rest of what was on its way behind it reports nothing new.
+            ls.gap_at = ls.in_seq
             ls.gap_owed = True
+        ls.gap_hi = seq
         return "gap"
 
     def acks_owed(self) -> list[tuple[str, int, bool]]:

@@ -178,6 +178,19 @@ def test_receiver_reports_a_gap_once_per_point(store):
     assert d.accept("bob", 2, 1) == "new"  # the sender went back
     assert d.accept("bob", 4, 1) == "gap"  # a new loss at a new point is reported again
     assert d.acks_owed() == [("bob", 2, True)]
+    assert d.accept("bob", 5, 1) == "gap"
+    assert d.acks_owed() == [("bob", 2, False)]
+    assert d.accept("bob", 4, 1) == "gap"  # lower than before: the sender went back and lost 3 again
+    assert d.accept("bob", 5, 1) == "gap"
+    assert d.acks_owed() == [("bob", 2, True)]  # reported again, once
+
+
+def test_a_new_sender_epoch_forgets_the_reported_gap(store):
+    d = Delivery(store)
+    assert d.accept("bob", 3, 1, "e1") == "gap"
+    d.acks_owed()
+    assert d.accept("bob", 3, 1, "e2") == "gap"  # numbering restarted: a new point, though in_seq is 0 again
+    assert d.acks_owed() == [("bob", 0, True)]
 
 
 def test_reported_gap_makes_the_sender_go_back_at_once_and_slow_down(store):
@@ -189,9 +202,9 @@ def test_reported_gap_makes_the_sender_go_back_at_once_and_slow_down(store):
     d.on_ack("bob", 10, now=0.01, epoch=1.0, gap=True)  # 11 was lost; 12.. were dropped
     base, rows = d.due("bob", now=0.02)  # long before ack_timeout_s
     assert base == 11 and [r[0] for r in rows] == list(range(11, 11 + 32))  # half the window in flight
-    d.on_ack("bob", 10, now=0.03, epoch=1.0, gap=True)  # the same report again (frames still on their way)
-    assert d.due("bob", now=0.04) == (0, [])  # ignored: already gone back for it
     assert d.links["bob"].cwnd == 32
+    d.on_ack("bob", 9, now=0.03, epoch=1.0, gap=True)  # an older ACK than the last: changes nothing
+    assert d.due("bob", now=0.04) == (0, []) and d.links["bob"].cwnd == 32
     for k in range(3):  # losses at new points: never below CWND_MIN
         d.on_ack("bob", 11 + k, now=0.05, epoch=1.0, gap=True)
         assert d.links["bob"].cwnd == CWND_MIN
