@@ -75,6 +75,7 @@ class LinkSeq:
     gap_at: int = -1  # receiver: in_seq when we last told the sender of a gap
     gap_hi: int = 0  # ... the highest seq dropped as a gap there since (lower again: the sender went back)
     gap_owed: bool = False  # ... and the next ACK should say so
+    acked_in: int = 0  # in_seq of the last ACK we sent (what a paced sender may run ahead of)
     cwnd: int = 0  # sender: messages allowed in flight now (0: the full window; see Delivery.due)
 
 
@@ -88,7 +89,8 @@ class Delivery:
         self.fresh_max = 2 * window
         for peer_id, row in store.links().items():
             self.links[peer_id] = LinkSeq(row["out_seq"], row["out_acked"], row["in_seq"], row["bcast_seq"],
-                                          row["in_epoch"], row["bcast_epoch"], next_send=row["out_acked"] + 1)
+                                          row["in_epoch"], row["bcast_epoch"], next_send=row["out_acked"] + 1,
+                                          acked_in=row["in_seq"])
         self.bcast_seq = max(int(store.get_meta("bcast_seq", "0")), store.newest_broadcast() or 0)
         self.bcast_dirty = False
         self._oldest = _UNKNOWN  # oldest kept broadcast number, cached (see broadcast_window)
@@ -255,12 +257,27 @@ class Delivery:
         ls.gap_hi = seq
         return "gap"
 
-    def acks_owed(self) -> list[tuple[str, int, bool]]:
-        """(peer, upto, gap) for each sender owed an ACK since the last call."""
+    def may_pace(self, peer_id: str, data: dict) -> bool:
+        """Would this MESSAGE be the next new one, at most a window past our last ACK?  Such a
+        message from a peer over its rate limit is taken on credit rather than dropped."""
+        ls = self.links.get(peer_id)
+        seq = data.get("seq")
+        if ls is None or seq is None or data.get("epoch", ls.in_epoch) != ls.in_epoch:
+            return False
+        return seq == max(ls.in_seq, data["base"] - 1) + 1 and seq <= ls.acked_in + self.window
+
+    def owes_ack(self, peer_id: str) -> bool:
+        ls = self.links.get(peer_id)
+        return ls is not None and ls.ack_owed
+
+    def acks_owed(self, hold=None) -> list[tuple[str, int, bool]]:
+        """(peer, upto, gap) for each sender owed an ACK since the last call, except those for
+        which ``hold(peer)`` says to wait (they stay owed)."""
         out = []
         for peer_id, ls in self.links.items():
-            if ls.ack_owed:
+            if ls.ack_owed and (hold is None or not hold(peer_id)):
                 ls.ack_owed = False
+                ls.acked_in = ls.in_seq
                 # A gap that later frames of the same batch filled is not one any more.
                 out.append((peer_id, ls.in_seq, ls.gap_owed and ls.gap_at == ls.in_seq))
                 ls.gap_owed = False

@@ -47,8 +47,8 @@ class Peer:
     batch: bool = False  # its JOIN said it takes several envelopes per ZeroMQ message
     boot: str | None = None  # its JOIN's run id: a new one means it restarted
     learned: float = 0.0  # when we first heard of it (monotonic)
-    tokens: float = -1.0  # rate-limit bucket; -1: not started
-    tokens_at: float = 0.0
+    tokens: float = 0.0  # rate-limit bucket (below 0: in debt, see Node._on_envelope)
+    tokens_at: float | None = None  # last refill; None: not started
     tags: set = field(default_factory=set)
 
     @property

@@ -54,6 +54,7 @@ log = logging.getLogger("p2pd.node")
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*", ""})
 SUB_TOPIC_PREFIX = b"\x00sub:"  # never matches an envelope, which starts with "{"
+HEARTBEAT_CREDIT = 16  # PINGs/PONGs a peer may overdraw its rate by, beyond a window (see _on_credit)
 
 
 @dataclass
@@ -301,26 +302,57 @@ class Node:
         if self.trust.secure and user_id != msg.sender_id:
             self.drop(now, "spoofed", f"frame claims sender {msg.sender_id[:12]} but its key belongs to {str(user_id)[:12]}", source)
             return []
-        if not self._within_rate(now, msg.sender_id):
+        if not self._within_rate(now, msg.sender_id) and not self._on_credit(msg):
             self.drop(now, "rate_limited", f"{msg.sender_id[:12]} sends faster than max_msgs_per_s={self.settings.max_msgs_per_s:g}", source)
             return []
         self.stats["frames_in"] += 1
         return self._dispatch(now, msg, peer_host, source)
+
+    def _refill(self, now: float, peer) -> None:
+        rate = self.settings.max_msgs_per_s
+        if peer.tokens_at is None:
+            peer.tokens = rate
+        else:
+            peer.tokens = min(rate, peer.tokens + (now - peer.tokens_at) * rate)
+        peer.tokens_at = now
 
     def _within_rate(self, now: float, peer_id: str) -> bool:
         """Token bucket per peer: max_msgs_per_s sustained, one second's worth of burst."""
         peer = self.table.get(peer_id)
         if peer is None:
             return True
-        rate = self.settings.max_msgs_per_s
-        if peer.tokens < 0:
-            peer.tokens, peer.tokens_at = rate, now
-        peer.tokens = min(rate, peer.tokens + (now - peer.tokens_at) * rate)
-        peer.tokens_at = now
+        self._refill(now, peer)
         if peer.tokens < 1.0:
             return False
         peer.tokens -= 1.0
         return True
+
+    def _on_credit(self, msg: P.Message) -> bool:
+        """May a frame beyond the peer's rate be taken on credit rather than dropped?
+
+        The next direct message in order, at most a window past our last ACK: yes, and its
+        ACK waits until the bucket has refilled (messaging.flush), so a sender that keeps to
+        its window is slowed to the limit instead of losing messages and sending them again.
+        While its ACK is held, its heartbeats too, up to a window and a few more in debt: else,
+        with no ACK and its PINGs dropped, it would take us for lost.  Anything else is dropped as before; and
+        since a debt is repaid before anything else is taken, the sustained rate stays the limit."""
+        peer = self.table.get(msg.sender_id)
+        window = self.msgs.delivery.window
+        if msg.type == P.MESSAGE and self.msgs.delivery.may_pace(msg.sender_id, msg.data):
+            peer.tokens -= 1.0
+            return True
+        if msg.type in (P.PING, P.PONG) and peer.tokens > -(window + HEARTBEAT_CREDIT) and self.msgs.delivery.owes_ack(msg.sender_id):
+            peer.tokens -= 1.0
+            return True
+        return False
+
+    def in_debt(self, now: float, peer_id: str) -> bool:
+        """The peer sent us direct messages on credit beyond its rate, not yet repaid: hold its ACK."""
+        peer = self.table.get(peer_id)
+        if peer is None or peer.tokens_at is None or peer.tokens >= 0:
+            return False
+        self._refill(now, peer)
+        return peer.tokens < 0
 
     def on_sub_frames(self, now: float, frames: list[bytes], source: str = "sub", source_peer: str | None = None) -> list:
         """A message on one of our SUB sockets: BROADCASTs (one, or a batch) from the PUB of ``source_peer``."""

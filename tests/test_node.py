@@ -824,6 +824,38 @@ def test_a_lost_message_is_resent_at_once_when_the_receiver_reports_the_gap(net,
     assert alice.stats["messages_in"] == 4 and alice.stats["duplicates_dropped"] == 0
 
 
+def test_a_sender_over_the_receivers_rate_is_paced_by_held_acks(net):
+    alice = net.add("alice")
+    bob = net.add("bob", settings=replace(FAST, max_msgs_per_s=5.0, send_window=10))
+    assert net.connect(alice, bob, 0.0)["ok"] is True
+    texts = [f"m{i:02d}" for i in range(40)]
+    for t in texts:
+        net.call(alice, 1.0, "send", peer="bob", text=t)
+    ls = bob.msgs.delivery.links[alice.id]
+    # the budget ran out: bob took in order what fits a window past its last ACK, on credit,
+    # and holds that ACK; what alice sent beyond it was dropped (she resends it later)
+    assert ls.in_seq == ls.acked_in + 10 and ls.ack_owed and bob.in_debt(1.0, alice.id)
+    assert bob.dropped["rate_limited"] > 0 and bob.stats["out_of_order_dropped"] == 0
+    assert [e["text"] for e in bob.inbox] == texts[:ls.in_seq]
+    net.tick_range(1.1, 20.0, 0.1)
+    assert [e["text"] for e in bob.inbox] == texts  # all of them, once, in order
+    assert net.call(alice, 20.0, "info")["result"]["outbox_pending"] == 0
+    assert state(alice, bob) == "alive" and state(bob, alice) == "alive"  # heartbeats got through
+    acks = [t for t, m in net.sent("bob", "alice", P.ACK)]
+    # within the budget at 1.0, ACKs went at once; the one for the messages taken on credit
+    # (a window: 2 s of budget at 5 a second) waited until the debt was repaid
+    assert acks[0] == 1.0 and min(t for t in acks if t > 1.0) >= 2.9
+
+
+def test_a_peer_over_its_rate_gets_no_credit_for_other_frames(net):
+    alice = net.add("alice")
+    bob = net.add("bob", settings=replace(FAST, max_msgs_per_s=5.0, send_window=10))
+    assert net.connect(alice, bob, 0.0)["ok"] is True
+    for _ in range(20):
+        net.call(alice, 1.0, "broadcast", text="x")  # not on credit: dropped past the budget
+    assert bob.dropped["rate_limited"] > 0 and not bob.in_debt(1.0, alice.id)
+
+
 def test_inbox_is_bounded(net):
     alice = net.add("alice", settings=replace(FAST, inbox_size=2))
     bob = net.add("bob")
