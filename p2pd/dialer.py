@@ -127,6 +127,8 @@ class Dialer:
         node = self.node
         acts: list = []
         pc = self.pending.pop(reply_to, None) if reply_to else None
+        if pc is None:
+            pc = self._dialled(peer)
         if pc is not None:
             if peer.id in node.links or node.links.get(pc.key) != peer.router_endpoint:
                 acts += node._close_link(pc.key)
@@ -138,6 +140,15 @@ class Dialer:
                 if b.endpoint == pc.endpoint:
                     b.peer_id = peer.id
         return pc, acts
+
+    def _dialled(self, peer: Peer) -> PendingConnect | None:
+        """A pending dial that reached ``peer`` although its reply has not come: the peer's own JOIN
+        (a retry of its link to us, after our JOIN got through and its answer was lost) says so.
+        Matched by the key we dialled with, or without CURVE by the address."""
+        for mid, pc in self.pending.items():
+            if (node_id_for(pc.server_key) == peer.id if pc.server_key else pc.endpoint == peer.router_endpoint):
+                return self.pending.pop(mid)
+        return None
 
     # ------------------------------------------------------------------ timers
     def tick(self, now: float) -> list:

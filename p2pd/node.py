@@ -586,6 +586,10 @@ class Node:
                 log.warning("peer lost: %s (%s), silent for %.1fs", peer.name, peer.id[:12], now - (peer.last_seen or now))
                 acts += self.emit(now, "lost", peer=peer.describe(now))
         for peer in self.table.due_retries(now):
+            if self.links.get(peer.id) == peer.router_endpoint and now - self.link_since.get(peer.id, now) < timeout:
+                # The last try is still young: on a lossy path its TCP and CURVE handshakes can take
+                # seconds, and a new socket would only start them over.  Its JOIN goes out once it connects.
+                continue
             log.debug("retrying %s at %s (next in %.0fs)", peer.name, peer.router_endpoint, peer.retry_backoff_s)
             acts += self._link_to(now, peer, again=True)
         for peer in self.table.forgettable(now):

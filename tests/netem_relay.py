@@ -36,6 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--loss", type=float, default=0.0)
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--both", action="store_true", help="impair what the host receives too (harsher than netem on one interface)")
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
 
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
                     break
                 if addr[2] == PACKET_OUTGOING:
                     continue  # our own writes on this interface
-                if key.data != args.a:  # toward the impaired host: untouched
+                if key.data != args.a and not args.both:  # toward the impaired host: untouched
                     try:
                         other[key.data].send(frame)
                     except OSError:

@@ -132,9 +132,10 @@ class Lab:
         self.namespaces.append(name)
         run("ip", "-n", name, "link", "set", "lo", "up")
 
-    def add_host(self, name: str, impaired: tuple[float, float] | None = None) -> LabHost:
+    def add_host(self, name: str, impaired: tuple[float, float] | None = None, both_ways: bool = False) -> LabHost:
         """A new host on br0; ``impaired=(loss, delay_s)`` puts the relay between it and the bridge,
-        dropping and delaying what the host sends (``tc qdisc add dev e0 root netem loss L delay D``)."""
+        dropping and delaying what the host sends (``tc qdisc add dev e0 root netem loss L delay D``),
+        and with ``both_ways`` also what it receives."""
         index = len(self.hosts) + 1
         host = LabHost(self, index, self.base, name, self.registry)
         self._netns(host.ns)
@@ -150,12 +151,12 @@ class Lab:
             run("ip", "-n", self.sw, "link", "set", port, "master", "br0")
             self.ports[index] = port
         else:
-            self._impair(host, port, *impaired)
+            self._impair(host, port, *impaired, both_ways=both_ways)
         host.configure()
         self.hosts.append(host)
         return host
 
-    def _impair(self, host: LabHost, port: str, loss: float, delay_s: float) -> None:
+    def _impair(self, host: LabHost, port: str, loss: float, delay_s: float, both_ways: bool = False) -> None:
         a, b = f"r{host.index}a", f"r{host.index}b"
         run("ip", "-n", self.sw, "link", "add", a, "type", "veth", "peer", "name", b)
         for dev in (port, a):
@@ -166,7 +167,7 @@ class Lab:
         self.ports[host.index] = b
         relay = subprocess.Popen(
             ["ip", "netns", "exec", self.sw, sys.executable, str(RELAY), port, a,
-             "--loss", str(loss), "--delay", str(delay_s), "--seed", str(host.index)],
+             "--loss", str(loss), "--delay", str(delay_s), "--seed", str(host.index), *(["--both"] if both_ways else [])],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.relays.append(relay)
         line = relay.stdout.readline()

@@ -163,6 +163,37 @@ def test_loss_and_delay_slow_things_down_but_lose_nothing(lab):
           f"relay passed {passed}, dropped {dropped} frames")
 
 
+@pytest.mark.timeout(300)
+def test_connect_over_loss_both_ways_completes(lab):
+    """Loss on what the host sends *and* receives: a connect used to fail now and then (1 in 8 runs), when
+    the answer to its JOIN was lost and the other side's retries, one a second, each started the TCP and
+    CURVE handshakes over on a new socket.  Now a retry leaves a young try alone, and the peer's own JOIN
+    answers a connect whose reply was lost."""
+    h1 = lab.add_host("h1")
+    h2 = lab.add_host("h2", impaired=(0.20, 0.050), both_ways=True)
+    for h in (h1, h2):
+        h.configure(interval=0.5, timeout=10.0)
+    start(h1, h2)
+    t0 = time.monotonic()
+    proc = h2.ctl("--timeout", "90", "connect", h1.ip, PORT, timeout=110, check=False)
+    connect_s = time.monotonic() - t0
+    assert proc.returncode == 0, (proc.stdout, proc.stderr, h1.log_text()[-3000:], h2.log_text()[-3000:])
+    for a, b in ((h1, h2), (h2, h1)):
+        wait_for(lambda a=a, b=b: alive_view(a) == {b.name}, 90, interval=0.25, what=f"{a.name} to list {b.name} alive")
+    there = [f"h2->h1 {i}" for i in range(100)]
+    back = [f"h1->h2 {i}" for i in range(100)]
+    with h2.client() as c:
+        c.send_many("h1", there)
+    with h1.client() as c:
+        c.send_many("h2", back)
+    for h in (h1, h2):
+        wait_for(lambda h=h: outbox_empty(h), 120, interval=0.25, what=f"{h.name}'s outbox to drain")
+    assert texts_from(h1, "h2") == Counter(there) and texts_from(h2, "h1") == Counter(back)
+    passed, dropped = lab.stop_relays()[0]
+    assert dropped > 0.1 * (passed + dropped)
+    print(f"connect over 20% loss both ways in {connect_s:.1f} s; relay dropped {dropped} of {passed + dropped}")
+
+
 def test_host_that_changes_address_is_relinked(lab):
     hosts = [lab.add_host(f"h{i}") for i in range(1, 4)]
     start(*hosts)
