@@ -190,7 +190,8 @@ class Dialer:
               since: float | None = None, server_key: str | None = None) -> list:
         node = self.node
         key = f"pending:{endpoint}:{now:.6f}"
-        join = node._join(now)
+        # With its key we know whom we dial: the JOIN can say how far we received its numbering.
+        join = node._join(now, to=node_id_for(server_key) if server_key else None)
         self.pending[join.id] = PendingConnect(key, endpoint, deadline, client, req, since, server_key)
         node.links[key] = endpoint
         node.link_since[key] = now

@@ -174,6 +174,24 @@ def test_connect_by_address_fetches_the_key_then_pins_it():
     assert "p2pctl known forget 127.0.0.1:6000" in reply.payload["error"]
 
 
+def test_a_dial_with_a_key_says_how_far_that_peers_numbering_was_received():
+    alice = secure_node()
+    bob_id = node_id_for(KEY_B)
+    ls = alice.msgs.delivery.link(bob_id)
+    ls.in_seq, ls.in_epoch = 7, "e1"  # alice stored bob's messages up to 7 (e.g. before a restart)
+    acts = alice.connect(1.0, "127.0.0.1", 6000, 5.0, b"cli", 1, key=KEY_B)
+    (join,) = [a.msg for a in acts if type(a).__name__ == "Send"]
+    assert join.type == P.JOIN and (join.data["got"], join.data["got_epoch"]) == (7, "e1")
+    # a key fetched from the key port names the node as well
+    (fetch,) = alice.connect(2.0, "127.0.0.1", 6100, 5.0, b"cli", 2)
+    (join,) = [a.msg for a in alice.on_key(2.1, fetch.tag, KEY_B, None) if type(a).__name__ == "Send"]
+    assert join.data["got"] == 7
+    # another node there: nothing received from it, nothing to say
+    (fetch,) = alice.connect(3.0, "127.0.0.1", 6200, 5.0, b"cli", 3)
+    (join,) = [a.msg for a in alice.on_key(3.1, fetch.tag, gen()[0], None) if type(a).__name__ == "Send"]
+    assert "got" not in join.data
+
+
 def test_key_port_down_uses_the_pin_or_says_what_to_do():
     alice = secure_node()
     (fetch,) = alice.connect(1.0, "127.0.0.1", 6000, 5.0, b"cli", 1)
