@@ -143,6 +143,10 @@ class Client:
         pid = self.home.read_pid()
         if not pid_alive(pid):
             return DaemonNotRunning(f"p2pd is not running (stale {self._where}); {self._start_hint()}")
+        from p2pd.daemon import is_running  # only here: a daemon holds the home's lock for its whole life
+
+        if not is_running(self.home)[0]:  # the pid was given to another process since the daemon died
+            return DaemonNotRunning(f"p2pd is not running (pid {pid} now belongs to another process; stale {self._where}); {self._start_hint()}")
         return DaemonTimeout(
             f"p2pd (pid {pid}) did not answer on {self._where} within {waited_s:g}s; it may be overloaded or stuck: see {self.home.log_file}, or raise --timeout"
         )

@@ -41,22 +41,27 @@ class HomeLock:
         self.path = home.lock_file
         self.fd: int | None = None
 
-    def acquire(self) -> bool:
+    def acquire(self, wait_s: float = 0.0) -> bool:
+        """Take the lock; try for ``wait_s`` (a `p2pd status` or p2pctl may be probing it just then)."""
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            if sys.platform == "win32":  # pragma: no cover - Windows only
-                import msvcrt
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                if sys.platform == "win32":  # pragma: no cover - Windows only
+                    import msvcrt
 
-                msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
+                    msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
+                else:
+                    import fcntl
 
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self.fd)
-            self.fd = None
-            return False
-        return True
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError:
+                if time.monotonic() >= deadline:
+                    os.close(self.fd)
+                    self.fd = None
+                    return False
+                time.sleep(0.02)
 
     def release(self) -> None:
         if self.fd is not None:
@@ -124,7 +129,7 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_set
     home.ensure()
     lock = HomeLock(home)
     exit_code = 1
-    if not lock.acquire():
+    if not lock.acquire(wait_s=0.2):
         pid = home.read_pid()
         raise AlreadyRunning(f"p2pd is already running on home {home.path}" + (f" (pid {pid})" if pid else "") + "; stop it with: p2pd stop --home " + str(home.path))
     try:

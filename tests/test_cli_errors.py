@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -285,6 +286,26 @@ def test_start_on_a_port_in_use_fails_and_leaves_nothing_running(make_node):
     # the failed starts left nothing behind that blocks a good one
     bob.start()
     assert bob.ctl("status").returncode == 0
+
+
+def test_a_dead_daemons_pid_given_to_another_process_is_not_taken_for_it(make_node):
+    bob = make_node("bob")
+    bob.start()
+    bob.kill9()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # ours, killed below
+    try:
+        (bob.home / "p2pd.pid").write_text(f"{other.pid}\n")  # as if the OS had reused the pid
+        assert Home(bob.home).socket_path.exists()  # kill -9 left the socket behind
+        line = one_line_error(bob.ctl("--timeout", "1", "info", check=False), exitcodes.NOT_RUNNING, "not running",
+                              f"pid {other.pid} now belongs to another process", start_hint(bob.home))
+        assert "did not answer" not in line
+        assert p2pd("status", "--home", str(bob.home)).returncode == exitcodes.NOT_RUNNING
+        assert other.poll() is None  # nobody signalled it
+        bob.start()  # and the stale files do not block a start
+        assert bob.ctl("status").returncode == 0
+    finally:
+        other.kill()
+        other.wait(10)
 
 
 def test_stale_pidfile_does_not_block_a_start(pair):
