@@ -47,7 +47,7 @@ class Peer:
     batch: bool = False  # its JOIN said it takes several envelopes per ZeroMQ message
     boot: str | None = None  # its JOIN's run id: a new one means it restarted
     learned: float = 0.0  # when we first heard of it (monotonic)
-    tokens: float = 0.0  # rate-limit bucket (below 0: in debt, see Node._on_envelope)
+    tokens: float = 0.0  # rate-limit bucket (below 0: in debt, see intake.py)
     tokens_at: float | None = None  # last refill; None: not started
     tags: set = field(default_factory=set)
 

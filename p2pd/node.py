@@ -6,9 +6,10 @@ How this works
 `transport.py` feeds it raw frames and the current monotonic time, and it
 returns a list of effects from `actions.py` (open a link, send an envelope,
 reply to a control client ...).  It owns the membership table, the links, the
-counters and the in-flight pings, and hands two parts to helpers it owns:
+counters and the in-flight pings, and hands parts to helpers it owns:
 messages and broadcasts to `messaging.py`, dialing by address (key fetch,
-pinning, pending links, ``--join`` bootstraps) to `dialer.py`.  It owns no
+pinning, pending links, ``--join`` bootstraps) to `dialer.py`; the checks
+every inbound frame passes (origin, rate limit) are `intake.py`'s.  It owns no
 socket and reads no clock, so every rule below is unit-tested without ZeroMQ.
 
 The peer protocol (docs/PROTOCOL.md):
@@ -43,6 +44,7 @@ from . import lan
 from . import protocol as P
 from .actions import CloseLink, LanBeacon, OpenLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe
 from .dialer import Dialer
+from .intake import Intake
 from .membership import ALIVE, LOST, Membership, Peer, UnknownPeer, is_loopback
 from .messaging import Messaging
 from .ratelimit import LogRateLimiter
@@ -53,8 +55,6 @@ from .trust import Trust
 log = logging.getLogger("p2pd.node")
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*", ""})
-SUB_TOPIC_PREFIX = b"\x00sub:"  # never matches an envelope, which starts with "{"
-HEARTBEAT_CREDIT = 16  # PINGs/PONGs a peer may overdraw its rate by, beyond a window (see _on_credit)
 
 
 @dataclass
@@ -66,7 +66,7 @@ class PendingPing:
     deadline: float = 0.0
 
 
-class Node:
+class Node(Intake):
     def __init__(self, node_id: str, name: str, address: P.PeerAddress, settings: Settings, now: float, wall: float,
                  store: Store | None = None, trust: Trust | None = None):
         self.id = node_id
@@ -265,132 +265,6 @@ class Node:
         acts = [self._send(p.id, self._msg(now, P.LEAVE)) for p in self.table.alive()]
         log.info("leaving: sent LEAVE to %d peers", len(acts))
         return acts + [Shutdown()]
-
-    # ------------------------------------------------------------------ inbound peer traffic
-    def on_router_frames(self, now: float, frames: list[bytes], peer_host, user_id: str | None = None) -> list:
-        """A message on our ROUTER: [routing id, envelope, ...] from a peer's DEALER.
-
-        One envelope, or a batch of up to MAX_BATCH from a peer that we told
-        (JOIN ``batch``) we take them: each is checked and handled on its own.
-
-        ``user_id`` is the node id that ZAP derived from the sender's CURVE
-        key; in secure mode a frame claiming any other sender_id is dropped.
-        ``peer_host`` is the address the frame came from, or a function that
-        returns it: the transport's lookup costs a call into libzmq, and only
-        a JOIN or a log line needs it.
-        """
-        source = (lambda: peer_host() or "?") if callable(peer_host) else (peer_host or "?")
-        if len(frames) == 2:
-            return self._on_envelope(now, frames[0], frames[1], peer_host, user_id, source)
-        if not 2 < len(frames) <= P.MAX_BATCH + 1:
-            self.drop(now, "bad_frames", f"expected 2 to {P.MAX_BATCH + 1} frames (routing id, envelopes), got {len(frames)}", source)
-            return []
-        acts: list = []
-        for raw in frames[1:]:  # a batch: each envelope stands alone, in order
-            acts += self._on_envelope(now, frames[0], raw, peer_host, user_id, source)
-        return acts
-
-    def _on_envelope(self, now: float, rid: bytes, raw: bytes, peer_host, user_id: str | None, source) -> list:
-        try:
-            msg = P.decode(raw, self.settings.max_frame_bytes)
-        except P.ProtocolError as e:
-            self.drop(now, e.kind, e.reason, source)
-            return []
-        if rid != msg.sender_id.encode():
-            self.drop(now, "bad_routing_id", f"routing id {rid[:24]!r} does not match sender_id {msg.sender_id[:24]}", source)
-            return []
-        if self.trust.secure and user_id != msg.sender_id:
-            self.drop(now, "spoofed", f"frame claims sender {msg.sender_id[:12]} but its key belongs to {str(user_id)[:12]}", source)
-            return []
-        if not self._within_rate(now, msg.sender_id) and not self._on_credit(msg):
-            self.drop(now, "rate_limited", f"{msg.sender_id[:12]} sends faster than max_msgs_per_s={self.settings.max_msgs_per_s:g}", source)
-            return []
-        self.stats["frames_in"] += 1
-        return self._dispatch(now, msg, peer_host, source)
-
-    def _refill(self, now: float, peer) -> None:
-        rate = self.settings.max_msgs_per_s
-        if peer.tokens_at is None:
-            peer.tokens = rate
-        else:
-            peer.tokens = min(rate, peer.tokens + (now - peer.tokens_at) * rate)
-        peer.tokens_at = now
-
-    def _within_rate(self, now: float, peer_id: str) -> bool:
-        """Token bucket per peer: max_msgs_per_s sustained, one second's worth of burst."""
-        peer = self.table.get(peer_id)
-        if peer is None:
-            return True
-        self._refill(now, peer)
-        if peer.tokens < 1.0:
-            return False
-        peer.tokens -= 1.0
-        return True
-
-    def _on_credit(self, msg: P.Message) -> bool:
-        """May a frame beyond the peer's rate be taken on credit rather than dropped?
-
-        The next direct message in order, at most a window past our last ACK: yes, and its
-        ACK waits until the bucket has refilled (messaging.flush), so a sender that keeps to
-        its window is slowed to the limit instead of losing messages and sending them again.
-        While its ACK is held, its heartbeats too, up to a window and a few more in debt: else,
-        with no ACK and its PINGs dropped, it would take us for lost.  Anything else is dropped as before; and
-        since a debt is repaid before anything else is taken, the sustained rate stays the limit."""
-        peer = self.table.get(msg.sender_id)
-        window = self.msgs.delivery.window
-        if msg.type == P.MESSAGE and self.msgs.delivery.may_pace(msg.sender_id, msg.data):
-            peer.tokens -= 1.0
-            return True
-        if msg.type in (P.PING, P.PONG) and peer.tokens > -(window + HEARTBEAT_CREDIT) and self.msgs.delivery.owes_ack(msg.sender_id):
-            peer.tokens -= 1.0
-            return True
-        return False
-
-    def in_debt(self, now: float, peer_id: str) -> bool:
-        """The peer sent us direct messages on credit beyond its rate, not yet repaid: hold its ACK."""
-        peer = self.table.get(peer_id)
-        if peer is None or peer.tokens_at is None or peer.tokens >= 0:
-            return False
-        self._refill(now, peer)
-        return peer.tokens < 0
-
-    def on_sub_frames(self, now: float, frames: list[bytes], source: str = "sub", source_peer: str | None = None) -> list:
-        """A message on one of our SUB sockets: BROADCASTs (one, or a batch) from the PUB of ``source_peer``."""
-        if not 0 < len(frames) <= P.MAX_BATCH:
-            self.drop(now, "bad_frames", f"expected 1 to {P.MAX_BATCH} frames on SUB, got {len(frames)}", source)
-            return []
-        if len(frames) == 1:
-            return self._on_sub_envelope(now, frames[0], source, source_peer)
-        acts: list = []
-        for raw in frames:
-            acts += self._on_sub_envelope(now, raw, source, source_peer)
-        return acts
-
-    def _on_sub_envelope(self, now: float, raw: bytes, source: str, source_peer: str | None) -> list:
-        try:
-            msg = P.decode(raw, self.settings.max_frame_bytes)
-        except P.ProtocolError as e:
-            self.drop(now, e.kind, e.reason, source)
-            return []
-        if msg.type != P.BROADCAST:
-            self.drop(now, "bad_type", f"{msg.type} is not allowed on the PUB socket", source)
-            return []
-        if source_peer is not None and msg.sender_id != source_peer:
-            self.drop(now, "spoofed", f"broadcast claims sender {msg.sender_id[:12]} on the PUB of {source_peer[:12]}", source)
-            return []
-        if not self._within_rate(now, msg.sender_id):
-            self.drop(now, "rate_limited", f"{msg.sender_id[:12]} broadcasts faster than max_msgs_per_s", source)
-            return []
-        self.stats["frames_in"] += 1
-        return self._dispatch(now, msg, None, source)
-
-    def on_subscription(self, now: float, frame: bytes) -> list:
-        """XPUB told us a subscriber (un)subscribed; our topic names its node id."""
-        if len(frame) > len(SUB_TOPIC_PREFIX) + 1 and frame[1:].startswith(SUB_TOPIC_PREFIX):
-            peer_id = frame[1 + len(SUB_TOPIC_PREFIX):].decode("utf-8", "replace")
-            if P.valid_node_id(peer_id):
-                self.table.set_subscribed(peer_id, frame[0] == 1)
-        return []
 
     def _dispatch(self, now: float, msg: P.Message, peer_host: str | None, source: str) -> list:
         if msg.sender_id == self.id:

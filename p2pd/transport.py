@@ -51,8 +51,9 @@ from .actions import (CloseLink, FetchKey, LanBeacon, OpenLink, PinKey, Publish,
                       Subscribe, ToClient, Unsubscribe)
 from .fdpoll import FdPoller
 from .home import ControlChoiceError, Home, control_transport, save_peer_book
+from .intake import SUB_TOPIC_PREFIX
 from .keys import known_peers
-from .node import SUB_TOPIC_PREFIX, Node
+from .node import Node
 
 log = logging.getLogger("p2pd.transport")
 

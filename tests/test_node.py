@@ -22,7 +22,8 @@ from p2pd import control
 from p2pd import protocol as P
 from p2pd.actions import CloseLink, OpenLink, Publish, RekeyLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe
 from p2pd.membership import ALIVE, LINKING, LOST
-from p2pd.node import SUB_TOPIC_PREFIX, Node
+from p2pd.intake import SUB_TOPIC_PREFIX
+from p2pd.node import Node
 from p2pd.settings import Settings
 
 HOST = "127.0.0.1"
