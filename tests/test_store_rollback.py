@@ -6,7 +6,7 @@ a store that went back: it starts a new store epoch, so that its peers resynchro
 dropping its next messages as duplicates (docs/PROTOCOL.md, JOIN and 5.7; docs/OPERATIONS.md,
 "Restoring").
 
-The unit tests run pure `Node` objects over the in-memory `Net` of test_node.py, with stores in
+The unit tests run pure `Node` objects over the in-memory `Net` of memnet.py, with stores in
 files so that a backup can be taken and restored; the last test does the same with real daemons.
 """
 
@@ -22,7 +22,7 @@ from conftest import wait_for
 from p2pd import protocol as P
 from p2pd.store import Store
 from test_delivery import assert_exactly_once_in_order, info, linked, received_texts
-from test_node import HOST, Net, join_frame
+from memnet import HOST, Net, join_frame
 
 STORE_FILES = ("store.db", "store.db-wal", "store.db-shm")
 

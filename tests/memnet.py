@@ -1,0 +1,272 @@
+"""An in-memory network for unit tests of the node: `Net`, its fixtures and frame helpers.
+
+Several `Node` objects talk to each other through `Net`, a tiny stand-in for
+transport.py: it performs the effects a node returns (links, sends,
+subscriptions, replies to control clients) and hands encoded frames to the
+receiving node, all at a time the test chooses.  No sockets, no sleeps: time
+is a plain float.  Used by test_node*.py and test_store_rollback.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict, deque
+
+import pytest
+
+from p2pd import control
+from p2pd import protocol as P
+from p2pd.actions import CloseLink, OpenLink, Publish, RekeyLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe
+from p2pd.intake import SUB_TOPIC_PREFIX
+from p2pd.membership import ALIVE, LINKING
+from p2pd.node import Node
+from p2pd.settings import Settings
+
+HOST = "127.0.0.1"
+WALL = 1_700_000_000.0
+CLI = b"cli"
+WATCH = b"watcher"
+PORTS = {"alice": 5001, "bob": 5003, "charlie": 5005, "dave": 5007, "erin": 5009}
+
+FAST = Settings(
+    heartbeat_interval_s=1.0,
+    heartbeat_timeout_s=5.0,
+    gossip_interval_s=10.0,
+    retry_min_s=1.0,
+    retry_max_s=8.0,
+    forget_after_s=100.0,
+).validate()
+
+
+def ep(port: int, host: str = HOST) -> str:
+    return P.tcp_endpoint(host, port)
+
+
+class Net:
+    """Carries out node effects in memory, like transport.py does with ZeroMQ."""
+
+    def __init__(self):
+        self.nodes: dict[str, Node] = {}  # name -> node
+        self.by_router: dict[str, Node] = {}  # router endpoint -> running node
+        self.by_pub: dict[str, Node] = {}
+        self.dealers: dict[str, dict[str, str]] = defaultdict(dict)  # node id -> link key -> endpoint
+        self.subs: dict[str, set[str]] = defaultdict(set)  # node id -> pub endpoints its SUB is connected to
+        self.queue: deque = deque()
+        self.actions: list = []  # (time, node name, action), everything any node asked for
+        self.delivered: list = []  # (time, from name, to name, Message)
+        self.replies: dict = defaultdict(list)  # (node name, client) -> payloads
+        self.saved: dict[str, list] = {}
+        self.shutdown: set[str] = set()
+        self.lose = None  # (from name, to name, Message) -> True to lose that frame on the wire
+
+    # ---- membership of the fake network
+    def add(self, name: str, node_id: str | None = None, settings: Settings = FAST, now: float = 0.0, addr: str | None = HOST,
+            store=None) -> Node:
+        port = PORTS[name]
+        node = Node(node_id or f"{name}-id", name, P.PeerAddress(addr, port, port + 1), settings, now, WALL, store)
+        self.nodes[name] = node
+        self.by_router[ep(port)] = node
+        self.by_pub[ep(port + 1)] = node
+        self.dealers.pop(node.id, None)
+        self.subs.pop(node.id, None)
+        return node
+
+    def kill(self, node: Node) -> None:
+        """The process dies: nothing reaches it any more, and it sends nothing."""
+        self.by_router = {k: v for k, v in self.by_router.items() if v is not node}
+        self.by_pub = {k: v for k, v in self.by_pub.items() if v is not node}
+        self.dealers.pop(node.id, None)
+        self.subs.pop(node.id, None)
+
+    def up(self, node: Node) -> bool:
+        return node in self.by_router.values()
+
+    # ---- effects
+    def apply(self, node: Node, acts: list, now: float | None = None, flush: bool = True) -> list:
+        for a in acts:
+            self.queue.append((node, a))
+        if flush:
+            assert now is not None
+            self.flush(now)
+        return acts
+
+    def flush(self, now: float) -> None:
+        """Deliver everything queued; then, like the event loop after each batch, collect each node's
+        end-of-batch output (ACKs), until the network is quiet."""
+        steps = 0
+        while True:
+            while self.queue:
+                steps += 1
+                assert steps < 100_000, "message storm"
+                node, act = self.queue.popleft()
+                self.actions.append((now, node.name, act))
+                if not self.up(node):
+                    continue
+                self._perform(now, node, act)
+            for node in list(self.nodes.values()):
+                if self.up(node):
+                    self.queue.extend((node, a) for a in node.flush(now))
+            if not self.queue:
+                return
+
+    def _perform(self, now: float, node: Node, act) -> None:
+        links = self.dealers[node.id]
+        if isinstance(act, OpenLink):
+            links[act.key] = act.endpoint
+        elif isinstance(act, CloseLink):
+            links.pop(act.key, None)
+        elif isinstance(act, RekeyLink):
+            endpoint = links.pop(act.old, None)
+            if endpoint is not None and act.new not in links:
+                links[act.new] = endpoint
+        elif isinstance(act, (Send, SendBatch)):
+            endpoint = links.get(act.key)
+            target = self.by_router.get(endpoint) if endpoint else None
+            if target is None:
+                return  # no link, or nobody listening there: lost on the wire
+            msgs = [m for m in (act.msgs if isinstance(act, SendBatch) else [act.msg])
+                    if self.lose is None or not self.lose(node.name, target.name, m)]
+            if msgs:
+                self.delivered.extend((now, node.name, target.name, m) for m in msgs)
+                frames = [node.id.encode(), *(P.encode(m) for m in msgs)]
+                self.apply(target, target.on_router_frames(now, frames, HOST), flush=False)
+        elif isinstance(act, Publish):
+            wire = P.encode(act.msg)
+            mine = ep(node.address.pub_port)
+            for other in list(self.by_router.values()):
+                if mine in self.subs.get(other.id, ()):
+                    self.delivered.append((now, node.name, other.name, act.msg))
+                    self.apply(other, other.on_sub_frames(now, [wire]), flush=False)
+        elif isinstance(act, Subscribe):
+            self.subs[node.id].add(act.endpoint)
+            pub = self.by_pub.get(act.endpoint)
+            if pub is not None:
+                pub.on_subscription(now, b"\x01" + SUB_TOPIC_PREFIX + node.id.encode())
+        elif isinstance(act, Unsubscribe):
+            self.subs[node.id].discard(act.endpoint)
+            pub = self.by_pub.get(act.endpoint)
+            if pub is not None:
+                pub.on_subscription(now, b"\x00" + SUB_TOPIC_PREFIX + node.id.encode())
+        elif isinstance(act, ToClient):
+            self.replies[(node.name, act.client)].append(act.payload)
+        elif isinstance(act, SavePeers):
+            self.saved[node.name] = act.peers
+        elif isinstance(act, Shutdown):
+            self.shutdown.add(node.name)
+        else:  # pragma: no cover
+            raise AssertionError(f"unknown action {act!r}")
+
+    # ---- drivers
+    def tick(self, now: float, *nodes: Node, flush: bool = True) -> None:
+        for node in nodes or list(self.nodes.values()):
+            if self.up(node):
+                self.apply(node, node.tick(now), flush=False)
+        if flush:
+            self.flush(now)
+
+    def tick_range(self, start: float, stop: float, step: float = 1.0, *nodes: Node) -> None:
+        t = start
+        while t <= stop + 1e-9:
+            self.tick(round(t, 6), *nodes)
+            t += step
+
+    def request(self, node: Node, now: float, cmd: str, client: bytes = CLI, req=1, flush: bool = True, **args) -> list:
+        before = len(self.replies[(node.name, client)])
+        raw = json.dumps({"req": req, "cmd": cmd, "args": args}).encode()
+        self.apply(node, control.handle(node, now, client, raw, {"pid": 4242}), now, flush=flush)
+        return self.replies[(node.name, client)][before:]
+
+    def call(self, node: Node, now: float, cmd: str, **args) -> dict:
+        """A control request that must be answered at once, exactly once."""
+        replies = self.request(node, now, cmd, **args)
+        assert len(replies) == 1, replies
+        return replies[0]
+
+    def connect(self, a: Node, b: Node, now: float) -> dict:
+        return self.call(a, now, "connect", host=HOST, port=b.address.port)
+
+    def events(self, node: Node, kind: str | None = None) -> list:
+        return [e for e in self.replies[(node.name, WATCH)] if "event" in e and (kind is None or e["event"] == kind)]
+
+    def sent(self, frm: str, to: str | None = None, type_: str | None = None) -> list:
+        return [
+            (t, m) for t, f, dst, m in self.delivered
+            if f == frm and (to is None or dst == to) and (type_ is None or m.type == type_)
+        ]
+
+    def acts(self, name: str, cls, since: float = float("-inf")) -> list:
+        return [(t, a) for t, n, a in self.actions if n == name and isinstance(a, cls) and t >= since]
+
+
+def state(node: Node, other: Node) -> str | None:
+    peer = node.table.get(other.id)
+    return None if peer is None else peer.state
+
+
+def watch(net: Net, node: Node, now: float = 0.0) -> None:
+    reply = net.call(node, now, "watch", client=WATCH)
+    assert reply["ok"] is True
+
+
+@pytest.fixture
+def net() -> Net:
+    return Net()
+
+
+@pytest.fixture
+def pair(net):
+    """alice and bob, linked at t=0 by `bob connect alice`."""
+    alice, bob = net.add("alice"), net.add("bob")
+    reply = net.connect(bob, alice, 0.0)
+    assert reply["ok"] is True
+    return alice, bob
+
+
+@pytest.fixture
+def trio(net, pair):
+    """alice, bob, charlie: charlie connected to bob at t=0 and found alice through bob."""
+    alice, bob = pair
+    charlie = net.add("charlie")
+    assert net.connect(charlie, bob, 0.0)["ok"] is True
+    return alice, bob, charlie
+
+
+def join_frame(sender: str, port: int, addr, reply_to=None, name: str | None = None, **extra) -> list[bytes]:
+    data = {"addr": addr, "port": port, "pub_port": port + 1, "reply_to": reply_to, **extra}
+    return [sender.encode(), P.encode(P.make(P.JOIN, sender, name or sender.split("-")[0], WALL, data))]
+
+
+def peers_frame(sender: str, entries: list[dict]) -> list[bytes]:
+    return [sender.encode(), P.encode(P.make(P.PEERS, sender, sender.split("-")[0], WALL, {"peers": entries}))]
+
+
+def handle(node: Node, raw, now: float = 5.0, client: bytes = CLI) -> dict:
+    if not isinstance(raw, bytes):
+        raw = json.dumps(raw).encode()
+    acts = control.handle(node, now, client, raw, {"pid": 1})
+    replies = [a.payload for a in acts if isinstance(a, ToClient) and a.client == client]
+    assert len(replies) == 1, acts
+    return replies[0]
+
+
+@pytest.fixture
+def busy_alice() -> Node:
+    """alice knows two alive peers both named bob, and carol who never answered."""
+    alice = Node("alice-id", "alice", P.PeerAddress(HOST, 5001, 5002), FAST, 0.0, WALL)
+    alice.on_router_frames(0.0, join_frame("bob-1", 5003, HOST, name="bob"), HOST)
+    alice.on_router_frames(0.0, join_frame("bob-2", 5005, HOST, name="bob"), HOST)
+    alice.on_router_frames(0.0, peers_frame("bob-1", [{"id": "carol-id", "name": "carol", "addr": HOST, "port": 5007, "pub_port": 5008}]), HOST)
+    assert [p.state for p in alice.table.all()] == [ALIVE, ALIVE, LINKING]
+    return alice
+
+
+def linked_alice(bob_addr: str = "10.0.0.2") -> Node:
+    alice = Node("alice-id", "alice", P.PeerAddress("10.0.0.1", 5001, 5002), FAST, 0.0, WALL)
+    alice.on_router_frames(0.0, join_frame("bob-id", 5003, bob_addr), bob_addr)
+    assert alice.table.get("bob-id").state == ALIVE
+    return alice
+
+
+@pytest.fixture
+def alice_bob(net, pair):
+    return pair
