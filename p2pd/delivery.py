@@ -13,8 +13,9 @@ Direct messages (per ordered pair sender -> receiver):
   (go-back-N).  A receiver that drops a message as out of order says so in
   its next ACK (``gap``), and the sender goes back at once; each such loss
   also halves how many it keeps in flight (``cwnd``, at least ``CWND_MIN``),
-  which grows back by about ``CWND_STEP`` per window acknowledged, so a
-  sender paced by the receiver's rate limit loses little (AIMD, as TCP).
+  which grows back by ``CWND_STEP`` per ``cwnd``'s worth acknowledged (AIMD, as
+  TCP).  A receiver pacing a sender over its rate limit acknowledges what it
+  took on credit only as it is repaid (`acks_owed`).
   Every MESSAGE also carries ``base``: the oldest seq the
   sender still needs; everything below it was acknowledged or expired.
 * The receiver keeps the highest seq it stored from each sender (``in_seq``).
@@ -77,6 +78,14 @@ class LinkSeq:
     gap_owed: bool = False  # ... and the next ACK should say so
     acked_in: int = 0  # in_seq of the last ACK we sent (what a paced sender may run ahead of)
     cwnd: int = 0  # sender: messages allowed in flight now (0: the full window; see Delivery.due)
+    cwnd_grow: int = 0  # ... acknowledged x CWND_STEP not yet turned into a larger cwnd
+
+
+def _classify(in_seq: int, seq: int, base: int) -> str:
+    """A numbered MESSAGE against what we stored from its sender (``in_seq``), where the sender
+    says it will never send anything below ``base`` again: "dup", "new" or "gap"."""
+    start = max(in_seq, base - 1)
+    return "dup" if seq <= start else "new" if seq == start + 1 else "gap"
 
 
 class Delivery:
@@ -199,8 +208,9 @@ class Delivery:
             ls.last_progress = now
             ls.sent_since_progress = 0
             ls.dirty = True
-            if ls.cwnd:  # recovering from a loss: additive increase
-                ls.cwnd += max(1, (upto - previous) * CWND_STEP // ls.cwnd)
+            if ls.cwnd:  # recovering from a loss: additive increase, CWND_STEP per cwnd's worth acknowledged
+                inc, ls.cwnd_grow = divmod(ls.cwnd_grow + (upto - previous) * CWND_STEP, ls.cwnd)
+                ls.cwnd += inc
                 if ls.cwnd >= self.window:
                     ls.cwnd = 0
             if want_ids:
@@ -221,6 +231,7 @@ class Delivery:
         """A message was lost on the way: halve what may be in flight (multiplicative decrease)."""
         cwnd = max(min(CWND_MIN, self.window), (ls.cwnd or self.window) // 2)
         ls.cwnd = 0 if cwnd >= self.window else cwnd
+        ls.cwnd_grow = 0
 
     def pending_peers(self) -> list[str]:
         return [p for p, ls in self.links.items() if ls.out_acked < ls.out_seq]
@@ -236,16 +247,17 @@ class Delivery:
         ls.ack_owed = True
         if epoch is not None and epoch != ls.in_epoch:
             if ls.in_epoch is not None:
-                ls.in_seq = 0
+                ls.in_seq = ls.acked_in = 0
                 ls.gap_at = -1
             ls.in_epoch = epoch
             ls.dirty = True
+        verdict = _classify(ls.in_seq, seq, base)
         if base - 1 > ls.in_seq:
             ls.in_seq = base - 1  # the sender will never resend below base
             ls.dirty = True
-        if seq <= ls.in_seq:
+        if verdict == "dup":
             return "dup"
-        if seq == ls.in_seq + 1:
+        if verdict == "new":
             ls.in_seq = seq
             ls.dirty = True
             return "new"
@@ -258,29 +270,41 @@ class Delivery:
         return "gap"
 
     def may_pace(self, peer_id: str, data: dict) -> bool:
-        """Would this MESSAGE be the next new one, at most a window past our last ACK?  Such a
-        message from a peer over its rate limit is taken on credit rather than dropped."""
+        """Would this MESSAGE (not of a new epoch) be the next new one, at most a window past our
+        last ACK?  Such a message from a peer over its rate limit is taken on credit rather than dropped."""
         ls = self.links.get(peer_id)
         seq = data.get("seq")
         if ls is None or seq is None or data.get("epoch", ls.in_epoch) != ls.in_epoch:
             return False
-        return seq == max(ls.in_seq, data["base"] - 1) + 1 and seq <= ls.acked_in + self.window
+        return _classify(ls.in_seq, seq, data["base"]) == "new" and seq <= ls.acked_in + self.window
 
-    def owes_ack(self, peer_id: str) -> bool:
+    def unacknowledged(self, peer_id: str) -> bool:
+        """Have we stored messages from the peer that our last ACK did not cover?"""
         ls = self.links.get(peer_id)
-        return ls is not None and ls.ack_owed
+        return ls is not None and ls.in_seq > ls.acked_in
 
-    def acks_owed(self, hold=None) -> list[tuple[str, int, bool]]:
-        """(peer, upto, gap) for each sender owed an ACK since the last call, except those for
-        which ``hold(peer)`` says to wait (they stay owed)."""
+    def acks_owed(self, unpaid=None) -> list[tuple[str, int, bool]]:
+        """(peer, upto, gap) for each sender owed an ACK since the last call.
+
+        ``unpaid(peer)``: how many of its newest frames it had on credit past its rate limit
+        and has not repaid.  Those stay unacknowledged (its ACK stays owed), so the sender's
+        window slides at the limit; nothing is sent until some of them are paid for."""
         out = []
         for peer_id, ls in self.links.items():
-            if ls.ack_owed and (hold is None or not hold(peer_id)):
-                ls.ack_owed = False
-                ls.acked_in = ls.in_seq
-                # A gap that later frames of the same batch filled is not one any more.
-                out.append((peer_id, ls.in_seq, ls.gap_owed and ls.gap_at == ls.in_seq))
-                ls.gap_owed = False
+            if not ls.ack_owed:
+                continue
+            owed = unpaid(peer_id) if unpaid is not None else 0
+            if owed:
+                upto = ls.in_seq - owed
+                if upto > ls.acked_in:  # a gap is reported with the full ACK, or the sender would go back to here
+                    ls.acked_in = upto
+                    out.append((peer_id, upto, False))
+                continue
+            ls.ack_owed = False
+            ls.acked_in = ls.in_seq
+            # A gap that later frames of the same batch filled is not one any more.
+            out.append((peer_id, ls.in_seq, ls.gap_owed and ls.gap_at == ls.in_seq))
+            ls.gap_owed = False
         return out
 
     # ------------------------------------------------------------------ broadcasts: origin

@@ -69,7 +69,8 @@ class PendingConnect:
     client: bytes | None = None
     req: object = None
     since: float | None = None  # also fetch this peer's broadcasts since this UNIX time
-    server_key: str | None = None  # the key we dialled with (secure mode)
+    server_key: str | None = None  # the key we dialled with (secure mode) ...
+    peer_id: str | None = None  # ... which names the node we expect there
 
 
 @dataclass
@@ -123,12 +124,11 @@ class Dialer:
         return acts
 
     def on_reply(self, now: float, peer: Peer, reply_to: str | None) -> tuple[PendingConnect | None, list]:
-        """A JOIN from ``peer`` replying to ``reply_to``: our dial, if it was one, and its link re-keyed or closed."""
+        """A JOIN from ``peer`` replying to ``reply_to`` (or to nothing): the dial it answers, if any,
+        and that dial's link re-keyed or closed."""
         node = self.node
         acts: list = []
-        pc = self.pending.pop(reply_to, None) if reply_to else None
-        if pc is None:
-            pc = self._dialled(peer)
+        pc = self.pending.pop(reply_to, None) if reply_to else self._dialled(peer)
         if pc is not None:
             if peer.id in node.links or node.links.get(pc.key) != peer.router_endpoint:
                 acts += node._close_link(pc.key)
@@ -146,7 +146,7 @@ class Dialer:
         (a retry of its link to us, after our JOIN got through and its answer was lost) says so.
         Matched by the key we dialled with, or without CURVE by the address."""
         for mid, pc in self.pending.items():
-            if (node_id_for(pc.server_key) == peer.id if pc.server_key else pc.endpoint == peer.router_endpoint):
+            if (pc.peer_id == peer.id if pc.peer_id else pc.endpoint == peer.router_endpoint):
                 return self.pending.pop(mid)
         return None
 
@@ -191,8 +191,9 @@ class Dialer:
         node = self.node
         key = f"pending:{endpoint}:{now:.6f}"
         # With its key we know whom we dial: the JOIN can say how far we received its numbering.
-        join = node._join(now, to=node_id_for(server_key) if server_key else None)
-        self.pending[join.id] = PendingConnect(key, endpoint, deadline, client, req, since, server_key)
+        peer_id = node_id_for(server_key) if server_key else None
+        join = node._join(now, to=peer_id)
+        self.pending[join.id] = PendingConnect(key, endpoint, deadline, client, req, since, server_key, peer_id)
         node.links[key] = endpoint
         node.link_since[key] = now
         return [OpenLink(key, endpoint, server_key), node._send(key, join)]

@@ -12,8 +12,8 @@ through the SUB of the peer it names.  Then the peer's token bucket
 (``max_msgs_per_s``, one second's burst) is charged.  A frame past the budget
 is dropped as ``rate_limited``, except that a peer keeping to its window is
 paced rather than cut off (`_on_credit`): its next direct message in order is
-taken on credit and its ACK held until the bucket has refilled (`in_debt`,
-read by `messaging.flush`).  Whatever is dropped is counted and logged at
+taken on credit, and our ACK covers it only once the bucket has refilled
+(`debt`, read by `messaging.flush`).  Whatever is dropped is counted and logged at
 most once a second per kind (`Node.drop`); what passes goes to
 `Node._dispatch`.
 
@@ -22,6 +22,8 @@ Pure: no sockets; time is passed in.
 """
 
 from __future__ import annotations
+
+import math
 
 from . import protocol as P
 
@@ -73,51 +75,52 @@ class Intake:
         self.stats["frames_in"] += 1
         return self._dispatch(now, msg, peer_host, source)
 
-    def _refill(self, now: float, peer) -> None:
-        rate = self.settings.max_msgs_per_s
-        if peer.tokens_at is None:
-            peer.tokens = rate
-        else:
-            peer.tokens = min(rate, peer.tokens + (now - peer.tokens_at) * rate)
-        peer.tokens_at = now
-
     def _within_rate(self, now: float, peer_id: str) -> bool:
         """Token bucket per peer: max_msgs_per_s sustained, one second's worth of burst."""
         peer = self.table.get(peer_id)
         if peer is None:
             return True
-        self._refill(now, peer)
-        if peer.tokens < 1.0:
+        rate = self.settings.max_msgs_per_s
+        tokens = rate if peer.tokens_at is None else min(rate, peer.tokens + (now - peer.tokens_at) * rate)
+        peer.tokens_at = now
+        if tokens < 1.0:
+            peer.tokens = tokens
             return False
-        peer.tokens -= 1.0
+        peer.tokens = tokens - 1.0
         return True
 
     def _on_credit(self, msg: P.Message) -> bool:
         """May a frame beyond the peer's rate be taken on credit rather than dropped?
 
-        The next direct message in order, at most a window past our last ACK: yes, and its
-        ACK waits until the bucket has refilled (messaging.flush), so a sender that keeps to
-        its window is slowed to the limit instead of losing messages and sending them again.
-        While its ACK is held, its heartbeats too, up to a window and a few more in debt: else,
-        with no ACK and its PINGs dropped, it would take us for lost.  Anything else is dropped as before; and
-        since a debt is repaid before anything else is taken, the sustained rate stays the limit."""
+        The next direct message to us in order, at most a window past our last ACK: yes, and
+        our ACK to the peer covers it only once the bucket has refilled what was borrowed
+        (`debt`, read by messaging.flush), so a sender that keeps to its window slides at the
+        limit instead of losing messages and sending them again.  While some of its messages
+        wait for that ACK, its heartbeats too: else, with its PINGs dropped, it might take us
+        for lost.  Credit stops at a window and ``HEARTBEAT_CREDIT`` in debt, whatever asks
+        for it; anything else past the budget is dropped.  A debt is repaid before anything
+        new is taken, so the sustained rate stays the limit."""
         peer = self.table.get(msg.sender_id)
-        window = self.msgs.delivery.window
-        if msg.type == P.MESSAGE and self.msgs.delivery.may_pace(msg.sender_id, msg.data):
+        delivery = self.msgs.delivery
+        if peer.tokens <= -(delivery.window + HEARTBEAT_CREDIT):
+            return False
+        if msg.type == P.MESSAGE:
+            ok = msg.target_id == self.id and delivery.may_pace(msg.sender_id, msg.data)
+        else:
+            ok = msg.type in (P.PING, P.PONG) and delivery.unacknowledged(msg.sender_id)
+        if ok:
             peer.tokens -= 1.0
-            return True
-        if msg.type in (P.PING, P.PONG) and peer.tokens > -(window + HEARTBEAT_CREDIT) and self.msgs.delivery.owes_ack(msg.sender_id):
-            peer.tokens -= 1.0
-            return True
-        return False
+        return ok
 
-    def in_debt(self, now: float, peer_id: str) -> bool:
-        """The peer sent us direct messages on credit beyond its rate, not yet repaid: hold its ACK."""
+    def debt(self, now: float, peer_id: str) -> int:
+        """How many frames the peer has had on credit and not yet repaid (0: none)."""
         peer = self.table.get(peer_id)
         if peer is None or peer.tokens_at is None or peer.tokens >= 0:
-            return False
-        self._refill(now, peer)
-        return peer.tokens < 0
+            return 0
+        rate = self.settings.max_msgs_per_s
+        peer.tokens = min(rate, peer.tokens + (now - peer.tokens_at) * rate)
+        peer.tokens_at = now
+        return math.ceil(-peer.tokens) if peer.tokens < 0 else 0
 
     def on_sub_frames(self, now: float, frames: list[bytes], source: str = "sub", source_peer: str | None = None) -> list:
         """A message on one of our SUB sockets: BROADCASTs (one, or a batch) from the PUB of ``source_peer``."""

@@ -358,7 +358,7 @@ class Messaging:
         self.delivery.save()
         node = self.node
         acts = []
-        for peer_id, upto, gap in self.delivery.acks_owed(hold=lambda peer_id: node.in_debt(now, peer_id)):
+        for peer_id, upto, gap in self.delivery.acks_owed(unpaid=lambda peer_id: node.debt(now, peer_id)):
             if peer_id in node.links:
                 data = {"upto": upto, "gap": True} if gap else {"upto": upto}
                 acts.append(node._send(peer_id, node._msg(now, P.ACK, data, target=peer_id)))

@@ -354,7 +354,11 @@ class Node(Intake):
         """
         if join.data.get("boot") is not None:
             return restarted or join.data.get("again") is True
-        return now - self.link_since.get(peer.id, float("-inf")) > self.settings.heartbeat_interval_s
+        return self._link_age(now, peer.id) > self.settings.heartbeat_interval_s
+
+    def _link_age(self, now: float, key: str) -> float:
+        """How long ago we opened our link ``key`` (forever, if we have none)."""
+        return now - self.link_since.get(key, float("-inf"))
 
     def _on_leave(self, now: float, peer: Peer) -> list:
         self.table.remove(peer.id)
@@ -460,7 +464,7 @@ class Node(Intake):
                 log.warning("peer lost: %s (%s), silent for %.1fs", peer.name, peer.id[:12], now - (peer.last_seen or now))
                 acts += self.emit(now, "lost", peer=peer.describe(now))
         for peer in self.table.due_retries(now):
-            if self.links.get(peer.id) == peer.router_endpoint and now - self.link_since.get(peer.id, now) < timeout:
+            if self.links.get(peer.id) == peer.router_endpoint and self._link_age(now, peer.id) < timeout:
                 # The last try is still young: on a lossy path its TCP and CURVE handshakes can take
                 # seconds, and a new socket would only start them over.  Its JOIN goes out once it connects.
                 continue

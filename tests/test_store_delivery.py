@@ -185,6 +185,35 @@ def test_receiver_reports_a_gap_once_per_point(store):
     assert d.acks_owed() == [("bob", 2, True)]  # reported again, once
 
 
+def test_what_came_on_credit_is_acknowledged_only_as_it_is_repaid(store):
+    d = Delivery(store, window=10)
+    for seq in range(1, 9):
+        assert d.accept("bob", seq, 1) == "new"
+    assert d.acks_owed(unpaid=lambda peer: 3) == [("bob", 5, False)]  # the newest 3 are not paid for
+    assert d.unacknowledged("bob")
+    assert d.acks_owed(unpaid=lambda peer: 3) == []  # nothing newly paid: no ACK, still owed
+    assert d.accept("bob", 10, 1) == "gap"
+    assert d.acks_owed(unpaid=lambda peer: 1) == [("bob", 7, False)]  # the gap waits for the full ACK
+    assert d.acks_owed(unpaid=lambda peer: 0) == [("bob", 8, True)]
+    assert not d.unacknowledged("bob") and d.acks_owed() == []
+
+
+def test_credit_is_for_the_next_message_within_a_window_of_the_last_ack(store):
+    d = Delivery(store, window=10)
+    assert d.accept("bob", 1, 1, "e1") == "new"
+    d.acks_owed()
+    assert d.may_pace("bob", {"seq": 2, "base": 1, "epoch": "e1"})
+    assert not d.may_pace("bob", {"seq": 3, "base": 1, "epoch": "e1"})  # not the next one
+    assert not d.may_pace("bob", {"seq": 1, "base": 1, "epoch": "e1"})  # a duplicate
+    assert not d.may_pace("bob", {"seq": 2, "base": 1, "epoch": "e2"})  # a new numbering
+    assert not d.may_pace("bob", {"seq": 12, "base": 12, "epoch": "e1"})  # past the window of the last ACK
+    for seq in range(2, 12):
+        d.accept("bob", seq, 1, "e1")
+    assert not d.may_pace("bob", {"seq": 12, "base": 1, "epoch": "e1"})  # 11 > acked 1 + window 10
+    assert d.accept("bob", 1, 1, "e2") == "new"  # the sender's store was replaced
+    assert d.links["bob"].acked_in == 0  # so is what we acknowledged of its numbering
+
+
 def test_a_new_sender_epoch_forgets_the_reported_gap(store):
     d = Delivery(store)
     assert d.accept("bob", 3, 1, "e1") == "gap"
