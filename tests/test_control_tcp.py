@@ -34,7 +34,7 @@ from p2pd.node import Node as PureNode
 from p2pd.settings import Settings
 from test_bad_input import dropped, expect_dropped, inbox_texts, log_lines
 from test_cli_errors import linked, one_line_error, start_hint
-from test_security import _as_nobody, _cli_result, _client_result, open_base  # noqa: F401 (open_base is a fixture)
+from sechelp import _as_nobody, _cli_result, _client_result, open_base  # noqa: F401 (open_base is a fixture)
 
 REPLY_TIMEOUT_MS = 10_000
 TOKEN = "ab" * 32
