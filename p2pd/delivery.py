@@ -48,7 +48,7 @@ _UNKNOWN = object()
 FETCH_MAX = 1000  # broadcasts replayed per FETCH request
 REORDER_MAX = 20_000  # early broadcasts held per origin while a gap is fetched
 CWND_MIN = 32  # messages in flight per peer, at least, after losses
-CWND_STEP = 32  # ... regained per window's worth acknowledged
+CWND_STEP = 32  # ... regained per cwnd's worth acknowledged
 
 
 @dataclass
