@@ -6,8 +6,12 @@ Frames come from two kinds of socket: the ROUTER (a peer's DEALER: one
 envelope, or a batch of up to ``MAX_BATCH`` from a peer that announced
 ``batch``) and a SUB per peer (its PUB: BROADCASTs only).  Each envelope is
 decoded and validated by the codec, then checked against where it came from:
-the ROUTER's routing id and, under CURVE, ZAP's ``User-Id`` must both be its
-``sender_id`` (else ``bad_routing_id`` / ``spoofed``); a BROADCAST must come
+under CURVE, the connection's routing id must belong to the node id that ZAP
+derived from its key (``User-Id``), checked once per ZeroMQ message before any
+decoding (else ``spoofed_routing_id``, logged with the key); then each
+envelope's ``sender_id`` must own the routing id (``bad_routing_id``) and be
+that ``User-Id`` (``spoofed``).  A routing id belongs to node X if it is ``X``
+or ``X/<anything>`` (p2pd gives every DEALER ``X/<random>``); a BROADCAST must come
 through the SUB of the peer it names.  Then the peer's token bucket
 (``max_msgs_per_s``, one second's burst) is charged.  A frame past the budget
 is dropped as ``rate_limited``, except that a peer keeping to its window is
@@ -31,6 +35,13 @@ SUB_TOPIC_PREFIX = b"\x00sub:"  # never matches an envelope, which starts with "
 HEARTBEAT_CREDIT = 16  # PINGs/PONGs a peer may overdraw its rate by, beyond a window (see _on_credit)
 
 
+def owns_routing_id(node_id: str, rid: bytes) -> bool:
+    """Is ``rid`` a routing id of ``node_id``: the id itself, or the id followed by "/" and anything?"""
+    own = node_id.encode()
+    n = len(own)
+    return rid[:n] == own and (len(rid) == n or rid[n] == 0x2F) and n > 0
+
+
 class Intake:
     """Mixed into `Node`: the inbound half of its peer protocol, up to `Node._dispatch`."""
 
@@ -47,6 +58,9 @@ class Intake:
         a JOIN or a log line needs it.
         """
         source = (lambda: peer_host() or "?") if callable(peer_host) else (peer_host or "?")
+        if self.trust.secure and not owns_routing_id(user_id or "", frames[0]):
+            self._spoofed_routing_id(now, frames[0], user_id, source)
+            return []
         if len(frames) == 2:
             return self._on_envelope(now, frames[0], frames[1], peer_host, user_id, source)
         if not 2 < len(frames) <= P.MAX_BATCH + 1:
@@ -63,7 +77,7 @@ class Intake:
         except P.ProtocolError as e:
             self.drop(now, e.kind, e.reason, source)
             return []
-        if rid != msg.sender_id.encode():
+        if not owns_routing_id(msg.sender_id, rid):
             self.drop(now, "bad_routing_id", f"routing id {rid[:24]!r} does not match sender_id {msg.sender_id[:24]}", source)
             return []
         if self.trust.secure and user_id != msg.sender_id:
@@ -74,6 +88,14 @@ class Intake:
             return []
         self.stats["frames_in"] += 1
         return self._dispatch(now, msg, peer_host, source)
+
+    def _spoofed_routing_id(self, now: float, rid: bytes, user_id: str | None, source) -> None:
+        """A connection whose routing id names another node than its key: someone trying to pass for
+        that node (with ROUTER_HANDOVER it would have taken over its link)."""
+        key = self.trust.key_of(user_id) if user_id else None
+        self.drop(now, "spoofed_routing_id",
+                  f"connection with routing id {rid[:80]!r} belongs to key {key or '?'} (node {str(user_id)[:12]}), "
+                  f"not to the node it names", source)
 
     def _within_rate(self, now: float, peer_id: str) -> bool:
         """Token bucket per peer: max_msgs_per_s sustained, one second's worth of burst."""

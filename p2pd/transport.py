@@ -4,12 +4,14 @@ How this works
 --------------
 Sockets (ZeroMQ sockets are not thread-safe, so only this loop touches them):
 
-* ROUTER ``tcp://host:port``   - inbound peer traffic; ``ROUTER_HANDOVER`` so a
-  peer that reconnects with the same routing id (its node id) replaces its
-  old pipe instead of being ignored.
+* ROUTER ``tcp://host:port``   - inbound peer traffic.  No ``ROUTER_HANDOVER``:
+  a second connection claiming a routing id already in use is never let
+  displace the first (that let any key holder cut any link).  Peers give each
+  DEALER a fresh routing id ``<node id>/<random>``, so their own reconnects
+  never collide; ZMTP heartbeats reap connections that died silently.
 * XPUB ``tcp://host:pub_port`` - broadcasts out.  It is a PUB that also shows
   us subscriptions, so we know which peers' SUBs are attached.
-* one DEALER per link          - routing id = our node id, to a peer's ROUTER.
+* one DEALER per link          - routing id = ``<our node id>/<16 random hex>``, to a peer's ROUTER.
 * one SUB per linked peer      - connected to that peer's PUB, so every
   broadcast is known to come through the PUB of the peer it names.
 * REP ``tcp://host:port+2``    - the key port: plaintext, answers our public key
@@ -72,6 +74,21 @@ LINK_SNDHWM = 10_000
 PUB_SNDHWM = 10_000
 CONTROL_HWM = 10_000
 CLOSE_LINGER_MS = 1_000  # let a LEAVE reach the peer, but never hang a stop on a dead one
+
+
+# Inbound connections that are no use are closed by libzmq itself: one that has not finished its
+# ZMTP/CURVE handshake after HANDSHAKE_MS (someone holding plain TCP connections open), and one
+# whose peer stopped answering ZMTP PINGs for HEARTBEAT_TIMEOUT_MS (a half-open connection after a
+# crash or a cut cable).  Each holds a file descriptor and libzmq's buffers until then.
+HANDSHAKE_MS = 10_000
+HEARTBEAT_IVL_MS = 5_000
+HEARTBEAT_TIMEOUT_MS = 20_000
+
+
+def _reap_idle(sock: zmq.Socket) -> None:
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
 
 
 class StartupError(RuntimeError):
@@ -160,8 +177,9 @@ class Transport:
             self.zap.bind(ZAP_ENDPOINT)
         self.router = self.ctx.socket(zmq.ROUTER)
         self._curve_server(self.router)
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 0)  # never let a newcomer displace a live pipe (see the top)
         self.router.setsockopt(zmq.MAXMSGSIZE, max_msg)
+        _reap_idle(self.router)
         self.router.setsockopt(zmq.LINGER, 0)
         self.port = _bind(self.router, s.host, s.port, "peer", "--port")
         if self.keypair is not None:
@@ -169,6 +187,7 @@ class Transport:
             self.keyport = self.ctx.socket(zmq.REP)
             self.keyport.linger = 0
             self.keyport.setsockopt(zmq.MAXMSGSIZE, 1024)
+            _reap_idle(self.keyport)
             if s.key_port is not None:
                 self.key_port = _bind(self.keyport, s.host, s.key_port, "key", "--key-port")
             else:  # by convention at peer port + 2, so `connect HOST PORT` can find it
@@ -188,6 +207,7 @@ class Transport:
         self.pub.setsockopt(zmq.XPUB_VERBOSER, 1)
         self.pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
         self.pub.setsockopt(zmq.LINGER, 0)
+        _reap_idle(self.pub)
         self.pub_port = _bind(self.pub, s.host, s.effective_pub_port, "broadcast", "--pub-port")
         if s.discover == "lan":
             self._open_beacon_socket()
@@ -459,7 +479,9 @@ class Transport:
             old.close(linger=0)
         sock = self.ctx.socket(zmq.DEALER)
         self._curve_client(sock, server_key)
-        sock.setsockopt(zmq.ROUTING_ID, self.node_id.encode())
+        # Fresh per socket: only we and the peer's ROUTER (inside CURVE) ever see it, so nobody can
+        # claim it first or take it over; the node id before the "/" is what the ROUTER checks.
+        sock.setsockopt(zmq.ROUTING_ID, link_routing_id(self.node_id))
         sock.setsockopt(zmq.SNDHWM, LINK_SNDHWM)
         sock.setsockopt(zmq.RCVHWM, 16)  # peers never send on this link; don't buffer junk
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -642,6 +664,11 @@ class Transport:
         except OSError:
             pass
         self.home.remove_control_files()
+
+
+def link_routing_id(node_id: str) -> bytes:
+    """The routing id of one DEALER: our node id, "/", 16 random hex digits (docs/PROTOCOL.md 2)."""
+    return f"{node_id}/{os.urandom(8).hex()}".encode()
 
 
 def _messages(sock: zmq.Socket):

@@ -18,7 +18,11 @@ Pure: the daemon loads the files and hands the contents in.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from .protocol import valid_key
+
+KEYS_REMEMBERED = 4096  # node id -> key of recent ZAP answers, to name a key in a log line
 
 
 def node_id_for(public_key: str) -> str:
@@ -33,6 +37,7 @@ class Trust:
         self.secure = secure and public_key is not None
         self.pins: dict[str, str] = dict(pins or {})
         self.allowed: set[str] | None = set(allowed) if allowed else None
+        self._recent: OrderedDict[str, str] = OrderedDict()  # node id -> the key ZAP last let in for it
 
     @property
     def allowlist_mode(self) -> bool:
@@ -47,7 +52,16 @@ class Trust:
             return False, "", "no CURVE key"
         if self.allowed is not None and key not in self.allowed:
             return False, "", "key not in authorized_keys"
-        return True, node_id_for(key), "OK"
+        user_id = node_id_for(key)
+        self._recent[user_id] = key
+        self._recent.move_to_end(user_id)
+        if len(self._recent) > KEYS_REMEMBERED:
+            self._recent.popitem(last=False)
+        return True, user_id, "OK"
+
+    def key_of(self, node_id: str) -> str | None:
+        """The CURVE key ZAP recently let in as ``node_id`` (bounded memory: None if long ago)."""
+        return self._recent.get(node_id)
 
     def may_link(self, peer_id: str, key: str | None) -> str | None:
         """None if we may link to this peer with this key, else why not."""

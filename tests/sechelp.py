@@ -291,3 +291,42 @@ def open_base():
             if pid_alive(pid):
                 os.kill(pid, 9)
     shutil.rmtree(base, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- a raw peer written from PROTOCOL.md
+
+
+class RawPeer:
+    """A minimal third-party peer: its own CURVE key, a ROUTER and an XPUB as CURVE servers, and one
+    DEALER to the node whose routing id is its bare node id (as a simple implementation would set it)."""
+
+    def __init__(self, ctx: zmq.Context, node, name: str = "raw"):
+        from p2pd.keys import node_id_for
+
+        self.public, self.secret = new_keypair()
+        self.id = node_id_for(self.public)
+        self.name = name
+        self.router = ctx.socket(zmq.ROUTER)
+        self.xpub = ctx.socket(zmq.XPUB)
+        for s in (self.router, self.xpub):
+            s.setsockopt(zmq.LINGER, 0)
+            s.curve_server = True
+            s.curve_publickey, s.curve_secretkey = self.public.encode(), self.secret.encode()
+            s.bind(f"tcp://{HOST}:0")
+        self.port = int(self.router.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
+        self.pub_port = int(self.xpub.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
+        node_key = node.call("info")["public_key"]
+        self.dealer = raw_socket(ctx, zmq.DEALER, router(node), node_key, (self.public, self.secret), self.id.encode())
+        self.node = node
+
+    def send(self, type_: str, data: dict | None = None, target: str | None = None) -> None:
+        from conftest import enc, envelope
+
+        self.dealer.send(enc(envelope(type_, self.id, data or {}, target=target, name=self.name)))
+
+    def join(self) -> None:
+        self.send("JOIN", {"addr": HOST, "port": self.port, "pub_port": self.pub_port, "reply_to": None, "key": self.public})
+
+    def close(self) -> None:
+        for s in (self.dealer, self.router, self.xpub):
+            s.close(linger=0)
