@@ -148,7 +148,7 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
     if cmd == "info":
         return [ToClient(client, _ok(req, {**node.info(now), **extra_status}))]
     if cmd == "peers":
-        return [ToClient(client, _ok(req, [p.describe(now) for p in node.table.all()]))]
+        return [ToClient(client, _ok(req, [p.describe(now) for p in node.table.members()]))]
     if cmd == "connect":
         try:
             host, port = parse_host_port(f"{_arg_str(args, 'host')}:{args.get('port')}")

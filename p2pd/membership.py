@@ -10,6 +10,15 @@ Each known peer is a `Peer` record keyed by node id, in one of three states:
   with exponential backoff (so a restarted peer is re-linked), and forget it
   after ``forget_after_s``.
 
+A peer first heard of in another node's PEERS is a **rumour** until it has
+spoken to us itself (answered our dial with its JOIN, or sent any frame that
+its key vouches for): gossip is a claim by a third party.  Rumours do not
+count against ``max_peers``, never resolve a name, are capped per introducer
+(`RUMOURS_PER_INTRODUCER`) and in all (`MAX_RUMOURS`), and one that does not
+answer within the heartbeat timeout is forgotten (not kept as ``lost``) and
+not taken from gossip again for `RUMOUR_COOLDOWN_S`.  So one hostile PEERS
+frame can neither fill the table nor shadow a real peer's name.
+
 A graceful LEAVE removes a peer at once.  Like hashicorp/memberlist the table
 is pure bookkeeping: every method takes ``now`` (monotonic seconds) and
 returns what changed; the node decides what to send about it.  Any traffic
@@ -19,9 +28,15 @@ from a peer counts as a sign of life, not only PONG.
 from __future__ import annotations
 
 import ipaddress
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from .protocol import PeerAddress
+
+RUMOURS_PER_INTRODUCER = 64  # rumours from one peer's gossip waiting to answer, at most
+MAX_RUMOURS = 256  # rumours waiting to answer, at most, from all introducers together
+RUMOUR_COOLDOWN_S = 30.0  # a rumour that never answered is not taken from gossip again for this long
+RUMOURS_COOLING_MAX = 4096  # bounded memory for those
 
 LINKING = "linking"
 ALIVE = "alive"
@@ -50,6 +65,8 @@ class Peer:
     tokens: float = 0.0  # rate-limit bucket (below 0: in debt, see intake.py)
     tokens_at: float | None = None  # last refill; None: not started
     tags: set = field(default_factory=set)
+    rumour: bool = False  # heard of only in gossip: it has not spoken to us itself yet
+    introducer: str | None = None  # for a rumour: the peer whose PEERS told us of it
 
     @property
     def router_endpoint(self) -> str:
@@ -110,6 +127,7 @@ class Membership:
         self._peers: dict[str, Peer] = {}
         # XPUB subscriptions may arrive before the JOIN that introduces the peer.
         self._subscribed_ids: set[str] = set()
+        self._cooling: OrderedDict[str, float] = OrderedDict()  # rumour that never answered -> until when we ignore it
 
     # ---- lookups
     def get(self, peer_id: str) -> Peer | None:
@@ -122,7 +140,38 @@ class Membership:
         return len(self._peers)
 
     def all(self) -> list[Peer]:
+        """Every peer, rumours included, by name."""
         return sorted(self._peers.values(), key=lambda p: (p.name, p.id))
+
+    def members(self) -> list[Peer]:
+        """The peers that have spoken to us themselves (no rumours), by name."""
+        return [p for p in self.all() if not p.rumour]
+
+    def member_count(self) -> int:
+        return sum(1 for p in self._peers.values() if not p.rumour)
+
+    def rumour_count(self, introducer: str | None = None) -> int:
+        """Rumours waiting to answer: all of them, or those from one introducer."""
+        return sum(1 for p in self._peers.values() if p.rumour and (introducer is None or p.introducer == introducer))
+
+    def cooling(self, peer_id: str, now: float) -> bool:
+        """Did this id, as a rumour, fail to answer lately?  Then gossip about it is ignored for now."""
+        until = self._cooling.get(peer_id)
+        if until is None:
+            return False
+        if now >= until:
+            del self._cooling[peer_id]
+            return False
+        return True
+
+    def forget_rumour(self, peer_id: str, now: float) -> Peer | None:
+        """A rumour did not answer: drop it, and ignore gossip about it for RUMOUR_COOLDOWN_S."""
+        peer = self.remove(peer_id)
+        self._cooling[peer_id] = now + RUMOUR_COOLDOWN_S
+        self._cooling.move_to_end(peer_id)
+        while len(self._cooling) > RUMOURS_COOLING_MAX:
+            self._cooling.popitem(last=False)
+        return peer
 
     def alive(self) -> list[Peer]:
         return [p for p in self._peers.values() if p.state == ALIVE]
@@ -139,14 +188,16 @@ class Membership:
         Names are labels and may repeat; an ambiguous name is an error that
         lists the candidates rather than a guess.
         """
-        if query in self._peers:
-            return self._peers[query]
-        by_name = [p for p in self._peers.values() if p.name == query]
+        found = self._peers.get(query)
+        if found is not None and not found.rumour:
+            return found
+        members = [p for p in self._peers.values() if not p.rumour]  # a rumour's name is only hearsay
+        by_name = [p for p in members if p.name == query]
         if len(by_name) == 1:
             return by_name[0]
         if len(by_name) > 1:
             raise AmbiguousPeer(query, sorted(by_name, key=lambda p: p.id))
-        by_prefix = [p for p in self._peers.values() if p.id.startswith(query)] if len(query) >= 4 else []
+        by_prefix = [p for p in members if p.id.startswith(query)] if len(query) >= 4 else []
         if len(by_prefix) == 1:
             return by_prefix[0]
         if len(by_prefix) > 1:
@@ -154,14 +205,21 @@ class Membership:
         raise UnknownPeer(f"no peer named {query!r} and no peer id starting with it")
 
     # ---- changes
-    def learn(self, peer_id: str, name: str, address: PeerAddress, now: float, key: str | None = None) -> tuple[Peer, bool]:
-        """Record a peer (from JOIN, PEERS or connect). Returns (peer, is_new)."""
+    def learn(self, peer_id: str, name: str, address: PeerAddress, now: float, key: str | None = None,
+              rumour_from: str | None = None) -> tuple[Peer, bool]:
+        """Record a peer (from JOIN, PEERS or connect). Returns (peer, is_new).
+
+        ``rumour_from``: the peer whose gossip named it (a new peer is then a rumour); without
+        it the peer speaks for itself, and a rumour of it so far becomes a member."""
         peer = self._peers.get(peer_id)
         if peer is None:
-            peer = Peer(peer_id, name, address, LINKING, since=now, key=key, learned=now)
+            peer = Peer(peer_id, name, address, LINKING, since=now, key=key, learned=now,
+                        rumour=rumour_from is not None, introducer=rumour_from)
             peer.subscribed = peer_id in self._subscribed_ids
             self._peers[peer_id] = peer
             return peer, True
+        if rumour_from is None:
+            peer.rumour, peer.introducer = False, None
         peer.name = name
         peer.address = address
         if key is not None:
@@ -175,6 +233,7 @@ class Membership:
             return False
         peer.last_seen = now
         peer.msgs_in += 1
+        peer.rumour = False  # its key vouches for the frame: it exists and talks to us
         if peer.state != ALIVE:
             peer.state = ALIVE
             peer.since = now

@@ -20,11 +20,14 @@ The peer protocol (docs/PROTOCOL.md):
   up with one link each way.  A dial by address (``connect``, ``--join``, a
   LAN beacon) is `dialer.py`'s until the JOIN reply tells us whose it is.
 * Gossip: on link-up and every ``gossip_interval_s`` we send PEERS (our alive
-  peers with their addresses); a node links to every peer it learns of.  A
-  peer that just joined is also pushed at once (at the next tick) to every
-  other alive peer, so a new node meets the whole cluster in about one round
-  trip instead of one gossip interval (only a peer that introduced itself to
-  us: one we heard of by gossip is being spread by whoever told us).
+  peers with their addresses); a node dials every peer it learns of.  A peer
+  heard of only in gossip is a rumour (membership.py) until it answers that
+  dial: bounded per introducer and in all, never named, forgotten quickly if
+  it does not answer.  A peer that just joined is also pushed at once (at the
+  next tick) to every other alive peer, so a new node meets the whole cluster
+  in about one round trip instead of one gossip interval; a rumour is passed
+  on the same way once it has answered us, never before (to all but whoever
+  told us of it), so made-up peers do not travel.
 * Heartbeat: every ``heartbeat_interval_s``, PING each peer not heard from
   within that interval (so of two idle peers usually only one asks, and a
   busy link needs no PINGs); any frame counts as life;
@@ -45,7 +48,7 @@ from . import protocol as P
 from .actions import CloseLink, LanBeacon, OpenLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe
 from .dialer import Dialer
 from .intake import Intake
-from .membership import ALIVE, LOST, Membership, Peer, UnknownPeer, is_loopback
+from .membership import ALIVE, LOST, MAX_RUMOURS, RUMOURS_PER_INTRODUCER, Membership, Peer, UnknownPeer, is_loopback
 from .messaging import Messaging
 from .ratelimit import LogRateLimiter
 from .settings import Settings
@@ -91,11 +94,10 @@ class Node(Intake):
         self._next_heartbeat = now
         self._next_gossip = now + settings.gossip_interval_s
         self._joined: list[str] = []  # peers that became alive since the last tick
-        self._rumors: dict[str, str] = {}  # peers first heard of in PEERS since the last tick -> who told us
+        self._rumors: dict[str, str] = {}  # peers first heard of in PEERS, not yet passed on -> who told us
         # Peers whose JOIN reached us before any gossip did: new to the cluster as far as we know.
-        # They are pushed once alive; peers first heard of in gossip (_rumors) are relayed at once,
-        # to all but whoever told us: news then crosses a forming cluster one hop per tick, where
-        # waiting for each hop's link to come up (a CURVE handshake) was the slow part.
+        # They are pushed once alive; peers first heard of in gossip (_rumors) are passed on once they
+        # have answered our dial, to all but whoever told us (see the top).
         self._first_contact: set[str] = set()
         self.stopping = False
         self.boot = os.urandom(4).hex()  # this run of the node: a peer that sees it change knows we restarted
@@ -178,7 +180,7 @@ class Node(Intake):
     def _save_peers(self) -> SavePeers:
         return SavePeers([
             {"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port, "key": p.key}
-            for p in self.table.all()
+            for p in self.table.members()
         ])
 
     def _ensure_link(self, now: float, peer: Peer) -> list:
@@ -294,7 +296,8 @@ class Node(Intake):
         if not host:
             self.drop(now, "bad_field", "JOIN without an address and no peer address to use instead", source)
             return []
-        if self.table.get(msg.sender_id) is None and len(self.table) >= self.settings.max_peers:
+        known = self.table.get(msg.sender_id)
+        if (known is None or known.rumour) and self.table.member_count() >= self.settings.max_peers:
             self.drop(now, "peer_limit", f"already at max_peers={self.settings.max_peers}", source)
             return []
         key = msg.data.get("key")
@@ -379,9 +382,14 @@ class Node(Intake):
         """Tell every alive peer about the peers that joined, or that gossip first told us of, since
         the last tick (one PEERS each; a rumour never goes back to whoever told it)."""
         joined = [p for p in (self.table.get(pid) for pid in dict.fromkeys(self._joined)) if p is not None and p.state == ALIVE]
-        rumors = [(p, src) for p, src in ((self.table.get(pid), src) for pid, src in self._rumors.items()) if p is not None]
+        rumors = []
+        for pid, src in list(self._rumors.items()):
+            p = self.table.get(pid)
+            if p is None or p.state == ALIVE:  # gone, or answered us: passed on now
+                del self._rumors[pid]
+                if p is not None:
+                    rumors.append((p, src))
         self._joined.clear()
-        self._rumors.clear()
         acts = []
         for peer in self.table.alive():
             news = [p for p in joined if p.id != peer.id] + [p for p, src in rumors if p.id != peer.id and src != peer.id]
@@ -393,10 +401,14 @@ class Node(Intake):
         acts: list = []
         for entry in msg.data["peers"]:
             pid = entry["id"]
-            if pid == self.id or pid in self.table:
+            if pid == self.id or pid in self.table or self.table.cooling(pid, now):
                 continue
-            if len(self.table) >= self.settings.max_peers:
+            if self.table.member_count() >= self.settings.max_peers:
                 self.drop(now, "peer_limit", f"not linking {pid[:12]}: at max_peers={self.settings.max_peers}", gossiper.name)
+                break
+            if self.table.rumour_count(gossiper.id) >= RUMOURS_PER_INTRODUCER or self.table.rumour_count() >= MAX_RUMOURS:
+                self.drop(now, "rumour_limit", f"not dialling {pid[:12]} and the rest of this PEERS: {self.table.rumour_count(gossiper.id)} "
+                          f"of the peers {gossiper.name} told us of have not answered yet", gossiper.name)
                 break
             refusal = self.trust.may_link(pid, entry.get("key"))
             if refusal is not None:
@@ -411,8 +423,9 @@ class Node(Intake):
             if problem is not None:  # counted and rate-limited: gossip repeats it every gossip_interval_s
                 self.drop(now, "key_changed", f"not linking {pid[:12]} learned from {gossiper.name}: {problem}", gossiper.name)
                 continue
-            peer, _ = self.table.learn(pid, entry["name"], P.PeerAddress(host, addr.port, addr.pub_port), now, entry.get("key"))
-            log.info("discovered %s (%s) at %s via %s", peer.name, pid[:12], peer.router_endpoint, gossiper.name)
+            peer, _ = self.table.learn(pid, entry["name"], P.PeerAddress(host, addr.port, addr.pub_port), now, entry.get("key"),
+                                       rumour_from=gossiper.id)
+            log.debug("heard of %s (%s) at %s via %s: dialling it", peer.name, pid[:12], peer.router_endpoint, gossiper.name)
             self._rumors[pid] = gossiper.id
             acts += self._link_to(now, peer)
         return acts
@@ -456,6 +469,12 @@ class Node(Intake):
                 acts.append(LanBeacon(payload))
         timeout = self.settings.heartbeat_timeout_s
         for peer in self.table.silent(now, timeout):
+            if peer.rumour:  # heard of in gossip and never answered: forget it, it may never have existed
+                self.table.forget_rumour(peer.id, now)
+                self._rumors.pop(peer.id, None)
+                acts += self._close_link(peer.id)
+                log.debug("forgot %s (%s), heard of via gossip: no answer at %s", peer.name, peer.id[:12], peer.router_endpoint)
+                continue
             was_alive = peer.state == ALIVE
             self.table.mark_lost(peer.id, now)
             acts += self._close_link(peer.id)
@@ -487,7 +506,8 @@ class Node(Intake):
         if now >= self._next_gossip:
             self._next_gossip = now + self.settings.gossip_interval_s
             self._joined.clear()  # the full list below includes them
-            self._rumors.clear()
+            for pid in [pid for pid in self._rumors if (p := self.table.get(pid)) is None or p.state == ALIVE]:
+                del self._rumors[pid]  # the full list above has those that answered; the rest wait for it
             for peer in self.table.alive():
                 acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id)))
         elif self._joined or self._rumors:
@@ -561,7 +581,7 @@ class Node(Intake):
         return [self._send(peer.id, msg)]
 
     def info(self, now: float) -> dict:
-        peers = self.table.all()
+        peers = self.table.members()
         return {
             "id": self.id,
             "name": self.name,
@@ -571,6 +591,7 @@ class Node(Intake):
             "peers": len(peers),
             "peers_alive": sum(1 for p in peers if p.state == ALIVE),
             "peers_lost": sum(1 for p in peers if p.state == LOST),
+            "rumours": self.table.rumour_count(),
             "messages_in": self.stats["messages_in"],
             "messages_out": self.stats["messages_out"],
             "broadcasts_in": self.stats["broadcasts_in"],

@@ -251,11 +251,11 @@ def handle(node: Node, raw, now: float = 5.0, client: bytes = CLI) -> dict:
 
 @pytest.fixture
 def busy_alice() -> Node:
-    """alice knows two alive peers both named bob, and carol who never answered."""
+    """alice knows two alive peers both named bob, and carol (from her peer book) who has not answered yet."""
     alice = Node("alice-id", "alice", P.PeerAddress(HOST, 5001, 5002), FAST, 0.0, WALL)
+    alice.start(0.0, [{"id": "carol-id", "name": "carol", "addr": HOST, "port": 5007, "pub_port": 5008}], [])
     alice.on_router_frames(0.0, join_frame("bob-1", 5003, HOST, name="bob"), HOST)
     alice.on_router_frames(0.0, join_frame("bob-2", 5005, HOST, name="bob"), HOST)
-    alice.on_router_frames(0.0, peers_frame("bob-1", [{"id": "carol-id", "name": "carol", "addr": HOST, "port": 5007, "pub_port": 5008}]), HOST)
     assert [p.state for p in alice.table.all()] == [ALIVE, ALIVE, LINKING]
     return alice
 

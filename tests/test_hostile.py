@@ -68,3 +68,59 @@ def test_a_stranger_claiming_a_linked_peers_routing_id_cannot_cut_or_disturb_its
     assert all(f"during the attack {i}" in texts for i in range(8))
     raw.close()
     assert_no_tracebacks(alice, bob)
+
+
+# --------------------------------------------------------------------------- gossip poisoning
+
+
+def _fds(node) -> int:
+    import os
+
+    return len(os.listdir(f"/proc/{node.pid}/fd"))
+
+
+def test_gossip_of_made_up_peers_cannot_fill_the_table_shadow_a_name_or_spread(make_node, zctx):
+    from p2pd.keys import node_id_for
+    from p2pd.membership import RUMOURS_PER_INTRODUCER
+
+    alice, bob, charlie = make_node("alice"), make_node("bob"), make_node("charlie")
+    for n in (alice, bob):
+        (n.home / "p2pd.toml").write_text((n.home / "p2pd.toml").read_text() + "max_peers = 8\n")
+        n.start()
+    link(bob, alice)
+    mallory = RawPeer(zctx, bob, "mallory")
+    mallory.join()
+    wait_for(lambda: any(p["id"] == mallory.id for p in bob.call("peers")), what="bob to take mallory's JOIN")
+    fds_before = _fds(bob)
+
+    fakes = []
+    for _ in range(300):  # fresh keys (ids that match them), all named "bob", at ports nobody listens on
+        public, _secret = new_keypair()
+        fakes.append({"id": node_id_for(public), "name": "bob", "addr": HOST, "port": 9, "pub_port": 9, "key": public})
+    mallory.send("PEERS", {"peers": fakes})
+    wait_for(lambda: bob.call("info")["dropped"].get("rumour_limit", 0) >= 1, what="bob to cap mallory's rumours")
+    info = bob.call("info")
+    assert info["rumours"] <= RUMOURS_PER_INTRODUCER
+    assert info["peers"] == 2  # alice and mallory: rumours are not peers and do not count against max_peers
+    assert {p["name"] for p in bob.call("peers")} == {"alice", "mallory"}
+
+    # names still resolve to the real node, on bob and on alice (the rumours never travelled)
+    alice.ctl("send", "bob", "still you?", "--wait", "5")
+    # alice hears of mallory herself from bob (a real member there) and dials her, but of no fake
+    assert alice.call("info")["rumours"] <= 1 and {p["name"] for p in alice.call("peers")} == {"bob"}
+
+    # a legitimate newcomer can still connect, though max_peers is 8 and 64 rumours are being dialled
+    charlie.start()
+    charlie.ctl("connect", bob.addr)
+    wait_for(lambda: "charlie" in bob.alive_names(), what="bob to take charlie")
+
+    # the rumours never answer: forgotten within the heartbeat timeout (1.5 s here), their sockets closed
+    wait_for(lambda: bob.call("info")["rumours"] == 0, timeout=10, what="the rumours to be forgotten")
+    wait_for(lambda: _fds(bob) <= fds_before + 12, timeout=10, what=f"bob's file descriptors back near {fds_before}")
+    # the same lies again: the ones that never answered are ignored for a while, the next ones are
+    # dialled within the same cap
+    mallory.send("PEERS", {"peers": fakes})
+    alice.ctl("send", "bob", f"after the second lie {uuid.uuid4().hex}", "--wait", "5")
+    assert bob.call("info")["rumours"] <= RUMOURS_PER_INTRODUCER and bob.call("info")["peers"] == 3
+    mallory.close()
+    assert_no_tracebacks(alice, bob, charlie)

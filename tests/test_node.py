@@ -10,7 +10,7 @@ import pytest
 
 from p2pd import protocol as P
 from p2pd.actions import CloseLink, OpenLink, RekeyLink, Send, Subscribe, ToClient, Unsubscribe
-from p2pd.membership import ALIVE, LINKING, LOST
+from p2pd.membership import ALIVE, LINKING, LOST, RUMOUR_COOLDOWN_S
 from p2pd.node import Node
 
 from memnet import CLI, FAST, HOST, WALL, WATCH, ep, handle, join_frame, linked_alice, peers_frame, state, watch
@@ -209,19 +209,23 @@ def test_silent_peer_lost_then_retried_with_backoff(net, pair):
     assert state(alice, bob) == LOST
 
 
-def test_gossiped_peer_that_never_answers_is_lost_quietly_and_retried():
+def test_gossiped_peer_that_never_answers_is_forgotten_quietly_and_ignored_for_a_while():
     alice = linked_alice("10.0.0.2")
     alice.watchers.add(WATCH)
     entry = {"id": "charlie-id", "name": "charlie", "addr": "10.0.0.3", "port": 5005, "pub_port": 5006}
     alice.on_router_frames(1.0, peers_frame("bob-id", [entry]), "10.0.0.2")
-    assert alice.table.get("charlie-id").state == LINKING
+    assert alice.table.get("charlie-id").state == LINKING and alice.table.get("charlie-id").rumour
     alice.on_router_frames(5.9, [b"bob-id", P.encode(P.make(P.PING, "bob-id", "bob", WALL))], "10.0.0.2")
     assert not [a for a in alice.tick(6.0) if isinstance(a, CloseLink)]  # 5 s after linking: not yet
     acts = alice.tick(6.5)
-    assert alice.table.get("charlie-id").state == LOST
+    assert alice.table.get("charlie-id") is None  # a rumour that never answered: forgotten, not kept as lost
     assert CloseLink("charlie-id") in acts
     assert not [a for a in acts if isinstance(a, (ToClient, Unsubscribe))]  # it was never alive: no event
-    acts = alice.tick(7.5)
+    assert not [a for a in alice.tick(7.5) if isinstance(a, OpenLink)]  # and not retried
+    # gossip about it again is ignored for RUMOUR_COOLDOWN_S, then taken (and dialled) again
+    alice.on_router_frames(8.0, peers_frame("bob-id", [entry]), "10.0.0.2")
+    assert alice.table.get("charlie-id") is None
+    acts = alice.on_router_frames(6.5 + RUMOUR_COOLDOWN_S, peers_frame("bob-id", [entry]), "10.0.0.2")
     assert OpenLink("charlie-id", "tcp://10.0.0.3:5005") in acts
 
 
@@ -542,3 +546,46 @@ def test_a_pong_announces_broadcast_numbers_too(net, pair):
     assert not net.sent("alice", "bob", P.FETCH)  # it may still be on its way through the PUB ...
     net.tick(5.0, alice)  # ... but the next PONG, over ack_timeout_s later, still shows it missing
     assert net.sent("alice", "bob", P.FETCH)  # alice noticed the gap from the PONGs
+
+
+# ============================================================================ rumours (peers heard of only in gossip)
+
+
+def _fake(i: int, name: str = "bob") -> dict:
+    return {"id": f"fake-{i:04d}", "name": name, "addr": "10.9.0.1", "port": 7000 + i, "pub_port": 9000}
+
+
+def test_rumours_are_capped_per_introducer_never_named_and_not_peers():
+    from p2pd.membership import RUMOURS_PER_INTRODUCER, UnknownPeer
+
+    alice = Node("alice-id", "alice", P.PeerAddress("10.0.0.1", 5001, 5002), replace(FAST, max_peers=4), 0.0, WALL)
+    alice.on_router_frames(0.0, join_frame("mallory-id", 5003, "10.0.0.2"), "10.0.0.2")
+    acts = alice.on_router_frames(0.5, peers_frame("mallory-id", [_fake(i) for i in range(300)]), "10.0.0.2")
+    assert len([a for a in acts if isinstance(a, OpenLink)]) == RUMOURS_PER_INTRODUCER
+    assert alice.table.rumour_count() == RUMOURS_PER_INTRODUCER and alice.dropped["rumour_limit"] == 1
+    assert alice.table.member_count() == 1 and [p.name for p in alice.table.members()] == ["mallory"]
+    with pytest.raises(UnknownPeer):  # 64 rumours named bob: none of them is "bob" to us
+        alice.table.resolve("bob")
+    with pytest.raises(UnknownPeer):
+        alice.table.resolve("fake-0001")
+    # real nodes still get in, though max_peers is 4 and 64 rumours wait
+    alice.on_router_frames(1.0, join_frame("bob-id", 5005, "10.0.0.3"), "10.0.0.3")
+    alice.on_router_frames(1.0, join_frame("carol-id", 5007, "10.0.0.4"), "10.0.0.4")
+    assert alice.table.resolve("bob").id == "bob-id" and alice.dropped["peer_limit"] == 0
+    assert {e["id"] for e in alice._save_peers().peers} == {"mallory-id", "bob-id", "carol-id"}  # rumours not in the peer book
+    # ... and a rumour that answers itself becomes a member, under the name its own JOIN gives
+    alice.on_router_frames(1.2, join_frame("fake-0003", 7003, "10.9.0.1", name="dave"), "10.9.0.1")
+    assert not alice.table.get("fake-0003").rumour and alice.table.resolve("dave").id == "fake-0003"
+
+
+def test_a_rumour_is_passed_on_only_once_it_has_answered(net, pair):
+    alice, bob = pair
+    carol = net.add("charlie")
+    ghost = _fake(1, "ghost")
+    # bob tells alice of a ghost; alice dials it but does not pass it on to anyone
+    net.connect(carol, alice, 0.5)
+    alice.on_router_frames(1.0, peers_frame("bob-id", [ghost]), HOST)
+    before = len(net.sent("alice", "charlie", P.PEERS))
+    net.tick(1.1, alice)
+    assert not any(e["id"] == ghost["id"] for _, m in net.sent("alice", "charlie", P.PEERS)[before:] for e in m.data["peers"])
+    assert alice.table.get(ghost["id"]).rumour and "fake-0001" in alice.links

@@ -121,7 +121,7 @@ def test_frames_must_come_from_the_key_that_owns_the_sender_id():
     alice = secure_node()
     bob_id = node_id_for(KEY_B)
     alice.on_router_frames(1.0, join_from(KEY_B), "127.0.0.1", user_id="someone-else")
-    assert alice.dropped["spoofed"] == 1 and bob_id not in alice.table
+    assert alice.dropped["spoofed_routing_id"] == 1 and bob_id not in alice.table
     acts = alice.on_router_frames(1.0, join_from(KEY_B), "127.0.0.1", user_id=bob_id)
     assert bob_id in alice.table and alice.table.get(bob_id).key == KEY_B
     opens = [a for a in acts if type(a).__name__ == "OpenLink"]
