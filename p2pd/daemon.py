@@ -23,6 +23,7 @@ from .home import Home, load_or_create_identity, load_peer_book, pid_alive
 from .node import WILDCARD_HOSTS, Node
 from .settings import Settings, parse_host_port
 from .keys import authorized_keys, connect_string, known_peers, load_or_create_keypair
+from .resources import raise_nofile
 from .store import Store
 from .trust import Trust
 
@@ -134,6 +135,7 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_set
         raise AlreadyRunning(f"p2pd is already running on home {home.path}" + (f" (pid {pid})" if pid else "") + "; stop it with: p2pd stop --home " + str(home.path))
     try:
         setup_logging(home, settings.log_level, log_to_stderr)
+        _raise_fd_limit()
         keypair = load_or_create_keypair(home, curve_keypair)
         ident = load_or_create_identity(home, settings.name, keypair.node_id)
         name = settings.name or ident.name or _default_name(ident.id)
@@ -201,6 +203,16 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_set
     finally:
         lock.release()
     return exit_code
+
+
+def _raise_fd_limit() -> None:
+    """Every connection costs a file descriptor: take all the system allows (see resources.py)."""
+    before, now, hard = raise_nofile()
+    if before is not None and now != before:
+        log.info("raised the open-file limit from %d to %d (hard limit %d)", before, now, hard)
+    if now is not None and now < 4096:
+        log.warning("the open-file limit is %d: inbound connections are refused well before it; raise it "
+                    "(systemd: LimitNOFILE=, shell: ulimit -Hn) for a node with many peers", now)
 
 
 def _reachable_host(settings: Settings) -> str:

@@ -37,6 +37,8 @@ class Settings:
     forget_after_s: float = 3600.0
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     max_peers: int = 256
+    max_inbound: int = 1024  # TCP connections to our ports held at once (peer, broadcast, key); more are refused
+    max_inbound_per_host: int = 128  # ... and from any one source address (a node uses 2, plus key fetches)
     inbox_size: int = 1000  # `p2pctl inbox` lists at most this many of the newest messages
     send_window: int = 1000  # direct messages in flight per peer before the sender waits for ACKs
     ack_timeout_s: float = 2.0  # no ACK progress for this long: resend from the oldest unacknowledged
@@ -97,7 +99,7 @@ class Settings:
             raise ConfigError(f"durability must be \"normal\" or \"full\", got {self.durability!r}")
         if isinstance(self.send_window, int) and self.send_window > 5000:
             raise ConfigError("send_window must be at most 5000 (it must stay well below the link queue of 10,000 frames)")
-        for name in ("max_frame_bytes", "max_peers", "inbox_size", "send_window", "max_stored_messages"):
+        for name in ("max_frame_bytes", "max_peers", "inbox_size", "send_window", "max_stored_messages", "max_inbound", "max_inbound_per_host"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")

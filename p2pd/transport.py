@@ -53,9 +53,11 @@ from .actions import (CloseLink, FetchKey, LanBeacon, OpenLink, PinKey, Publish,
                       Subscribe, ToClient, Unsubscribe)
 from .fdpoll import FdPoller
 from .home import ControlChoiceError, Home, control_transport, save_peer_book
+from .inbound import InboundGuard
 from .intake import SUB_TOPIC_PREFIX
 from .keys import known_peers
 from .node import Node
+from .resources import open_fds, soft_limit, trim_memory
 
 log = logging.getLogger("p2pd.transport")
 
@@ -148,6 +150,9 @@ class Transport:
         self.watch_overflow = 0
         self.exit_code = 0
         self._out: list = []
+        self.inbound = InboundGuard(settings.max_inbound, settings.max_inbound_per_host, soft_limit())
+        self._fds_open: int | None = None
+        self._fds_counted_at = float("-inf")
         try:
             self._open_sockets(node_id, name)
         except BaseException:
@@ -436,10 +441,12 @@ class Transport:
                 sock.close(linger=0)
                 self._out.extend(self.node.on_key(now, tag, None, "no answer in time"))
 
-    def _watch_handshakes(self, sock: zmq.Socket, what: str) -> None:
-        """Log connections whose ZMTP handshake fails: the usual sign of a secure/insecure mismatch."""
-        events = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-        mon = sock.get_monitor_socket(events)
+    def _watch_inbound(self, sock: zmq.Socket, what: str) -> None:
+        """Follow the connections to one of our listening sockets: count them (and refuse the
+        excess, see inbound.py), and log those whose ZMTP handshake fails (the usual sign of a
+        secure/insecure mismatch)."""
+        failed = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+        mon = sock.get_monitor_socket(failed | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self.monitors.append(mon)
 
         def on_event(frames):
@@ -447,14 +454,50 @@ class Transport:
                 event, value = struct.unpack("=hi", frames[0].bytes[:6])
             except struct.error:
                 return
-            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                return  # ZAP refused it; already counted as unauthorized
-            mine = "CURVE" if self.keypair is not None else "plaintext (--insecure)"
-            self.node.drop(time.monotonic(), "handshake_failed",
-                           f"a connection to our {what} port failed its handshake (event {event}, code {value:#x}): the other side "
-                           f"does not speak {mine} (one side in --insecure mode?), or is not p2pd", what)
+            if event == zmq.EVENT_ACCEPTED:
+                self._on_accepted(value, what)
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.inbound.closed(value)
+                if self.inbound.flood_over():
+                    trimmed = trim_memory()
+                    log.info("inbound connections down to %d: freed memory %s", len(self.inbound.conns),
+                             "returned to the system" if trimmed else "kept (no malloc_trim here)")
+            elif event & failed:  # (a ZAP refusal, HANDSHAKE_FAILED_AUTH, is already counted as unauthorized)
+                mine = "CURVE" if self.keypair is not None else "plaintext (--insecure)"
+                self.node.drop(time.monotonic(), "handshake_failed",
+                               f"a connection to our {what} port failed its handshake (event {event}, code {value:#x}): the other side "
+                               f"does not speak {mine} (one side in --insecure mode?), or is not p2pd", what)
 
         self._register(mon, on_event)
+
+    def _on_accepted(self, fd: int, what: str) -> None:
+        """libzmq accepted a connection on one of our ports: keep it, or shut it down at once."""
+        try:
+            conn = socket.socket(fileno=fd)  # borrowed: detached below, libzmq owns the descriptor
+        except OSError:
+            return  # closed already
+        try:
+            try:
+                host, local_port = conn.getpeername()[0], conn.getsockname()[1]
+            except OSError:
+                return  # gone already
+            if local_port not in self.listening_ports:
+                return  # the descriptor was closed and reused by one of our own connections: not this one
+            now = time.monotonic()
+            if now >= self._fds_counted_at + 0.05 or len(self.inbound.conns) >= self.inbound.max_total // 2:
+                self._fds_open = open_fds()
+                self._fds_counted_at = now
+            elif self._fds_open is not None:
+                self._fds_open += 1
+            reason = self.inbound.accepted(fd, host, self._fds_open)
+            if reason is not None:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)  # libzmq sees the end of the stream and closes it
+                except OSError:
+                    pass
+                self.node.drop(now, "inbound_limit", f"refused a connection to our {what} port: {reason}", host)
+        finally:
+            conn.detach()
 
     def _answer_zap(self, frames) -> None:
         """One ZAP request: [version, request id, domain, address, identity, mechanism, credentials...]."""
@@ -585,10 +628,14 @@ class Transport:
             if len(frames) != 2:
                 node.drop(time.monotonic(), "bad_control", f"control request with {len(frames) - 1} frames", "control socket")
                 return
+            extra_status["inbound"] = self.inbound.describe()
             out.extend(control.handle(node, time.monotonic(), frames[0].bytes, frames[1].bytes, extra_status, self.control_token))
 
-        self._watch_handshakes(self.router, "peer")
-        self._watch_handshakes(self.pub, "broadcast")
+        self.listening_ports = {p for p in (self.port, self.pub_port, self.key_port) if p}
+        self._watch_inbound(self.router, "peer")
+        self._watch_inbound(self.pub, "broadcast")
+        if self.keyport is not None:
+            self._watch_inbound(self.keyport, "key")
         self._register(self.router, drain_router, drains=True)
         self._register(self.pub, on_pub)
         self._register(self.control, on_control)

@@ -1,0 +1,78 @@
+"""Operating-system resources of the daemon: its file-descriptor budget and returning freed memory.
+
+Every TCP connection, ZeroMQ socket and open file costs a descriptor, and at
+the soft limit (often 1,024) libzmq and Python fail in places that cannot
+recover (libzmq aborts when its IPC listener cannot accept).  So the daemon
+raises its soft limit to the hard one at start, and `inbound.InboundGuard`
+refuses inbound connections well before the budget runs out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+try:
+    import resource
+except ImportError:  # Windows: no rlimits; the C runtime's own limit applies
+    resource = None
+
+_FD_DIR = "/proc/self/fd" if sys.platform.startswith("linux") else "/dev/fd"
+
+
+def raise_nofile() -> tuple[int | None, int | None, int | None]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: (before, now, hard); Nones where unknown."""
+    if resource is None:
+        return None, None, None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard
+    if want == resource.RLIM_INFINITY or want > 1_048_576:
+        want = 1_048_576  # macOS reports "unlimited" but refuses more than its own cap
+    if soft != resource.RLIM_INFINITY and soft < want:
+        for target in (want, 65_536, 10_240):  # macOS: OPEN_MAX may be below the hard limit
+            if target <= soft:
+                break
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                break
+            except (ValueError, OSError):
+                continue
+    now, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft, now, hard
+
+
+def soft_limit() -> int | None:
+    if resource is None:
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def open_fds() -> int | None:
+    """How many descriptors this process has open now (None where the system does not tell)."""
+    try:
+        return len(os.listdir(_FD_DIR))
+    except OSError:
+        return None
+
+
+_libc = None
+
+
+def trim_memory() -> bool:
+    """Give freed heap memory back to the system (glibc's malloc_trim); False where there is none.
+
+    libzmq allocates buffers per connection in its I/O thread; after a flood of
+    connections closes, glibc keeps those pages in its arenas, and the daemon's
+    RSS would stay at the flood's peak for good."""
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(_libc.malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return False
