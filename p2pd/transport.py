@@ -75,6 +75,7 @@ LINK_SNDHWM = 10_000
 # missed from the origin's store, at its own pace.
 PUB_SNDHWM = 10_000
 CONTROL_HWM = 10_000
+TRIM_DELAY_S = 0.5
 CLOSE_LINGER_MS = 1_000  # let a LEAVE reach the peer, but never hang a stop on a dead one
 
 
@@ -153,6 +154,7 @@ class Transport:
         self.inbound = InboundGuard(settings.max_inbound, settings.max_inbound_per_host, soft_limit())
         self._fds_open: int | None = None
         self._fds_counted_at = float("-inf")
+        self._trim_at: float | None = None  # when to hand freed memory back, after a flood (see _watch_inbound)
         try:
             self._open_sockets(node_id, name)
         except BaseException:
@@ -458,10 +460,9 @@ class Transport:
                 self._on_accepted(value, what)
             elif event == zmq.EVENT_DISCONNECTED:
                 self.inbound.closed(value)
-                if self.inbound.flood_over():
-                    trimmed = trim_memory()
-                    log.info("inbound connections down to %d: freed memory %s", len(self.inbound.conns),
-                             "returned to the system" if trimmed else "kept (no malloc_trim here)")
+                if self._trim_at is None and self.inbound.flood_over():
+                    # libzmq frees a connection's buffers only after it reported it gone: trim a moment later
+                    self._trim_at = time.monotonic() + TRIM_DELAY_S
             elif event & failed:  # (a ZAP refusal, HANDSHAKE_FAILED_AUTH, is already counted as unauthorized)
                 mine = "CURVE" if self.keypair is not None else "plaintext (--insecure)"
                 self.node.drop(time.monotonic(), "handshake_failed",
@@ -661,6 +662,11 @@ class Transport:
                     next_tick = now + 0.05
                     out.extend(node.tick(now))
                     self._expire_key_fetches(now)
+                    if self._trim_at is not None and now >= self._trim_at:
+                        self._trim_at = None
+                        trimmed = trim_memory()
+                        log.info("inbound connections down to %d: freed memory %s", len(self.inbound.conns),
+                                 "returned to the system" if trimmed else "kept (no malloc_trim here)")
                 out.extend(node.flush(now))
             except Exception:
                 log.exception("error in periodic work; continuing")
