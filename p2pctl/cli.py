@@ -150,8 +150,7 @@ def connect(ctx, target, port, since):
             raise click.UsageError(f"port {port} is out of range 1-65535")
         target = host
     with ctx.client() as c:
-        res = c.call("connect", timeout_s=ctx.timeout_s + 1, host=target.strip("[]"), port=port, wait_s=ctx.timeout_s,
-                     since=parse_since(since), **({"key": key} if key else {}))
+        res = c.connect(target, port, wait_s=ctx.timeout_s, since=parse_since(since), key=key)
     peer = res["peer"]
     ctx.out(res, f"{'already linked to' if res.get('already') else 'linked to'} {render.cyan(peer['name'])} ({peer['id'][:12]}) at {peer['address']}")
 

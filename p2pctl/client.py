@@ -18,9 +18,12 @@ ipc (Windows), with ``P2PD_CONTROL=tcp``, or when the home has a
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import os
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -190,6 +193,19 @@ class Client:
         args = {"ids": ids} if ids is not None else {}
         return self.call("send", peer=peer, texts=texts, **args)
 
+    def connect(self, host: str, port: int, wait_s: float = 5.0, since: float | None = None, key: str | None = None) -> dict:
+        """Link to host:port (``key``: its public key, from a p2p:// string), waiting up to ``wait_s``.
+
+        The daemon is also told the addresses ``host`` resolves to, so that it recognises a peer
+        it is already linked to under another spelling (``localhost`` for 127.0.0.1) and leaves
+        that link alone (result ``already: true``)."""
+        host = host.strip("[]")
+        args = {"key": key} if key else {}
+        addrs = host_addresses(host, port, timeout_s=min(2.0, wait_s))
+        if addrs:
+            args["addrs"] = addrs
+        return self.call("connect", timeout_s=wait_s + 1, host=host, port=port, wait_s=wait_s, since=since, **args)
+
     def broadcast_many(self, texts: list[str]) -> dict:
         """Publish many broadcasts in one request (numbered and stored in one transaction)."""
         return self.call("broadcast", texts=texts)
@@ -219,3 +235,29 @@ class Client:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def host_addresses(host: str, port: int, timeout_s: float = 2.0, limit: int = 16) -> list[str]:
+    """The IP addresses ``host`` resolves to (an IP literal: itself), at most ``limit``.
+
+    Resolving a name is I/O, so the client does it and not the daemon's event loop.  It is
+    bounded by ``timeout_s`` (a slow resolver gives up to the daemon's own dial); a name that
+    does not resolve gives [] (the dial then says what is wrong)."""
+    host = host.strip("[]")
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    found: list[str] = []
+
+    def resolve() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            return
+        found.extend(dict.fromkeys(str(info[4][0]) for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)))
+
+    worker = threading.Thread(target=resolve, name="p2pctl-resolve", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    return [] if worker.is_alive() else found[:limit]

@@ -17,6 +17,7 @@ the transport passes it in, and a missing or wrong one is refused as ``bad_token
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import orjson
@@ -89,6 +90,27 @@ def _since(args: dict) -> float | None:
     return float(v)
 
 
+MAX_ADDRS = 16
+
+
+def _addrs(args: dict) -> tuple[str, ...]:
+    """``addrs``: the IP addresses the client resolved ``host`` to (optional; the daemon resolves nothing)."""
+    v = args.get("addrs")
+    if v is None:
+        return ()
+    if not isinstance(v, list) or len(v) > MAX_ADDRS or not all(isinstance(a, str) and _ip_literal(a) for a in v):
+        raise BadRequest("bad_request", f"argument 'addrs' must be a list of at most {MAX_ADDRS} IP addresses")
+    return tuple(v)
+
+
+def _ip_literal(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def _resolve(node: Node, args: dict, need_alive: bool = True):
     query = _arg_str(args, "peer")
     try:
@@ -158,7 +180,7 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
         key = args.get("key")
         if key is not None and not P.valid_key(key):
             raise BadRequest("bad_request", "argument 'key' must be a 40-character Z85 public key")
-        return node.connect(now, host, port, wait_s, client, req, _since(args), key)
+        return node.connect(now, host, port, wait_s, client, req, _since(args), key, _addrs(args))
     if cmd == "disconnect":
         peer = _resolve(node, args, need_alive=False)
         acts = node.disconnect(now, peer)

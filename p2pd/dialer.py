@@ -41,7 +41,9 @@ background dial (bootstrap, beacon) has no client: a key it could not get or
 may not use is logged instead of answered.
 
 The control socket's `connect` to a peer we are already linked to answers at
-once (``already``); `disconnect` sends LEAVE and forgets the peer.
+once (``already``), whichever spelling of its address it names (``localhost``
+or ``127.0.0.1``, compared by the addresses the client resolved it to);
+`disconnect` sends LEAVE and forgets the peer.
 
 Pure, like the node: no sockets; time is passed in, effects are returned.
 """
@@ -251,18 +253,22 @@ class Dialer:
 
     # ------------------------------------------------------------------ control-socket operations
     def connect(self, now: float, host: str, port: int, wait_s: float, client: bytes, req, since: float | None = None,
-                key: str | None = None) -> list:
+                key: str | None = None, addrs: tuple[str, ...] = ()) -> list:
+        """``addrs``: the IP addresses the client resolved ``host`` to, so that another spelling of
+        an address we are linked to (``localhost`` for 127.0.0.1) is recognised: a second dial
+        would only displace the link we have.  Resolving is the client's job: the node does no I/O."""
         from .node import _ok
 
         node = self.node
-        known = node.table.find_by_endpoint(P.tcp_endpoint(host, port))
+        known = node.table.find_by_address((host, *addrs), port)
         if known is not None and known.state == ALIVE and (key is None or key == known.key):
             problem = self.pin_refusal(host, port, known.key)
             if problem is not None:
                 return self._fail(client, req, "key_changed", problem)
             acts = node.msgs.request_since(now, known, since) if since is not None else []
-            if node.trust.secure and known.key is not None and node.trust.pin(f"{host}:{port}", known.key):
-                acts.append(PinKey(f"{host}:{port}", known.key))  # "the next connect pins the key it finds"
+            linked_at = f"{known.address.addr}:{port}"  # the spelling we dialled it by, not a second one
+            if node.trust.secure and known.key is not None and node.trust.pin(linked_at, known.key):
+                acts.append(PinKey(linked_at, known.key))  # "the next connect pins the key it finds"
             return acts + [ToClient(client, _ok(req, {"peer": known.describe(now), "already": True}))]
         return self.dial_address(now, host, port, now + wait_s, client, req, since, key)
 

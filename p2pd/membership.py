@@ -37,6 +37,8 @@ RUMOURS_PER_INTRODUCER = 64  # rumours from one peer's gossip waiting to answer,
 MAX_RUMOURS = 256  # rumours waiting to answer, at most, from all introducers together
 RUMOUR_COOLDOWN_S = 30.0  # a rumour that never answered is not taken from gossip again for this long
 RUMOURS_COOLING_MAX = 4096  # bounded memory for those
+SUBSCRIPTIONS_MAX = 4096  # node ids whose SUB we track on our XPUB, at most
+SUBSCRIPTIONS_PER_ID = 64  # attached connections counted per node id, at most
 
 LINKING = "linking"
 ALIVE = "alive"
@@ -52,7 +54,7 @@ class Peer:
     since: float = 0.0  # when the current state began (monotonic)
     last_seen: float | None = None
     rtt_ms: float | None = None
-    subscribed: bool = False  # their SUB has subscribed to our PUB
+    subscribed: bool = False  # their SUB is attached to our PUB (whatever the peer's state)
     retry_at: float | None = None
     retry_backoff_s: float = 0.0
     ever_alive: bool = False
@@ -118,6 +120,21 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
+def host_key(host: str) -> str:
+    """One spelling of a host for comparing addresses, without resolving anything (pure): an IP
+    literal in its canonical form (``0:0::1`` and ``[::1]`` are ``::1``; an IPv4-mapped IPv6
+    address is its IPv4 one), a host name in lower case without a trailing dot.  Names that
+    resolve to an address are compared by the addresses the client resolved (`find_by_address`)."""
+    h = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(h)
+    except ValueError:
+        return h.lower().rstrip(".")
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.compressed
+
+
 class Membership:
     def __init__(self, self_id: str, retry_min_s: float = 1.0, retry_max_s: float = 30.0, forget_after_s: float = 3600.0):
         self.self_id = self_id
@@ -125,8 +142,11 @@ class Membership:
         self.retry_max_s = retry_max_s
         self.forget_after_s = forget_after_s
         self._peers: dict[str, Peer] = {}
-        # XPUB subscriptions may arrive before the JOIN that introduces the peer.
-        self._subscribed_ids: set[str] = set()
+        # Node id -> how many SUBs naming it are attached to our XPUB (one per connection: a
+        # reconnecting SUB may attach anew before its old connection is seen to end).  Kept
+        # apart from the peers: a subscription may come before the JOIN that introduces the
+        # peer, and stays in place while the peer is lost, removed and learned again.
+        self._subscriptions: dict[str, int] = {}
         self._cooling: OrderedDict[str, float] = OrderedDict()  # rumour that never answered -> until when we ignore it
 
     # ---- lookups
@@ -182,6 +202,13 @@ class Membership:
                 return p
         return None
 
+    def find_by_address(self, hosts, port: int) -> Peer | None:
+        """A peer whose address is any of ``hosts`` (spellings of one host: the name given and the
+        addresses it resolves to) at ``port``; an alive one if there is one."""
+        keys = {host_key(h) for h in hosts}
+        found = [p for p in self._peers.values() if p.address.port == port and host_key(p.address.addr or "") in keys]
+        return next((p for p in found if p.state == ALIVE), found[0] if found else None)
+
     def resolve(self, query: str) -> Peer:
         """Find a peer by exact id, exact name, or unique id prefix.
 
@@ -215,7 +242,7 @@ class Membership:
         if peer is None:
             peer = Peer(peer_id, name, address, LINKING, since=now, key=key, learned=now,
                         rumour=rumour_from is not None, introducer=rumour_from)
-            peer.subscribed = peer_id in self._subscribed_ids
+            peer.subscribed = peer_id in self._subscriptions
             self._peers[peer_id] = peer
             return peer, True
         if rumour_from is None:
@@ -244,17 +271,25 @@ class Membership:
         return False
 
     def remove(self, peer_id: str) -> Peer | None:
-        self._subscribed_ids.discard(peer_id)
         return self._peers.pop(peer_id, None)
 
     def set_subscribed(self, peer_id: str, subscribed: bool) -> None:
-        if subscribed:
-            self._subscribed_ids.add(peer_id)
+        """Our XPUB saw a SUB naming ``peer_id`` attach (True) or detach (False).
+
+        XPUB_VERBOSER reports each connection's subscribe and, when it ends, its unsubscribe,
+        even while another connection holds the same topic: the peer is subscribed while at
+        least one is attached.  Only these reports change the flag, not the peer's state: a
+        peer we took for lost keeps its SUB attached unless its connection ends."""
+        count = self._subscriptions.get(peer_id, 0) + (1 if subscribed else -1)
+        if subscribed and (count > SUBSCRIPTIONS_PER_ID or (count == 1 and len(self._subscriptions) >= SUBSCRIPTIONS_MAX)):
+            return  # anyone on our XPUB can send subscriptions: their bookkeeping stays bounded
+        if count > 0:
+            self._subscriptions[peer_id] = count
         else:
-            self._subscribed_ids.discard(peer_id)
+            self._subscriptions.pop(peer_id, None)
         peer = self._peers.get(peer_id)
         if peer is not None:
-            peer.subscribed = subscribed
+            peer.subscribed = count > 0
 
     def _schedule_retry(self, peer: Peer, now: float) -> None:
         peer.retry_backoff_s = min(self.retry_max_s, max(self.retry_min_s, peer.retry_backoff_s * 2))
@@ -266,7 +301,6 @@ class Membership:
             return None
         peer.state = LOST
         peer.since = now
-        peer.subscribed = False
         peer.retry_backoff_s = 0.0
         self._schedule_retry(peer, now)
         return peer

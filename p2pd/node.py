@@ -549,9 +549,9 @@ class Node(Intake):
 
     # ------------------------------------------------------------------ control-socket operations
     def connect(self, now: float, host: str, port: int, wait_s: float, client: bytes, req, since: float | None = None,
-                key: str | None = None) -> list:
+                key: str | None = None, addrs: tuple[str, ...] = ()) -> list:
         """Link to host:port, or say we already are (see `Dialer.connect`)."""
-        return self.dial.connect(now, host, port, wait_s, client, req, since, key)
+        return self.dial.connect(now, host, port, wait_s, client, req, since, key, addrs)
 
     def disconnect(self, now: float, peer: Peer) -> list:
         """Tell the peer we are leaving it and forget it (see `Dialer.disconnect`)."""

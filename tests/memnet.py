@@ -72,11 +72,15 @@ class Net:
         return node
 
     def kill(self, node: Node) -> None:
-        """The process dies: nothing reaches it any more, and it sends nothing."""
+        """The process dies: nothing reaches it any more, and it sends nothing; the XPUBs its SUBs
+        were attached to see them go."""
         self.by_router = {k: v for k, v in self.by_router.items() if v is not node}
         self.by_pub = {k: v for k, v in self.by_pub.items() if v is not node}
         self.dealers.pop(node.id, None)
-        self.subs.pop(node.id, None)
+        for endpoint in self.subs.pop(node.id, ()):
+            pub = self.by_pub.get(endpoint)
+            if pub is not None:
+                pub.on_subscription(0.0, b"\x00" + SUB_TOPIC_PREFIX + node.id.encode())
 
     def up(self, node: Node) -> bool:
         return node in self.by_router.values()
@@ -138,11 +142,17 @@ class Net:
                     self.delivered.append((now, node.name, other.name, act.msg))
                     self.apply(other, other.on_sub_frames(now, [wire]), flush=False)
         elif isinstance(act, Subscribe):
+            # As the transport: a SUB already attached there stays (no second subscribe), and
+            # the XPUB reports one subscribe per attachment and one unsubscribe when it ends.
+            if act.endpoint in self.subs[node.id]:
+                return
             self.subs[node.id].add(act.endpoint)
             pub = self.by_pub.get(act.endpoint)
             if pub is not None:
                 pub.on_subscription(now, b"\x01" + SUB_TOPIC_PREFIX + node.id.encode())
         elif isinstance(act, Unsubscribe):
+            if act.endpoint not in self.subs[node.id]:
+                return
             self.subs[node.id].discard(act.endpoint)
             pub = self.by_pub.get(act.endpoint)
             if pub is not None:

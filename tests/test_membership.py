@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2pd.membership import ALIVE, LINKING, LOST, AmbiguousPeer, Membership, UnknownPeer, is_loopback
+from p2pd.membership import ALIVE, LINKING, LOST, AmbiguousPeer, Membership, UnknownPeer, host_key, is_loopback
 from p2pd.protocol import PeerAddress
 
 A = PeerAddress("127.0.0.1", 5000, 5001)
@@ -64,11 +64,12 @@ def test_alive_to_lost_to_alive(table):
     table.set_subscribed("p1", True)
     lost = table.mark_lost("p1", 7.0)
     assert lost is peer
-    assert peer.state == LOST and peer.since == 7.0 and peer.subscribed is False
+    assert peer.state == LOST and peer.since == 7.0
+    assert peer.subscribed is True  # its SUB is still attached to our PUB: only XPUB's unsubscribe clears it
     assert peer.retry_at == 8.0 and peer.retry_backoff_s == 1.0
     assert table.alive() == []
     assert table.heard_from("p1", 9.0) is True
-    assert peer.state == ALIVE and peer.since == 9.0
+    assert peer.state == ALIVE and peer.since == 9.0 and peer.subscribed is True
     assert peer.retry_at is None and peer.retry_backoff_s == 0.0
 
 
@@ -278,11 +279,63 @@ def test_unsubscribe_before_learn_forgets_early_subscription(table):
     assert table.learn("p1", "alice", A, 0.0)[0].subscribed is False
 
 
-def test_remove_forgets_subscription(table):
+def test_remove_keeps_a_subscription_in_place(table):
     table.set_subscribed("p1", True)
     table.learn("p1", "alice", A, 0.0)
-    table.remove("p1")
-    assert table.learn("p1", "alice", A, 1.0)[0].subscribed is False
+    table.remove("p1")  # e.g. forgotten, or a LEAVE whose connections have not closed yet
+    peer = table.learn("p1", "alice", A, 1.0)[0]
+    assert peer.subscribed is True
+    table.set_subscribed("p1", False)  # XPUB: the connection ended
+    assert peer.subscribed is False
+
+
+def test_lost_and_relinked_peer_stays_subscribed_until_unsubscribed(table):
+    """Issue 12: a peer marked lost whose SUB stayed attached relinks without a new subscribe."""
+    peer = alive(table, "p1", "alice", 1.0)
+    table.set_subscribed("p1", True)
+    table.mark_lost("p1", 7.0)
+    table.heard_from("p1", 8.0)
+    assert peer.state == ALIVE and peer.subscribed is True
+    table.set_subscribed("p1", False)
+    assert peer.subscribed is False
+
+
+def test_subscribed_while_any_connection_is_attached(table):
+    """A reconnecting SUB: the new connection's subscribe may come before the old one's unsubscribe."""
+    peer = alive(table, "p1", "alice", 1.0)
+    table.set_subscribed("p1", True)  # old connection
+    table.set_subscribed("p1", True)  # new connection
+    table.set_subscribed("p1", False)  # old connection ends
+    assert peer.subscribed is True
+    table.set_subscribed("p1", False)  # new connection ends
+    assert peer.subscribed is False
+    table.set_subscribed("p1", False)  # a stray unsubscribe does not go below none
+    table.set_subscribed("p1", True)
+    assert peer.subscribed is True
+
+
+# ---------------------------------------------------------------------------- addresses by any spelling
+
+
+def test_host_key_compares_spellings_of_one_address_without_resolving():
+    assert host_key("127.0.0.1") == host_key("::ffff:127.0.0.1") == host_key("[::ffff:127.0.0.1]") == "127.0.0.1"
+    assert host_key("::1") == host_key("[0:0:0:0:0:0:0:1]") == "::1"
+    assert host_key("Node1.Example.") == host_key("node1.example") == "node1.example"
+    assert host_key("localhost") != host_key("127.0.0.1")  # a name is matched by what the client resolved it to
+
+
+def test_find_by_address_matches_any_given_spelling_at_that_port(table):
+    peer = alive(table, "p1", "alice", 1.0, PeerAddress("127.0.0.1", 6000, 6001))
+    assert table.find_by_address(["localhost", "127.0.0.1", "::1"], 6000) is peer
+    assert table.find_by_address(["::ffff:127.0.0.1"], 6000) is peer
+    assert table.find_by_address(["localhost", "::1"], 6000) is None  # none of them is where alice is
+    assert table.find_by_address(["127.0.0.1"], 6010) is None
+
+
+def test_find_by_address_prefers_the_alive_peer_at_an_address(table):
+    table.learn("old", "bob", PeerAddress("127.0.0.1", 6000, 6001), 0.0)  # a previous identity, never answered
+    new = alive(table, "new", "bob", 1.0, PeerAddress("127.0.0.1", 6000, 6001))
+    assert table.find_by_address(["127.0.0.1"], 6000) is new
 
 
 # ---------------------------------------------------------------------------- describe / loopback
@@ -322,3 +375,14 @@ def test_describe(table):
 )
 def test_is_loopback(host, expected):
     assert is_loopback(host) is expected
+
+
+def test_subscription_bookkeeping_is_bounded_whatever_the_xpub_is_sent():
+    from p2pd.membership import SUBSCRIPTIONS_MAX, SUBSCRIPTIONS_PER_ID, Membership
+
+    t = Membership("me")
+    for i in range(SUBSCRIPTIONS_MAX + 500):  # a hostile subscriber naming ever new ids
+        t.set_subscribed(f"ghost-{i}", True)
+    for _ in range(SUBSCRIPTIONS_PER_ID + 500):  # or one id over and over
+        t.set_subscribed("ghost-1", True)
+    assert len(t._subscriptions) == SUBSCRIPTIONS_MAX and t._subscriptions["ghost-1"] == SUBSCRIPTIONS_PER_ID

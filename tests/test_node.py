@@ -64,6 +64,22 @@ def test_connect_already_linked(net, pair):
     assert bob.pending == {}
 
 
+def test_connect_by_another_spelling_of_a_linked_address_is_already_linked(net, pair):
+    """Issue 12: `connect localhost:PORT` to a peer linked as 127.0.0.1:PORT must not dial it again
+    (a second DEALER under our id would displace the link).  The client passes what the name
+    resolved to (`addrs`); IP literals are compared in canonical form."""
+    alice, bob = pair
+    before = len(net.acts("bob", OpenLink))
+    for args in ({"host": "localhost", "addrs": ["::1", "127.0.0.1"]}, {"host": "::ffff:127.0.0.1"}):
+        reply = net.call(bob, 1.0, "connect", port=alice.address.port, **args)
+        assert reply["ok"] is True and reply["result"]["already"] is True, (args, reply)
+        assert reply["result"]["peer"]["id"] == alice.id and reply["result"]["peer"]["address"] == f"127.0.0.1:{alice.address.port}"
+    assert len(net.acts("bob", OpenLink)) == before and bob.dial.pending == {}
+    # a name given without what it resolves to is dialled (the node resolves nothing itself)
+    acts = bob.connect(2.0, "localhost", alice.address.port, 5.0, CLI, 9)
+    assert [a.endpoint for a in acts if isinstance(a, OpenLink)] == [f"tcp://localhost:{alice.address.port}"]
+
+
 def test_discovery_via_peers(net, trio):
     alice, bob, charlie = trio
     assert state(charlie, alice) == ALIVE and state(charlie, bob) == ALIVE
@@ -272,6 +288,29 @@ def test_lost_peer_comes_back_on_retry(net, pair):
     assert [e["peer"]["id"] for e in net.events(alice, "joined")] == ["bob-id"]
     assert alice.table.get(bob.id).retry_at is None
     assert net.subs[alice.id] == {ep(5004)}
+
+
+def test_a_peer_lost_while_its_sub_stays_attached_is_still_subscribed_when_it_relinks(net, pair):
+    """Issue 12: bob's frames to alice are lost (as if bob were frozen), so alice marks him lost
+    and retries; bob never lost alice, his SUB stays attached to her PUB and sends no new
+    subscribe.  Back alive, bob must still count as subscribed, and a broadcast reach him."""
+    alice, bob = pair
+    assert alice.table.get(bob.id).subscribed
+    net.lose = lambda frm, to, msg: frm == "bob"
+    net.tick_range(1.0, 6.0, 1.0, alice)
+    assert state(alice, bob) == LOST and state(bob, alice) == ALIVE
+    assert ep(5002) in net.subs[bob.id]  # bob's SUB is still attached to alice's PUB
+    net.lose = None
+    t = 6.5
+    while state(alice, bob) != ALIVE and t < 20:
+        net.tick(t)
+        t += 0.5
+    assert state(alice, bob) == ALIVE
+    assert alice.table.get(bob.id).subscribed is True
+    assert net.call(alice, t, "peers")["result"][0]["subscribed"] is True
+    reply = net.call(alice, t, "broadcast", text="still there?")
+    assert reply["result"]["subscribers"] == 1
+    assert [m.data["text"] for _, m in net.sent("alice", "bob", P.BROADCAST)] == ["still there?"]
 
 
 def test_restarted_peer_rejoins_before_being_noticed(net, trio):

@@ -174,6 +174,21 @@ def test_connect_by_address_fetches_the_key_then_pins_it():
     assert "p2pctl known forget 127.0.0.1:6000" in reply.payload["error"]
 
 
+def test_connect_by_another_spelling_pins_nothing_new():
+    """Linked to bob at 127.0.0.1:6000: `connect localhost:6000` answers `already` and keeps the one
+    pin (known_peers gained a "localhost:6000" duplicate before, issue 12)."""
+    alice = secure_node()
+    bob_id = node_id_for(KEY_B)
+    alice.on_router_frames(1.0, join_from(KEY_B), "127.0.0.1", user_id=bob_id)
+    assert alice.table.get(bob_id).state == "alive"
+    acts = alice.connect(2.0, "localhost", 6000, 5.0, b"cli", 1, addrs=("127.0.0.1", "::1"))
+    assert [type(a).__name__ for a in acts] == ["PinKey", "ToClient"]  # the first connect pins what it finds ...
+    assert acts[0].address == "127.0.0.1:6000" and acts[1].payload["result"]["already"] is True
+    assert alice.trust.pins == {"127.0.0.1:6000": KEY_B}  # ... under the address it is linked at
+    (reply,) = alice.connect(3.0, "localhost", 6000, 5.0, b"cli", 2, addrs=("127.0.0.1",))
+    assert reply.payload["result"]["already"] is True and alice.trust.pins == {"127.0.0.1:6000": KEY_B}
+
+
 def test_a_dial_with_a_key_says_how_far_that_peers_numbering_was_received():
     alice = secure_node()
     bob_id = node_id_for(KEY_B)

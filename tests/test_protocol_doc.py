@@ -1,0 +1,138 @@
+"""docs/PROTOCOL.md against the code, so that the document cannot drift from what p2pd sends.
+
+A peer written from the document alone must get the same envelopes as p2pd emits.  So every
+example envelope in it must decode with `p2pd.protocol.decode` and carry exactly the fields
+that p2pd itself puts in that type of message in some situation, and every message type's
+table must list every `data` field p2pd emits for it (``epoch`` included).  What p2pd emits is
+read off a run of real `Node`s on the in-memory network (memnet.py) that makes every type,
+and every variant of one (a JOIN that answers, a retry's JOIN, an ACK with ``gap``, a FETCH
+by range and by time, a replayed BROADCAST, the PING of `p2pctl ping`, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+
+from p2pd import protocol as P
+from p2pd.keys import node_id_for
+
+from memnet import HOST, Net
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
+
+
+def doc_text() -> str:
+    return DOC.read_text(encoding="utf-8")
+
+
+def json_blocks(text: str) -> list[str]:
+    return re.findall(r"^```json\n(.*?)^```", text, re.S | re.M)
+
+
+def example_envelopes(text: str) -> list[dict]:
+    """Every envelope shown in a ```json block: one pretty-printed object, or one per line."""
+    found = []
+    for block in json_blocks(text):
+        try:
+            objs = [json.loads(block)]
+        except ValueError:
+            objs = [json.loads(line) for line in block.splitlines() if line.strip()]
+        found += [o for o in objs if isinstance(o, dict) and "v" in o and "sender_id" in o]
+    return found
+
+
+def type_sections(text: str) -> dict[str, str]:
+    """Section 4's "### TYPE: ..." subsections, by type."""
+    return {m.group(1): m.group(2) for m in re.finditer(r"^### ([A-Z]+): .*?\n(.*?)(?=^##)", text, re.S | re.M)}
+
+
+def table_fields(section: str) -> set[str]:
+    """The `data` fields a section's table has a row for: | `name` | ..."""
+    return set(re.findall(r"^\| `([a-z_\[\].]+)` \|", section, re.M))
+
+
+@pytest.fixture(scope="module")
+def emitted() -> dict[str, set[tuple]]:
+    """type -> the `data` fields, in order, p2pd sent in messages of that type (``PEERS[]``: its entries)."""
+    net = Net()
+    alice, bob = net.add("alice"), net.add("bob")
+    assert net.call(bob, 0.0, "connect", host=HOST, port=alice.address.port)["ok"]  # first JOIN, answering JOIN, PEERS
+    assert net.call(net.add("charlie"), 0.0, "connect", host=HOST, port=bob.address.port)["ok"]  # PEERS that list someone
+    net.call(bob, 0.1, "broadcast", text="b1")  # BROADCAST
+    net.call(alice, 0.2, "send", peer="bob", text="m1")  # MESSAGE, ACK
+    net.call(bob, 0.2, "send", peer="alice", text="m1")
+    net.call(alice, 0.3, "ping", peer="bob")  # the PING of `p2pctl ping`, PONG
+    net.tick_range(0.5, 2.0, 0.5)  # heartbeat PINGs
+    # alice misses bob's broadcast b2 (her SUB is away for it): the next heartbeat tells her,
+    # and she FETCHes the range; bob replays it
+    pub = P.tcp_endpoint(HOST, bob.address.pub_port)
+    net.subs[alice.id].discard(pub)
+    net.call(bob, 2.1, "broadcast", text="b2")
+    net.subs[alice.id].add(pub)
+    # a lost MESSAGE: the next is a gap, and the ACK says so
+    net.lose = lambda frm, to, msg: msg.type == P.MESSAGE and msg.data.get("text") == "m2"
+    net.call(alice, 2.3, "send", peer="bob", text="m2")
+    net.lose = None
+    net.call(alice, 2.4, "send", peer="bob", text="m3")
+    net.tick_range(2.5, 6.0, 0.5)
+    net.call(alice, 6.1, "connect", host=HOST, port=bob.address.port, since=0.0)  # FETCH since, replays marked replay
+    # bob falls silent for alice: lost, then her retry's JOIN (again, got, bgot) and his answer
+    net.lose = lambda frm, to, msg: frm == "bob"
+    net.tick_range(6.5, 13.0, 0.5)
+    net.lose = None
+    net.tick_range(13.5, 20.0, 0.5)
+    net.call(alice, 20.5, "disconnect", peer="bob")  # LEAVE
+    seen: dict[str, set[tuple]] = defaultdict(set)
+    for _, _, _, msg in net.delivered:
+        seen[msg.type].add(tuple(msg.data))
+        if msg.type == P.PEERS:
+            seen["PEERS[]"].update(tuple(e) for e in msg.data["peers"])
+    return seen
+
+
+def test_the_run_makes_every_type_and_variant(emitted):
+    assert set(P.TYPES) <= set(emitted) and emitted["PEERS[]"]
+    assert () in emitted[P.PING] and () in emitted[P.LEAVE]
+    assert ("upto", "gap") in emitted[P.ACK] and ("since",) in emitted[P.FETCH] and ("from", "to") in emitted[P.FETCH]
+    assert any("replay" in s for s in emitted[P.BROADCAST]) and any("again" in s and "got" in s for s in emitted[P.JOIN])
+
+
+def test_every_example_envelope_decodes_with_the_fields_p2pd_emits(emitted):
+    examples = example_envelopes(doc_text())
+    assert {e["type"] for e in examples} >= set(P.TYPES), "an example of every message type"
+    order = list(orjson.loads(P.encode(P.make(P.LEAVE, "a", "a", 0.0))))
+    for env in examples:
+        where = f"{env['type']} {env['id']}"
+        msg = P.decode(orjson.dumps(env))  # valid, by the codec itself
+        assert list(env) == order, f"{where}: envelope fields {list(env)}, p2pd sends {order}"
+        fields = tuple(msg.data)  # the order too, so the example reads as the wire does
+        assert fields in emitted[msg.type], f"{where}: data fields {fields}; p2pd sends one of {sorted(emitted[msg.type])}"
+        for entry in msg.data.get("peers", []) if msg.type == P.PEERS else []:
+            assert tuple(entry) in emitted["PEERS[]"], f"{where}: peer entry fields {tuple(entry)}"
+
+
+def test_every_message_table_lists_every_field_p2pd_emits(emitted):
+    sections = type_sections(doc_text())
+    assert set(sections) == set(P.TYPES)
+    for type_ in P.TYPES:
+        listed = table_fields(sections[type_])
+        sent = set().union(*emitted[type_])
+        if type_ == P.PEERS:
+            sent |= {f"peers[].{f}" for f in set().union(*emitted["PEERS[]"])}
+        missing = sent - listed
+        assert not missing, f"{type_}: the table has no row for {sorted(missing)}"
+    for type_ in (P.JOIN, P.PING, P.PONG, P.MESSAGE, P.BROADCAST):
+        assert "epoch" in table_fields(sections[type_]), type_
+
+
+def test_example_node_ids_belong_to_their_keys():
+    rows = re.findall(r"^\| (\w+) \| `([0-9a-f]{32})` \| `([^`]{40})` \|", doc_text(), re.M)
+    assert len(rows) == 3
+    for name, node_id, key in rows:
+        assert node_id_for(key) == node_id, name
