@@ -560,10 +560,13 @@ class Transport:
             out.extend(node.on_subscription(time.monotonic(), frames[0].bytes))
 
         def on_control(frames):
+            # Every control message gets a reply, a malformed one too (an error); the wall
+            # clock is read here, when the request is read, to check its deadline (control.py).
             if len(frames) != 2:
-                node.drop(time.monotonic(), "bad_control", f"control request with {len(frames) - 1} frames", "control socket")
+                out.extend(control.wrong_frame_count(node, time.monotonic(), [f.bytes for f in frames]))
                 return
-            out.extend(control.handle(node, time.monotonic(), frames[0].bytes, frames[1].bytes, extra_status, self.control_token))
+            out.extend(control.handle(node, time.monotonic(), frames[0].bytes, frames[1].bytes, extra_status, self.control_token,
+                                      wall=time.time()))
 
         self._watch_handshakes(self.router, "peer")
         self._watch_handshakes(self.pub, "broadcast")
