@@ -53,11 +53,14 @@ def main():
 @click.option("--discover", type=click.Choice(["none", "lan"]),
               help="lan: find nodes on this network by UDP beacons and link to them (docs/OPERATIONS.md). [default: none]")
 @click.option("--discover-port", type=int, help="UDP port of the LAN beacons. [default: 5670]")
+@click.option("--fresh-store", is_flag=True,
+              help="Begin an empty message store when store.db is missing or empty in a home that had one "
+                   "(its history and outbox are lost); without it such a start is refused. An existing store is kept.")
 @click.option("--foreground", is_flag=True, help="Stay attached (for systemd/containers) and also log to stderr.")
 @click.option("--daemonized", is_flag=True, hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the started node's details as JSON.")
 def start(port, pub_port, host, advertise, name, join, home, config_path, log_level, heartbeat_interval_s, heartbeat_timeout_s,
-          key_port, insecure, discover, discover_port, foreground, daemonized, as_json):
+          key_port, insecure, discover, discover_port, fresh_store, foreground, daemonized, as_json):
     """Start a node.
 
     By default the daemon detaches and this command returns once the node
@@ -89,7 +92,7 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
     if foreground or daemonized:
         try:
             code = run_foreground(h, settings, log_to_stderr=not daemonized,
-                                  read_settings=current_settings)
+                                  read_settings=current_settings, fresh_store=fresh_store)
         except AlreadyRunning as e:
             _fail(str(e), exitcodes.CONFLICT)
         except Exception as e:  # StartupError and friends: one line, no traceback
@@ -108,6 +111,8 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
             argv += [flag, str(value)]
     if insecure:
         argv.append("--insecure")
+    if fresh_store:
+        argv.append("--fresh-store")
     for j in join:
         argv += ["--join", j]
     proc = spawn_detached(argv, h)

@@ -276,10 +276,14 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
     if cmd == "watch":
         node.watchers.add(client)
         return [ToClient(client, _ok(req, {"watching": True, "id": node.id, "name": node.name}))]
-    if cmd == "trust":
-        return [ToClient(client, _ok(req, _trust(node, args, extra_status)))]
-    if cmd == "known":
-        return [ToClient(client, _ok(req, _known(node, args, extra_status)))]
+    if cmd in ("trust", "known"):
+        from .keys import KeyError_
+
+        try:
+            result = (_trust if cmd == "trust" else _known)(node, args, extra_status)
+        except KeyError_ as e:  # authorized_keys or known_peers edited into something unreadable
+            raise BadRequest("bad_file", str(e)) from None
+        return [ToClient(client, _ok(req, result))]
     if cmd == "stop":
         return [ToClient(client, _ok(req, {"stopping": True}))] + node.leave(now)
     raise BadRequest("unknown_command", cmd)  # pragma: no cover - COMMANDS checked above

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
+import subprocess
+from pathlib import Path
 
 import pytest
 import zmq
 
-from conftest import pid_alive, wait_for
+from conftest import P2PD, pid_alive, wait_for
 from p2pctl.client import Client, DaemonNotRunning, DaemonTimeout
 from p2pd import exitcodes
 from p2pd.home import Home
@@ -134,3 +137,144 @@ def test_control_message_of_three_frames_gets_an_error_reply(make_node, zctx):
     ctl.send(b'{"req": 42, "cmd": "status"}')
     assert ctl.poll(5000) and json.loads(ctl.recv())["result"]["pid"] == alice.pid
     assert pid_alive(alice.pid)
+
+
+# ============================================================================ item 8: store and key at start
+
+
+def p2pd(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*P2PD, *args], capture_output=True, text=True, timeout=60)
+
+
+def refused(node, *extra: str) -> str:
+    """Start ``node``, which must be refused with exit 1 and one line; returns that line."""
+    proc = node.start(*extra, check=False)
+    assert proc.returncode == exitcodes.FAILED, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert p2pd("status", "--home", str(node.home)).returncode == exitcodes.NOT_RUNNING
+    return lines[0]
+
+
+def test_damaged_store_is_refused_at_start(make_node):
+    """80 KB of random bytes in the middle of store.db: refused, naming the file and the fix
+    (it used to start, log a traceback every tick and leave history/inbox unanswered)."""
+    alice = make_node("alice")
+    alice.start()
+    with alice.client() as c:
+        c.broadcast_many([f"{i:05d} " + "x" * 300 for i in range(3000)])
+    assert alice.stop().returncode == 0
+    store = alice.home / "store.db"
+    size = store.stat().st_size
+    assert size > 1_000_000 and not (alice.home / "store.db-wal").exists()
+    with open(store, "r+b") as f:
+        f.seek(size // 2)
+        f.write(random.Random(7).randbytes(80_000))
+    line = refused(alice)
+    assert str(store) in line and "damaged" in line and "backup" in line and "--fresh-store" in line
+    assert "start failed" in alice.log_text() and "Traceback" not in alice.log_text()
+
+
+@pytest.mark.parametrize("how", ["empty", "missing"])
+def test_lost_store_is_refused_unless_fresh_store(make_node, how):
+    alice = make_node("alice")
+    alice.start()
+    alice.ctl("broadcast", "before the loss")
+    assert alice.stop().returncode == 0
+    store = alice.home / "store.db"
+    if how == "empty":
+        store.write_bytes(b"")
+    else:
+        store.unlink()
+    line = refused(alice)
+    assert str(store) in line and ("empty" if how == "empty" else "missing") in line and "--fresh-store" in line and "backup" in line
+    assert not store.exists() or store.stat().st_size == 0  # refused before SQLite made an empty store of it
+    alice.start("--fresh-store")
+    assert alice.ctl_json("history") == []
+    assert "--fresh-store" in alice.log_text()
+    alice.ctl("broadcast", "after")
+    assert alice.stop().returncode == 0
+    alice.start()  # the new store is the home's store now
+    assert texts(alice, "history") == ["after"]
+
+
+def test_key_file_whose_halves_do_not_match_is_refused(make_node):
+    alice = make_node("alice")
+    alice.start()
+    assert alice.stop().returncode == 0
+    key_file = alice.home / "node.key"
+    data = json.loads(key_file.read_text())
+    data["public"] = zmq.curve_keypair()[0].decode()  # another key's public half
+    key_file.write_text(json.dumps(data))
+    line = refused(alice)
+    assert str(key_file) in line and "does not belong to its secret" in line and "backup" in line
+
+
+# ============================================================================ item 9: files and the full disk
+
+
+def test_known_peers_not_utf8_names_the_file(make_node):
+    alice = make_node("alice")
+    alice.start()
+    known = alice.home / "known_peers"
+    known.write_bytes(b"# pins\n127.0.0.1:9 \xff\xfe not utf-8\n")
+    proc = alice.ctl("known", "forget", "127.0.0.1:9", check=False)  # edited while running
+    assert proc.returncode == exitcodes.FAILED and str(known) in proc.stderr and "line 2" in proc.stderr, proc
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert alice.stop().returncode == 0
+    line = refused(alice)
+    assert str(known) in line and "UTF-8" in line
+
+
+# ============================================================================ unit: open_store, Store.check, check_keypair
+
+
+def test_open_store_marks_the_home_and_keeps_an_existing_store_with_fresh_store(tmp_path, caplog):
+    from p2pd.daemon import STORE_MARKER, open_store
+
+    home = Home(tmp_path)
+    assert not (tmp_path / STORE_MARKER).exists()
+    s = open_store(home, "normal")  # a first start: no marker yet, nothing lost
+    s.add_broadcast(1, "b1", "kept", "2026-01-01T00:00:00.000Z", 1.0)
+    s.close()
+    assert (tmp_path / STORE_MARKER).exists()
+    with caplog.at_level("WARNING", logger="p2pd"):
+        s = open_store(home, "normal", fresh=True)  # --fresh-store never throws a store away
+    assert s.newest_broadcast() == 1 and s.checked is True and "has no effect" in caplog.text
+    s.close()
+    (tmp_path / STORE_MARKER).unlink()  # a home from before the marker: it gets one at its next start
+    open_store(home, "normal").close()
+    assert (tmp_path / STORE_MARKER).exists()
+
+
+def test_store_check_is_bounded_in_time(tmp_path):
+    from p2pd.store import Store
+
+    s = Store(tmp_path / "store.db")
+    for i in range(1, 5001):  # enough rows that the NOT NULL scan of quick_check asks the progress handler
+        s.add_broadcast(i, f"b{i}", "x", "2026-01-01T00:00:00.000Z", 1.0)
+    s.close()
+    s = Store(tmp_path / "store.db", check_s=0.0)  # no time at all: stopped, reported as partial, not as damage
+    assert s.checked is False
+    assert Store(tmp_path / "store.db", check_s=30.0).checked is True
+
+
+def test_store_that_is_not_a_database_is_damaged(tmp_path):
+    from p2pd.store import Store, StoreDamaged
+
+    path = tmp_path / "store.db"
+    path.write_bytes(b"this is not SQLite" * 500)
+    with pytest.raises(StoreDamaged, match=r"store\.db is damaged \(file is not a database\).*--fresh-store"):
+        Store(path, check_s=1.0)
+
+
+def test_check_keypair():
+    from p2pd.daemon import _curve_public
+    from p2pd.keys import KeyError_, KeyPair, check_keypair
+
+    public, secret = (k.decode() for k in zmq.curve_keypair())
+    home = Home(Path("/nonexistent"))
+    check_keypair(home, KeyPair(public, secret), _curve_public)
+    other = zmq.curve_keypair()[0].decode()
+    with pytest.raises(KeyError_, match="node.key is damaged: its public key does not belong to its secret key"):
+        check_keypair(home, KeyPair(other, secret), _curve_public)
