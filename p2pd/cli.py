@@ -19,6 +19,17 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _disk_full(home: Home) -> str | None:
+    """Why a start failed when the home's file system is full: the daemon could not even say
+    so itself (its log and startup.err are on that disk too)."""
+    from p2pctl.client import DISK_FULL_BYTES, free_bytes
+
+    free = free_bytes(home.path)
+    if free is None or free >= DISK_FULL_BYTES:
+        return None
+    return f"the disk holding {home.path} is full ({free} bytes free): p2pd cannot write its store and log there; free some space and start it again"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="p2pd")
 def main():
@@ -97,7 +108,7 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
             _fail(str(e), exitcodes.CONFLICT)
         except Exception as e:  # StartupError and friends: one line, no traceback
             conflict = "already in use" in str(e)
-            _fail(str(e), exitcodes.CONFLICT if conflict else exitcodes.FAILED)
+            _fail(str(e) if conflict else _disk_full(h) or str(e), exitcodes.CONFLICT if conflict else exitcodes.FAILED)
         sys.exit(code)
     running, pid = is_running(h)
     if running:
@@ -121,7 +132,9 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
         if proc.poll() is None:
             proc.terminate()
         code = proc.poll()
-        _fail(error, code if code in (exitcodes.CONFLICT, exitcodes.USAGE) else exitcodes.FAILED)
+        if code in (exitcodes.CONFLICT, exitcodes.USAGE):
+            _fail(error, code)
+        _fail(_disk_full(h) or error, exitcodes.FAILED)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return

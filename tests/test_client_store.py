@@ -14,6 +14,7 @@ each node stores what it sends before it answers), the failed one would have com
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -278,3 +279,59 @@ def test_check_keypair():
     other = zmq.curve_keypair()[0].decode()
     with pytest.raises(KeyError_, match="node.key is damaged: its public key does not belong to its secret key"):
         check_keypair(home, KeyPair(other, secret), _curve_public)
+
+
+@pytest.fixture
+def small_disk_node(make_node):
+    """alice, her home on a 4 MiB tmpfs of its own (root only: mounting needs it)."""
+    alice = make_node("alice")
+    config = (alice.home / "p2pd.toml").read_text()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system to fill needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=700", "tmpfs", str(alice.home)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        (alice.home / "p2pd.toml").write_text(config)
+        yield alice
+    finally:
+        for pid in alice.pids:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        subprocess.run(["umount", "-l", str(alice.home)], capture_output=True)
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until the file system says it is full."""
+    chunk = b"\0" * 65536
+    with open(path, "wb", buffering=0) as f:
+        while True:
+            try:
+                f.write(chunk)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+                if len(chunk) == 1:
+                    return
+                chunk = chunk[: len(chunk) // 2]
+
+
+def test_full_disk_is_reported_as_disk_full(small_disk_node):
+    """p2pd stops when it cannot write its store; p2pctl says the disk is full (not just "not
+    running"), for the request that hit it and for the next ones, until space is freed."""
+    alice = small_disk_node
+    alice.start()
+    filler = alice.home / "filler"
+    fill(filler)
+    proc = alice.ctl("broadcast", "y" * 60_000, check=False)  # its commit cannot be written: the daemon stops
+    assert proc.returncode == exitcodes.NOT_RUNNING, proc
+    assert "disk" in proc.stderr and "is full" in proc.stderr and "free some space" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    wait_for(lambda: not pid_alive(alice.pid), what="alice to stop on the full disk")
+    proc = alice.ctl("info", check=False)
+    assert proc.returncode == exitcodes.NOT_RUNNING and "is full" in proc.stderr, proc
+    proc = alice.start(check=False)
+    assert proc.returncode == exitcodes.FAILED and "is full" in proc.stderr and "free some space" in proc.stderr, proc.stderr
+    filler.unlink()
+    proc = alice.ctl("info", check=False)
+    assert proc.returncode == exitcodes.NOT_RUNNING and "is full" not in proc.stderr and "not running" in proc.stderr, proc
+    alice.start()  # nothing was lost or damaged: it starts again on the same store
+    assert "y" * 60_000 not in texts(alice, "history")
