@@ -219,8 +219,8 @@ class Client:
         let one request into the socket's queue; closing the socket when that request fails, and
         its deadline, keep it from being carried out later."""
         while True:
-            wait_ms = 0 if self._up else int((deadline - time.monotonic()) * 1000)
-            if wait_ms < 0 or not self._monitor.poll(wait_ms):
+            wait_ms = 0 if self._up else max(0, int((deadline - time.monotonic()) * 1000))
+            if not self._monitor.poll(wait_ms):
                 return self._up
             self._up = recv_monitor_message(self._monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
 
@@ -252,6 +252,10 @@ class Client:
         Raises `DaemonNotRunning` or `DaemonTimeout` when there is no reply; the request is
         then not carried out (see the module's docstring), and the socket is closed."""
         try:
+            if self._sock is not None and not self._connection_up(time.monotonic()):
+                # The daemon went away since the last request: start over, so that a daemon that is
+                # gone is reported at once (no control socket, pid gone) instead of after the timeout.
+                self._drop_socket()
             sock = self._socket()
             wait = self.timeout_s if timeout_s is None else timeout_s
             deadline = time.monotonic() + wait
