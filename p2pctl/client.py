@@ -131,6 +131,7 @@ class Client:
         self._sock: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None  # events of _sock's connection
         self._up = False  # that connection is up (handshake done), as far as the monitor has told
+        self._was_up = False  # ... and was up at some time
         self._ids = itertools.count(1)
         self._token: str | None = None  # TCP control only
         self._where = f"control socket at {self.home.socket_path}"
@@ -207,7 +208,7 @@ class Client:
             self._sock.setsockopt(zmq.LINGER, 0)  # close drops what is unsent
             # Before connect, so that no event is missed (see _connection_up).
             self._monitor = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-            self._up = False
+            self._up = self._was_up = False
             self._sock.connect(endpoint)
         return self._sock
 
@@ -223,6 +224,7 @@ class Client:
             if not self._monitor.poll(wait_ms):
                 return self._up
             self._up = recv_monitor_message(self._monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            self._was_up = self._was_up or self._up
 
     def _drop_socket(self) -> None:
         """After a failure: whatever the socket still holds must never reach a daemon."""
@@ -252,7 +254,7 @@ class Client:
         Raises `DaemonNotRunning` or `DaemonTimeout` when there is no reply; the request is
         then not carried out (see the module's docstring), and the socket is closed."""
         try:
-            if self._sock is not None and not self._connection_up(time.monotonic()):
+            if self._sock is not None and self._was_up and not self._connection_up(time.monotonic()):
                 # The daemon went away since the last request: start over, so that a daemon that is
                 # gone is reported at once (no control socket, pid gone) instead of after the timeout.
                 self._drop_socket()
@@ -307,8 +309,8 @@ class Client:
 
     def watch(self, poll_s: float = 0.2) -> Iterator[dict | None]:
         """Yield events as they happen; yields ``None`` every ``poll_s`` of quiet so callers can do other work."""
-        sock = self._socket()
         self.call("watch")
+        sock = self._sock  # the socket the watch was registered on
         while True:
             if sock.poll(int(poll_s * 1000)):
                 frame = json.loads(sock.recv())
