@@ -8,7 +8,27 @@
 
 Every failure is one of four exceptions, each with a message that names the
 socket tried and the fix, and an ``exit_code`` from `p2pd.exitcodes`:
-not running, permission denied, timed out, or the request failed.
+not running (`DiskFull` when p2pd stopped because its disk is full),
+permission denied, timed out, or the request failed.
+
+What this library reports as not done is never done later (a request that
+failed is not carried out by a daemon started afterwards, nor by one that was
+stopped or overloaded and reads it late):
+
+* a request is sent only once a socket monitor has seen the connection to the
+  daemon up (its ZeroMQ handshake done): to a daemon that is not there it is
+  not sent at all, and is reported as not running instead of waiting in the
+  socket for the next daemon to bind the same control endpoint.  Not
+  ``ZMQ_IMMEDIATE``: with it, libzmq discards the replies already received on
+  a connection when that connection closes, so the answer to ``stop`` (the
+  daemon exits right after it) would be lost;
+* ``LINGER`` is 0, and the socket is closed after any failure (a new one is
+  made for the next request), so nothing a failed request left in it survives;
+* each request carries a ``deadline`` (wall clock: see `p2pd.control.check_deadline`)
+  a margin before the client gives up, and the daemon refuses a request it reads
+  after it (``expired``).  A `DaemonTimeout` therefore means "not carried out",
+  except for a request the daemon had started before its deadline and then took
+  longer than the margin (``REPLY_MARGIN_S``) to answer (a stalled disk).
 
 The daemon is reached over ``ipc://``, or over loopback TCP where ZeroMQ has no
 ipc (Windows), with ``P2PD_CONTROL=tcp``, or when the home has a
@@ -29,6 +49,7 @@ from pathlib import Path
 from typing import Iterator
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from p2pd import exitcodes
 from p2pd.home import ControlChoiceError, Home, control_transport, pid_alive, resolve_home
@@ -59,14 +80,50 @@ class UsageError(ClientError):
     code = "usage"
 
 
+class DiskFull(DaemonNotRunning):
+    """p2pd is not running and the file system of its home is full: p2pd stops when it cannot
+    write its store (so that it never acknowledges what is not on disk), and cannot start on
+    a full disk either.  Still exit code 3: the daemon is not running."""
+
+    code = "disk_full"
+
+
 class RequestFailed(ClientError):
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
-        if code in ("timeout", "unreachable"):
+        if code in ("timeout", "unreachable", "expired"):
             self.exit_code = exitcodes.TIMEOUT
         elif code == "bad_token":
             self.exit_code = exitcodes.PERMISSION
+
+
+REPLY_MARGIN_S = 1.0  # at most this much of a timeout is kept for the daemon to answer a request it read in time
+DISK_FULL_BYTES = 1 << 20  # less free space than this on the home's file system counts as a full disk
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free space for this user on the file system holding ``path`` (0 when out of inodes), or None
+    where it cannot be told.  Root may use the blocks reserved for it, others may not."""
+    try:
+        st = os.statvfs(path)
+    except (AttributeError, OSError):  # no statvfs on Windows
+        return None
+    if st.f_files and (st.f_favail if os.geteuid() else st.f_ffree) == 0:
+        return 0
+    return (st.f_bavail if os.geteuid() else st.f_bfree) * st.f_frsize
+
+
+def start_by(wait_s: float, args: dict) -> float:
+    """Seconds from now by which the daemon must read a request, for a client waiting ``wait_s``.
+
+    The request's own ``wait_s`` (send --wait, connect, ping) is waited on after it is read,
+    and a margin is kept for the reply to come back, so that a request read in time is
+    answered before the client gives up."""
+    inner = args.get("wait_s", 0)
+    budget = wait_s - (inner if isinstance(inner, (int, float)) and not isinstance(inner, bool) else 0)
+    budget = max(budget, min(wait_s, 0.05))
+    return budget - min(REPLY_MARGIN_S, budget / 4)
 
 
 class Client:
@@ -75,6 +132,9 @@ class Client:
         self.timeout_s = timeout_s
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
+        self._monitor: zmq.Socket | None = None  # events of _sock's connection
+        self._up = False  # that connection is up (handshake done), as far as the monitor has told
+        self._was_up = False  # ... and was up at some time
         self._ids = itertools.count(1)
         self._token: str | None = None  # TCP control only
         self._where = f"control socket at {self.home.socket_path}"
@@ -97,7 +157,7 @@ class Client:
                 raise PermissionDenied(f"permission denied for {path.parent}: the node belongs to another user; run p2pctl as that user") from None
             except FileNotFoundError:
                 pass
-            raise DaemonNotRunning(f"p2pd is not running (no control socket at {path}); {self._start_hint()}")
+            raise self._not_running(f"no control socket at {path}")
         if not os.access(path, os.R_OK | os.W_OK):
             raise PermissionDenied(f"permission denied for control socket {path}: it belongs to another user; run p2pctl as that user (or use your own --home)")
         self._check_pid()
@@ -105,7 +165,7 @@ class Client:
     def _check_pid(self) -> None:
         pid = self.home.read_pid()
         if pid is not None and not pid_alive(pid):
-            raise DaemonNotRunning(f"p2pd is not running (pid {pid} is gone; stale {self._where}); {self._start_hint()}")
+            raise self._not_running(f"pid {pid} is gone; stale {self._where}")
 
     def _tcp_endpoint(self) -> str:
         """TCP control: the endpoint and token the daemon wrote into the home (mode 0600)."""
@@ -113,7 +173,7 @@ class Client:
         try:
             endpoint, self._token = self.home.read_control_files()
         except FileNotFoundError:
-            raise DaemonNotRunning(f"p2pd is not running (no control endpoint file {ep_file}); {self._start_hint()}") from None
+            raise self._not_running(f"no control endpoint file {ep_file}") from None
         except PermissionError as e:
             raise PermissionDenied(f"permission denied for {e.filename or ep_file}: the node's home belongs to another user; "
                                    f"run p2pctl as that user (or use your own --home)") from None
@@ -133,44 +193,97 @@ class Client:
         self._check_socket()
         return self.home.control_endpoint
 
+    def _not_running(self, why: str) -> DaemonNotRunning:
+        """Not running; `DiskFull` if the home's file system is full, the usual reason p2pd stops
+        on its own (it logs a CRITICAL line, if it can still write its log)."""
+        free = free_bytes(self.home.path)
+        if free is not None and free < DISK_FULL_BYTES:
+            return DiskFull(f"p2pd is not running and the disk holding {self.home.path} is full ({free} bytes free; {why}): "
+                            f"p2pd stops when it cannot write its store; free some space, then {self._start_hint()}")
+        return DaemonNotRunning(f"p2pd is not running ({why}); {self._start_hint()}")
+
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
             endpoint = self._endpoint()
-            self._ctx = zmq.Context()
+            if self._ctx is None:
+                self._ctx = zmq.Context()
             self._sock = self._ctx.socket(zmq.DEALER)
-            self._sock.setsockopt(zmq.LINGER, 0)
+            self._sock.setsockopt(zmq.LINGER, 0)  # close drops what is unsent
+            # Before connect, so that no event is missed (see _connection_up).
+            self._monitor = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+            self._up = self._was_up = False
             self._sock.connect(endpoint)
         return self._sock
+
+    def _connection_up(self, deadline: float) -> bool:
+        """Whether the connection to the daemon is up, waiting for it until ``deadline`` (monotonic).
+
+        Read from the socket's monitor, so that a request is never queued for a daemon that is
+        not (or no longer) there.  A disconnect that the monitor has not reported yet can still
+        let one request into the socket's queue; closing the socket when that request fails, and
+        its deadline, keep it from being carried out later."""
+        while True:
+            wait_ms = 0 if self._up else max(0, int((deadline - time.monotonic()) * 1000))
+            if not self._monitor.poll(wait_ms):
+                return self._up
+            self._up = recv_monitor_message(self._monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED
+            self._was_up = self._was_up or self._up
+
+    def _drop_socket(self) -> None:
+        """After a failure: whatever the socket still holds must never reach a daemon."""
+        if self._sock is not None:
+            self._sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._sock.close(linger=0)
+            self._sock = None
+            self._monitor = None
 
     def _no_answer(self, waited_s: float) -> ClientError:
         pid = self.home.read_pid()
         if not pid_alive(pid):
-            return DaemonNotRunning(f"p2pd is not running (stale {self._where}); {self._start_hint()}")
+            return self._not_running(f"stale {self._where}")
         from p2pd.daemon import is_running  # only here: a daemon holds the home's lock for its whole life
 
         if not is_running(self.home)[0]:  # the pid was given to another process since the daemon died
-            return DaemonNotRunning(f"p2pd is not running (pid {pid} now belongs to another process; stale {self._where}); {self._start_hint()}")
+            return self._not_running(f"pid {pid} now belongs to another process; stale {self._where}")
         return DaemonTimeout(
-            f"p2pd (pid {pid}) did not answer on {self._where} within {waited_s:g}s; it may be overloaded or stuck: see {self.home.log_file}, or raise --timeout"
+            f"p2pd (pid {pid}) did not answer on {self._where} within {waited_s:g}s, so the request was not carried out "
+            f"(it refuses what it reads after the request's deadline); it may be overloaded or stuck: see {self.home.log_file}, or raise --timeout"
         )
 
     def request(self, cmd: str, timeout_s: float | None = None, **args) -> dict:
-        """Send one request and return the raw reply dict (``ok``, ``result`` / ``error``)."""
-        sock = self._socket()
-        req = next(self._ids)
-        msg = {"req": req, "cmd": cmd, "args": args}
-        if self._token is not None:
-            msg["token"] = self._token
-        sock.send(json.dumps(msg).encode())
-        wait = self.timeout_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + wait
-        while True:
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0 or not sock.poll(left_ms):
+        """Send one request and return the raw reply dict (``ok``, ``result`` / ``error``).
+
+        Raises `DaemonNotRunning` or `DaemonTimeout` when there is no reply; the request is
+        then not carried out (see the module's docstring), and the socket is closed."""
+        try:
+            if self._sock is not None and self._was_up and not self._connection_up(time.monotonic()):
+                # The daemon went away since the last request: start over, so that a daemon that is
+                # gone is reported at once (no control socket, pid gone) instead of after the timeout.
+                self._drop_socket()
+            sock = self._socket()
+            wait = self.timeout_s if timeout_s is None else timeout_s
+            deadline = time.monotonic() + wait
+            req = next(self._ids)
+            msg = {"req": req, "cmd": cmd, "args": args, "deadline": round(time.time() + start_by(wait, args), 3)}
+            if self._token is not None:
+                msg["token"] = self._token
+            if not self._connection_up(deadline):
                 raise self._no_answer(wait)
-            reply = json.loads(sock.recv())
-            if reply.get("req") == req:
-                return reply
+            try:
+                sock.send(json.dumps(msg).encode(), zmq.NOBLOCK)
+            except zmq.Again:  # a queue of 1,000 unread requests: the daemon is stuck
+                raise self._no_answer(wait) from None
+            while True:
+                left_ms = int((deadline - time.monotonic()) * 1000)
+                if left_ms <= 0 or not sock.poll(left_ms):
+                    raise self._no_answer(wait)
+                reply = json.loads(sock.recv())
+                if reply.get("req") == req:
+                    return reply
+        except ClientError:
+            self._drop_socket()
+            raise
 
     def call(self, cmd: str, timeout_s: float | None = None, **args):
         """Send one request; return its result or raise `RequestFailed`."""
@@ -212,8 +325,8 @@ class Client:
 
     def watch(self, poll_s: float = 0.2) -> Iterator[dict | None]:
         """Yield events as they happen; yields ``None`` every ``poll_s`` of quiet so callers can do other work."""
-        sock = self._socket()
         self.call("watch")
+        sock = self._sock  # the socket the watch was registered on
         while True:
             if sock.poll(int(poll_s * 1000)):
                 frame = json.loads(sock.recv())
@@ -223,9 +336,7 @@ class Client:
                 yield None
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        self._drop_socket()
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None

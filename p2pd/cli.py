@@ -19,6 +19,17 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _disk_full(home: Home) -> str | None:
+    """Why a start failed when the home's file system is full: the daemon could not even say
+    so itself (its log and startup.err are on that disk too)."""
+    from p2pctl.client import DISK_FULL_BYTES, free_bytes
+
+    free = free_bytes(home.path)
+    if free is None or free >= DISK_FULL_BYTES:
+        return None
+    return f"the disk holding {home.path} is full ({free} bytes free): p2pd cannot write its store and log there; free some space and start it again"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="p2pd")
 def main():
@@ -53,11 +64,14 @@ def main():
 @click.option("--discover", type=click.Choice(["none", "lan"]),
               help="lan: find nodes on this network by UDP beacons and link to them (docs/OPERATIONS.md). [default: none]")
 @click.option("--discover-port", type=int, help="UDP port of the LAN beacons. [default: 5670]")
+@click.option("--fresh-store", is_flag=True,
+              help="Begin an empty message store when store.db is missing or empty in a home that had one "
+                   "(its history and outbox are lost); without it such a start is refused. An existing store is kept.")
 @click.option("--foreground", is_flag=True, help="Stay attached (for systemd/containers) and also log to stderr.")
 @click.option("--daemonized", is_flag=True, hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the started node's details as JSON.")
 def start(port, pub_port, host, advertise, name, join, home, config_path, log_level, heartbeat_interval_s, heartbeat_timeout_s,
-          key_port, insecure, discover, discover_port, foreground, daemonized, as_json):
+          key_port, insecure, discover, discover_port, fresh_store, foreground, daemonized, as_json):
     """Start a node.
 
     By default the daemon detaches and this command returns once the node
@@ -89,12 +103,12 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
     if foreground or daemonized:
         try:
             code = run_foreground(h, settings, log_to_stderr=not daemonized,
-                                  read_settings=current_settings)
+                                  read_settings=current_settings, fresh_store=fresh_store)
         except AlreadyRunning as e:
             _fail(str(e), exitcodes.CONFLICT)
         except Exception as e:  # StartupError and friends: one line, no traceback
             conflict = "already in use" in str(e)
-            _fail(str(e), exitcodes.CONFLICT if conflict else exitcodes.FAILED)
+            _fail(str(e) if conflict else _disk_full(h) or str(e), exitcodes.CONFLICT if conflict else exitcodes.FAILED)
         sys.exit(code)
     running, pid = is_running(h)
     if running:
@@ -108,6 +122,8 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
             argv += [flag, str(value)]
     if insecure:
         argv.append("--insecure")
+    if fresh_store:
+        argv.append("--fresh-store")
     for j in join:
         argv += ["--join", j]
     proc = spawn_detached(argv, h)
@@ -116,7 +132,9 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
         if proc.poll() is None:
             proc.terminate()
         code = proc.poll()
-        _fail(error, code if code in (exitcodes.CONFLICT, exitcodes.USAGE) else exitcodes.FAILED)
+        if code in (exitcodes.CONFLICT, exitcodes.USAGE):
+            _fail(error, code)
+        _fail(_disk_full(h) or error, exitcodes.FAILED)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return

@@ -13,11 +13,19 @@ node and the time are passed in.
 Over loopback TCP (where ``ipc://`` is missing, or ``P2PD_CONTROL=tcp``) every
 request must also carry ``"token"``, the daemon's secret from ``control.token``;
 the transport passes it in, and a missing or wrong one is refused as ``bad_token``.
+
+A request may carry ``"deadline"``, a UNIX time: read after it, the request is
+refused as ``expired`` and nothing of it is done.  A client that gave up on a
+request (and told its user so) can then trust that it is never carried out
+later, by a daemon that was stopped (SIGSTOP), overloaded, or restarted while
+the request waited in a socket (see `check_deadline`).  Every request gets a
+reply: one whose handler raises gets ``internal`` (the exception is logged once).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from pathlib import Path
 
 import orjson
@@ -27,6 +35,8 @@ from .actions import Shutdown, ToClient
 from .membership import ALIVE, AmbiguousPeer, UnknownPeer
 from .node import Node, _err, _ok
 from .settings import ConfigError, parse_host_port
+
+log = logging.getLogger("p2pd.control")
 
 MAX_REQUEST_BYTES = 1024 * 1024
 COMMANDS = ("status", "info", "peers", "connect", "disconnect", "send", "broadcast", "ping", "inbox", "history", "outbox", "watch", "stop",
@@ -134,9 +144,32 @@ def _check_token(obj: dict, token: str) -> None:
         raise BadRequest("bad_token", "bad control token: it is not this daemon's (each start writes a new control.token)")
 
 
-def handle(node: Node, now: float, client: bytes, raw: bytes, extra_status: dict, token: str | None = None) -> list:
-    """One request; ``token``: the secret every request must carry (TCP control), None over ipc."""
+def check_deadline(obj: dict, wall: float) -> None:
+    """Refuse a request read after its ``deadline`` (a UNIX time, set by the client from its timeout).
+
+    The wall clock, not a monotonic one: the client and the daemon are two processes, and
+    only the wall clock is one clock for both (a monotonic clock's origin is not defined across
+    processes).  Both run on the same host (ipc, or TCP on loopback only), so no skew between
+    machines enters; only a step of the system clock during the request's few seconds could
+    misjudge one: a request refused too early gets this error reply (and can be sent again),
+    one accepted late is what happened before deadlines existed.
+    """
+    deadline = obj.get("deadline")
+    if deadline is None:
+        return  # older clients, and hand-written requests, send none
+    if not isinstance(deadline, (int, float)) or isinstance(deadline, bool) or not 0 < deadline < 1e11:
+        raise BadRequest("bad_request", "'deadline' must be a UNIX time in seconds")
+    if wall > deadline:
+        raise BadRequest("expired", f"request read {wall - deadline:.3f}s after its deadline, so it was not carried out "
+                                    "(the client had given up); p2pd was busy, stopped or restarting: send it again, or raise --timeout")
+
+
+def handle(node: Node, now: float, client: bytes, raw: bytes, extra_status: dict, token: str | None = None,
+           wall: float | None = None) -> list:
+    """One request; ``token``: the secret every request must carry (TCP control), None over ipc;
+    ``wall``: the UNIX time it was read, for its deadline (None: no deadline is checked)."""
     req = None
+    cmd = None
     try:
         if len(raw) > MAX_REQUEST_BYTES:
             raise BadRequest("bad_request", f"request larger than {MAX_REQUEST_BYTES} bytes")
@@ -157,11 +190,43 @@ def handle(node: Node, now: float, client: bytes, raw: bytes, extra_status: dict
             raise BadRequest("bad_request", "'args' must be an object")
         if cmd not in COMMANDS:
             raise BadRequest("unknown_command", f"unknown command {str(cmd)[:32]!r}; known: {', '.join(COMMANDS)}")
+        if wall is not None:
+            check_deadline(obj, wall)
         return _dispatch(node, now, client, req, cmd, args, extra_status)
     except BadRequest as e:
         if e.code in ("bad_request", "unknown_command", "bad_token"):
             node.drop(now, "bad_control", e.error, "control socket")
+        elif e.code == "expired":
+            node.drop(now, "expired_control", e.error, "control socket")
         return [ToClient(client, _err(req, e.code, e.error))]
+    except Exception as e:  # a bug, or a store that fails under us: the client still gets an answer
+        # Logged here, once, with the traceback; the loop's own catch-all never sees it.
+        log.exception("internal error while handling control request %r; answered with an error, still serving", cmd)
+        where = extra_status.get("log_file") or "the daemon's log"
+        return [ToClient(client, _err(req, "internal", f"internal error in p2pd while handling {str(cmd)[:32]!r} "
+                                                      f"({type(e).__name__}: {str(e)[:200]}); it may be partly done; see {where}"))]
+
+
+def wrong_frame_count(node: Node, now: float, frames: list[bytes]) -> list:
+    """A control message of other than one frame (after the ROUTER's routing id): an error
+    reply, not silence, so that a client written from the docs (a REQ socket, say, whose
+    empty delimiter adds a frame) learns why it gets nothing done.  ``req`` is taken from the
+    first frame when that is a JSON object, so the client can match the reply."""
+    client, body = frames[0], frames[1:]
+    req = None
+    for frame in body[:8]:
+        if len(frame) > MAX_REQUEST_BYTES:
+            continue
+        try:
+            obj = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(obj, dict) and isinstance(obj.get("req"), (int, str)) and not isinstance(obj.get("req"), bool):
+            req = obj["req"]
+            break
+    error = f"a control request is exactly one frame, this message had {len(body)}; use a DEALER socket (not REQ), one JSON frame per request"
+    node.drop(now, "bad_control", error, "control socket")
+    return [ToClient(client, _err(req, "bad_request", error))]
 
 
 def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, extra_status: dict) -> list:
@@ -233,10 +298,14 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
     if cmd == "watch":
         node.watchers.add(client)
         return [ToClient(client, _ok(req, {"watching": True, "id": node.id, "name": node.name}))]
-    if cmd == "trust":
-        return [ToClient(client, _ok(req, _trust(node, args, extra_status)))]
-    if cmd == "known":
-        return [ToClient(client, _ok(req, _known(node, args, extra_status)))]
+    if cmd in ("trust", "known"):
+        from .keys import KeyError_
+
+        try:
+            result = (_trust if cmd == "trust" else _known)(node, args, extra_status)
+        except KeyError_ as e:  # authorized_keys or known_peers edited into something unreadable
+            raise BadRequest("bad_file", str(e)) from None
+        return [ToClient(client, _ok(req, result))]
     if cmd == "stop":
         return [ToClient(client, _ok(req, {"stopping": True}))] + node.leave(now)
     raise BadRequest("unknown_command", cmd)  # pragma: no cover - COMMANDS checked above
@@ -294,4 +363,4 @@ def _known(node: Node, args: dict, extra_status: dict) -> dict:
     return [{"address": a, "key": k, "id": node_id_for(k)} for a, k in sorted(node.trust.pins.items())]
 
 
-__all__ = ["handle", "COMMANDS", "Shutdown"]
+__all__ = ["handle", "wrong_frame_count", "COMMANDS", "Shutdown"]

@@ -16,15 +16,17 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from . import protocol as P
 from . import sdnotify
 from .home import Home, load_or_create_identity, load_peer_book, pid_alive
 from .node import WILDCARD_HOSTS, Node
 from .settings import Settings, parse_host_port
-from .keys import authorized_keys, connect_string, known_peers, load_or_create_keypair
+from .home import atomic_write
+from .keys import authorized_keys, check_keypair, connect_string, known_peers, load_or_create_keypair
 from .resources import raise_nofile
-from .store import Store
+from .store import QUICK_CHECK_S, Store, StoreError
 from .trust import Trust
 
 log = logging.getLogger("p2pd")
@@ -123,9 +125,46 @@ def _migrating(old: int, new: int) -> None:
     sdnotify.notify(f"EXTEND_TIMEOUT_USEC={MIGRATION_GRACE_S * 1_000_000}\nSTATUS=migrating the message store (format {old} to {new})")
 
 
-def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_settings=None) -> int:
+STORE_MARKER = "store.created"  # in the home: this home has had a store, so a missing or empty store.db is a loss
+
+
+def open_store(home: Home, durability: str, fresh: bool = False) -> Store:
+    """The home's store, refused (`StoreError`, one line naming the file and the fix) when it is
+    damaged, or missing or empty in a home that had one, unless ``fresh`` (--fresh-store).
+
+    SQLite makes an empty database of a missing or 0-byte file without a word, and a node
+    would then go on with no history, no outbox and its numbering restarted: messages it had
+    queued would be lost silently.  The home records that it has had a store in a marker
+    file, written once the store opened; homes made before the marker existed get it at their
+    next start (a store lost before that cannot be told from a first start)."""
+    path, marker = home.store_file, home.path / STORE_MARKER
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        size = None
+    if not size and marker.exists():
+        what = "missing" if size is None else "empty (0 bytes)"
+        if not fresh:
+            raise StoreError(f"the message store {path} is {what}, but this home had one ({marker}): starting would silently lose "
+                             f"its history and outbox; restore it from a backup (docs/OPERATIONS.md, Restoring), "
+                             f"or start with --fresh-store to begin an empty one")
+        log.warning("the message store %s was %s: starting an empty one (--fresh-store)", path, what)
+        for suffix in ("", "-wal", "-shm"):  # a WAL left of the lost store must not be applied to the new one
+            Path(str(path) + suffix).unlink(missing_ok=True)
+    elif fresh:
+        log.warning("--fresh-store has no effect: the message store %s is there (move it aside first to start an empty one)", path)
+    store = Store(path, durability, before_migration=_migrating, check_s=QUICK_CHECK_S)
+    if store.checked is False:
+        log.warning("integrity check of %s stopped after %gs (a large store on a slow disk): checked in part only", path, QUICK_CHECK_S)
+    if not marker.exists():
+        atomic_write(marker, "This home has a message store (store.db): p2pd refuses to start if it is missing or empty,\n"
+                             "unless started with --fresh-store.  See docs/OPERATIONS.md.\n")
+    return store
+
+
+def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_settings=None, fresh_store: bool = False) -> int:
     """Run the node in this process until stopped; returns the exit code. Raises on a failed start."""
-    from .transport import Transport, curve_keypair, install_signal_handlers  # zmq is imported only here
+    from .transport import Transport, curve_keypair, curve_public, install_signal_handlers  # zmq is imported only here
 
     home.ensure()
     lock = HomeLock(home)
@@ -137,6 +176,11 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_set
         setup_logging(home, settings.log_level, log_to_stderr)
         _raise_fd_limit()
         keypair = load_or_create_keypair(home, curve_keypair)
+        try:
+            check_keypair(home, keypair, curve_public)
+        except ValueError as e:
+            log.error("start failed: %s", e)
+            raise
         ident = load_or_create_identity(home, settings.name, keypair.node_id)
         name = settings.name or ident.name or _default_name(ident.id)
         home.pid_file.write_text(f"{os.getpid()}\n")  # before the socket exists: p2pctl checks it
@@ -150,7 +194,11 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_set
             install_signal_handlers()
             address = own_address(settings, transport.port, transport.pub_port)
             now = time.monotonic()
-            store = Store(home.store_file, settings.durability, before_migration=_migrating)
+            try:
+                store = open_store(home, settings.durability, fresh_store)
+            except StoreError as e:
+                log.error("start failed: %s", e)
+                raise
             if store.bind_owner(ident.id):
                 log.warning("this node's id changed (new key): peers' message numbering toward it starts afresh")
             trust = Trust(keypair.public, secure=not settings.insecure,

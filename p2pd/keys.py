@@ -78,6 +78,20 @@ def load_keypair(home: Home) -> KeyPair | None:
     return KeyPair(data["public"], data["secret"])
 
 
+def check_keypair(home: Home, pair: KeyPair, derive_public) -> None:
+    """Refuse a key file whose public key is not the one its secret key makes (``derive_public``:
+    ZeroMQ's curve_public, passed in as the keypair generator is).  Such a node would announce
+    one key and prove another: it would start under the id of the public half and then fail
+    every CURVE handshake, with nothing pointing at the file."""
+    try:
+        derived = derive_public(pair.secret)
+    except Exception:  # a ZeroMQ built without CURVE: the secret cannot be used either way
+        return
+    if derived != pair.public:
+        raise KeyError_(f"key file {key_file(home)} is damaged: its public key does not belong to its secret key; "
+                        f"restore node.key from a backup, or move it away to make a new identity (a new node id)")
+
+
 def create_keypair(home: Home, generate, force: bool = False) -> KeyPair:
     """Write a new keypair (``generate() -> (public, secret)``, Z85 text) with mode 0600."""
     path = key_file(home)
@@ -126,9 +140,15 @@ class KeyList:
     def entries(self) -> list[tuple[str, str, str]]:
         """(address or "", key, comment) for each valid line; bad lines are skipped."""
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return []
+        try:
+            lines = data.decode("utf-8").splitlines()
+        except UnicodeDecodeError as e:  # without this, only "'utf-8' codec can't decode byte 0xff ...", and no file
+            line = data[:e.start].count(b"\n") + 1
+            raise KeyError_(f"{self.path} is not valid UTF-8 (line {line}, byte {e.start}); fix or delete that line "
+                            f"(each line is {'ADDRESS KEY' if self.keyed_by_address else 'KEY'} [comment])") from None
         out = []
         for line in lines:
             parts = line.split(None, 2 if self.keyed_by_address else 1)

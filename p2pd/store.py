@@ -143,12 +143,74 @@ class StoreError(RuntimeError):
     pass
 
 
+class StoreDamaged(StoreError):
+    """The store file is not a sound SQLite database; the message names the file and the fix."""
+
+
+def damaged(path: str, why: str) -> StoreDamaged:
+    why = " ".join(why.replace("*** in database main ***", "").split())[:200]  # quick_check's report spans lines
+    return StoreDamaged(f"the message store {path} is damaged ({why}); restore it from a backup (docs/OPERATIONS.md, Restoring), "
+                        f"or move it aside (with its -wal and -shm files) and start with --fresh-store to begin an empty one")
+
+
+# SQLITE_CORRUPT ("database disk image is malformed") and SQLITE_NOTADB ("file is not a database")
+DAMAGED_CODES = (getattr(sqlite3, "SQLITE_CORRUPT", 11), getattr(sqlite3, "SQLITE_NOTADB", 26))
+QUICK_CHECK_S = 10.0  # at most this long for the integrity check at start; a larger store is checked only that far
+
+
 class Store:
-    def __init__(self, path: str | Path, durability: str = "normal", before_migration=None):
+    def __init__(self, path: str | Path, durability: str = "normal", before_migration=None, check_s: float | None = None):
         """``before_migration(old_format, new_format)`` is called before an older store is migrated
-        (which can take a while: the daemon tells systemd to wait, and logs it)."""
+        (which can take a while: the daemon tells systemd to wait, and logs it).  ``check_s``: run
+        SQLite's ``quick_check`` first, for at most that long (`check`); the daemon does, so that a
+        damaged store is refused at start instead of failing requests and ticks for ever after.
+        Any damage SQLite reports while opening raises `StoreDamaged`."""
         self.path = str(path)
+        self.checked: bool | None = None  # quick_check: True passed, False ran out of time, None not run
+        try:
+            self._open(durability, before_migration, check_s)
+        except sqlite3.DatabaseError as e:
+            if (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF not in DAMAGED_CODES:  # extended codes keep the primary one in the low byte
+                raise  # locked, unreadable, disk full ...: not the file's fault
+            try:
+                self.db.close()
+            except Exception:
+                pass
+            raise damaged(self.path, str(e)) from None
+
+    def check(self, max_s: float) -> bool:
+        """``PRAGMA quick_check`` (every page and record, not the indexes' contents: linear in the file's
+        size, about a second per GB on an SSD), stopped after ``max_s``.  Raises `StoreDamaged` with
+        SQLite's first complaint; returns False if time ran out first (the check was partial)."""
+        import threading
+        import time
+
+        # Both: the B-tree walk is one VM instruction, which only sqlite3_interrupt() (from another
+        # thread; the connection allows it) stops midway; the row scans that follow for NOT NULL
+        # constraints are many instructions, between which the progress handler is asked.
+        stop_at = time.monotonic() + max_s
+        self.db.set_progress_handler(lambda: time.monotonic() > stop_at, 1_000)
+        timer = threading.Timer(max_s, self.db.interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            rows = self.db.execute("PRAGMA quick_check(1)").fetchall()
+        except sqlite3.OperationalError as e:
+            if "interrupted" in str(e):
+                return False
+            raise
+        finally:
+            timer.cancel()
+            timer.join()
+            self.db.set_progress_handler(None, 0)
+        if rows != [("ok",)]:
+            raise damaged(self.path, f"integrity check: {rows[0][0] if rows else 'no result'}")
+        return True
+
+    def _open(self, durability: str, before_migration, check_s: float | None) -> None:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        if check_s is not None:
+            self.checked = self.check(check_s)  # before anything is written to it
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
         self.db.execute("PRAGMA foreign_keys=OFF")

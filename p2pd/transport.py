@@ -118,6 +118,11 @@ def curve_keypair() -> tuple[str, str]:
     return public.decode("ascii"), secret.decode("ascii")
 
 
+def curve_public(secret: str) -> str:
+    """The public half of a Z85 CURVE secret key (to check a key file's two halves agree)."""
+    return zmq.curve_public(secret.encode("ascii")).decode("ascii")
+
+
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 ZAP_DOMAIN = b"p2pd"
 KEY_FETCH_TIMEOUT_S = 3.0
@@ -626,11 +631,14 @@ class Transport:
             out.extend(node.on_subscription(time.monotonic(), frames[0].bytes))
 
         def on_control(frames):
+            # Every control message gets a reply, a malformed one too (an error); the wall
+            # clock is read here, when the request is read, to check its deadline (control.py).
             if len(frames) != 2:
-                node.drop(time.monotonic(), "bad_control", f"control request with {len(frames) - 1} frames", "control socket")
+                out.extend(control.wrong_frame_count(node, time.monotonic(), [f.bytes for f in frames]))
                 return
             extra_status["inbound"] = self.inbound.describe()
-            out.extend(control.handle(node, time.monotonic(), frames[0].bytes, frames[1].bytes, extra_status, self.control_token))
+            out.extend(control.handle(node, time.monotonic(), frames[0].bytes, frames[1].bytes, extra_status, self.control_token,
+                                      wall=time.time()))
 
         self.listening_ports = {p for p in (self.port, self.pub_port, self.key_port) if p}
         self._watch_inbound(self.router, "peer")

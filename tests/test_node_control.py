@@ -15,7 +15,7 @@ from p2pd.actions import CloseLink, Send, Shutdown, ToClient
 from p2pd.membership import ALIVE, LOST
 from p2pd.node import Node
 
-from memnet import CLI, FAST, HOST, WALL, WATCH, handle, join_frame, state, watch
+from memnet import CLI, FAST, HOST, WALL, WATCH, handle, join_frame, linked_alice, state, watch
 from memnet import net, pair, busy_alice  # noqa: F401 (fixtures; a module's own win over conftest's real-daemon `pair`)
 
 
@@ -195,3 +195,58 @@ def test_control_arbitrary_bytes_never_raise(raw):
     alice = Node("alice-id", "alice", P.PeerAddress(HOST, 5001, 5002), FAST, 0.0, WALL)
     acts = control.handle(alice, 1.0, CLI, raw, {})
     assert len(acts) >= 1 and isinstance(acts[0], ToClient)
+
+
+# ============================================================================ deadlines, internal errors, frame counts (issue 12, items 7-9)
+
+
+def test_control_request_past_its_deadline_is_refused_and_not_done(net, pair):
+    """A request read after its deadline (the client had given up and said so) does nothing."""
+    alice, bob = pair
+    raw = json.dumps({"req": 1, "cmd": "send", "args": {"peer": "bob", "text": "too late"}, "deadline": WALL + 10.0}).encode()
+    acts = control.handle(alice, 5.0, CLI, raw, {"pid": 1}, wall=WALL + 10.5)
+    assert [a.payload["code"] for a in acts if isinstance(a, ToClient)] == ["expired"]
+    assert not any(isinstance(a, Send) for a in acts)
+    assert alice.store.history() == [] and alice.dropped["expired_control"] == 1
+    # in time (or with no deadline at all, as an older client sends): carried out
+    acts = control.handle(alice, 5.0, CLI, raw, {"pid": 1}, wall=WALL + 9.5)
+    assert [a.payload["ok"] for a in acts if isinstance(a, ToClient)] == [True]
+    assert [r["text"] for r in alice.store.history()] == ["too late"]
+    assert handle(alice, {"req": 2, "cmd": "status"})["ok"] is True  # no wall given: not checked
+
+
+@pytest.mark.parametrize("deadline", ["soon", True, -1, 1e12, [1]])
+def test_control_bad_deadline_is_a_bad_request(deadline):
+    alice = linked_alice()
+    r = control.handle(alice, 5.0, CLI, json.dumps({"req": 3, "cmd": "status", "deadline": deadline}).encode(), {"pid": 1}, wall=WALL)
+    assert r[0].payload["code"] == "bad_request" and "deadline" in r[0].payload["error"] and r[0].payload["req"] == 3
+
+
+def test_control_handler_that_raises_still_answers(caplog):
+    """A handler's exception (here a store that fails) becomes an `internal` error reply, logged once."""
+    alice = linked_alice()
+
+    def broken(*a, **k):
+        raise RuntimeError("database disk image is malformed")
+
+    alice.store.history = broken
+    with caplog.at_level("ERROR", logger="p2pd.control"):
+        r = handle(alice, {"req": 7, "cmd": "history"})
+    assert r["ok"] is False and r["code"] == "internal" and r["req"] == 7
+    assert "malformed" in r["error"] and "\n" not in r["error"]
+    assert [rec.levelname for rec in caplog.records] == ["ERROR"] and caplog.records[0].exc_info
+    assert handle(alice, {"req": 8, "cmd": "status"})["ok"] is True  # and it serves on
+
+
+@pytest.mark.parametrize("frames, req", [
+    ([b"cli", b'{"req": 5, "cmd": "status"}', b'{"req": 6, "cmd": "status"}'], 5),
+    ([b"cli", b"", b'{"req": "r", "cmd": "status"}'], "r"),  # a REQ socket's empty delimiter first
+    ([b"cli", b"x", b"y", b"z"], None),
+])
+def test_control_message_of_wrong_frame_count_gets_an_error_reply(frames, req):
+    alice = linked_alice()
+    acts = control.wrong_frame_count(alice, 5.0, frames)
+    assert len(acts) == 1 and acts[0].client == b"cli"
+    reply = acts[0].payload
+    assert reply["ok"] is False and reply["code"] == "bad_request" and reply["req"] == req
+    assert f"had {len(frames) - 1}" in reply["error"] and alice.dropped["bad_control"] == 1
