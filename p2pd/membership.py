@@ -134,24 +134,15 @@ class Membership:
         return None
 
     def resolve(self, query: str) -> Peer:
-        """Find a peer by exact id, exact name, or unique id prefix.
+        """Find a peer by exact id, name, or id prefix (at least 4 characters): see targets.py.
 
-        Names are labels and may repeat; an ambiguous name is an error that
-        lists the candidates rather than a guess.
+        Names are labels and may repeat; a full id always wins, and a target that
+        matches several peers (by name, by prefix, or one by name and another by
+        prefix) is an error that lists the candidates rather than a guess.
         """
-        if query in self._peers:
-            return self._peers[query]
-        by_name = [p for p in self._peers.values() if p.name == query]
-        if len(by_name) == 1:
-            return by_name[0]
-        if len(by_name) > 1:
-            raise AmbiguousPeer(query, sorted(by_name, key=lambda p: p.id))
-        by_prefix = [p for p in self._peers.values() if p.id.startswith(query)] if len(query) >= 4 else []
-        if len(by_prefix) == 1:
-            return by_prefix[0]
-        if len(by_prefix) > 1:
-            raise AmbiguousPeer(query, sorted(by_prefix, key=lambda p: p.id))
-        raise UnknownPeer(f"no peer named {query!r} and no peer id starting with it")
+        from .targets import pick
+
+        return pick(query, self._peers.values())
 
     # ---- changes
     def learn(self, peer_id: str, name: str, address: PeerAddress, now: float, key: str | None = None) -> tuple[Peer, bool]:
