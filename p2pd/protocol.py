@@ -258,10 +258,10 @@ def valid_host(val) -> bool:
 
 
 def _opt_addr(val: Any) -> str | None:
-    if val is None:
-        return None
+    if val is None or val == "*":  # "*": ZeroMQ's wildcard, like 0.0.0.0 (docs/PROTOCOL.md 5.2)
+        return val
     if not valid_host(val):
-        raise ProtocolError("bad_field", "'addr' must be an IP address or a host name (RFC 1123), or null")
+        raise ProtocolError("bad_field", "'addr' must be an IP address or a host name (RFC 1123), \"*\" or null")
     return val
 
 
