@@ -90,7 +90,7 @@ def handle_line(line: str, call, echo) -> bool:
             echo(render.error("usage: /connect <ip> <port>  (or HOST:PORT, or a p2p:// connect string)"))
             return True
         res = call("connect", host=parts[0].strip("[]"), port=int(parts[1]), **({"key": key} if key else {}))
-        echo(f"linked to {render.cyan(res['peer']['name'])} at {res['peer']['address']}")
+        echo(f"linked to {render.cyan(render.name(res['peer']['name']))} at {render.name(res['peer']['address'])}")
     elif cmd == "/msg":
         peer, _, text = rest.partition(" ")
         if not peer or not text.strip():
@@ -98,13 +98,13 @@ def handle_line(line: str, call, echo) -> bool:
             return True
         res = call("send", peer=peer, text=text.strip(), wait_s=1.0)
         note = "" if res["status"] == "delivered" else render.yellow(" (queued: delivered when it is reachable)")
-        echo(f"{render.dim('you')} {render.magenta('->')} {render.cyan(res['peer'])}: {text.strip()}{note}")
+        echo(f"{render.dim('you')} {render.magenta('->')} {render.cyan(render.name(res['peer']))}: {text.strip()}{note}")
     elif cmd == "/ping":
         if not rest:
             echo(render.error("usage: /ping <peer>"))
             return True
         res = call("ping", peer=rest)
-        echo(f"pong from {res['peer']}: {res['rtt_ms']:.3f} ms")
+        echo(f"pong from {render.name(res['peer'])}: {res['rtt_ms']:.3f} ms")
     else:
         echo(render.error(f"unknown command {cmd}; /help lists them"))
     return True
@@ -113,7 +113,7 @@ def handle_line(line: str, call, echo) -> bool:
 def run_chat(make_client, timeout_s: float) -> int:
     with make_client() as commands, make_client() as events:
         me = commands.call("info")
-        click.echo(f"chatting as {render.bold(me['name'])} ({me['id'][:12]}); {me['peers_alive']} peer(s) linked. /help for commands.")
+        click.echo(f"chatting as {render.bold(render.name(me['name']))} ({me['id'][:12]}); {me['peers_alive']} peer(s) linked. /help for commands.")
 
         def call(cmd, **args):
             return commands.call(cmd, timeout_s=timeout_s + 1, **args)

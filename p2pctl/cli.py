@@ -152,7 +152,7 @@ def connect(ctx, target, port, since):
     with ctx.client() as c:
         res = c.connect(target, port, wait_s=ctx.timeout_s, since=parse_since(since), key=key)
     peer = res["peer"]
-    ctx.out(res, f"{'already linked to' if res.get('already') else 'linked to'} {render.cyan(peer['name'])} ({peer['id'][:12]}) at {peer['address']}")
+    ctx.out(res, f"{'already linked to' if res.get('already') else 'linked to'} {render.cyan(render.name(peer['name']))} ({peer['id'][:12]}) at {render.name(peer['address'])}")
 
 
 @main.command()
@@ -163,7 +163,7 @@ def disconnect(ctx, peer):
     with ctx.client() as c:
         res = c.call("disconnect", peer=peer)
     p = res["peer"]
-    ctx.out(res, f"disconnected from {p['name']} ({p['id'][:12]})")
+    ctx.out(res, f"disconnected from {render.name(p['name'])} ({p['id'][:12]})")
 
 
 @main.command()
@@ -191,7 +191,17 @@ def info(ctx):
               help="Block until delivered (default 60 s); exit 4 if not delivered by then.")
 @command
 def send(ctx, peer, text, wait_opt):
-    """Send a direct message to PEER (a name or a unique id prefix).
+    """Send a direct message to PEER: a full node id, a name, or an id prefix.
+
+    \b
+    PEER is resolved in this order (peers that are offline or have left
+    are found in the address book too):
+      1. a full node id always wins, whatever names other nodes took;
+      2. else a name (of a linked peer first) or an id prefix of at least
+         4 characters that fits exactly one node;
+      3. a name carried by several nodes, a prefix of several ids, or the
+         name of one node that is also an id prefix of another is refused
+         as ambiguous, listing them: give more of the id.
 
     TEXT may be several words; "-" reads the message from stdin.  The
     message is stored before this returns and retried until the peer
@@ -214,9 +224,9 @@ def send(ctx, peer, text, wait_opt):
     with ctx.client() as c:
         res = c.call("send", timeout_s=wait + ctx.timeout_s, peer=peer, text=body, wait_s=wait, require=require)
     if res["status"] == "delivered":
-        line = f"delivered to {res['peer']} ({res['peer_id'][:12]}), message {res['id'][:12]}"
+        line = f"delivered to {render.name(res['peer'])} ({res['peer_id'][:12]}), message {res['id'][:12]}"
     else:
-        line = f"queued for {res['peer']} ({res['peer_id'][:12]}), message {res['id'][:12]}: delivered when it is reachable (see: p2pctl outbox)"
+        line = f"queued for {render.name(res['peer'])} ({res['peer_id'][:12]}), message {res['id'][:12]}: delivered when it is reachable (see: p2pctl outbox)"
     ctx.out(res, line)
 
 
@@ -238,7 +248,7 @@ def ping(ctx, peer):
     """Measure the round-trip time to PEER."""
     with ctx.client() as c:
         res = c.call("ping", timeout_s=ctx.timeout_s + 1, peer=peer, wait_s=ctx.timeout_s)
-    ctx.out(res, f"pong from {res['peer']} ({res['id'][:12]}): {res['rtt_ms']:.3f} ms")
+    ctx.out(res, f"pong from {render.name(res['peer'])} ({res['id'][:12]}): {res['rtt_ms']:.3f} ms")
 
 
 @main.command()
@@ -312,7 +322,7 @@ def status(ctx):
     """Is the daemon running? Exit 0 if it is, 3 if not."""
     with ctx.client() as c:
         res = c.call("status")
-    ctx.out({"running": True, **res}, f"p2pd is running: {res['name']} ({res['id'][:12]}), pid {res['pid']}, up {render.ago(res['uptime_s']).replace(' ago', '')}")
+    ctx.out({"running": True, **res}, f"p2pd is running: {render.name(res['name'])} ({res['id'][:12]}), pid {res['pid']}, up {render.ago(res['uptime_s']).replace(' ago', '')}")
 
 
 @main.command()
@@ -345,11 +355,11 @@ def logs(ctx, lines, follow):
         click.echo(render.error(f"no log at {path}: has a node run with this home? (p2pd start --home {path.parent})"), err=True)
         sys.exit(1)
     for line in last_lines(path, lines):
-        click.echo(line)
+        click.echo(render.name(line))  # p2pd escapes what it logs; a log from an older p2pd may hold raw escapes
     if follow:
         sys.stdout.flush()
         for line in follow_lines(path):
-            click.echo(line)
+            click.echo(render.name(line))
             sys.stdout.flush()  # a pipe (| grep) sees each line as it comes
 
 

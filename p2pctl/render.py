@@ -3,6 +3,14 @@
 This is the only module that knows about colorama.  Colour is on only when
 stdout is a terminal and neither ``--no-color`` nor ``NO_COLOR`` says
 otherwise, so piped output is plain text.
+
+Text that came from the network (names, message texts, addresses,
+timestamps) is shown through p2pd.escape: control, format (bidi) and
+separator characters appear as ``\\x1b``-style escapes, and a message text's
+continuation lines are indented under it (`CONT`), so that what a peer sends
+cannot clear the screen, retitle the terminal or pass for another line.  The
+escaping comes first and the colour after: only our own codes reach the
+terminal.  ``--json`` output is not made here and keeps the exact text.
 """
 
 from __future__ import annotations
@@ -10,6 +18,10 @@ from __future__ import annotations
 import os
 import sys
 from datetime import datetime
+
+from p2pd import escape
+
+CONT = "    | "  # starts each continuation line of a multi-line message text
 
 _enabled = False
 _codes: dict[str, str] = {}  # colour name -> escape code, filled when colour is on
@@ -66,8 +78,8 @@ def local_time(iso: str | None) -> str:
         return "--:--:--"
     try:
         return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%H:%M:%S")
-    except ValueError:
-        return iso
+    except (ValueError, TypeError, AttributeError):
+        return escape.line(iso)
 
 
 def ago(seconds: float | None) -> str:
@@ -100,7 +112,7 @@ def peers_table(peers: list[dict]) -> str:
     if not peers:
         return "no peers yet; link one with: p2pctl connect HOST PORT"
     rows = [
-        [p["name"], p["id"][:12], p["address"], p["state"], ago(p.get("last_seen_s")),
+        [escape.line(p["name"]), escape.line(p["id"][:12]), escape.line(p["address"]), p["state"], ago(p.get("last_seen_s")),
          "-" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.2f} ms"]
         for p in peers
     ]
@@ -117,7 +129,7 @@ def info_text(i: dict) -> str:
     dropped = i.get("dropped", {})
     drop_text = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) or "none"
     lines = [
-        f"{bold(i['name'])} ({i['id']})",
+        f"{bold(escape.line(i['name']))} ({i['id']})",
         f"  peer link   {i.get('router')}   advertised as {addr.get('addr') or '(address peers see)'}",
         f"  broadcast   {i.get('pub')}",
         f"  control     {i.get('control')}",
@@ -145,16 +157,27 @@ def trust_text(res: dict) -> str:
     if not res["keys"]:
         return "no authorized keys: any node with a valid key may link (add one to switch to allowlist mode)"
     lines = [f"allowlist mode: {len(res['keys'])} authorized key(s)"]
-    lines += [f"  {k['key']}  {k['id'][:12]}  {k['comment']}".rstrip() for k in res["keys"]]
+    lines += [f"  {k['key']}  {k['id'][:12]}  {escape.line(k['comment'])}".rstrip() for k in res["keys"]]
     return "\n".join(lines)
+
+
+def sender(m: dict) -> str:
+    """Who sent a message: the name bound to its key at JOIN, with a short id when another node
+    has that name too (the daemon's ``sender_label``), escaped."""
+    return escape.line(m.get("sender_label") or m.get("sender_name") or "?")
+
+
+def message_text(m: dict) -> str:
+    """A message's text, escaped; continuation lines start with `CONT`."""
+    return escape.text(m.get("text", ""), CONT)
 
 
 def message_line(m: dict, self_id: str | None = None) -> str:
     t = dim(local_time(m.get("timestamp")))
-    who = cyan(m.get("sender_name", "?"))
+    who = cyan(sender(m))
     if m.get("type") == "MESSAGE":
-        return f"{t} {who} {magenta('->')} {magenta('you')}: {m.get('text', '')}"
-    return f"{t} {who}: {m.get('text', '')}"
+        return f"{t} {who} {magenta('->')} {magenta('you')}: {message_text(m)}"
+    return f"{t} {who}: {message_text(m)}"
 
 
 def event_line(ev: dict, self_id: str | None = None) -> str:
@@ -163,24 +186,24 @@ def event_line(ev: dict, self_id: str | None = None) -> str:
     if kind in ("message", "broadcast"):
         return message_line(ev["message"], self_id)
     peer = ev.get("peer", {})
-    who = f"{peer.get('name', '?')} ({str(peer.get('id', ''))[:12]})"
+    who = escape.line(f"{peer.get('name', '?')} ({str(peer.get('id', ''))[:12]})")
     if kind == "joined":
-        return f"{t} {green('*')} {green(who)} joined from {peer.get('address')}"
+        return f"{t} {green('*')} {green(who)} joined from {escape.line(peer.get('address'))}"
     if kind == "left":
         return f"{t} {yellow('*')} {yellow(who)} left"
     if kind == "lost":
         return f"{t} {red('*')} {red(who)} lost (no heartbeat)"
     if kind == "expired":
         m = ev.get("message", {})
-        return f"{t} {red('!')} message {str(m.get('id'))[:12]} to {str(m.get('peer_id'))[:12]} expired undelivered"
-    return f"{t} {kind}: {ev}"
+        return f"{t} {red('!')} message {escape.line(str(m.get('id'))[:12])} to {escape.line(str(m.get('peer_id'))[:12])} expired undelivered"
+    return f"{t} {escape.line(f'{kind}: {ev}')}"
 
 
 def history_line(m: dict) -> str:
     t = dim(local_time(m.get("timestamp")))
     if m.get("direction") == "out":
-        to = "everyone" if m.get("type") == "BROADCAST" else (m.get("peer_name") or (m.get("peer_id") or "?")[:12])
-        return f"{t} {magenta('you')} -> {to}: {m.get('text', '')}"
+        to = "everyone" if m.get("type") == "BROADCAST" else escape.line(m.get("peer_label") or m.get("peer_name") or (m.get("peer_id") or "?")[:12])
+        return f"{t} {magenta('you')} -> {to}: {message_text(m)}"
     return message_line(m)
 
 
@@ -189,8 +212,9 @@ def outbox_table(rows: list[dict]) -> str:
         return "outbox is empty: every message was delivered"
     out = []
     for r in rows:
-        out.append([r["id"][:12], r.get("peer") or r["peer_id"][:12], str(r["seq"]), r["status"], str(r["attempts"]),
-                    local_time(_iso(r["created"])), (r["text"][:40] + "...") if len(r["text"]) > 40 else r["text"]])
+        text = escape.line(r["text"][:40]) + ("..." if len(r["text"]) > 40 else "")  # one line: a newline shows as \n
+        out.append([r["id"][:12], escape.line(r.get("peer_label") or r.get("peer") or r["peer_id"][:12]), str(r["seq"]), r["status"],
+                    str(r["attempts"]), local_time(_iso(r["created"])), text])
 
     def colorize(row, cells):
         cells[3] = {"pending": yellow, "expired": red, "delivered": green}.get(row[3], str)(cells[3])
@@ -204,4 +228,10 @@ def _iso(epoch: float) -> str:
 
 
 def error(text: str) -> str:
-    return red(f"p2pctl: {text}")
+    """One line: an error may quote a peer's name or a daemon's text."""
+    return red(f"p2pctl: {escape.line(text)}")
+
+
+def name(text) -> str:
+    """A peer's name (or anything else a peer chose), escaped for one line."""
+    return escape.line(text)

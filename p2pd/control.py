@@ -289,7 +289,7 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
                 raise BadRequest("ambiguous", str(e)) from None
             except UnknownPeer as e:
                 raise BadRequest("unknown_peer", str(e)) from None
-        rows = node.store.history(peer_id=peer_id, since=_since(args), limit=limit)
+        rows = node.label_rows(node.store.history(peer_id=peer_id, since=_since(args), limit=limit))
         return [ToClient(client, _ok(req, rows))]
     if cmd == "outbox":
         statuses = ("pending", "expired", "delivered") if args.get("all") is True else ("pending", "expired")

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import escape
 from . import protocol as P
 from . import sdnotify
 from .home import Home, load_or_create_identity, load_peer_book, pid_alive
@@ -72,11 +73,22 @@ class HomeLock:
             self.fd = None
 
 
+class SafeFormatter(logging.Formatter):
+    """Log lines that remote text cannot forge or use against a terminal: the message, once its
+    arguments are filled in (names, addresses, reasons quoting a peer's fields ...), has every
+    control, format and separator character escaped (``\\x1b``, ``\\n``), so one record is one
+    line.  A traceback, appended after, keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape.line(record.message)
+        return super().formatMessage(record)
+
+
 def setup_logging(home: Home, level: str, to_stderr: bool) -> None:
     root = logging.getLogger("p2pd")
     root.setLevel(level.upper())
     root.propagate = False
-    fmt = logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    fmt = SafeFormatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
     # WatchedFileHandler reopens the file when logrotate moves it away.
     fh = logging.handlers.WatchedFileHandler(home.log_file, encoding="utf-8")
     fh.setFormatter(fmt)

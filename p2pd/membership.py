@@ -32,6 +32,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from .protocol import PeerAddress
+from .targets import AmbiguousPeer, UnknownPeer, pick  # noqa: F401 (AmbiguousPeer, UnknownPeer: raised by resolve)
 
 RUMOURS_PER_INTRODUCER = 64  # rumours from one peer's gossip waiting to answer, at most
 MAX_RUMOURS = 256  # rumours waiting to answer, at most, from all introducers together
@@ -96,17 +97,6 @@ class Peer:
             "msgs_in": self.msgs_in,
             "msgs_out": self.msgs_out,
         }
-
-
-class AmbiguousPeer(LookupError):
-    def __init__(self, query: str, candidates: list[Peer]):
-        names = ", ".join(f"{p.name} ({p.id[:12]})" for p in candidates)
-        super().__init__(f"{query!r} matches {len(candidates)} peers: {names}; use an id prefix")
-        self.candidates = candidates
-
-
-class UnknownPeer(LookupError):
-    pass
 
 
 def is_loopback(host: str | None) -> bool:
@@ -210,26 +200,13 @@ class Membership:
         return next((p for p in found if p.state == ALIVE), found[0] if found else None)
 
     def resolve(self, query: str) -> Peer:
-        """Find a peer by exact id, exact name, or unique id prefix.
+        """Find a peer by exact id, name, or id prefix (at least 4 characters): see targets.py.
 
-        Names are labels and may repeat; an ambiguous name is an error that
-        lists the candidates rather than a guess.
+        Names are labels and may repeat; a full id always wins, and a target that
+        matches several peers (by name, by prefix, or one by name and another by
+        prefix) is an error that lists the candidates rather than a guess.
         """
-        found = self._peers.get(query)
-        if found is not None and not found.rumour:
-            return found
-        members = [p for p in self._peers.values() if not p.rumour]  # a rumour's name is only hearsay
-        by_name = [p for p in members if p.name == query]
-        if len(by_name) == 1:
-            return by_name[0]
-        if len(by_name) > 1:
-            raise AmbiguousPeer(query, sorted(by_name, key=lambda p: p.id))
-        by_prefix = [p for p in members if p.id.startswith(query)] if len(query) >= 4 else []
-        if len(by_prefix) == 1:
-            return by_prefix[0]
-        if len(by_prefix) > 1:
-            raise AmbiguousPeer(query, sorted(by_prefix, key=lambda p: p.id))
-        raise UnknownPeer(f"no peer named {query!r} and no peer id starting with it")
+        return pick(query, [p for p in self._peers.values() if not p.rumour])  # a rumour's name is only hearsay
 
     # ---- changes
     def learn(self, peer_id: str, name: str, address: PeerAddress, now: float, key: str | None = None,

@@ -50,10 +50,13 @@ class Waiter:
     peer_id: str
 
 
-def entry(msg_id: str, type_: str, sender_id: str, sender_name: str, timestamp: str, text: str, target_id: str | None) -> dict:
-    """A message as `inbox`, `history` and `watch` show it."""
+def entry(msg_id: str, type_: str, sender_id: str, sender_name: str, timestamp: str, text: str, target_id: str | None,
+          sender_label: str | None = None) -> dict:
+    """A message as `inbox` and `watch` show it.  ``sender_name`` is the name bound to the sender's
+    key at JOIN (`Node.sender`), never the message's own claim; ``sender_label`` adds a short id
+    when another node has that name too."""
     return {"id": msg_id, "type": type_, "sender_id": sender_id, "sender_name": sender_name,
-            "timestamp": timestamp, "text": text, "target_id": target_id}
+            "sender_label": sender_label or sender_name, "timestamp": timestamp, "text": text, "target_id": target_id}
 
 
 class Messaging:
@@ -125,16 +128,18 @@ class Messaging:
 
         return ToClient(w.client, _ok(w.req, {"id": msg_id, "peer": w.peer_name, "peer_id": w.peer_id, "status": status}))
 
-    def _store_in(self, now: float, msg: P.Message, defer: bool = False) -> bool:
-        peer = msg.sender_id
-        return self.store.add_message("in", msg.type, msg.id, peer, msg.sender_id, msg.sender_name, msg.target_id,
+    def _store_in(self, now: float, msg: P.Message, peer, defer: bool = False) -> bool:
+        """Store a received message under the name bound to the sender's key at JOIN (``peer.name``):
+        the envelope's ``sender_name`` is only the sender's claim, and is not kept."""
+        return self.store.add_message("in", msg.type, msg.id, msg.sender_id, msg.sender_id, peer.name, msg.target_id,
                                       msg.data["text"], msg.timestamp, self.node._epoch(now), defer=defer)
 
     def _delivered_in(self, now: float, msg_id: str, type_: str, sender_id: str, sender_name: str, timestamp: str, text: str, target_id) -> list:
         self.node.stats["messages_in" if type_ == P.MESSAGE else "broadcasts_in"] += 1
         if not self.node.watchers:
             return []
-        e = entry(msg_id, type_, sender_id, sender_name, timestamp, text, target_id)
+        name, label = self.node.sender(sender_id, sender_name)
+        e = entry(msg_id, type_, sender_id, name, timestamp, text, target_id, label)
         return self.node.emit(now, "message" if type_ == P.MESSAGE else "broadcast", message=e)
 
     # ------------------------------------------------------------------ sending
@@ -212,7 +217,7 @@ class Messaging:
     def on_message(self, now: float, msg: P.Message, peer) -> list:
         seq = msg.data.get("seq")
         if seq is None:  # a simple peer without sequence numbers: dedupe by id only
-            return self._delivered_in(now, msg.id, msg.type, msg.sender_id, msg.sender_name, msg.timestamp, msg.data["text"], msg.target_id) if self._store_in(now, msg) else []
+            return self._delivered_in(now, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, msg.data["text"], msg.target_id) if self._store_in(now, msg, peer) else []
         verdict = self.delivery.accept(peer.id, seq, msg.data["base"], msg.data.get("epoch"))
         if verdict == "dup":
             self.node.stats["duplicates_dropped"] += 1
@@ -220,13 +225,13 @@ class Messaging:
         if verdict == "gap":
             self.node.stats["out_of_order_dropped"] += 1
             return []
-        self._store_in(now, msg, defer=True)  # new by its sequence number
-        return self._delivered_in(now, msg.id, msg.type, msg.sender_id, msg.sender_name, msg.timestamp, msg.data["text"], msg.target_id)
+        self._store_in(now, msg, peer, defer=True)  # new by its sequence number
+        return self._delivered_in(now, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, msg.data["text"], msg.target_id)
 
     def on_broadcast(self, now: float, msg: P.Message, peer) -> list:
         bseq = msg.data.get("bseq")
         if bseq is None:
-            return self._delivered_in(now, msg.id, msg.type, msg.sender_id, msg.sender_name, msg.timestamp, msg.data["text"], None) if self._store_in(now, msg) else []
+            return self._delivered_in(now, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, msg.data["text"], None) if self._store_in(now, msg, peer) else []
         if msg.data.get("replay") and peer.id in self.since_wanted:
             since_epoch = self.since_wanted.pop(peer.id)
             ls = self.delivery.link(peer.id)
@@ -237,7 +242,7 @@ class Messaging:
                 seen = self.store.broadcast_ids_since(peer.id, since_epoch - CLOCK_SLACK_S)
                 self.replay_seen[peer.id] = (seen, ls.bcast_seq or 0)
                 self.delivery.since(peer.id, bseq)
-        fields = (msg.id, msg.sender_id, msg.sender_name, msg.timestamp, msg.data["text"])
+        fields = (msg.id, msg.sender_id, peer.name, msg.timestamp, msg.data["text"])  # the JOIN-bound name, not the claim
         ready, want, dup = self.delivery.on_broadcast(peer.id, bseq, fields, now, self.settings.ack_timeout_s, msg.data.get("epoch"))
         if dup:
             self.node.stats["duplicates_dropped"] += 1
@@ -367,11 +372,15 @@ class Messaging:
     # ------------------------------------------------------------------ queries
     def outbox(self, statuses: tuple[str, ...], limit: int) -> list[dict]:
         links = [(peer_id, ls.out_seq, ls.out_acked) for peer_id, ls in self.delivery.links.items() if ls.out_seq > 0]
-        return self.store.outbox(statuses, limit, links)
+        return self.node.label_rows(self.store.outbox(statuses, limit, links), peer_key="peer")
 
     def inbox(self, limit: int) -> list[dict]:
         rows = self.store.history(direction="in", limit=limit)
-        return [entry(r["id"], r["type"], r["sender_id"], r["sender_name"], r["timestamp"], r["text"], r["target_id"]) for r in rows]
+        out = []
+        for r in rows:
+            name, label = self.node.sender(r["sender_id"], r["sender_name"])
+            out.append(entry(r["id"], r["type"], r["sender_id"], name, r["timestamp"], r["text"], r["target_id"], label))
+        return out
 
     def pending_count(self) -> int:
         # An expired message is never acknowledged, yet it no longer waits in the outbox.

@@ -48,7 +48,8 @@ from . import protocol as P
 from .actions import CloseLink, LanBeacon, OpenLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe
 from .dialer import Dialer
 from .intake import Intake
-from .membership import ALIVE, LOST, MAX_RUMOURS, RUMOURS_PER_INTRODUCER, Membership, Peer, UnknownPeer, is_loopback
+from .membership import ALIVE, LOST, MAX_RUMOURS, RUMOURS_PER_INTRODUCER, Membership, Peer, is_loopback
+from .targets import BookEntry, pick
 from .messaging import Messaging
 from .ratelimit import LogRateLimiter
 from .settings import Settings
@@ -99,6 +100,8 @@ class Node(Intake):
         # They are pushed once alive; peers first heard of in gossip (_rumors) are passed on once they
         # have answered our dial, to all but whoever told us (see the top).
         self._first_contact: set[str] = set()
+        self._name_index: dict[str, set[str]] | None = None  # see `sender`; None: build again
+        self._book_names: dict[str, str] = {}
         self.stopping = False
         self.boot = os.urandom(4).hex()  # this run of the node: a peer that sees it change knows we restarted
         self.lan = None  # LAN discovery (--discover lan): beacons out and in
@@ -232,6 +235,7 @@ class Node(Intake):
             self._joined.append(peer.id)
         a = peer.address
         self.store.remember_peer(peer.id, peer.name, a.addr, a.port, a.pub_port, self._epoch(now))
+        self._name_index = None
         log.info("peer joined: %s (%s) at %s", peer.name, peer.id[:12], peer.router_endpoint)
         acts += self.emit(now, "joined", peer=peer.describe(now))
         return acts + self.msgs.link_up(now, peer)
@@ -259,6 +263,7 @@ class Node(Intake):
             key = entry.get("key") if P.valid_key(entry.get("key")) else None
             peer, _ = self.table.learn(pid, name, addr, now, key)
             acts += self._link_to(now, peer)
+        self._name_index = None
         return acts + self.dial.start(now, join_endpoints)
 
     def leave(self, now: float) -> list:
@@ -314,7 +319,8 @@ class Node(Intake):
         old_pub = old.pub_endpoint if old is not None else None
         if old is None:
             self._first_contact.add(msg.sender_id)
-        peer, _ = self.table.learn(msg.sender_id, msg.sender_name, address, now, key)
+        peer, _ = self.table.learn(msg.sender_id, msg.sender_name, address, now, key)  # the name bound to its key
+        self._name_index = None
         peer.batch = msg.data.get("batch") is True
         boot = msg.data.get("boot")
         restarted = old is not None and old.boot is not None and boot != old.boot
@@ -425,6 +431,7 @@ class Node(Intake):
                 continue
             peer, _ = self.table.learn(pid, entry["name"], P.PeerAddress(host, addr.port, addr.pub_port), now, entry.get("key"),
                                        rumour_from=gossiper.id)
+            self._name_index = None
             log.debug("heard of %s (%s) at %s via %s: dialling it", peer.name, pid[:12], peer.router_endpoint, gossiper.name)
             self._rumors[pid] = gossiper.id
             acts += self._link_to(now, peer)
@@ -558,22 +565,60 @@ class Node(Intake):
         return self.dial.disconnect(now, peer)
 
     def resolve_target(self, query: str) -> tuple[str, str]:
-        """A peer to send to: a current member, else one from the address book (offline or left)."""
-        try:
-            peer = self.table.resolve(query)
+        """A peer to send to: a current member, or one from the address book (offline or left).
+        A full id always wins; a name or prefix that fits several nodes, across the table and the
+        address book, is refused as ambiguous (targets.py)."""
+        peer = self.table.get(query)
+        if peer is not None and not peer.rumour:
             return peer.id, peer.name
-        except UnknownPeer:
-            pass
-        known = [k for k in self.store.known_peers() if k["id"] not in self.table]
-        for match in ([k for k in known if k["id"] == query], [k for k in known if k["name"] == query],
-                      [k for k in known if len(query) >= 4 and k["id"].startswith(query)]):
-            if len(match) == 1:
-                return match[0]["id"], match[0]["name"]
-            if len(match) > 1:
-                from .membership import AmbiguousPeer
+        self._names()  # loads the address book (kept until a link-up adds to it)
+        members = self.table.members()  # a rumour is no target: only hearsay says it exists
+        book = [BookEntry(pid, name) for pid, name in self._book_names.items() if pid not in self.table]
+        found = pick(query, members, book)
+        return found.id, found.name
 
-                raise AmbiguousPeer(query, [Peer(k["id"], k["name"], P.PeerAddress(k["addr"], k["port"], k["pub_port"])) for k in match])
-        raise UnknownPeer(f"no peer named {query!r} and no peer id starting with it")
+    # ------------------------------------------------------------------ names shown for senders
+    def _names(self) -> dict[str, set[str]]:
+        """Every name this node knows -> the ids of the nodes that carry it: the table, the address
+        book, and this node.  Kept until a JOIN, a PEERS entry or a link-up may have changed it."""
+        if self._name_index is None:
+            index: dict[str, set[str]] = {self.name: {self.id}}
+            self._book_names = {k["id"]: k["name"] for k in self.store.known_peers()}
+            for pid, name in self._book_names.items():
+                index.setdefault(name, set()).add(pid)
+            for p in self.table.members():  # a rumour's name is hearsay: it neither names nor shadows anyone
+                index.setdefault(p.name, set()).add(p.id)
+            self._name_index = index
+        return self._name_index
+
+    def sender(self, node_id: str, stored_name: str) -> tuple[str, str]:
+        """(name, label) to show for a message from ``node_id``.
+
+        The name is the one bound to its key at JOIN: the table's, else the address book's, else
+        ``stored_name`` (what was stored with the message: the JOIN-bound name at the time; rows
+        from p2pd before December 2026 hold the sender's claim).  Never the message's own
+        ``sender_name``: a peer could claim any.  The label is the name, plus a short id when
+        another node (or this one) has that name too."""
+        index = self._names()
+        peer = self.table.get(node_id)
+        name = peer.name if peer is not None else self._book_names.get(node_id, stored_name)
+        ids = index.get(name)
+        if ids is None or len(ids) > 1 or node_id not in ids:
+            return name, f"{name} ({node_id[:12]})"
+        return name, name
+
+    def label_rows(self, rows: list[dict], peer_key: str = "peer_name") -> list[dict]:
+        """History or outbox rows: the sender named as `sender` does (``sender_name``, ``sender_label``),
+        and the other side's label (``peer_label``) next to its address-book name ``peer_key``."""
+        for r in rows:
+            if "sender_id" in r:
+                if r["sender_id"] == self.id:
+                    r["sender_label"] = r["sender_name"] = self.name
+                else:
+                    r["sender_name"], r["sender_label"] = self.sender(r["sender_id"], r["sender_name"])
+            if r.get("peer_id"):
+                r[peer_key], r["peer_label"] = self.sender(r["peer_id"], r.get(peer_key) or r["peer_id"][:12])
+        return rows
 
     def ping(self, now: float, peer: Peer, timeout_s: float, client: bytes, req) -> list:
         msg = self._msg(now, P.PING, target=peer.id)

@@ -14,6 +14,7 @@ be dropped, counted and logged without ever reaching the node's logic.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import re
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+from .escape import NAME_FORBIDDEN_CLASS
 
 PROTOCOL_VERSION = 1
 
@@ -47,7 +50,19 @@ MAX_BATCH = 256  # envelopes in one ZeroMQ message, to a peer that announced "ba
 Z85_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
 _KEY_RE = re.compile("^[" + re.escape(Z85_CHARS) + "]{40}\\Z")
 _ID_RE = re.compile(r"^[0-9A-Za-z_.:-]{1,64}\Z")
-_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f\ud800-\udfff]{1,64}\Z")
+# Names: 1-64 characters, none a control (C0, DEL, C1), format (bidi overrides and marks, zero-width
+# characters ...) or line/paragraph separator character: see escape.py.
+_NAME_RE = re.compile("^[^" + NAME_FORBIDDEN_CLASS + "]{1,64}\\Z")
+# ISO 8601 date and time with a zone, as utc_timestamp writes it (2026-11-25T11:44:14.123Z) or
+# with other precision (none to nanoseconds) or an offset (+01:00, +0100, -05).  ASCII digits only.
+_TS_RE = re.compile(
+    r"^[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])T(?:[01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)"
+    r"(?:[.,][0-9]{1,9})?(?:Z|[+-](?:[01][0-9]|2[0-3])(?::?[0-5][0-9])?)\Z")
+# A host name (RFC 1123): dot-separated labels of letters, digits and inner hyphens, 1-63 each,
+# at most 253 in all (one trailing dot allowed).  IP addresses are checked with `ipaddress`.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_RE = re.compile(rf"^(?=.{{1,253}}\.?\Z){_LABEL}(?:\.{_LABEL})*\.?\Z")
+_SCOPE_RE = re.compile(r"^[0-9A-Za-z_.-]{1,64}\Z")  # an IPv6 zone (fe80::1%eth0)
 
 
 class ProtocolError(ValueError):
@@ -177,6 +192,8 @@ def encode(msg: Message) -> bytes:
 # once saves a regex match per field per frame.  Bounded: cleared when full.
 _GOOD: dict[re.Pattern, set] = {}
 _GOOD_MAX = 4096
+_GOOD_HOSTS: set = set()
+_ts_good = [""]  # the last timestamp that passed _TS_RE ("" never does)
 
 
 def _matches(val: str, pattern: re.Pattern) -> bool:
@@ -210,11 +227,41 @@ def _port(val: Any, key: str) -> int:
     return val
 
 
+def valid_host(val) -> bool:
+    """An IPv4 or IPv6 address (IPv6 optionally in brackets, with a zone) or an RFC 1123 host name
+    whose last label is not all digits (``999.1.1.1`` is neither).  Good answers are remembered:
+    JOIN and PEERS repeat the same few addresses."""
+    if type(val) is not str:
+        return False
+    if val in _GOOD_HOSTS:
+        return True
+    if not 0 < len(val) <= 255 or not val.isascii():
+        return False
+    if _HOST_RE.match(val) and not val.rstrip(".").rpartition(".")[2].isdigit():
+        ok = True
+    else:
+        ip = val[1:-1] if val.startswith("[") and val.endswith("]") else val
+        if "%" in ip:
+            ip, _, scope = ip.partition("%")
+            if not _SCOPE_RE.match(scope):
+                return False
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        ok = ip == val or ":" in ip  # brackets only around IPv6
+    if ok:
+        if len(_GOOD_HOSTS) >= _GOOD_MAX:
+            _GOOD_HOSTS.clear()
+        _GOOD_HOSTS.add(val)
+    return ok
+
+
 def _opt_addr(val: Any) -> str | None:
-    if val is None:
-        return None
-    if not isinstance(val, str) or not 0 < len(val) <= 255 or any(c in val for c in "/ \t\r\n"):
-        raise ProtocolError("bad_field", "'addr' must be a host name or IP address, or null")
+    if val is None or val == "*":  # "*": ZeroMQ's wildcard, like 0.0.0.0 (docs/PROTOCOL.md 5.2)
+        return val
+    if not valid_host(val):
+        raise ProtocolError("bad_field", "'addr' must be an IP address or a host name (RFC 1123), \"*\" or null")
     return val
 
 
@@ -336,7 +383,9 @@ def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
     msg_id = _req_str(obj, "id", _ID_RE)
     sender_id = _req_str(obj, "sender_id", _ID_RE, cache=True)
     sender_name = _req_str(obj, "sender_name", _NAME_RE, MAX_NAME_LEN, cache=True)
-    timestamp = _req_str(obj, "timestamp", max_len=40)
+    timestamp = obj.get("timestamp")
+    if timestamp != _ts_good[0] and (type(timestamp) is not str or len(timestamp) > 40 or not _TS_RE.match(timestamp)):
+        raise ProtocolError("bad_field", "field 'timestamp' must be an ISO 8601 date and time with a zone, e.g. 2026-11-25T11:44:14.123Z")
     target_id = obj.get("target_id")
     if target_id is not None and not (type(target_id) is str and _matches(target_id, _ID_RE)):
         raise ProtocolError("bad_field", "field 'target_id' must be a node id or null")
@@ -344,6 +393,7 @@ def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
     if not isinstance(data, dict):
         raise ProtocolError("bad_field", "field 'data' must be an object")
     _check_data(type_, data, target_id)
+    _ts_good[0] = timestamp  # a batch made in one millisecond repeats it: checked once
     return Message(type_, msg_id, sender_id, sender_name, timestamp, data, target_id, v)
 
 

@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from .protocol import DEFAULT_MAX_FRAME_BYTES, valid_name
+from .protocol import DEFAULT_MAX_FRAME_BYTES, valid_host, valid_name
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -86,7 +86,10 @@ class Settings:
             if v is not None and not isinstance(v, str):
                 raise ConfigError(f"{name} must be a string, got {v!r}")
         if self.name is not None and not valid_name(self.name):
-            raise ConfigError(f"name {self.name!r} is not allowed: 1-64 printable characters, no control characters")
+            raise ConfigError(f"name {self.name!r} is not allowed: 1-64 characters, none of them a control, format "
+                              f"(bidi override, zero-width ...) or line-separator character")
+        if self.advertise is not None and not valid_host(self.advertise):
+            raise ConfigError(f"advertise {self.advertise!r} is not an IP address or a host name (RFC 1123): peers would refuse its JOIN")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
             raise ConfigError("heartbeat_timeout_s must be larger than heartbeat_interval_s")
         if self.discover not in ("none", "lan"):

@@ -105,7 +105,7 @@ FRAMES = st.lists(
         st.sampled_from([b"bob-id", b"alice-id", b"ghost"]),
         st.builds(
             lambda t, s, d, tgt: json.dumps({"v": 1, "type": t, "id": "m1", "sender_id": s, "sender_name": "n",
-                                              "timestamp": "t", "data": d, "target_id": tgt}).encode(),
+                                              "timestamp": "2026-01-01T00:00:00Z", "data": d, "target_id": tgt}).encode(),
             st.sampled_from(sorted(P.TYPES)),
             st.sampled_from(["bob-id", "alice-id", "ghost"]),
             st.dictionaries(st.sampled_from(["text", "peers", "ping_id", "addr", "port", "pub_port", "reply_to"]),

@@ -175,6 +175,9 @@ def test_valid_node_id_and_name():
     assert not P.valid_name("tab\there")
     assert not P.valid_name("del\x7f")
     assert not P.valid_name(7)
+    for bad in ("\x9b2J", "\x85", "alice\u202e", "\u2067x", "a\u200db", "\ufeffbob", "a\u2028b"):
+        assert not P.valid_name(bad), repr(bad)
+    assert P.valid_name("Zoë Ünal-Λ ☺ 日本")  # letters, marks, symbols and spaces of any script are fine
 
 
 # ---------------------------------------------------------------------------- not_json / oversized / version / type
@@ -252,7 +255,10 @@ def test_missing_required_field(key):
     assert kind_of(raw(without(envelope(), key))) == "bad_field"
 
 
-@pytest.mark.parametrize("value", [None, 5, "", "x" * 65, "bob\n", "a\tb", "\x1b[31mred", "del\x7f", ["bob"]])
+@pytest.mark.parametrize("value", [None, 5, "", "x" * 65, "bob\n", "a\tb", "\x1b[31mred", "del\x7f", ["bob"],
+                                   # C1 controls, bidi overrides/isolates/marks, other format characters, separators
+                                   "csi\x9b31m", "nel\x85", "evil\u202egnp.exe", "a\u202ab", "\u2066isolate\u2069", "rlm\u200f", "lrm\u200e",
+                                   "alm\u061c", "zw\u200bsp", "bom\ufeff", "line\u2028sep", "para\u2029sep", "tag\U000e0041"])
 def test_bad_sender_name(value):
     assert kind_of(raw(envelope(sender_name=value))) == "bad_field"
 
@@ -262,13 +268,23 @@ def test_sender_name_limits_accepted():
     assert P.decode(raw(envelope(sender_name="Zoë ☺ / any punctuation!"))).sender_name.startswith("Zoë")
 
 
-@pytest.mark.parametrize("value", [None, 17, "x" * 41, ["t"]])
+@pytest.mark.parametrize("value", [None, 17, "x" * 41, ["t"], "t" * 40, "", "\x1b[2J", "yesterday",
+                                   "2026-11-25T11:44:14.123Z\n", "2026-11-25T11:44:14.123Z\x1b[2J", " 2026-11-25T11:44:14.123Z",
+                                   "2026-11-25T11:44:14.123",  # no zone: local time, ambiguous
+                                   "2026-11-25 11:44:14.123Z", "2026-11-25t11:44:14.123z", "2026-11-25", "11:44:14Z",
+                                   "2026-13-25T11:44:14Z", "2026-11-32T11:44:14Z", "2026-11-25T24:00:00Z", "2026-11-25T11:60:00Z",
+                                   "2026-11-25T11:44:14.1234567890Z", "2026-11-25T11:44:14+25:00", "2026-11-25T11:44:14.123Z+01:00",
+                                   "２０２６-11-25T11:44:14Z", "\u0662\u0660\u0662\u0666-11-25T11:44:14Z", "2026-11-25T11:44:14\u202eZ"])
 def test_bad_timestamp(value):
     assert kind_of(raw(envelope(timestamp=value))) == "bad_field"
 
 
-def test_timestamp_max_len_accepted():
-    assert P.decode(raw(envelope(timestamp="t" * 40))).timestamp == "t" * 40
+@pytest.mark.parametrize("value", ["2026-11-25T11:44:14.123Z", "2026-11-25T11:44:14Z", "2026-11-25T11:44:14.5Z",
+                                   "2026-11-25T11:44:14.123456789Z", "2026-11-25T11:44:14,5Z", "2026-11-25T12:44:14.123+01:00",
+                                   "2026-11-25T06:44:14-0500", "2026-11-25T17:14:14+05:30", "2026-11-25T11:44:14+00",
+                                   "2016-12-31T23:59:60Z", P.utc_timestamp(0), P.utc_timestamp(4102444799.999)])
+def test_timestamp_iso_8601_variants_accepted(value):
+    assert P.decode(raw(envelope(timestamp=value))).timestamp == value
 
 
 @pytest.mark.parametrize("value", [5, True, "", "bad id", "x" * 65, ["bob"], {"id": "bob"}])
@@ -303,7 +319,12 @@ def test_join_valid_variants():
     assert P.decode(join(reply_to=...)).type == P.JOIN
     assert P.decode(join(reply_to="abc123")).data["reply_to"] == "abc123"
     assert P.decode(join(addr="::1", port=1, pub_port=65535)).data["pub_port"] == 65535
-    assert P.decode(join(addr="h" * 255)).type == P.JOIN
+    long_name = ".".join(["h" * 63] * 3 + ["h" * 61])  # 253 characters, the most a host name has
+    assert P.decode(join(addr=long_name)).data["addr"] == long_name
+    assert P.decode(join(addr=long_name + ".")).type == P.JOIN
+    for addr in ("10.0.0.7", "0.0.0.0", "::", "2001:db8::1", "[2001:db8::1]", "fe80::1%eth0", "::ffff:127.0.0.1", "localhost",
+                 "node-7.example.org", "Node7.EXAMPLE.org.", "a", "123abc", "host.123a"):
+        assert P.decode(join(addr=addr)).data["addr"] == addr, addr
 
 
 @pytest.mark.parametrize("key", ["port", "pub_port"])
@@ -312,7 +333,12 @@ def test_join_bad_ports(key, value):
     assert kind_of(join(**{key: value})) == "bad_field"
 
 
-@pytest.mark.parametrize("value", ["", "h" * 256, "a b", "a/b", "tcp://x", "a\tb", "a\nb", "a\rb", 5, True, ["x"], {"a": 1}])
+@pytest.mark.parametrize("value", ["", "h" * 256, "a b", "a/b", "tcp://x", "a\tb", "a\nb", "a\rb", 5, True, ["x"], {"a": 1},
+                                   # escapes and other characters no host name or address has
+                                   "h\x1b[2J", "\x1b]0;pwned\x07", "host\x9b", "evil\u202eorg", "exa_mple.com", "ho st", "a;b", "a:b",
+                                   "h" * 64, ".".join(["h" * 63] * 4), "-lead.example", "trail-.example", "a..b", ".a", "..",
+                                   "999.1.1.1", "1.2.3", "10.0.0.1.", "[10.0.0.1]", "[::1", "::1]", "fe80::1%", "fe80::1%e\x1bth",
+                                   "\u0661\u0662\u0667.0.0.1", "bücher.example", "１２７.0.0.1"])
 def test_join_bad_addr(value):
     assert kind_of(join(addr=value)) == "bad_field"
 
@@ -378,6 +404,7 @@ def test_peers_entry_must_be_object(entry):
     [
         ("id", ...), ("id", None), ("id", 5), ("id", ""), ("id", "bad id"), ("id", "x" * 65), ("id", "id\n"),
         ("name", ...), ("name", None), ("name", ""), ("name", "x" * 65), ("name", "a\x01b"), ("name", "bob\n"),
+        ("name", "bob\x9b"), ("name", "bob\u202e"), ("addr", "h\x1b[2J"), ("addr", "999.1.1.1"),
         ("addr", ""), ("addr", "a b"), ("addr", "a/b"), ("addr", 7), ("addr", "h" * 256),
         ("port", ...), ("port", 0), ("port", 65536), ("port", True), ("port", "1"), ("port", 1.0),
         ("pub_port", ...), ("pub_port", -5), ("pub_port", False), ("pub_port", None),
@@ -464,7 +491,7 @@ def test_decode_near_valid_envelopes_only_raises_protocol_error(obj):
 
 ids = st.text(alphabet="0123456789abcdefABCDEF_.:-xyz", min_size=1, max_size=64)
 names = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs", "Cc")),  # no controls, no lone surrogates
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Cf", "Zl", "Zp")),  # no controls, format characters, separators, lone surrogates
     min_size=1,
     max_size=64,
 )

@@ -251,3 +251,18 @@ def test_load_file_table_is_unknown_key(tmp_path):
     f.write_text("[node]\nport = 1\n")
     with pytest.raises(ConfigError, match="unknown setting\\(s\\) node"):
         load_file(f)
+
+
+@pytest.mark.parametrize("name", ["bob\x1b[2J", "csi\x9b", "evil\u202eexe", "\u2066x\u2069", "rlm\u200f", "a\u061cb", "a\u2028b", "z\u200bw"])
+def test_names_with_control_or_bidi_characters_are_refused(name):
+    invalid("not allowed", name=name)
+
+
+@pytest.mark.parametrize("addr", ["h\x1b]0;x\x07", "999.1.1.1", "a b", "exa_mple.com", "[10.0.0.1]"])
+def test_advertise_must_be_an_address_or_host_name(addr):
+    invalid("not an IP address or a host name", advertise=addr)
+
+
+@pytest.mark.parametrize("addr", ["10.0.0.7", "::1", "node.example.org", "localhost"])
+def test_advertise_accepts_addresses_and_host_names(addr):
+    assert Settings(advertise=addr).validate().advertise == addr
