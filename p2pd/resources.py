@@ -9,8 +9,6 @@ refuses inbound connections well before the budget runs out.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -72,7 +70,9 @@ def trim_memory() -> bool:
         return False
     try:
         if _libc is None:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            import ctypes  # only after a flood: not worth its memory in every idle daemon
+
+            _libc = ctypes.CDLL(None)  # the symbols already loaded: glibc's, where it is glibc
         return bool(_libc.malloc_trim(0))
     except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
         return False

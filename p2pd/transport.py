@@ -53,7 +53,7 @@ from .actions import (CloseLink, FetchKey, LanBeacon, OpenLink, PinKey, Publish,
                       Subscribe, ToClient, Unsubscribe)
 from .fdpoll import FdPoller
 from .home import ControlChoiceError, Home, control_transport, save_peer_book
-from .inbound import InboundGuard
+from .inbound import HEADROOM, InboundGuard
 from .intake import SUB_TOPIC_PREFIX
 from .keys import known_peers
 from .node import Node
@@ -490,7 +490,11 @@ class Transport:
             if local_port not in self.listening_ports:
                 return  # the descriptor was closed and reused by one of our own connections: not this one
             now = time.monotonic()
-            if now >= self._fds_counted_at + 0.05 or len(self.inbound.conns) >= self.inbound.max_total // 2:
+            # Counting descriptors lists a directory: once a second, or at each connection when the
+            # estimate (last count + connections since) comes near the limit.
+            limit = self.inbound.fd_limit
+            near = limit is not None and self._fds_open is not None and self._fds_open > limit - 4 * HEADROOM
+            if now >= self._fds_counted_at + 1.0 or near:
                 self._fds_open = open_fds()
                 self._fds_counted_at = now
             elif self._fds_open is not None:
