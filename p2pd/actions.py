@@ -15,12 +15,15 @@ from .protocol import Message
 
 @dataclass(frozen=True)
 class OpenLink:
-    """Open a DEALER (routing id = our node id) to a peer's ROUTER endpoint.
+    """Open a DEALER to a peer's ROUTER endpoint.
 
-    ``server_key`` is the peer's CURVE public key (None: plaintext link)."""
+    ``server_key`` is the peer's CURVE public key (None: plaintext link).  ``suffix``: the
+    DEALER's routing id is our node id, "/" and a fresh random suffix (the peer's JOIN said
+    ``rid_suffix``); else our bare node id, which every p2pd takes (docs/PROTOCOL.md 2.2)."""
     key: str
     endpoint: str
     server_key: str | None = None
+    suffix: bool = False
 
 
 @dataclass(frozen=True)

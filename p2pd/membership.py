@@ -63,6 +63,7 @@ class Peer:
     msgs_out: int = 0
     key: str | None = None  # CURVE public key (secure mode)
     batch: bool = False  # its JOIN said it takes several envelopes per ZeroMQ message
+    rid_suffix: bool = False  # its JOIN said it takes routing ids "<id>/<suffix>": our links to it use one
     boot: str | None = None  # its JOIN's run id: a new one means it restarted
     learned: float = 0.0  # when we first heard of it (monotonic)
     tokens: float = 0.0  # rate-limit bucket (below 0: in debt, see intake.py)

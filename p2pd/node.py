@@ -149,7 +149,7 @@ class Node(Intake):
     def _join(self, now: float, reply_to: str | None = None, again: bool = False, to: str | None = None) -> P.Message:
         """A JOIN; ``to``: the peer it goes to, if known (it then says how far we received that peer's numbering)."""
         data = {"addr": self.address.addr, "port": self.address.port, "pub_port": self.address.pub_port, "reply_to": reply_to,
-                "key": self.trust.public_key, "batch": True, "boot": self.boot, **self.msgs.beacon(), **self.msgs.received(to)}
+                "key": self.trust.public_key, "batch": True, "rid_suffix": True, "boot": self.boot, **self.msgs.beacon(), **self.msgs.received(to)}
         if again:
             data["again"] = True
         return self._msg(now, P.JOIN, data)
@@ -182,7 +182,8 @@ class Node(Intake):
 
     def _save_peers(self) -> SavePeers:
         return SavePeers([
-            {"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port, "key": p.key}
+            {"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port, "key": p.key,
+             "rid_suffix": p.rid_suffix}
             for p in self.table.members()
         ])
 
@@ -194,7 +195,7 @@ class Node(Intake):
         acts = [CloseLink(peer.id)] if current is not None else []
         self.links[peer.id] = endpoint
         self.link_since[peer.id] = now
-        return acts + [OpenLink(peer.id, endpoint, self._server_key(peer))]
+        return acts + [OpenLink(peer.id, endpoint, self._server_key(peer), peer.rid_suffix)]
 
     def _server_key(self, peer: Peer) -> str | None:
         return peer.key if self.trust.secure else None
@@ -247,7 +248,8 @@ class Node(Intake):
             return acts
         self.links[peer.id] = peer.router_endpoint
         self.link_since[peer.id] = now
-        return acts + [OpenLink(peer.id, peer.router_endpoint, self._server_key(peer)), self._send(peer.id, self._join(now, again=again, to=peer.id))]
+        return acts + [OpenLink(peer.id, peer.router_endpoint, self._server_key(peer), peer.rid_suffix),
+                       self._send(peer.id, self._join(now, again=again, to=peer.id))]
 
     # ------------------------------------------------------------------ start / stop
     def start(self, now: float, saved_peers: list, join_endpoints: list[str]) -> list:
@@ -262,6 +264,7 @@ class Node(Intake):
                 continue
             key = entry.get("key") if P.valid_key(entry.get("key")) else None
             peer, _ = self.table.learn(pid, name, addr, now, key)
+            peer.rid_suffix = entry.get("rid_suffix") is True  # known from its last JOIN: our first link already uses one
             acts += self._link_to(now, peer)
         self._name_index = None
         return acts + self.dial.start(now, join_endpoints)
@@ -322,6 +325,7 @@ class Node(Intake):
         peer, _ = self.table.learn(msg.sender_id, msg.sender_name, address, now, key)  # the name bound to its key
         self._name_index = None
         peer.batch = msg.data.get("batch") is True
+        peer.rid_suffix = msg.data.get("rid_suffix") is True
         boot = msg.data.get("boot")
         restarted = old is not None and old.boot is not None and boot != old.boot
         peer.boot = boot

@@ -325,8 +325,8 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
         reply_to = data.get("reply_to")
         if reply_to is not None and not (isinstance(reply_to, str) and _ID_RE.match(reply_to)):
             raise ProtocolError("bad_field", "JOIN 'reply_to' must be a message id or null")
-        if not isinstance(data.get("batch", False), bool) or not isinstance(data.get("again", False), bool):
-            raise ProtocolError("bad_field", "JOIN 'batch' and 'again' must be true or false")
+        if not all(isinstance(data.get(flag, False), bool) for flag in ("batch", "again", "rid_suffix")):
+            raise ProtocolError("bad_field", "JOIN 'batch', 'again' and 'rid_suffix' must be true or false")
         boot = data.get("boot")
         if boot is not None and not (isinstance(boot, str) and _ID_RE.match(boot)):
             raise ProtocolError("bad_field", "JOIN 'boot' must be an id string")

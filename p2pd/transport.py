@@ -298,7 +298,7 @@ class Transport:
             elif kind is PublishBatch:
                 self.pub.send_multipart([P.encode(m) for m in act.msgs], zmq.NOBLOCK)
             elif kind is OpenLink:
-                self._open_link(act.key, act.endpoint, act.server_key)
+                self._open_link(act.key, act.endpoint, act.server_key, act.suffix)
             elif kind is CloseLink:
                 sock = self.dealers.pop(act.key, None)
                 if sock is not None:
@@ -526,15 +526,16 @@ class Transport:
         node = self.node
         self.keyport.send(json.dumps({"key": self.keypair.public, "id": node.id, "name": node.name}).encode())
 
-    def _open_link(self, key: str, endpoint: str, server_key: str | None = None) -> None:
+    def _open_link(self, key: str, endpoint: str, server_key: str | None = None, suffix: bool = False) -> None:
         old = self.dealers.pop(key, None)
         if old is not None:
             old.close(linger=0)
         sock = self.ctx.socket(zmq.DEALER)
         self._curve_client(sock, server_key)
-        # Fresh per socket: only we and the peer's ROUTER (inside CURVE) ever see it, so nobody can
-        # claim it first or take it over; the node id before the "/" is what the ROUTER checks.
-        sock.setsockopt(zmq.ROUTING_ID, link_routing_id(self.node_id))
+        # With a suffix, fresh per socket: only we and the peer's ROUTER (inside CURVE) ever see it,
+        # so nobody can claim it first; the node id before the "/" is what the ROUTER checks.
+        # Without (a peer that has not said it takes one, e.g. an older p2pd): our bare node id.
+        sock.setsockopt(zmq.ROUTING_ID, link_routing_id(self.node_id) if suffix else self.node_id.encode())
         sock.setsockopt(zmq.SNDHWM, LINK_SNDHWM)
         sock.setsockopt(zmq.RCVHWM, 16)  # peers never send on this link; don't buffer junk
         sock.setsockopt(zmq.RECONNECT_IVL, 100)

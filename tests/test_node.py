@@ -628,3 +628,17 @@ def test_a_rumour_is_passed_on_only_once_it_has_answered(net, pair):
     net.tick(1.1, alice)
     assert not any(e["id"] == ghost["id"] for _, m in net.sent("alice", "charlie", P.PEERS)[before:] for e in m.data["peers"])
     assert alice.table.get(ghost["id"]).rumour and "fake-0001" in alice.links
+
+
+def test_links_use_a_routing_id_suffix_only_to_peers_that_said_they_take_one():
+    alice = Node("alice-id", "alice", P.PeerAddress("10.0.0.1", 5001, 5002), FAST, 0.0, WALL)
+    new = alice.on_router_frames(0.0, join_frame("bob-id", 5003, "10.0.0.2", rid_suffix=True), "10.0.0.2")
+    old = alice.on_router_frames(0.0, join_frame("carol-id", 5005, "10.0.0.3"), "10.0.0.3")  # a p2pd before December 2026
+    assert [a.suffix for a in new if isinstance(a, OpenLink)] == [True]
+    assert [a.suffix for a in old if isinstance(a, OpenLink)] == [False]
+    assert all(isinstance(a.msg.data.get("rid_suffix"), bool) and a.msg.data["rid_suffix"] for a in new if isinstance(a, Send) and a.msg.type == P.JOIN)
+    # remembered in the peer book: after a restart the first link to bob already uses one
+    book = alice._save_peers().peers
+    again = Node("alice-id", "alice", P.PeerAddress("10.0.0.1", 5001, 5002), FAST, 0.0, WALL)
+    opens = {a.key: a.suffix for a in again.start(0.0, book, []) if isinstance(a, OpenLink)}
+    assert opens == {"bob-id": True, "carol-id": False}
