@@ -57,6 +57,7 @@ from .inbound import HEADROOM, InboundGuard
 from .intake import SUB_TOPIC_PREFIX
 from .keys import known_peers
 from .node import Node
+from .ratelimit import LogRateLimiter
 from .resources import open_fds, soft_limit, trim_memory
 
 log = logging.getLogger("p2pd.transport")
@@ -76,6 +77,7 @@ LINK_SNDHWM = 10_000
 PUB_SNDHWM = 10_000
 CONTROL_HWM = 10_000
 TRIM_DELAY_S = 0.5
+FAILURE_LOG_S = 10.0
 CLOSE_LINGER_MS = 1_000  # let a LEAVE reach the peer, but never hang a stop on a dead one
 
 
@@ -156,6 +158,7 @@ class Transport:
         self.watch_overflow = 0
         self.exit_code = 0
         self._out: list = []
+        self._failures = LogRateLimiter(FAILURE_LOG_S)
         self.inbound = InboundGuard(settings.max_inbound, settings.max_inbound_per_host, soft_limit())
         self._fds_open: int | None = None
         self._fds_counted_at = float("-inf")
@@ -271,62 +274,77 @@ class Transport:
 
     # ------------------------------------------------------------------ effects
     def apply(self, actions: list) -> None:
+        """Perform the node's effects in order.  One that fails (a file that cannot be written, a
+        bug) is logged and skipped: it must neither stop the node nor cost the effects after it."""
         for act in actions:
-            kind = type(act)
-            if kind is Send:
-                sock = self.dealers.get(act.key)
-                if sock is None:
-                    continue
-                if act.msg.type == P.PING:
-                    self.node.ping_leaving(act.msg.id, time.monotonic())
-                try:
-                    sock.send(P.encode(act.msg), zmq.NOBLOCK)
-                except zmq.Again:
-                    self.node.drop(time.monotonic(), "send_queue_full", f"link queue full, {act.msg.type} not sent", act.key[:12])
-            elif kind is ToClient:
-                self._to_client(act.client, act.payload)
-            elif kind is SendBatch:
-                sock = self.dealers.get(act.key)
-                if sock is None:
-                    continue
-                try:
-                    sock.send_multipart([P.encode(m) for m in act.msgs], zmq.NOBLOCK)
-                except zmq.Again:  # all or nothing: the outbox resends what this batch held
-                    self.node.drop(time.monotonic(), "send_queue_full", f"link queue full, batch of {len(act.msgs)} not sent", act.key[:12])
-            elif kind is Publish:
-                self.pub.send(P.encode(act.msg), zmq.NOBLOCK)
-            elif kind is PublishBatch:
-                self.pub.send_multipart([P.encode(m) for m in act.msgs], zmq.NOBLOCK)
-            elif kind is OpenLink:
-                self._open_link(act.key, act.endpoint, act.server_key, act.suffix)
-            elif kind is CloseLink:
-                sock = self.dealers.pop(act.key, None)
-                if sock is not None:
+            try:
+                self._apply_one(act)
+            except Exception:
+                self._log_failure("effect", f"cannot perform {type(act).__name__}; carrying on")
+
+    def _log_failure(self, what: str, message: str) -> None:
+        """A traceback for what failed, at most one per `what` every FAILURE_LOG_S (a broken store
+        would otherwise log one on every 50 ms tick), with the count of those not logged."""
+        ok, suppressed = self._failures.allow(what, time.monotonic())
+        if ok:
+            log.exception("%s%s", message, f" ({suppressed} more like it since the last)" if suppressed else "")
+
+    def _apply_one(self, act) -> None:
+        kind = type(act)
+        if kind is Send:
+            sock = self.dealers.get(act.key)
+            if sock is None:
+                return
+            if act.msg.type == P.PING:
+                self.node.ping_leaving(act.msg.id, time.monotonic())
+            try:
+                sock.send(P.encode(act.msg), zmq.NOBLOCK)
+            except zmq.Again:
+                self.node.drop(time.monotonic(), "send_queue_full", f"link queue full, {act.msg.type} not sent", act.key[:12])
+        elif kind is ToClient:
+            self._to_client(act.client, act.payload)
+        elif kind is SendBatch:
+            sock = self.dealers.get(act.key)
+            if sock is None:
+                return
+            try:
+                sock.send_multipart([P.encode(m) for m in act.msgs], zmq.NOBLOCK)
+            except zmq.Again:  # all or nothing: the outbox resends what this batch held
+                self.node.drop(time.monotonic(), "send_queue_full", f"link queue full, batch of {len(act.msgs)} not sent", act.key[:12])
+        elif kind is Publish:
+            self.pub.send(P.encode(act.msg), zmq.NOBLOCK)
+        elif kind is PublishBatch:
+            self.pub.send_multipart([P.encode(m) for m in act.msgs], zmq.NOBLOCK)
+        elif kind is OpenLink:
+            self._open_link(act.key, act.endpoint, act.server_key, act.suffix)
+        elif kind is CloseLink:
+            sock = self.dealers.pop(act.key, None)
+            if sock is not None:
+                sock.close(linger=CLOSE_LINGER_MS)
+        elif kind is RekeyLink:
+            sock = self.dealers.pop(act.old, None)
+            if sock is not None:
+                if act.new in self.dealers:
                     sock.close(linger=CLOSE_LINGER_MS)
-            elif kind is RekeyLink:
-                sock = self.dealers.pop(act.old, None)
-                if sock is not None:
-                    if act.new in self.dealers:
-                        sock.close(linger=CLOSE_LINGER_MS)
-                    else:
-                        self.dealers[act.new] = sock
-            elif kind is Subscribe:
-                self._subscribe(act.peer_id or act.endpoint, act.endpoint, act.server_key)
-            elif kind is Unsubscribe:
-                self._close_sub(act.peer_id or act.endpoint)
-            elif kind is PinKey:
-                try:
-                    known_peers(self.home).add(act.key, address=act.address)
-                except OSError as e:
-                    log.warning("cannot save pinned key to %s: %s", known_peers(self.home).path, e)
-            elif kind is FetchKey:
-                self._fetch_key(act.endpoint, act.tag, act.timeout_s)
-            elif kind is LanBeacon:
-                self._send_beacon(act.payload)
-            elif kind is SavePeers:
-                self._peer_book = act.peers  # written by _save_peer_book, at most once a second
-            elif kind is Shutdown:
-                self.running = False
+                else:
+                    self.dealers[act.new] = sock
+        elif kind is Subscribe:
+            self._subscribe(act.peer_id or act.endpoint, act.endpoint, act.server_key)
+        elif kind is Unsubscribe:
+            self._close_sub(act.peer_id or act.endpoint)
+        elif kind is PinKey:
+            try:
+                known_peers(self.home).add(act.key, address=act.address)
+            except (OSError, ValueError) as e:  # ValueError: the file was edited into something unreadable
+                log.warning("cannot save pinned key to %s: %s", known_peers(self.home).path, e)
+        elif kind is FetchKey:
+            self._fetch_key(act.endpoint, act.tag, act.timeout_s)
+        elif kind is LanBeacon:
+            self._send_beacon(act.payload)
+        elif kind is SavePeers:
+            self._peer_book = act.peers  # written by _save_peer_book, at most once a second
+        elif kind is Shutdown:
+            self.running = False
 
     # ------------------------------------------------------------------ LAN discovery
     def _open_beacon_socket(self) -> None:
@@ -682,7 +700,7 @@ class Transport:
                                  "returned to the system" if trimmed else "kept (no malloc_trim here)")
                 out.extend(node.flush(now))
             except Exception:
-                log.exception("error in periodic work; continuing")
+                self._log_failure("tick", "error in periodic work; continuing")
             try:
                 node.store.commit()
             except Exception as e:  # disk full, store locked for too long, I/O error

@@ -335,3 +335,16 @@ def test_full_disk_is_reported_as_disk_full(small_disk_node):
     assert proc.returncode == exitcodes.NOT_RUNNING and "is full" not in proc.stderr and "not running" in proc.stderr, proc
     alice.start()  # nothing was lost or damaged: it starts again on the same store
     assert "y" * 60_000 not in texts(alice, "history")
+
+
+def test_a_pin_that_cannot_be_saved_does_not_stop_the_node(make_node):
+    """known_peers edited into something unreadable while the node runs: the next key it pins
+    cannot be saved, which is logged, and the node links and serves on."""
+    alice, bob = make_node("alice"), make_node("bob")
+    alice.start()
+    bob.start()
+    (alice.home / "known_peers").write_bytes(b"127.0.0.1:9 \xff\xfe not utf-8\n")
+    alice.ctl("connect", "127.0.0.1", str(bob.port))  # fetches bob's key and pins it: PinKey fails
+    alice.ctl("send", "bob", "pinned or not", "--wait", "5")
+    assert "cannot save pinned key" in alice.log_text() and "not valid UTF-8" in alice.log_text()
+    assert alice.ctl("info").returncode == 0
