@@ -11,6 +11,7 @@ from datetime import datetime
 import click
 
 from p2pd import __version__
+from p2pd.protocol import valid_key
 
 from . import render
 from .client import Client, ClientError
@@ -60,7 +61,27 @@ def command(fn):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+KEY_COMMANDS = {("trust", "add"), ("trust", "remove"), ("known", "forget")}  # whose first argument may be a key
+
+
+class _Main(click.Group):
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, protect_keys(args))
+
+
+def protect_keys(args: list[str]) -> list[str]:
+    """A public key is 40 characters of Z85, which may begin with "-": click would take
+    `p2pctl trust add -OG&:Fh...` for options and refuse it.  Put "--" before such a key where
+    a key command takes it, so that it is read as the argument it is."""
+    args = list(args)
+    for i in range(len(args) - 2):
+        if (args[i], args[i + 1]) in KEY_COMMANDS and args[i + 2].startswith("-") and valid_key(args[i + 2]):
+            args.insert(i + 2, "--")
+            break
+    return args
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--home", envvar="P2PD_HOME", help=HOME_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON; JSON lines for streams).")
 @click.option("--no-color", is_flag=True, help="No colour (also when NO_COLOR is set or output is not a terminal).")

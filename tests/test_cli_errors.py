@@ -431,3 +431,14 @@ def test_stop_via_p2pctl(pair):
     proc = alice.ctl("stop", check=False)
     assert proc.returncode == 0 and "not running" in proc.stdout, proc
     assert p2pd("status", "--home", str(alice.home)).returncode == exitcodes.NOT_RUNNING
+
+
+def test_a_key_that_begins_with_a_dash_is_read_as_a_key_not_as_options():
+    """Z85 keys may begin with "-" (1 in 85): `trust add KEY` once failed with "No such option"."""
+    from p2pctl.cli import protect_keys
+
+    key = "-OG&:FhX=3G}/Aw=CiaV6Htz:rtMN+38($7r#BHn"
+    assert protect_keys(["--json", "trust", "add", key, "laptop"]) == ["--json", "trust", "add", "--", key, "laptop"]
+    assert protect_keys(["known", "forget", key]) == ["known", "forget", "--", key]
+    assert protect_keys(["trust", "add", "--help"]) == ["trust", "add", "--help"]  # not a key: left alone
+    assert protect_keys(["send", "bob", key]) == ["send", "bob", key]  # other commands: untouched
