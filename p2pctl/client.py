@@ -323,9 +323,12 @@ class Client:
         """Publish many broadcasts in one request (numbered and stored in one transaction)."""
         return self.call("broadcast", texts=texts)
 
-    def watch(self, poll_s: float = 0.2) -> Iterator[dict | None]:
-        """Yield events as they happen; yields ``None`` every ``poll_s`` of quiet so callers can do other work."""
-        self.call("watch")
+    def watch(self, poll_s: float = 0.2, since: int | None = None) -> Iterator[dict | None]:
+        """Yield events as they happen; yields ``None`` every ``poll_s`` of quiet so callers can do other work.
+
+        ``since``: the ``cursor`` of the last message seen before (from an event, or `inbox`):
+        what was stored after it comes first, as ``replay`` events, so nothing is missed."""
+        self.call("watch", **({} if since is None else {"since": since}))
         sock = self._sock  # the socket the watch was registered on
         while True:
             if sock.poll(int(poll_s * 1000)):
