@@ -501,6 +501,8 @@ class Transport:
         except OSError:
             return  # closed already
         try:
+            if conn.family not in (socket.AF_INET, socket.AF_INET6):
+                return  # the descriptor was closed and reused already (by a control client, say): not this one
             try:
                 host, local_port = conn.getpeername()[0], conn.getsockname()[1]
             except OSError:
