@@ -11,8 +11,11 @@ libzmq accepts every connection itself and tells the transport through a
 socket monitor (ACCEPTED with the connection's descriptor, DISCONNECTED when
 it goes).  For each accepted one the transport asks `InboundGuard.accepted`,
 which says whether to keep it: not if its source address already holds
-``max_inbound_per_host`` connections, not if the node holds ``max_inbound``,
-and not if the process is within ``HEADROOM`` descriptors of its limit.  A
+``max_inbound_per_host`` connections, not if the node holds ``max_inbound``
+(at most half of what the descriptor limit leaves after twice ``HEADROOM``:
+libzmq has accepted a connection before we hear of it, so under a fast flood
+the descriptors in use run ahead of our count), and not if the process is
+within ``HEADROOM`` descriptors of its limit.  A
 refused connection is shut down at once (libzmq then closes it); connections
 that never finish their handshake are closed by libzmq after its handshake
 timeout, and dead ones by ZMTP heartbeats (transport.py).
@@ -36,7 +39,9 @@ TRIM_AFTER = 16
 
 class InboundGuard:
     def __init__(self, max_total: int, max_per_host: int, fd_limit: int | None):
-        self.max_total = max_total
+        # libzmq accepts before we hear of it, so a fast flood runs ahead of our refusals: keep at
+        # least half of a small descriptor budget out of the cap's reach (1,024 -> 384 connections).
+        self.max_total = max_total if fd_limit is None else min(max_total, max(16, (fd_limit - 2 * HEADROOM) // 2))
         self.max_per_host = max_per_host
         self.fd_limit = fd_limit
         self.conns: dict[int, str] = {}  # descriptor -> source address, of the connections we keep

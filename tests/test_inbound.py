@@ -48,3 +48,10 @@ def test_memory_is_handed_back_a_few_times_as_a_flood_drains():
             trims.append(len(g.conns))
     assert 3 <= len(trims) <= 8 and trims[0] == 500 and trims[-1] <= 2 * TRIM_AFTER
     assert not g.flood_over()
+
+
+def test_a_small_descriptor_limit_lowers_the_cap_to_leave_slack():
+    assert InboundGuard(1024, 128, fd_limit=1024).max_total == (1024 - 2 * HEADROOM) // 2 == 384
+    assert InboundGuard(1024, 128, fd_limit=65536).max_total == 1024
+    assert InboundGuard(1024, 128, fd_limit=None).max_total == 1024
+    assert InboundGuard(1024, 128, fd_limit=200).max_total == 16
