@@ -106,7 +106,7 @@ def parse_connect(rest: str) -> tuple[str, int, str | None]:
     else:
         raise ValueError(usage)
     if not port.isdigit():
-        raise ValueError(f"the port must be a number, not {port!r}; {usage}")
+        raise ValueError(f"the port must be a number, not {port!r}: /connect HOST PORT")
     if not 1 <= int(port) <= 65535:
         raise ValueError(f"port {port} is out of range 1-65535")
     return host.strip("[]"), int(port), None

@@ -30,6 +30,7 @@ cursor is not after the last one seen is dropped.
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import datetime, timezone
 
@@ -106,3 +107,29 @@ class EventStream:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def run_watch(make_client, as_json: bool) -> None:
+    """`p2pctl watch`: print events until Ctrl-C, through the daemon's restarts."""
+    import json
+
+    import click
+
+    from . import render
+
+    stream = EventStream(make_client)
+    try:
+        stream.open()
+        while True:
+            for ev in stream.poll(0.2):
+                if as_json:
+                    click.echo(json.dumps(ev))
+                elif ev["event"] == "daemon_down":
+                    click.echo(f"{render.dim(render.local_time(ev['time']))} {render.red('! p2pd stopped')}: waiting for it to come back ...")
+                elif ev["event"] == "daemon_up":
+                    click.echo(f"{render.dim(render.local_time(ev['time']))} {render.green('* p2pd is back')}: watching again; what arrived meanwhile follows")
+                else:
+                    click.echo(render.event_line(ev))
+                sys.stdout.flush()
+    finally:
+        stream.close()
