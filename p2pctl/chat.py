@@ -210,8 +210,12 @@ class Chat:
         try:
             return self._handle(line)
         except (DaemonNotRunning, DaemonTimeout) as e:
+            # Not carried out, now or later (see p2pctl.client): say so, the line is not kept either.
+            why = str(e)
+            if type(e) is DaemonNotRunning:
+                why = f"p2pd is not running; start it with: p2pd start --home {self.commands.home.path}"
             prefix = "not sent: " if is_send else ""
-            self.out(render.red(f"! {prefix}{escape.line(chat_terms(str(e)))}"))
+            self.out(render.red(f"! {prefix}{escape.line(chat_terms(why))}"))
         except ClientError as e:
             self.out(render.red(f"! {escape.line(chat_terms(str(e)))}"))
         return True
