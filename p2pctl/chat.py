@@ -214,8 +214,7 @@ class Chat:
             why = str(e)
             if type(e) is DaemonNotRunning:
                 why = f"p2pd is not running; start it with: p2pd start --home {self.commands.home.path}"
-            prefix = "not sent: " if is_send else ""
-            self.out(render.red(f"! {prefix}{escape.line(chat_terms(why))}"))
+            self.out(render.red(f"! {'not sent' if is_send else 'not done'} ({escape.line(chat_terms(why))}): ") + escape.line(line))
         except ClientError as e:
             self.out(render.red(f"! {escape.line(chat_terms(str(e)))}"))
         return True

@@ -42,7 +42,7 @@ class _Screen(pyte.Screen):
 class Terminal:
     """A command on a pseudo-terminal of ``rows`` x ``cols``, and what a person would see."""
 
-    def __init__(self, args: list[str], rows: int = 50, cols: int = 110):
+    def __init__(self, args: list[str], rows: int = 50, cols: int = 220):
         import fcntl
         import struct
         import termios
@@ -316,7 +316,7 @@ def test_daemon_stop_and_start_under_an_open_chat_and_watch(make_node):
         term.expect(rf"^{TIME} ! p2pd stopped: what you type now is not sent", timeout=5)  # noticed within seconds
         watch.expect(lambda ln: json.loads(ln)["event"] == "daemon_down", timeout=5, what="daemon_down")
         term.type("anyone there?\r")
-        term.expect(r"^! not sent: p2pd is not running")
+        term.expect(r"^! not sent \(p2pd is not running; start it with: p2pd start --home .*\): anyone there\?$")
         # Bob's message waits in his outbox while alice is down.  The watch process is frozen over the
         # restart, so that the message is stored before it watches again: only `since` can bring it.
         bob.ctl("send", "alice", "sent while you were down")
