@@ -274,15 +274,19 @@ def ping(ctx, peer):
 
 @main.command()
 @click.option("-n", "--limit", type=click.IntRange(0), default=0, help="Only the newest N messages (0: all kept).")
+@click.option("--unread", is_flag=True, help="Only messages not read yet (in the chat).")
 @command
-def inbox(ctx, limit):
-    """Messages received (direct and broadcast), newest last."""
+def inbox(ctx, limit, unread):
+    """Messages received (direct and broadcast), newest last.
+
+    With --unread, only those not read yet: the chat marks what it shows as read
+    (`p2pctl chat` opens with the same set)."""
     with ctx.client() as c:
-        res = c.call("inbox", limit=limit)
+        res = c.call("inbox", limit=limit, unread=unread)
     if ctx.as_json:
         ctx.out(res)
     elif not res:
-        click.echo("inbox is empty")
+        click.echo("no unread messages" if unread else "inbox is empty")
     else:
         for m in res:
             click.echo(render.message_line(m))

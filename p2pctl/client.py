@@ -326,7 +326,8 @@ class Client:
     def watch(self, poll_s: float = 0.2, since: int | None = None) -> Iterator[dict | None]:
         """Yield events as they happen; yields ``None`` every ``poll_s`` of quiet so callers can do other work.
 
-        ``since``: a message cursor; the stored messages that came after it are sent first (``replay``).
+        ``since``: the ``cursor`` of the last message seen before (from an event, or `inbox`):
+        what was stored after it comes first, as ``replay`` events, so nothing is missed.
         It ends nowhere when the daemon stops: `p2pctl.events.EventStream` notices that and resumes."""
         self.call("watch", **({} if since is None else {"since": since}))
         sock = self._sock  # the socket the watch was registered on

@@ -40,7 +40,8 @@ log = logging.getLogger("p2pd.control")
 
 MAX_REQUEST_BYTES = 1024 * 1024
 COMMANDS = ("status", "info", "peers", "connect", "disconnect", "send", "broadcast", "ping", "inbox", "history", "outbox", "watch", "stop",
-            "trust", "known")
+            "trust", "known", "read")
+REPLAY_MAX = 10_000  # stored messages a returning watcher is sent at most (`watch since`); the rest: `inbox`, `history`
 MAX_BATCH = 10_000  # texts in one `send` request (the client library's send_many)
 ENVELOPE_OVERHEAD = 1024  # bytes around the text in an encoded MESSAGE, generously
 
@@ -231,7 +232,8 @@ def wrong_frame_count(node: Node, now: float, frames: list[bytes]) -> list:
 
 def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, extra_status: dict) -> list:
     if cmd == "status":
-        return [ToClient(client, _ok(req, {**extra_status, "id": node.id, "name": node.name, "uptime_s": round(now - node.started, 3)}))]
+        return [ToClient(client, _ok(req, {**extra_status, "id": node.id, "name": node.name, "uptime_s": round(now - node.started, 3),
+                                           "unread": node.msgs.unread_count(), "read_upto": node.msgs.read_upto()}))]
     if cmd == "info":
         return [ToClient(client, _ok(req, {**node.info(now), **extra_status}))]
     if cmd == "peers":
@@ -278,7 +280,16 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
         return node.ping(now, peer, wait_s, client, req)
     if cmd == "inbox":
         limit = int(_arg_num(args, "limit", 0, 0, 10**9))
-        return [ToClient(client, _ok(req, node.msgs.inbox(limit or node.settings.inbox_size)))]
+        unread = args.get("unread", False)
+        if not isinstance(unread, bool):
+            raise BadRequest("bad_request", "argument 'unread' must be true or false")
+        return [ToClient(client, _ok(req, node.msgs.inbox(limit or node.settings.inbox_size, unread)))]
+    if cmd == "read":
+        upto = args.get("upto")
+        if not isinstance(upto, int) or isinstance(upto, bool) or upto < 0:
+            raise BadRequest("bad_request", "argument 'upto' must be a message cursor (an integer, 0 or more)")
+        mark = node.msgs.mark_read(upto)
+        return [ToClient(client, _ok(req, {"read_upto": mark, "unread": node.msgs.unread_count()}))]
     if cmd == "history":
         limit = int(_arg_num(args, "limit", 100, 0, 10**9))
         peer_id = None
@@ -296,8 +307,7 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
         limit = int(_arg_num(args, "limit", 1000, 1, 10**9))
         return [ToClient(client, _ok(req, node.msgs.outbox(statuses, limit)))]
     if cmd == "watch":
-        node.watchers.add(client)
-        return [ToClient(client, _ok(req, {"watching": True, "id": node.id, "name": node.name}))]
+        return _watch(node, now, client, req, args)
     if cmd in ("trust", "known"):
         from .keys import KeyError_
 
@@ -309,6 +319,23 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
     if cmd == "stop":
         return [ToClient(client, _ok(req, {"stopping": True}))] + node.leave(now)
     raise BadRequest("unknown_command", cmd)  # pragma: no cover - COMMANDS checked above
+
+
+def _watch(node: Node, now: float, client: bytes, req, args: dict) -> list:
+    """Stream events to ``client`` from now on.  With ``since`` (the cursor of the last message
+    it saw, from an earlier watch), the messages stored after it come first, as the events they
+    were (``replay: true``): a watcher that lost the daemon for a while (a stop and a start)
+    misses nothing that was stored meanwhile.  The reply's ``cursor`` is the newest now."""
+    since = args.get("since")
+    if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
+        raise BadRequest("bad_request", "argument 'since' must be a message cursor (an integer, 0 or more)")
+    node.watchers.add(client)
+    acts = [ToClient(client, _ok(req, {"watching": True, "id": node.id, "name": node.name, "cursor": node.store.last_cursor}))]
+    if since is not None:
+        for e in node.msgs.entries(node.store.messages_after(since, limit=REPLAY_MAX)):
+            kind = "message" if e["type"] == P.MESSAGE else "broadcast"
+            acts.append(ToClient(client, {"event": kind, "time": P.utc_timestamp(node._epoch(now)), "message": e, "replay": True}))
+    return acts
 
 
 def _home(extra_status: dict):

@@ -51,12 +51,15 @@ class Waiter:
 
 
 def entry(msg_id: str, type_: str, sender_id: str, sender_name: str, timestamp: str, text: str, target_id: str | None,
-          sender_label: str | None = None) -> dict:
+          sender_label: str | None = None, cursor: int = 0) -> dict:
     """A message as `inbox` and `watch` show it.  ``sender_name`` is the name bound to the sender's
     key at JOIN (`Node.sender`), never the message's own claim; ``sender_label`` adds a short id
-    when another node has that name too."""
+    when another node has that name too.  ``cursor``: its row number in the store, which only
+    grows: a watcher that comes back asks for what came after the last one it saw (`watch
+    since`), and `read` marks everything up to one as read."""
     return {"id": msg_id, "type": type_, "sender_id": sender_id, "sender_name": sender_name,
-            "sender_label": sender_label or sender_name, "timestamp": timestamp, "text": text, "target_id": target_id}
+            "sender_label": sender_label or sender_name, "timestamp": timestamp, "text": text, "target_id": target_id,
+            "cursor": cursor}
 
 
 class Messaging:
@@ -128,18 +131,19 @@ class Messaging:
 
         return ToClient(w.client, _ok(w.req, {"id": msg_id, "peer": w.peer_name, "peer_id": w.peer_id, "status": status}))
 
-    def _store_in(self, now: float, msg: P.Message, peer, defer: bool = False) -> bool:
+    def _store_in(self, now: float, msg: P.Message, peer, defer: bool = False) -> int:
         """Store a received message under the name bound to the sender's key at JOIN (``peer.name``):
         the envelope's ``sender_name`` is only the sender's claim, and is not kept."""
         return self.store.add_message("in", msg.type, msg.id, msg.sender_id, msg.sender_id, peer.name, msg.target_id,
                                       msg.data["text"], msg.timestamp, self.node._epoch(now), defer=defer)
 
-    def _delivered_in(self, now: float, msg_id: str, type_: str, sender_id: str, sender_name: str, timestamp: str, text: str, target_id) -> list:
+    def _delivered_in(self, now: float, cursor: int, msg_id: str, type_: str, sender_id: str, sender_name: str, timestamp: str, text: str,
+                      target_id) -> list:
         self.node.stats["messages_in" if type_ == P.MESSAGE else "broadcasts_in"] += 1
         if not self.node.watchers:
             return []
         name, label = self.node.sender(sender_id, sender_name)
-        e = entry(msg_id, type_, sender_id, name, timestamp, text, target_id, label)
+        e = entry(msg_id, type_, sender_id, name, timestamp, text, target_id, label, cursor)
         return self.node.emit(now, "message" if type_ == P.MESSAGE else "broadcast", message=e)
 
     # ------------------------------------------------------------------ sending
@@ -217,7 +221,8 @@ class Messaging:
     def on_message(self, now: float, msg: P.Message, peer) -> list:
         seq = msg.data.get("seq")
         if seq is None:  # a simple peer without sequence numbers: dedupe by id only
-            return self._delivered_in(now, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, msg.data["text"], msg.target_id) if self._store_in(now, msg, peer) else []
+            n = self._store_in(now, msg, peer)
+            return self._delivered_in(now, n, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, msg.data["text"], msg.target_id) if n else []
         verdict = self.delivery.accept(peer.id, seq, msg.data["base"], msg.data.get("epoch"))
         if verdict == "dup":
             self.node.stats["duplicates_dropped"] += 1
@@ -225,13 +230,14 @@ class Messaging:
         if verdict == "gap":
             self.node.stats["out_of_order_dropped"] += 1
             return []
-        self._store_in(now, msg, peer, defer=True)  # new by its sequence number
-        return self._delivered_in(now, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, msg.data["text"], msg.target_id)
+        n = self._store_in(now, msg, peer, defer=True)  # new by its sequence number
+        return self._delivered_in(now, n, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, msg.data["text"], msg.target_id)
 
     def on_broadcast(self, now: float, msg: P.Message, peer) -> list:
         bseq = msg.data.get("bseq")
         if bseq is None:
-            return self._delivered_in(now, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, msg.data["text"], None) if self._store_in(now, msg, peer) else []
+            n = self._store_in(now, msg, peer)
+            return self._delivered_in(now, n, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, msg.data["text"], None) if n else []
         if msg.data.get("replay") and peer.id in self.since_wanted:
             since_epoch = self.since_wanted.pop(peer.id)
             ls = self.delivery.link(peer.id)
@@ -253,9 +259,9 @@ class Messaging:
                 self.node.stats["duplicates_dropped"] += 1  # delivered live before the backlog was asked for
                 continue
             # New by its number: queued for the turn's batched insert, outside the id index.
-            self.store.add_message("in", P.BROADCAST, msg_id, sender_id, sender_id, sender_name, None, text, timestamp,
-                                   self.node._epoch(now), defer=True)
-            acts += self._delivered_in(now, msg_id, P.BROADCAST, sender_id, sender_name, timestamp, text, None)
+            n = self.store.add_message("in", P.BROADCAST, msg_id, sender_id, sender_id, sender_name, None, text, timestamp,
+                                       self.node._epoch(now), defer=True)
+            acts += self._delivered_in(now, n, msg_id, P.BROADCAST, sender_id, sender_name, timestamp, text, None)
         if replay is not None and self.delivery.link(peer.id).bcast_seq >= replay[1]:
             del self.replay_seen[peer.id]  # the replay has caught up with what was delivered live
         return acts
@@ -374,13 +380,31 @@ class Messaging:
         links = [(peer_id, ls.out_seq, ls.out_acked) for peer_id, ls in self.delivery.links.items() if ls.out_seq > 0]
         return self.node.label_rows(self.store.outbox(statuses, limit, links), peer_key="peer")
 
-    def inbox(self, limit: int) -> list[dict]:
-        rows = self.store.history(direction="in", limit=limit)
+    def inbox(self, limit: int, unread: bool = False) -> list[dict]:
+        """The newest ``limit`` received messages, oldest first; ``unread``: only those after the read mark."""
+        rows = self.store.history(direction="in", limit=limit, after=self.read_upto() if unread else None)
+        return self.entries(rows)
+
+    def entries(self, rows: list[dict]) -> list[dict]:
         out = []
         for r in rows:
             name, label = self.node.sender(r["sender_id"], r["sender_name"])
-            out.append(entry(r["id"], r["type"], r["sender_id"], name, r["timestamp"], r["text"], r["target_id"], label))
+            out.append(entry(r["id"], r["type"], r["sender_id"], name, r["timestamp"], r["text"], r["target_id"], label, r["n"]))
         return out
+
+    # ------------------------------------------------------------------ read marks
+    def read_upto(self) -> int:
+        """The cursor up to which received messages have been read (in the chat, or `p2pctl read`)."""
+        return int(self.store.get_meta("read_upto", "0"))
+
+    def mark_read(self, upto: int) -> int:
+        """Move the read mark forward to ``upto`` (never back, never past the newest message)."""
+        mark = max(self.read_upto(), min(upto, self.store.last_cursor))
+        self.store.set_meta("read_upto", str(mark))
+        return mark
+
+    def unread_count(self) -> int:
+        return self.store.count_after(self.read_upto())
 
     def pending_count(self) -> int:
         # An expired message is never acknowledged, yet it no longer waits in the outbox.

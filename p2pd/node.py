@@ -641,6 +641,8 @@ class Node(Intake):
             "peers_alive": sum(1 for p in peers if p.state == ALIVE),
             "peers_lost": sum(1 for p in peers if p.state == LOST),
             "rumours": self.table.rumour_count(),
+            "unread": self.msgs.unread_count(),
+            "read_upto": self.msgs.read_upto(),
             "messages_in": self.stats["messages_in"],
             "messages_out": self.stats["messages_out"],
             "broadcasts_in": self.stats["broadcasts_in"],

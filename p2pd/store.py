@@ -104,8 +104,8 @@ CREATE TABLE IF NOT EXISTS known (
 
 
 _OUTBOX_INSERT = "INSERT INTO outbox(peer_id, seq, id, text, timestamp, created, expires) VALUES (?,?,?,?,?,?,?)"
-_MESSAGE_INSERT = ("INSERT OR IGNORE INTO messages(id, direction, type, peer_id, sender_id, sender_name, target_id, text, timestamp, stored, "
-                   "dedupe) VALUES (?,?,?,?,?,?,?,?,?,?,?)")
+_MESSAGE_INSERT = ("INSERT OR IGNORE INTO messages(n, id, direction, type, peer_id, sender_id, sender_name, target_id, text, timestamp, "
+                   "stored, dedupe) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
 
 SCHEMA_VERSION = 2  # bump with a migration in MIGRATIONS whenever SCHEMA changes
 
@@ -239,6 +239,11 @@ class Store:
                     Path(self.path + suffix).chmod(0o600)  # messages are private
                 except OSError:
                     pass
+        # Row numbers are handed out here, not by SQLite, so that a message has its number (the
+        # cursor of `watch` and `read`) as soon as it is queued; never reused, even after a prune
+        # emptied the table (the high-water mark is kept in meta).
+        top = self._read("SELECT MAX(n) FROM messages").fetchone()[0] or 0
+        self._next_n = max(top + 1, int(self.get_meta("next_n", "1")))
         self.epoch = self.get_meta("epoch")
         if self.epoch is None:
             self.new_epoch()
@@ -424,8 +429,9 @@ class Store:
 
     # ------------------------------------------------------------------ conversation
     def add_message(self, direction: str, type_: str, msg_id: str, peer_id: str | None, sender_id: str, sender_name: str,
-                    target_id: str | None, text: str, timestamp: str, now: float, defer: bool = False, dedupe: bool = False) -> bool:
-        """Store one message; False if a message with this id is already stored.
+                    target_id: str | None, text: str, timestamp: str, now: float, defer: bool = False, dedupe: bool = False) -> int:
+        """Store one message; its row number (the event cursor, > 0), or 0 if a message with this
+        id is already stored.
 
         ``defer=True`` queues the row for one batched insert and returns True
         without checking: for callers that already know it is new (numbered
@@ -433,20 +439,42 @@ class Store:
         rows are not in the id index unless ``dedupe``; the others are, and
         their id is unique.
         """
+        n = self._next_n
+        self._next_n += 1
         if defer:
-            self._message_rows.append((msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now,
+            self._message_rows.append((n, msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now,
                                        1 if dedupe else None))
-            return True
-        row = (msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now, 1)
-        return self._write(_MESSAGE_INSERT, row).rowcount == 1
+            return n
+        row = (n, msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now, 1)
+        if self._write(_MESSAGE_INSERT, row).rowcount == 1:
+            return n
+        self._next_n = n  # a duplicate: nothing took the number
+        return 0
+
+    @property
+    def last_cursor(self) -> int:
+        """The row number of the newest message stored (or queued): 0 if none ever was."""
+        return self._next_n - 1
+
+    def messages_after(self, cursor: int, direction: str = "in", limit: int = 10_000) -> list[dict]:
+        """The first ``limit`` messages with a row number above ``cursor``, oldest first (a watcher catching up)."""
+        return self._rows("WHERE m.n>? AND m.direction=? ORDER BY m.n LIMIT ?", (cursor, direction, limit))
+
+    def count_after(self, cursor: int, direction: str = "in") -> int:
+        return self._read("SELECT COUNT(*) FROM messages WHERE n>? AND direction=?", (cursor, direction)).fetchone()[0]
 
     def broadcast_ids_since(self, origin: str, when: float) -> set[str]:
         """Ids of the broadcasts from ``origin`` stored at or after ``when`` (walks that origin's rows by number)."""
         return {r[0] for r in self._read("SELECT id FROM messages WHERE peer_id=? AND n>=? AND direction='in' AND type='BROADCAST'",
                                          (origin, self._first_n_stored_at(when)))}
 
-    def history(self, peer_id: str | None = None, since: float | None = None, limit: int = 0, direction: str | None = None) -> list[dict]:
+    def history(self, peer_id: str | None = None, since: float | None = None, limit: int = 0, direction: str | None = None,
+                after: int | None = None) -> list[dict]:
+        """The newest ``limit`` messages (all if 0), oldest first; ``after``: only row numbers above it."""
         where, args = [], []
+        if after is not None:
+            where.append("n>?")
+            args.append(after)
         if peer_id is not None:
             where.append("peer_id=?")
             args.append(peer_id)
@@ -456,17 +484,18 @@ class Store:
         if direction is not None:
             where.append("direction=?")
             args.append(direction)
-        sql = ("SELECT m.n, m.id, m.direction, m.type, m.peer_id, m.sender_id, m.sender_name, m.target_id, m.text, m.timestamp, "
-               "m.stored, k.name FROM messages m LEFT JOIN known k ON k.id = m.peer_id")
-        if where:
-            sql += " WHERE " + " AND ".join(f"m.{w}" for w in where)
-        sql += " ORDER BY m.n DESC"
+        tail = (" WHERE " + " AND ".join(f"m.{w}" for w in where) if where else "") + " ORDER BY m.n DESC"
         if limit:
-            sql += " LIMIT ?"
+            tail += " LIMIT ?"
             args.append(limit)
-        rows = self._read(sql, args).fetchall()
-        keys = ("n", "id", "direction", "type", "peer_id", "sender_id", "sender_name", "target_id", "text", "timestamp", "stored", "peer_name")
-        return [dict(zip(keys, r)) for r in reversed(rows)]
+        return list(reversed(self._rows(tail, args)))
+
+    _ROWS = ("SELECT m.n, m.id, m.direction, m.type, m.peer_id, m.sender_id, m.sender_name, m.target_id, m.text, m.timestamp, "
+             "m.stored, k.name FROM messages m LEFT JOIN known k ON k.id = m.peer_id ")
+    _ROW_KEYS = ("n", "id", "direction", "type", "peer_id", "sender_id", "sender_name", "target_id", "text", "timestamp", "stored", "peer_name")
+
+    def _rows(self, tail: str, args) -> list[dict]:
+        return [dict(zip(self._ROW_KEYS, r)) for r in self._read(self._ROWS + tail, args).fetchall()]
 
     # ------------------------------------------------------------------ own broadcasts
     def add_broadcast(self, seq: int, msg_id: str, text: str, timestamp: str, now: float) -> None:
@@ -563,6 +592,7 @@ class Store:
         next call takes the rest.
         """
         cutoff = now - max_age_s
+        self.set_meta("next_n", str(self._next_n))  # row numbers go on from here, whatever is deleted
         first_kept = self._first_n_stored_at(cutoff)
         n = self._write("DELETE FROM messages WHERE n<? AND n<(SELECT MIN(n) FROM messages)+?", (first_kept, budget)).rowcount
         for peer_id, acked in self._read("SELECT DISTINCT o.peer_id, COALESCE(l.out_acked, 0) FROM outbox o "

@@ -3,6 +3,8 @@ every command, every bad request, and fuzzing that it never raises."""
 
 from __future__ import annotations
 
+import orjson
+
 import json
 
 import pytest
@@ -25,7 +27,7 @@ from memnet import net, pair, busy_alice  # noqa: F401 (fixtures; a module's own
 def test_control_status_info_peers(net, pair):
     alice, bob = pair
     r = net.call(alice, 5.0, "status")
-    assert r["ok"] is True and r["result"] == {"pid": 4242, "id": "alice-id", "name": "alice", "uptime_s": 5.0}
+    assert r["ok"] is True and r["result"] == {"pid": 4242, "id": "alice-id", "name": "alice", "uptime_s": 5.0, "unread": 0, "read_upto": 0}
     r = net.call(alice, 5.0, "info")["result"]
     assert r["pid"] == 4242 and r["id"] == "alice-id" and r["peers"] == 1 and r["peers_alive"] == 1 and r["peers_lost"] == 0
     assert r["protocol_version"] == 1 and r["address"] == {"addr": HOST, "port": 5001, "pub_port": 5002}
@@ -70,7 +72,7 @@ def test_control_inbox_and_limit(net, pair):
 def test_control_watch_and_stop(net, pair):
     alice, bob = pair
     r = handle(alice, {"req": "w", "cmd": "watch"}, client=WATCH)
-    assert r == {"req": "w", "ok": True, "result": {"watching": True, "id": "alice-id", "name": "alice"}}
+    assert r == {"req": "w", "ok": True, "result": {"watching": True, "id": "alice-id", "name": "alice", "cursor": 0}}
     assert WATCH in alice.watchers
     acts = control.handle(alice, 2.0, CLI, b'{"req": 3, "cmd": "stop"}', {})
     assert acts[0] == ToClient(CLI, {"req": 3, "ok": True, "result": {"stopping": True}})
@@ -250,3 +252,52 @@ def test_control_message_of_wrong_frame_count_gets_an_error_reply(frames, req):
     reply = acts[0].payload
     assert reply["ok"] is False and reply["code"] == "bad_request" and reply["req"] == req
     assert f"had {len(frames) - 1}" in reply["error"] and alice.dropped["bad_control"] == 1
+
+
+def test_events_carry_a_cursor_and_a_returning_watcher_misses_nothing(net, pair):
+    """Each received message has a cursor (its row number in the store); `watch since=C` first
+    sends what was stored after C, then live events: a watcher that lost the daemon comes back
+    without a gap.  `read` moves the read mark; `inbox unread` and `status` follow it."""
+    alice, bob = pair
+    net.call(alice, 1.0, "watch", client=WATCH)
+    net.call(bob, 1.0, "send", peer="alice", text="first")
+    [first] = [e for e in net.events(alice) if e["event"] == "message"]
+    assert first["message"]["text"] == "first" and first["message"]["cursor"] >= 1
+    alice.watchers.discard(WATCH)  # the watcher goes away (the daemon stopped, say)
+    for t in ("second", "third"):
+        net.call(bob, 2.0, "send", peer="alice", text=t)
+    net.call(bob, 2.0, "broadcast", text="to all")
+    replies = []
+    acts = control.handle(alice, 3.0, b"w2", orjson.dumps({"req": 1, "cmd": "watch", "args": {"since": first["message"]["cursor"]}}), {})
+    replies = [a.payload for a in acts if isinstance(a, ToClient)]
+    assert replies[0]["result"]["cursor"] == alice.store.last_cursor
+    replayed = replies[1:]
+    assert [(e["event"], e["message"]["text"], e["replay"]) for e in replayed] == [
+        ("message", "second", True), ("message", "third", True), ("broadcast", "to all", True)]
+    cursors = [e["message"]["cursor"] for e in replayed]
+    assert cursors == sorted(cursors) and cursors[0] > first["message"]["cursor"]
+    # read marks: forward only, never past the newest; inbox --unread and status follow them
+    assert net.call(alice, 3.0, "status")["result"]["unread"] == 4
+    r = net.call(alice, 3.0, "read", upto=cursors[0])["result"]
+    assert r == {"read_upto": cursors[0], "unread": 2}
+    assert [m["text"] for m in net.call(alice, 3.0, "inbox", unread=True)["result"]] == ["third", "to all"]
+    assert net.call(alice, 3.0, "read", upto=1)["result"]["read_upto"] == cursors[0]  # never back
+    assert net.call(alice, 3.0, "read", upto=10**9)["result"] == {"read_upto": alice.store.last_cursor, "unread": 0}
+    assert net.call(alice, 3.0, "inbox", unread=True)["result"] == []
+    for bad in ({"upto": -1}, {"upto": "x"}, {}):
+        assert net.call(alice, 3.0, "read", **bad)["code"] == "bad_request"
+    assert net.call(alice, 3.0, "watch", since=True)["code"] == "bad_request"
+
+
+def test_cursors_only_grow_even_after_every_message_was_pruned(tmp_path):
+    from p2pd.store import Store
+
+    s = Store(str(tmp_path / "store.db"))
+    first = s.add_message("in", "MESSAGE", "m1", "p", "p", "p", "me", "hi", "2026-01-01T00:00:00.000Z", 1.0)
+    second = s.add_message("in", "MESSAGE", "m2", "p", "p", "p", "me", "hi", "2026-01-01T00:00:00.000Z", 2.0, defer=True)
+    assert 0 < first < second == s.last_cursor
+    assert s.add_message("in", "MESSAGE", "m1", "p", "p", "p", "me", "hi", "2026-01-01T00:00:00.000Z", 3.0) == 0  # a duplicate
+    s.prune(10_000.0, max_age_s=1.0, max_messages=10)  # everything is old
+    s.close()
+    s = Store(str(tmp_path / "store.db"))
+    assert s.history() == [] and s.add_message("in", "MESSAGE", "m3", "p", "p", "p", "me", "x", "2026-01-01T00:00:00.000Z", 4.0) > second

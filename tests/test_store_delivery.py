@@ -50,8 +50,8 @@ def test_uncommitted_writes_are_not_visible_after_a_crash(tmp_path):
 
 
 def test_message_ids_are_stored_once(store):
-    assert store.add_message("in", "MESSAGE", "x", "bob", "bob", "bob", "me", "hi", "ts", 1.0) is True
-    assert store.add_message("in", "MESSAGE", "x", "bob", "bob", "bob", "me", "hi", "ts", 2.0) is False
+    assert store.add_message("in", "MESSAGE", "x", "bob", "bob", "bob", "me", "hi", "ts", 1.0) == 1  # its cursor
+    assert store.add_message("in", "MESSAGE", "x", "bob", "bob", "bob", "me", "hi", "ts", 2.0) == 0  # a duplicate
     assert len(store.history()) == 1
 
 
@@ -513,7 +513,7 @@ def test_a_format_1_store_is_migrated_with_its_messages(tmp_path):
     assert [r["id"] for r in s.outbox()] == ["o1"] and s.epoch == "e1"
     indexes = {r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type='index' AND name NOT LIKE 'sqlite_%'")}
     assert indexes == {"messages_dedupe", "outbox_expired"}
-    assert s.add_message("in", "MESSAGE", "m1", "bob", "bob", "bob", "me", "again", "ts", 2.0) is False  # still unique
+    assert s.add_message("in", "MESSAGE", "m1", "bob", "bob", "bob", "me", "again", "ts", 2.0) == 0  # still unique
     s.close()
     assert [m["text"] for m in Store(path, before_migration=lambda *a: told.append(a)).history()] == ["kept"]  # opening again changes nothing
     assert len(told) == 1
