@@ -329,16 +329,14 @@ def outbox(ctx, show_all, limit):
 @main.command()
 @command
 def watch(ctx):
-    """Stream messages, joins, leaves and losses live until Ctrl-C (--json: JSON lines)."""
-    with ctx.client() as c:
-        for ev in c.watch():
-            if ev is None:
-                continue
-            if ctx.as_json:
-                click.echo(json.dumps(ev))
-            else:
-                click.echo(render.event_line(ev))
-            sys.stdout.flush()
+    """Stream messages, joins, leaves and losses live until Ctrl-C (--json: JSON lines).
+
+    When the daemon stops, says so (--json: {"event": "daemon_down"}), waits for it,
+    says when it is back ({"event": "daemon_up"}) and goes on from where it was:
+    the messages that arrived meanwhile come first."""
+    from .events import run_watch
+
+    run_watch(ctx.client, ctx.as_json)
 
 
 @main.command()

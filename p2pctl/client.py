@@ -327,7 +327,8 @@ class Client:
         """Yield events as they happen; yields ``None`` every ``poll_s`` of quiet so callers can do other work.
 
         ``since``: the ``cursor`` of the last message seen before (from an event, or `inbox`):
-        what was stored after it comes first, as ``replay`` events, so nothing is missed."""
+        what was stored after it comes first, as ``replay`` events, so nothing is missed.
+        It ends nowhere when the daemon stops: `p2pctl.events.EventStream` notices that and resumes."""
         self.call("watch", **({} if since is None else {"since": since}))
         sock = self._sock  # the socket the watch was registered on
         while True:
@@ -337,6 +338,32 @@ class Client:
                     yield frame
             else:
                 yield None
+
+    def watch_events(self, timeout_s: float) -> tuple[list[dict], bool]:
+        """After a ``watch`` call on this client: the events that came within ``timeout_s`` (all that
+        are waiting once one came), and whether the connection to the daemon was lost.
+
+        The loss is read from the socket's monitor (DISCONNECTED), which libzmq reports as soon as
+        the daemon's end of the connection closes: no request, no timer.  The events the daemon sent
+        before it went are returned with it.  After a loss this client's watch is over (a daemon
+        started again knows nothing of it): close the client and watch anew."""
+        sock, monitor = self._sock, self._monitor
+        if sock is None:
+            return [], True
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        poller.poll(max(0, int(timeout_s * 1000)))
+        lost = False
+        while monitor.poll(0):  # first: what the daemon sent before it went is in the socket by then
+            if _monitor_event(monitor) == zmq.EVENT_DISCONNECTED:
+                lost = True
+        events = []
+        while sock.poll(0):
+            frame = json.loads(sock.recv())
+            if "event" in frame:
+                events.append(frame)
+        return events, lost
 
     def close(self) -> None:
         self._drop_socket()

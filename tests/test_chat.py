@@ -122,3 +122,21 @@ def test_colour_only_on_a_terminal(make_node):
     assert "\x1b[" not in run_in_pty(args, {**env, "NO_COLOR": "1"})
     assert "\x1b[" not in run_in_pty([*args[:-1], "--no-color", "peers"], env)
     assert "\x1b[" not in alice.ctl("peers").stdout  # piped: plain
+
+
+def test_connect_arguments_in_the_chat():
+    import pytest
+
+    from p2pctl.chat import chat_terms, parse_connect
+
+    key = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+    assert parse_connect("10.0.0.2 5000") == ("10.0.0.2", 5000, None)
+    assert parse_connect("10.0.0.2:5000") == ("10.0.0.2", 5000, None)
+    assert parse_connect("[::1]:5000") == ("::1", 5000, None)
+    assert parse_connect(f"p2p://{key}@127.0.0.1:6000") == ("127.0.0.1", 6000, key)
+    for bad, says in (("127.0.0.1 abc", "the port must be a number"), ("127.0.0.1", "has no port"), ("a b c", "usage: /connect"),
+                      ("h 70000", "out of range"), ("p2p://short@h:1", "not a connect string")):
+        with pytest.raises(ValueError, match=says):
+            parse_connect(bad)
+    assert chat_terms("no peer named 'x'; `p2pctl peers` lists the peers") == "no peer named 'x'; /peers lists the peers"
+    assert chat_terms("link one with: p2pctl connect HOST PORT") == "link one with: /connect HOST PORT"
