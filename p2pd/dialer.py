@@ -122,7 +122,7 @@ class Dialer:
             return []
         acts = self.node._close_link(pc.key)
         if pc.client is not None:
-            acts.append(ToClient(pc.client, _err(pc.req, "self", f"{pc.endpoint} is this node itself")))
+            acts.append(ToClient(pc.client, _err(pc.req, "self", f"{pc.endpoint} is this node itself (our own JOIN came back): nothing to link")))
         return acts
 
     def on_reply(self, now: float, peer: Peer, reply_to: str | None) -> tuple[PendingConnect | None, list]:
@@ -224,6 +224,9 @@ class Dialer:
             # SYN costs 1 s, two cost 3 s); a background dial is retried with backoff anyway.
             timeout_s = KEY_FETCH_S if deadline is None else max(0.05, deadline - now)
             return [FetchKey(P.tcp_endpoint(host, port + 2), tag, timeout_s)]
+        if key == trust.public_key:  # our own key port answered (or our own connect string): never pinned
+            return self._fail(client, req, "self", f"{address} is this node itself (it answered with this node's own key): "
+                                                   f"nothing to link, and no key was pinned; connect to another node's address")
         problem = trust.check_pin(address, key)
         if problem is not None:
             log.warning("refused %s: %s", address, problem)
