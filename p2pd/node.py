@@ -537,9 +537,13 @@ class Node(Intake):
         """End of an input batch: what may go out only once the store is committed."""
         return self.msgs.flush(now)
 
-    def on_key(self, now: float, tag: str, key: str | None, error: str | None) -> list:
+    def on_key(self, now: float, tag: str, key: str | None, error: str | None, refused: bool = False) -> list:
         """The transport's answer to FetchKey (see `Dialer.on_key`)."""
-        return self.dial.on_key(now, tag, key, error)
+        return self.dial.on_key(now, tag, key, error, refused)
+
+    def on_link_refused(self, now: float, key: str) -> list:
+        """The transport saw the connection of link ``key`` (an `OpenLink` with report_refused) refused."""
+        return self.dial.on_refused(now, key)
 
     def on_lan_beacon(self, now: float, data: bytes, host: str) -> list:
         """A UDP beacon from ``host`` (LAN discovery, p2pd/lan.py): dial its sender unless we are linked to it."""
