@@ -252,7 +252,8 @@ class Dialer:
             if pinned is None and refused:
                 return self._fail(pk.client, pk.req, "refused",
                                   f"connection refused at {pk.host}:{pk.port + 2}, the key port of {address}: nothing listens there; "
-                                  f"is p2pd running at {address}? (a node with another key port is reached with the p2p:// string from `p2pctl info` there)")
+                                  f"is p2pd running at {address}, and not in --insecure mode (which has no key port)? "
+                                  f"(a node with another key port is reached with the p2p:// string from `p2pctl info` there)")
             if pinned is None:
                 return self._fail(pk.client, pk.req, "unreachable",
                                   f"could not get the key of {address} from its key port {pk.port + 2} ({error or 'bad answer'}): "
