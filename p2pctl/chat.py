@@ -267,7 +267,7 @@ class Chat:
     def broadcast(self, text: str) -> None:
         res = self.call("broadcast", text=text)
         self.out(f"{clock()} {render.magenta('you')}: {escape.text(text, render.CONT)}")
-        if not res.get("subscribers"):
+        if render.nobody_linked(res):
             self.out(render.yellow("nobody is linked: not delivered to anyone") + " (/connect HOST PORT links a peer)")
 
     def connect(self, rest: str) -> None:

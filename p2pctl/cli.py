@@ -36,18 +36,35 @@ class Ctx:
             click.echo(text if text is not None else data)
 
 
+def _positive(click_ctx, param, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter("must be a positive number of seconds", ctx=click_ctx, param=param)
+    return value
+
+
 def command(fn):
     """Run a command; turn client errors into one line and the documented exit code.
 
-    Every command also takes ``--json`` after its name (``p2pctl peers --json``),
-    the same as the global flag.
+    Every command also takes the global options after its name (``p2pctl peers
+    --home X --json``): ``--home``, ``--json``, ``--no-color`` and ``--timeout``
+    given there win over the same option given before the command.
     """
 
+    @click.option("--home", "home_here", metavar="DIR", help="Node home directory (same as p2pctl --home).")
     @click.option("--json", "json_here", is_flag=True, help="Machine-readable output (same as p2pctl --json).")
+    @click.option("--no-color", "no_color_here", is_flag=True, help="No colour (same as p2pctl --no-color).")
+    @click.option("--timeout", "timeout_here", type=float, callback=_positive, metavar="SECONDS",
+                  help="Seconds to wait for the daemon (same as p2pctl --timeout).")
     @functools.wraps(fn)
     @click.pass_obj
-    def wrapper(ctx: Ctx, *args, json_here=False, **kwargs):
+    def wrapper(ctx: Ctx, *args, json_here=False, home_here=None, no_color_here=False, timeout_here=None, **kwargs):
         ctx.as_json = ctx.as_json or json_here
+        if home_here is not None:
+            ctx.home = home_here
+        if timeout_here is not None:
+            ctx.timeout_s = timeout_here
+        if no_color_here:
+            render.setup(no_color=True)
         try:
             return fn(ctx, *args, **kwargs)
         except ClientError as e:
@@ -140,7 +157,7 @@ def parse_since(value: str | None) -> float | None:
 
 @main.command()
 @click.argument("target", metavar="HOST[:PORT]")
-@click.argument("port", required=False, type=click.IntRange(1, 65535))
+@click.argument("port", required=False)
 @click.option("--since", help="Also fetch this peer's broadcasts sent since then (30m, 2h, 7d, ISO time).")
 @command
 def connect(ctx, target, port, since):
@@ -153,6 +170,8 @@ def connect(ctx, target, port, since):
     A new peer's old broadcasts are not replayed unless --since asks for them.
     """
     key = None
+    if port is not None:
+        port = _port_number(port)
     if target.startswith("p2p://"):
         from p2pd.keys import KeyError_, parse_connect_string
 
@@ -164,16 +183,24 @@ def connect(ctx, target, port, since):
             raise click.UsageError(str(e)) from None
     if port is None:
         host, sep, p = target.rpartition(":")
-        if not sep or not p.isdigit():
+        if not sep or not p or (not p.isdigit() and ":" in host and not host.endswith("]")):  # (the latter: a bare IPv6 address)
             raise click.UsageError(f"{target!r} has no port: use HOST PORT or HOST:PORT, e.g. p2pctl connect 10.0.0.2 5000")
-        port = int(p)
-        if not 1 <= port <= 65535:
-            raise click.UsageError(f"port {port} is out of range 1-65535")
+        port = _port_number(p)
         target = host
     with ctx.client() as c:
         res = c.connect(target, port, wait_s=ctx.timeout_s, since=parse_since(since), key=key)
     peer = res["peer"]
     ctx.out(res, f"{'already linked to' if res.get('already') else 'linked to'} {render.cyan(render.name(peer['name']))} ({peer['id'][:12]}) at {render.name(peer['address'])}")
+
+
+def _port_number(text: str) -> int:
+    """A port given on the command line: a number from 1 to 65535, or a usage error that says so."""
+    if not text.strip().isdigit():
+        raise click.UsageError(f"the port must be a number from 1 to 65535, not {text!r}: e.g. p2pctl connect 10.0.0.2 5000")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise click.UsageError(f"port {port} is out of range: the port must be a number from 1 to 65535")
+    return port
 
 
 @main.command()
@@ -255,11 +282,32 @@ def send(ctx, peer, text, wait_opt):
 @click.argument("text", nargs=-1, required=True)
 @command
 def broadcast(ctx, text):
-    """Send TEXT to every linked peer ("-" reads stdin)."""
+    """Send TEXT to every linked peer ("-" reads stdin).
+
+    Prints how many peers it reached ("subscribers" in --json: the linked peers
+    whose subscription is attached; "linked": the peers linked now).  With no
+    peer linked it says "nobody is linked: not delivered to anyone".
+
+    That is still exit 0: the broadcast is stored and numbered, and a peer that
+    was linked before fetches what it missed when it comes back; a script that
+    needs a listener checks "subscribers" in --json.
+    """
     body = _text_arg(text)
     with ctx.client() as c:
         res = c.call("broadcast", text=body)
-    ctx.out(res, f"broadcast {res['id'][:12]} to {res['subscribers']} subscribed peer(s)")
+    ctx.out(res, broadcast_line(res))
+
+
+def broadcast_line(res: dict) -> str:
+    """What `broadcast` prints: whom it reached, and plainly when nobody is there to hear."""
+    mid = res["id"][:12]
+    linked = res.get("linked")
+    if render.nobody_linked(res):
+        return f"nobody is linked: not delivered to anyone (broadcast {mid} is kept: a peer linked before fetches it when it is back)"
+    line = f"broadcast {mid} to {res['subscribers']} subscribed peer(s)"
+    if linked is not None and linked > res["subscribers"]:
+        line += f" ({linked - res['subscribers']} more linked, not subscribed yet: they fetch it by its number)"
+    return line
 
 
 @main.command()
@@ -345,7 +393,7 @@ def status(ctx):
     """Is the daemon running? Exit 0 if it is, 3 if not."""
     with ctx.client() as c:
         res = c.call("status")
-    ctx.out({"running": True, **res}, f"p2pd is running: {render.name(res['name'])} ({res['id'][:12]}), pid {res['pid']}, up {render.ago(res['uptime_s']).replace(' ago', '')}")
+    ctx.out({"running": True, **res}, f"p2pd is running: {render.name(res['name'])} ({res['id'][:12]}), pid {res['pid']}, up {render.duration(res['uptime_s'])}")
 
 
 @main.command()

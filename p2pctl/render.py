@@ -94,6 +94,21 @@ def ago(seconds: float | None) -> str:
     return f"{seconds / 3600:.0f}h ago"
 
 
+def duration(seconds: float | None) -> str:
+    """A span of time such as an uptime: ``45s``, ``12m 05s``, ``3h 07m``, ``2d 04h`` (rounded down).
+    `p2pd status`, `p2pctl status` and `p2pctl info` all show uptime this way."""
+    if seconds is None:
+        return "?"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
+
+
 def table(headers: list[str], rows: list[list[str]], colorize=None) -> str:
     widths = [len(h) for h in headers]
     for row in rows:
@@ -130,11 +145,11 @@ def info_text(i: dict) -> str:
     drop_text = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) or "none"
     lines = [
         f"{bold(escape.line(i['name']))} ({i['id']})",
-        f"  peer link   {i.get('router')}   advertised as {addr.get('addr') or '(address peers see)'}",
+        f"  peer link   {i.get('router')}   advertised as {_advertised(i)}",
         f"  broadcast   {i.get('pub')}",
         f"  control     {i.get('control')}",
         f"  log         {i.get('log_file')}",
-        f"  pid         {i.get('pid')}, up {ago(i.get('uptime_s')).replace(' ago', '')}, version {i.get('version')}",
+        f"  pid         {i.get('pid')}, up {duration(i.get('uptime_s'))}, version {i.get('version')}",
         f"  security    {_security(i)}",
         f"  peers       {i['peers_alive']} alive, {i['peers_lost']} lost, {i['peers']} known",
         f"  messages    {i['messages_in']} in, {i['messages_out']} out ({i.get('outbox_pending', 0)} waiting in the outbox); broadcasts {i['broadcasts_in']} in, {i['broadcasts_out']} out",
@@ -144,6 +159,20 @@ def info_text(i: dict) -> str:
     if lan:
         lines.insert(-3, f"  discovery   LAN beacons on UDP {lan['port']} to {lan['to']}: {lan['beacons_sent']} sent, {lan['beacons_heard']} heard")
     return "\n".join(lines)
+
+
+def _advertised(i: dict) -> str:
+    """The address peers reach this node at.  Announced (``--advertise``, or a specific ``--host``),
+    or, bound to all interfaces without --advertise, not announced: each peer then uses the
+    address it sees, which the daemon guessed at start (``seen_as``: this host's address on
+    its default route, as in the connect string)."""
+    addr = i.get("address", {}).get("addr")
+    if addr:
+        return escape.line(addr)
+    seen = i.get("seen_as")
+    if seen:
+        return f"{escape.line(seen)} (as peers see it; not announced: set --advertise to fix one)"
+    return "the address each peer sees (not announced: set --advertise to fix one)"
 
 
 def _security(i: dict) -> str:
@@ -235,3 +264,9 @@ def error(text: str) -> str:
 def name(text) -> str:
     """A peer's name (or anything else a peer chose), escaped for one line."""
     return escape.line(text)
+
+
+def nobody_linked(broadcast_reply: dict) -> bool:
+    """Did a broadcast reach nobody because no peer is linked?  (`p2pctl broadcast` and the chat say so.)"""
+    linked = broadcast_reply.get("linked")  # from p2pd before December 2026: only "subscribers"
+    return linked == 0 or (linked is None and not broadcast_reply.get("subscribers"))

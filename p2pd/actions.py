@@ -19,11 +19,14 @@ class OpenLink:
 
     ``server_key`` is the peer's CURVE public key (None: plaintext link).  ``suffix``: the
     DEALER's routing id is our node id, "/" and a fresh random suffix (the peer's JOIN said
-    ``rid_suffix``); else our bare node id, which every p2pd takes (docs/PROTOCOL.md 2.2)."""
+    ``rid_suffix``); else our bare node id, which every p2pd takes (docs/PROTOCOL.md 2.2).
+    ``report_refused``: if the first TCP connection attempt fails at once (nothing listens
+    there), tell the node (`Node.on_link_refused`) instead of letting ZeroMQ retry unseen."""
     key: str
     endpoint: str
     server_key: str | None = None
     suffix: bool = False
+    report_refused: bool = False
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
 from . import __version__, exitcodes
 from .home import ControlChoiceError, Home, control_transport, resolve_home
-from .settings import ConfigError, LOG_LEVELS, build, load_file
+from .settings import ConfigError, LOG_LEVELS, build, check_bind_host, load_file
 
 HOME_HELP = "Node home directory (identity, config, log, socket). Default: $P2PD_HOME or the user data dir."
 
@@ -45,6 +46,26 @@ def main():
     Exit codes: 0 ok, 1 failed, 2 usage, 3 not running, 4 timeout,
     5 permission denied, 6 already running or port in use.
     """
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (``path`` itself, or a parent
+    that a start would create with it); None when the home exists."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _remove_new_home(made: Path | None) -> None:
+    """A start that failed leaves no half-made home: remove the directories it created (only
+    those: a home that existed before is never touched).  The error was printed already."""
+    if made is not None:
+        import shutil
+
+        shutil.rmtree(made, ignore_errors=True)
 
 
 @main.command()
@@ -98,8 +119,11 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
             return build(load_file(cfg_file) if cfg_file else {}, overrides)
 
         settings = current_settings()
+        if not daemonized:  # checked by the command the user ran (a lookup of a name is I/O: not again in the child)
+            check_bind_host(settings.host)
     except (ConfigError, ControlChoiceError) as e:
         _fail(str(e), exitcodes.USAGE)
+    made = None if daemonized else _first_missing(h.path)  # what this start creates, removed again if it fails
     if foreground or daemonized:
         try:
             code = run_foreground(h, settings, log_to_stderr=not daemonized,
@@ -108,7 +132,9 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
             _fail(str(e), exitcodes.CONFLICT)
         except Exception as e:  # StartupError and friends: one line, no traceback
             conflict = "already in use" in str(e)
-            _fail(str(e) if conflict else _disk_full(h) or str(e), exitcodes.CONFLICT if conflict else exitcodes.FAILED)
+            message = str(e) if conflict else _disk_full(h) or str(e)
+            _remove_new_home(made)
+            _fail(message, exitcodes.CONFLICT if conflict else exitcodes.FAILED)
         sys.exit(code)
     running, pid = is_running(h)
     if running:
@@ -131,10 +157,15 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
     if error:
         if proc.poll() is None:
             proc.terminate()
-        code = proc.poll()
-        if code in (exitcodes.CONFLICT, exitcodes.USAGE):
-            _fail(error, code)
-        _fail(_disk_full(h) or error, exitcodes.FAILED)
+        import subprocess
+
+        try:
+            code = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code, made = None, None  # still running: leave its files alone
+        message = error if code in (exitcodes.CONFLICT, exitcodes.USAGE) else _disk_full(h) or error
+        _remove_new_home(made)
+        _fail(message, code if code in (exitcodes.CONFLICT, exitcodes.USAGE) else exitcodes.FAILED)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -222,4 +253,6 @@ def status(home, as_json):
     if as_json:
         click.echo(json.dumps({"running": True, **st}))
     else:
-        click.echo(f"p2pd is running: {st['name']} ({st['id'][:12]}), pid {st['pid']}, up {st['uptime_s']:.0f}s, home {h.path}")
+        from p2pctl.render import duration, name
+
+        click.echo(f"p2pd is running: {name(st['name'])} ({st['id'][:12]}), pid {st['pid']}, up {duration(st['uptime_s'])}, home {h.path}")

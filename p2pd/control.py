@@ -267,13 +267,18 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
             raise BadRequest("bad_request", "argument 'ids' must be distinct message ids (1-64 of [0-9A-Za-z_.:-]), one per text")
         wait_s = _arg_num(args, "wait_s", 0.0, 0.0, 86400 * 30)
         require = args.get("require", False) is True
-        return node.msgs.send(now, peer_id, peer_name, texts, client, req, wait_s, require, ids)
+        before = node.stats["messages_out"]
+        acts = node.msgs.send(now, peer_id, peer_name, texts, client, req, wait_s, require, ids)
+        if (peer := node.table.get(peer_id)) is not None:  # counted as info's messages_out is
+            peer.msgs_out += node.stats["messages_out"] - before
+        return acts
     if cmd == "broadcast":
         texts = _texts(node, args)
         acts, ids = node.msgs.broadcast(now, texts)
-        reach = sum(1 for p in node.table.alive() if p.subscribed)
+        alive = node.table.alive()
+        reach = sum(1 for p in alive if p.subscribed)
         result = {"ids": ids} if "texts" in args else {"id": ids[0]}
-        return acts + [ToClient(client, _ok(req, {**result, "status": "sent", "subscribers": reach}))]
+        return acts + [ToClient(client, _ok(req, {**result, "status": "sent", "subscribers": reach, "linked": len(alive)}))]
     if cmd == "ping":
         peer = _resolve(node, args)
         wait_s = _arg_num(args, "wait_s", 5.0, 0.01, 600)

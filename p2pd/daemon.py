@@ -238,6 +238,8 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_set
                 "version": _version(),
                 "key_port": transport.key_port or None,
                 "connect": None if settings.insecure else connect_string(keypair.public, _reachable_host(settings), transport.port),
+                # Not announced (address.addr null): where peers most likely see us, for `p2pctl info`.
+                "seen_as": _reachable_host(settings) if address.addr is None else None,
             }
             joins = [P.tcp_endpoint(*parse_host_port(j)) for j in settings.join]
             if read_settings is not None:
@@ -280,8 +282,26 @@ def _reachable_host(settings: Settings) -> str:
         return settings.advertise
     if settings.host not in WILDCARD_HOSTS:
         return settings.host
+    return _seen_host(settings.host)
+
+
+def _seen_host(host: str) -> str:
+    """Bound to all interfaces without --advertise, the address peers most likely see us at: this
+    host's source address on its default route (a UDP socket "connected" to a documentation
+    address tells it; no packet is sent), else the host name."""
     import socket
 
+    for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        if host == "0.0.0.0" and family == socket.AF_INET6:
+            break
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((probe, 9))
+                addr = s.getsockname()[0]
+        except OSError:
+            continue
+        if addr not in ("0.0.0.0", "::"):
+            return addr
     return socket.gethostname()
 
 

@@ -122,7 +122,7 @@ class Dialer:
             return []
         acts = self.node._close_link(pc.key)
         if pc.client is not None:
-            acts.append(ToClient(pc.client, _err(pc.req, "self", f"{pc.endpoint} is this node itself")))
+            acts.append(ToClient(pc.client, _err(pc.req, "self", f"{pc.endpoint} is this node itself (our own JOIN came back): nothing to link")))
         return acts
 
     def on_reply(self, now: float, peer: Peer, reply_to: str | None) -> tuple[PendingConnect | None, list]:
@@ -198,7 +198,8 @@ class Dialer:
         self.pending[join.id] = PendingConnect(key, endpoint, deadline, client, req, since, server_key, peer_id)
         node.links[key] = endpoint
         node.link_since[key] = now
-        return [OpenLink(key, endpoint, server_key), node._send(key, join)]
+        # A user waits on this dial: a refused connection is answered at once (`on_refused`).
+        return [OpenLink(key, endpoint, server_key, report_refused=client is not None), node._send(key, join)]
 
     def _fail(self, client: bytes | None, req, code: str, text: str) -> list:
         from .node import _err
@@ -224,6 +225,9 @@ class Dialer:
             # SYN costs 1 s, two cost 3 s); a background dial is retried with backoff anyway.
             timeout_s = KEY_FETCH_S if deadline is None else max(0.05, deadline - now)
             return [FetchKey(P.tcp_endpoint(host, port + 2), tag, timeout_s)]
+        if key == trust.public_key:  # our own key port answered (or our own connect string): never pinned
+            return self._fail(client, req, "self", f"{address} is this node itself (it answered with this node's own key): "
+                                                   f"nothing to link, and no key was pinned; connect to another node's address")
         problem = trust.check_pin(address, key)
         if problem is not None:
             log.warning("refused %s: %s", address, problem)
@@ -236,20 +240,36 @@ class Dialer:
             acts.append(PinKey(address, key))
         return acts + self._dial(now, endpoint, deadline, client, req, since, key)
 
-    def on_key(self, now: float, tag: str, key: str | None, error: str | None) -> list:
-        """The transport's answer to FetchKey: the key the peer's key port told us, or why not."""
+    def on_key(self, now: float, tag: str, key: str | None, error: str | None, refused: bool = False) -> list:
+        """The transport's answer to FetchKey: the key the peer's key port told us, or why not
+        (``refused``: the connection to the key port was refused at once, nothing listens there)."""
         pk = self.key_fetches.pop(tag, None)
         if pk is None:
             return []
         address = f"{pk.host}:{pk.port}"
         if key is None or not P.valid_key(key):
             pinned = self.node.trust.pins.get(address)
+            if pinned is None and refused:
+                return self._fail(pk.client, pk.req, "refused",
+                                  f"connection refused at {pk.host}:{pk.port + 2}, the key port of {address}: nothing listens there; "
+                                  f"is p2pd running at {address}, and not in --insecure mode (which has no key port)? "
+                                  f"(a node with another key port is reached with the p2p:// string from `p2pctl info` there)")
             if pinned is None:
                 return self._fail(pk.client, pk.req, "unreachable",
                                   f"could not get the key of {address} from its key port {pk.port + 2} ({error or 'bad answer'}): "
                                   f"is p2pd running there, not in --insecure mode? Or connect with the p2p://KEY@{address} string from `p2pctl info` there")
             key = pinned  # the key port is down, but we know whom to expect
         return self.dial_address(now, pk.host, pk.port, pk.deadline, pk.client, pk.req, pk.since, key)
+
+    def on_refused(self, now: float, link_key: str) -> list:
+        """The transport's report that our dial ``link_key`` (one a client waits on, see `_dial`) was
+        refused at once: answer the client now instead of at its deadline, and stop dialling."""
+        for mid, pc in list(self.pending.items()):
+            if pc.key == link_key:
+                del self.pending[mid]
+                return self.node._close_link(link_key) + self._fail(
+                    pc.client, pc.req, "refused", f"connection refused at {pc.endpoint[len('tcp://'):]}: nothing listens there; is p2pd running at that address?")
+        return []
 
     # ------------------------------------------------------------------ control-socket operations
     def connect(self, now: float, host: str, port: int, wait_s: float, client: bytes, req, since: float | None = None,

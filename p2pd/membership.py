@@ -59,8 +59,10 @@ class Peer:
     retry_at: float | None = None
     retry_backoff_s: float = 0.0
     ever_alive: bool = False
-    msgs_in: int = 0
-    msgs_out: int = 0
+    msgs_in: int = 0  # direct messages from it delivered here (as info's messages_in, for this peer)
+    msgs_out: int = 0  # direct messages to it stored for sending (as info's messages_out, for this peer)
+    frames_in: int = 0  # envelopes of every type received from it (as info's frames_in)
+    frames_out: int = 0  # envelopes of every type sent to it (as info's frames_out)
     key: str | None = None  # CURVE public key (secure mode)
     batch: bool = False  # its JOIN said it takes several envelopes per ZeroMQ message
     rid_suffix: bool = False  # its JOIN said it takes routing ids "<id>/<suffix>": our links to it use one
@@ -92,11 +94,14 @@ class Peer:
             "state_for_s": round(now - self.since, 3),
             "known_for_s": round(now - self.learned, 3),
             "last_seen_s": None if self.last_seen is None else round(now - self.last_seen, 3),
-            "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
+            # Only while linked: a lost peer's last RTT says nothing about it now.
+            "rtt_ms": None if self.rtt_ms is None or self.state != ALIVE else round(self.rtt_ms, 3),
             "subscribed": self.subscribed,
             "key": self.key,
             "msgs_in": self.msgs_in,
             "msgs_out": self.msgs_out,
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
         }
 
 
@@ -237,7 +242,7 @@ class Membership:
         if peer is None:
             return False
         peer.last_seen = now
-        peer.msgs_in += 1
+        peer.frames_in += 1
         peer.rumour = False  # its key vouches for the frame: it exists and talks to us
         if peer.state != ALIVE:
             peer.state = ALIVE
@@ -279,6 +284,7 @@ class Membership:
             return None
         peer.state = LOST
         peer.since = now
+        peer.rtt_ms = None  # measured on the link that died: not shown again once it is back
         peer.retry_backoff_s = 0.0
         self._schedule_retry(peer, now)
         return peer

@@ -214,7 +214,7 @@ class Node(Intake):
         self.stats["frames_out"] += 1
         peer = self.table.get(key)
         if peer is not None:
-            peer.msgs_out += 1
+            peer.frames_out += 1
         return Send(key, msg)
 
     def _send_many(self, key: str, msgs: list) -> list:
@@ -223,7 +223,7 @@ class Node(Intake):
         if peer is None or not peer.batch or len(msgs) < 2:
             return [self._send(key, m) for m in msgs]
         self.stats["frames_out"] += len(msgs)
-        peer.msgs_out += len(msgs)
+        peer.frames_out += len(msgs)
         return [SendBatch(key, msgs[k:k + P.MAX_BATCH]) for k in range(0, len(msgs), P.MAX_BATCH)]
 
     def _became_alive(self, now: float, peer: Peer) -> list:
@@ -386,7 +386,10 @@ class Node(Intake):
         if msg.target_id != self.id:
             self.drop(now, "misrouted", f"MESSAGE for {str(msg.target_id)[:12]} delivered to this node", peer.name)
             return []
-        return self.msgs.on_message(now, msg, peer)
+        before = self.stats["messages_in"]
+        acts = self.msgs.on_message(now, msg, peer)
+        peer.msgs_in += self.stats["messages_in"] - before  # delivered here: counted as info's messages_in is
+        return acts
 
     def _push_joined(self, now: float) -> list:
         """Tell every alive peer about the peers that joined, or that gossip first told us of, since
@@ -534,9 +537,13 @@ class Node(Intake):
         """End of an input batch: what may go out only once the store is committed."""
         return self.msgs.flush(now)
 
-    def on_key(self, now: float, tag: str, key: str | None, error: str | None) -> list:
+    def on_key(self, now: float, tag: str, key: str | None, error: str | None, refused: bool = False) -> list:
         """The transport's answer to FetchKey (see `Dialer.on_key`)."""
-        return self.dial.on_key(now, tag, key, error)
+        return self.dial.on_key(now, tag, key, error, refused)
+
+    def on_link_refused(self, now: float, key: str) -> list:
+        """The transport saw the connection of link ``key`` (an `OpenLink` with report_refused) refused."""
+        return self.dial.on_refused(now, key)
 
     def on_lan_beacon(self, now: float, data: bytes, host: str) -> list:
         """A UDP beacon from ``host`` (LAN discovery, p2pd/lan.py): dial its sender unless we are linked to it."""

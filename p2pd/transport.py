@@ -140,6 +140,7 @@ class Transport:
         self.dealers: dict[str, zmq.Socket] = {}
         self.subs: dict[str, tuple[zmq.Socket, str]] = {}  # peer id -> (SUB socket, endpoint)
         self.key_fetches: dict[zmq.Socket, tuple[str, float]] = {}  # REQ socket -> (tag, deadline)
+        self.refusal_watch: dict[zmq.Socket, zmq.Socket] = {}  # socket -> its monitor, until its first connect succeeds or fails
         self.poller = FdPoller()
         self.handlers: dict = {}
         self.drainers: set = set()
@@ -316,15 +317,17 @@ class Transport:
         elif kind is PublishBatch:
             self.pub.send_multipart([P.encode(m) for m in act.msgs], zmq.NOBLOCK)
         elif kind is OpenLink:
-            self._open_link(act.key, act.endpoint, act.server_key, act.suffix)
+            self._open_link(act.key, act.endpoint, act.server_key, act.suffix, act.report_refused)
         elif kind is CloseLink:
             sock = self.dealers.pop(act.key, None)
             if sock is not None:
+                self._unwatch_refused(sock)
                 sock.close(linger=CLOSE_LINGER_MS)
         elif kind is RekeyLink:
             sock = self.dealers.pop(act.old, None)
             if sock is not None:
                 if act.new in self.dealers:
+                    self._unwatch_refused(sock)
                     sock.close(linger=CLOSE_LINGER_MS)
                 else:
                     self.dealers[act.new] = sock
@@ -431,14 +434,57 @@ class Transport:
         self.drainers.discard(sock)
         self.poller.unregister(sock)
 
+    def _watch_refused(self, sock: zmq.Socket, on_refused) -> None:
+        """Call ``on_refused()`` if the first TCP connection of ``sock`` (not connected yet) fails
+        at once: ZeroMQ would retry it silently, and a user would wait out the timeout for an
+        address where nothing listens.  A connection refused (or an unreachable host) shows in
+        the socket's monitor as CONNECT_RETRIED before any CONNECTED; a SYN that goes unanswered
+        does not (the kernel keeps trying), so a slow or lossy path is not taken for a refusal.
+        Watched only until the first of the two events."""
+        mon = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED)
+        self.refusal_watch[sock] = mon
+
+        def on_event(frames):
+            try:
+                event = struct.unpack("=h", frames[0].bytes[:2])[0]
+            except struct.error:
+                return
+            self._unwatch_refused(sock)
+            if event == zmq.EVENT_CONNECT_RETRIED:
+                on_refused()
+
+        self._register(mon, on_event)
+
+    def _unwatch_refused(self, sock: zmq.Socket) -> None:
+        """Stop watching ``sock`` (before it is closed, or once its first connection is decided)."""
+        mon = self.refusal_watch.pop(sock, None)
+        if mon is None:
+            return
+        self._unregister(mon)
+        try:
+            sock.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        mon.close(linger=0)
+
     def _fetch_key(self, endpoint: str, tag: str, timeout_s: float = KEY_FETCH_TIMEOUT_S) -> None:
         sock = self.ctx.socket(zmq.REQ)
         sock.linger = 0
         sock.setsockopt(zmq.MAXMSGSIZE, 4096)
+
+        def refused(sock=sock):
+            if sock in self.key_fetches:
+                tag, _ = self.key_fetches.pop(sock)
+                self._unregister(sock)
+                sock.close(linger=0)
+                self._out.extend(self.node.on_key(time.monotonic(), tag, None, "connection refused", refused=True))
+
+        self._watch_refused(sock, refused)  # before connect: no event may be missed
         try:
             sock.connect(endpoint)
             sock.send(b"KEY")
         except zmq.ZMQError as e:
+            self._unwatch_refused(sock)
             sock.close(linger=0)
             self._out.extend(self.node.on_key(time.monotonic(), tag, None, e.strerror))
             return
@@ -447,6 +493,7 @@ class Transport:
         def on_reply(frames, sock=sock):
             tag, _ = self.key_fetches.pop(sock, ("", 0))
             self._unregister(sock)
+            self._unwatch_refused(sock)
             sock.close(linger=0)
             key = error = None
             try:
@@ -463,6 +510,7 @@ class Transport:
             if now >= deadline:
                 del self.key_fetches[sock]
                 self._unregister(sock)
+                self._unwatch_refused(sock)
                 sock.close(linger=0)
                 self._out.extend(self.node.on_key(now, tag, None, "no answer in time"))
 
@@ -546,9 +594,11 @@ class Transport:
         node = self.node
         self.keyport.send(json.dumps({"key": self.keypair.public, "id": node.id, "name": node.name}).encode())
 
-    def _open_link(self, key: str, endpoint: str, server_key: str | None = None, suffix: bool = False) -> None:
+    def _open_link(self, key: str, endpoint: str, server_key: str | None = None, suffix: bool = False,
+                   report_refused: bool = False) -> None:
         old = self.dealers.pop(key, None)
         if old is not None:
+            self._unwatch_refused(old)
             old.close(linger=0)
         sock = self.ctx.socket(zmq.DEALER)
         self._curve_client(sock, server_key)
@@ -561,8 +611,12 @@ class Transport:
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2_000)
         sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
+        if report_refused:
+            self._watch_refused(sock, lambda: self._out.extend(self.node.on_link_refused(time.monotonic(), key)))
         if self._connect_or_close(sock, endpoint, "open link to"):
             self.dealers[key] = sock
+        else:
+            self._unwatch_refused(sock)
 
     @staticmethod
     def _connect_or_close(sock: zmq.Socket, endpoint: str, what: str) -> bool:
@@ -734,6 +788,8 @@ class Transport:
         self._save_peer_book(time.monotonic(), force=True)
         self.poller.close()
         for mon in self.monitors:
+            mon.close(linger=0)
+        for mon in self.refusal_watch.values():
             mon.close(linger=0)
         for sock in (self.router, self.pub, self.zap, self.keyport, *[s for s, _ in self.subs.values()], *self.key_fetches):
             if sock is not None:

@@ -53,9 +53,9 @@ def test_linking_to_alive_then_refresh(table):
     assert table.heard_from("p1", 2.0) is True
     peer = table.get("p1")
     assert peer.state == ALIVE and peer.since == 2.0 and peer.last_seen == 2.0
-    assert peer.ever_alive is True and peer.msgs_in == 1
+    assert peer.ever_alive is True and peer.frames_in == 1
     assert table.heard_from("p1", 3.0) is False  # already alive: not "became alive" again
-    assert peer.since == 2.0 and peer.last_seen == 3.0 and peer.msgs_in == 2
+    assert peer.since == 2.0 and peer.last_seen == 3.0 and peer.frames_in == 2
     assert table.alive() == [peer]
 
 
@@ -358,11 +358,30 @@ def test_describe(table):
         "rtt_ms": 1.235,
         "subscribed": False,
         "key": None,
-        "msgs_in": 1,
+        "msgs_in": 0,  # direct messages delivered: none, only the frame that made it alive
         "msgs_out": 0,
+        "frames_in": 1,
+        "frames_out": 0,
     }
     fresh, _ = table.learn("p2", "bob", A, 0.0)
     assert fresh.describe(1.0)["last_seen_s"] is None and fresh.describe(1.0)["rtt_ms"] is None
+
+
+def test_lost_peer_shows_no_stale_rtt(table):
+    """Issue 13: a lost peer's last RTT is not shown (null, "-"), nor again once it is back until measured anew."""
+    peer = alive(table, "p1", "alice", 10.0)
+    peer.rtt_ms = 2.5
+    assert peer.describe(11.0)["rtt_ms"] == 2.5
+    table.mark_lost("p1", 20.0)
+    assert peer.describe(21.0)["rtt_ms"] is None
+    peer.rtt_ms = 2.5  # even if something set it while lost: only an alive peer shows one
+    assert peer.describe(21.0)["rtt_ms"] is None
+    peer.rtt_ms = None
+    table.heard_from("p1", 30.0)
+    peer.rtt_ms = 3.0  # measured on the new link
+    table.mark_lost("p1", 40.0)
+    table.heard_from("p1", 41.0)  # back: the RTT of the link that died is gone
+    assert peer.state == ALIVE and peer.describe(41.0)["rtt_ms"] is None
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ def gen():
 
 KEY_A, _ = gen()
 KEY_B, _ = gen()
+KEY_C, _ = gen()
 
 
 @pytest.fixture
@@ -169,9 +170,54 @@ def test_connect_by_address_fetches_the_key_then_pins_it():
     assert alice.trust.pins == {"127.0.0.1:6000": KEY_B}
     # later the address shows another key: refused, with the command that accepts it
     (fetch,) = alice.connect(2.0, "127.0.0.1", 6000, 5.0, b"cli", 2)
-    (reply,) = alice.on_key(2.1, fetch.tag, KEY_A, None)
+    (reply,) = alice.on_key(2.1, fetch.tag, KEY_C, None)
     assert reply.payload["ok"] is False and reply.payload["code"] == "key_changed"
     assert "p2pctl known forget 127.0.0.1:6000" in reply.payload["error"]
+
+
+def test_connect_to_our_own_address_pins_nothing():
+    """Issue 13: our own key port answers with our own key: refused as "self" before anything is
+    pinned or dialled (it used to pin our key under our address, then find the JOIN came back)."""
+    alice = secure_node()
+    (fetch,) = alice.connect(1.0, "127.0.0.1", 5000, 5.0, b"cli", 1)
+    (reply,) = alice.on_key(1.1, fetch.tag, KEY_A, None)
+    assert reply.payload["ok"] is False and reply.payload["code"] == "self"
+    assert "this node itself" in reply.payload["error"] and "no key was pinned" in reply.payload["error"]
+    assert alice.trust.pins == {} and alice.links == {} and alice.pending == {}
+    # our own connect string too
+    (reply,) = alice.connect(2.0, "127.0.0.1", 5000, 5.0, b"cli", 2, key=KEY_A)
+    assert reply.payload["code"] == "self" and alice.trust.pins == {}
+
+
+def test_a_refused_key_port_is_answered_at_once():
+    """Issue 13: the transport reports that the key port refused the connection: the client is
+    answered now ("refused", not "unreachable" at the deadline), with what to check."""
+    alice = secure_node()
+    (fetch,) = alice.connect(1.0, "127.0.0.1", 6000, 5.0, b"cli", 1)
+    (reply,) = alice.on_key(1.01, fetch.tag, None, "connection refused", refused=True)
+    assert reply.client == b"cli" and reply.payload["code"] == "refused"
+    assert "127.0.0.1:6002" in reply.payload["error"] and "nothing listens" in reply.payload["error"]
+    assert alice.key_fetches == {} and alice.tick(10.0) == []  # nothing left to answer later
+    # pinned: the key port may be down while the node is up, so the pinned key is dialled
+    alice.trust.pin("127.0.0.1:6000", KEY_B)
+    (fetch,) = alice.connect(2.0, "127.0.0.1", 6000, 5.0, b"cli", 2)
+    acts = alice.on_key(2.01, fetch.tag, None, "connection refused", refused=True)
+    (link,) = [a for a in acts if type(a).__name__ == "OpenLink"]
+    assert link.server_key == KEY_B and link.report_refused is True
+    # ... and if its peer port refuses too, that is answered at once as well
+    (reply,) = [a for a in alice.on_link_refused(2.02, link.key) if type(a).__name__ == "ToClient"]
+    assert reply.payload["req"] == 2 and reply.payload["code"] == "refused" and "127.0.0.1:6000" in reply.payload["error"]
+    assert alice.pending == {} and link.key not in alice.links
+    assert alice.on_link_refused(2.03, link.key) == []  # reported twice: answered once
+
+
+def test_only_a_dial_someone_waits_on_reports_refusal():
+    """A background dial (a --join bootstrap) is retried with backoff anyway: its link does not ask
+    the transport to report a refusal."""
+    alice = secure_node()
+    acts = alice.dial.dial_address(1.0, "127.0.0.1", 6000, deadline=None, key=KEY_B)
+    (link,) = [a for a in acts if type(a).__name__ == "OpenLink"]
+    assert link.report_refused is False
 
 
 def test_connect_by_another_spelling_pins_nothing_new():
