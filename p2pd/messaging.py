@@ -66,6 +66,7 @@ class Messaging:
     def __init__(self, node, store: Store, settings):
         self.node = node
         self.store = store
+        self._unread: int | None = None  # received messages after the read mark; None: count when asked (unread_count)
         self.settings = settings
         self.delivery = Delivery(store, settings.send_window, settings.ack_timeout_s, settings.message_expiry_s)
         self.waiters: dict[str, Waiter] = {}
@@ -140,6 +141,8 @@ class Messaging:
     def _delivered_in(self, now: float, cursor: int, msg_id: str, type_: str, sender_id: str, sender_name: str, timestamp: str, text: str,
                       target_id) -> list:
         self.node.stats["messages_in" if type_ == P.MESSAGE else "broadcasts_in"] += 1
+        if self._unread is not None:
+            self._unread += 1
         if not self.node.watchers:
             return []
         name, label = self.node.sender(sender_id, sender_name)
@@ -359,6 +362,8 @@ class Messaging:
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY_S
             pruned = self.store.prune(node._epoch(now), self.settings.retention_s, self.settings.max_stored_messages)
+            if pruned:
+                self._unread = None  # unread rows may have gone: counted again when next asked
             self.delivery.pruned()
             if pruned:
                 log.info("pruned %d old rows from the store", pruned)
@@ -399,12 +404,20 @@ class Messaging:
 
     def mark_read(self, upto: int) -> int:
         """Move the read mark forward to ``upto`` (never back, never past the newest message)."""
-        mark = max(self.read_upto(), min(upto, self.store.last_cursor))
-        self.store.set_meta("read_upto", str(mark))
+        old = self.read_upto()
+        mark = max(old, min(upto, self.store.last_cursor))
+        if mark != old:
+            self.store.set_meta("read_upto", str(mark))
+            if self._unread is not None:
+                self._unread -= self.store.count_after(old, upto=mark)  # only the rows just read
         return mark
 
     def unread_count(self) -> int:
-        return self.store.count_after(self.read_upto())
+        """Received messages after the read mark.  Counted in the store once, then kept up to date
+        here: `status` and `info` are polled, and a count over a large unread history is a scan."""
+        if self._unread is None:
+            self._unread = self.store.count_after(self.read_upto())
+        return self._unread
 
     def pending_count(self) -> int:
         # An expired message is never acknowledged, yet it no longer waits in the outbox.

@@ -460,8 +460,11 @@ class Store:
         """The first ``limit`` messages with a row number above ``cursor``, oldest first (a watcher catching up)."""
         return self._rows("WHERE m.n>? AND m.direction=? ORDER BY m.n LIMIT ?", (cursor, direction, limit))
 
-    def count_after(self, cursor: int, direction: str = "in") -> int:
-        return self._read("SELECT COUNT(*) FROM messages WHERE n>? AND direction=?", (cursor, direction)).fetchone()[0]
+    def count_after(self, cursor: int, direction: str = "in", upto: int | None = None) -> int:
+        """Messages with a row number above ``cursor`` (and at most ``upto``)."""
+        if upto is None:
+            return self._read("SELECT COUNT(*) FROM messages WHERE n>? AND direction=?", (cursor, direction)).fetchone()[0]
+        return self._read("SELECT COUNT(*) FROM messages WHERE n>? AND n<=? AND direction=?", (cursor, upto, direction)).fetchone()[0]
 
     def broadcast_ids_since(self, origin: str, when: float) -> set[str]:
         """Ids of the broadcasts from ``origin`` stored at or after ``when`` (walks that origin's rows by number)."""
