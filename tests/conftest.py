@@ -182,6 +182,19 @@ class Node:
             return ""
 
 
+# Tests that start processes (a daemon, p2pctl, a network lab): marked `slow` here, by the fixtures
+# they use, so that `pytest -m "not slow"` is the fast inner loop (the pure and in-memory layer) and
+# a new process test cannot forget its marker.  Tests that run processes without these fixtures
+# carry @pytest.mark.slow themselves.
+PROCESS_FIXTURES = {"make_node", "lab", "daemon", "foreground"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def make_node(tmp_path):
     registry: list[Node] = []

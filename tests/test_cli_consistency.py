@@ -8,6 +8,8 @@ before a home is made, and a broadcast that says when nobody is linked.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import re
 import socket
@@ -184,6 +186,7 @@ def test_peers_msgs_in_and_info_count_the_same(make_node):
 # --------------------------------------------------------------------------- p2pd start
 
 
+@pytest.mark.slow  # runs p2pd/p2pctl processes
 def test_a_bad_host_is_a_usage_error_and_makes_no_home(tmp_path):
     for extra in ([], ["--foreground"]):
         home = tmp_path / "new" / "home"

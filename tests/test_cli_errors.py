@@ -113,6 +113,7 @@ def pair(make_node):
 # --------------------------------------------------------------------------- no daemon
 
 
+@pytest.mark.slow  # runs p2pd/p2pctl processes
 def test_every_p2pctl_command_without_a_daemon_exits_3(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

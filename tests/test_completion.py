@@ -13,6 +13,7 @@ def run(cmd: list[str], **env) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, **env})
 
 
+@pytest.mark.slow  # runs p2pd/p2pctl processes
 @pytest.mark.parametrize("prog, cmd", [("p2pctl", P2PCTL), ("p2pd", P2PD)])
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_completion_scripts(prog, cmd, shell):
@@ -20,6 +21,7 @@ def test_completion_scripts(prog, cmd, shell):
     assert proc.returncode == 0 and f"_{prog.upper()}_COMPLETE" in proc.stdout, proc.stderr
 
 
+@pytest.mark.slow  # runs p2pd/p2pctl processes
 def test_completion_of_commands_and_options():
     """What bash asks for when the user types `p2pctl lo<TAB>` and `p2pctl logs --f<TAB>`."""
     words = run(P2PCTL, _P2PCTL_COMPLETE="bash_complete", COMP_WORDS="p2pctl lo", COMP_CWORD="1").stdout
@@ -30,6 +32,7 @@ def test_completion_of_commands_and_options():
     assert "start" in starts and "stop" in starts and "status" in starts
 
 
+@pytest.mark.slow  # runs p2pd/p2pctl processes
 @pytest.mark.parametrize("prog, cmd", [("p2pctl", P2PCTL), ("p2pd", P2PD)])
 def test_version(prog, cmd):
     from p2pd import __version__

@@ -323,6 +323,7 @@ def test_two_nodes_link_and_deliver_with_tcp_control(make_node, tcp_control):
         assert dropped(node)["by_kind"].get("bad_control", 0) == 0
 
 
+@pytest.mark.slow  # runs p2pd/p2pctl processes
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to drop to another user")
 def test_another_local_user_cannot_read_the_token(open_base, tcp_control):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import threading
@@ -66,6 +68,7 @@ def test_p2pctl_logs_prints_and_follows_a_running_node(make_node):
         proc.wait(10)
 
 
+@pytest.mark.slow  # runs p2pd/p2pctl processes
 def test_p2pctl_logs_without_a_log_names_the_fix(tmp_path):
     proc = subprocess.run([*P2PCTL, "--home", str(tmp_path / "nobody"), "logs"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1

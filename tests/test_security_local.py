@@ -21,6 +21,7 @@ from sechelp import open_base  # noqa: F401 (a fixture)
 # --------------------------------------------------------------------------- 5. the control socket is the owner's
 
 
+@pytest.mark.slow  # runs p2pd/p2pctl processes
 @pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to drop to another user")
 def test_another_local_user_cannot_use_the_control_socket(open_base):
     base, registry = open_base

@@ -39,6 +39,7 @@ def test_notify_sends_one_datagram_or_nothing(tmp_path, monkeypatch):
     sock.close()
 
 
+@pytest.mark.slow  # runs p2pd/p2pctl processes
 @needs_unix
 def test_foreground_daemon_says_ready_once_it_answers_and_stopping_on_sigterm(tmp_path):
     home = tmp_path / "svc"
@@ -101,6 +102,7 @@ def answers(home: Path) -> bool:
     return subprocess.run([*P2PCTL, "--home", str(home), "status"], capture_output=True, timeout=30).returncode == 0
 
 
+@pytest.mark.slow  # runs p2pd/p2pctl processes
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_sighup_reloads_the_log_level_and_reopens_the_log(tmp_path):
     home = tmp_path / "svc"
@@ -124,6 +126,7 @@ def test_sighup_reloads_the_log_level_and_reopens_the_log(tmp_path):
         assert proc.wait(30) == 0
 
 
+@pytest.mark.slow  # runs p2pd/p2pctl processes
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this platform")
 def test_sighup_reads_a_config_file_written_after_the_start(tmp_path):
     home = tmp_path / "late"
