@@ -27,6 +27,7 @@ from .settings import Settings, parse_host_port
 from .home import atomic_write
 from .keys import authorized_keys, check_keypair, connect_string, known_peers, load_or_create_keypair
 from .resources import raise_nofile
+from .signals import install_signal_handlers
 from .store import QUICK_CHECK_S, Store, StoreError
 from .trust import Trust
 
@@ -176,7 +177,7 @@ def open_store(home: Home, durability: str, fresh: bool = False) -> Store:
 
 def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_settings=None, fresh_store: bool = False) -> int:
     """Run the node in this process until stopped; returns the exit code. Raises on a failed start."""
-    from .transport import Transport, curve_keypair, curve_public, install_signal_handlers  # zmq is imported only here
+    from .transport import Transport, curve_keypair, curve_public  # zmq is imported only here
 
     home.ensure()
     lock = HomeLock(home)

@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import signal
 import socket
 import struct
 import time
@@ -58,6 +57,7 @@ from .intake import SUB_TOPIC_PREFIX
 from .keys import known_peers
 from .node import Node
 from .ratelimit import LogRateLimiter
+from .signals import reload_requested, stop_requested
 from .resources import open_fds, soft_limit, trim_memory
 
 log = logging.getLogger("p2pd.transport")
@@ -831,37 +831,3 @@ def _peer_address(frame: zmq.Frame) -> str | None:
         return frame.get("Peer-Address")
     except zmq.ZMQError:
         return None
-
-
-_stop_flag = False
-
-
-def stop_requested() -> bool:
-    return _stop_flag
-
-
-_reload_flag = False
-
-
-def reload_requested() -> bool:
-    """True once per SIGHUP."""
-    global _reload_flag
-    asked, _reload_flag = _reload_flag, False
-    return asked
-
-
-def install_signal_handlers() -> None:
-    """SIGTERM and SIGINT mean a graceful leave, not a crash (serf #56); SIGHUP a reload."""
-
-    def handler(signum, frame):
-        global _stop_flag
-        _stop_flag = True
-
-    def hup(signum, frame):
-        global _reload_flag
-        _reload_flag = True
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    if hasattr(signal, "SIGHUP"):  # not on Windows
-        signal.signal(signal.SIGHUP, hup)
