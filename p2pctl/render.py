@@ -140,7 +140,6 @@ def peers_table(peers: list[dict]) -> str:
 
 
 def info_text(i: dict) -> str:
-    addr = i.get("address", {})
     dropped = i.get("dropped", {})
     drop_text = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) or "none"
     lines = [

@@ -192,7 +192,7 @@ def keygen(home, force, as_json):
     """
     from .daemon import is_running
     from .keys import KeyError_, create_keypair
-    from .transport import curve_keypair
+    from .sockets import curve_keypair
 
     h = Home(resolve_home(home))
     if is_running(h)[0]:

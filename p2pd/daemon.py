@@ -177,7 +177,8 @@ def open_store(home: Home, durability: str, fresh: bool = False) -> Store:
 
 def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_settings=None, fresh_store: bool = False) -> int:
     """Run the node in this process until stopped; returns the exit code. Raises on a failed start."""
-    from .transport import Transport, curve_keypair, curve_public  # zmq is imported only here
+    from .sockets import curve_keypair, curve_public
+    from .transport import Transport  # zmq is imported only here (sockets, transport)
 
     home.ensure()
     lock = HomeLock(home)

@@ -32,11 +32,9 @@ returns.  Nothing here decides anything about the protocol.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import math
-import os
 import socket
 import struct
 import time
@@ -51,13 +49,14 @@ from . import protocol as P
 from .actions import (CloseLink, FetchKey, LanBeacon, OpenLink, PinKey, Publish, PublishBatch, RekeyLink, SavePeers, Send, SendBatch, Shutdown,
                       Subscribe, ToClient, Unsubscribe)
 from .fdpoll import FdPoller
-from .home import ControlChoiceError, Home, control_transport, save_peer_book
+from .home import Home, save_peer_book
 from .inbound import HEADROOM, InboundGuard
 from .intake import SUB_TOPIC_PREFIX
 from .keys import known_peers
 from .node import Node
 from .ratelimit import LogRateLimiter
 from .signals import reload_requested, stop_requested
+from .sockets import Listeners, curve_client, link_routing_id
 from .resources import open_fds, soft_limit, trim_memory
 
 log = logging.getLogger("p2pd.transport")
@@ -70,63 +69,11 @@ BATCH = 512  # frames per socket per loop turn: fairness between sockets
 # counted as send_queue_full and the message is resent from the outbox.
 PEER_BOOK_EVERY_S = 1.0  # the peer book file is rewritten at most this often
 LINK_SNDHWM = 10_000
-# A PUB drops frames for a subscriber whose queue is full.  10,000 frames
-# (about 2.5 MB per subscriber) absorbs bursts; a subscriber that falls
-# further behind sees a gap in the broadcast numbers and FETCHes what it
-# missed from the origin's store, at its own pace.
-PUB_SNDHWM = 10_000
-CONTROL_HWM = 10_000
 TRIM_DELAY_S = 0.5
 FAILURE_LOG_S = 10.0
 CLOSE_LINGER_MS = 1_000  # let a LEAVE reach the peer, but never hang a stop on a dead one
 
 
-# Inbound connections that are no use are closed by libzmq itself: one that has not finished its
-# ZMTP/CURVE handshake after HANDSHAKE_MS (someone holding plain TCP connections open), and one
-# whose peer stopped answering ZMTP PINGs for HEARTBEAT_TIMEOUT_MS (a half-open connection after a
-# crash or a cut cable).  Each holds a file descriptor and libzmq's buffers until then.
-HANDSHAKE_MS = 10_000
-HEARTBEAT_IVL_MS = 5_000
-HEARTBEAT_TIMEOUT_MS = 20_000
-
-
-def _reap_idle(sock: zmq.Socket) -> None:
-    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
-
-
-class StartupError(RuntimeError):
-    """The node cannot start; the message says why and what to do."""
-
-
-def _bind(sock: zmq.Socket, host: str, port: int, what: str, flag: str) -> int:
-    endpoint = P.tcp_endpoint(host, port) if port else P.tcp_endpoint(host, 0).rsplit(":", 1)[0] + ":*"
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as e:
-        if e.errno == errno.EADDRINUSE:
-            raise StartupError(f"{what} port {port} on {host} is already in use; choose another with {flag} (or stop what uses it)") from None
-        if e.errno == errno.EADDRNOTAVAIL or e.errno == zmq.EINVAL:
-            raise StartupError(f"cannot bind {what} to {endpoint}: {e.strerror}; check --host") from None
-        raise StartupError(f"cannot bind {what} to {endpoint}: {e.strerror}") from None
-    last = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-    return int(last.rsplit(":", 1)[1])
-
-
-def curve_keypair() -> tuple[str, str]:
-    """A new CURVE keypair as Z85 text (public, secret)."""
-    public, secret = zmq.curve_keypair()
-    return public.decode("ascii"), secret.decode("ascii")
-
-
-def curve_public(secret: str) -> str:
-    """The public half of a Z85 CURVE secret key (to check a key file's two halves agree)."""
-    return zmq.curve_public(secret.encode("ascii")).decode("ascii")
-
-
-ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-ZAP_DOMAIN = b"p2pd"
 KEY_FETCH_TIMEOUT_S = 3.0
 
 
@@ -147,11 +94,7 @@ class Transport:
         self.on_reload = None  # called in the loop after a SIGHUP (set by the daemon)
         self._peer_book: list | None = None  # the newest peer book not yet written
         self._peer_book_due = 0.0  # sockets whose handler reads them itself (see _register)
-        self.key_port = 0
         self.monitors: list = []
-        self.zap = None
-        self.keyport = None
-        self.beacon_sock: socket.socket | None = None
         self.node_name = name
         self.running = True
         self.node: Node | None = None
@@ -165,113 +108,16 @@ class Transport:
         self._fds_counted_at = float("-inf")
         self._trim_at: float | None = None  # when to hand freed memory back, after a flood (see _watch_inbound)
         try:
-            self._open_sockets(node_id, name)
+            self.listeners = Listeners(self.ctx, home, settings, self.keypair)
         except BaseException:
             self.ctx.destroy(linger=0)
             raise
-
-    def _curve_server(self, sock: zmq.Socket) -> None:
-        if self.keypair is not None:
-            sock.curve_secretkey = self.keypair.secret.encode("ascii")
-            sock.curve_publickey = self.keypair.public.encode("ascii")
-            sock.curve_server = True
-            sock.zap_domain = ZAP_DOMAIN
-
-    def _curve_client(self, sock: zmq.Socket, server_key: str | None) -> None:
-        if self.keypair is not None and server_key is not None:
-            sock.curve_secretkey = self.keypair.secret.encode("ascii")
-            sock.curve_publickey = self.keypair.public.encode("ascii")
-            sock.curve_serverkey = server_key.encode("ascii")
-
-    def _open_sockets(self, node_id: str, name: str) -> None:
-        s = self.settings
-        self.max_msg = max_msg = s.max_frame_bytes * 4  # moderately oversized frames are counted, absurd ones cut the link
-        if self.keypair is not None:
-            # ZAP: libzmq asks this socket whether each CURVE client may in; we answer from the loop.
-            self.zap = self.ctx.socket(zmq.REP)
-            self.zap.linger = 0
-            self.zap.bind(ZAP_ENDPOINT)
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self._curve_server(self.router)
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 0)  # never let a newcomer displace a live pipe (see the top)
-        self.router.setsockopt(zmq.MAXMSGSIZE, max_msg)
-        _reap_idle(self.router)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.port = _bind(self.router, s.host, s.port, "peer", "--port")
-        if self.keypair is not None:
-            # Plaintext, answers only "what is your key?": lets `connect HOST PORT` work by trust on first use.
-            self.keyport = self.ctx.socket(zmq.REP)
-            self.keyport.linger = 0
-            self.keyport.setsockopt(zmq.MAXMSGSIZE, 1024)
-            _reap_idle(self.keyport)
-            if s.key_port is not None:
-                self.key_port = _bind(self.keyport, s.host, s.key_port, "key", "--key-port")
-            else:  # by convention at peer port + 2, so `connect HOST PORT` can find it
-                for attempt in range(1, 21):
-                    try:
-                        self.key_port = _bind(self.keyport, s.host, self.port + 2, "key", "--key-port (default: port+2)")
-                        break
-                    except StartupError:
-                        if s.port or attempt == 20:
-                            raise
-                        # --port 0: the OS gave us a port whose +2 is taken; ask for another
-                        self.router.unbind(self.router.getsockopt_string(zmq.LAST_ENDPOINT))
-                        self.port = _bind(self.router, s.host, 0, "peer", "--port")
-
-        self.pub = self.ctx.socket(zmq.XPUB)
-        self._curve_server(self.pub)
-        self.pub.setsockopt(zmq.XPUB_VERBOSER, 1)
-        self.pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        _reap_idle(self.pub)
-        self.pub_port = _bind(self.pub, s.host, s.effective_pub_port, "broadcast", "--pub-port")
-        if s.discover == "lan":
-            self._open_beacon_socket()
-
-        self.control = self.ctx.socket(zmq.ROUTER)
-        self.control.setsockopt(zmq.ROUTER_MANDATORY, 1)  # tells us when a watcher has gone
-        self.control.setsockopt(zmq.SNDHWM, CONTROL_HWM)
-        self.control.setsockopt(zmq.LINGER, 500)  # the reply to `stop` must get out
-        self.control_token: str | None = None
-        self.control_endpoint = self.home.control_endpoint
-        try:
-            kind = control_transport(zmq.has("ipc"))
-        except ControlChoiceError as e:
-            raise StartupError(str(e)) from None
-        sock_path = self.home.socket_path
-        try:
-            sock_path.unlink()  # we hold the home's lock, so any socket file here is stale
-        except FileNotFoundError:
-            pass
-        self.home.remove_control_files()  # stale too
-        if kind == "tcp":
-            self._bind_control_tcp()
-        else:
-            old_umask = os.umask(0o177)
-            try:
-                self.control.bind(self.home.control_endpoint)
-            except zmq.ZMQError as e:
-                raise StartupError(f"cannot create control socket {sock_path}: {e.strerror}") from None
-            finally:
-                os.umask(old_umask)
-            try:
-                os.chmod(sock_path, 0o600)
-            except OSError:
-                pass
-
-    def _bind_control_tcp(self) -> None:
-        """Loopback only, on a port the OS picks; every request must carry a fresh random token."""
-        self.control.setsockopt(zmq.MAXMSGSIZE, 2 * control.MAX_REQUEST_BYTES)  # anyone local may connect: bound what they send
-        try:
-            self.control.bind("tcp://127.0.0.1:*")
-        except zmq.ZMQError as e:
-            raise StartupError(f"cannot bind the control socket to tcp://127.0.0.1: {e.strerror}") from None
-        self.control_endpoint = self.control.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.control_token = os.urandom(32).hex()
-        try:
-            self.home.write_control_files(self.control_endpoint, self.control_token)
-        except OSError as e:
-            raise StartupError(f"cannot write the control token to {self.home.path}: {e}") from None
+        ls = self.listeners  # the loop's from now on
+        self.router, self.pub, self.control, self.zap, self.keyport = ls.router, ls.pub, ls.control, ls.zap, ls.keyport
+        self.beacon_sock = ls.beacon_sock
+        self.port, self.pub_port, self.key_port = ls.port, ls.pub_port, ls.key_port
+        self.control_endpoint, self.control_token, self.max_msg = ls.control_endpoint, ls.control_token, ls.max_msg
+        self._beacon_warned = 0.0
 
     # ------------------------------------------------------------------ effects
     def apply(self, actions: list) -> None:
@@ -350,25 +196,6 @@ class Transport:
             self.running = False
 
     # ------------------------------------------------------------------ LAN discovery
-    def _open_beacon_socket(self) -> None:
-        """UDP on discover_port, all interfaces (broadcasts reach only a socket bound to any address);
-        shared with other nodes on this host (SO_REUSEADDR/SO_REUSEPORT), so each hears every beacon."""
-        s = self.settings
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if hasattr(socket, "SO_REUSEPORT"):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-            sock.bind(("", s.discover_port))
-        except OSError as e:
-            sock.close()
-            raise StartupError(f"cannot listen for LAN beacons on UDP port {s.discover_port}: {e.strerror}; "
-                               f"choose another with --discover-port (every node of the LAN must use the same)") from None
-        sock.setblocking(False)
-        self.beacon_sock = sock
-        self._beacon_warned = 0.0
-
     def _send_beacon(self, payload: bytes) -> None:
         try:
             self.beacon_sock.sendto(payload, (self.settings.discover_to, self.settings.discover_port))
@@ -399,7 +226,7 @@ class Transport:
         sock = self.ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_msg)
         sock.setsockopt(zmq.LINGER, 0)
-        self._curve_client(sock, server_key)
+        curve_client(sock, self.keypair, server_key)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         # A second, never-matching subscription whose topic names us: the
         # peer's XPUB sees it and so knows our SUB is attached.
@@ -601,7 +428,7 @@ class Transport:
             self._unwatch_refused(old)
             old.close(linger=0)
         sock = self.ctx.socket(zmq.DEALER)
-        self._curve_client(sock, server_key)
+        curve_client(sock, self.keypair, server_key)
         # With a suffix, fresh per socket: only we and the peer's ROUTER (inside CURVE) ever see it,
         # so nobody can claim it first; the node id before the "/" is what the ROUTER checks.
         # Without (a peer that has not said it takes one, e.g. an older p2pd): our bare node id.
@@ -806,11 +633,6 @@ class Transport:
         except OSError:
             pass
         self.home.remove_control_files()
-
-
-def link_routing_id(node_id: str) -> bytes:
-    """The routing id of one DEALER: our node id, "/", 16 random hex digits (docs/PROTOCOL.md 2)."""
-    return f"{node_id}/{os.urandom(8).hex()}".encode()
 
 
 def _messages(sock: zmq.Socket):

@@ -270,7 +270,7 @@ def test_store_that_is_not_a_database_is_damaged(tmp_path):
 
 
 def test_check_keypair():
-    from p2pd.transport import curve_public as _curve_public
+    from p2pd.sockets import curve_public as _curve_public
     from p2pd.keys import KeyError_, KeyPair, check_keypair
 
     public, secret = (k.decode() for k in zmq.curve_keypair())
