@@ -70,6 +70,7 @@ BATCH = 512  # frames per socket per loop turn: fairness between sockets
 PEER_BOOK_EVERY_S = 1.0  # the peer book file is rewritten at most this often
 LINK_SNDHWM = 10_000
 TRIM_DELAY_S = 0.5
+REFUSED_WITHIN_S = 1.0  # two connect retries this close together: the connection is refused (see _watch_refused)
 FAILURE_LOG_S = 10.0
 CLOSE_LINGER_MS = 1_000  # let a LEAVE reach the peer, but never hang a stop on a dead one
 
@@ -262,23 +263,31 @@ class Transport:
         self.poller.unregister(sock)
 
     def _watch_refused(self, sock: zmq.Socket, on_refused) -> None:
-        """Call ``on_refused()`` if the first TCP connection of ``sock`` (not connected yet) fails
-        at once: ZeroMQ would retry it silently, and a user would wait out the timeout for an
-        address where nothing listens.  A connection refused (or an unreachable host) shows in
-        the socket's monitor as CONNECT_RETRIED before any CONNECTED; a SYN that goes unanswered
-        does not (the kernel keeps trying), so a slow or lossy path is not taken for a refusal.
-        Watched only until the first of the two events."""
+        """Call ``on_refused()`` if the first TCP connection of ``sock`` (not connected yet) is
+        refused: ZeroMQ would retry it silently, and a user would wait out the timeout for an
+        address where nothing listens.  A refusal shows in the socket's monitor as CONNECT_RETRIED
+        before any CONNECTED, again after each reconnect interval (100 ms at first); a SYN that goes
+        unanswered shows nothing (the kernel keeps trying), and a host whose address does not
+        resolve on a lossy link (ARP) fails once every few seconds.  So two retries within
+        REFUSED_WITHIN_S are a refusal; a single one, or slower ones, are a slow path.
+        Watched until the first CONNECTED or the refusal."""
         mon = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED)
         self.refusal_watch[sock] = mon
+        last_retry = [float("-inf")]
 
         def on_event(frames):
             try:
                 event = struct.unpack("=h", frames[0].bytes[:2])[0]
             except struct.error:
                 return
-            self._unwatch_refused(sock)
-            if event == zmq.EVENT_CONNECT_RETRIED:
+            if event != zmq.EVENT_CONNECT_RETRIED:
+                self._unwatch_refused(sock)  # connected: no refusal to report
+                return
+            now = time.monotonic()
+            if now - last_retry[0] <= REFUSED_WITHIN_S:
+                self._unwatch_refused(sock)
                 on_refused()
+            last_retry[0] = now
 
         self._register(mon, on_event)
 
