@@ -53,7 +53,7 @@ from typing import Iterator
 import zmq
 
 from p2pd.errors import ErrorCode, exit_code_for
-from p2pd.home import ControlChoiceError, Home, control_transport, pid_alive, resolve_home
+from p2pd.home import ControlChoiceError, Home, control_transport, is_running, pid_alive, resolve_home
 
 
 class ClientError(Exception):
@@ -248,8 +248,6 @@ class Client:
         pid = self.home.read_pid()
         if not pid_alive(pid):
             return self._not_running(f"stale {self._where}")
-        from p2pd.daemon import is_running  # only here: a daemon holds the home's lock for its whole life
-
         if not is_running(self.home)[0]:  # the pid was given to another process since the daemon died
             return self._not_running(f"pid {pid} now belongs to another process; stale {self._where}")
         return DaemonTimeout(
