@@ -167,7 +167,7 @@ def check_deadline(obj: dict, wall: float) -> None:
         raise BadRequest(ErrorCode.BAD_REQUEST, "'deadline' must be a UNIX time in seconds")
     if wall > deadline:
         raise BadRequest(ErrorCode.EXPIRED, f"request read {wall - deadline:.3f}s after its deadline, so it was not carried out "
-                                    "(the client had given up); p2pd was busy, stopped or restarting: send it again, or raise --timeout")
+                                            "(the client had given up); p2pd was busy, stopped or restarting: send it again, or raise --timeout")
 
 
 def handle(node: Node, now: float, client: bytes, raw: bytes, extra_status: dict, token: str | None = None,
@@ -210,7 +210,7 @@ def handle(node: Node, now: float, client: bytes, raw: bytes, extra_status: dict
         log.exception("internal error while handling control request %r; answered with an error, still serving", cmd)
         where = extra_status.get("log_file") or "the daemon's log"
         return [ToClient(client, _err(req, ErrorCode.INTERNAL, f"internal error in p2pd while handling {str(cmd)[:32]!r} "
-                                                      f"({type(e).__name__}: {str(e)[:200]}); it may be partly done; see {where}"))]
+                                                              f"({type(e).__name__}: {str(e)[:200]}); it may be partly done; see {where}"))]
 
 
 def wrong_frame_count(node: Node, now: float, frames: list[bytes]) -> list:

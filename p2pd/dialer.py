@@ -164,7 +164,7 @@ class Dialer:
                 acts += self.node._close_link(pc.key)
                 if pc.client is not None:
                     acts.append(ToClient(pc.client, _err(pc.req, ErrorCode.UNREACHABLE, f"no answer from {pc.endpoint} within the timeout: is p2pd running there, and is the port open? "
-                                                                     f"(a node in --insecure mode and a secure one cannot link; in a closed network, is our key in its authorized_keys?)")))
+                                                                             f"(a node in --insecure mode and a secure one cannot link; in a closed network, is our key in its authorized_keys?)")))
         return acts + self._tick_bootstraps(now)
 
     def _tick_bootstraps(self, now: float) -> list:
@@ -228,7 +228,7 @@ class Dialer:
             return [FetchKey(P.tcp_endpoint(host, port + 2), tag, timeout_s)]
         if key == trust.public_key:  # our own key port answered (or our own connect string): never pinned
             return self._fail(client, req, ErrorCode.SELF, f"{address} is this node itself (it answered with this node's own key): "
-                                                   f"nothing to link, and no key was pinned; connect to another node's address")
+                                                           f"nothing to link, and no key was pinned; connect to another node's address")
         problem = trust.check_pin(address, key)
         if problem is not None:
             log.warning("refused %s: %s", address, problem)
