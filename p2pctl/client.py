@@ -7,7 +7,8 @@
             print(event)
 
 Every failure is one of four exceptions, each with a message that names the
-socket tried and the fix, and an ``exit_code`` from `p2pd.exitcodes`:
+socket tried and the fix, a ``code`` (a `p2pd.errors.ErrorCode`, or a newer daemon's
+code this version does not know) and the ``exit_code`` that table gives it:
 not running (`DiskFull` when p2pd stopped because its disk is full),
 permission denied, timed out, or the request failed.
 
@@ -51,33 +52,38 @@ from typing import Iterator
 
 import zmq
 
-from p2pd import exitcodes
-from p2pd.home import ControlChoiceError, Home, control_transport, pid_alive, resolve_home
+from p2pd.errors import ErrorCode, exit_code_for
+from p2pd.home import ControlChoiceError, Home, control_transport, is_running, pid_alive, resolve_home
 
 
 class ClientError(Exception):
-    exit_code = exitcodes.FAILED
-    code = "error"
+    """A failure, with its ``code`` and the ``exit_code`` that `p2pd.errors` gives that code.
+    Subclasses set only ``code``: the exit code is looked up, never chosen here, so the
+    client cannot disagree with the table the docs are checked against.  Both stay class
+    attributes (``DaemonNotRunning.exit_code``), as they were before the table."""
+
+    code: str = ErrorCode.ERROR
+    exit_code: int = ErrorCode.ERROR.exit_code
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.exit_code = exit_code_for(cls.code)
 
 
 class DaemonNotRunning(ClientError):
-    exit_code = exitcodes.NOT_RUNNING
-    code = "not_running"
+    code = ErrorCode.NOT_RUNNING
 
 
 class PermissionDenied(ClientError):
-    exit_code = exitcodes.PERMISSION
-    code = "permission_denied"
+    code = ErrorCode.PERMISSION_DENIED
 
 
 class DaemonTimeout(ClientError):
-    exit_code = exitcodes.TIMEOUT
-    code = "timeout"
+    code = ErrorCode.TIMEOUT
 
 
 class UsageError(ClientError):
-    exit_code = exitcodes.USAGE
-    code = "usage"
+    code = ErrorCode.USAGE
 
 
 class DiskFull(DaemonNotRunning):
@@ -85,17 +91,17 @@ class DiskFull(DaemonNotRunning):
     write its store (so that it never acknowledges what is not on disk), and cannot start on
     a full disk either.  Still exit code 3: the daemon is not running."""
 
-    code = "disk_full"
+    code = ErrorCode.DISK_FULL
 
 
 class RequestFailed(ClientError):
+    """The daemon answered the request with an error: ``code`` is the reply's (docs/PROTOCOL.md
+    9.3), kept as sent (a string) so that a newer daemon's code still reaches the caller."""
+
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
-        if code in ("timeout", "unreachable", "expired"):
-            self.exit_code = exitcodes.TIMEOUT
-        elif code == "bad_token":
-            self.exit_code = exitcodes.PERMISSION
+        self.exit_code = exit_code_for(code)
 
 
 REPLY_MARGIN_S = 1.0  # at most this much of a timeout is kept for the daemon to answer a request it read in time
@@ -242,8 +248,6 @@ class Client:
         pid = self.home.read_pid()
         if not pid_alive(pid):
             return self._not_running(f"stale {self._where}")
-        from p2pd.daemon import is_running  # only here: a daemon holds the home's lock for its whole life
-
         if not is_running(self.home)[0]:  # the pid was given to another process since the daemon died
             return self._not_running(f"pid {pid} now belongs to another process; stale {self._where}")
         return DaemonTimeout(
@@ -289,7 +293,7 @@ class Client:
         """Send one request; return its result or raise `RequestFailed`."""
         reply = self.request(cmd, timeout_s=timeout_s, **args)
         if not reply.get("ok"):
-            raise RequestFailed(reply.get("code", "error"), reply.get("error", "request failed"))
+            raise RequestFailed(reply.get("code", ErrorCode.ERROR), reply.get("error", "request failed"))
         return reply.get("result")
 
     def send(self, peer: str, text: str, wait_s: float = 0.0, require: bool = False, msg_id: str | None = None) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from . import __version__, exitcodes
-from .home import ControlChoiceError, Home, control_transport, resolve_home
+from .home import ControlChoiceError, Home, control_transport, is_running, resolve_home
 from .settings import ConfigError, LOG_LEVELS, build, check_bind_host, load_file
 
 HOME_HELP = "Node home directory (identity, config, log, socket). Default: $P2PD_HOME or the user data dir."
@@ -105,7 +105,7 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
       p2pd start --foreground          # under systemd or in a container
       p2pd start --discover lan        # link to every p2pd on this LAN by itself
     """
-    from .daemon import AlreadyRunning, is_running, run_foreground, spawn_detached, wait_ready
+    from .daemon import AlreadyRunning, run_foreground, spawn_detached, wait_ready
 
     h = Home(resolve_home(home))
     overrides = dict(port=port, pub_port=pub_port, host=host, advertise=advertise, name=name, join=list(join),
@@ -190,7 +190,6 @@ def keygen(home, force, as_json):
     The key is kept in HOME/node.key with mode 0600; the node id is derived
     from its public key.  Back it up: it is the node's identity.
     """
-    from .daemon import is_running
     from .keys import KeyError_, create_keypair
     from .sockets import curve_keypair
 
@@ -234,8 +233,6 @@ def stop(home, timeout_s):
 def status(home, as_json):
     """Is the node running? Exit 0 if it is, 3 if it is not (as LSB init scripts)."""
     from p2pctl.client import Client, ClientError
-
-    from .daemon import is_running
 
     h = Home(resolve_home(home))
     running, pid = is_running(h)

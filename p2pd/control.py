@@ -32,6 +32,7 @@ import orjson
 
 from . import protocol as P
 from .actions import Shutdown, ToClient
+from .errors import ErrorCode
 from .membership import ALIVE, AmbiguousPeer, UnknownPeer
 from .node import Node, _err, _ok
 from .settings import ConfigError, parse_host_port
@@ -47,7 +48,11 @@ ENVELOPE_OVERHEAD = 1024  # bytes around the text in an encoded MESSAGE, generou
 
 
 class BadRequest(ValueError):
-    def __init__(self, code: str, error: str):
+    """A request refused before (or while) it is carried out: answered with ``code`` and the
+    one-line ``error``.  The code is an `ErrorCode` so that no handler can invent one that
+    the client and docs/PROTOCOL.md 9.3 do not know."""
+
+    def __init__(self, code: ErrorCode, error: str):
         super().__init__(error)
         self.code = code
         self.error = error
@@ -56,29 +61,29 @@ class BadRequest(ValueError):
 def _arg_str(args: dict, key: str, max_len: int = 256) -> str:
     v = args.get(key)
     if not isinstance(v, str) or not v:
-        raise BadRequest("bad_request", f"argument {key!r} must be a non-empty string")
+        raise BadRequest(ErrorCode.BAD_REQUEST, f"argument {key!r} must be a non-empty string")
     if len(v) > max_len:
-        raise BadRequest("bad_request", f"argument {key!r} is longer than {max_len} characters")
+        raise BadRequest(ErrorCode.BAD_REQUEST, f"argument {key!r} is longer than {max_len} characters")
     return v
 
 
 def _arg_num(args: dict, key: str, default: float, lo: float, hi: float) -> float:
     v = args.get(key, default)
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not lo <= v <= hi:
-        raise BadRequest("bad_request", f"argument {key!r} must be a number from {lo} to {hi}")
+        raise BadRequest(ErrorCode.BAD_REQUEST, f"argument {key!r} must be a number from {lo} to {hi}")
     return v
 
 
 def _text(node: Node, value) -> str:
     """A message text that will fit in one frame at every receiver with our limits."""
     if not isinstance(value, str) or not value:
-        raise BadRequest("bad_request", "argument 'text' must be a non-empty string")
+        raise BadRequest(ErrorCode.BAD_REQUEST, "argument 'text' must be a non-empty string")
     if len(value) > P.MAX_TEXT_LEN:
-        raise BadRequest("too_large", f"text is longer than {P.MAX_TEXT_LEN} characters")
+        raise BadRequest(ErrorCode.TOO_LARGE, f"text is longer than {P.MAX_TEXT_LEN} characters")
     # Encoded, a character takes at most 6 bytes (a \uXXXX escape): only long texts need the exact size.
     if len(value) * 6 + ENVELOPE_OVERHEAD > node.settings.max_frame_bytes and \
             len(orjson.dumps(value)) + ENVELOPE_OVERHEAD > node.settings.max_frame_bytes:
-        raise BadRequest("too_large", f"text does not fit in a {node.settings.max_frame_bytes}-byte frame once encoded")
+        raise BadRequest(ErrorCode.TOO_LARGE, f"text does not fit in a {node.settings.max_frame_bytes}-byte frame once encoded")
     return value
 
 
@@ -88,7 +93,7 @@ def _texts(node: Node, args: dict) -> list[str]:
         return [_text(node, args.get("text"))]
     texts = args["texts"]
     if not isinstance(texts, list) or not 0 < len(texts) <= MAX_BATCH:
-        raise BadRequest("bad_request", f"argument 'texts' must be a list of 1 to {MAX_BATCH} strings")
+        raise BadRequest(ErrorCode.BAD_REQUEST, f"argument 'texts' must be a list of 1 to {MAX_BATCH} strings")
     return [_text(node, t) for t in texts]
 
 
@@ -97,7 +102,7 @@ def _since(args: dict) -> float | None:
     if v is None:
         return None
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 1e11:
-        raise BadRequest("bad_request", "argument 'since' must be a UNIX time in seconds")
+        raise BadRequest(ErrorCode.BAD_REQUEST, "argument 'since' must be a UNIX time in seconds")
     return float(v)
 
 
@@ -110,7 +115,7 @@ def _addrs(args: dict) -> tuple[str, ...]:
     if v is None:
         return ()
     if not isinstance(v, list) or len(v) > MAX_ADDRS or not all(isinstance(a, str) and _ip_literal(a) for a in v):
-        raise BadRequest("bad_request", f"argument 'addrs' must be a list of at most {MAX_ADDRS} IP addresses")
+        raise BadRequest(ErrorCode.BAD_REQUEST, f"argument 'addrs' must be a list of at most {MAX_ADDRS} IP addresses")
     return tuple(v)
 
 
@@ -127,22 +132,22 @@ def _resolve(node: Node, args: dict, need_alive: bool = True):
     try:
         peer = node.table.resolve(query)
     except AmbiguousPeer as e:
-        raise BadRequest("ambiguous", str(e)) from None
+        raise BadRequest(ErrorCode.AMBIGUOUS, str(e)) from None
     except UnknownPeer as e:
-        raise BadRequest("unknown_peer", f"{e}; `p2pctl peers` lists the peers") from None
+        raise BadRequest(ErrorCode.UNKNOWN_PEER, f"{e}; `p2pctl peers` lists the peers") from None
     if need_alive and peer.state != ALIVE:
-        raise BadRequest("not_linked", f"peer {peer.name} ({peer.id[:12]}) is {peer.state}, not linked; it is retried in the background")
+        raise BadRequest(ErrorCode.NOT_LINKED, f"peer {peer.name} ({peer.id[:12]}) is {peer.state}, not linked; it is retried in the background")
     return peer
 
 
 def _check_token(obj: dict, token: str) -> None:
     given = obj.get("token")
     if not isinstance(given, str) or not given:
-        raise BadRequest("bad_token", "bad control token: none given; over TCP every request must carry the token from the home's control.token")
+        raise BadRequest(ErrorCode.BAD_TOKEN, "bad control token: none given; over TCP every request must carry the token from the home's control.token")
     import hmac  # only over TCP control: hmac pulls in OpenSSL (~4 MiB of RSS) via hashlib
 
     if not hmac.compare_digest(given.encode(), token.encode()):
-        raise BadRequest("bad_token", "bad control token: it is not this daemon's (each start writes a new control.token)")
+        raise BadRequest(ErrorCode.BAD_TOKEN, "bad control token: it is not this daemon's (each start writes a new control.token)")
 
 
 def check_deadline(obj: dict, wall: float) -> None:
@@ -159,10 +164,10 @@ def check_deadline(obj: dict, wall: float) -> None:
     if deadline is None:
         return  # older clients, and hand-written requests, send none
     if not isinstance(deadline, (int, float)) or isinstance(deadline, bool) or not 0 < deadline < 1e11:
-        raise BadRequest("bad_request", "'deadline' must be a UNIX time in seconds")
+        raise BadRequest(ErrorCode.BAD_REQUEST, "'deadline' must be a UNIX time in seconds")
     if wall > deadline:
-        raise BadRequest("expired", f"request read {wall - deadline:.3f}s after its deadline, so it was not carried out "
-                                    "(the client had given up); p2pd was busy, stopped or restarting: send it again, or raise --timeout")
+        raise BadRequest(ErrorCode.EXPIRED, f"request read {wall - deadline:.3f}s after its deadline, so it was not carried out "
+                                            "(the client had given up); p2pd was busy, stopped or restarting: send it again, or raise --timeout")
 
 
 def handle(node: Node, now: float, client: bytes, raw: bytes, extra_status: dict, token: str | None = None,
@@ -173,13 +178,13 @@ def handle(node: Node, now: float, client: bytes, raw: bytes, extra_status: dict
     cmd = None
     try:
         if len(raw) > MAX_REQUEST_BYTES:
-            raise BadRequest("bad_request", f"request larger than {MAX_REQUEST_BYTES} bytes")
+            raise BadRequest(ErrorCode.BAD_REQUEST, f"request larger than {MAX_REQUEST_BYTES} bytes")
         try:
             obj = orjson.loads(raw)
         except orjson.JSONDecodeError:  # also invalid UTF-8, lone surrogates, nesting deeper than 1024
-            raise BadRequest("bad_request", "request is not JSON") from None
+            raise BadRequest(ErrorCode.BAD_REQUEST, "request is not JSON") from None
         if not isinstance(obj, dict):
-            raise BadRequest("bad_request", "request must be a JSON object")
+            raise BadRequest(ErrorCode.BAD_REQUEST, "request must be a JSON object")
         req = obj.get("req")
         if not isinstance(req, (int, str, type(None))) or isinstance(req, bool):
             req = None
@@ -188,24 +193,24 @@ def handle(node: Node, now: float, client: bytes, raw: bytes, extra_status: dict
         cmd = obj.get("cmd")
         args = obj.get("args", {})
         if not isinstance(args, dict):
-            raise BadRequest("bad_request", "'args' must be an object")
+            raise BadRequest(ErrorCode.BAD_REQUEST, "'args' must be an object")
         if cmd not in COMMANDS:
-            raise BadRequest("unknown_command", f"unknown command {str(cmd)[:32]!r}; known: {', '.join(COMMANDS)}")
+            raise BadRequest(ErrorCode.UNKNOWN_COMMAND, f"unknown command {str(cmd)[:32]!r}; known: {', '.join(COMMANDS)}")
         if wall is not None:
             check_deadline(obj, wall)
         return _dispatch(node, now, client, req, cmd, args, extra_status)
     except BadRequest as e:
-        if e.code in ("bad_request", "unknown_command", "bad_token"):
+        if e.code in (ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_COMMAND, ErrorCode.BAD_TOKEN):
             node.drop(now, "bad_control", e.error, "control socket")
-        elif e.code == "expired":
+        elif e.code == ErrorCode.EXPIRED:
             node.drop(now, "expired_control", e.error, "control socket")
         return [ToClient(client, _err(req, e.code, e.error))]
     except Exception as e:  # a bug, or a store that fails under us: the client still gets an answer
         # Logged here, once, with the traceback; the loop's own catch-all never sees it.
         log.exception("internal error while handling control request %r; answered with an error, still serving", cmd)
         where = extra_status.get("log_file") or "the daemon's log"
-        return [ToClient(client, _err(req, "internal", f"internal error in p2pd while handling {str(cmd)[:32]!r} "
-                                                      f"({type(e).__name__}: {str(e)[:200]}); it may be partly done; see {where}"))]
+        return [ToClient(client, _err(req, ErrorCode.INTERNAL, f"internal error in p2pd while handling {str(cmd)[:32]!r} "
+                                                              f"({type(e).__name__}: {str(e)[:200]}); it may be partly done; see {where}"))]
 
 
 def wrong_frame_count(node: Node, now: float, frames: list[bytes]) -> list:
@@ -227,7 +232,7 @@ def wrong_frame_count(node: Node, now: float, frames: list[bytes]) -> list:
             break
     error = f"a control request is exactly one frame, this message had {len(body)}; use a DEALER socket (not REQ), one JSON frame per request"
     node.drop(now, "bad_control", error, "control socket")
-    return [ToClient(client, _err(req, "bad_request", error))]
+    return [ToClient(client, _err(req, ErrorCode.BAD_REQUEST, error))]
 
 
 def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, extra_status: dict) -> list:
@@ -242,11 +247,11 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
         try:
             host, port = parse_host_port(f"{_arg_str(args, 'host')}:{args.get('port')}")
         except ConfigError as e:
-            raise BadRequest("bad_request", str(e)) from None
+            raise BadRequest(ErrorCode.BAD_REQUEST, str(e)) from None
         wait_s = _arg_num(args, "wait_s", 5.0, 0.1, 3600)
         key = args.get("key")
         if key is not None and not P.valid_key(key):
-            raise BadRequest("bad_request", "argument 'key' must be a 40-character Z85 public key")
+            raise BadRequest(ErrorCode.BAD_REQUEST, "argument 'key' must be a 40-character Z85 public key")
         return node.connect(now, host, port, wait_s, client, req, _since(args), key, _addrs(args))
     if cmd == "disconnect":
         peer = _resolve(node, args, need_alive=False)
@@ -257,14 +262,14 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
         try:
             peer_id, peer_name = node.resolve_target(query)
         except AmbiguousPeer as e:
-            raise BadRequest("ambiguous", str(e)) from None
+            raise BadRequest(ErrorCode.AMBIGUOUS, str(e)) from None
         except UnknownPeer as e:
-            raise BadRequest("unknown_peer", f"{e}; `p2pctl peers` lists the peers") from None
+            raise BadRequest(ErrorCode.UNKNOWN_PEER, f"{e}; `p2pctl peers` lists the peers") from None
         texts = _texts(node, args)
         ids = args.get("ids", [args["id"]] if "id" in args else None)
         if ids is not None and (not isinstance(ids, list) or len(ids) != len(texts) or not all(P.valid_node_id(i) for i in ids)
                                 or len(set(ids)) != len(ids)):
-            raise BadRequest("bad_request", "argument 'ids' must be distinct message ids (1-64 of [0-9A-Za-z_.:-]), one per text")
+            raise BadRequest(ErrorCode.BAD_REQUEST, "argument 'ids' must be distinct message ids (1-64 of [0-9A-Za-z_.:-]), one per text")
         wait_s = _arg_num(args, "wait_s", 0.0, 0.0, 86400 * 30)
         require = args.get("require", False) is True
         before = node.stats["messages_out"]
@@ -287,12 +292,12 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
         limit = int(_arg_num(args, "limit", 0, 0, 10**9))
         unread = args.get("unread", False)
         if not isinstance(unread, bool):
-            raise BadRequest("bad_request", "argument 'unread' must be true or false")
+            raise BadRequest(ErrorCode.BAD_REQUEST, "argument 'unread' must be true or false")
         return [ToClient(client, _ok(req, node.msgs.inbox(limit or node.settings.inbox_size, unread)))]
     if cmd == "read":
         upto = args.get("upto")
         if not isinstance(upto, int) or isinstance(upto, bool) or upto < 0:
-            raise BadRequest("bad_request", "argument 'upto' must be a message cursor (an integer, 0 or more)")
+            raise BadRequest(ErrorCode.BAD_REQUEST, "argument 'upto' must be a message cursor (an integer, 0 or more)")
         mark = node.msgs.mark_read(upto)
         return [ToClient(client, _ok(req, {"read_upto": mark, "unread": node.msgs.unread_count()}))]
     if cmd == "history":
@@ -302,9 +307,9 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
             try:
                 peer_id, _ = node.resolve_target(_arg_str(args, "peer"))
             except AmbiguousPeer as e:
-                raise BadRequest("ambiguous", str(e)) from None
+                raise BadRequest(ErrorCode.AMBIGUOUS, str(e)) from None
             except UnknownPeer as e:
-                raise BadRequest("unknown_peer", str(e)) from None
+                raise BadRequest(ErrorCode.UNKNOWN_PEER, str(e)) from None
         rows = node.label_rows(node.store.history(peer_id=peer_id, since=_since(args), limit=limit))
         return [ToClient(client, _ok(req, rows))]
     if cmd == "outbox":
@@ -319,11 +324,11 @@ def _dispatch(node: Node, now: float, client: bytes, req, cmd: str, args: dict, 
         try:
             result = (_trust if cmd == "trust" else _known)(node, args, extra_status)
         except KeyError_ as e:  # authorized_keys or known_peers edited into something unreadable
-            raise BadRequest("bad_file", str(e)) from None
+            raise BadRequest(ErrorCode.BAD_FILE, str(e)) from None
         return [ToClient(client, _ok(req, result))]
     if cmd == "stop":
         return [ToClient(client, _ok(req, {"stopping": True}))] + node.leave(now)
-    raise BadRequest("unknown_command", cmd)  # pragma: no cover - COMMANDS checked above
+    raise BadRequest(ErrorCode.UNKNOWN_COMMAND, cmd)  # pragma: no cover - COMMANDS checked above
 
 
 def _watch(node: Node, now: float, client: bytes, req, args: dict) -> list:
@@ -333,7 +338,7 @@ def _watch(node: Node, now: float, client: bytes, req, args: dict) -> list:
     misses nothing that was stored meanwhile.  The reply's ``cursor`` is the newest now."""
     since = args.get("since")
     if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
-        raise BadRequest("bad_request", "argument 'since' must be a message cursor (an integer, 0 or more)")
+        raise BadRequest(ErrorCode.BAD_REQUEST, "argument 'since' must be a message cursor (an integer, 0 or more)")
     node.watchers.add(client)
     acts = [ToClient(client, _ok(req, {"watching": True, "id": node.id, "name": node.name, "cursor": node.store.last_cursor}))]
     if since is not None:
@@ -347,7 +352,7 @@ def _home(extra_status: dict):
     from .home import Home
 
     if "home" not in extra_status:
-        raise BadRequest("bad_request", "this node has no home directory")
+        raise BadRequest(ErrorCode.BAD_REQUEST, "this node has no home directory")
     return Home(Path(extra_status["home"]))
 
 
@@ -360,17 +365,17 @@ def _trust(node: Node, args: dict, extra_status: dict) -> dict:
     if action == "add":
         key = args.get("key")
         if not P.valid_key(key):
-            raise BadRequest("bad_request", "give a 40-character Z85 public key (the `public_key` of `p2pctl info` on that node)")
+            raise BadRequest(ErrorCode.BAD_REQUEST, "give a 40-character Z85 public key (the `public_key` of `p2pctl info` on that node)")
         comment = args.get("comment") or ""
         if not isinstance(comment, str) or "\n" in comment or len(comment) > 200:
-            raise BadRequest("bad_request", "the comment must be one line of at most 200 characters")
+            raise BadRequest(ErrorCode.BAD_REQUEST, "the comment must be one line of at most 200 characters")
         kl.add(key, comment=comment)
     elif action == "remove":
         removed = kl.remove(_arg_str(args, "match"))
         if not removed:
-            raise BadRequest("unknown_peer", f"no authorized key matches {args['match']!r}; `p2pctl trust list` shows them")
+            raise BadRequest(ErrorCode.UNKNOWN_PEER, f"no authorized key matches {args['match']!r}; `p2pctl trust list` shows them")
     elif action != "list":
-        raise BadRequest("bad_request", "action must be list, add or remove")
+        raise BadRequest(ErrorCode.BAD_REQUEST, "action must be list, add or remove")
     keys = kl.entries()
     node.trust.set_allowed({k for _, k, _ in keys})
     return {"allowlist": node.trust.allowlist_mode,
@@ -386,12 +391,12 @@ def _known(node: Node, args: dict, extra_status: dict) -> dict:
     if action == "forget":
         match = _arg_str(args, "match")
         if not kl.remove(match) and match not in node.trust.pins:
-            raise BadRequest("unknown_peer", f"no pinned key for {match!r}; `p2pctl known list` shows them")
+            raise BadRequest(ErrorCode.UNKNOWN_PEER, f"no pinned key for {match!r}; `p2pctl known list` shows them")
         for address, key in list(node.trust.pins.items()):
             if match in (address, key, node_id_for(key)):
                 del node.trust.pins[address]
     elif action != "list":
-        raise BadRequest("bad_request", "action must be list or forget")
+        raise BadRequest(ErrorCode.BAD_REQUEST, "action must be list or forget")
     return [{"address": a, "key": k, "id": node_id_for(k)} for a, k in sorted(node.trust.pins.items())]
 
 

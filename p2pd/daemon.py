@@ -21,7 +21,7 @@ from pathlib import Path
 from . import escape
 from . import protocol as P
 from . import sdnotify
-from .home import Home, load_or_create_identity, load_peer_book, pid_alive
+from .home import Home, HomeLock, is_running, load_or_create_identity, load_peer_book, pid_alive
 from .node import WILDCARD_HOSTS, Node
 from .settings import Settings, parse_host_port
 from .home import atomic_write
@@ -37,41 +37,6 @@ READY_TIMEOUT_S = 20.0
 
 class AlreadyRunning(RuntimeError):
     pass
-
-
-class HomeLock:
-    """An exclusive OS lock: released by the kernel when the process dies, even by kill -9."""
-
-    def __init__(self, home: Home):
-        self.path = home.lock_file
-        self.fd: int | None = None
-
-    def acquire(self, wait_s: float = 0.0) -> bool:
-        """Take the lock; try for ``wait_s`` (a `p2pd status` or p2pctl may be probing it just then)."""
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                if sys.platform == "win32":  # pragma: no cover - Windows only
-                    import msvcrt
-
-                    msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
-                else:
-                    import fcntl
-
-                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except OSError:
-                if time.monotonic() >= deadline:
-                    os.close(self.fd)
-                    self.fd = None
-                    return False
-                time.sleep(0.02)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 class SafeFormatter(logging.Formatter):
@@ -360,21 +325,6 @@ def _startup_error(home: Home) -> str | None:
     except OSError:
         return None
     return lines[-1].removeprefix("p2pd: ") if lines else None
-
-
-def is_running(home: Home) -> tuple[bool, int | None]:
-    lock = HomeLock(home)
-    if not home.path.exists():
-        return False, None
-    try:
-        got = lock.acquire()
-    except OSError:
-        pid = home.read_pid()
-        return pid_alive(pid), pid
-    if got:
-        lock.release()
-        return False, None
-    return True, home.read_pid()
 
 
 def stop_and_wait(home: Home, timeout_s: float) -> int | None:

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 
 from . import protocol as P
 from .actions import FetchKey, OpenLink, PinKey, RekeyLink, ToClient
+from .errors import ErrorCode
 from .membership import ALIVE, Peer
 from .trust import node_id_for
 
@@ -122,7 +123,7 @@ class Dialer:
             return []
         acts = self.node._close_link(pc.key)
         if pc.client is not None:
-            acts.append(ToClient(pc.client, _err(pc.req, "self", f"{pc.endpoint} is this node itself (our own JOIN came back): nothing to link")))
+            acts.append(ToClient(pc.client, _err(pc.req, ErrorCode.SELF, f"{pc.endpoint} is this node itself (our own JOIN came back): nothing to link")))
         return acts
 
     def on_reply(self, now: float, peer: Peer, reply_to: str | None) -> tuple[PendingConnect | None, list]:
@@ -162,8 +163,8 @@ class Dialer:
                 del self.pending[mid]
                 acts += self.node._close_link(pc.key)
                 if pc.client is not None:
-                    acts.append(ToClient(pc.client, _err(pc.req, "unreachable", f"no answer from {pc.endpoint} within the timeout: is p2pd running there, and is the port open? "
-                                                                     f"(a node in --insecure mode and a secure one cannot link; in a closed network, is our key in its authorized_keys?)")))
+                    acts.append(ToClient(pc.client, _err(pc.req, ErrorCode.UNREACHABLE, f"no answer from {pc.endpoint} within the timeout: is p2pd running there, and is the port open? "
+                                                                             f"(a node in --insecure mode and a secure one cannot link; in a closed network, is our key in its authorized_keys?)")))
         return acts + self._tick_bootstraps(now)
 
     def _tick_bootstraps(self, now: float) -> list:
@@ -201,7 +202,7 @@ class Dialer:
         # A user waits on this dial: a refused connection is answered at once (`on_refused`).
         return [OpenLink(key, endpoint, server_key, report_refused=client is not None), node._send(key, join)]
 
-    def _fail(self, client: bytes | None, req, code: str, text: str) -> list:
+    def _fail(self, client: bytes | None, req, code: ErrorCode, text: str) -> list:
         from .node import _err
 
         if client is not None:
@@ -226,14 +227,14 @@ class Dialer:
             timeout_s = KEY_FETCH_S if deadline is None else max(0.05, deadline - now)
             return [FetchKey(P.tcp_endpoint(host, port + 2), tag, timeout_s)]
         if key == trust.public_key:  # our own key port answered (or our own connect string): never pinned
-            return self._fail(client, req, "self", f"{address} is this node itself (it answered with this node's own key): "
-                                                   f"nothing to link, and no key was pinned; connect to another node's address")
+            return self._fail(client, req, ErrorCode.SELF, f"{address} is this node itself (it answered with this node's own key): "
+                                                           f"nothing to link, and no key was pinned; connect to another node's address")
         problem = trust.check_pin(address, key)
         if problem is not None:
             log.warning("refused %s: %s", address, problem)
-            return self._fail(client, req, "key_changed", problem)
+            return self._fail(client, req, ErrorCode.KEY_CHANGED, problem)
         if trust.allowlist_mode and key not in trust.allowed:
-            return self._fail(client, req, "not_authorized", f"the key of {address} is not in authorized_keys; add it with: p2pctl trust add {key}")
+            return self._fail(client, req, ErrorCode.NOT_AUTHORIZED, f"the key of {address} is not in authorized_keys; add it with: p2pctl trust add {key}")
         acts = []
         if trust.pin(address, key):
             log.info("pinned the key of %s: %s (node %s)", address, key, node_id_for(key)[:12])
@@ -250,12 +251,12 @@ class Dialer:
         if key is None or not P.valid_key(key):
             pinned = self.node.trust.pins.get(address)
             if pinned is None and refused:
-                return self._fail(pk.client, pk.req, "refused",
+                return self._fail(pk.client, pk.req, ErrorCode.REFUSED,
                                   f"connection refused at {pk.host}:{pk.port + 2}, the key port of {address}: nothing listens there; "
                                   f"is p2pd running at {address}, and not in --insecure mode (which has no key port)? "
                                   f"(a node with another key port is reached with the p2p:// string from `p2pctl info` there)")
             if pinned is None:
-                return self._fail(pk.client, pk.req, "unreachable",
+                return self._fail(pk.client, pk.req, ErrorCode.UNREACHABLE,
                                   f"could not get the key of {address} from its key port {pk.port + 2} ({error or 'bad answer'}): "
                                   f"is p2pd running there, not in --insecure mode? Or connect with the p2p://KEY@{address} string from `p2pctl info` there")
             key = pinned  # the key port is down, but we know whom to expect
@@ -268,7 +269,7 @@ class Dialer:
             if pc.key == link_key:
                 del self.pending[mid]
                 return self.node._close_link(link_key) + self._fail(
-                    pc.client, pc.req, "refused", f"connection refused at {pc.endpoint[len('tcp://'):]}: nothing listens there; is p2pd running at that address?")
+                    pc.client, pc.req, ErrorCode.REFUSED, f"connection refused at {pc.endpoint[len('tcp://'):]}: nothing listens there; is p2pd running at that address?")
         return []
 
     # ------------------------------------------------------------------ control-socket operations
@@ -284,7 +285,7 @@ class Dialer:
         if known is not None and known.state == ALIVE and (key is None or key == known.key):
             problem = self.pin_refusal(host, port, known.key)
             if problem is not None:
-                return self._fail(client, req, "key_changed", problem)
+                return self._fail(client, req, ErrorCode.KEY_CHANGED, problem)
             acts = node.msgs.request_since(now, known, since) if since is not None else []
             linked_at = f"{known.address.addr}:{port}"  # the spelling we dialled it by, not a second one
             if node.trust.secure and known.key is not None and node.trust.pin(linked_at, known.key):

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
+
+from .digest import sha256
 
 
 ENV_HOME = "P2PD_HOME"
@@ -120,8 +123,6 @@ class Home:
             return direct
         import tempfile
 
-        from .keys import sha256
-
         digest = sha256(str(self.path).encode()).hexdigest()[:20]
         uid = os.getuid() if hasattr(os, "getuid") else 0
         return Path(tempfile.gettempdir()) / f"p2pd-{uid}" / f"{digest}.sock"
@@ -210,6 +211,59 @@ def _is_zombie(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
     except (OSError, IndexError):
         return False  # no /proc (macOS): os.kill's answer stands
+
+
+class HomeLock:
+    """An exclusive OS lock: released by the kernel when the process dies, even by kill -9."""
+
+    def __init__(self, home: Home):
+        self.path = home.lock_file
+        self.fd: int | None = None
+
+    def acquire(self, wait_s: float = 0.0) -> bool:
+        """Take the lock; try for ``wait_s`` (a `p2pd status` or p2pctl may be probing it just then)."""
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                if sys.platform == "win32":  # pragma: no cover - Windows only
+                    import msvcrt
+
+                    msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
+                else:
+                    import fcntl
+
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError:
+                if time.monotonic() >= deadline:
+                    os.close(self.fd)
+                    self.fd = None
+                    return False
+                time.sleep(0.02)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def is_running(home: Home) -> tuple[bool, int | None]:
+    """(running, pid): whether a daemon holds the home's lock, the only sure sign (a pid may be
+    reused, a pidfile stale).  Here, next to the lock file, because both the daemon and
+    p2pctl ask it: in daemon.py it made p2pctl.client and p2pd.daemon import each other."""
+    lock = HomeLock(home)
+    if not home.path.exists():
+        return False, None
+    try:
+        got = lock.acquire()
+    except OSError:
+        pid = home.read_pid()
+        return pid_alive(pid), pid
+    if got:
+        lock.release()
+        return False, None
+    return True, home.read_pid()
 
 
 class Identity:

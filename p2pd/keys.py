@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .digest import sha256
 from .home import Home, atomic_write
 from .protocol import valid_key
 
@@ -38,22 +39,6 @@ class KeyPair:
     @property
     def node_id(self) -> str:
         return node_id_for(self.public)
-
-
-def _builtin_sha256():
-    """CPython's own SHA-256 where it has one: importing hashlib maps OpenSSL's
-    libcrypto into the daemon, about 3.4 MiB of RSS for one hash of a key."""
-    try:
-        from _sha256 import sha256 as impl  # CPython 3.11
-    except ImportError:
-        try:
-            from _sha2 import sha256 as impl  # CPython 3.12 and later
-        except ImportError:
-            from hashlib import sha256 as impl
-    return impl
-
-
-sha256 = _builtin_sha256()
 
 
 def node_id_for(public_key: str) -> str:

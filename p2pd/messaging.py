@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from . import protocol as P
 from .actions import Publish, PublishBatch, ToClient
 from .delivery import Delivery
+from .errors import ErrorCode
 from .store import Store
 
 log = logging.getLogger("p2pd.messaging")
@@ -348,7 +349,7 @@ class Messaging:
                 if w.require:
                     from .node import _err
 
-                    acts.append(ToClient(w.client, _err(w.req, "timeout", f"not delivered to {w.peer_name} in time; it stays queued and is retried until it expires (see: p2pctl outbox)")))
+                    acts.append(ToClient(w.client, _err(w.req, ErrorCode.TIMEOUT, f"not delivered to {w.peer_name} in time; it stays queued and is retried until it expires (see: p2pctl outbox)")))
                 else:
                     acts.append(self._reply(w, "queued", msg_id))
         if now >= self._next_expire:

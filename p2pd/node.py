@@ -47,6 +47,7 @@ from . import lan
 from . import protocol as P
 from .actions import CloseLink, LanBeacon, OpenLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe
 from .dialer import Dialer
+from .errors import ErrorCode
 from .intake import Intake
 from .membership import ALIVE, LOST, MAX_RUMOURS, RUMOURS_PER_INTRODUCER, Membership, Peer, is_loopback
 from .targets import BookEntry, pick
@@ -530,7 +531,7 @@ class Node(Intake):
             if now >= pp.deadline:
                 del self.pings[pid]
                 if pp.client is not None:
-                    acts.append(ToClient(pp.client, _err(pp.req, "timeout", "no PONG within the timeout")))
+                    acts.append(ToClient(pp.client, _err(pp.req, ErrorCode.TIMEOUT, "no PONG within the timeout")))
         return acts + self.dial.tick(now) + self.msgs.tick(now)
 
     def flush(self, now: float) -> list:
@@ -683,5 +684,11 @@ def _ok(req, result) -> dict:
     return {"req": req, "ok": True, "result": result}
 
 
-def _err(req, code: str, error: str) -> dict:
-    return {"req": req, "ok": False, "code": code, "error": error}
+def _err(req, code: ErrorCode, error: str) -> dict:
+    """A failed request's reply.  ``code`` must be an `ErrorCode` the daemon sends (a wire
+    code): the reply carries its plain string, so the wire format is the bare code as
+    documented in docs/PROTOCOL.md 9.3, and a code missing from the table fails here, in
+    the tests, rather than reaching a client that maps it to no particular exit code."""
+    code = ErrorCode(code)
+    assert code.wire, f"{code} is a client-side code, never sent by the daemon"
+    return {"req": req, "ok": False, "code": code.value, "error": error}
