@@ -78,7 +78,7 @@ class Terminal:
     def text(self) -> str:
         return "\n".join(self.lines()).rstrip()
 
-    def expect(self, pattern: str, timeout: float = 15) -> re.Match:
+    def expect(self, pattern: str, timeout: float = 30) -> re.Match:
         """Read the terminal until a screen line matches the regular expression ``pattern``."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
