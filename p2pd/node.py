@@ -56,7 +56,7 @@ from .settings import Settings
 from .store import Store
 from .trust import Trust
 
-# The node's own randomness (its boot tag).  Only the deterministic simulator (bench/sim.py)
+# The node's own randomness (its boot tag).  Only the deterministic simulator (p2pd/sim.py)
 # replaces it, with a seeded source, so that a run can be replayed; the daemon never does.
 _urandom = os.urandom
 

@@ -36,7 +36,7 @@ import sqlite3
 from pathlib import Path
 
 # The one source of randomness here (a new store's epoch).  Only the deterministic simulator
-# (bench/sim.py) replaces it, with a seeded source, so that a run can be replayed; the daemon never does.
+# (p2pd/sim.py) replaces it, with a seeded source, so that a run can be replayed; the daemon never does.
 _urandom = os.urandom
 
 SCHEMA = """
