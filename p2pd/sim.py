@@ -86,6 +86,10 @@ CTL = b"sim-ctl"  # the control client that sends and broadcasts
 BASE_PORT = 20000
 MIN_TICK_S = 0.05  # the real loop ticks at most this often (transport.py)
 SCENARIOS = ("steady", "loss", "partition", "crash")
+# Every effect type of p2pd/actions.py is one or the other (tests/test_sim.py checks it, so that a new
+# effect cannot go unhandled here unnoticed).
+PERFORMED = (Send, SendBatch, Publish, PublishBatch, ToClient, OpenLink, CloseLink, RekeyLink, Subscribe, Unsubscribe, SavePeers, Shutdown)
+NOT_MODELLED = (FetchKey, PinKey, LanBeacon)  # CURVE key fetches and pins, LAN beacons: the simulated nodes run --insecure, no --discover
 
 
 @dataclass
@@ -144,6 +148,8 @@ class Sim:
         self._latency: dict[tuple[int, int], float] = {}
         self._pipe_last: dict = {}  # connection -> when its last frame arrives (fifo)
         self.groups: dict[str, int] | None = None  # partition: node name -> side
+        # A test's hand on the wire, as memnet's: (from name, to name, [Message]) -> True loses that ZeroMQ message.
+        self.lose = None
         self.trace = hashlib.sha256()
         self.frames = 0  # envelopes put on the wire
         self.lost = 0  # ZeroMQ messages lost (loss, partition, nobody there)
@@ -306,9 +312,11 @@ class Sim:
             self._turn(t, s, s.node.on_link_refused(t, key))
 
     # ------------------------------------------------------------------ the network
-    def _cut(self, a: SimNode, b: SimNode) -> bool:
-        """Is this ZeroMQ message lost: a partition between the two, or the loss rate?"""
+    def _cut(self, a: SimNode, b: SimNode, msgs: list) -> bool:
+        """Is this ZeroMQ message lost: a partition between the two, the test's `lose` hook, or the loss rate?"""
         if self.groups is not None and self.groups[a.name] != self.groups[b.name]:
+            return True
+        if self.lose is not None and self.lose(a.name, b.name, msgs):
             return True
         return self.model.loss > 0 and self.rng.random() < self.model.loss
 
@@ -335,17 +343,18 @@ class Sim:
                     continue
                 msgs = act.msgs if kind is SendBatch else [act.msg]
                 self.frames += len(msgs)
-                if self._cut(s, target):
+                if self._cut(s, target, msgs):
                     self.lost += 1
                     continue
                 frames = [link[2], *(P.encode(m) for m in msgs)]
                 self._push(self._arrival(s, target, link[1]), "arrive", target, target.incarnation, s.name, frames, None)
             elif kind is Publish or kind is PublishBatch:
-                frames = [P.encode(m) for m in (act.msgs if kind is PublishBatch else [act.msg])]
+                msgs = act.msgs if kind is PublishBatch else [act.msg]
+                frames = [P.encode(m) for m in msgs]
                 for other in self.nodes:
                     if other.up and s.pub in other.subs:
                         self.frames += len(frames)
-                        if self._cut(s, other):
+                        if self._cut(s, other, msgs):
                             self.lost += 1
                             continue
                         pipe = ("sub", s.index, other.index, other.incarnation)
@@ -383,7 +392,7 @@ class Sim:
                 s.book = act.peers
             elif kind is Shutdown:
                 pass
-            elif kind in (FetchKey, PinKey, LanBeacon):  # pragma: no cover - insecure nodes without LAN discovery
+            elif kind in NOT_MODELLED:  # pragma: no cover - insecure nodes without LAN discovery
                 raise AssertionError(f"the simulator does not model {act!r}")
             else:  # pragma: no cover
                 raise AssertionError(f"unknown effect {act!r}")
