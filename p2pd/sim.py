@@ -577,10 +577,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the run to FILE")
     args = ap.parse_args(argv)
-    logging.getLogger("p2pd").setLevel(logging.CRITICAL)  # peers lost in a partition are expected here
 
     def run():
-        return run_scenario(args.nodes, args.seconds, args.seed, args.scenario, args.direct_per_s, args.broadcasts_per_s)
+        logger = logging.getLogger("p2pd")
+        level = logger.level
+        logger.setLevel(logging.CRITICAL)  # peers lost in a partition, resends...: expected here, not news
+        try:
+            return run_scenario(args.nodes, args.seconds, args.seed, args.scenario, args.direct_per_s, args.broadcasts_per_s)
+        finally:
+            logger.setLevel(level)
 
     if args.profile:
         import cProfile

@@ -106,6 +106,7 @@ def test_crash_and_restart_mid_stream():
     workload(sim, t0, 6, direct_per_s=5, broadcasts_per_s=1)
     sim.at(t0 + 1.55, lambda s: s.crash(victim.name))
     sim.run_until(t0 + 3)
+    assert sim.lost > 0  # frames in flight to it, and sent to it while it was down
     delivered_before = sum(1 for (to, mid), n in sim.got.items() if to == victim.name)
     assert 0 < delivered_before
     boot = victim.store.epoch
@@ -154,6 +155,7 @@ def test_reorder_across_and_within_connections():
     sim = meshed(5, seed=11, model=Model(latency_min_s=0.001, latency_max_s=0.01, jitter_s=0.2, fifo=False))
     workload(sim, sim.now, 8, direct_per_s=20, broadcasts_per_s=3)
     sim.run_until(sim.now + 8)
+    assert sum(s.node.stats["out_of_order_dropped"] for s in sim.nodes) > 0, "no frame overtook another: the test tests nothing"
     settle(sim)
 
 
@@ -203,3 +205,17 @@ def test_every_effect_type_is_handled_or_named_unmodelled():
 
     kinds = {c for c in vars(actions).values() if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__module__ == actions.__name__}
     assert kinds == set(PERFORMED) | set(NOT_MODELLED)
+
+
+def test_command_line_prints_one_json_object(capsys):
+    import json
+
+    from p2pd.sim import main
+
+    assert main(["--nodes", "4", "--seconds", "2", "--seed", "3", "--scenario", "loss", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("nodes", "seconds", "seed", "scenario", "direct_sent", "direct_delivered", "direct_duplicates", "broadcasts_sent",
+                "broadcast_deliveries", "broadcast_expected", "frames", "wall_s", "digest"):
+        assert key in report
+    assert (report["nodes"], report["seed"], report["scenario"]) == (4, 3, "loss")
+    assert report["direct_delivered"] == report["direct_sent"] == 20
