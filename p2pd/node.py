@@ -57,6 +57,10 @@ from .settings import Settings
 from .store import Store
 from .trust import Trust
 
+# The node's own randomness (its boot tag).  Only the deterministic simulator (p2pd/sim.py)
+# replaces it, with a seeded source, so that a run can be replayed; the daemon never does.
+_urandom = os.urandom
+
 log = logging.getLogger("p2pd.node")
 
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*", ""})
@@ -104,7 +108,7 @@ class Node(Intake):
         self._name_index: dict[str, set[str]] | None = None  # see `sender`; None: build again
         self._book_names: dict[str, str] = {}
         self.stopping = False
-        self.boot = os.urandom(4).hex()  # this run of the node: a peer that sees it change knows we restarted
+        self.boot = _urandom(4).hex()  # this run of the node: a peer that sees it change knows we restarted
         self.lan = None  # LAN discovery (--discover lan): beacons out and in
         if settings.discover == "lan":
             self.lan = lan.LanDiscovery(node_id, address.port, self.trust.public_key if self.trust.secure else None,

@@ -129,6 +129,8 @@ def tcp_endpoint(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
 
 
+# Message ids' random part.  Only the deterministic simulator (p2pd/sim.py) replaces this with a
+# seeded generator, so that a run can be replayed; the daemon never does.
 _id_random = random.Random(os.urandom(32))
 
 

@@ -35,6 +35,10 @@ import os
 import sqlite3
 from pathlib import Path
 
+# The one source of randomness here (a new store's epoch).  Only the deterministic simulator
+# (p2pd/sim.py) replaces it, with a seeded source, so that a run can be replayed; the daemon never does.
+_urandom = os.urandom
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     peer_id TEXT NOT NULL,
@@ -253,7 +257,7 @@ class Store:
         """Name this store afresh (written with the next commit).  The epoch names the store: a
         peer that sees another epoch knows our numbering restarted (store lost, or found to have
         gone back in time) and resynchronises."""
-        self.epoch = os.urandom(8).hex()
+        self.epoch = _urandom(8).hex()
         self.set_meta("epoch", self.epoch)
         return self.epoch
 
