@@ -34,7 +34,8 @@ from . import protocol as P
 from .actions import Shutdown, ToClient
 from .errors import ErrorCode
 from .membership import ALIVE, AmbiguousPeer, UnknownPeer
-from .node import Node, _err, _ok
+from .node import Node
+from .replies import err as _err, ok as _ok
 from .settings import ConfigError, parse_host_port
 
 log = logging.getLogger("p2pd.control")
@@ -344,7 +345,7 @@ def _watch(node: Node, now: float, client: bytes, req, args: dict) -> list:
     if since is not None:
         for e in node.msgs.entries(node.store.messages_after(since, limit=REPLAY_MAX)):
             kind = "message" if e["type"] == P.MESSAGE else "broadcast"
-            acts.append(ToClient(client, {"event": kind, "time": P.utc_timestamp(node._epoch(now)), "message": e, "replay": True}))
+            acts.append(ToClient(client, {"event": kind, "time": P.utc_timestamp(node.epoch(now)), "message": e, "replay": True}))
     return acts
 
 

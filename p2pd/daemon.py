@@ -22,7 +22,7 @@ from . import escape
 from . import protocol as P
 from . import sdnotify
 from .home import Home, HomeLock, is_running, load_or_create_identity, load_peer_book, pid_alive
-from .node import WILDCARD_HOSTS, Node
+from .node import Node
 from .settings import Settings, parse_host_port
 from .home import atomic_write
 from .keys import authorized_keys, check_keypair, connect_string, known_peers, load_or_create_keypair
@@ -69,7 +69,7 @@ def own_address(settings: Settings, port: int, pub_port: int) -> P.PeerAddress:
     """What we tell peers: --advertise, else the bound host unless it is a wildcard."""
     if settings.advertise:
         return P.PeerAddress(settings.advertise, port, pub_port)
-    host = settings.host if settings.host not in WILDCARD_HOSTS else None
+    host = settings.host if settings.host not in P.WILDCARD_HOSTS else None
     return P.PeerAddress(host, port, pub_port)
 
 
@@ -247,7 +247,7 @@ def _raise_fd_limit() -> None:
 def _reachable_host(settings: Settings) -> str:
     if settings.advertise:
         return settings.advertise
-    if settings.host not in WILDCARD_HOSTS:
+    if settings.host not in P.WILDCARD_HOSTS:
         return settings.host
     return _seen_host(settings.host)
 

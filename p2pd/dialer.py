@@ -31,7 +31,7 @@ advertises), and each side keeps one link each way.  Dials by id cross too
 (gossip tells each of the other): a JOIN from a peer we are linked to closes
 that link only if the peer says it is broken (a new ``boot``, or ``again``);
 anything else is the crossing, and closing would only make both dial again
-(`Node._stale_link`).
+(`Handshake.stale_link`).
 
 Bootstraps (``--join``) are dialled at start and again with backoff
 (retry_min_s, doubling up to retry_max_s) until each answers; membership then
@@ -54,10 +54,16 @@ import logging
 from dataclasses import dataclass
 
 from . import protocol as P
-from .actions import FetchKey, OpenLink, PinKey, RekeyLink, ToClient
+from .actions import FetchKey, PinKey, ToClient
 from .errors import ErrorCode
-from .membership import ALIVE, Peer
-from .trust import node_id_for
+from .handshake import Handshake
+from .links import Links
+from .membership import ALIVE, Membership, Peer
+from .messaging import Messaging
+from .outbound import Outbound
+from .replies import err, ok
+from .settings import Settings
+from .trust import Trust, node_id_for
 
 log = logging.getLogger("p2pd.node")  # the node's logger: dialing was the node's, and its log lines say so
 
@@ -96,8 +102,18 @@ class Bootstrap:
 
 
 class Dialer:
-    def __init__(self, node):
-        self.node = node
+    """Owns the dials by address, the key fetches and the ``--join`` bootstraps; links, the table
+    and JOINs are its collaborators', given to it (no node behind it)."""
+
+    def __init__(self, settings: Settings, table: Membership, links: Links, outbound: Outbound, handshake: Handshake,
+                 trust: Trust, messaging: Messaging):
+        self.settings = settings
+        self.table = table
+        self.links = links
+        self.out = outbound
+        self.handshake = handshake
+        self.trust = trust
+        self.msgs = messaging
         self.pending: dict[str, PendingConnect] = {}  # JOIN message id -> pending connect
         self.bootstraps: dict[str, Bootstrap] = {}
         self.key_fetches: dict[str, PendingKey] = {}
@@ -108,37 +124,26 @@ class Dialer:
             self.bootstraps[ep] = Bootstrap(ep, next_try=now)
         return self._tick_bootstraps(now)
 
-    def pin_refusal(self, host: str | None, port: int, key: str | None) -> str | None:
-        """Why ``key`` may not be linked at host:port (its address is pinned to another key), else None."""
-        if not self.node.trust.secure or host is None or key is None:
-            return None
-        return self.node.trust.check_pin(f"{host}:{port}", key)
-
     # ------------------------------------------------------------------ JOIN replies
     def join_from_self(self, now: float, msg: P.Message) -> list:
-        from .node import _err
-
         pc = self.pending.pop(msg.data.get("reply_to") or msg.id, None)  # our own connect JOIN has no reply_to
         if pc is None:
             return []
-        acts = self.node._close_link(pc.key)
+        acts = self.links.close(pc.key)
         if pc.client is not None:
-            acts.append(ToClient(pc.client, _err(pc.req, ErrorCode.SELF, f"{pc.endpoint} is this node itself (our own JOIN came back): nothing to link")))
+            acts.append(ToClient(pc.client, err(pc.req, ErrorCode.SELF, f"{pc.endpoint} is this node itself (our own JOIN came back): nothing to link")))
         return acts
 
     def on_reply(self, now: float, peer: Peer, reply_to: str | None) -> tuple[PendingConnect | None, list]:
         """A JOIN from ``peer`` replying to ``reply_to`` (or to nothing): the dial it answers, if any,
         and that dial's link re-keyed or closed."""
-        node = self.node
         acts: list = []
         pc = self.pending.pop(reply_to, None) if reply_to else self._dialled(peer)
         if pc is not None:
-            if peer.id in node.links or node.links.get(pc.key) != peer.router_endpoint:
-                acts += node._close_link(pc.key)
+            if peer.id in self.links or self.links.get(pc.key) != peer.router_endpoint:
+                acts += self.links.close(pc.key)
             else:
-                node.links[peer.id] = node.links.pop(pc.key)
-                node.link_since[peer.id] = node.link_since.pop(pc.key, now)
-                acts.append(RekeyLink(pc.key, peer.id))
+                acts += self.links.rekey(now, pc.key, peer.id)
             for b in self.bootstraps.values():
                 if b.endpoint == pc.endpoint:
                     b.peer_id = peer.id
@@ -155,35 +160,32 @@ class Dialer:
 
     # ------------------------------------------------------------------ timers
     def tick(self, now: float) -> list:
-        from .node import _err
-
         acts: list = []
         for mid, pc in list(self.pending.items()):
             if pc.deadline is not None and now >= pc.deadline:
                 del self.pending[mid]
-                acts += self.node._close_link(pc.key)
+                acts += self.links.close(pc.key)
                 if pc.client is not None:
-                    acts.append(ToClient(pc.client, _err(pc.req, ErrorCode.UNREACHABLE, f"no answer from {pc.endpoint} within the timeout: is p2pd running there, and is the port open? "
+                    acts.append(ToClient(pc.client, err(pc.req, ErrorCode.UNREACHABLE, f"no answer from {pc.endpoint} within the timeout: is p2pd running there, and is the port open? "
                                                                              f"(a node in --insecure mode and a secure one cannot link; in a closed network, is our key in its authorized_keys?)")))
         return acts + self._tick_bootstraps(now)
 
     def _tick_bootstraps(self, now: float) -> list:
-        node = self.node
         acts: list = []
         for b in self.bootstraps.values():
             if b.peer_id is not None:
-                peer = node.table.get(b.peer_id)
+                peer = self.table.get(b.peer_id)
                 if peer is not None:
                     continue  # membership retries it from here on
                 b.peer_id = None  # it left: keep knocking
             if now < b.next_try:
                 continue
-            b.backoff_s = min(node.settings.retry_max_s, max(node.settings.retry_min_s, b.backoff_s * 2))
+            b.backoff_s = min(self.settings.retry_max_s, max(self.settings.retry_min_s, b.backoff_s * 2))
             b.next_try = now + b.backoff_s
             for mid, pc in list(self.pending.items()):
                 if pc.endpoint == b.endpoint and pc.client is None:
                     del self.pending[mid]
-                    acts += node._close_link(pc.key)
+                    acts += self.links.close(pc.key)
             host, _, port = b.endpoint[len("tcp://"):].rpartition(":")
             acts += self.dial_address(now, host.strip("[]"), int(port), deadline=None)
         return acts
@@ -191,29 +193,24 @@ class Dialer:
     # ------------------------------------------------------------------ dialing
     def _dial(self, now: float, endpoint: str, deadline: float | None, client: bytes | None = None, req=None,
               since: float | None = None, server_key: str | None = None) -> list:
-        node = self.node
         key = f"pending:{endpoint}:{now:.6f}"
         # With its key we know whom we dial: the JOIN can say how far we received its numbering.
         peer_id = node_id_for(server_key) if server_key else None
-        join = node._join(now, to=peer_id)
+        join = self.handshake.join(now, to=peer_id)
         self.pending[join.id] = PendingConnect(key, endpoint, deadline, client, req, since, server_key, peer_id)
-        node.links[key] = endpoint
-        node.link_since[key] = now
         # A user waits on this dial: a refused connection is answered at once (`on_refused`).
-        return [OpenLink(key, endpoint, server_key, report_refused=client is not None), node._send(key, join)]
+        return [self.links.open(now, key, endpoint, server_key, report_refused=client is not None), self.out.send(key, join)]
 
     def _fail(self, client: bytes | None, req, code: ErrorCode, text: str) -> list:
-        from .node import _err
-
         if client is not None:
-            return [ToClient(client, _err(req, code, text))]
+            return [ToClient(client, err(req, code, text))]
         log.warning("%s", text)
         return []
 
     def dial_address(self, now: float, host: str, port: int, deadline: float | None, client: bytes | None = None, req=None,
                      since: float | None = None, key: str | None = None) -> list:
         """Dial host:port.  In secure mode we need its key first: given, or fetched from its key port (port+2)."""
-        trust = self.node.trust
+        trust = self.trust
         endpoint = P.tcp_endpoint(host, port)
         if not trust.secure:
             return self._dial(now, endpoint, deadline, client, req, since)
@@ -249,7 +246,7 @@ class Dialer:
             return []
         address = f"{pk.host}:{pk.port}"
         if key is None or not P.valid_key(key):
-            pinned = self.node.trust.pins.get(address)
+            pinned = self.trust.pins.get(address)
             if pinned is None and refused:
                 return self._fail(pk.client, pk.req, ErrorCode.REFUSED,
                                   f"connection refused at {pk.host}:{pk.port + 2}, the key port of {address}: nothing listens there; "
@@ -268,7 +265,7 @@ class Dialer:
         for mid, pc in list(self.pending.items()):
             if pc.key == link_key:
                 del self.pending[mid]
-                return self.node._close_link(link_key) + self._fail(
+                return self.links.close(link_key) + self._fail(
                     pc.client, pc.req, ErrorCode.REFUSED, f"connection refused at {pc.endpoint[len('tcp://'):]}: nothing listens there; is p2pd running at that address?")
         return []
 
@@ -278,30 +275,14 @@ class Dialer:
         """``addrs``: the IP addresses the client resolved ``host`` to, so that another spelling of
         an address we are linked to (``localhost`` for 127.0.0.1) is recognised: a second dial
         would only displace the link we have.  Resolving is the client's job: the node does no I/O."""
-        from .node import _ok
-
-        node = self.node
-        known = node.table.find_by_address((host, *addrs), port)
+        known = self.table.find_by_address((host, *addrs), port)
         if known is not None and known.state == ALIVE and (key is None or key == known.key):
-            problem = self.pin_refusal(host, port, known.key)
+            problem = self.trust.pin_refusal(host, port, known.key)
             if problem is not None:
                 return self._fail(client, req, ErrorCode.KEY_CHANGED, problem)
-            acts = node.msgs.request_since(now, known, since) if since is not None else []
+            acts = self.msgs.request_since(now, known, since) if since is not None else []
             linked_at = f"{known.address.addr}:{port}"  # the spelling we dialled it by, not a second one
-            if node.trust.secure and known.key is not None and node.trust.pin(linked_at, known.key):
+            if self.trust.secure and known.key is not None and self.trust.pin(linked_at, known.key):
                 acts.append(PinKey(linked_at, known.key))  # "the next connect pins the key it finds"
-            return acts + [ToClient(client, _ok(req, {"peer": known.describe(now), "already": True}))]
+            return acts + [ToClient(client, ok(req, {"peer": known.describe(now), "already": True}))]
         return self.dial_address(now, host, port, now + wait_s, client, req, since, key)
-
-    def disconnect(self, now: float, peer: Peer) -> list:
-        """Tell the peer we are leaving it and forget it (it may come back by JOIN)."""
-        node = self.node
-        acts = [node._send(peer.id, node._msg(now, P.LEAVE))] if peer.id in node.links else []
-        node.table.remove(peer.id)
-        # The LEAVE must go out before the link closes: the transport lingers on close.
-        acts += node._close_link(peer.id)
-        if peer.state == ALIVE:
-            acts.append(node._unsub(peer))
-        acts.append(node._save_peers())
-        log.info("disconnected from %s (%s) on request", peer.name, peer.id[:12])
-        return acts + node.emit(now, "left", peer=peer.describe(now))

@@ -18,18 +18,27 @@ is dropped as ``rate_limited``, except that a peer keeping to its window is
 paced rather than cut off (`_on_credit`): its next direct message in order is
 taken on credit, and our ACK covers it only once the bucket has refilled
 (`debt`, read by `messaging.flush`).  Whatever is dropped is counted and logged at
-most once a second per kind (`Node.drop`); what passes goes to
-`Node._dispatch`.
+most once a second per kind (drops.py).
 
-A mixin of `Node`: it uses the node's table, trust, settings and counters.
+A plain class that returns a verdict: `frames_ok` for a whole ZeroMQ message, then
+`envelope` / `sub_envelope` per envelope: the decoded message if it passed, else None.
+The node dispatches each message that passed before the next envelope is checked: taking a
+message on credit depends on what the messages before it delivered.  It owns the rate
+buckets (one per peer in the table, dropped when the peer is).
 Pure: no sockets; time is passed in.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from . import protocol as P
+from .delivery import Delivery
+from .drops import Drops
+from .membership import Membership
+from .settings import Settings
+from .trust import Trust
 
 SUB_TOPIC_PREFIX = b"\x00sub:"  # never matches an envelope, which starts with "{"
 HEARTBEAT_CREDIT = 16  # PINGs/PONGs a peer may overdraw its rate by, beyond a window (see _on_credit)
@@ -42,52 +51,60 @@ def owns_routing_id(node_id: str, rid: bytes) -> bool:
     return rid[:n] == own and (len(rid) == n or rid[n] == 0x2F) and n > 0
 
 
+class Bucket:
+    """A peer's token bucket (below 0: in debt, see `Intake._on_credit`)."""
+    __slots__ = ("tokens", "at")
+
+    def __init__(self, tokens: float, at: float):
+        self.tokens = tokens
+        self.at = at
+
+
 class Intake:
-    """Mixed into `Node`: the inbound half of its peer protocol, up to `Node._dispatch`."""
+    def __init__(self, node_id: str, settings: Settings, table: Membership, trust: Trust, delivery: Delivery, drops: Drops,
+                 stats: Counter):
+        self.id = node_id
+        self.settings = settings
+        self.table = table
+        self.trust = trust
+        self.delivery = delivery
+        self.drop = drops
+        self.stats = stats
+        self._buckets: dict[str, Bucket] = {}
 
-    def on_router_frames(self, now: float, frames: list[bytes], peer_host, user_id: str | None = None) -> list:
-        """A message on our ROUTER: [routing id, envelope, ...] from a peer's DEALER.
+    def frames_ok(self, now: float, frames: list[bytes], user_id: str | None, source) -> bool:
+        """May the envelopes of this ROUTER message ([routing id, envelope, ...]) be looked at?
 
-        One envelope, or a batch of up to MAX_BATCH from a peer that we told
-        (JOIN ``batch``) we take them: each is checked and handled on its own.
-
-        ``user_id`` is the node id that ZAP derived from the sender's CURVE
-        key; in secure mode a frame claiming any other sender_id is dropped.
-        ``peer_host`` is the address the frame came from, or a function that
-        returns it: the transport's lookup costs a call into libzmq, and only
-        a JOIN or a log line needs it.
-        """
-        source = (lambda: peer_host() or "?") if callable(peer_host) else (peer_host or "?")
+        One envelope, or a batch of up to MAX_BATCH from a peer that we told (JOIN ``batch``)
+        we take them: each is then checked (`envelope`) and handled on its own.  ``user_id``
+        is the node id that ZAP derived from the sender's CURVE key: under CURVE the routing
+        id must be one of that node's (checked before any decoding)."""
         if self.trust.secure and not owns_routing_id(user_id or "", frames[0]):
             self._spoofed_routing_id(now, frames[0], user_id, source)
-            return []
-        if len(frames) == 2:
-            return self._on_envelope(now, frames[0], frames[1], peer_host, user_id, source)
-        if not 2 < len(frames) <= P.MAX_BATCH + 1:
+            return False
+        if not 1 < len(frames) <= P.MAX_BATCH + 1:
             self.drop(now, "bad_frames", f"expected 2 to {P.MAX_BATCH + 1} frames (routing id, envelopes), got {len(frames)}", source)
-            return []
-        acts: list = []
-        for raw in frames[1:]:  # a batch: each envelope stands alone, in order
-            acts += self._on_envelope(now, frames[0], raw, peer_host, user_id, source)
-        return acts
+            return False
+        return True
 
-    def _on_envelope(self, now: float, rid: bytes, raw: bytes, peer_host, user_id: str | None, source) -> list:
+    def envelope(self, now: float, rid: bytes, raw: bytes, user_id: str | None, source) -> P.Message | None:
+        """One envelope from the ROUTER: the message, if it may be handled."""
         try:
             msg = P.decode(raw, self.settings.max_frame_bytes)
         except P.ProtocolError as e:
             self.drop(now, e.kind, e.reason, source)
-            return []
+            return None
         if not owns_routing_id(msg.sender_id, rid):
             self.drop(now, "bad_routing_id", f"routing id {rid[:24]!r} does not match sender_id {msg.sender_id[:24]}", source)
-            return []
+            return None
         if self.trust.secure and user_id != msg.sender_id:
             self.drop(now, "spoofed", f"frame claims sender {msg.sender_id[:12]} but its key belongs to {str(user_id)[:12]}", source)
-            return []
+            return None
         if not self._within_rate(now, msg.sender_id) and not self._on_credit(msg):
             self.drop(now, "rate_limited", f"{msg.sender_id[:12]} sends faster than max_msgs_per_s={self.settings.max_msgs_per_s:g}", source)
-            return []
+            return None
         self.stats["frames_in"] += 1
-        return self._dispatch(now, msg, peer_host, source)
+        return msg
 
     def _spoofed_routing_id(self, now: float, rid: bytes, user_id: str | None, source) -> None:
         """A connection whose routing id names another node than its key: someone trying to pass for
@@ -97,18 +114,26 @@ class Intake:
                   f"connection with routing id {rid[:80]!r} belongs to key {key or '?'} (node {str(user_id)[:12]}), "
                   f"not to the node it names", source)
 
+    def bucket(self, peer_id: str) -> Bucket | None:
+        """The peer's token bucket, if it has one (tests and `debt` read it)."""
+        return self._buckets.get(peer_id)
+
     def _within_rate(self, now: float, peer_id: str) -> bool:
         """Token bucket per peer: max_msgs_per_s sustained, one second's worth of burst."""
-        peer = self.table.get(peer_id)
-        if peer is None:
+        if peer_id not in self.table:
             return True
         rate = self.settings.max_msgs_per_s
-        tokens = rate if peer.tokens_at is None else min(rate, peer.tokens + (now - peer.tokens_at) * rate)
-        peer.tokens_at = now
+        b = self._buckets.get(peer_id)
+        if b is None:
+            if len(self._buckets) >= 2 * len(self.table) + 64:  # peers gone from the table: their buckets too
+                self._buckets = {pid: v for pid, v in self._buckets.items() if pid in self.table}
+            b = self._buckets[peer_id] = Bucket(rate, now)
+        tokens = min(rate, b.tokens + (now - b.at) * rate)
+        b.at = now
         if tokens < 1.0:
-            peer.tokens = tokens
+            b.tokens = tokens
             return False
-        peer.tokens = tokens - 1.0
+        b.tokens = tokens - 1.0
         return True
 
     def _on_credit(self, msg: P.Message) -> bool:
@@ -122,62 +147,57 @@ class Intake:
         for lost.  Credit stops at a window and ``HEARTBEAT_CREDIT`` in debt, whatever asks
         for it; anything else past the budget is dropped.  A debt is repaid before anything
         new is taken, so the sustained rate stays the limit."""
-        peer = self.table.get(msg.sender_id)
-        delivery = self.msgs.delivery
-        if peer.tokens <= -(delivery.window + HEARTBEAT_CREDIT):
+        b = self._buckets[msg.sender_id]
+        delivery = self.delivery
+        if b.tokens <= -(delivery.window + HEARTBEAT_CREDIT):
             return False
         if msg.type == P.MESSAGE:
             ok = msg.target_id == self.id and delivery.may_pace(msg.sender_id, msg.data)
         else:
             ok = msg.type in (P.PING, P.PONG) and delivery.unacknowledged(msg.sender_id)
         if ok:
-            peer.tokens -= 1.0
+            b.tokens -= 1.0
         return ok
 
     def debt(self, now: float, peer_id: str) -> int:
         """How many frames the peer has had on credit and not yet repaid (0: none)."""
-        peer = self.table.get(peer_id)
-        if peer is None or peer.tokens_at is None or peer.tokens >= 0:
+        b = self._buckets.get(peer_id)
+        if b is None or b.tokens >= 0 or peer_id not in self.table:
             return 0
         rate = self.settings.max_msgs_per_s
-        peer.tokens = min(rate, peer.tokens + (now - peer.tokens_at) * rate)
-        peer.tokens_at = now
-        return math.ceil(-peer.tokens) if peer.tokens < 0 else 0
+        b.tokens = min(rate, b.tokens + (now - b.at) * rate)
+        b.at = now
+        return math.ceil(-b.tokens) if b.tokens < 0 else 0
 
-    def on_sub_frames(self, now: float, frames: list[bytes], source: str = "sub", source_peer: str | None = None) -> list:
-        """A message on one of our SUB sockets: BROADCASTs (one, or a batch) from the PUB of ``source_peer``."""
+    def sub_frames_ok(self, now: float, frames: list[bytes], source: str) -> bool:
+        """May the envelopes of this SUB message (BROADCASTs: one, or a batch) be looked at?"""
         if not 0 < len(frames) <= P.MAX_BATCH:
             self.drop(now, "bad_frames", f"expected 1 to {P.MAX_BATCH} frames on SUB, got {len(frames)}", source)
-            return []
-        if len(frames) == 1:
-            return self._on_sub_envelope(now, frames[0], source, source_peer)
-        acts: list = []
-        for raw in frames:
-            acts += self._on_sub_envelope(now, raw, source, source_peer)
-        return acts
+            return False
+        return True
 
-    def _on_sub_envelope(self, now: float, raw: bytes, source: str, source_peer: str | None) -> list:
+    def sub_envelope(self, now: float, raw: bytes, source: str, source_peer: str | None) -> P.Message | None:
+        """One envelope from the SUB of ``source_peer``: the BROADCAST, if it may be handled."""
         try:
             msg = P.decode(raw, self.settings.max_frame_bytes)
         except P.ProtocolError as e:
             self.drop(now, e.kind, e.reason, source)
-            return []
+            return None
         if msg.type != P.BROADCAST:
             self.drop(now, "bad_type", f"{msg.type} is not allowed on the PUB socket", source)
-            return []
+            return None
         if source_peer is not None and msg.sender_id != source_peer:
             self.drop(now, "spoofed", f"broadcast claims sender {msg.sender_id[:12]} on the PUB of {source_peer[:12]}", source)
-            return []
+            return None
         if not self._within_rate(now, msg.sender_id):
             self.drop(now, "rate_limited", f"{msg.sender_id[:12]} broadcasts faster than max_msgs_per_s", source)
-            return []
+            return None
         self.stats["frames_in"] += 1
-        return self._dispatch(now, msg, None, source)
+        return msg
 
-    def on_subscription(self, now: float, frame: bytes) -> list:
+    def subscription(self, frame: bytes) -> None:
         """XPUB told us a subscriber (un)subscribed; our topic names its node id."""
         if len(frame) > len(SUB_TOPIC_PREFIX) + 1 and frame[1:].startswith(SUB_TOPIC_PREFIX):
             peer_id = frame[1 + len(SUB_TOPIC_PREFIX):].decode("utf-8", "replace")
             if P.valid_node_id(peer_id):
                 self.table.set_subscribed(peer_id, frame[0] == 1)
-        return []

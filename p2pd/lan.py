@@ -40,7 +40,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from .keys import node_id_for
+from .trust import node_id_for
 from .protocol import valid_key
 
 MAGIC = b"P2PB"

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import StrEnum
 
 from .protocol import PeerAddress
 from .targets import AmbiguousPeer, UnknownPeer, pick  # noqa: F401 (AmbiguousPeer, UnknownPeer: raised by resolve)
@@ -41,9 +42,16 @@ RUMOURS_COOLING_MAX = 4096  # bounded memory for those
 SUBSCRIPTIONS_MAX = 4096  # node ids whose SUB we track on our XPUB, at most
 SUBSCRIPTIONS_PER_ID = 64  # attached connections counted per node id, at most
 
-LINKING = "linking"
-ALIVE = "alive"
-LOST = "lost"
+class PeerState(StrEnum):
+    """Where a peer is in its life with us.  A `StrEnum`: a state *is* its string, as `peers`
+    shows it and tests and renderers compare it ("alive" == PeerState.ALIVE)."""
+
+    LINKING = "linking"  # dialled (or it dialled us), no frame from it yet
+    ALIVE = "alive"  # heard from within heartbeat_timeout_s
+    LOST = "lost"  # silent past the timeout: retried with backoff until it answers or is forgotten
+
+
+LINKING, ALIVE, LOST = PeerState.LINKING, PeerState.ALIVE, PeerState.LOST
 
 
 @dataclass
@@ -51,14 +59,13 @@ class Peer:
     id: str
     name: str
     address: PeerAddress  # addr always resolved to a host we can dial
-    state: str = LINKING
+    state: PeerState = LINKING
     since: float = 0.0  # when the current state began (monotonic)
     last_seen: float | None = None
     rtt_ms: float | None = None
     subscribed: bool = False  # their SUB is attached to our PUB (whatever the peer's state)
     retry_at: float | None = None
     retry_backoff_s: float = 0.0
-    ever_alive: bool = False
     msgs_in: int = 0  # direct messages from it delivered here (as info's messages_in, for this peer)
     msgs_out: int = 0  # direct messages to it stored for sending (as info's messages_out, for this peer)
     frames_in: int = 0  # envelopes of every type received from it (as info's frames_in)
@@ -68,9 +75,6 @@ class Peer:
     rid_suffix: bool = False  # its JOIN said it takes routing ids "<id>/<suffix>": our links to it use one
     boot: str | None = None  # its JOIN's run id: a new one means it restarted
     learned: float = 0.0  # when we first heard of it (monotonic)
-    tokens: float = 0.0  # rate-limit bucket (below 0: in debt, see intake.py)
-    tokens_at: float | None = None  # last refill; None: not started
-    tags: set = field(default_factory=set)
     rumour: bool = False  # heard of only in gossip: it has not spoken to us itself yet
     introducer: str | None = None  # for a rumour: the peer whose PEERS told us of it
 
@@ -144,6 +148,9 @@ class Membership:
         # peer, and stays in place while the peer is lost, removed and learned again.
         self._subscriptions: dict[str, int] = {}
         self._cooling: OrderedDict[str, float] = OrderedDict()  # rumour that never answered -> until when we ignore it
+        # Grows whenever the set of members or a member's name may have changed: whoever keeps
+        # something derived from them (the names index, names.py) knows when to build it again.
+        self.version = 0
 
     # ---- lookups
     def get(self, peer_id: str) -> Peer | None:
@@ -227,7 +234,9 @@ class Membership:
                         rumour=rumour_from is not None, introducer=rumour_from)
             peer.subscribed = peer_id in self._subscriptions
             self._peers[peer_id] = peer
+            self.version += 1
             return peer, True
+        self.version += 1
         if rumour_from is None:
             peer.rumour, peer.introducer = False, None
         peer.name = name
@@ -243,18 +252,25 @@ class Membership:
             return False
         peer.last_seen = now
         peer.frames_in += 1
-        peer.rumour = False  # its key vouches for the frame: it exists and talks to us
+        if peer.rumour:
+            peer.rumour = False  # its key vouches for the frame: it exists and talks to us
+            self.version += 1
         if peer.state != ALIVE:
             peer.state = ALIVE
             peer.since = now
-            peer.ever_alive = True
             peer.retry_at = None
             peer.retry_backoff_s = 0.0
             return True
         return False
 
     def remove(self, peer_id: str) -> Peer | None:
+        self.version += 1
         return self._peers.pop(peer_id, None)
+
+    def book(self) -> list[dict]:
+        """The members as peers.json keeps them (`SavePeers`): enough to link again after a restart."""
+        return [{"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port,
+                 "key": p.key, "rid_suffix": p.rid_suffix} for p in self.members()]
 
     def set_subscribed(self, peer_id: str, subscribed: bool) -> None:
         """Our XPUB saw a SUB naming ``peer_id`` attach (True) or detach (False).

@@ -26,13 +26,21 @@ Pure apart from the store: no sockets; time is passed in.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 
 from . import protocol as P
 from .actions import Publish, PublishBatch, ToClient
 from .delivery import Delivery
 from .errors import ErrorCode
-from .store import Store
+from .drops import Drops
+from .links import Links
+from .membership import ALIVE, Membership
+from .names import Names
+from .outbound import Outbound
+from .replies import err, ok
+from .storage import Storage
+from .watchers import Watchers
 
 log = logging.getLogger("p2pd.messaging")
 
@@ -64,8 +72,20 @@ def entry(msg_id: str, type_: str, sender_id: str, sender_name: str, timestamp: 
 
 
 class Messaging:
-    def __init__(self, node, store: Store, settings):
-        self.node = node
+    """Owns the outbox waiters, the broadcast replay bookkeeping and the read mark; the numbering
+    is its `delivery`'s.  Given what it needs and no more: envelopes (`Outbound`), the table
+    (is a peer alive, does it take batches), the links (is one open for an ACK), the
+    watchers, the names to show, and where to report bad input."""
+
+    def __init__(self, store: Storage, settings, outbound: Outbound, table: Membership, links: Links, watchers: Watchers,
+                 names: Names, drops: Drops, stats: Counter):
+        self.out = outbound
+        self.table = table
+        self.links = links
+        self.watchers = watchers
+        self.names = names
+        self.drop = drops
+        self.stats = stats
         self.store = store
         self._unread: int | None = None  # received messages after the read mark; None: count when asked (unread_count)
         self.settings = settings
@@ -121,7 +141,7 @@ class Messaging:
         if behind is not None:
             log.warning("the store is older than what peer %s has received from us (%s): it was restored from a backup? "
                         "starting a new store epoch so peers resynchronise", peer.name, behind)
-            self.node.stats["store_rollbacks_detected"] += 1
+            self.stats["store_rollbacks_detected"] += 1
             self.left_epoch = (epoch, {peer_id: link.out_seq for peer_id, link in delivery.links.items()})
             self.store.new_epoch()
         if got is not None and self.left_epoch is not None and data.get("got_epoch") == self.left_epoch[0]:
@@ -129,26 +149,24 @@ class Messaging:
         return []
 
     def _reply(self, w: Waiter, status: str, msg_id: str) -> ToClient:
-        from .node import _ok
-
-        return ToClient(w.client, _ok(w.req, {"id": msg_id, "peer": w.peer_name, "peer_id": w.peer_id, "status": status}))
+        return ToClient(w.client, ok(w.req, {"id": msg_id, "peer": w.peer_name, "peer_id": w.peer_id, "status": status}))
 
     def _store_in(self, now: float, msg: P.Message, peer, defer: bool = False) -> int:
         """Store a received message under the name bound to the sender's key at JOIN (``peer.name``):
         the envelope's ``sender_name`` is only the sender's claim, and is not kept."""
         return self.store.add_message("in", msg.type, msg.id, msg.sender_id, msg.sender_id, peer.name, msg.target_id,
-                                      msg.data["text"], msg.timestamp, self.node._epoch(now), defer=defer)
+                                      msg.data["text"], msg.timestamp, self.out.epoch(now), defer=defer)
 
     def _delivered_in(self, now: float, cursor: int, msg_id: str, type_: str, sender_id: str, sender_name: str, timestamp: str, text: str,
                       target_id) -> list:
-        self.node.stats["messages_in" if type_ == P.MESSAGE else "broadcasts_in"] += 1
+        self.stats["messages_in" if type_ == P.MESSAGE else "broadcasts_in"] += 1
         if self._unread is not None:
             self._unread += 1
-        if not self.node.watchers:
+        if not self.watchers:
             return []
-        name, label = self.node.sender(sender_id, sender_name)
+        name, label = self.names.sender(sender_id, sender_name)
         e = entry(msg_id, type_, sender_id, name, timestamp, text, target_id, label, cursor)
-        return self.node.emit(now, "message" if type_ == P.MESSAGE else "broadcast", message=e)
+        return self.watchers.emit(now, "message" if type_ == P.MESSAGE else "broadcast", message=e)
 
     # ------------------------------------------------------------------ sending
     def send(self, now: float, peer_id: str, peer_name: str, texts: list[str], client: bytes, req, wait_s: float, require: bool,
@@ -156,8 +174,7 @@ class Messaging:
         """Store and send.  ``given_ids`` make a send idempotent: a client that
         is not sure its request got through (the daemon died before replying)
         sends again with the same ids, and what is stored already is skipped."""
-        node = self.node
-        epoch = node._epoch(now)
+        epoch = self.out.epoch(now)
         ids = []
         prior = None  # status of a message this request repeats (single sends only matter)
         timestamp = P.utc_timestamp(epoch)
@@ -172,19 +189,17 @@ class Messaging:
                     continue
                 repeated.add(msg_id)  # the same id twice in one request is stored once
             else:
-                msg_id = P.new_message_id(epoch)
+                msg_id = self.out.new_id(epoch)
             self.delivery.enqueue(peer_id, msg_id, text, timestamp, epoch)
-            self.store.add_message("out", P.MESSAGE, msg_id, peer_id, node.id, node.name, peer_id, text, timestamp, epoch, defer=True)
+            self.store.add_message("out", P.MESSAGE, msg_id, peer_id, self.out.id, self.out.name, peer_id, text, timestamp, epoch, defer=True)
             ids.append(msg_id)
             stored += 1
-        node.stats["messages_out"] += stored
-        peer = node.table.get(peer_id)
-        alive = peer is not None and peer.state == "alive"
+        self.stats["messages_out"] += stored
+        peer = self.table.get(peer_id)
+        alive = peer is not None and peer.state == ALIVE
         acts = self.pump(now, peer_id) if alive else []
         if len(ids) > 1:
-            from .node import _ok
-
-            return acts + [ToClient(client, _ok(req, {"ids": ids, "peer": peer_name, "peer_id": peer_id, "status": "queued"}))]
+            return acts + [ToClient(client, ok(req, {"ids": ids, "peer": peer_name, "peer_id": peer_id, "status": "queued"}))]
         w = Waiter(client, req, now + wait_s, require, peer_name, peer_id)
         if prior == "delivered":  # a retry of a message already acknowledged: no ACK will come again
             return acts + [self._reply(w, "delivered", ids[0])]
@@ -198,26 +213,25 @@ class Messaging:
         base, rows = self.delivery.due(peer_id, now)
         if not rows:
             return []
-        node, epoch = self.node, self.store.epoch
-        return node._send_many(peer_id, [
-            P.Message(P.MESSAGE, msg_id, node.id, node.name, timestamp, {"text": text, "seq": seq, "base": base, "epoch": epoch}, peer_id)
+        epoch = self.store.epoch
+        return self.out.send_many(peer_id, [
+            P.Message(P.MESSAGE, msg_id, self.out.id, self.out.name, timestamp, {"text": text, "seq": seq, "base": base, "epoch": epoch}, peer_id)
             for seq, msg_id, text, timestamp in rows])
 
     def broadcast(self, now: float, texts: list[str]) -> tuple[list, list[str]]:
         """Number, store and publish broadcasts; returns (effects, their ids)."""
-        node = self.node
-        epoch = node._epoch(now)
+        epoch = self.out.epoch(now)
         timestamp = P.utc_timestamp(epoch)
         msgs, ids = [], []
         for text in texts:
-            msg_id = P.new_message_id(epoch)
+            msg_id = self.out.new_id(epoch)
             bseq = self.delivery.next_broadcast(msg_id, text, timestamp, epoch)
-            msgs.append(P.Message(P.BROADCAST, msg_id, node.id, node.name, timestamp, {"text": text, "bseq": bseq, "epoch": self.store.epoch}, None))
-            self.store.add_message("out", P.BROADCAST, msg_id, None, node.id, node.name, None, text, timestamp, epoch, defer=True)
+            msgs.append(P.Message(P.BROADCAST, msg_id, self.out.id, self.out.name, timestamp, {"text": text, "bseq": bseq, "epoch": self.store.epoch}, None))
+            self.store.add_message("out", P.BROADCAST, msg_id, None, self.out.id, self.out.name, None, text, timestamp, epoch, defer=True)
             ids.append(msg_id)
-        node.stats["broadcasts_out"] += len(texts)
+        self.stats["broadcasts_out"] += len(texts)
         # One PUB reaches every subscriber alike: batch only if every peer that may be subscribed takes batches.
-        if len(msgs) > 1 and all(p.batch for p in node.table.all() if p.subscribed or p.state == "alive"):
+        if len(msgs) > 1 and all(p.batch for p in self.table.all() if p.subscribed or p.state == ALIVE):
             return [PublishBatch(msgs[k:k + P.MAX_BATCH]) for k in range(0, len(msgs), P.MAX_BATCH)], ids
         return [Publish(m) for m in msgs], ids
 
@@ -229,10 +243,10 @@ class Messaging:
             return self._delivered_in(now, n, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, msg.data["text"], msg.target_id) if n else []
         verdict = self.delivery.accept(peer.id, seq, msg.data["base"], msg.data.get("epoch"))
         if verdict == "dup":
-            self.node.stats["duplicates_dropped"] += 1
+            self.stats["duplicates_dropped"] += 1
             return []
         if verdict == "gap":
-            self.node.stats["out_of_order_dropped"] += 1
+            self.stats["out_of_order_dropped"] += 1
             return []
         n = self._store_in(now, msg, peer, defer=True)  # new by its sequence number
         return self._delivered_in(now, n, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, msg.data["text"], msg.target_id)
@@ -255,25 +269,25 @@ class Messaging:
         fields = (msg.id, msg.sender_id, peer.name, msg.timestamp, msg.data["text"])  # the JOIN-bound name, not the claim
         ready, want, dup = self.delivery.on_broadcast(peer.id, bseq, fields, now, self.settings.ack_timeout_s, msg.data.get("epoch"))
         if dup:
-            self.node.stats["duplicates_dropped"] += 1
+            self.stats["duplicates_dropped"] += 1
         acts = self._fetch(now, peer, want) if want else []
         replay = self.replay_seen.get(peer.id)
         for msg_id, sender_id, sender_name, timestamp, text in ready:
             if replay is not None and msg_id in replay[0]:
-                self.node.stats["duplicates_dropped"] += 1  # delivered live before the backlog was asked for
+                self.stats["duplicates_dropped"] += 1  # delivered live before the backlog was asked for
                 continue
             # New by its number: queued for the turn's batched insert, outside the id index.
             n = self.store.add_message("in", P.BROADCAST, msg_id, sender_id, sender_id, sender_name, None, text, timestamp,
-                                       self.node._epoch(now), defer=True)
+                                       self.out.epoch(now), defer=True)
             acts += self._delivered_in(now, n, msg_id, P.BROADCAST, sender_id, sender_name, timestamp, text, None)
         if replay is not None and self.delivery.link(peer.id).bcast_seq >= replay[1]:
             del self.replay_seen[peer.id]  # the replay has caught up with what was delivered live
         return acts
 
     def _fetch(self, now: float, peer, rng: tuple[int, int]) -> list:
-        self.node.stats["broadcast_fetches"] += 1
+        self.stats["broadcast_fetches"] += 1
         log.debug("fetching broadcasts %d..%d from %s", rng[0], rng[1], peer.name)
-        return [self.node._send(peer.id, self.node._msg(now, P.FETCH, {"from": rng[0], "to": rng[1]}, target=peer.id))]
+        return [self.out.send(peer.id, self.out.msg(now, P.FETCH, {"from": rng[0], "to": rng[1]}, target=peer.id))]
 
     def announced(self, now: float, peer, data: dict, patience_s: float = 0.0) -> list:
         """JOIN, PING or PONG told us the peer's broadcast numbers: fetch any we missed.
@@ -288,26 +302,25 @@ class Messaging:
         return self._fetch(now, peer, want) if want else []
 
     def on_ack(self, now: float, msg: P.Message, peer) -> list:
-        if msg.target_id != self.node.id:
-            self.node.drop(now, "misrouted", "ACK for another node", peer.name)
+        if msg.target_id != self.out.id:
+            self.drop(now, "misrouted", "ACK for another node", peer.name)
             return []
         return self._acked(now, peer.id, msg.data["upto"], msg.data.get("gap") is True) + self.pump(now, peer.id)
 
     def _acked(self, now: float, peer_id: str, upto: int, gap: bool = False) -> list:
         """``peer_id`` has stored our messages up to ``upto``: settle them and answer their waiters."""
-        delivered = self.delivery.on_ack(peer_id, upto, now, self.node._epoch(now), want_ids=bool(self.waiters), gap=gap)
+        delivered = self.delivery.on_ack(peer_id, upto, now, self.out.epoch(now), want_ids=bool(self.waiters), gap=gap)
         acts = []
         for msg_id in delivered[1]:
             w = self.waiters.pop(msg_id, None)
             if w is not None:
                 acts.append(self._reply(w, "delivered", msg_id))
-        self.node.stats["messages_delivered"] += delivered[0]
+        self.stats["messages_delivered"] += delivered[0]
         return acts
 
     def on_fetch(self, now: float, msg: P.Message, peer) -> list:
-        node = self.node
-        if msg.target_id != node.id:
-            node.drop(now, "misrouted", "FETCH for another node", peer.name)
+        if msg.target_id != self.out.id:
+            self.drop(now, "misrouted", "FETCH for another node", peer.name)
             return []
         since = msg.data.get("since")
         oldest, latest = self.delivery.broadcast_window()
@@ -323,13 +336,13 @@ class Messaging:
             data = {"text": text, "bseq": seq, "epoch": self.store.epoch}
             if replay:
                 data["replay"] = True
-            msgs.append(P.Message(P.BROADCAST, msg_id, node.id, node.name, timestamp, data, peer.id))
-        node.stats["broadcasts_replayed"] += len(msgs)
-        return node._send_many(peer.id, msgs)
+            msgs.append(P.Message(P.BROADCAST, msg_id, self.out.id, self.out.name, timestamp, data, peer.id))
+        self.stats["broadcasts_replayed"] += len(msgs)
+        return self.out.send_many(peer.id, msgs)
 
     def request_since(self, now: float, peer, since_epoch: float) -> list:
         self.since_wanted[peer.id] = since_epoch
-        return [self.node._send(peer.id, self.node._msg(now, P.FETCH, {"since": since_epoch}, target=peer.id))]
+        return [self.out.send(peer.id, self.out.msg(now, P.FETCH, {"since": since_epoch}, target=peer.id))]
 
     def link_up(self, now: float, peer) -> list:
         self.delivery.rewind(peer.id)
@@ -338,31 +351,28 @@ class Messaging:
     # ------------------------------------------------------------------ timers
     def tick(self, now: float) -> list:
         acts: list = []
-        node = self.node
         for peer_id in self.delivery.pending_peers():
-            peer = node.table.get(peer_id)
-            if peer is not None and peer.state == "alive":
+            peer = self.table.get(peer_id)
+            if peer is not None and peer.state == ALIVE:
                 acts += self.pump(now, peer_id)
         for msg_id, w in list(self.waiters.items()):
             if now >= w.deadline:
                 del self.waiters[msg_id]
                 if w.require:
-                    from .node import _err
-
-                    acts.append(ToClient(w.client, _err(w.req, ErrorCode.TIMEOUT, f"not delivered to {w.peer_name} in time; it stays queued and is retried until it expires (see: p2pctl outbox)")))
+                    acts.append(ToClient(w.client, err(w.req, ErrorCode.TIMEOUT, f"not delivered to {w.peer_name} in time; it stays queued and is retried until it expires (see: p2pctl outbox)")))
                 else:
                     acts.append(self._reply(w, "queued", msg_id))
         if now >= self._next_expire:
             self._next_expire = now + EXPIRE_EVERY_S
             pending = [(peer_id, self.delivery.links[peer_id].out_acked) for peer_id in self.delivery.pending_peers()]
-            for peer_id, seq, msg_id in self.store.expire(node._epoch(now), pending):
+            for peer_id, seq, msg_id in self.store.expire(self.out.epoch(now), pending):
                 self.delivery.forget_fresh(peer_id)
-                node.stats["messages_expired"] += 1
+                self.stats["messages_expired"] += 1
                 log.warning("message %s to %s expired undelivered", msg_id[:12], peer_id[:12])
-                acts += node.emit(now, "expired", message={"id": msg_id, "peer_id": peer_id, "seq": seq})
+                acts += self.watchers.emit(now, "expired", message={"id": msg_id, "peer_id": peer_id, "seq": seq})
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY_S
-            pruned = self.store.prune(node._epoch(now), self.settings.retention_s, self.settings.max_stored_messages)
+            pruned = self.store.prune(self.out.epoch(now), self.settings.retention_s, self.settings.max_stored_messages)
             if pruned:
                 self._unread = None  # unread rows may have gone: counted again when next asked
             self.delivery.pruned()
@@ -370,21 +380,21 @@ class Messaging:
                 log.info("pruned %d old rows from the store", pruned)
         return acts
 
-    def flush(self, now: float) -> list:
-        """After a batch: save counters and return the ACKs owed (the loop commits first)."""
+    def flush(self, now: float, unpaid=None) -> list:
+        """After a batch: save counters and return the ACKs owed (the loop commits first).
+        ``unpaid(peer_id)``: how many of its frames a peer has had on credit (intake.py)."""
         self.delivery.save()
-        node = self.node
         acts = []
-        for peer_id, upto, gap in self.delivery.acks_owed(unpaid=lambda peer_id: node.debt(now, peer_id)):
-            if peer_id in node.links:
+        for peer_id, upto, gap in self.delivery.acks_owed(unpaid=unpaid):
+            if peer_id in self.links:
                 data = {"upto": upto, "gap": True} if gap else {"upto": upto}
-                acts.append(node._send(peer_id, node._msg(now, P.ACK, data, target=peer_id)))
+                acts.append(self.out.send(peer_id, self.out.msg(now, P.ACK, data, target=peer_id)))
         return acts
 
     # ------------------------------------------------------------------ queries
     def outbox(self, statuses: tuple[str, ...], limit: int) -> list[dict]:
         links = [(peer_id, ls.out_seq, ls.out_acked) for peer_id, ls in self.delivery.links.items() if ls.out_seq > 0]
-        return self.node.label_rows(self.store.outbox(statuses, limit, links), peer_key="peer")
+        return self.names.label_rows(self.store.outbox(statuses, limit, links), peer_key="peer")
 
     def inbox(self, limit: int, unread: bool = False) -> list[dict]:
         """The newest ``limit`` received messages, oldest first; ``unread``: only those after the read mark."""
@@ -394,7 +404,7 @@ class Messaging:
     def entries(self, rows: list[dict]) -> list[dict]:
         out = []
         for r in rows:
-            name, label = self.node.sender(r["sender_id"], r["sender_name"])
+            name, label = self.names.sender(r["sender_id"], r["sender_name"])
             out.append(entry(r["id"], r["type"], r["sender_id"], name, r["timestamp"], r["text"], r["target_id"], label, r["n"]))
         return out
 

@@ -3,14 +3,25 @@
 How this works
 --------------
 `Node` is a sans-I/O state machine (in the spirit of h11): the event loop in
-`transport.py` feeds it raw frames and the current monotonic time, and it
-returns a list of effects from `actions.py` (open a link, send an envelope,
-reply to a control client ...).  It owns the membership table, the links, the
-counters and the in-flight pings, and hands parts to helpers it owns:
-messages and broadcasts to `messaging.py`, dialing by address (key fetch,
-pinning, pending links, ``--join`` bootstraps) to `dialer.py`; the checks
-every inbound frame passes (origin, rate limit) are `intake.py`'s.  It owns no
-socket and reads no clock, so every rule below is unit-tested without ZeroMQ.
+`transport.py` (or the simulator, sim.py) feeds it events (raw frames, ticks, answers
+to its effects) with the current monotonic time, through `handle` or the method each
+event names, and it returns a list of effects from `actions.py` (open a link, send an
+envelope, reply to a control client ...).  It owns no socket, reads no clock and draws
+no randomness of its own (a random source is given), so every rule below is
+unit-tested without ZeroMQ and a simulated run replays exactly.
+
+The node is thin: it builds its components, each owning its state and returning
+effects, and composes them where one event concerns several (a JOIN, a link coming
+up, a tick).  Components get the collaborators they need, never the node:
+
+* intake.py: the checks every inbound frame passes (origin, rate limit): a verdict;
+* membership.py: the peer table; links.py: our DEALER links and subscriptions;
+* handshake.py: our JOIN, links to known peers, stale links; gossip.py: PEERS;
+* heartbeat.py: PING/PONG and round trips; liveness.py: lost, retried, forgotten;
+* messaging.py (on delivery.py): messages, broadcasts, ACK, FETCH;
+* dialer.py: dials by address, key fetch and pinning, ``--join`` bootstraps;
+* outbound.py: envelopes and frame counts; watchers.py: events to `watch` clients;
+  names.py: the names shown and the peer a name means; drops.py: bad input.
 
 The peer protocol (docs/PROTOCOL.md):
 
@@ -39,76 +50,63 @@ The peer protocol (docs/PROTOCOL.md):
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
-from dataclasses import dataclass
 
 from . import lan
 from . import protocol as P
-from .actions import CloseLink, LanBeacon, OpenLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe
+from .actions import LanBeacon, SavePeers, Shutdown, ToClient
 from .dialer import Dialer
-from .errors import ErrorCode
+from .drops import Drops
+from .gossip import Gossip
+from .handshake import Handshake
+from .heartbeat import Heartbeat
+from .inputs import Flush, KeyAnswer, LanBeaconHeard, LinkRefused, RouterFrames, SubFrames, Subscription, Tick
 from .intake import Intake
-from .membership import ALIVE, LOST, MAX_RUMOURS, RUMOURS_PER_INTRODUCER, Membership, Peer, is_loopback
-from .targets import BookEntry, pick
+from .links import Links
+from .liveness import Liveness
+from .membership import ALIVE, LOST, Membership, Peer
 from .messaging import Messaging
-from .ratelimit import LogRateLimiter
+from .names import Names
+from .outbound import Outbound
+from .replies import ok
+from .seeded import for_node
 from .settings import Settings
+from .storage import Storage
 from .store import Store
 from .trust import Trust
-
-# The node's own randomness (its boot tag).  Only the deterministic simulator (p2pd/sim.py)
-# replaces it, with a seeded source, so that a run can be replayed; the daemon never does.
-_urandom = os.urandom
+from .watchers import Watchers
 
 log = logging.getLogger("p2pd.node")
 
-WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*", ""})
 
-
-@dataclass
-class PendingPing:
-    peer_id: str
-    sent_at: float
-    client: bytes | None = None
-    req: object = None
-    deadline: float = 0.0
-
-
-class Node(Intake):
+class Node:
     def __init__(self, node_id: str, name: str, address: P.PeerAddress, settings: Settings, now: float, wall: float,
-                 store: Store | None = None, trust: Trust | None = None):
+                 store: Storage | None = None, trust: Trust | None = None, rng: P.RandomBits | None = None):
         self.id = node_id
         self.name = name
-        self.address = address  # what we advertise; addr None = "use what you see"
         self.settings = settings
         self.started = now
         self.started_wall = wall
         self.wall_offset = wall - now  # epoch = monotonic + offset, for timestamps
-        self.table = Membership(node_id, settings.retry_min_s, settings.retry_max_s, settings.forget_after_s)
-        self.link_since: dict[str, float] = {}  # link key -> when we opened it
-        self.links: dict[str, str] = {}  # link key -> router endpoint
-        self.pings: dict[str, PendingPing] = {}
-        self.watchers: set[bytes] = set()
+        self.rng = rng if rng is not None else for_node(node_id, wall)
         self.stats: Counter = Counter()
         self.trust = trust if trust is not None else Trust(None, secure=False)
         self.store = store if store is not None else Store(":memory:")
-        self.msgs = Messaging(self, self.store, settings)
-        self.dial = Dialer(self)  # connect by address, key fetch and pinning, pending links, bootstraps
-        self.dropped: Counter = Counter()
-        self._limiter = LogRateLimiter(1.0)
-        self._next_heartbeat = now
-        self._next_gossip = now + settings.gossip_interval_s
-        self._joined: list[str] = []  # peers that became alive since the last tick
-        self._rumors: dict[str, str] = {}  # peers first heard of in PEERS, not yet passed on -> who told us
-        # Peers whose JOIN reached us before any gossip did: new to the cluster as far as we know.
-        # They are pushed once alive; peers first heard of in gossip (_rumors) are passed on once they
-        # have answered our dial, to all but whoever told us (see the top).
-        self._first_contact: set[str] = set()
-        self._name_index: dict[str, set[str]] | None = None  # see `sender`; None: build again
-        self._book_names: dict[str, str] = {}
         self.stopping = False
-        self.boot = _urandom(4).hex()  # this run of the node: a peer that sees it change knows we restarted
+        self.boot = f"{self.rng.getrandbits(32):08x}"  # this run of the node: a peer that sees it change knows we restarted
+        table = self.table = Membership(node_id, settings.retry_min_s, settings.retry_max_s, settings.forget_after_s)
+        out = self.out = Outbound(node_id, name, self.wall_offset, table, self.stats, self.rng)
+        self.drop = Drops()
+        self.links = Links(self.trust.secure)
+        self.watchers = Watchers(out)
+        self.names = Names(node_id, name, table, self.store)
+        self.msgs = Messaging(self.store, settings, out, table, self.links, self.watchers, self.names, self.drop, self.stats)
+        self.handshake = Handshake(address, self.boot, settings, self.trust, out, self.links, self.msgs)
+        self.gossip = Gossip(node_id, settings, table, out, self.handshake, self.trust, self.drop, now)
+        self.heartbeat = Heartbeat(settings, table, out, now)
+        self.liveness = Liveness(settings, table, self.links, self.handshake, self.gossip, self.watchers)
+        self.dial = Dialer(settings, table, self.links, out, self.handshake, self.trust, self.msgs)
+        self.intake = Intake(node_id, settings, table, self.trust, self.msgs.delivery, self.drop, self.stats)
         self.lan = None  # LAN discovery (--discover lan): beacons out and in
         if settings.discover == "lan":
             self.lan = lan.LanDiscovery(node_id, address.port, self.trust.public_key if self.trust.secure else None,
@@ -116,19 +114,46 @@ class Node(Intake):
         self._handlers = {
             P.MESSAGE: self._on_message,
             P.BROADCAST: self.msgs.on_broadcast,
-            P.PEERS: self._on_peers,
+            P.PEERS: self.gossip.on_peers,
             P.PING: self._on_ping,
             P.PONG: self._on_pong,
             P.ACK: self.msgs.on_ack,
             P.FETCH: self.msgs.on_fetch,
         }
+        self._events = {
+            RouterFrames: lambda now, e: self.on_router_frames(now, e.frames, e.peer_host, e.user_id),
+            SubFrames: lambda now, e: self.on_sub_frames(now, e.frames, e.source, e.source_peer),
+            Subscription: lambda now, e: self.on_subscription(now, e.frame),
+            Tick: lambda now, e: self.tick(now),
+            Flush: lambda now, e: self.flush(now),
+            KeyAnswer: lambda now, e: self.on_key(now, e.tag, e.key, e.error, e.refused),
+            LinkRefused: lambda now, e: self.on_link_refused(now, e.key),
+            LanBeaconHeard: lambda now, e: self.on_lan_beacon(now, e.data, e.host),
+        }
+
+    def handle(self, now: float, event) -> list:
+        """The one entry point for an event (inputs.py) at monotonic ``now``: the effects it asks for."""
+        return self._events[type(event)](now, event)
+
+    # ------------------------------------------------------------------ what tests and tools read
+    @property
+    def address(self) -> P.PeerAddress:
+        """What we advertise; addr None = "use what you see"."""
+        return self.handshake.address
+
+    @property
+    def dropped(self) -> Counter:
+        return self.drop.counts
+
+    @property
+    def pings(self) -> dict:
+        return self.heartbeat.pings
 
     @property
     def inbox(self) -> list[dict]:
         """The newest received messages (at most ``inbox_size``), oldest first."""
         return self.msgs.inbox(self.settings.inbox_size)
 
-    # The dialer's state, still readable here: tests and tools look at it on the node.
     @property
     def pending(self) -> dict:
         """JOIN message id -> `dialer.PendingConnect`: our dials by address not answered yet."""
@@ -144,117 +169,12 @@ class Node(Intake):
         """Endpoint -> `dialer.Bootstrap`: the ``--join`` addresses and their backoff."""
         return self.dial.bootstraps
 
-    # ------------------------------------------------------------------ helpers
-    def _epoch(self, now: float) -> float:
+    def epoch(self, now: float) -> float:
+        """UNIX time at monotonic ``now``."""
         return now + self.wall_offset
 
-    def _msg(self, now: float, type_: str, data: dict | None = None, target: str | None = None) -> P.Message:
-        return P.make(type_, self.id, self.name, self._epoch(now), data, target)
-
-    def _join(self, now: float, reply_to: str | None = None, again: bool = False, to: str | None = None) -> P.Message:
-        """A JOIN; ``to``: the peer it goes to, if known (it then says how far we received that peer's numbering)."""
-        data = {"addr": self.address.addr, "port": self.address.port, "pub_port": self.address.pub_port, "reply_to": reply_to,
-                "key": self.trust.public_key, "batch": True, "rid_suffix": True, "boot": self.boot, **self.msgs.beacon(), **self.msgs.received(to)}
-        if again:
-            data["again"] = True
-        return self._msg(now, P.JOIN, data)
-
-    def _peers_msg(self, now: float, exclude: str, peers: list[Peer] | None = None) -> P.Message:
-        entries = [
-            {"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port, "key": p.key}
-            for p in (self.table.alive() if peers is None else peers)
-            if p.id != exclude
-        ]
-        return self._msg(now, P.PEERS, {"peers": entries})
-
-    def drop(self, now: float, kind: str, reason: str, source="") -> None:
-        """Count and (rate-limited) log one piece of bad input.
-
-        ``source`` may be a function returning it: looked up only when logged."""
-        self.dropped[kind] += 1
-        ok, suppressed = self._limiter.allow(kind, now)
-        if ok:
-            if callable(source):
-                source = source()
-            more = f" ({suppressed} more like it suppressed)" if suppressed else ""
-            log.warning("dropped bad input [%s] from %s: %s%s", kind, source or "?", reason, more)
-
     def emit(self, now: float, event: str, **fields) -> list:
-        if not self.watchers:
-            return []
-        payload = {"event": event, "time": P.utc_timestamp(self._epoch(now)), **fields}
-        return [ToClient(c, payload) for c in self.watchers]
-
-    def _save_peers(self) -> SavePeers:
-        return SavePeers([
-            {"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port, "key": p.key,
-             "rid_suffix": p.rid_suffix}
-            for p in self.table.members()
-        ])
-
-    def _ensure_link(self, now: float, peer: Peer) -> list:
-        endpoint = peer.router_endpoint
-        current = self.links.get(peer.id)
-        if current == endpoint:
-            return []
-        acts = [CloseLink(peer.id)] if current is not None else []
-        self.links[peer.id] = endpoint
-        self.link_since[peer.id] = now
-        return acts + [OpenLink(peer.id, endpoint, self._server_key(peer), peer.rid_suffix)]
-
-    def _server_key(self, peer: Peer) -> str | None:
-        return peer.key if self.trust.secure else None
-
-    def _sub(self, peer: Peer) -> Subscribe:
-        return Subscribe(peer.pub_endpoint, peer.id, self._server_key(peer))
-
-    def _unsub(self, peer: Peer, endpoint: str | None = None) -> Unsubscribe:
-        return Unsubscribe(endpoint or peer.pub_endpoint, peer.id)
-
-    def _close_link(self, key: str) -> list:
-        self.link_since.pop(key, None)
-        return [CloseLink(key)] if self.links.pop(key, None) is not None else []
-
-    def _send(self, key: str, msg: P.Message) -> Send:
-        self.stats["frames_out"] += 1
-        peer = self.table.get(key)
-        if peer is not None:
-            peer.frames_out += 1
-        return Send(key, msg)
-
-    def _send_many(self, key: str, msgs: list) -> list:
-        """Envelopes for one link: batched (MAX_BATCH a message) if the peer takes batches."""
-        peer = self.table.get(key)
-        if peer is None or not peer.batch or len(msgs) < 2:
-            return [self._send(key, m) for m in msgs]
-        self.stats["frames_out"] += len(msgs)
-        peer.frames_out += len(msgs)
-        return [SendBatch(key, msgs[k:k + P.MAX_BATCH]) for k in range(0, len(msgs), P.MAX_BATCH)]
-
-    def _became_alive(self, now: float, peer: Peer) -> list:
-        acts = self._ensure_link(now, peer)
-        acts.append(self._sub(peer))
-        acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id)))
-        acts.append(self._save_peers())
-        if peer.id in self._first_contact:  # news to the cluster: pushed to the others at the next tick
-            self._first_contact.discard(peer.id)
-            self._joined.append(peer.id)
-        a = peer.address
-        self.store.remember_peer(peer.id, peer.name, a.addr, a.port, a.pub_port, self._epoch(now))
-        self._name_index = None
-        log.info("peer joined: %s (%s) at %s", peer.name, peer.id[:12], peer.router_endpoint)
-        acts += self.emit(now, "joined", peer=peer.describe(now))
-        return acts + self.msgs.link_up(now, peer)
-
-    def _link_to(self, now: float, peer: Peer, again: bool = False) -> list:
-        """Open (or reopen) a link to a known peer and introduce ourselves (``again``: we had lost it)."""
-        acts = self._close_link(peer.id)
-        if self.trust.may_link(peer.id, peer.key) is not None:
-            return acts
-        self.links[peer.id] = peer.router_endpoint
-        self.link_since[peer.id] = now
-        return acts + [OpenLink(peer.id, peer.router_endpoint, self._server_key(peer), peer.rid_suffix),
-                       self._send(peer.id, self._join(now, again=again, to=peer.id))]
+        return self.watchers.emit(now, event, **fields)
 
     # ------------------------------------------------------------------ start / stop
     def start(self, now: float, saved_peers: list, join_endpoints: list[str]) -> list:
@@ -270,18 +190,59 @@ class Node(Intake):
             key = entry.get("key") if P.valid_key(entry.get("key")) else None
             peer, _ = self.table.learn(pid, name, addr, now, key)
             peer.rid_suffix = entry.get("rid_suffix") is True  # known from its last JOIN: our first link already uses one
-            acts += self._link_to(now, peer)
-        self._name_index = None
+            acts += self.handshake.link_to(now, peer)
         return acts + self.dial.start(now, join_endpoints)
 
     def leave(self, now: float) -> list:
         """Graceful stop: LEAVE to every linked peer, then shut down."""
         self.stopping = True
-        acts = [self._send(p.id, self._msg(now, P.LEAVE)) for p in self.table.alive()]
+        acts = [self.out.send(p.id, self.out.msg(now, P.LEAVE)) for p in self.table.alive()]
         log.info("leaving: sent LEAVE to %d peers", len(acts))
         return acts + [Shutdown()]
 
-    def _dispatch(self, now: float, msg: P.Message, peer_host: str | None, source: str) -> list:
+    # ------------------------------------------------------------------ frames in
+    def on_router_frames(self, now: float, frames: list[bytes], peer_host, user_id: str | None = None) -> list:
+        """A message on our ROUTER: [routing id, envelope, ...] from a peer's DEALER.
+
+        ``user_id`` is the node id that ZAP derived from the sender's CURVE key (intake.py).
+        ``peer_host`` is the address the frame came from, or a function that returns it: the
+        transport's lookup costs a call into libzmq, and only a JOIN or a log line needs it."""
+        source = (lambda: peer_host() or "?") if callable(peer_host) else (peer_host or "?")
+        intake = self.intake
+        if not intake.frames_ok(now, frames, user_id, source):
+            return []
+        rid = frames[0]
+        if len(frames) == 2:
+            msg = intake.envelope(now, rid, frames[1], user_id, source)
+            return [] if msg is None else self._dispatch(now, msg, peer_host, source)
+        acts: list = []
+        for raw in frames[1:]:  # a batch: each envelope stands alone, in order
+            msg = intake.envelope(now, rid, raw, user_id, source)
+            if msg is not None:
+                acts += self._dispatch(now, msg, peer_host, source)
+        return acts
+
+    def on_sub_frames(self, now: float, frames: list[bytes], source: str = "sub", source_peer: str | None = None) -> list:
+        """A message on one of our SUB sockets: BROADCASTs (one, or a batch) from the PUB of ``source_peer``."""
+        if not self.intake.sub_frames_ok(now, frames, source):
+            return []
+        acts: list = []
+        for raw in frames:
+            msg = self.intake.sub_envelope(now, raw, source, source_peer)
+            if msg is not None:
+                acts += self._dispatch(now, msg, None, source)
+        return acts
+
+    def on_subscription(self, now: float, frame: bytes) -> list:
+        """XPUB told us a subscriber (un)subscribed."""
+        self.intake.subscription(frame)
+        return []
+
+    def debt(self, now: float, peer_id: str) -> int:
+        """How many frames the peer has had on credit and not yet repaid (intake.py)."""
+        return self.intake.debt(now, peer_id)
+
+    def _dispatch(self, now: float, msg: P.Message, peer_host: str | None, source) -> list:
         if msg.sender_id == self.id:
             if msg.type == P.JOIN:
                 return self.dial.join_from_self(now, msg)
@@ -301,11 +262,25 @@ class Node(Intake):
             return self._became_alive(now, peer) + handler(now, msg, peer)
         return handler(now, msg, peer)
 
-    def _on_join(self, now: float, msg: P.Message, peer_host: str | None, source: str) -> list:
+    # ------------------------------------------------------------------ links up and down
+    def _became_alive(self, now: float, peer: Peer) -> list:
+        acts = self.links.ensure(now, peer)
+        acts.append(self.links.subscribe(peer))
+        acts += self.gossip.became_alive(now, peer)
+        acts.append(SavePeers(self.table.book()))
+        a = peer.address
+        self.store.remember_peer(peer.id, peer.name, a.addr, a.port, a.pub_port, self.epoch(now))
+        self.names.book_changed()
+        log.info("peer joined: %s (%s) at %s", peer.name, peer.id[:12], peer.router_endpoint)
+        acts += self.watchers.emit(now, "joined", peer=peer.describe(now))
+        return acts + self.msgs.link_up(now, peer)
+
+    def _on_join(self, now: float, msg: P.Message, peer_host: str | None, source) -> list:
+        """Admit or refuse a JOIN; learn its sender; answer it (unless it is the answer to ours)."""
         adv = P.parse_address(msg.data)
         if callable(peer_host):
             peer_host = peer_host()
-        host = adv.addr if adv.addr not in WILDCARD_HOSTS and adv.addr is not None else peer_host
+        host = adv.addr if adv.addr not in P.WILDCARD_HOSTS and adv.addr is not None else peer_host
         if not host:
             self.drop(now, "bad_field", "JOIN without an address and no peer address to use instead", source)
             return []
@@ -318,17 +293,16 @@ class Node(Intake):
         if refusal is not None:
             self.drop(now, "bad_key", f"JOIN from {msg.sender_id[:12]} refused: {refusal}", source)
             return []
-        problem = self.dial.pin_refusal(host, adv.port, key)
+        problem = self.trust.pin_refusal(host, adv.port, key)
         if problem is not None:  # else a new key at a pinned address just dials in, and we would link back to it
             self.drop(now, "key_changed", f"JOIN from {msg.sender_id[:12]} refused: {problem}", source)
             return []
         address = P.PeerAddress(host, adv.port, adv.pub_port)
-        old = self.table.get(msg.sender_id)
+        old = known
         old_pub = old.pub_endpoint if old is not None else None
         if old is None:
-            self._first_contact.add(msg.sender_id)
+            self.gossip.first_contact(msg.sender_id)
         peer, _ = self.table.learn(msg.sender_id, msg.sender_name, address, now, key)  # the name bound to its key
-        self._name_index = None
         peer.batch = msg.data.get("batch") is True
         peer.rid_suffix = msg.data.get("rid_suffix") is True
         boot = msg.data.get("boot")
@@ -338,54 +312,37 @@ class Node(Intake):
         reply_to = msg.data.get("reply_to")
         pc, replied = self.dial.on_reply(now, peer, reply_to)  # the answer to our dial, if it is one
         acts += replied
-        if not reply_to and old is not None and peer.id in self.links and self._stale_link(now, peer, msg, restarted):
+        if not reply_to and old is not None and peer.id in self.links and self.handshake.stale_link(now, peer, msg, restarted):
             # It introduced itself again: it restarted, or it stopped hearing us although ZeroMQ sees
             # our link as up (e.g. its ROUTER handed our routing id to another connection and left
             # ours open but unread).  A fresh connection heals both; the outbox resends what was lost.
-            acts += self._close_link(peer.id)
-        acts += self._ensure_link(now, peer)
+            acts += self.links.close(peer.id)
+        acts += self.links.ensure(now, peer)
         if old_pub is not None and old_pub != peer.pub_endpoint and old.state == ALIVE:
-            acts += [self._unsub(peer, old_pub), self._sub(peer)]
+            acts += [self.links.unsubscribe(peer, old_pub), self.links.subscribe(peer)]
         if not reply_to:
-            acts.append(self._send(peer.id, self._join(now, reply_to=msg.id, to=peer.id)))
+            acts.append(self.out.send(peer.id, self.handshake.join(now, reply_to=msg.id, to=peer.id)))
         if self.table.heard_from(peer.id, now):
             acts += self._became_alive(now, peer)
         elif not reply_to:
             # A peer we thought alive introduced itself again (it restarted
             # quickly): it has forgotten what it knew, so tell it again.
-            acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id)))
+            acts.append(self.out.send(peer.id, self.gossip.peers_msg(now, exclude=peer.id)))
         if pc is not None and pc.since is not None:
             acts += self.msgs.request_since(now, peer, pc.since)
         acts += self.msgs.announced(now, peer, msg.data)
         if pc is not None and pc.client is not None:
-            acts.append(ToClient(pc.client, _ok(pc.req, {"peer": peer.describe(now)})))
+            acts.append(ToClient(pc.client, ok(pc.req, {"peer": peer.describe(now)})))
         return acts
-
-    def _stale_link(self, now: float, peer: Peer, join: P.Message, restarted: bool) -> bool:
-        """Does a JOIN from a peer we are linked to mean our link to it is broken?
-
-        A p2pd peer says so: a new ``boot`` (it restarted) or ``again`` (it had
-        lost us).  Anything else is both of us dialling at once (gossip told
-        each of the other), and closing the link would only make both dial
-        again.  A peer that sends neither: assume broken unless we opened the
-        link moments ago.
-        """
-        if join.data.get("boot") is not None:
-            return restarted or join.data.get("again") is True
-        return self._link_age(now, peer.id) > self.settings.heartbeat_interval_s
-
-    def _link_age(self, now: float, key: str) -> float:
-        """How long ago we opened our link ``key`` (forever, if we have none)."""
-        return now - self.link_since.get(key, float("-inf"))
 
     def _on_leave(self, now: float, peer: Peer) -> list:
         self.table.remove(peer.id)
-        acts = self._close_link(peer.id)
+        acts = self.links.close(peer.id)
         if peer.state == ALIVE:
-            acts.append(self._unsub(peer))
-        acts.append(self._save_peers())
+            acts.append(self.links.unsubscribe(peer))
+        acts.append(SavePeers(self.table.book()))
         log.info("peer left: %s (%s)", peer.name, peer.id[:12])
-        return acts + self.emit(now, "left", peer=peer.describe(now))
+        return acts + self.watchers.emit(now, "left", peer=peer.describe(now))
 
     def _on_message(self, now: float, msg: P.Message, peer: Peer) -> list:
         if msg.target_id != self.id:
@@ -396,86 +353,23 @@ class Node(Intake):
         peer.msgs_in += self.stats["messages_in"] - before  # delivered here: counted as info's messages_in is
         return acts
 
-    def _push_joined(self, now: float) -> list:
-        """Tell every alive peer about the peers that joined, or that gossip first told us of, since
-        the last tick (one PEERS each; a rumour never goes back to whoever told it)."""
-        joined = [p for p in (self.table.get(pid) for pid in dict.fromkeys(self._joined)) if p is not None and p.state == ALIVE]
-        rumors = []
-        for pid, src in list(self._rumors.items()):
-            p = self.table.get(pid)
-            if p is None or p.state == ALIVE:  # gone, or answered us: passed on now
-                del self._rumors[pid]
-                if p is not None:
-                    rumors.append((p, src))
-        self._joined.clear()
-        acts = []
-        for peer in self.table.alive():
-            news = [p for p in joined if p.id != peer.id] + [p for p, src in rumors if p.id != peer.id and src != peer.id]
-            if news:
-                acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id, peers=news)))
-        return acts
-
-    def _on_peers(self, now: float, msg: P.Message, gossiper: Peer) -> list:
-        acts: list = []
-        for entry in msg.data["peers"]:
-            pid = entry["id"]
-            if pid == self.id or pid in self.table or self.table.cooling(pid, now):
-                continue
-            if self.table.member_count() >= self.settings.max_peers:
-                self.drop(now, "peer_limit", f"not linking {pid[:12]}: at max_peers={self.settings.max_peers}", gossiper.name)
-                break
-            if self.table.rumour_count(gossiper.id) >= RUMOURS_PER_INTRODUCER or self.table.rumour_count() >= MAX_RUMOURS:
-                self.drop(now, "rumour_limit", f"not dialling {pid[:12]} and the rest of this PEERS: {self.table.rumour_count(gossiper.id)} "
-                          f"of the peers {gossiper.name} told us of have not answered yet", gossiper.name)
-                break
-            refusal = self.trust.may_link(pid, entry.get("key"))
-            if refusal is not None:
-                log.debug("not linking %s learned from %s: %s", pid[:12], gossiper.name, refusal)
-                continue
-            addr = P.parse_address(entry)
-            host = addr.addr
-            # The gossiper saw this peer on loopback: it shares the gossiper's host.
-            if host is None or host in WILDCARD_HOSTS or (is_loopback(host) and not is_loopback(gossiper.address.addr)):
-                host = gossiper.address.addr
-            problem = self.dial.pin_refusal(host, addr.port, entry.get("key"))
-            if problem is not None:  # counted and rate-limited: gossip repeats it every gossip_interval_s
-                self.drop(now, "key_changed", f"not linking {pid[:12]} learned from {gossiper.name}: {problem}", gossiper.name)
-                continue
-            peer, _ = self.table.learn(pid, entry["name"], P.PeerAddress(host, addr.port, addr.pub_port), now, entry.get("key"),
-                                       rumour_from=gossiper.id)
-            self._name_index = None
-            log.debug("heard of %s (%s) at %s via %s: dialling it", peer.name, pid[:12], peer.router_endpoint, gossiper.name)
-            self._rumors[pid] = gossiper.id
-            acts += self._link_to(now, peer)
-        return acts
-
     def _on_ping(self, now: float, msg: P.Message, peer: Peer) -> list:
         # The PONG announces our broadcast numbers too: of two idle peers only one may PING.
-        pong = self._send(peer.id, self._msg(now, P.PONG, {"ping_id": msg.id, **self.msgs.beacon()}, target=peer.id))
-        return [pong] + self.msgs.announced(now, peer, msg.data, patience_s=self.settings.ack_timeout_s)
-
-    def ping_leaving(self, ping_id: str, now: float) -> None:
-        """The transport is about to put a PING on the wire: time the round trip from here, not
-        from when it was decided (the rest of that loop turn is not the network's doing)."""
-        pp = self.pings.get(ping_id)
-        if pp is not None:
-            pp.sent_at = now
+        pong = self.heartbeat.pong(now, msg, peer, self.msgs.beacon())
+        return pong + self.msgs.announced(now, peer, msg.data, patience_s=self.settings.ack_timeout_s)
 
     def _on_pong(self, now: float, msg: P.Message, peer: Peer) -> list:
         announced = self.msgs.announced(now, peer, msg.data, patience_s=self.settings.ack_timeout_s)
-        pp = self.pings.pop(msg.data["ping_id"], None)
-        if pp is None or pp.peer_id != peer.id:
-            return announced
-        rtt_ms = (now - pp.sent_at) * 1000.0
-        peer.rtt_ms = rtt_ms
-        if pp.client is not None:
-            return announced + [ToClient(pp.client, _ok(pp.req, {"peer": peer.name, "id": peer.id, "rtt_ms": round(rtt_ms, 3)}))]
-        return announced
+        return announced + self.heartbeat.on_pong(now, msg, peer)
+
+    def ping_leaving(self, ping_id: str, now: float) -> None:
+        """The transport is about to put a PING on the wire (see `Heartbeat.sent`)."""
+        self.heartbeat.sent(ping_id, now)
 
     # ------------------------------------------------------------------ timers
     def next_deadline(self, now: float) -> float:
         """How long the event loop may sleep before calling `tick`."""
-        soonest = min(self._next_heartbeat, self._next_gossip, now + 0.25)
+        soonest = min(self.heartbeat.next_at, self.gossip.next_at, now + 0.25)
         if self.lan is not None:
             soonest = min(soonest, self.lan.next_at)
         return max(0.0, soonest - now)
@@ -486,61 +380,16 @@ class Node(Intake):
             payload = self.lan.due(now)
             if payload is not None:
                 acts.append(LanBeacon(payload))
-        timeout = self.settings.heartbeat_timeout_s
-        for peer in self.table.silent(now, timeout):
-            if peer.rumour:  # heard of in gossip and never answered: forget it, it may never have existed
-                self.table.forget_rumour(peer.id, now)
-                self._rumors.pop(peer.id, None)
-                acts += self._close_link(peer.id)
-                log.debug("forgot %s (%s), heard of via gossip: no answer at %s", peer.name, peer.id[:12], peer.router_endpoint)
-                continue
-            was_alive = peer.state == ALIVE
-            self.table.mark_lost(peer.id, now)
-            acts += self._close_link(peer.id)
-            if was_alive:
-                acts.append(self._unsub(peer))
-                log.warning("peer lost: %s (%s), silent for %.1fs", peer.name, peer.id[:12], now - (peer.last_seen or now))
-                acts += self.emit(now, "lost", peer=peer.describe(now))
-        for peer in self.table.due_retries(now):
-            if self.links.get(peer.id) == peer.router_endpoint and self._link_age(now, peer.id) < timeout:
-                # The last try is still young: on a lossy path its TCP and CURVE handshakes can take
-                # seconds, and a new socket would only start them over.  Its JOIN goes out once it connects.
-                continue
-            log.debug("retrying %s at %s (next in %.0fs)", peer.name, peer.router_endpoint, peer.retry_backoff_s)
-            acts += self._link_to(now, peer, again=True)
-        for peer in self.table.forgettable(now):
-            self.table.remove(peer.id)
-            log.info("forgot %s (%s): unreachable for %.0fs", peer.name, peer.id[:12], now - peer.since)
-            acts.append(self._save_peers())
-        if now >= self._next_heartbeat:
-            interval = self.settings.heartbeat_interval_s
-            self._next_heartbeat = now + interval
-            beacon = self.msgs.beacon()
-            for peer in self.table.alive():
-                if peer.last_seen is not None and now - peer.last_seen < interval:
-                    continue  # heard from it within the interval (its own PING, a message): no need to ask
-                ping = self._msg(now, P.PING, beacon, target=peer.id)
-                self.pings[ping.id] = PendingPing(peer.id, now, deadline=now + timeout)
-                acts.append(self._send(peer.id, ping))
-        if now >= self._next_gossip:
-            self._next_gossip = now + self.settings.gossip_interval_s
-            self._joined.clear()  # the full list below includes them
-            for pid in [pid for pid in self._rumors if (p := self.table.get(pid)) is None or p.state == ALIVE]:
-                del self._rumors[pid]  # the full list above has those that answered; the rest wait for it
-            for peer in self.table.alive():
-                acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id)))
-        elif self._joined or self._rumors:
-            acts += self._push_joined(now)
-        for pid, pp in list(self.pings.items()):
-            if now >= pp.deadline:
-                del self.pings[pid]
-                if pp.client is not None:
-                    acts.append(ToClient(pp.client, _err(pp.req, ErrorCode.TIMEOUT, "no PONG within the timeout")))
+        acts += self.liveness.tick(now)
+        if self.heartbeat.due(now):
+            acts += self.heartbeat.ping_silent(now, self.msgs.beacon())
+        acts += self.gossip.tick(now)
+        acts += self.heartbeat.expire(now)
         return acts + self.dial.tick(now) + self.msgs.tick(now)
 
     def flush(self, now: float) -> list:
         """End of an input batch: what may go out only once the store is committed."""
-        return self.msgs.flush(now)
+        return self.msgs.flush(now, unpaid=lambda peer_id: self.intake.debt(now, peer_id))
 
     def on_key(self, now: float, tag: str, key: str | None, error: str | None, refused: bool = False) -> list:
         """The transport's answer to FetchKey (see `Dialer.on_key`)."""
@@ -577,69 +426,31 @@ class Node(Intake):
         return self.dial.connect(now, host, port, wait_s, client, req, since, key, addrs)
 
     def disconnect(self, now: float, peer: Peer) -> list:
-        """Tell the peer we are leaving it and forget it (see `Dialer.disconnect`)."""
-        return self.dial.disconnect(now, peer)
+        """Tell the peer we are leaving it and forget it (it may come back by JOIN)."""
+        acts = [self.out.send(peer.id, self.out.msg(now, P.LEAVE))] if peer.id in self.links else []
+        self.table.remove(peer.id)
+        # The LEAVE must go out before the link closes: the transport lingers on close.
+        acts += self.links.close(peer.id)
+        if peer.state == ALIVE:
+            acts.append(self.links.unsubscribe(peer))
+        acts.append(SavePeers(self.table.book()))
+        log.info("disconnected from %s (%s) on request", peer.name, peer.id[:12])
+        return acts + self.watchers.emit(now, "left", peer=peer.describe(now))
 
     def resolve_target(self, query: str) -> tuple[str, str]:
-        """A peer to send to: a current member, or one from the address book (offline or left).
-        A full id always wins; a name or prefix that fits several nodes, across the table and the
-        address book, is refused as ambiguous (targets.py)."""
-        peer = self.table.get(query)
-        if peer is not None and not peer.rumour:
-            return peer.id, peer.name
-        self._names()  # loads the address book (kept until a link-up adds to it)
-        members = self.table.members()  # a rumour is no target: only hearsay says it exists
-        book = [BookEntry(pid, name) for pid, name in self._book_names.items() if pid not in self.table]
-        found = pick(query, members, book)
-        return found.id, found.name
-
-    # ------------------------------------------------------------------ names shown for senders
-    def _names(self) -> dict[str, set[str]]:
-        """Every name this node knows -> the ids of the nodes that carry it: the table, the address
-        book, and this node.  Kept until a JOIN, a PEERS entry or a link-up may have changed it."""
-        if self._name_index is None:
-            index: dict[str, set[str]] = {self.name: {self.id}}
-            self._book_names = {k["id"]: k["name"] for k in self.store.known_peers()}
-            for pid, name in self._book_names.items():
-                index.setdefault(name, set()).add(pid)
-            for p in self.table.members():  # a rumour's name is hearsay: it neither names nor shadows anyone
-                index.setdefault(p.name, set()).add(p.id)
-            self._name_index = index
-        return self._name_index
+        """A peer to send to (see `Names.resolve_target`)."""
+        return self.names.resolve_target(query)
 
     def sender(self, node_id: str, stored_name: str) -> tuple[str, str]:
-        """(name, label) to show for a message from ``node_id``.
-
-        The name is the one bound to its key at JOIN: the table's, else the address book's, else
-        ``stored_name`` (what was stored with the message: the JOIN-bound name at the time; rows
-        from p2pd before December 2026 hold the sender's claim).  Never the message's own
-        ``sender_name``: a peer could claim any.  The label is the name, plus a short id when
-        another node (or this one) has that name too."""
-        index = self._names()
-        peer = self.table.get(node_id)
-        name = peer.name if peer is not None else self._book_names.get(node_id, stored_name)
-        ids = index.get(name)
-        if ids is None or len(ids) > 1 or node_id not in ids:
-            return name, f"{name} ({node_id[:12]})"
-        return name, name
+        """(name, label) to show for a message from ``node_id`` (see `Names.sender`)."""
+        return self.names.sender(node_id, stored_name)
 
     def label_rows(self, rows: list[dict], peer_key: str = "peer_name") -> list[dict]:
-        """History or outbox rows: the sender named as `sender` does (``sender_name``, ``sender_label``),
-        and the other side's label (``peer_label``) next to its address-book name ``peer_key``."""
-        for r in rows:
-            if "sender_id" in r:
-                if r["sender_id"] == self.id:
-                    r["sender_label"] = r["sender_name"] = self.name
-                else:
-                    r["sender_name"], r["sender_label"] = self.sender(r["sender_id"], r["sender_name"])
-            if r.get("peer_id"):
-                r[peer_key], r["peer_label"] = self.sender(r["peer_id"], r.get(peer_key) or r["peer_id"][:12])
-        return rows
+        """History or outbox rows, labelled (see `Names.label_rows`)."""
+        return self.names.label_rows(rows, peer_key)
 
     def ping(self, now: float, peer: Peer, timeout_s: float, client: bytes, req) -> list:
-        msg = self._msg(now, P.PING, target=peer.id)
-        self.pings[msg.id] = PendingPing(peer.id, now, client, req, now + timeout_s)
-        return [self._send(peer.id, msg)]
+        return self.heartbeat.ping(now, peer, timeout_s, client, req)
 
     def info(self, now: float) -> dict:
         peers = self.table.members()
@@ -683,16 +494,3 @@ class Node(Intake):
                 "beacons_sent": self.lan.sent, "beacons_heard": self.lan.heard, "dials": len(self.lan.dialed)},
         }
 
-
-def _ok(req, result) -> dict:
-    return {"req": req, "ok": True, "result": result}
-
-
-def _err(req, code: ErrorCode, error: str) -> dict:
-    """A failed request's reply.  ``code`` must be an `ErrorCode` the daemon sends (a wire
-    code): the reply carries its plain string, so the wire format is the bare code as
-    documented in docs/PROTOCOL.md 9.3, and a code missing from the table fails here, in
-    the tests, rather than reaching a client that maps it to no particular exit code."""
-    code = ErrorCode(code)
-    assert code.wire, f"{code} is a client-side code, never sent by the daemon"
-    return {"req": req, "ok": False, "code": code.value, "error": error}

@@ -15,12 +15,10 @@ be dropped, counted and logged without ever reaching the node's logic.
 from __future__ import annotations
 
 import ipaddress
-import os
-import random
 import re
-import time
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Protocol
 
 import orjson
 
@@ -41,6 +39,7 @@ TYPES = frozenset({JOIN, LEAVE, MESSAGE, BROADCAST, PEERS, PING, PONG, ACK, FETC
 MAX_SEQ = 2**53  # sequence numbers stay exact in every JSON implementation
 
 DEFAULT_MAX_FRAME_BYTES = 256 * 1024
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*", ""})  # a listen address that names no host: "use the address you see"
 MAX_ID_LEN = 64
 MAX_NAME_LEN = 64
 MAX_TEXT_LEN = 64 * 1024
@@ -129,20 +128,23 @@ def tcp_endpoint(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
 
 
-# Message ids' random part.  Only the deterministic simulator (p2pd/sim.py) replaces this with a
-# seeded generator, so that a run can be replayed; the daemon never does.
-_id_random = random.Random(os.urandom(32))
+class RandomBits(Protocol):
+    """Where message ids' random part comes from: `random.Random` fits.  Given by the caller
+    (the daemon seeds one from os.urandom, the simulator from its seed), so the codec draws
+    no randomness of its own and a simulated run can be replayed."""
+
+    def getrandbits(self, k: int) -> int: ...
 
 
-def new_message_id(epoch_s: float | None = None) -> str:
+def new_message_id(epoch_s: float, rng: RandomBits) -> str:
     """32 hex digits: 48 bits of milliseconds since 1970, then 80 random bits.
 
     Unique without coordination between nodes, like a UUIDv7: ids a node
     makes one after another sort together, so the store's unique index on
     ids grows at its end instead of touching a random page per insert.
     """
-    ms = int((time.time() if epoch_s is None else epoch_s) * 1000) & 0xFFFFFFFFFFFF
-    return f"{ms:012x}{_id_random.getrandbits(80):020x}"
+    ms = int(epoch_s * 1000) & 0xFFFFFFFFFFFF
+    return f"{ms:012x}{rng.getrandbits(80):020x}"
 
 
 _ts_last = [-1, ""]
@@ -156,7 +158,7 @@ def utc_timestamp(epoch_s: float) -> str:
     ms = int(epoch_s * 1000)
     if ms != _ts_last[0]:
         secs, milli = divmod(ms, 1000)
-        _ts_last[0], _ts_last[1] = ms, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{milli:03d}Z"
+        _ts_last[0], _ts_last[1] = ms, datetime.fromtimestamp(secs, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{milli:03d}Z"
     return _ts_last[1]
 
 
@@ -168,10 +170,16 @@ def make(
     data: dict | None = None,
     target_id: str | None = None,
     msg_id: str | None = None,
+    rng: RandomBits | None = None,
 ) -> Message:
+    """A message from us; its id is ``msg_id``, or a new one drawn from ``rng`` (one is needed)."""
+    if msg_id is None:
+        if rng is None:
+            raise TypeError("make() needs a msg_id or an rng to draw one from")
+        msg_id = new_message_id(epoch_s, rng)
     return Message(
         type=type_,
-        id=msg_id or new_message_id(epoch_s),
+        id=msg_id,
         sender_id=sender_id,
         sender_name=sender_name,
         timestamp=utc_timestamp(epoch_s),

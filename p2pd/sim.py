@@ -69,7 +69,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from p2pd import control
-from p2pd import node as node_module
 from p2pd import protocol as P
 from p2pd import store as store_module
 from p2pd.actions import (CloseLink, FetchKey, LanBeacon, OpenLink, PinKey, Publish, PublishBatch, RekeyLink, SavePeers, Send,
@@ -138,7 +137,6 @@ class Sim:
         self.seed = seed
         self.rng = random.Random(seed)
         self._node_rng = random.Random(f"nodes:{seed}")
-        self._id_rng = random.Random(f"ids:{seed}")
         self.settings = settings or Settings(insecure=True).validate()
         self.model = model or Model()
         self.now = 0.0
@@ -174,13 +172,12 @@ class Sim:
     @contextmanager
     def _seeded(self):
         """Swap the node's random sources for seeded ones while simulator code runs."""
-        saved = P._id_random, node_module._urandom, store_module._urandom
-        P._id_random = self._id_rng
-        node_module._urandom = store_module._urandom = self._node_rng.randbytes
+        saved = store_module._urandom
+        store_module._urandom = self._node_rng.randbytes
         try:
             yield
         finally:
-            P._id_random, node_module._urandom, store_module._urandom = saved
+            store_module._urandom = saved
 
     # ------------------------------------------------------------------ the event queue
     def _push(self, t: float, kind: str, *args) -> None:
@@ -211,7 +208,8 @@ class Sim:
         s.up = True
         s.links.clear()
         s.subs.clear()
-        s.node = Node(s.id, s.name, s.address, s.settings, t, WALL + t, s.store)
+        # A new process draws a new boot tag and new message ids: from the run's seed.
+        s.node = Node(s.id, s.name, s.address, s.settings, t, WALL + t, s.store, rng=random.Random(self._node_rng.getrandbits(64)))
         self._turn(t, s, control.handle(s.node, t, WATCH, json.dumps({"req": 0, "cmd": "watch", "args": {}}).encode(), {}), watch=True)
         self._turn(t, s, s.node.start(t, list(s.book), list(s.joins)))
         # ZeroMQ's SUBs attached to our PUB endpoint reconnect and subscribe again.

@@ -83,6 +83,12 @@ class Trust:
         return (f"the key of {address} has changed (pinned {pinned[:8]}..., now {key[:8]}...): it may be a different node or an attack; "
                 f"if the change is expected, run: p2pctl known forget {address}")
 
+    def pin_refusal(self, host: str | None, port: int, key: str | None) -> str | None:
+        """Why ``key`` may not be linked at host:port (its address is pinned to another key), else None."""
+        if not self.secure or host is None or key is None:
+            return None
+        return self.check_pin(f"{host}:{port}", key)
+
     def pin(self, address: str, key: str) -> bool:
         """Remember the key first seen at an address; True if it was new."""
         if address in self.pins:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict, deque
 
+import testmsg
 import pytest
 
 from p2pd import control
@@ -243,11 +244,11 @@ def trio(net, pair):
 
 def join_frame(sender: str, port: int, addr, reply_to=None, name: str | None = None, **extra) -> list[bytes]:
     data = {"addr": addr, "port": port, "pub_port": port + 1, "reply_to": reply_to, **extra}
-    return [sender.encode(), P.encode(P.make(P.JOIN, sender, name or sender.split("-")[0], WALL, data))]
+    return [sender.encode(), P.encode(testmsg.make(P.JOIN, sender, name or sender.split("-")[0], WALL, data))]
 
 
 def peers_frame(sender: str, entries: list[dict]) -> list[bytes]:
-    return [sender.encode(), P.encode(P.make(P.PEERS, sender, sender.split("-")[0], WALL, {"peers": entries}))]
+    return [sender.encode(), P.encode(testmsg.make(P.PEERS, sender, sender.split("-")[0], WALL, {"peers": entries}))]
 
 
 def handle(node: Node, raw, now: float = 5.0, client: bytes = CLI) -> dict:

@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 
+import testmsg
 import pytest
 import zmq
 
@@ -353,7 +354,7 @@ class FakePeer:
     """A hand-made peer speaking the wire protocol with raw pyzmq."""
 
     def __init__(self, target):
-        self.id = "fake-peer-" + P.new_message_id()[:12]
+        self.id = "fake-peer-" + testmsg.new_id()[:12]
         self.target = target
         self.ctx = zmq.Context()
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -374,7 +375,7 @@ class FakePeer:
         return sock.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1]
 
     def envelope(self, type_: str, data: dict, msg_id: str | None = None, target: str | None = None) -> bytes:
-        return P.encode(P.make(type_, self.id, "fake", time.time(), data, target, msg_id))
+        return P.encode(testmsg.make(type_, self.id, "fake", time.time(), data, target, msg_id))
 
     def send(self, type_: str, data: dict, msg_id: str | None = None, target: str | None = None) -> None:
         self.dealer.send(self.envelope(type_, data, msg_id, target))
@@ -407,7 +408,7 @@ def test_duplicate_and_reordered_frames_are_stored_once(make_node):
     alice.start("--insecure")  # a plaintext raw peer; CURVE is covered by tests/test_security.py
     fake = FakePeer(alice)
     try:
-        join = P.make(P.JOIN, fake.id, "fake", time.time(),
+        join = testmsg.make(P.JOIN, fake.id, "fake", time.time(),
                       {"addr": "127.0.0.1", "port": fake.port, "pub_port": fake.pub_port, "reply_to": None, "bseq": 0, "boldest": 1})
         fake.dealer.send(P.encode(join))
         reply = fake.wait(lambda: next((m for m in fake.received if m.type == P.JOIN), None), what="alice's JOIN reply")
@@ -415,7 +416,7 @@ def test_duplicate_and_reordered_frames_are_stored_once(make_node):
         fake.wait(lambda: "fake" in alice.alive_names(), what="alice to list the fake peer alive")
 
         # direct MESSAGEs: seq 1, 2, 2 (dup), 1 (dup), 4 (gap: dropped), 3, 4 (now in order)
-        ids = {s: P.new_message_id() for s in (1, 2, 3, 4)}
+        ids = {s: testmsg.new_id() for s in (1, 2, 3, 4)}
         for seq in (1, 2, 2, 1, 4, 3, 4):
             fake.send(P.MESSAGE, {"text": f"seq {seq}", "seq": seq, "base": 1}, msg_id=ids[seq], target=alice.id)
 

@@ -18,7 +18,7 @@ import pytest
 from p2pd import exitcodes
 from p2pd.control import BadRequest
 from p2pd.errors import WIRE_CODES, ErrorCode, exit_code_for
-from p2pd.node import _err
+from p2pd.replies import err as _err
 from p2pctl.client import ClientError, DaemonNotRunning, DaemonTimeout, DiskFull, PermissionDenied, RequestFailed, UsageError
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ def test_learn_new_peer_is_linking(table):
     peer, is_new = table.learn("p1", "alice", A, 10.0)
     assert is_new is True
     assert peer.state == LINKING and peer.since == 10.0
-    assert peer.last_seen is None and peer.ever_alive is False and peer.subscribed is False
+    assert peer.last_seen is None and peer.subscribed is False
     assert "p1" in table and len(table) == 1 and table.get("p1") is peer
     assert table.alive() == []
 
@@ -53,7 +53,7 @@ def test_linking_to_alive_then_refresh(table):
     assert table.heard_from("p1", 2.0) is True
     peer = table.get("p1")
     assert peer.state == ALIVE and peer.since == 2.0 and peer.last_seen == 2.0
-    assert peer.ever_alive is True and peer.frames_in == 1
+    assert peer.frames_in == 1
     assert table.heard_from("p1", 3.0) is False  # already alive: not "became alive" again
     assert peer.since == 2.0 and peer.last_seen == 3.0 and peer.frames_in == 2
     assert table.alive() == [peer]
@@ -84,7 +84,7 @@ def test_mark_lost_twice_or_unknown_is_noop(table):
 def test_mark_lost_from_linking(table):
     table.learn("p1", "alice", A, 0.0)
     peer = table.mark_lost("p1", 6.0)
-    assert peer.state == LOST and peer.ever_alive is False and peer.retry_at == 7.0
+    assert peer.state == LOST and peer.retry_at == 7.0
 
 
 def test_remove(table):

@@ -13,6 +13,7 @@ import re
 import sys
 import unicodedata
 
+import testmsg
 import pytest
 
 from p2pctl import render
@@ -163,11 +164,11 @@ def test_a_traceback_keeps_its_lines():
 
 
 def message_frame(sender: str, claimed: str, text: str, target: str = "bob-id", **data) -> list[bytes]:
-    return [sender.encode(), P.encode(P.make(P.MESSAGE, sender, claimed, WALL, {"text": text, **data}, target))]
+    return [sender.encode(), P.encode(testmsg.make(P.MESSAGE, sender, claimed, WALL, {"text": text, **data}, target))]
 
 
 def broadcast_frame(sender: str, claimed: str, text: str) -> bytes:
-    return P.encode(P.make(P.BROADCAST, sender, claimed, WALL, {"text": text, "bseq": 1}))
+    return P.encode(testmsg.make(P.BROADCAST, sender, claimed, WALL, {"text": text, "bseq": 1}))
 
 
 @pytest.fixture
@@ -289,7 +290,7 @@ def test_node_send_to_a_prefix_that_is_another_nodes_name_is_refused(bob):
     ok = handle(bob, {"req": 2, "cmd": "send", "args": {"peer": "alice-id", "text": "for alice"}})
     assert ok["ok"] is True and ok["result"]["peer_id"] == "alice-id"
     # alice gone from the table (she left): the address book still makes the name ambiguous
-    bob.on_router_frames(2.0, [b"alice-id", P.encode(P.make(P.LEAVE, "alice-id", "alice", WALL))], HOST)
+    bob.on_router_frames(2.0, [b"alice-id", P.encode(testmsg.make(P.LEAVE, "alice-id", "alice", WALL))], HOST)
     assert bob.table.get("alice-id") is None
     reply = handle(bob, {"req": 3, "cmd": "send", "args": {"peer": alice_prefix, "text": "for alice"}})
     assert reply["code"] == "ambiguous" and "alice (alice-id)" in reply["error"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import testmsg
 import pytest
 
 from p2pd import protocol as P
@@ -128,7 +129,7 @@ def test_peers_first_heard_in_gossip_are_relayed_once_at_the_next_tick_but_not_b
     erin, dave = net.add("erin"), net.add("dave")
     assert net.connect(dave, erin, 0.5)["ok"] is True
     assert net.connect(dave, bob, 1.0)["ok"] is True
-    assert "alice-id" in dave._rumors and dave._rumors["alice-id"] == bob.id
+    assert dave.gossip.to_pass_on().get("alice-id") == bob.id
     before_erin = len(net.sent("dave", "erin", P.PEERS))
     before_bob = len(net.sent("dave", "bob", P.PEERS))
     net.tick(1.05, dave)
@@ -182,7 +183,7 @@ def test_pong_from_the_wrong_peer_is_ignored(net, trio):
     net.tick(3.0, alice, flush=False)
     ping_to_bob = next(a.msg for n, a in net.queue if isinstance(a, Send) and a.key == bob.id)
     net.queue.clear()
-    forged = P.make(P.PONG, charlie.id, "charlie", WALL, {"ping_id": ping_to_bob.id}, alice.id)
+    forged = testmsg.make(P.PONG, charlie.id, "charlie", WALL, {"ping_id": ping_to_bob.id}, alice.id)
     alice.on_router_frames(3.1, [charlie.id.encode(), P.encode(forged)], HOST)
     assert alice.table.get(bob.id).rtt_ms is None
 
@@ -231,7 +232,7 @@ def test_gossiped_peer_that_never_answers_is_forgotten_quietly_and_ignored_for_a
     entry = {"id": "charlie-id", "name": "charlie", "addr": "10.0.0.3", "port": 5005, "pub_port": 5006}
     alice.on_router_frames(1.0, peers_frame("bob-id", [entry]), "10.0.0.2")
     assert alice.table.get("charlie-id").state == LINKING and alice.table.get("charlie-id").rumour
-    alice.on_router_frames(5.9, [b"bob-id", P.encode(P.make(P.PING, "bob-id", "bob", WALL))], "10.0.0.2")
+    alice.on_router_frames(5.9, [b"bob-id", P.encode(testmsg.make(P.PING, "bob-id", "bob", WALL))], "10.0.0.2")
     assert not [a for a in alice.tick(6.0) if isinstance(a, CloseLink)]  # 5 s after linking: not yet
     acts = alice.tick(6.5)
     assert alice.table.get("charlie-id") is None  # a rumour that never answered: forgotten, not kept as lost
@@ -353,7 +354,7 @@ def test_leave_removes_at_once(net, trio):
 
 def test_leave_from_unknown_peer_is_silently_ignored(net):
     alice = net.add("alice")
-    leave = P.make(P.LEAVE, "ghost", "ghost", WALL)
+    leave = testmsg.make(P.LEAVE, "ghost", "ghost", WALL)
     assert alice.on_router_frames(1.0, [b"ghost", P.encode(leave)], HOST) == []
     assert sum(alice.dropped.values()) == 0
 
@@ -539,8 +540,8 @@ def test_send_to_a_lost_peer_is_queued_not_refused(busy_alice):
 def test_a_batch_of_envelopes_is_handled_one_by_one(net, alice_bob):
     """[routing id, env, env, ...]: good envelopes are handled in order, a bad one is dropped alone."""
     alice, bob = alice_bob
-    msg = lambda i: P.encode(P.make(P.MESSAGE, bob.id, "bob", WALL, {"text": f"m{i}"}, alice.id))  # noqa: E731
-    frames = [bob.id.encode(), msg(1), b"\xff not json", msg(2), P.encode(P.make(P.PING, "ghost", "x", WALL)), msg(3)]
+    msg = lambda i: P.encode(testmsg.make(P.MESSAGE, bob.id, "bob", WALL, {"text": f"m{i}"}, alice.id))  # noqa: E731
+    frames = [bob.id.encode(), msg(1), b"\xff not json", msg(2), P.encode(testmsg.make(P.PING, "ghost", "x", WALL)), msg(3)]
     acts = alice.on_router_frames(2.0, frames, HOST)
     assert [m["text"] for m in alice.inbox] == ["m1", "m2", "m3"]
     assert alice.dropped["not_json"] == 1 and alice.dropped["bad_routing_id"] == 1
@@ -550,11 +551,11 @@ def test_a_batch_of_envelopes_is_handled_one_by_one(net, alice_bob):
 def test_batches_go_only_to_peers_that_announced_them(net, alice_bob):
     alice, bob = alice_bob
     assert alice.table.get(bob.id).batch  # p2pd's JOIN says "batch": true
-    msgs = [P.make(P.MESSAGE, alice.id, "alice", WALL, {"text": str(i)}, bob.id) for i in range(P.MAX_BATCH + 3)]
-    acts = alice._send_many(bob.id, msgs)
+    msgs = [testmsg.make(P.MESSAGE, alice.id, "alice", WALL, {"text": str(i)}, bob.id) for i in range(P.MAX_BATCH + 3)]
+    acts = alice.out.send_many(bob.id, msgs)
     assert [type(a).__name__ for a in acts] == ["SendBatch", "SendBatch"] and [len(a.msgs) for a in acts] == [P.MAX_BATCH, 3]
     alice.table.get(bob.id).batch = False  # a simple peer that did not say so
-    assert [type(a).__name__ for a in alice._send_many(bob.id, msgs[:3])] == ["Send"] * 3
+    assert [type(a).__name__ for a in alice.out.send_many(bob.id, msgs[:3])] == ["Send"] * 3
 
 
 def test_a_join_from_a_linked_peer_reopens_the_link_only_when_it_restarted_or_lost_us():
@@ -562,7 +563,7 @@ def test_a_join_from_a_linked_peer_reopens_the_link_only_when_it_restarted_or_lo
     alice = Node("alice-id", "alice", P.PeerAddress("10.0.0.1", 5001, 5002), FAST, 0.0, WALL)
 
     def join(t: float, **data) -> list:
-        msg = P.make(P.JOIN, "bob-id", "bob", WALL, {"addr": "10.0.0.2", "port": 5003, "pub_port": 5004, **data})
+        msg = testmsg.make(P.JOIN, "bob-id", "bob", WALL, {"addr": "10.0.0.2", "port": 5003, "pub_port": 5004, **data})
         return alice.on_router_frames(t, [b"bob-id", P.encode(msg)], "10.0.0.2")
 
     join(0.0, boot="b1")
@@ -611,7 +612,7 @@ def test_rumours_are_capped_per_introducer_never_named_and_not_peers():
     alice.on_router_frames(1.0, join_frame("bob-id", 5005, "10.0.0.3"), "10.0.0.3")
     alice.on_router_frames(1.0, join_frame("carol-id", 5007, "10.0.0.4"), "10.0.0.4")
     assert alice.table.resolve("bob").id == "bob-id" and alice.dropped["peer_limit"] == 0
-    assert {e["id"] for e in alice._save_peers().peers} == {"mallory-id", "bob-id", "carol-id"}  # rumours not in the peer book
+    assert {e["id"] for e in alice.table.book()} == {"mallory-id", "bob-id", "carol-id"}  # rumours not in the peer book
     # ... and a rumour that answers itself becomes a member, under the name its own JOIN gives
     alice.on_router_frames(1.2, join_frame("fake-0003", 7003, "10.9.0.1", name="dave"), "10.9.0.1")
     assert not alice.table.get("fake-0003").rumour and alice.table.resolve("dave").id == "fake-0003"
@@ -638,7 +639,7 @@ def test_links_use_a_routing_id_suffix_only_to_peers_that_said_they_take_one():
     assert [a.suffix for a in old if isinstance(a, OpenLink)] == [False]
     assert all(isinstance(a.msg.data.get("rid_suffix"), bool) and a.msg.data["rid_suffix"] for a in new if isinstance(a, Send) and a.msg.type == P.JOIN)
     # remembered in the peer book: after a restart the first link to bob already uses one
-    book = alice._save_peers().peers
+    book = alice.table.book()
     again = Node("alice-id", "alice", P.PeerAddress("10.0.0.1", 5001, 5002), FAST, 0.0, WALL)
     opens = {a.key: a.suffix for a in again.start(0.0, book, []) if isinstance(a, OpenLink)}
     assert opens == {"bob-id": True, "carol-id": False}

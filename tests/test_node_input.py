@@ -8,6 +8,7 @@ import json
 import logging
 from dataclasses import replace
 
+import testmsg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,14 +27,14 @@ from memnet import net, pair, trio, alice_bob  # noqa: F401 (fixtures; a module'
 
 def test_bad_frames_counted_by_kind(net, alice_bob):
     alice, bob = alice_bob
-    ping = lambda sender=bob.id, **kw: P.encode(P.make(P.PING, sender, "x", WALL, **kw))  # noqa: E731
+    ping = lambda sender=bob.id, **kw: P.encode(testmsg.make(P.PING, sender, "x", WALL, **kw))  # noqa: E731
     cases = [
         ([b"only one"], "bad_frames"),
         ([bob.id.encode()] + [ping()] * (P.MAX_BATCH + 1), "bad_frames"),  # a batch longer than allowed
         ([b"charlie-id", ping()], "bad_routing_id"),  # claims to be bob on charlie's link
         ([b"ghost", ping("ghost")], "not_linked"),
         ([alice.id.encode(), ping(alice.id)], "self"),
-        ([bob.id.encode(), P.encode(P.make(P.MESSAGE, bob.id, "bob", WALL, {"text": "x"}, "charlie-id"))], "misrouted"),
+        ([bob.id.encode(), P.encode(testmsg.make(P.MESSAGE, bob.id, "bob", WALL, {"text": "x"}, "charlie-id"))], "misrouted"),
         ([bob.id.encode(), b"\xff not json"], "not_json"),
         ([bob.id.encode(), b'{"v": 2}'], "version"),
         ([bob.id.encode(), b'{"v": 1, "type": "HUG"}'], "unknown_type"),
@@ -53,7 +54,7 @@ def test_bad_frames_counted_by_kind(net, alice_bob):
 
 def test_bad_sub_frames(net, alice_bob):
     alice, bob = alice_bob
-    msg = P.encode(P.make(P.MESSAGE, bob.id, "bob", WALL, {"text": "x"}, alice.id))
+    msg = P.encode(testmsg.make(P.MESSAGE, bob.id, "bob", WALL, {"text": "x"}, alice.id))
     assert alice.on_sub_frames(1.0, [msg]) == []
     assert alice.dropped["bad_type"] == 1
     assert alice.on_sub_frames(1.0, [msg, msg]) == []  # a batch: each dropped alone
@@ -224,26 +225,28 @@ def test_credit_is_capped_and_only_for_messages_to_us(net):
     ls = bob.msgs.delivery.link(alice.id)
 
     def message(seq, target):
-        m = P.make(P.MESSAGE, alice.id, "alice", WALL, {"text": "x", "seq": seq, "base": 1}, target)
+        m = testmsg.make(P.MESSAGE, alice.id, "alice", WALL, {"text": "x", "seq": seq, "base": 1}, target)
         return [alice.id.encode(), P.encode(m)]
 
     def ping():
-        return [alice.id.encode(), P.encode(P.make(P.PING, alice.id, "alice", WALL, {}, bob.id))]
+        return [alice.id.encode(), P.encode(testmsg.make(P.PING, alice.id, "alice", WALL, {}, bob.id))]
 
-    peer.tokens, peer.tokens_at = 0.0, 1.0  # the budget is spent
+    bob.on_router_frames(1.0, ping(), HOST)  # gives alice a bucket at bob
+    bucket = bob.intake.bucket(alice.id)
+    bucket.tokens, bucket.at = 0.0, 1.0  # the budget is spent
     before = bob.dropped.get("rate_limited", 0)
     bob.on_router_frames(1.0, message(ls.in_seq + 1, "carol-id"), HOST)  # the next one, but for someone else
-    assert bob.dropped["rate_limited"] == before + 1 and peer.tokens == 0.0
+    assert bob.dropped["rate_limited"] == before + 1 and bucket.tokens == 0.0
     for _ in range(50):  # heartbeats get credit only while messages wait for their ACK: none yet
         bob.on_router_frames(1.0, ping(), HOST)
-    assert peer.tokens == 0.0
+    assert bucket.tokens == 0.0
     bob.on_router_frames(1.0, message(ls.in_seq + 1, bob.id), HOST)  # on credit
-    assert peer.tokens == -1.0 and bob.msgs.delivery.unacknowledged(alice.id)
+    assert bucket.tokens == -1.0 and bob.msgs.delivery.unacknowledged(alice.id)
     for _ in range(50):  # now they do, but never past a window and 16 in debt, whatever asks
         bob.on_router_frames(1.0, ping(), HOST)
-    assert peer.tokens == -(10 + 16)
+    assert bucket.tokens == -(10 + 16)
     bob.on_router_frames(1.0, message(ls.in_seq + 1, bob.id), HOST)
-    assert peer.tokens == -(10 + 16)  # dropped: the cap holds for messages too
+    assert bucket.tokens == -(10 + 16)  # dropped: the cap holds for messages too
 
 
 def test_inbox_is_bounded(net):

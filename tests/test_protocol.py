@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import testmsg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -71,7 +72,7 @@ def test_valid_table_covers_every_type():
 @pytest.mark.parametrize("type_", sorted(P.TYPES))
 def test_encode_decode_round_trip_every_type(type_):
     data, target = VALID[type_]
-    msg = P.make(type_, "alice-id", "alice ☺", T0, dict(data), target)
+    msg = testmsg.make(type_, "alice-id", "alice ☺", T0, dict(data), target)
     wire = P.encode(msg)
     assert isinstance(wire, bytes)
     back = P.decode(wire)
@@ -83,7 +84,7 @@ def test_encode_decode_round_trip_every_type(type_):
 
 
 def test_encode_is_compact_utf8_with_all_envelope_fields():
-    msg = P.make(P.MESSAGE, "alice-id", "Zoë", T0, {"text": "héllo"}, "bob-id", msg_id="m1")
+    msg = testmsg.make(P.MESSAGE, "alice-id", "Zoë", T0, {"text": "héllo"}, "bob-id", msg_id="m1")
     wire = P.encode(msg)
     assert b": " not in wire and b", " not in wire
     assert "Zoë".encode() in wire and b"\\u" not in wire
@@ -93,17 +94,17 @@ def test_encode_is_compact_utf8_with_all_envelope_fields():
 
 
 def test_make_generates_unique_hex_ids_and_defaults():
-    a = P.make(P.PING, "a", "a", 0.0)
-    b = P.make(P.PING, "a", "a", 0.0)
+    a = testmsg.make(P.PING, "a", "a", 0.0)
+    b = testmsg.make(P.PING, "a", "a", 0.0)
     assert a.id != b.id
     assert re.fullmatch(r"[0-9a-f]{32}", a.id)
     assert a.data == {} and a.target_id is None
 
 
 def test_text_property_only_for_messages():
-    assert P.make(P.MESSAGE, "a", "a", 0, {"text": "hi"}, "b").text == "hi"
-    assert P.make(P.BROADCAST, "a", "a", 0, {"text": "yo"}).text == "yo"
-    assert P.make(P.PONG, "a", "a", 0, {"ping_id": "x", "text": "no"}).text is None
+    assert testmsg.make(P.MESSAGE, "a", "a", 0, {"text": "hi"}, "b").text == "hi"
+    assert testmsg.make(P.BROADCAST, "a", "a", 0, {"text": "yo"}).text == "yo"
+    assert testmsg.make(P.PONG, "a", "a", 0, {"ping_id": "x", "text": "no"}).text is None
 
 
 def test_extra_unknown_fields_are_ignored():
@@ -522,7 +523,7 @@ def valid_messages(draw):
     else:
         data = {}
     epoch = draw(st.floats(0, 4_000_000_000, allow_nan=False))
-    return P.make(type_, draw(ids), draw(names), epoch, data, target, msg_id=draw(ids))
+    return testmsg.make(type_, draw(ids), draw(names), epoch, data, target, msg_id=draw(ids))
 
 
 @FAST

@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import orjson
+import testmsg
 import pytest
 
 from p2pd import protocol as P
@@ -106,7 +107,7 @@ def test_the_run_makes_every_type_and_variant(emitted):
 def test_every_example_envelope_decodes_with_the_fields_p2pd_emits(emitted):
     examples = example_envelopes(doc_text())
     assert {e["type"] for e in examples} >= set(P.TYPES), "an example of every message type"
-    order = list(orjson.loads(P.encode(P.make(P.LEAVE, "a", "a", 0.0))))
+    order = list(orjson.loads(P.encode(testmsg.make(P.LEAVE, "a", "a", 0.0))))
     for env in examples:
         where = f"{env['type']} {env['id']}"
         msg = P.decode(orjson.dumps(env))  # valid, by the codec itself

@@ -188,7 +188,7 @@ def test_a_restored_backup_starts_a_new_epoch_and_nothing_is_lost(stored_pair, t
 
     # alice introduces herself again, reporting bob's new numbering: no second switch
     epoch = bob.store.epoch
-    net.apply(alice, alice._link_to(6.0, alice.table.get(bob.id), again=True), 6.0)
+    net.apply(alice, alice.handshake.link_to(6.0, alice.table.get(bob.id), again=True), 6.0)
     assert bob.store.epoch == epoch and bob.info(6.0)["store_rollbacks_detected"] == 1
     assert last_join(net, "alice", "bob").data["got_epoch"] == epoch
 

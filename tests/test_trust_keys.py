@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import testmsg
 import pytest
 import zmq
 
@@ -114,7 +115,7 @@ def secure_node(key=KEY_A) -> Node:
 
 def join_from(key: str, now: float = 1.0, claim: str | None = None) -> list[bytes]:
     sender = claim or node_id_for(key)
-    msg = P.make(P.JOIN, sender, "bob", 1.7e9, {"addr": "127.0.0.1", "port": 6000, "pub_port": 6001, "reply_to": None, "key": key})
+    msg = testmsg.make(P.JOIN, sender, "bob", 1.7e9, {"addr": "127.0.0.1", "port": 6000, "pub_port": 6001, "reply_to": None, "key": key})
     return [sender.encode(), P.encode(msg)]
 
 
@@ -141,7 +142,7 @@ def test_rate_limit_drops_beyond_the_budget_and_refills():
     alice = secure_node()
     bob_id = node_id_for(KEY_B)
     alice.on_router_frames(1.0, join_from(KEY_B), "127.0.0.1", user_id=bob_id)
-    ping = lambda: [bob_id.encode(), P.encode(P.make(P.PING, bob_id, "bob", 1.7e9, {}, alice.id))]  # noqa: E731
+    ping = lambda: [bob_id.encode(), P.encode(testmsg.make(P.PING, bob_id, "bob", 1.7e9, {}, alice.id))]  # noqa: E731
     for _ in range(10):
         alice.on_router_frames(1.0, ping(), "127.0.0.1", user_id=bob_id)
     assert alice.dropped["rate_limited"] == 5  # a budget of 5 per second (the JOIN came before bob was known)
@@ -153,7 +154,7 @@ def test_broadcast_on_a_peers_sub_must_be_that_peers():
     alice = secure_node()
     bob_id = node_id_for(KEY_B)
     alice.on_router_frames(1.0, join_from(KEY_B), "127.0.0.1", user_id=bob_id)
-    forged = P.encode(P.make(P.BROADCAST, "carol-id", "carol", 1.7e9, {"text": "hi"}))
+    forged = P.encode(testmsg.make(P.BROADCAST, "carol-id", "carol", 1.7e9, {"text": "hi"}))
     alice.on_sub_frames(1.5, [forged], "sub", source_peer=bob_id)
     assert alice.dropped["spoofed"] == 1
 
@@ -274,7 +275,7 @@ def test_gossip_without_matching_keys_is_not_linked():
         {"id": "mallory-id", "name": "mallory", "addr": "127.0.0.1", "port": 7100, "pub_port": 7101, "key": carol_key},
         {"id": "keyless-id", "name": "keyless", "addr": "127.0.0.1", "port": 7200, "pub_port": 7201},
     ]
-    peers = P.make(P.PEERS, bob_id, "bob", 1.7e9, {"peers": entries})
+    peers = testmsg.make(P.PEERS, bob_id, "bob", 1.7e9, {"peers": entries})
     alice.on_router_frames(1.2, [bob_id.encode(), P.encode(peers)], "127.0.0.1", user_id=bob_id)
     assert node_id_for(carol_key) in alice.table
     assert "mallory-id" not in alice.table and "keyless-id" not in alice.table

@@ -1,0 +1,67 @@
+"""Failure detection: silent peers are lost, lost peers are retried, long-lost ones forgotten.
+
+How this works
+--------------
+Each tick: a peer silent past ``heartbeat_timeout_s`` (any frame counts as life, see
+membership.py) is marked lost, its link closed and its PUB unsubscribed, and watchers are
+told; a rumour that never answered our dial is forgotten instead (it may never have
+existed).  A lost peer is retried with backoff (``retry_min_s`` doubling to
+``retry_max_s``) by a fresh link and a JOIN that says ``again``, unless the last try is
+still young (on a lossy path its TCP and CURVE handshakes can take seconds, and a new
+socket would only start them over).  A peer lost for ``forget_after_s`` is removed and
+peers.json saved without it.  Pure: no sockets; time is passed in.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .actions import SavePeers
+from .gossip import Gossip
+from .handshake import Handshake
+from .links import Links
+from .membership import ALIVE, Membership
+from .settings import Settings
+from .watchers import Watchers
+
+log = logging.getLogger("p2pd.node")
+
+
+class Liveness:
+    def __init__(self, settings: Settings, table: Membership, links: Links, handshake: Handshake, gossip: Gossip,
+                 watchers: Watchers):
+        self.settings = settings
+        self.table = table
+        self.links = links
+        self.handshake = handshake
+        self.gossip = gossip
+        self.watchers = watchers
+
+    def tick(self, now: float) -> list:
+        acts: list = []
+        table, links = self.table, self.links
+        timeout = self.settings.heartbeat_timeout_s
+        for peer in table.silent(now, timeout):
+            if peer.rumour:  # heard of in gossip and never answered: forget it, it may never have existed
+                table.forget_rumour(peer.id, now)
+                self.gossip.forget(peer.id)
+                acts += links.close(peer.id)
+                log.debug("forgot %s (%s), heard of via gossip: no answer at %s", peer.name, peer.id[:12], peer.router_endpoint)
+                continue
+            was_alive = peer.state == ALIVE
+            table.mark_lost(peer.id, now)
+            acts += links.close(peer.id)
+            if was_alive:
+                acts.append(links.unsubscribe(peer))
+                log.warning("peer lost: %s (%s), silent for %.1fs", peer.name, peer.id[:12], now - (peer.last_seen or now))
+                acts += self.watchers.emit(now, "lost", peer=peer.describe(now))
+        for peer in table.due_retries(now):
+            if links.get(peer.id) == peer.router_endpoint and links.age(now, peer.id) < timeout:
+                continue  # the last try is still young: its JOIN goes out once it connects
+            log.debug("retrying %s at %s (next in %.0fs)", peer.name, peer.router_endpoint, peer.retry_backoff_s)
+            acts += self.handshake.link_to(now, peer, again=True)
+        for peer in table.forgettable(now):
+            table.remove(peer.id)
+            log.info("forgot %s (%s): unreachable for %.0fs", peer.name, peer.id[:12], now - peer.since)
+            acts.append(SavePeers(table.book()))
+        return acts

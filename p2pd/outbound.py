@@ -1,0 +1,52 @@
+"""Envelopes from this node, and the count of what goes out.
+
+Every component that speaks to a peer (handshake, gossip, heartbeat, messaging, dialing)
+builds its envelopes here and wraps them in `Send` effects here: so they all sign with
+the same id and name, stamp the same clock (monotonic time plus the wall-clock offset taken
+at start), draw message ids from the one random source the node was given, and every frame
+sent is counted once, in `info`'s ``frames_out`` and in the peer's own.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from . import protocol as P
+from .actions import Send, SendBatch
+from .membership import Membership
+
+
+class Outbound:
+    def __init__(self, node_id: str, name: str, wall_offset: float, table: Membership, stats: Counter, rng: P.RandomBits):
+        self.id = node_id
+        self.name = name
+        self.wall_offset = wall_offset  # epoch = monotonic + offset, for timestamps
+        self._table = table
+        self._stats = stats
+        self.rng = rng
+
+    def epoch(self, now: float) -> float:
+        """UNIX time at monotonic ``now``."""
+        return now + self.wall_offset
+
+    def new_id(self, epoch: float) -> str:
+        return P.new_message_id(epoch, self.rng)
+
+    def msg(self, now: float, type_: str, data: dict | None = None, target: str | None = None) -> P.Message:
+        return P.make(type_, self.id, self.name, now + self.wall_offset, data, target, rng=self.rng)
+
+    def send(self, key: str, msg: P.Message) -> Send:
+        self._stats["frames_out"] += 1
+        peer = self._table.get(key)
+        if peer is not None:
+            peer.frames_out += 1
+        return Send(key, msg)
+
+    def send_many(self, key: str, msgs: list) -> list:
+        """Envelopes for one link: batched (MAX_BATCH a message) if the peer takes batches."""
+        peer = self._table.get(key)
+        if peer is None or not peer.batch or len(msgs) < 2:
+            return [self.send(key, m) for m in msgs]
+        self._stats["frames_out"] += len(msgs)
+        peer.frames_out += len(msgs)
+        return [SendBatch(key, msgs[k:k + P.MAX_BATCH]) for k in range(0, len(msgs), P.MAX_BATCH)]
