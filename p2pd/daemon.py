@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import random
 import subprocess
 import sys
 import time
@@ -183,7 +184,7 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_set
             trust = Trust(keypair.public, secure=not settings.insecure,
                           pins={a: k for a, k, _ in known_peers(home).entries()},
                           allowed={k for _, k, _ in authorized_keys(home).entries()})
-            node = Node(ident.id, name, address, settings, now, time.time(), store, trust)
+            node = Node(ident.id, name, address, settings, now, time.time(), store, trust, rng=random.Random(os.urandom(32)))
             transport.node = node
             if settings.insecure:
                 log.warning("INSECURE mode: peer links are plaintext and unauthenticated; anyone on the network can read and forge traffic")

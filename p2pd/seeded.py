@@ -8,8 +8,9 @@ counter), and with no import of `random` or `os` in the core.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
+
+from .digest import sha256
 
 _MASK = (1 << 64) - 1
 _made = itertools.count()
@@ -40,4 +41,4 @@ class SplitMix64:
 def for_node(node_id: str, wall: float) -> SplitMix64:
     """A source of its own for a node built without one."""
     text = f"{node_id}/{wall!r}/{next(_made)}".encode()
-    return SplitMix64(int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big"))
+    return SplitMix64(int.from_bytes(sha256(text).digest()[:8], "big"))
