@@ -10,7 +10,8 @@ import click
 
 from . import __version__, exitcodes
 from .home import ControlChoiceError, Home, control_transport, is_running, resolve_home
-from .settings import ConfigError, LOG_LEVELS, build, check_bind_host, load_file
+from .config import check_bind_host, load_file
+from .settings import ConfigError, LOG_LEVELS, build
 
 HOME_HELP = "Node home directory (identity, config, log, socket). Default: $P2PD_HOME or the user data dir."
 

@@ -22,9 +22,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .digest import sha256
 from .home import Home, atomic_write
 from .protocol import valid_key
+from .trust import node_id_for
 
 
 class KeyError_(ValueError):
@@ -39,11 +39,6 @@ class KeyPair:
     @property
     def node_id(self) -> str:
         return node_id_for(self.public)
-
-
-def node_id_for(public_key: str) -> str:
-    """The node id that belongs to a public key."""
-    return sha256(public_key.encode("ascii")).hexdigest()[:32]
 
 
 def key_file(home: Home) -> Path:

@@ -7,9 +7,7 @@ unit mix-up is how Zyre once set a high-water mark 1000x too large.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 from .protocol import DEFAULT_MAX_FRAME_BYTES, valid_host, valid_name
 
@@ -137,53 +135,6 @@ def parse_host_port(text: str) -> tuple[str, int]:
     if not sep or not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise ConfigError(f"{text!r} is not HOST:PORT (for example 192.168.1.7:5000)")
     return host, int(port)
-
-
-def load_file(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    unknown = sorted(set(data) - SETTING_NAMES)
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}; see configs/p2pd.toml for the list")
-    return data
-
-
-def check_bind_host(host: str) -> None:
-    """Refuse a ``host`` to bind that cannot be one (``127.0.0.2x``), before `p2pd start` creates
-    anything: an IP address, ``*``, an interface of this machine (``eth0``), or a host name that
-    resolves here (``localhost``), as ZeroMQ binds them.  Not part of `Settings.validate`: that
-    runs in the daemon's loop at a reload too, and a name lookup is I/O."""
-    import ipaddress
-    import socket
-
-    h = host.strip("[]") if host.startswith("[") else host
-    if h in ("*", "0.0.0.0", "::"):
-        return
-    try:
-        ipaddress.ip_address(h.partition("%")[0])
-        return
-    except ValueError:
-        pass
-    try:
-        if h in {name for _, name in socket.if_nameindex()}:
-            return
-    except (AttributeError, OSError):  # no if_nameindex on this platform
-        pass
-    hint = "an IP address of this machine (0.0.0.0 for all, 127.0.0.1 for this host only), or an interface name such as eth0"
-    labels = h.split(".")
-    if len(labels) >= 3 and all(label.isascii() and label.isdigit() for label in labels[:-1]):  # 127.0.0.2x, 10.0.0.256
-        raise ConfigError(f"host {host!r} is not an IP address: use {hint}")
-    if not valid_host(h):
-        raise ConfigError(f"host {host!r} is not an IP address, interface or host name: use {hint}")
-    try:
-        socket.getaddrinfo(h, None, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        raise ConfigError(f"host {host!r} is not an IP address or interface of this machine, and no such host name resolves: use {hint}") from None
 
 
 def build(file_values: dict, overrides: dict) -> Settings:

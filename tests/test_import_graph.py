@@ -117,3 +117,65 @@ def test_home_keys_and_client_daemon_are_apart():
     edges = graph()
     assert "p2pd.keys" not in edges["p2pd.home"]
     assert "p2pd.daemon" not in edges["p2pctl.client"]
+
+
+# ---------------------------------------------------------------------------- layer contracts
+# The sans-I/O core (docs/ARCHITECTURE.md, "Layers"): the node and its components, the codec,
+# the membership table, the storage protocol and the in-memory store.  What it may not import:
+# no sockets, no database, no clock, no randomness, no files, no processes.  Clock and random
+# source are passed in; storage is the `Storage` protocol; file writes are effects.
+CORE = {
+    "actions", "delivery", "dialer", "digest", "drops", "errors", "escape", "exitcodes", "gossip", "handshake", "heartbeat",
+    "inbound", "inputs", "intake", "lan", "links", "liveness", "membership", "memstore", "messaging", "names", "node",
+    "outbound", "protocol", "ratelimit", "replies", "seeded", "settings", "storage", "targets", "trust", "watchers",
+}
+CORE_FORBIDDEN = {
+    "zmq", "sqlite3", "time", "random", "os", "socket", "pathlib", "subprocess", "threading", "asyncio", "select",
+    "selectors", "signal", "shutil", "tempfile", "io", "sys", "secrets", "uuid",
+}
+# ZeroMQ: only the transport layer and the CLI's client.
+ZMQ_MODULES = {"p2pd.transport", "p2pd.sockets", "p2pd.fdpoll", "p2pctl.client"}
+COLOR_MODULES = {"p2pctl.render"}  # colorama lives in one rendering module
+
+
+def external_imports(tree: ast.AST) -> set[str]:
+    """Top-level names of every module imported anywhere in ``tree`` that is not relative."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def _trees(root: Path = ROOT) -> dict[str, ast.AST]:
+    return {name: ast.parse(path.read_text(encoding="utf-8")) for name, path in modules(root).items()}
+
+
+def test_the_core_imports_only_the_core_and_no_io():
+    known, edges = modules(), graph()
+    trees = _trees()
+    core = {f"p2pd.{m}" for m in CORE if f"p2pd.{m}" in known}
+    assert "p2pd.node" in core and "p2pd.protocol" in core
+    problems = []
+    for name in sorted(core):
+        for dep in sorted(edges[name] - core):
+            problems.append(f"{name} imports {dep}, which is not in the core")
+        for ext in sorted(external_imports(trees[name]) & CORE_FORBIDDEN):
+            problems.append(f"{name} imports {ext}")
+    assert not problems, "the sans-I/O core reaches out (pass the clock/random in, make it an effect, or put it at the edge):\n" + "\n".join(problems)
+
+
+def test_only_the_transport_and_the_client_import_zmq_and_one_module_colorama():
+    trees = _trees()
+    zmq_users = {name for name, tree in trees.items() if "zmq" in external_imports(tree)}
+    color_users = {name for name, tree in trees.items() if "colorama" in external_imports(tree)}
+    assert zmq_users <= ZMQ_MODULES, f"zmq imported outside the transport and client: {sorted(zmq_users - ZMQ_MODULES)}"
+    assert color_users == COLOR_MODULES, f"colorama outside the one rendering module: {sorted(color_users - COLOR_MODULES)}"
+
+
+def test_the_layer_contracts_catch_a_core_module_that_reads_the_clock(tmp_path):
+    """The contract above could pass by not seeing an import: one made to break it is seen."""
+    tree = ast.parse("def f():\n    import time\n    from os import path\n    from .protocol import x\n")
+    assert external_imports(tree) & CORE_FORBIDDEN == {"time", "os"}

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from p2pd.protocol import DEFAULT_MAX_FRAME_BYTES
-from p2pd.settings import LOG_LEVELS, SETTING_NAMES, ConfigError, Settings, build, load_file, parse_host_port
+from p2pd.config import load_file
+from p2pd.settings import LOG_LEVELS, SETTING_NAMES, ConfigError, Settings, build, parse_host_port
 
 # ---------------------------------------------------------------------------- defaults
 
