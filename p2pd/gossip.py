@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 
 from . import protocol as P
+from .payloads import PeersData
 from .drops import Drops
 from .handshake import Handshake
 from .membership import ALIVE, MAX_RUMOURS, RUMOURS_PER_INTRODUCER, Membership, Peer, is_loopback
@@ -75,9 +76,10 @@ class Gossip:
         self._rumors.pop(peer_id, None)
 
     def on_peers(self, now: float, msg: P.Message, gossiper: Peer) -> list:
+        data: PeersData = msg.data
         acts: list = []
         table, settings = self.table, self.settings
-        for entry in msg.data["peers"]:
+        for entry in data["peers"]:
             pid = entry["id"]
             if pid == self.id or pid in table or table.cooling(pid, now):
                 continue

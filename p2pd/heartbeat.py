@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import protocol as P
+from .payloads import PongData
 from .actions import ToClient
 from .errors import ErrorCode
 from .membership import Membership, Peer
@@ -87,7 +88,8 @@ class Heartbeat:
             pp.sent_at = now
 
     def on_pong(self, now: float, msg: P.Message, peer: Peer) -> list:
-        pp = self.pings.pop(msg.data["ping_id"], None)
+        data: PongData = msg.data
+        pp = self.pings.pop(data["ping_id"], None)
         if pp is None or pp.peer_id != peer.id:
             return []
         rtt_ms = (now - pp.sent_at) * 1000.0

@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from . import protocol as P
+from .payloads import AckData, BroadcastData, FetchData, MessageData
 from .actions import Publish, PublishBatch, ToClient
 from .delivery import Delivery
 from .errors import ErrorCode
@@ -237,11 +238,12 @@ class Messaging:
 
     # ------------------------------------------------------------------ receiving
     def on_message(self, now: float, msg: P.Message, peer) -> list:
-        seq = msg.data.get("seq")
+        data: MessageData = msg.data
+        seq = data.get("seq")
         if seq is None:  # a simple peer without sequence numbers: dedupe by id only
             n = self._store_in(now, msg, peer)
-            return self._delivered_in(now, n, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, msg.data["text"], msg.target_id) if n else []
-        verdict = self.delivery.accept(peer.id, seq, msg.data["base"], msg.data.get("epoch"))
+            return self._delivered_in(now, n, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, data["text"], msg.target_id) if n else []
+        verdict = self.delivery.accept(peer.id, seq, data["base"], data.get("epoch"))
         if verdict == "dup":
             self.stats["duplicates_dropped"] += 1
             return []
@@ -249,14 +251,15 @@ class Messaging:
             self.stats["out_of_order_dropped"] += 1
             return []
         n = self._store_in(now, msg, peer, defer=True)  # new by its sequence number
-        return self._delivered_in(now, n, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, msg.data["text"], msg.target_id)
+        return self._delivered_in(now, n, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, data["text"], msg.target_id)
 
     def on_broadcast(self, now: float, msg: P.Message, peer) -> list:
-        bseq = msg.data.get("bseq")
+        data: BroadcastData = msg.data
+        bseq = data.get("bseq")
         if bseq is None:
             n = self._store_in(now, msg, peer)
-            return self._delivered_in(now, n, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, msg.data["text"], None) if n else []
-        if msg.data.get("replay") and peer.id in self.since_wanted:
+            return self._delivered_in(now, n, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, data["text"], None) if n else []
+        if data.get("replay") and peer.id in self.since_wanted:
             since_epoch = self.since_wanted.pop(peer.id)
             ls = self.delivery.link(peer.id)
             if ls.bcast_seq is None or bseq <= ls.bcast_seq:
@@ -266,8 +269,8 @@ class Messaging:
                 seen = self.store.broadcast_ids_since(peer.id, since_epoch - CLOCK_SLACK_S)
                 self.replay_seen[peer.id] = (seen, ls.bcast_seq or 0)
                 self.delivery.since(peer.id, bseq)
-        fields = (msg.id, msg.sender_id, peer.name, msg.timestamp, msg.data["text"])  # the JOIN-bound name, not the claim
-        ready, want, dup = self.delivery.on_broadcast(peer.id, bseq, fields, now, self.settings.ack_timeout_s, msg.data.get("epoch"))
+        fields = (msg.id, msg.sender_id, peer.name, msg.timestamp, data["text"])  # the JOIN-bound name, not the claim
+        ready, want, dup = self.delivery.on_broadcast(peer.id, bseq, fields, now, self.settings.ack_timeout_s, data.get("epoch"))
         if dup:
             self.stats["duplicates_dropped"] += 1
         acts = self._fetch(now, peer, want) if want else []
@@ -302,10 +305,11 @@ class Messaging:
         return self._fetch(now, peer, want) if want else []
 
     def on_ack(self, now: float, msg: P.Message, peer) -> list:
+        data: AckData = msg.data
         if msg.target_id != self.out.id:
             self.drop(now, "misrouted", "ACK for another node", peer.name)
             return []
-        return self._acked(now, peer.id, msg.data["upto"], msg.data.get("gap") is True) + self.pump(now, peer.id)
+        return self._acked(now, peer.id, data["upto"], data.get("gap") is True) + self.pump(now, peer.id)
 
     def _acked(self, now: float, peer_id: str, upto: int, gap: bool = False) -> list:
         """``peer_id`` has stored our messages up to ``upto``: settle them and answer their waiters."""
@@ -319,10 +323,11 @@ class Messaging:
         return acts
 
     def on_fetch(self, now: float, msg: P.Message, peer) -> list:
+        data: FetchData = msg.data
         if msg.target_id != self.out.id:
             self.drop(now, "misrouted", "FETCH for another node", peer.name)
             return []
-        since = msg.data.get("since")
+        since = data.get("since")
         oldest, latest = self.delivery.broadcast_window()
         if since is not None:
             first = self.store.first_broadcast_since(since)
@@ -330,7 +335,7 @@ class Messaging:
                 return []
             lo, hi, replay = first, latest, True
         else:
-            lo, hi, replay = max(msg.data["from"], oldest), min(msg.data["to"], latest), False
+            lo, hi, replay = max(data["from"], oldest), min(data["to"], latest), False
         msgs = []
         for seq, msg_id, text, timestamp in self.delivery.replay(lo, hi) if lo <= hi else []:
             data = {"text": text, "bseq": seq, "epoch": self.store.epoch}

@@ -54,6 +54,7 @@ from collections import Counter
 
 from . import lan
 from . import protocol as P
+from .payloads import JoinData
 from .actions import LanBeacon, SavePeers, Shutdown, ToClient
 from .dialer import Dialer
 from .drops import Drops
@@ -277,7 +278,8 @@ class Node:
 
     def _on_join(self, now: float, msg: P.Message, peer_host: str | None, source) -> list:
         """Admit or refuse a JOIN; learn its sender; answer it (unless it is the answer to ours)."""
-        adv = P.parse_address(msg.data)
+        data: JoinData = msg.data
+        adv = P.parse_address(data)
         if callable(peer_host):
             peer_host = peer_host()
         host = adv.addr if adv.addr not in P.WILDCARD_HOSTS and adv.addr is not None else peer_host
@@ -288,7 +290,7 @@ class Node:
         if (known is None or known.rumour) and self.table.member_count() >= self.settings.max_peers:
             self.drop(now, "peer_limit", f"already at max_peers={self.settings.max_peers}", source)
             return []
-        key = msg.data.get("key")
+        key = data.get("key")
         refusal = self.trust.may_link(msg.sender_id, key)
         if refusal is not None:
             self.drop(now, "bad_key", f"JOIN from {msg.sender_id[:12]} refused: {refusal}", source)
@@ -303,13 +305,13 @@ class Node:
         if old is None:
             self.gossip.first_contact(msg.sender_id)
         peer, _ = self.table.learn(msg.sender_id, msg.sender_name, address, now, key)  # the name bound to its key
-        peer.batch = msg.data.get("batch") is True
-        peer.rid_suffix = msg.data.get("rid_suffix") is True
-        boot = msg.data.get("boot")
+        peer.batch = data.get("batch") is True
+        peer.rid_suffix = data.get("rid_suffix") is True
+        boot = data.get("boot")
         restarted = old is not None and old.boot is not None and boot != old.boot
         peer.boot = boot
-        acts: list = self.msgs.on_join(now, peer, msg.data)  # first: it may start a new store epoch
-        reply_to = msg.data.get("reply_to")
+        acts: list = self.msgs.on_join(now, peer, data)  # first: it may start a new store epoch
+        reply_to = data.get("reply_to")
         pc, replied = self.dial.on_reply(now, peer, reply_to)  # the answer to our dial, if it is one
         acts += replied
         if not reply_to and old is not None and peer.id in self.links and self.handshake.stale_link(now, peer, msg, restarted):
@@ -330,7 +332,7 @@ class Node:
             acts.append(self.out.send(peer.id, self.gossip.peers_msg(now, exclude=peer.id)))
         if pc is not None and pc.since is not None:
             acts += self.msgs.request_since(now, peer, pc.since)
-        acts += self.msgs.announced(now, peer, msg.data)
+        acts += self.msgs.announced(now, peer, data)
         if pc is not None and pc.client is not None:
             acts.append(ToClient(pc.client, ok(pc.req, {"peer": peer.describe(now)})))
         return acts

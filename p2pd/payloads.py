@@ -1,0 +1,105 @@
+"""The ``data`` of each message type, as types: what a handler may read and what it may assume.
+
+How this works
+--------------
+The codec (protocol.py `decode`) checks every field below before a handler sees the
+message; these `TypedDict`s say what it guarantees, one per message type, so a handler
+reads ``msg.data`` as its type's payload (``data: JoinData = msg.data``) and a type
+checker and the reader know which fields are required (present whenever the codec passed
+the message), which optional, and their types.  They are the same dicts the codec
+returns: typing them costs nothing on the hot path.  `PAYLOADS` maps each type to its
+payload; tests/test_payloads.py checks it against the codec (a required field missing is
+rejected; what p2pd sends carries only declared fields, of the declared types) and against
+docs/PROTOCOL.md.
+
+A peer may send fields not listed (a newer version's): they are ignored, never trusted.
+"""
+
+from typing import Required, TypedDict
+
+from . import protocol as P
+
+
+class Beacon(TypedDict, total=False):
+    """Broadcast numbers a JOIN, PING and PONG carry (messaging.py `beacon`)."""
+    bseq: int  # the sender's latest broadcast number
+    boldest: int  # the oldest it can still replay
+    epoch: str  # its store's epoch: the numbering these belong to
+
+
+class JoinData(Beacon, total=False):
+    addr: str | None  # where it listens; None or absent: "use the address you see"
+    port: Required[int]
+    pub_port: Required[int]
+    reply_to: str | None  # the JOIN this one answers
+    key: str | None  # its CURVE public key (secure mode)
+    batch: bool  # it takes several envelopes per ZeroMQ message
+    rid_suffix: bool  # it takes routing ids "<id>/<suffix>"
+    again: bool  # it had lost us: our link to it may be broken
+    boot: str  # this run of the node
+    got: int  # how far it received our direct numbering ...
+    got_epoch: str  # ... in this epoch of ours
+    bgot: int  # how far it received our broadcasts ...
+    bgot_epoch: str  # ... in this epoch of ours
+
+
+class PeerEntry(TypedDict, total=False):
+    id: Required[str]
+    name: Required[str]
+    addr: str | None
+    port: Required[int]
+    pub_port: Required[int]
+    key: str | None
+
+
+class PeersData(TypedDict):
+    peers: list[PeerEntry]
+
+
+class MessageData(TypedDict, total=False):
+    text: Required[str]
+    seq: int  # its number on this sender -> receiver link (with base), absent from simple peers
+    base: int  # the oldest seq the sender still needs
+    epoch: str  # the sender's store epoch: the numbering seq belongs to
+
+
+class BroadcastData(TypedDict, total=False):
+    text: Required[str]
+    bseq: int  # its number among the origin's broadcasts
+    epoch: str
+    replay: bool  # sent again in answer to FETCH since
+
+
+class PingData(Beacon, total=False):
+    pass
+
+
+class PongData(Beacon, total=False):
+    ping_id: Required[str]  # the PING this answers
+
+
+class AckData(TypedDict, total=False):
+    upto: Required[int]  # every message up to here is stored
+    gap: bool  # and one after it was dropped out of order: go back now
+
+
+# Either a range of broadcast numbers (from, to), or everything since a UNIX time; "from" is a
+# Python keyword, hence the functional form.
+FetchData = TypedDict("FetchData", {"since": float, "from": int, "to": int}, total=False)
+
+
+class LeaveData(TypedDict):
+    pass
+
+
+PAYLOADS: dict[str, type] = {
+    P.JOIN: JoinData,
+    P.LEAVE: LeaveData,
+    P.MESSAGE: MessageData,
+    P.BROADCAST: BroadcastData,
+    P.PEERS: PeersData,
+    P.PING: PingData,
+    P.PONG: PongData,
+    P.ACK: AckData,
+    P.FETCH: FetchData,
+}
