@@ -83,6 +83,13 @@ class Trust:
         return (f"the key of {address} has changed (pinned {pinned[:8]}..., now {key[:8]}...): it may be a different node or an attack; "
                 f"if the change is expected, run: p2pctl known forget {address}")
 
+    def forget(self, match: str) -> int:
+        """Drop the pins whose address, key or node id is ``match`` (`p2pctl known forget`); how many."""
+        gone = [a for a, k in self.pins.items() if match in (a, k, node_id_for(k))]
+        for address in gone:
+            del self.pins[address]
+        return len(gone)
+
     def pin(self, address: str, key: str) -> bool:
         """Remember the key first seen at an address; True if it was new."""
         if address in self.pins:

@@ -22,7 +22,7 @@ from p2pd.node import _err
 from p2pctl.client import ClientError, DaemonNotRunning, DaemonTimeout, DiskFull, PermissionDenied, RequestFailed, UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = sorted([*(ROOT / "p2pd").glob("*.py"), *(ROOT / "p2pctl").glob("*.py")])
+SOURCES = sorted([*(ROOT / "p2pd").rglob("*.py"), *(ROOT / "p2pctl").rglob("*.py")])  # subpackages too (p2pd/commands)
 
 # The exit codes clients saw before the table existed (p2pctl/client.py mapped them by
 # string): the table must keep every one of them, since scripts depend on exit codes.
@@ -185,7 +185,7 @@ def test_every_member_named_in_the_code_exists():
 
 def test_every_wire_code_is_emitted_somewhere():
     """A wire code nothing in p2pd sends is a stale row of 9.3: remove it from both."""
-    used = _members_used([p for p in SOURCES if p.parent.name == "p2pd" and p.name != "errors.py"])
+    used = _members_used([p for p in SOURCES if p.relative_to(ROOT).parts[0] == "p2pd" and p.name != "errors.py"])
     assert {c.name for c in WIRE_CODES} <= used, sorted({c.name for c in WIRE_CODES} - used)
 
 
