@@ -134,7 +134,8 @@ class ConnectCmd(CliCommand):
         if port is not None:
             port = port_number(port)
         if target.startswith("p2p://"):
-            from p2pd.keys import KeyError_, parse_connect_string  # hashlib, for the key's id: only for a p2p:// string
+            # Loaded only for a p2p:// string: no other p2pctl run needs the key files module.
+            from p2pd.keys import KeyError_, parse_connect_string
 
             if port is not None:
                 raise click.UsageError("a p2p:// connect string already holds the port; give it alone")

@@ -30,7 +30,7 @@ EXIT_BEFORE = {"timeout": 4, "unreachable": 4, "expired": 4, "bad_token": 5,
                "not_running": 3, "disk_full": 3, "permission_denied": 5, "usage": 2, "error": 1}
 
 # Calls that carry an error code, and the position of the code among their arguments.
-CODE_ARG = {"_err": 1, "BadRequest": 0, "_fail": 2, "RequestFailed": 0}
+CODE_ARG = {"_err": 1, "BadRequest": 0, "_fail": 2, "RequestFailed": 0, "refusal": 2}
 
 
 def section(text: str, heading: str) -> str:
@@ -157,6 +157,7 @@ def test_the_scan_sees_bare_codes():
     src = '''
 _err(req, "timeout", "x")
 self._fail(client, req, "refused", "x")
+refusal(act.client, act.req, "bad_file", "x")
 raise BadRequest("bad_request", "x")
 RequestFailed(code="zzz", message="m")
 {"req": 1, "code": "internal"}
@@ -165,7 +166,7 @@ class E(Exception):
     code = "usage"
 '''
     assert sorted(s for _, s in _code_literals(ast.parse(src))) == sorted(
-        ["timeout", "refused", "bad_request", "zzz", "internal", "expired", "bad_token", "usage"])
+        ["timeout", "refused", "bad_file", "bad_request", "zzz", "internal", "expired", "bad_token", "usage"])
     assert _code_literals(ast.parse('_err(req, ErrorCode.TIMEOUT, "x"); reply.get("code", ErrorCode.ERROR)')) == []
 
 
