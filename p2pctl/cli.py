@@ -1,12 +1,16 @@
-"""`p2pctl`: drive a running p2pd over its control socket.  See `p2pctl COMMAND --help`."""
+"""`p2pctl`: drive a running p2pd over its control socket.  See `p2pctl COMMAND --help`.
+
+Here are the command line's words: each command's arguments, options and help, as click reads
+them.  A command that sends one control request hands the values to its object in
+p2pctl/commands.py (`Ctx.run`), which makes the request and prints the reply; the rest
+(``watch``, ``stop``, ``logs``, ``chat``) are here whole.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
 import sys
-import time
-from datetime import datetime
 
 import click
 
@@ -15,6 +19,7 @@ from p2pd.protocol import valid_key
 
 from . import render
 from .client import Client, ClientError
+from .commands import CLI_COMMANDS
 
 HOME_HELP = "Node home directory. Default: $P2PD_HOME or the user data dir."
 
@@ -34,6 +39,17 @@ class Ctx:
             click.echo(json.dumps(data))
         else:
             click.echo(text if text is not None else data)
+
+    def run(self, name: str, **values) -> None:
+        """The command ``name`` of p2pctl/commands.py: its request, made from the command line's
+        ``values``, then its reply printed (``--json``: as JSON)."""
+        command = CLI_COMMANDS[name]
+        with self.client() as c:
+            result = command.call(c, **values)
+        if self.as_json:
+            click.echo(json.dumps(command.json(result, **values)))
+        else:
+            click.echo(command.text(result, **values))
 
 
 def _positive(click_ctx, param, value):
@@ -128,33 +144,6 @@ def main(click_ctx, home, as_json, no_color, timeout_s):
     click_ctx.obj = Ctx(home, as_json, no_color, timeout_s)
 
 
-def _text_arg(words: tuple[str, ...]) -> str:
-    if words == ("-",):
-        text = sys.stdin.read().rstrip("\n")
-    else:
-        text = " ".join(words)
-    if not text:
-        raise click.UsageError("the message is empty; give TEXT, or - to read it from stdin")
-    return text
-
-
-def parse_since(value: str | None) -> float | None:
-    """``30m``, ``2h``, ``7d``, ``90s``, an ISO 8601 time, or UNIX seconds -> UNIX seconds."""
-    if value is None:
-        return None
-    v = value.strip()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if v[-1:] in units and v[:-1].replace(".", "", 1).isdigit():
-        return time.time() - float(v[:-1]) * units[v[-1]]
-    if v.replace(".", "", 1).isdigit():
-        return float(v)
-    try:
-        dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a time: use 30m, 2h, 7d, an ISO time like 2026-11-25T10:00, or UNIX seconds", param_hint="--since") from None
-    return (dt if dt.tzinfo else dt.astimezone()).timestamp()
-
-
 @main.command()
 @click.argument("target", metavar="HOST[:PORT]")
 @click.argument("port", required=False)
@@ -169,38 +158,7 @@ def connect(ctx, target, port, since):
 
     A new peer's old broadcasts are not replayed unless --since asks for them.
     """
-    key = None
-    if port is not None:
-        port = _port_number(port)
-    if target.startswith("p2p://"):
-        from p2pd.keys import KeyError_, parse_connect_string
-
-        if port is not None:
-            raise click.UsageError("a p2p:// connect string already holds the port; give it alone")
-        try:
-            key, target, port = parse_connect_string(target)
-        except KeyError_ as e:
-            raise click.UsageError(str(e)) from None
-    if port is None:
-        host, sep, p = target.rpartition(":")
-        if not sep or not p or (not p.isdigit() and ":" in host and not host.endswith("]")):  # (the latter: a bare IPv6 address)
-            raise click.UsageError(f"{target!r} has no port: use HOST PORT or HOST:PORT, e.g. p2pctl connect 10.0.0.2 5000")
-        port = _port_number(p)
-        target = host
-    with ctx.client() as c:
-        res = c.connect(target, port, wait_s=ctx.timeout_s, since=parse_since(since), key=key)
-    peer = res["peer"]
-    ctx.out(res, f"{'already linked to' if res.get('already') else 'linked to'} {render.cyan(render.name(peer['name']))} ({peer['id'][:12]}) at {render.name(peer['address'])}")
-
-
-def _port_number(text: str) -> int:
-    """A port given on the command line: a number from 1 to 65535, or a usage error that says so."""
-    if not text.strip().isdigit():
-        raise click.UsageError(f"the port must be a number from 1 to 65535, not {text!r}: e.g. p2pctl connect 10.0.0.2 5000")
-    port = int(text)
-    if not 1 <= port <= 65535:
-        raise click.UsageError(f"port {port} is out of range: the port must be a number from 1 to 65535")
-    return port
+    ctx.run("connect", target=target, port=port, since=since)
 
 
 @main.command()
@@ -208,28 +166,21 @@ def _port_number(text: str) -> int:
 @command
 def disconnect(ctx, peer):
     """Unlink PEER (name or id prefix): it is sent LEAVE and forgotten."""
-    with ctx.client() as c:
-        res = c.call("disconnect", peer=peer)
-    p = res["peer"]
-    ctx.out(res, f"disconnected from {render.name(p['name'])} ({p['id'][:12]})")
+    ctx.run("disconnect", peer=peer)
 
 
 @main.command()
 @command
 def peers(ctx):
     """List known peers: name, id, address, state, last seen, round-trip time."""
-    with ctx.client() as c:
-        res = c.call("peers")
-    ctx.out(res, render.peers_table(res))
+    ctx.run("peers")
 
 
 @main.command()
 @command
 def info(ctx):
     """This node: id, name, endpoints, uptime, peers, traffic, bad input dropped."""
-    with ctx.client() as c:
-        res = c.call("info")
-    ctx.out(res, render.info_text(res))
+    ctx.run("info")
 
 
 @main.command()
@@ -256,26 +207,7 @@ def send(ctx, peer, text, wait_opt):
     acknowledges it (or it expires, after 7 days by default).  Prints
     "delivered" if the peer acknowledged it within a moment, else "queued".
     """
-    wait_s = None
-    if wait_opt is not None:
-        try:
-            wait_s = float(wait_opt)
-        except ValueError:  # `send --wait bob hi`: the option took the peer's name as its value
-            peer, text, wait_s = wait_opt, (peer, *text), 60.0
-        if not 0 < wait_s <= 30 * 86400:
-            raise click.BadParameter("must be a positive number of seconds", param_hint="--wait")
-    if not text:
-        raise click.UsageError("missing TEXT: p2pctl send PEER TEXT... (or - to read stdin)")
-    body = _text_arg(text)
-    require = wait_s is not None
-    wait = wait_s if require else min(ctx.timeout_s, 2.0)
-    with ctx.client() as c:
-        res = c.call("send", timeout_s=wait + ctx.timeout_s, peer=peer, text=body, wait_s=wait, require=require)
-    if res["status"] == "delivered":
-        line = f"delivered to {render.name(res['peer'])} ({res['peer_id'][:12]}), message {res['id'][:12]}"
-    else:
-        line = f"queued for {render.name(res['peer'])} ({res['peer_id'][:12]}), message {res['id'][:12]}: delivered when it is reachable (see: p2pctl outbox)"
-    ctx.out(res, line)
+    ctx.run("send", peer=peer, text=text, wait_opt=wait_opt)
 
 
 @main.command()
@@ -292,22 +224,7 @@ def broadcast(ctx, text):
     was linked before fetches what it missed when it comes back; a script that
     needs a listener checks "subscribers" in --json.
     """
-    body = _text_arg(text)
-    with ctx.client() as c:
-        res = c.call("broadcast", text=body)
-    ctx.out(res, broadcast_line(res))
-
-
-def broadcast_line(res: dict) -> str:
-    """What `broadcast` prints: whom it reached, and plainly when nobody is there to hear."""
-    mid = res["id"][:12]
-    linked = res.get("linked")
-    if render.nobody_linked(res):
-        return f"nobody is linked: not delivered to anyone (broadcast {mid} is kept: a peer linked before fetches it when it is back)"
-    line = f"broadcast {mid} to {res['subscribers']} subscribed peer(s)"
-    if linked is not None and linked > res["subscribers"]:
-        line += f" ({linked - res['subscribers']} more linked, not subscribed yet: they fetch it by its number)"
-    return line
+    ctx.run("broadcast", text=text)
 
 
 @main.command()
@@ -315,9 +232,7 @@ def broadcast_line(res: dict) -> str:
 @command
 def ping(ctx, peer):
     """Measure the round-trip time to PEER."""
-    with ctx.client() as c:
-        res = c.call("ping", timeout_s=ctx.timeout_s + 1, peer=peer, wait_s=ctx.timeout_s)
-    ctx.out(res, f"pong from {render.name(res['peer'])} ({res['id'][:12]}): {res['rtt_ms']:.3f} ms")
+    ctx.run("ping", peer=peer)
 
 
 @main.command()
@@ -329,15 +244,7 @@ def inbox(ctx, limit, unread):
 
     With --unread, only those not read yet: the chat marks what it shows as read
     (`p2pctl chat` opens with the same set)."""
-    with ctx.client() as c:
-        res = c.call("inbox", limit=limit, unread=unread)
-    if ctx.as_json:
-        ctx.out(res)
-    elif not res:
-        click.echo("no unread messages" if unread else "inbox is empty")
-    else:
-        for m in res:
-            click.echo(render.message_line(m))
+    ctx.run("inbox", limit=limit, unread=unread)
 
 
 @main.command()
@@ -347,15 +254,7 @@ def inbox(ctx, limit, unread):
 @command
 def history(ctx, peer, since, limit):
     """The stored conversation, sent and received, oldest first; survives restarts."""
-    with ctx.client() as c:
-        res = c.call("history", peer=peer, since=parse_since(since), limit=limit)
-    if ctx.as_json:
-        ctx.out(res)
-    elif not res:
-        click.echo("no messages")
-    else:
-        for m in res:
-            click.echo(render.history_line(m))
+    ctx.run("history", peer=peer, since=since, limit=limit)
 
 
 @main.command()
@@ -364,14 +263,7 @@ def history(ctx, peer, since, limit):
 @command
 def outbox(ctx, show_all, limit):
     """Direct messages not yet delivered (pending) or given up (expired)."""
-    with ctx.client() as c:
-        res = c.call("outbox", all=show_all, limit=limit + 1)
-    more = len(res) > limit
-    res = res[:limit]
-    text = render.outbox_table(res)
-    if more:
-        text += "\n... more not shown; raise --limit (p2pctl info shows how many are pending)"
-    ctx.out(res, text)
+    ctx.run("outbox", show_all=show_all, limit=limit)
 
 
 @main.command()
@@ -391,9 +283,7 @@ def watch(ctx):
 @command
 def status(ctx):
     """Is the daemon running? Exit 0 if it is, 3 if not."""
-    with ctx.client() as c:
-        res = c.call("status")
-    ctx.out({"running": True, **res}, f"p2pd is running: {render.name(res['name'])} ({res['id'][:12]}), pid {res['pid']}, up {render.duration(res['uptime_s'])}")
+    ctx.run("status")
 
 
 @main.command()
@@ -450,9 +340,7 @@ def trust():
 @command
 def trust_list(ctx):
     """List the authorized keys."""
-    with ctx.client() as c:
-        res = c.call("trust", action="list")
-    ctx.out(res, render.trust_text(res))
+    ctx.run("trust list")
 
 
 @trust.command("add")
@@ -461,9 +349,7 @@ def trust_list(ctx):
 @command
 def trust_add(ctx, key, comment):
     """Allow KEY (a node's public key, from `p2pctl info` there) to link; turns on allowlist mode."""
-    with ctx.client() as c:
-        res = c.call("trust", action="add", key=key, comment=comment)
-    ctx.out(res, render.trust_text(res))
+    ctx.run("trust add", key=key, comment=comment)
 
 
 @trust.command("remove")
@@ -471,9 +357,7 @@ def trust_add(ctx, key, comment):
 @command
 def trust_remove(ctx, match):
     """Remove the authorized key equal to MATCH (a key or a node id)."""
-    with ctx.client() as c:
-        res = c.call("trust", action="remove", match=match)
-    ctx.out(res, render.trust_text(res))
+    ctx.run("trust remove", match=match)
 
 
 @main.group()
@@ -485,9 +369,7 @@ def known():
 @command
 def known_list(ctx):
     """List the addresses whose keys are pinned."""
-    with ctx.client() as c:
-        res = c.call("known", action="list")
-    ctx.out(res, "\n".join(f"{r['address']}  {r['key']}  ({r['id'][:12]})" for r in res) or "no pinned keys")
+    ctx.run("known list")
 
 
 @known.command("forget")
@@ -495,9 +377,7 @@ def known_list(ctx):
 @command
 def known_forget(ctx, match):
     """Forget the pinned key of MATCH (HOST:PORT, key or node id), to accept a changed key."""
-    with ctx.client() as c:
-        res = c.call("known", action="forget", match=match)
-    ctx.out(res, f"forgot {match}; the next connect pins the key it finds")
+    ctx.run("known forget", match=match)
 
 
 @main.command()

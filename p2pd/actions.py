@@ -112,6 +112,31 @@ class ToClient:
 
 
 @dataclass(frozen=True)
+class EditAuthorizedKeys:
+    """`trust` (docs/PROTOCOL.md 9.2): read authorized_keys and, for ``action`` "add" (``key``,
+    ``comment``) or "remove" (``match``), rewrite it; make what it then lists the node's
+    allowlist, and answer ``client`` (its ``req``).  The node does no file I/O, so the edge does
+    all of it (p2pd/trustfiles.py), with the reply: the result, ``unknown_peer`` (nothing
+    matched), ``bad_file`` (the file is unreadable) or ``internal``."""
+    action: str  # "list", "add" or "remove" (checked by the command)
+    client: bytes
+    req: object
+    key: str = ""
+    comment: str = ""
+    match: str = ""
+
+
+@dataclass(frozen=True)
+class ForgetPin:
+    """`known forget`: remove the pins of ``match`` (an address, a key or a node id) from
+    known_peers and from the node's pins, and answer ``client`` (its ``req``) with the pins
+    left; done at the edge (p2pd/trustfiles.py), as `EditAuthorizedKeys` is."""
+    match: str
+    client: bytes
+    req: object
+
+
+@dataclass(frozen=True)
 class SavePeers:
     """Persist the peer book so a restarted node can rejoin its peers."""
     peers: list

@@ -71,8 +71,8 @@ from dataclasses import dataclass
 from p2pd import control
 from p2pd import protocol as P
 from p2pd import store as store_module
-from p2pd.actions import (CloseLink, FetchKey, LanBeacon, OpenLink, PinKey, Publish, PublishBatch, RekeyLink, SavePeers, Send,
-                          SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe)
+from p2pd.actions import (CloseLink, EditAuthorizedKeys, FetchKey, ForgetPin, LanBeacon, OpenLink, PinKey, Publish, PublishBatch, RekeyLink,
+                          SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe)
 from p2pd.intake import SUB_TOPIC_PREFIX
 from p2pd.node import Node
 from p2pd.settings import Settings
@@ -89,6 +89,7 @@ SCENARIOS = ("steady", "loss", "partition", "crash")
 # effect cannot go unhandled here unnoticed).
 PERFORMED = (Send, SendBatch, Publish, PublishBatch, ToClient, OpenLink, CloseLink, RekeyLink, Subscribe, Unsubscribe, SavePeers, Shutdown)
 NOT_MODELLED = (FetchKey, PinKey, LanBeacon)  # CURVE key fetches and pins, LAN beacons: the simulated nodes run --insecure, no --discover
+NOT_MODELLED += (EditAuthorizedKeys, ForgetPin)  # `trust`, `known forget`: files in a home, which simulated nodes have not
 
 
 @dataclass

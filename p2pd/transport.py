@@ -44,10 +44,10 @@ import orjson
 import zmq
 import zmq.utils.z85
 
-from . import control
+from . import control, trustfiles
 from . import protocol as P
-from .actions import (CloseLink, FetchKey, LanBeacon, OpenLink, PinKey, Publish, PublishBatch, RekeyLink, SavePeers, Send, SendBatch, Shutdown,
-                      Subscribe, ToClient, Unsubscribe)
+from .actions import (CloseLink, EditAuthorizedKeys, FetchKey, ForgetPin, LanBeacon, OpenLink, PinKey, Publish, PublishBatch, RekeyLink,
+                      SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe)
 from .fdpoll import FdPoller
 from .home import Home, save_peer_book
 from .inbound import HEADROOM, InboundGuard
@@ -195,6 +195,14 @@ class Transport:
             self._peer_book = act.peers  # written by _save_peer_book, at most once a second
         elif kind is Shutdown:
             self.running = False
+        elif kind is EditAuthorizedKeys or kind is ForgetPin:
+            self._edit_trust_file(act)
+
+    def _edit_trust_file(self, act: EditAuthorizedKeys | ForgetPin) -> None:
+        """`trust` and `known forget`: the node does no file I/O, so the edit of authorized_keys or
+        known_peers it asks for is done here, in the home (trustfiles.py), which also gives the reply."""
+        answer = trustfiles.perform(self.home, self.node.trust, act)
+        self._to_client(answer.client, answer.payload)
 
     # ------------------------------------------------------------------ LAN discovery
     def _send_beacon(self, payload: bytes) -> None:

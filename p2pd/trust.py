@@ -89,6 +89,13 @@ class Trust:
             return None
         return self.check_pin(f"{host}:{port}", key)
 
+    def forget(self, match: str) -> int:
+        """Drop the pins whose address, key or node id is ``match`` (`p2pctl known forget`); how many."""
+        gone = [a for a, k in self.pins.items() if match in (a, k, node_id_for(k))]
+        for address in gone:
+            del self.pins[address]
+        return len(gone)
+
     def pin(self, address: str, key: str) -> bool:
         """Remember the key first seen at an address; True if it was new."""
         if address in self.pins:

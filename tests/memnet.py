@@ -15,9 +15,11 @@ from collections import defaultdict, deque
 import testmsg
 import pytest
 
-from p2pd import control
+from p2pd import control, trustfiles
 from p2pd import protocol as P
-from p2pd.actions import CloseLink, OpenLink, Publish, RekeyLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe
+from p2pd.actions import (CloseLink, EditAuthorizedKeys, ForgetPin, OpenLink, Publish, RekeyLink, SavePeers, Send, SendBatch, Shutdown,
+                          Subscribe, ToClient, Unsubscribe)
+from p2pd.home import Home
 from p2pd.intake import SUB_TOPIC_PREFIX
 from p2pd.membership import ALIVE, LINKING
 from p2pd.node import Node
@@ -59,6 +61,7 @@ class Net:
         self.saved: dict[str, list] = {}
         self.shutdown: set[str] = set()
         self.lose = None  # (from name, to name, Message) -> True to lose that frame on the wire
+        self.homes: dict[str, Home] = {}  # node name -> its home, for the trust files (`trust`, `known forget`); set by a test
 
     # ---- membership of the fake network
     def add(self, name: str, node_id: str | None = None, settings: Settings = FAST, now: float = 0.0, addr: str | None = HOST,
@@ -164,6 +167,8 @@ class Net:
             self.saved[node.name] = act.peers
         elif isinstance(act, Shutdown):
             self.shutdown.add(node.name)
+        elif isinstance(act, (EditAuthorizedKeys, ForgetPin)):  # as the transport does, in the home the test gave the node
+            self._perform(now, node, trustfiles.perform(self.homes[node.name], node.trust, act))
         else:  # pragma: no cover
             raise AssertionError(f"unknown action {act!r}")
 

@@ -22,7 +22,7 @@ from p2pd.replies import err as _err
 from p2pctl.client import ClientError, DaemonNotRunning, DaemonTimeout, DiskFull, PermissionDenied, RequestFailed, UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = sorted([*(ROOT / "p2pd").glob("*.py"), *(ROOT / "p2pctl").glob("*.py")])
+SOURCES = sorted([*(ROOT / "p2pd").rglob("*.py"), *(ROOT / "p2pctl").rglob("*.py")])  # subpackages too (p2pd/commands)
 
 # The exit codes clients saw before the table existed (p2pctl/client.py mapped them by
 # string): the table must keep every one of them, since scripts depend on exit codes.
@@ -30,7 +30,7 @@ EXIT_BEFORE = {"timeout": 4, "unreachable": 4, "expired": 4, "bad_token": 5,
                "not_running": 3, "disk_full": 3, "permission_denied": 5, "usage": 2, "error": 1}
 
 # Calls that carry an error code, and the position of the code among their arguments.
-CODE_ARG = {"_err": 1, "BadRequest": 0, "_fail": 2, "RequestFailed": 0}
+CODE_ARG = {"_err": 1, "BadRequest": 0, "_fail": 2, "RequestFailed": 0, "refusal": 2}
 
 
 def section(text: str, heading: str) -> str:
@@ -157,6 +157,7 @@ def test_the_scan_sees_bare_codes():
     src = '''
 _err(req, "timeout", "x")
 self._fail(client, req, "refused", "x")
+refusal(act.client, act.req, "bad_file", "x")
 raise BadRequest("bad_request", "x")
 RequestFailed(code="zzz", message="m")
 {"req": 1, "code": "internal"}
@@ -165,7 +166,7 @@ class E(Exception):
     code = "usage"
 '''
     assert sorted(s for _, s in _code_literals(ast.parse(src))) == sorted(
-        ["timeout", "refused", "bad_request", "zzz", "internal", "expired", "bad_token", "usage"])
+        ["timeout", "refused", "bad_file", "bad_request", "zzz", "internal", "expired", "bad_token", "usage"])
     assert _code_literals(ast.parse('_err(req, ErrorCode.TIMEOUT, "x"); reply.get("code", ErrorCode.ERROR)')) == []
 
 
@@ -185,7 +186,7 @@ def test_every_member_named_in_the_code_exists():
 
 def test_every_wire_code_is_emitted_somewhere():
     """A wire code nothing in p2pd sends is a stale row of 9.3: remove it from both."""
-    used = _members_used([p for p in SOURCES if p.parent.name == "p2pd" and p.name != "errors.py"])
+    used = _members_used([p for p in SOURCES if p.relative_to(ROOT).parts[0] == "p2pd" and p.name != "errors.py"])
     assert {c.name for c in WIRE_CODES} <= used, sorted({c.name for c in WIRE_CODES} - used)
 
 

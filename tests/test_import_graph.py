@@ -24,8 +24,9 @@ ALLOWED_CYCLES: list[set[str]] = []
 def modules(root: Path = ROOT) -> dict[str, Path]:
     found = {}
     for pkg in PACKAGES:
-        for path in sorted((root / pkg).glob("*.py")):
-            found[pkg if path.stem == "__init__" else f"{pkg}.{path.stem}"] = path
+        for path in sorted((root / pkg).rglob("*.py")):  # subpackages too (p2pd/commands)
+            parts = path.relative_to(root).with_suffix("").parts
+            found[".".join(parts[:-1] if path.stem == "__init__" else parts)] = path
     return found
 
 
@@ -107,9 +108,14 @@ def test_the_graph_sees_every_kind_of_import(tmp_path):
     (pkg / "c.py").write_text("import p2pd.d\n")
     (pkg / "d.py").write_text("from p2pd import c\n")
     (pkg / "e.py").write_text("from .a import y\n")  # imports into a cycle, is not part of one
+    (pkg / "sub").mkdir()  # a subpackage (as p2pd/commands), reaching up with ".."
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "g.py").write_text("from ..h import z\n")
+    (pkg / "h.py").write_text("from .sub import g\n")
     (tmp_path / "p2pctl" / "__init__.py").write_text("from .cli import main\n")
     (tmp_path / "p2pctl" / "cli.py").write_text("from p2pctl import Thing\n")
-    assert sorted(map(sorted, cycles(graph(tmp_path)))) == [["p2pctl", "p2pctl.cli"], ["p2pd.a", "p2pd.b"], ["p2pd.c", "p2pd.d"]]
+    assert sorted(map(sorted, cycles(graph(tmp_path)))) == [["p2pctl", "p2pctl.cli"], ["p2pd.a", "p2pd.b"], ["p2pd.c", "p2pd.d"],
+                                                  ["p2pd.h", "p2pd.sub.g"]]
 
 
 def test_home_keys_and_client_daemon_are_apart():
