@@ -215,12 +215,12 @@ class Node(Intake):
         self.link_since.pop(key, None)
         return [CloseLink(key)] if self.links.pop(key, None) is not None else []
 
-    def _send(self, key: str, msg: P.Message) -> Send:
+    def _send(self, key: str, msg: P.Message, report_sent: bool = False, before_commit: bool = False) -> Send:
         self.stats["frames_out"] += 1
         peer = self.table.get(key)
         if peer is not None:
             peer.frames_out += 1
-        return Send(key, msg)
+        return Send(key, msg, report_sent, before_commit)
 
     def _send_many(self, key: str, msgs: list) -> list:
         """Envelopes for one link: batched (MAX_BATCH a message) if the peer takes batches."""
@@ -451,7 +451,8 @@ class Node(Intake):
 
     def _on_ping(self, now: float, msg: P.Message, peer: Peer) -> list:
         # The PONG announces our broadcast numbers too: of two idle peers only one may PING.
-        pong = self._send(peer.id, self._msg(now, P.PONG, {"ping_id": msg.id, **self.msgs.beacon()}, target=peer.id))
+        # It describes nothing stored: it need not wait for the turn's commit (before_commit).
+        pong = self._send(peer.id, self._msg(now, P.PONG, {"ping_id": msg.id, **self.msgs.beacon()}, target=peer.id), before_commit=True)
         return [pong] + self.msgs.announced(now, peer, msg.data, patience_s=self.settings.ack_timeout_s)
 
     def ping_leaving(self, ping_id: str, now: float) -> None:
@@ -521,7 +522,7 @@ class Node(Intake):
                     continue  # heard from it within the interval (its own PING, a message): no need to ask
                 ping = self._msg(now, P.PING, beacon, target=peer.id)
                 self.pings[ping.id] = PendingPing(peer.id, now, deadline=now + timeout)
-                acts.append(self._send(peer.id, ping))
+                acts.append(self._send(peer.id, ping, report_sent=True))  # timed from when it leaves: on_sent
         if now >= self._next_gossip:
             self._next_gossip = now + self.settings.gossip_interval_s
             self._joined.clear()  # the full list below includes them
@@ -639,7 +640,7 @@ class Node(Intake):
     def ping(self, now: float, peer: Peer, timeout_s: float, client: bytes, req) -> list:
         msg = self._msg(now, P.PING, target=peer.id)
         self.pings[msg.id] = PendingPing(peer.id, now, client, req, now + timeout_s)
-        return [self._send(peer.id, msg)]
+        return [self._send(peer.id, msg, report_sent=True)]  # timed from when it leaves: on_sent
 
     def info(self, now: float) -> dict:
         peers = self.table.members()
@@ -682,6 +683,20 @@ class Node(Intake):
                 "mode": "lan", "port": self.settings.discover_port, "to": self.settings.discover_to,
                 "beacons_sent": self.lan.sent, "beacons_heard": self.lan.heard, "dials": len(self.lan.dialed)},
         }
+
+    # ------------------------------------------------------------------ events from the performer (transport, simulator)
+    def on_sent(self, now: float, key: str, msg: P.Message) -> None:
+        """A `Send` with report_sent went on the wire at ``now``: a PING's round trip is timed from
+        here, not from when it was decided (the rest of that loop turn is not the network's doing)."""
+        self.ping_leaving(msg.id, now)
+
+    def watch(self, client: bytes) -> None:
+        """Stream events to control client ``client`` (`p2pctl watch`, the chat) until it goes."""
+        self.watchers.add(client)
+
+    def on_client_gone(self, client: bytes) -> None:
+        """The control socket cannot reach ``client`` any more (it disconnected): stop streaming to it."""
+        self.watchers.discard(client)
 
 
 def _ok(req, result) -> dict:
