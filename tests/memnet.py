@@ -278,8 +278,8 @@ def net() -> Net:
 
 
 @pytest.fixture
-def pair(net):
-    """alice and bob, linked at t=0 by `bob connect alice`."""
+def mem_pair(net):
+    """Two in-memory nodes, alice and bob, linked at t=0 by `bob connect alice` (conftest's `daemon_*`: processes)."""
     alice, bob = net.add("alice"), net.add("bob")
     reply = net.connect(bob, alice, 0.0)
     assert reply["ok"] is True
@@ -287,9 +287,9 @@ def pair(net):
 
 
 @pytest.fixture
-def trio(net, pair):
-    """alice, bob, charlie: charlie connected to bob at t=0 and found alice through bob."""
-    alice, bob = pair
+def mem_trio(net, mem_pair):
+    """Three in-memory nodes, alice, bob, charlie: charlie connected to bob at t=0 and found alice through bob."""
+    alice, bob = mem_pair
     charlie = net.add("charlie")
     assert net.connect(charlie, bob, 0.0)["ok"] is True
     return alice, bob, charlie
@@ -332,5 +332,6 @@ def linked_alice(bob_addr: str = "10.0.0.2") -> Node:
 
 
 @pytest.fixture
-def alice_bob(net, pair):
-    return pair
+def alice_bob(net, mem_pair):
+    """`mem_pair` under the names the tests unpack it to."""
+    return mem_pair
