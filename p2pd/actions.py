@@ -1,7 +1,9 @@
 """Effects the pure node asks the transport to carry out.
 
 The node never touches a socket: each of its handlers returns a list of these
-small records, and the event loop in `transport.py` performs them in order.
+small records, and the event loop in `transport.py` performs them in order (as do the
+simulator and the tests' in-memory network: `effects.py` lists every type and checks
+that each performer handles all of them).
 Keys for links are peer ids, or ``pending:<endpoint>`` for a link opened by
 address before we know who answers there.
 """
@@ -43,9 +45,16 @@ class CloseLink:
 
 @dataclass(frozen=True)
 class Send:
-    """Send one envelope on the link ``key``."""
+    """Send one envelope on the link ``key``.
+
+    ``report_sent``: tell the node (`Node.on_sent`) the moment the envelope goes on the wire, so
+    that it times a round trip (a PING's) from there, not from when it decided to send it.
+    ``before_commit``: the envelope describes nothing the store holds (a PONG), so when it is all
+    a frame asked for it may go out at once instead of after the turn's commit."""
     key: str
     msg: Message
+    report_sent: bool = False
+    before_commit: bool = False
 
 
 @dataclass(frozen=True)

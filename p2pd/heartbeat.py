@@ -57,7 +57,7 @@ class Heartbeat:
                 continue  # heard from it within the interval (its own PING, a message): no need to ask
             ping = self.out.msg(now, P.PING, beacon, target=peer.id)
             self.pings[ping.id] = PendingPing(peer.id, now, deadline=now + self.settings.heartbeat_timeout_s)
-            acts.append(self.out.send(peer.id, ping))
+            acts.append(self.out.send(peer.id, ping, report_sent=True))  # timed from when it leaves: `sent`
         return acts
 
     def expire(self, now: float) -> list:
@@ -74,11 +74,12 @@ class Heartbeat:
         """`p2pctl ping`: a PING whose PONG (or its absence) is the client's answer."""
         msg = self.out.msg(now, P.PING, target=peer.id)
         self.pings[msg.id] = PendingPing(peer.id, now, client, req, now + timeout_s)
-        return [self.out.send(peer.id, msg)]
+        return [self.out.send(peer.id, msg, report_sent=True)]  # timed from when it leaves: `sent`
 
     def pong(self, now: float, msg: P.Message, peer: Peer, beacon: dict) -> list:
-        """The PONG to a PING of ``peer``."""
-        return [self.out.send(peer.id, self.out.msg(now, P.PONG, {"ping_id": msg.id, **beacon}, target=peer.id))]
+        """The PONG to a PING of ``peer``.  It describes nothing stored: it need not wait for the
+        turn's commit (``before_commit``)."""
+        return [self.out.send(peer.id, self.out.msg(now, P.PONG, {"ping_id": msg.id, **beacon}, target=peer.id), before_commit=True)]
 
     def sent(self, ping_id: str, now: float) -> None:
         """The transport is about to put a PING on the wire: time the round trip from here, not

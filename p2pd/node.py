@@ -368,6 +368,20 @@ class Node:
         """The transport is about to put a PING on the wire (see `Heartbeat.sent`)."""
         self.heartbeat.sent(ping_id, now)
 
+    # ------------------------------------------------------------------ events from the performer (transport, simulator)
+    def on_sent(self, now: float, key: str, msg: P.Message) -> None:
+        """A `Send` with report_sent went on the wire at ``now``: a PING's round trip is timed from
+        here, not from when it was decided (the rest of that loop turn is not the network's doing)."""
+        self.heartbeat.sent(msg.id, now)
+
+    def watch(self, client: bytes) -> None:
+        """Stream events to control client ``client`` (`p2pctl watch`, the chat) until it goes."""
+        self.watchers.add(client)
+
+    def on_client_gone(self, client: bytes) -> None:
+        """The control socket cannot reach ``client`` any more (it disconnected): stop streaming to it."""
+        self.watchers.discard(client)
+
     # ------------------------------------------------------------------ timers
     def next_deadline(self, now: float) -> float:
         """How long the event loop may sleep before calling `tick`."""

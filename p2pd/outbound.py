@@ -35,12 +35,14 @@ class Outbound:
     def msg(self, now: float, type_: str, data: dict | None = None, target: str | None = None) -> P.Message:
         return P.make(type_, self.id, self.name, now + self.wall_offset, data, target, rng=self.rng)
 
-    def send(self, key: str, msg: P.Message) -> Send:
+    def send(self, key: str, msg: P.Message, report_sent: bool = False, before_commit: bool = False) -> Send:
+        """``report_sent``: the performer tells the node when it goes on the wire (`Node.on_sent`);
+        ``before_commit``: it describes nothing stored and need not wait for the commit (see `Send`)."""
         self._stats["frames_out"] += 1
         peer = self._table.get(key)
         if peer is not None:
             peer.frames_out += 1
-        return Send(key, msg)
+        return Send(key, msg, report_sent, before_commit)
 
     def send_many(self, key: str, msgs: list) -> list:
         """Envelopes for one link: batched (MAX_BATCH a message) if the peer takes batches."""

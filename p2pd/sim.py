@@ -71,8 +71,9 @@ from dataclasses import dataclass
 from p2pd import control
 from p2pd import protocol as P
 from p2pd import store as store_module
-from p2pd.actions import (CloseLink, EditAuthorizedKeys, FetchKey, ForgetPin, LanBeacon, OpenLink, PinKey, Publish, PublishBatch, RekeyLink,
-                          SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe)
+from p2pd.actions import (CloseLink, EditAuthorizedKeys, FetchKey, ForgetPin, LanBeacon, OpenLink, PinKey, Publish, PublishBatch,
+                          RekeyLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe)
+from p2pd.effects import handlers, performer
 from p2pd.intake import SUB_TOPIC_PREFIX
 from p2pd.node import Node
 from p2pd.settings import Settings
@@ -85,11 +86,15 @@ CTL = b"sim-ctl"  # the control client that sends and broadcasts
 BASE_PORT = 20000
 MIN_TICK_S = 0.05  # the real loop ticks at most this often (transport.py)
 SCENARIOS = ("steady", "loss", "partition", "crash")
-# Every effect type of p2pd/actions.py is one or the other (tests/test_sim.py checks it, so that a new
-# effect cannot go unhandled here unnoticed).
-PERFORMED = (Send, SendBatch, Publish, PublishBatch, ToClient, OpenLink, CloseLink, RekeyLink, Subscribe, Unsubscribe, SavePeers, Shutdown)
-NOT_MODELLED = (FetchKey, PinKey, LanBeacon)  # CURVE key fetches and pins, LAN beacons: the simulated nodes run --insecure, no --discover
-NOT_MODELLED += (EditAuthorizedKeys, ForgetPin)  # `trust`, `known forget`: files in a home, which simulated nodes have not
+# Effects the simulator does not carry out (p2pd/effects.py; tests/test_effects.py checks that every
+# other one has its handler here, so that a new effect cannot go unhandled unnoticed).
+NOT_MODELLED = {
+    FetchKey: "the simulated nodes run --insecure: no key port, no CURVE keys to fetch",
+    PinKey: "the simulated nodes run --insecure: no keys to pin",
+    LanBeacon: "the simulated nodes do not run --discover lan",
+    EditAuthorizedKeys: "`trust` edits a file in the node's home: simulated nodes have none",
+    ForgetPin: "`known forget` edits a file in the node's home: simulated nodes have none",
+}
 
 
 @dataclass
@@ -128,6 +133,7 @@ class SimNode:
         self.tick_at = float("inf")
 
 
+@performer(not_modelled=NOT_MODELLED)
 class Sim:
     """N real nodes on a fake clock; see the top of this module."""
 
@@ -157,6 +163,7 @@ class Sim:
         self.broadcasts: dict[str, str] = {}  # message id -> from
         self.got: Counter = Counter()  # (receiver name, message id) -> deliveries seen by the application
         self.refused = Counter()  # requests the node refused (error code)
+        self._effects = handlers(self)  # effect type -> its perform_* method (p2pd/effects.py)
         with self._seeded():  # a new store draws its epoch
             self.nodes = [SimNode(i, self.settings) for i in range(n)]
         self.by_name = {s.name: s for s in self.nodes}
@@ -332,71 +339,88 @@ class Sim:
         return t
 
     def _perform(self, t: float, s: SimNode, acts: list) -> None:
+        perform = self._effects
         for act in acts:
-            kind = type(act)
-            if kind is Send or kind is SendBatch:
-                link = s.links.get(act.key)
-                target = self.by_router.get(link[0]) if link else None
-                if target is None or not target.up:
-                    self.lost += 1
-                    continue
-                msgs = act.msgs if kind is SendBatch else [act.msg]
-                self.frames += len(msgs)
-                if self._cut(s, target, msgs):
-                    self.lost += 1
-                    continue
-                frames = [link[2], *(P.encode(m) for m in msgs)]
-                self._push(self._arrival(s, target, link[1]), "arrive", target, target.incarnation, s.name, frames, None)
-            elif kind is Publish or kind is PublishBatch:
-                msgs = act.msgs if kind is PublishBatch else [act.msg]
-                frames = [P.encode(m) for m in msgs]
-                for other in self.nodes:
-                    if other.up and s.pub in other.subs:
-                        self.frames += len(frames)
-                        if self._cut(s, other, msgs):
-                            self.lost += 1
-                            continue
-                        pipe = ("sub", s.index, other.index, other.incarnation)
-                        self._push(self._arrival(s, other, pipe), "arrive", other, other.incarnation, s.name, frames, s.pub)
-            elif kind is ToClient:
-                self._to_client(t, s, act)
-            elif kind is OpenLink:
-                self._conn += 1
-                rid = f"{s.id}/{self._conn}".encode() if act.suffix else s.id.encode()
-                s.links[act.key] = (act.endpoint, self._conn, rid)
-                target = self.by_router.get(act.endpoint)
-                if act.report_refused and (target is None or not target.up):
-                    self._push(t + 0.001, "refused", s, s.incarnation, act.key)
-            elif kind is CloseLink:
-                s.links.pop(act.key, None)
-            elif kind is RekeyLink:
-                link = s.links.pop(act.old, None)
-                if link is not None and act.new not in s.links:
-                    s.links[act.new] = link
-            elif kind is Subscribe:
-                if act.endpoint in s.subs:
-                    continue  # as the transport: a SUB already attached there stays
-                s.subs[act.endpoint] = act.peer_id
-                pub = self.by_pub.get(act.endpoint)
-                if pub is not None and pub.up:
-                    pub.node.on_subscription(t, b"\x01" + SUB_TOPIC_PREFIX + s.id.encode())
-            elif kind is Unsubscribe:
-                if act.endpoint not in s.subs:
-                    continue
-                del s.subs[act.endpoint]
-                pub = self.by_pub.get(act.endpoint)
-                if pub is not None and pub.up:
-                    pub.node.on_subscription(t, b"\x00" + SUB_TOPIC_PREFIX + s.id.encode())
-            elif kind is SavePeers:
-                s.book = act.peers
-            elif kind is Shutdown:
-                pass
-            elif kind in NOT_MODELLED:  # pragma: no cover - insecure nodes without LAN discovery
-                raise AssertionError(f"the simulator does not model {act!r}")
-            else:  # pragma: no cover
-                raise AssertionError(f"unknown effect {act!r}")
+            perform[type(act)](t, s, act)
 
-    def _to_client(self, t: float, s: SimNode, act: ToClient) -> None:
+    # Effects, as the transport performs them (p2pd/effects.py: one handler per type, or a reason not to model it).
+    def perform_send(self, t: float, s: SimNode, act: Send) -> None:
+        # A turn takes no simulated time: the envelope leaves at t, when the node decided it, so a PING's
+        # round trip needs no report_sent, and a PONG leaves at t whether or not it waits for the commit.
+        self._send_on_link(t, s, act.key, [act.msg])
+
+    def perform_send_batch(self, t: float, s: SimNode, act: SendBatch) -> None:
+        self._send_on_link(t, s, act.key, act.msgs)
+
+    def _send_on_link(self, t: float, s: SimNode, key: str, msgs: list) -> None:
+        link = s.links.get(key)
+        target = self.by_router.get(link[0]) if link else None
+        if target is None or not target.up:
+            self.lost += 1
+            return
+        self.frames += len(msgs)
+        if self._cut(s, target, msgs):
+            self.lost += 1
+            return
+        frames = [link[2], *(P.encode(m) for m in msgs)]
+        self._push(self._arrival(s, target, link[1]), "arrive", target, target.incarnation, s.name, frames, None)
+
+    def perform_publish(self, t: float, s: SimNode, act: Publish) -> None:
+        self._publish(s, [act.msg])
+
+    def perform_publish_batch(self, t: float, s: SimNode, act: PublishBatch) -> None:
+        self._publish(s, act.msgs)
+
+    def _publish(self, s: SimNode, msgs: list) -> None:
+        frames = [P.encode(m) for m in msgs]
+        for other in self.nodes:
+            if other.up and s.pub in other.subs:
+                self.frames += len(frames)
+                if self._cut(s, other, msgs):
+                    self.lost += 1
+                    continue
+                pipe = ("sub", s.index, other.index, other.incarnation)
+                self._push(self._arrival(s, other, pipe), "arrive", other, other.incarnation, s.name, frames, s.pub)
+
+    def perform_open_link(self, t: float, s: SimNode, act: OpenLink) -> None:
+        self._conn += 1
+        rid = f"{s.id}/{self._conn}".encode() if act.suffix else s.id.encode()
+        s.links[act.key] = (act.endpoint, self._conn, rid)
+        target = self.by_router.get(act.endpoint)
+        if act.report_refused and (target is None or not target.up):
+            self._push(t + 0.001, "refused", s, s.incarnation, act.key)
+
+    def perform_close_link(self, t: float, s: SimNode, act: CloseLink) -> None:
+        s.links.pop(act.key, None)
+
+    def perform_rekey_link(self, t: float, s: SimNode, act: RekeyLink) -> None:
+        link = s.links.pop(act.old, None)
+        if link is not None and act.new not in s.links:
+            s.links[act.new] = link
+
+    def perform_subscribe(self, t: float, s: SimNode, act: Subscribe) -> None:
+        if act.endpoint in s.subs:
+            return  # as the transport: a SUB already attached there stays
+        s.subs[act.endpoint] = act.peer_id
+        pub = self.by_pub.get(act.endpoint)
+        if pub is not None and pub.up:
+            pub.node.on_subscription(t, b"\x01" + SUB_TOPIC_PREFIX + s.id.encode())
+
+    def perform_unsubscribe(self, t: float, s: SimNode, act: Unsubscribe) -> None:
+        if act.endpoint not in s.subs:
+            return
+        del s.subs[act.endpoint]
+        pub = self.by_pub.get(act.endpoint)
+        if pub is not None and pub.up:
+            pub.node.on_subscription(t, b"\x00" + SUB_TOPIC_PREFIX + s.id.encode())
+
+    def perform_save_peers(self, t: float, s: SimNode, act: SavePeers) -> None:
+        s.book = act.peers
+
+    def perform_shutdown(self, t: float, s: SimNode, act: Shutdown) -> None:
+        pass  # the node said LEAVE; a simulated process stops only when the scenario crashes it
+
+    def perform_to_client(self, t: float, s: SimNode, act: ToClient) -> None:
         p = act.payload
         if act.client == WATCH:
             event = p.get("event")

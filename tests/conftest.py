@@ -57,7 +57,7 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str
         time.sleep(interval)
 
 
-AUTO_PORT = -1  # Node.start: a free block from free_port_block
+AUTO_PORT = -1  # Daemon.start: a free block from free_port_block
 
 
 def free_port_block(span: int = 3) -> int:
@@ -95,7 +95,9 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-class Node:
+class Daemon:
+    """One p2pd daemon process in its own home, driven through p2pctl (the pure node is `p2pd.node.Node`)."""
+
     def __init__(self, base: Path, name: str, registry: list):
         self.name = name
         self.home = base / name
@@ -197,10 +199,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def make_node(tmp_path):
-    registry: list[Node] = []
+    registry: list[Daemon] = []
 
-    def factory(name: str) -> Node:
-        return Node(tmp_path, name, registry)
+    def factory(name: str) -> Daemon:
+        return Daemon(tmp_path, name, registry)
 
     yield factory
     for node in registry:
@@ -210,8 +212,8 @@ def make_node(tmp_path):
 
 
 @pytest.fixture
-def trio(make_node):
-    """alice, bob and charlie started, nothing linked."""
+def daemon_trio(make_node):
+    """Three daemons, alice, bob and charlie, started, nothing linked (memnet's `mem_trio`: in-memory nodes)."""
     nodes = [make_node(n) for n in ("alice", "bob", "charlie")]
     for n in nodes:
         n.start()

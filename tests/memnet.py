@@ -1,9 +1,10 @@
 """An in-memory network for unit tests of the node: `Net`, its fixtures and frame helpers.
 
 Several `Node` objects talk to each other through `Net`, a tiny stand-in for
-transport.py: it performs the effects a node returns (links, sends,
-subscriptions, replies to control clients) and hands encoded frames to the
-receiving node, all at a time the test chooses.  No sockets, no sleeps: time
+transport.py: it performs every effect a node returns (links, sends,
+subscriptions, replies to control clients, key fetches from the other nodes'
+key ports, pins, LAN beacons heard by every node) and hands encoded frames to
+the receiving node, all at a time the test chooses.  No sockets, no sleeps: time
 is a plain float.  Used by test_node*.py and test_store_rollback.py.
 """
 
@@ -17,9 +18,10 @@ import pytest
 
 from p2pd import control, trustfiles
 from p2pd import protocol as P
-from p2pd.actions import (CloseLink, EditAuthorizedKeys, ForgetPin, OpenLink, Publish, RekeyLink, SavePeers, Send, SendBatch, Shutdown,
-                          Subscribe, ToClient, Unsubscribe)
+from p2pd.actions import (CloseLink, EditAuthorizedKeys, FetchKey, ForgetPin, LanBeacon, OpenLink, PinKey, Publish, PublishBatch,
+                          RekeyLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe)
 from p2pd.home import Home
+from p2pd.effects import handlers, performer
 from p2pd.intake import SUB_TOPIC_PREFIX
 from p2pd.membership import ALIVE, LINKING
 from p2pd.node import Node
@@ -45,8 +47,9 @@ def ep(port: int, host: str = HOST) -> str:
     return P.tcp_endpoint(host, port)
 
 
+@performer()
 class Net:
-    """Carries out node effects in memory, like transport.py does with ZeroMQ."""
+    """Carries out node effects in memory, like transport.py does with ZeroMQ (every type: p2pd/effects.py)."""
 
     def __init__(self):
         self.nodes: dict[str, Node] = {}  # name -> node
@@ -60,17 +63,22 @@ class Net:
         self.replies: dict = defaultdict(list)  # (node name, client) -> payloads
         self.saved: dict[str, list] = {}
         self.shutdown: set[str] = set()
+        self.pins: dict[str, dict[str, str]] = defaultdict(dict)  # node name -> address -> key (PinKey)
+        self.beacons: list = []  # (time, node name, payload): LAN beacons sent
+        self.by_key_port: dict[str, Node] = {}  # key port endpoint -> running node
         self.lose = None  # (from name, to name, Message) -> True to lose that frame on the wire
+        self._effects = handlers(self)
         self.homes: dict[str, Home] = {}  # node name -> its home, for the trust files (`trust`, `known forget`); set by a test
 
     # ---- membership of the fake network
     def add(self, name: str, node_id: str | None = None, settings: Settings = FAST, now: float = 0.0, addr: str | None = HOST,
-            store=None) -> Node:
+            store=None, trust=None) -> Node:
         port = PORTS[name]
-        node = Node(node_id or f"{name}-id", name, P.PeerAddress(addr, port, port + 1), settings, now, WALL, store)
+        node = Node(node_id or f"{name}-id", name, P.PeerAddress(addr, port, port + 1), settings, now, WALL, store, trust)
         self.nodes[name] = node
         self.by_router[ep(port)] = node
         self.by_pub[ep(port + 1)] = node
+        self.by_key_port[ep(port + 2)] = node
         self.dealers.pop(node.id, None)
         self.subs.pop(node.id, None)
         return node
@@ -80,6 +88,7 @@ class Net:
         were attached to see them go."""
         self.by_router = {k: v for k, v in self.by_router.items() if v is not node}
         self.by_pub = {k: v for k, v in self.by_pub.items() if v is not node}
+        self.by_key_port = {k: v for k, v in self.by_key_port.items() if v is not node}
         self.dealers.pop(node.id, None)
         for endpoint in self.subs.pop(node.id, ()):
             pub = self.by_pub.get(endpoint)
@@ -118,59 +127,108 @@ class Net:
                 return
 
     def _perform(self, now: float, node: Node, act) -> None:
+        self._effects[type(act)](now, node, act)
+
+    # ---- effects, one handler per type (p2pd/effects.py), as transport.py performs them
+    def perform_open_link(self, now: float, node: Node, act: OpenLink) -> None:
+        self.dealers[node.id][act.key] = act.endpoint
+
+    def perform_close_link(self, now: float, node: Node, act: CloseLink) -> None:
+        self.dealers[node.id].pop(act.key, None)
+
+    def perform_rekey_link(self, now: float, node: Node, act: RekeyLink) -> None:
         links = self.dealers[node.id]
-        if isinstance(act, OpenLink):
-            links[act.key] = act.endpoint
-        elif isinstance(act, CloseLink):
-            links.pop(act.key, None)
-        elif isinstance(act, RekeyLink):
-            endpoint = links.pop(act.old, None)
-            if endpoint is not None and act.new not in links:
-                links[act.new] = endpoint
-        elif isinstance(act, (Send, SendBatch)):
-            endpoint = links.get(act.key)
-            target = self.by_router.get(endpoint) if endpoint else None
-            if target is None:
-                return  # no link, or nobody listening there: lost on the wire
-            msgs = [m for m in (act.msgs if isinstance(act, SendBatch) else [act.msg])
-                    if self.lose is None or not self.lose(node.name, target.name, m)]
-            if msgs:
-                self.delivered.extend((now, node.name, target.name, m) for m in msgs)
-                frames = [node.id.encode(), *(P.encode(m) for m in msgs)]
-                self.apply(target, target.on_router_frames(now, frames, HOST), flush=False)
-        elif isinstance(act, Publish):
-            wire = P.encode(act.msg)
-            mine = ep(node.address.pub_port)
-            for other in list(self.by_router.values()):
-                if mine in self.subs.get(other.id, ()):
-                    self.delivered.append((now, node.name, other.name, act.msg))
-                    self.apply(other, other.on_sub_frames(now, [wire]), flush=False)
-        elif isinstance(act, Subscribe):
-            # As the transport: a SUB already attached there stays (no second subscribe), and
-            # the XPUB reports one subscribe per attachment and one unsubscribe when it ends.
-            if act.endpoint in self.subs[node.id]:
-                return
-            self.subs[node.id].add(act.endpoint)
-            pub = self.by_pub.get(act.endpoint)
-            if pub is not None:
-                pub.on_subscription(now, b"\x01" + SUB_TOPIC_PREFIX + node.id.encode())
-        elif isinstance(act, Unsubscribe):
-            if act.endpoint not in self.subs[node.id]:
-                return
-            self.subs[node.id].discard(act.endpoint)
-            pub = self.by_pub.get(act.endpoint)
-            if pub is not None:
-                pub.on_subscription(now, b"\x00" + SUB_TOPIC_PREFIX + node.id.encode())
-        elif isinstance(act, ToClient):
-            self.replies[(node.name, act.client)].append(act.payload)
-        elif isinstance(act, SavePeers):
-            self.saved[node.name] = act.peers
-        elif isinstance(act, Shutdown):
-            self.shutdown.add(node.name)
-        elif isinstance(act, (EditAuthorizedKeys, ForgetPin)):  # as the transport does, in the home the test gave the node
-            self._perform(now, node, trustfiles.perform(self.homes[node.name], node.trust, act))
-        else:  # pragma: no cover
-            raise AssertionError(f"unknown action {act!r}")
+        endpoint = links.pop(act.old, None)
+        if endpoint is not None and act.new not in links:
+            links[act.new] = endpoint
+
+    def perform_send(self, now: float, node: Node, act: Send) -> None:
+        # Here an envelope leaves when the node returns it (a test's flush time is when it arrives): a
+        # PING's round trip is timed from there already, report_sent has nothing to add.
+        self._send_on_link(now, node, act.key, [act.msg])
+
+    def perform_send_batch(self, now: float, node: Node, act: SendBatch) -> None:
+        self._send_on_link(now, node, act.key, act.msgs)
+
+    def _send_on_link(self, now: float, node: Node, key: str, msgs: list) -> None:
+        endpoint = self.dealers[node.id].get(key)
+        target = self.by_router.get(endpoint) if endpoint else None
+        if target is None:
+            return  # no link, or nobody listening there: lost on the wire
+        msgs = [m for m in msgs if self.lose is None or not self.lose(node.name, target.name, m)]
+        if msgs:
+            self.delivered.extend((now, node.name, target.name, m) for m in msgs)
+            frames = [node.id.encode(), *(P.encode(m) for m in msgs)]
+            self.apply(target, target.on_router_frames(now, frames, HOST), flush=False)
+
+    def perform_publish(self, now: float, node: Node, act: Publish) -> None:
+        self._publish(now, node, [act.msg])
+
+    def perform_publish_batch(self, now: float, node: Node, act: PublishBatch) -> None:
+        self._publish(now, node, act.msgs)
+
+    def _publish(self, now: float, node: Node, msgs: list) -> None:
+        """One ZeroMQ message (a frame per envelope) to every node whose SUB is attached to our PUB."""
+        wire = [P.encode(m) for m in msgs]
+        mine = ep(node.address.pub_port)
+        for other in list(self.by_router.values()):
+            if mine in self.subs.get(other.id, ()):
+                self.delivered.extend((now, node.name, other.name, m) for m in msgs)
+                self.apply(other, other.on_sub_frames(now, wire), flush=False)
+
+    def perform_subscribe(self, now: float, node: Node, act: Subscribe) -> None:
+        # As the transport: a SUB already attached there stays (no second subscribe), and
+        # the XPUB reports one subscribe per attachment and one unsubscribe when it ends.
+        if act.endpoint in self.subs[node.id]:
+            return
+        self.subs[node.id].add(act.endpoint)
+        pub = self.by_pub.get(act.endpoint)
+        if pub is not None:
+            pub.on_subscription(now, b"\x01" + SUB_TOPIC_PREFIX + node.id.encode())
+
+    def perform_unsubscribe(self, now: float, node: Node, act: Unsubscribe) -> None:
+        if act.endpoint not in self.subs[node.id]:
+            return
+        self.subs[node.id].discard(act.endpoint)
+        pub = self.by_pub.get(act.endpoint)
+        if pub is not None:
+            pub.on_subscription(now, b"\x00" + SUB_TOPIC_PREFIX + node.id.encode())
+
+    def perform_pin_key(self, now: float, node: Node, act: PinKey) -> None:
+        self.pins[node.name][act.address] = act.key  # the node's known_peers file
+
+    def perform_fetch_key(self, now: float, node: Node, act: FetchKey) -> None:
+        """The key port at router port + 2 answers with the node's public key; an insecure node has none
+        (nothing listens there: refused), as has an endpoint where no node runs."""
+        target = self.by_key_port.get(act.endpoint)
+        if target is None or not target.trust.secure:
+            acts = node.on_key(now, act.tag, None, "connection refused", refused=True)
+        else:
+            acts = node.on_key(now, act.tag, target.trust.public_key, None)
+        self.apply(node, acts, flush=False)
+
+    def perform_lan_beacon(self, now: float, node: Node, act: LanBeacon) -> None:
+        """A UDP broadcast: every running node hears it (its sender too, which ignores its own)."""
+        self.beacons.append((now, node.name, act.payload))
+        source = node.address.addr or HOST
+        for other in list(self.by_router.values()):
+            self.apply(other, other.on_lan_beacon(now, act.payload, source), flush=False)
+
+    def perform_to_client(self, now: float, node: Node, act: ToClient) -> None:
+        self.replies[(node.name, act.client)].append(act.payload)
+
+    def perform_save_peers(self, now: float, node: Node, act: SavePeers) -> None:
+        self.saved[node.name] = act.peers
+
+    def perform_shutdown(self, now: float, node: Node, act: Shutdown) -> None:
+        self.shutdown.add(node.name)
+
+    def perform_edit_authorized_keys(self, now: float, node: Node, act) -> None:
+        """As the transport does: the file edit in the home the test gave the node, then its reply."""
+        self.perform_to_client(now, node, trustfiles.perform(self.homes[node.name], node.trust, act))
+
+    def perform_forget_pin(self, now: float, node: Node, act) -> None:
+        self.perform_edit_authorized_keys(now, node, act)
 
     # ---- drivers
     def tick(self, now: float, *nodes: Node, flush: bool = True) -> None:
@@ -230,8 +288,8 @@ def net() -> Net:
 
 
 @pytest.fixture
-def pair(net):
-    """alice and bob, linked at t=0 by `bob connect alice`."""
+def mem_pair(net):
+    """Two in-memory nodes, alice and bob, linked at t=0 by `bob connect alice` (conftest's `daemon_*`: processes)."""
     alice, bob = net.add("alice"), net.add("bob")
     reply = net.connect(bob, alice, 0.0)
     assert reply["ok"] is True
@@ -239,9 +297,9 @@ def pair(net):
 
 
 @pytest.fixture
-def trio(net, pair):
-    """alice, bob, charlie: charlie connected to bob at t=0 and found alice through bob."""
-    alice, bob = pair
+def mem_trio(net, mem_pair):
+    """Three in-memory nodes, alice, bob, charlie: charlie connected to bob at t=0 and found alice through bob."""
+    alice, bob = mem_pair
     charlie = net.add("charlie")
     assert net.connect(charlie, bob, 0.0)["ok"] is True
     return alice, bob, charlie
@@ -284,5 +342,6 @@ def linked_alice(bob_addr: str = "10.0.0.2") -> Node:
 
 
 @pytest.fixture
-def alice_bob(net, pair):
-    return pair
+def alice_bob(net, mem_pair):
+    """`mem_pair` under the names the tests unpack it to."""
+    return mem_pair

@@ -27,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import Node, pid_alive, wait_for
+from conftest import Daemon, pid_alive, wait_for
 
 SUBNET = "10.231.0"
 PREFIX = "p2l"  # namespace names: p2l<pid>-sw, p2l<pid>-h<N>
@@ -89,7 +89,7 @@ def remove_stale() -> None:
             run("ip", "netns", "del", name, check=False)
 
 
-class LabHost(Node):
+class LabHost(Daemon):
     """A p2pd node living in its own namespace; every command it runs goes through ``ip netns exec``."""
 
     def __init__(self, lab: "Lab", index: int, base: Path, name: str, registry: list):
@@ -117,7 +117,7 @@ class Lab:
         self.base = base
         self.sw = f"{self.tag}-sw"
         self.hosts: list[LabHost] = []
-        self.registry: list[Node] = []
+        self.registry: list[Daemon] = []
         self.ports: dict[int, str] = {}  # host index -> its port on the switch
         self.relays: list[subprocess.Popen] = []
         self.namespaces: list[str] = []

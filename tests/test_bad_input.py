@@ -34,8 +34,8 @@ MAX_FRAME = 256 * 1024  # the default max_frame_bytes; the link is cut only abov
 
 
 @pytest.fixture
-def pair(make_node):
-    """alice and bob, started and linked both ways.
+def insecure_daemon_pair(make_node):
+    """Two daemons, alice and bob, started --insecure and linked both ways.
 
     They run --insecure so that a plaintext raw pyzmq client reaches the
     validation code behind the sockets; tests/test_security.py covers the
@@ -98,8 +98,8 @@ def log_lines(node, kind: str) -> list[str]:
 # --------------------------------------------------------------------------- the ROUTER (peer link) socket
 
 
-def test_undecodable_frames_on_router_are_dropped_and_counted(pair, zctx):
-    alice, bob = pair
+def test_undecodable_frames_on_router_are_dropped_and_counted(insecure_daemon_pair, zctx):
+    alice, bob = insecure_daemon_pair
     garbage = raw_dealer(zctx, alice.port)
     before = dropped(alice)
     assert before["total"] == 0, before
@@ -132,8 +132,8 @@ def test_undecodable_frames_on_router_are_dropped_and_counted(pair, zctx):
         assert "WARNING" in lines[0]
 
 
-def test_invalid_envelopes_on_router_are_dropped_by_kind(pair, zctx):
-    alice, bob = pair
+def test_invalid_envelopes_on_router_are_dropped_by_kind(insecure_daemon_pair, zctx):
+    alice, bob = insecure_daemon_pair
     garbage = raw_dealer(zctx, alice.port)
     before = dropped(alice)
 
@@ -192,8 +192,8 @@ def test_invalid_envelopes_on_router_are_dropped_by_kind(pair, zctx):
         assert log_lines(alice, kind), f"no log line for {kind}"
 
 
-def test_frames_from_the_wrong_sender_are_dropped(pair, zctx):
-    alice, bob = pair
+def test_frames_from_the_wrong_sender_are_dropped(insecure_daemon_pair, zctx):
+    alice, bob = insecure_daemon_pair
     before = dropped(alice)
 
     # a valid-looking envelope whose routing id is not its sender_id: an impostor speaking for bob
@@ -229,8 +229,8 @@ def test_frames_from_the_wrong_sender_are_dropped(pair, zctx):
         assert log_lines(alice, kind), f"no log line for {kind}"
 
 
-def test_flood_is_counted_but_logged_at_most_once_per_second(pair, zctx):
-    alice, bob = pair
+def test_flood_is_counted_but_logged_at_most_once_per_second(insecure_daemon_pair, zctx):
+    alice, bob = insecure_daemon_pair
     flood = raw_dealer(zctx, alice.port)
     n = 2000
     before = dropped(alice)
@@ -365,8 +365,8 @@ class FakePeer(threading.Thread):
 
 
 @pytest.fixture
-def fake_peer(pair, zctx):
-    alice, _ = pair
+def fake_peer(insecure_daemon_pair, zctx):
+    alice, _ = insecure_daemon_pair
     fake = FakePeer(zctx, "fake-peer-0001", "mallory", alice.port, alice.id)
     fake.start()
     assert fake.ready.wait(10) and fake.error is None, fake.error
@@ -377,8 +377,8 @@ def fake_peer(pair, zctx):
     assert fake.error is None, fake.error
 
 
-def test_garbage_on_sub_is_dropped_and_a_real_broadcast_gets_through(pair, fake_peer):
-    alice, bob = pair
+def test_garbage_on_sub_is_dropped_and_a_real_broadcast_gets_through(insecure_daemon_pair, fake_peer):
+    alice, bob = insecure_daemon_pair
     fake = fake_peer
     wait_for(lambda: alice.alive_names() == {"bob", "mallory"}, what="alice to list the fake peer alive")
     # alice's SUB is attached once the fake's XPUB sees her node-id topic: deterministic, no sleep
@@ -430,8 +430,8 @@ def test_garbage_on_sub_is_dropped_and_a_real_broadcast_gets_through(pair, fake_
 # --------------------------------------------------------------------------- the control socket
 
 
-def test_bad_control_requests_get_an_error_reply(pair, zctx):
-    alice, bob = pair
+def test_bad_control_requests_get_an_error_reply(insecure_daemon_pair, zctx):
+    alice, bob = insecure_daemon_pair
     ctl = zctx.socket(zmq.DEALER)
     ctl.setsockopt(zmq.LINGER, 0)
     ctl.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)

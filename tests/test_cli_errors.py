@@ -102,7 +102,8 @@ def linked(a, b) -> None:
 
 
 @pytest.fixture
-def pair(make_node):
+def daemon_pair(make_node):
+    """Two daemons, alice and bob (CURVE), started and linked both ways."""
     alice, bob = make_node("alice"), make_node("bob")
     alice.start()
     bob.start()
@@ -168,8 +169,8 @@ def test_p2pd_status_and_stop(make_node):
 # --------------------------------------------------------------------------- send
 
 
-def test_send_errors_and_stdin(pair):
-    alice, bob = pair
+def test_send_errors_and_stdin(daemon_pair):
+    alice, bob = daemon_pair
     cases = [  # (arguments, stdin, check of the result)
         (["send", "nobody", "hi"], None, lambda p: one_line_error(p, exitcodes.FAILED, "nobody", "p2pctl peers")),
         (["ping", "nobody"], None, lambda p: one_line_error(p, exitcodes.FAILED, "p2pctl peers")),
@@ -315,8 +316,8 @@ def test_a_dead_daemons_pid_given_to_another_process_is_not_taken_for_it(make_no
         other.wait(10)
 
 
-def test_stale_pidfile_does_not_block_a_start(pair):
-    alice, bob = pair
+def test_stale_pidfile_does_not_block_a_start(daemon_pair):
+    alice, bob = daemon_pair
     old_pid = bob.pid
     bob.kill9()
     wait_for(lambda: {p["name"]: p["state"] for p in alice.call("peers")}.get("bob") == "lost", timeout=6, what="alice to report bob lost")
@@ -406,8 +407,8 @@ def test_frozen_daemon_times_out_naming_its_pid(make_node):
 # --------------------------------------------------------------------------- ping, disconnect, stop
 
 
-def test_ping_prints_rtt_and_disconnect_removes_the_peer_on_both_sides(pair):
-    alice, bob = pair
+def test_ping_prints_rtt_and_disconnect_removes_the_peer_on_both_sides(daemon_pair):
+    alice, bob = daemon_pair
     out = alice.ctl("ping", "bob").stdout
     m = re.fullmatch(r"pong from bob \(([0-9a-f]{12})\): (\d+\.\d{3}) ms\n", out)
     assert m, out
@@ -427,8 +428,8 @@ def test_ping_prints_rtt_and_disconnect_removes_the_peer_on_both_sides(pair):
     assert pid_alive(alice.pid) and pid_alive(bob.pid)
 
 
-def test_stop_via_p2pctl(pair):
-    alice, bob = pair
+def test_stop_via_p2pctl(daemon_pair):
+    alice, bob = daemon_pair
     out = alice.ctl("stop").stdout
     assert out.strip() == f"p2pd stopped (pid {alice.pid})"
     assert not pid_alive(alice.pid)

@@ -327,10 +327,10 @@ def test_two_nodes_link_and_deliver_with_tcp_control(make_node, tcp_control):
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to drop to another user")
 def test_another_local_user_cannot_read_the_token(open_base, tcp_control):
-    from conftest import Node
+    from conftest import Daemon
 
     base, registry = open_base
-    alice = Node(base, "alice", registry)
+    alice = Daemon(base, "alice", registry)
     alice.start()
     home = Home(alice.home)
     assert mode(alice.home) == 0o700

@@ -132,7 +132,7 @@ def test_home_keys_and_client_daemon_are_apart():
 # source are passed in; storage is the `Storage` protocol; file writes are effects.
 CORE = {
     "actions", "delivery", "dialer", "digest", "drops", "errors", "escape", "exitcodes", "gossip", "handshake", "heartbeat",
-    "inbound", "inputs", "intake", "lan", "links", "liveness", "membership", "memstore", "messaging", "names", "node",
+    "effects", "inbound", "inputs", "intake", "lan", "links", "liveness", "membership", "memstore", "messaging", "names", "node",
     "outbound", "payloads", "protocol", "ratelimit", "replies", "seeded", "settings", "storage", "targets", "trust", "watchers",
 }
 CORE_FORBIDDEN = {
@@ -140,7 +140,8 @@ CORE_FORBIDDEN = {
     "selectors", "signal", "shutil", "tempfile", "io", "sys", "secrets", "uuid",
 }
 # ZeroMQ: only the transport layer and the CLI's client.
-ZMQ_MODULES = {"p2pd.transport", "p2pd.sockets", "p2pd.fdpoll", "p2pctl.client"}
+ZMQ_MODULES = {"p2pd.transport", "p2pd.sockets", "p2pd.fdpoll", "p2pd.pollset", "p2pd.dealers", "p2pd.refusals", "p2pd.keyport",
+               "p2pd.admission", "p2pctl.client"}
 COLOR_MODULES = {"p2pctl.render"}  # colorama lives in one rendering module
 
 

@@ -15,7 +15,7 @@ from p2pd.membership import ALIVE, LINKING, LOST, RUMOUR_COOLDOWN_S
 from p2pd.node import Node
 
 from memnet import CLI, FAST, HOST, WALL, WATCH, ep, handle, join_frame, linked_alice, peers_frame, state, watch
-from memnet import net, pair, trio, alice_bob, busy_alice  # noqa: F401 (fixtures; a module's own win over conftest's real-daemon `pair`)
+from memnet import net, mem_pair, mem_trio, alice_bob, busy_alice  # noqa: F401 (fixtures)
 
 
 # ============================================================================ linking
@@ -57,19 +57,19 @@ def test_connect_handshake(net):
     assert joined[0]["time"] == P.utc_timestamp(WALL)
 
 
-def test_connect_already_linked(net, pair):
-    alice, bob = pair
+def test_connect_already_linked(net, mem_pair):
+    alice, bob = mem_pair
     reply = net.connect(bob, alice, 1.0)
     assert reply["ok"] is True and reply["result"]["already"] is True
     assert reply["result"]["peer"]["id"] == alice.id
     assert bob.pending == {}
 
 
-def test_connect_by_another_spelling_of_a_linked_address_is_already_linked(net, pair):
+def test_connect_by_another_spelling_of_a_linked_address_is_already_linked(net, mem_pair):
     """Issue 12: `connect localhost:PORT` to a peer linked as 127.0.0.1:PORT must not dial it again
     (a second DEALER under our id would displace the link).  The client passes what the name
     resolved to (`addrs`); IP literals are compared in canonical form."""
-    alice, bob = pair
+    alice, bob = mem_pair
     before = len(net.acts("bob", OpenLink))
     for args in ({"host": "localhost", "addrs": ["::1", "127.0.0.1"]}, {"host": "::ffff:127.0.0.1"}):
         reply = net.call(bob, 1.0, "connect", port=alice.address.port, **args)
@@ -81,8 +81,8 @@ def test_connect_by_another_spelling_of_a_linked_address_is_already_linked(net, 
     assert [a.endpoint for a in acts if isinstance(a, OpenLink)] == [f"tcp://localhost:{alice.address.port}"]
 
 
-def test_discovery_via_peers(net, trio):
-    alice, bob, charlie = trio
+def test_discovery_via_peers(net, mem_trio):
+    alice, bob, charlie = mem_trio
     assert state(charlie, alice) == ALIVE and state(charlie, bob) == ALIVE
     assert state(alice, charlie) == ALIVE and state(bob, charlie) == ALIVE
     assert len(alice.table) == len(bob.table) == len(charlie.table) == 2
@@ -94,8 +94,8 @@ def test_discovery_via_peers(net, trio):
     assert net.sent("charlie", "alice", P.JOIN) and net.sent("alice", "charlie", P.JOIN)
 
 
-def test_gossip_every_interval(net, trio):
-    alice, bob, charlie = trio
+def test_gossip_every_interval(net, mem_trio):
+    alice, bob, charlie = mem_trio
     net.tick(5.0, bob)
     n = len(net.sent("bob", type_=P.PEERS))
     net.tick(9.9, bob)
@@ -107,9 +107,9 @@ def test_gossip_every_interval(net, trio):
     assert [e["id"] for e in to_alice.data["peers"]] == ["charlie-id"]  # never the receiver itself
 
 
-def test_a_new_peer_is_pushed_to_the_others_at_the_next_tick(net, pair):
+def test_a_new_peer_is_pushed_to_the_others_at_the_next_tick(net, mem_pair):
     """dave links to bob only; bob tells alice about dave at its next tick, not a gossip interval later."""
-    alice, bob = pair
+    alice, bob = mem_pair
     dave = net.add("dave")
     assert net.connect(dave, bob, 1.0)["ok"] is True
     pushes = [m for _, m in net.sent("bob", "alice", P.PEERS)]
@@ -121,11 +121,11 @@ def test_a_new_peer_is_pushed_to_the_others_at_the_next_tick(net, pair):
     assert len(net.sent("bob", "alice", P.PEERS)) == len(pushes) + 1  # once
 
 
-def test_peers_first_heard_in_gossip_are_relayed_once_at_the_next_tick_but_not_back(net, pair):
+def test_peers_first_heard_in_gossip_are_relayed_once_at_the_next_tick_but_not_back(net, mem_pair):
     """dave (linked to erin) joins bob and hears of alice from bob: at its next tick dave tells
     erin about alice (rumour relay: news crosses the cluster one hop per tick, not one link-up
     per hop), never bob, who told it, and only once."""
-    alice, bob = pair
+    alice, bob = mem_pair
     erin, dave = net.add("erin"), net.add("dave")
     assert net.connect(dave, erin, 0.5)["ok"] is True
     assert net.connect(dave, bob, 1.0)["ok"] is True
@@ -144,9 +144,9 @@ def test_peers_first_heard_in_gossip_are_relayed_once_at_the_next_tick_but_not_b
 # ============================================================================ heartbeat
 
 
-def test_a_peer_heard_within_the_interval_is_not_pinged(net, pair):
+def test_a_peer_heard_within_the_interval_is_not_pinged(net, mem_pair):
     """Two idle peers: whoever asks first also answers for the other; a busy link needs no PINGs at all."""
-    alice, bob = pair
+    alice, bob = mem_pair
     for t in range(11):  # their heartbeats are half an interval apart, as two nodes started apart are
         net.tick(float(t), alice)
         net.tick(t + 0.5, bob)
@@ -158,8 +158,8 @@ def test_a_peer_heard_within_the_interval_is_not_pinged(net, pair):
     assert [t for t, _ in net.sent("alice", "bob", P.PING) if t > 10.5] == []
 
 
-def test_heartbeat_pings_each_interval_and_pong_sets_rtt(net, pair):
-    alice, bob = pair
+def test_heartbeat_pings_each_interval_and_pong_sets_rtt(net, mem_pair):
+    alice, bob = mem_pair
     net.tick(0.0, alice)  # the first heartbeat is due at once, but bob was heard at 0.0 (linking)
     net.tick(0.5, alice)
     net.tick(1.0, alice)  # silent for a whole interval: asked
@@ -178,8 +178,8 @@ def test_heartbeat_pings_each_interval_and_pong_sets_rtt(net, pair):
     assert alice.pings == {}
 
 
-def test_pong_from_the_wrong_peer_is_ignored(net, trio):
-    alice, bob, charlie = trio
+def test_pong_from_the_wrong_peer_is_ignored(net, mem_trio):
+    alice, bob, charlie = mem_trio
     net.tick(3.0, alice, flush=False)
     ping_to_bob = next(a.msg for n, a in net.queue if isinstance(a, Send) and a.key == bob.id)
     net.queue.clear()
@@ -188,16 +188,16 @@ def test_pong_from_the_wrong_peer_is_ignored(net, trio):
     assert alice.table.get(bob.id).rtt_ms is None
 
 
-def test_any_frame_counts_as_life(net, pair):
-    alice, bob = pair
+def test_any_frame_counts_as_life(net, mem_pair):
+    alice, bob = mem_pair
     net.call(bob, 4.0, "send", peer="alice", text="still here")
     net.tick(8.0, alice)  # 8 - 4 < 5: bob is alive thanks to the MESSAGE
     assert state(alice, bob) == ALIVE
     assert alice.table.get(bob.id).last_seen == 8.0  # and the PING/PONG at 8 refreshed it
 
 
-def test_silent_peer_lost_then_retried_with_backoff(net, pair):
-    alice, bob = pair
+def test_silent_peer_lost_then_retried_with_backoff(net, mem_pair):
+    alice, bob = mem_pair
     watch(net, alice)
     net.kill(bob)
     net.tick_range(1.0, 5.0, 1.0, alice)
@@ -264,8 +264,8 @@ def test_a_connect_whose_reply_was_lost_is_answered_by_the_peers_own_join(net):
     assert state(alice, bob) == ALIVE and state(bob, alice) == ALIVE
 
 
-def test_lost_peer_forgotten_after_forget_after_s(net, pair):
-    alice, bob = pair
+def test_lost_peer_forgotten_after_forget_after_s(net, mem_pair):
+    alice, bob = mem_pair
     net.kill(bob)
     net.tick(6.0, alice)
     assert state(alice, bob) == LOST
@@ -276,8 +276,8 @@ def test_lost_peer_forgotten_after_forget_after_s(net, pair):
     assert net.saved["alice"] == []
 
 
-def test_lost_peer_comes_back_on_retry(net, pair):
-    alice, bob = pair
+def test_lost_peer_comes_back_on_retry(net, mem_pair):
+    alice, bob = mem_pair
     watch(net, alice)
     net.kill(bob)
     net.tick(6.0, alice)  # lost; retry at 7
@@ -291,11 +291,11 @@ def test_lost_peer_comes_back_on_retry(net, pair):
     assert net.subs[alice.id] == {ep(5004)}
 
 
-def test_a_peer_lost_while_its_sub_stays_attached_is_still_subscribed_when_it_relinks(net, pair):
+def test_a_peer_lost_while_its_sub_stays_attached_is_still_subscribed_when_it_relinks(net, mem_pair):
     """Issue 12: bob's frames to alice are lost (as if bob were frozen), so alice marks him lost
     and retries; bob never lost alice, his SUB stays attached to her PUB and sends no new
     subscribe.  Back alive, bob must still count as subscribed, and a broadcast reach him."""
-    alice, bob = pair
+    alice, bob = mem_pair
     assert alice.table.get(bob.id).subscribed
     net.lose = lambda frm, to, msg: frm == "bob"
     net.tick_range(1.0, 6.0, 1.0, alice)
@@ -314,9 +314,9 @@ def test_a_peer_lost_while_its_sub_stays_attached_is_still_subscribed_when_it_re
     assert [m.data["text"] for _, m in net.sent("alice", "bob", P.BROADCAST)] == ["still there?"]
 
 
-def test_restarted_peer_rejoins_before_being_noticed(net, trio):
+def test_restarted_peer_rejoins_before_being_noticed(net, mem_trio):
     """bob restarts quickly (same id, new process) and connects to alice before she noticed."""
-    alice, bob, charlie = trio
+    alice, bob, charlie = mem_trio
     net.kill(bob)
     bob2 = net.add("bob", now=2.0)
     reply = net.connect(bob2, alice, 2.0)
@@ -333,8 +333,8 @@ def test_restarted_peer_rejoins_before_being_noticed(net, trio):
 # ============================================================================ leaving
 
 
-def test_leave_removes_at_once(net, trio):
-    alice, bob, charlie = trio
+def test_leave_removes_at_once(net, mem_trio):
+    alice, bob, charlie = mem_trio
     watch(net, alice)
     net.apply(bob, bob.leave(3.0), 3.0)
     assert "bob" in net.shutdown and bob.stopping is True
@@ -388,8 +388,8 @@ def test_max_peers_on_join(net):
     assert alice.dropped["peer_limit"] == 1
 
 
-def test_max_peers_on_gossip(net, pair):
-    alice, bob = pair
+def test_max_peers_on_gossip(net, mem_pair):
+    alice, bob = mem_pair
     charlie = net.add("charlie", settings=replace(FAST, max_peers=1))
     assert net.connect(charlie, bob, 0.0)["ok"] is True
     assert charlie.dropped["peer_limit"] == 1
@@ -412,8 +412,8 @@ def test_connect_timeout_unreachable(net):
     assert [a for _, a in net.acts("bob", CloseLink)] == [CloseLink(key)]
 
 
-def test_ping_with_client(net, pair):
-    alice, bob = pair
+def test_ping_with_client(net, mem_pair):
+    alice, bob = mem_pair
     assert net.request(alice, 3.0, "ping", peer="bob", req=9, flush=False) == []
     net.flush(3.025)
     reply = net.replies[("alice", CLI)][-1]
@@ -421,8 +421,8 @@ def test_ping_with_client(net, pair):
     assert alice.table.get(bob.id).rtt_ms == pytest.approx(25.0)
 
 
-def test_ping_timeout(net, pair):
-    alice, bob = pair
+def test_ping_timeout(net, mem_pair):
+    alice, bob = mem_pair
     net.kill(bob)
     assert net.request(alice, 3.0, "ping", peer="bob", wait_s=1.5) == []
     net.tick(4.49, alice)
@@ -575,9 +575,9 @@ def test_a_join_from_a_linked_peer_reopens_the_link_only_when_it_restarted_or_lo
     assert CloseLink("bob-id") in join(9.0)  # ... and now it is not
 
 
-def test_a_pong_announces_broadcast_numbers_too(net, pair):
+def test_a_pong_announces_broadcast_numbers_too(net, mem_pair):
     """Of two idle peers only one may PING; the PONG carries the other's broadcast numbers."""
-    alice, bob = pair
+    alice, bob = mem_pair
     net.request(bob, 0.5, "broadcast", text="one")
     bob.msgs.delivery.bcast_seq += 1  # a broadcast that alice never received (lost on the PUB)
     net.tick(2.0, alice)  # alice asks bob (silent for a while); bob does not ask alice
@@ -618,8 +618,8 @@ def test_rumours_are_capped_per_introducer_never_named_and_not_peers():
     assert not alice.table.get("fake-0003").rumour and alice.table.resolve("dave").id == "fake-0003"
 
 
-def test_a_rumour_is_passed_on_only_once_it_has_answered(net, pair):
-    alice, bob = pair
+def test_a_rumour_is_passed_on_only_once_it_has_answered(net, mem_pair):
+    alice, bob = mem_pair
     carol = net.add("charlie")
     ghost = _fake(1, "ghost")
     # bob tells alice of a ghost; alice dials it but does not pass it on to anyone

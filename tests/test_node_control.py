@@ -18,14 +18,14 @@ from p2pd.membership import ALIVE, LOST
 from p2pd.node import Node
 
 from memnet import CLI, FAST, HOST, WALL, WATCH, handle, join_frame, linked_alice, state, watch
-from memnet import net, pair, busy_alice  # noqa: F401 (fixtures; a module's own win over conftest's real-daemon `pair`)
+from memnet import net, mem_pair, busy_alice  # noqa: F401 (fixtures)
 
 
 # ============================================================================ control.handle
 
 
-def test_control_status_info_peers(net, pair):
-    alice, bob = pair
+def test_control_status_info_peers(net, mem_pair):
+    alice, bob = mem_pair
     r = net.call(alice, 5.0, "status")
     assert r["ok"] is True and r["result"] == {"pid": 4242, "id": "alice-id", "name": "alice", "uptime_s": 5.0, "unread": 0, "read_upto": 0}
     r = net.call(alice, 5.0, "info")["result"]
@@ -36,8 +36,8 @@ def test_control_status_info_peers(net, pair):
     assert [p["name"] for p in r] == ["bob"] and r[0]["state"] == ALIVE and r[0]["subscribed"] is True
 
 
-def test_control_disconnect(net, pair):
-    alice, bob = pair
+def test_control_disconnect(net, mem_pair):
+    alice, bob = mem_pair
     watch(net, bob)
     r = net.call(alice, 2.0, "disconnect", peer="bob")
     assert r["ok"] is True and r["result"]["peer"]["id"] == bob.id
@@ -49,8 +49,8 @@ def test_control_disconnect(net, pair):
     assert [e["peer"]["id"] for e in net.events(bob, "left")] == [alice.id]
 
 
-def test_control_disconnect_lost_peer_allowed(net, pair):
-    alice, bob = pair
+def test_control_disconnect_lost_peer_allowed(net, mem_pair):
+    alice, bob = mem_pair
     net.kill(bob)
     net.tick(6.0, alice)
     assert state(alice, bob) == LOST
@@ -59,8 +59,8 @@ def test_control_disconnect_lost_peer_allowed(net, pair):
     assert not any(a.msg.type == P.LEAVE for _, a in net.acts("alice", Send, since=6.5))
 
 
-def test_control_inbox_and_limit(net, pair):
-    alice, bob = pair
+def test_control_inbox_and_limit(net, mem_pair):
+    alice, bob = mem_pair
     for t in ("one", "two", "three"):
         net.call(bob, 1.0, "send", peer="alice", text=t)
     assert [m["text"] for m in net.call(alice, 2.0, "inbox")["result"]] == ["one", "two", "three"]
@@ -69,8 +69,8 @@ def test_control_inbox_and_limit(net, pair):
     assert [m["text"] for m in net.call(alice, 2.0, "inbox", limit=99)["result"]] == ["one", "two", "three"]
 
 
-def test_control_watch_and_stop(net, pair):
-    alice, bob = pair
+def test_control_watch_and_stop(net, mem_pair):
+    alice, bob = mem_pair
     r = handle(alice, {"req": "w", "cmd": "watch"}, client=WATCH)
     assert r == {"req": "w", "ok": True, "result": {"watching": True, "id": "alice-id", "name": "alice", "cursor": 0}}
     assert WATCH in alice.watchers
@@ -80,8 +80,8 @@ def test_control_watch_and_stop(net, pair):
     assert isinstance(acts[-1], Shutdown) and alice.stopping is True
 
 
-def test_control_ping_happy_path(net, pair):
-    alice, bob = pair
+def test_control_ping_happy_path(net, mem_pair):
+    alice, bob = mem_pair
     r = net.call(alice, 3.0, "ping", peer="bob-i")  # id prefix works too
     assert r["ok"] is True and r["result"]["id"] == "bob-id" and r["result"]["rtt_ms"] == 0.0
 
@@ -204,9 +204,9 @@ def test_control_arbitrary_bytes_never_raise(raw):
 # ============================================================================ deadlines, internal errors, frame counts (issue 12, items 7-9)
 
 
-def test_control_request_past_its_deadline_is_refused_and_not_done(net, pair):
+def test_control_request_past_its_deadline_is_refused_and_not_done(net, mem_pair):
     """A request read after its deadline (the client had given up and said so) does nothing."""
-    alice, bob = pair
+    alice, bob = mem_pair
     raw = json.dumps({"req": 1, "cmd": "send", "args": {"peer": "bob", "text": "too late"}, "deadline": WALL + 10.0}).encode()
     acts = control.handle(alice, 5.0, CLI, raw, {"pid": 1}, wall=WALL + 10.5)
     assert [a.payload["code"] for a in acts if isinstance(a, ToClient)] == ["expired"]
@@ -256,11 +256,11 @@ def test_control_message_of_wrong_frame_count_gets_an_error_reply(frames, req):
     assert f"had {len(frames) - 1}" in reply["error"] and alice.dropped["bad_control"] == 1
 
 
-def test_events_carry_a_cursor_and_a_returning_watcher_misses_nothing(net, pair):
+def test_events_carry_a_cursor_and_a_returning_watcher_misses_nothing(net, mem_pair):
     """Each received message has a cursor (its row number in the store); `watch since=C` first
     sends what was stored after C, then live events: a watcher that lost the daemon comes back
     without a gap.  `read` moves the read mark; `inbox unread` and `status` follow it."""
-    alice, bob = pair
+    alice, bob = mem_pair
     net.call(alice, 1.0, "watch", client=WATCH)
     net.call(bob, 1.0, "send", peer="alice", text="first")
     [first] = [e for e in net.events(alice) if e["event"] == "message"]

@@ -19,7 +19,7 @@ from p2pd.membership import ALIVE
 from p2pd.node import Node
 
 from memnet import FAST, HOST, WALL, linked_alice, state, watch
-from memnet import net, pair, trio, alice_bob  # noqa: F401 (fixtures; a module's own win over conftest's real-daemon `pair`)
+from memnet import net, mem_pair, mem_trio, alice_bob  # noqa: F401 (fixtures)
 
 
 # ============================================================================ bad input
@@ -132,8 +132,8 @@ def test_router_frames_never_raise(frames, peer_host):
 # ============================================================================ messages
 
 
-def test_send_and_broadcast_reach_the_inbox(net, trio):
-    alice, bob, charlie = trio
+def test_send_and_broadcast_reach_the_inbox(net, mem_trio):
+    alice, bob, charlie = mem_trio
     watch(net, bob)
     reply = net.call(alice, 2.0, "send", peer="bob", text="hi bob")
     assert reply["ok"] is True and reply["result"]["status"] == "queued"  # no wait asked: answered once stored
@@ -156,8 +156,8 @@ def test_send_and_broadcast_reach_the_inbox(net, trio):
 
 
 @pytest.mark.parametrize("times", [1, 2, 3])
-def test_a_lost_message_is_resent_at_once_when_the_receiver_reports_the_gap(net, pair, times):
-    alice, bob = pair
+def test_a_lost_message_is_resent_at_once_when_the_receiver_reports_the_gap(net, mem_pair, times):
+    alice, bob = mem_pair
     lost = []
 
     def lose_seq_2(frm, to, msg):  # lost `times` times: also when resent

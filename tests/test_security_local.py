@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import P2PD, Node, pid_alive
+from conftest import P2PD, Daemon, pid_alive
 from p2pd import exitcodes
 from p2pd.keys import node_id_for
 from sechelp import _as_nobody, _cli_result, _client_result, _unix_connect
@@ -25,7 +25,7 @@ from sechelp import open_base  # noqa: F401 (a fixture)
 @pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to drop to another user")
 def test_another_local_user_cannot_use_the_control_socket(open_base):
     base, registry = open_base
-    alice = Node(base, "alice", registry)
+    alice = Daemon(base, "alice", registry)
     alice.start()
     home = alice.home
     sock_path = Path(alice.info["control"].removeprefix("ipc://"))

@@ -39,8 +39,8 @@ def link_trio(alice, bob, charlie):
     wait_for(lambda: bob.alive_names() == {"alice", "charlie"}, what="bob to see both")
 
 
-def test_three_node_walkthrough(trio):
-    alice, bob, charlie = trio
+def test_three_node_walkthrough(daemon_trio):
+    alice, bob, charlie = daemon_trio
     watcher = start_watch(alice)
     link_trio(alice, bob, charlie)
 
@@ -90,8 +90,8 @@ def test_three_node_walkthrough(trio):
     assert kinds.count(("joined", "charlie")) == 1
 
 
-def test_killed_node_is_lost_then_relinked(trio):
-    alice, bob, charlie = trio
+def test_killed_node_is_lost_then_relinked(daemon_trio):
+    alice, bob, charlie = daemon_trio
     link_trio(alice, bob, charlie)
     old_id = bob.id
     t0 = time.monotonic()

@@ -167,7 +167,7 @@ class Watch(Command):
 
     def run(self, call: Call, since: int | None) -> list:
         node = call.node
-        node.watchers.add(call.client)
+        node.watch(call.client)
         acts = [call.reply({"watching": True, "id": node.id, "name": node.name, "cursor": node.store.last_cursor})]
         if since is not None:
             time = P.utc_timestamp(node.epoch(call.now))
