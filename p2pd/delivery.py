@@ -42,7 +42,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from .store import Store
+from .storage import Storage
 
 _UNKNOWN = object()
 FETCH_MAX = 1000  # broadcasts replayed per FETCH request
@@ -89,7 +89,7 @@ def _classify(in_seq: int, seq: int, base: int) -> str:
 
 
 class Delivery:
-    def __init__(self, store: Store, window: int = 1000, ack_timeout_s: float = 2.0, expiry_s: float = 7 * 86400):
+    def __init__(self, store: Storage, window: int = 1000, ack_timeout_s: float = 2.0, expiry_s: float = 7 * 86400):
         self.store = store
         self.window = window
         self.ack_timeout_s = ack_timeout_s

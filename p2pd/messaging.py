@@ -32,7 +32,7 @@ from . import protocol as P
 from .actions import Publish, PublishBatch, ToClient
 from .delivery import Delivery
 from .errors import ErrorCode
-from .store import Store
+from .storage import Storage
 
 log = logging.getLogger("p2pd.messaging")
 
@@ -64,7 +64,7 @@ def entry(msg_id: str, type_: str, sender_id: str, sender_name: str, timestamp: 
 
 
 class Messaging:
-    def __init__(self, node, store: Store, settings):
+    def __init__(self, node, store: Storage, settings):
         self.node = node
         self.store = store
         self._unread: int | None = None  # received messages after the read mark; None: count when asked (unread_count)

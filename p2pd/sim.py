@@ -2,7 +2,7 @@
 
 How this works
 --------------
-Every simulated node is the daemon's own `p2pd.node.Node` with an in-memory `p2pd.store.Store`;
+Every simulated node is the daemon's own `p2pd.node.Node` with a `p2pd.memstore.MemoryStore`;
 nothing of the node logic is mocked.  What the simulator replaces is the event loop and the
 sockets (p2pd/transport.py): it keeps one priority queue of timed events, ordered by
 (time, sequence number), and runs them one at a time:
@@ -28,20 +28,20 @@ on one connection as well: not what ZeroMQ does, but what the delivery layer mus
 (as a connection that breaks drops what was in its buffers: a gap to the receiver).  A partition
 drops every frame between two groups of nodes until it heals.  A crash stops a node: frames in
 flight to it are lost, its in-memory state is gone, its SUBs leave the publishers' XPUBs; a
-restart builds a new `Node` on the same store (which kept everything committed: crashes fall
-between two turns, and nothing of a turn goes out before its commit, so a crash inside a turn is
+restart builds a new `Node` on the same store (`MemoryStore.crash` keeps what was committed: crashes
+fall between two turns, and nothing of a turn goes out before its commit, so a crash inside a turn is
 the same as one just before it with the input lost in flight) and its peer book, as the daemon
 does, and the SUBs of its peers re-attach to its PUB (ZeroMQ reconnects them).  A frozen node
 (stopped, SIGSTOP, a long GC) handles nothing until it resumes: its input waits (in TCP buffers),
 then comes in order.
 
 Determinism: the simulator's own choices come from ``random.Random(seed)``; the node's random
-sources (message ids, the boot tag, a new store's epoch) are swapped for seeded ones while the
-simulator runs (the ``_id_random``/``_urandom`` hooks in protocol.py, node.py and store.py) and put
-back afterwards.  ``digest`` hashes the ordered trace (every frame that arrives, with its time and
-bytes, and every delivery).  String hashing is randomised per process (PYTHONHASHSEED) and some
-node state lives in sets, so the command line runs itself with PYTHONHASHSEED=0; within one
-process (the tests) the same seed gives the same digest anyway.
+sources (message ids, the boot tag) are swapped for seeded ones while the simulator runs (the
+``_id_random``/``_urandom`` hooks in protocol.py and node.py) and put back afterwards; a store's
+epochs come from the seeded source it is built with.  ``digest`` hashes the ordered trace (every
+frame that arrives, with its time and bytes, and every delivery).  String hashing is randomised
+per process (PYTHONHASHSEED) and some node state lives in sets, so the command line runs itself
+with PYTHONHASHSEED=0; within one process (the tests) the same seed gives the same digest anyway.
 
 Not modelled: CURVE and key fetches (nodes run --insecure), LAN discovery, ZeroMQ high-water
 marks and queueing toward a peer that is down (frames sent to a dead endpoint are lost; the
@@ -71,13 +71,12 @@ from dataclasses import dataclass
 from p2pd import control
 from p2pd import node as node_module
 from p2pd import protocol as P
-from p2pd import store as store_module
 from p2pd.actions import (CloseLink, FetchKey, LanBeacon, OpenLink, PinKey, Publish, PublishBatch, RekeyLink, SavePeers, Send,
                           SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe)
 from p2pd.intake import SUB_TOPIC_PREFIX
+from p2pd.memstore import MemoryStore
 from p2pd.node import Node
 from p2pd.settings import Settings
-from p2pd.store import Store
 
 HOST = "127.0.0.1"
 WALL = 1_700_000_000.0  # the wall clock at simulated time 0 (message timestamps, ids)
@@ -107,7 +106,7 @@ class Model:
 class SimNode:
     """One simulated process: its Node (replaced at each restart), its store (kept), its sockets' state."""
 
-    def __init__(self, index: int, settings: Settings):
+    def __init__(self, index: int, settings: Settings, randbytes):
         self.index = index
         self.name = f"n{index:03d}"
         self.id = f"{self.name}-id"
@@ -116,7 +115,7 @@ class SimNode:
         self.router = P.tcp_endpoint(HOST, port)
         self.pub = P.tcp_endpoint(HOST, port + 1)
         self.settings = settings
-        self.store = Store(":memory:")
+        self.store = MemoryStore(randbytes)  # its epochs: from the seeded source
         self.node: Node | None = None
         self.up = False
         self.incarnation = 0  # a restart is a new process: frames in flight to the old one are lost
@@ -158,8 +157,7 @@ class Sim:
         self.broadcasts: dict[str, str] = {}  # message id -> from
         self.got: Counter = Counter()  # (receiver name, message id) -> deliveries seen by the application
         self.refused = Counter()  # requests the node refused (error code)
-        with self._seeded():  # a new store draws its epoch
-            self.nodes = [SimNode(i, self.settings) for i in range(n)]
+        self.nodes = [SimNode(i, self.settings, self._node_rng.randbytes) for i in range(n)]
         self.by_name = {s.name: s for s in self.nodes}
         self.by_router = {s.router: s for s in self.nodes}
         self.by_pub = {s.pub: s for s in self.nodes}
@@ -174,13 +172,13 @@ class Sim:
     @contextmanager
     def _seeded(self):
         """Swap the node's random sources for seeded ones while simulator code runs."""
-        saved = P._id_random, node_module._urandom, store_module._urandom
+        saved = P._id_random, node_module._urandom
         P._id_random = self._id_rng
-        node_module._urandom = store_module._urandom = self._node_rng.randbytes
+        node_module._urandom = self._node_rng.randbytes
         try:
             yield
         finally:
-            P._id_random, node_module._urandom, store_module._urandom = saved
+            P._id_random, node_module._urandom = saved
 
     # ------------------------------------------------------------------ the event queue
     def _push(self, t: float, kind: str, *args) -> None:
@@ -227,6 +225,7 @@ class Sim:
             return
         s.up = False
         s.node = None
+        s.store.crash()  # what the last turn did not commit is gone (nothing, between turns)
         s.links.clear()
         for endpoint in list(s.subs):
             pub = self.by_pub[endpoint]
