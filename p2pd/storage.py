@@ -28,6 +28,7 @@ The contract, in short (each method says the rest):
   handed out in order, never reused while the store lives, even when pruning emptied it; the
   same for the outbox's per-peer ``seq`` and the broadcasts' ``seq``, which the caller assigns
   (delivery.py) and stores here so that they survive a restart.
+* **Limits** (``limit``) are >= 0: at most that many rows (`history`: 0 means all).
 * **Time is passed in.**  ``now``/``created``/``stored`` are wall-clock seconds the caller gives;
   a store reads no clock.  Message row numbers grow with ``stored``, which lets age queries
   search by number.
@@ -121,12 +122,13 @@ class Storage(Protocol):
     def add_message(self, direction: str, type_: str, msg_id: str, peer_id: str | None, sender_id: str, sender_name: str,
                     target_id: str | None, text: str, timestamp: str, now: float, defer: bool = False, dedupe: bool = False) -> int:
         """Store one message of the conversation; returns its row number ``n`` (> 0, the next one),
-        or 0 if it is a duplicate: a message with the same (id, sender_id, peer_id), peer_id not
-        None, stored without ``defer`` (or with ``dedupe``).  A duplicate takes no number.
+        or 0, taking no number, if it is a duplicate: a message with the same (id, sender_id,
+        peer_id), peer_id not None, stored without ``defer`` (or with ``dedupe``).
 
         ``defer=True``: the caller knows the message is new (numbered by a sequence that rejects
         duplicates, or an id just made): no duplicate check, the number is returned at once and
-        the row may be queued (see the top).  Such rows are not unique by id unless ``dedupe``."""
+        the row may be queued (see the top).  Such rows are not unique by id unless ``dedupe``
+        (then a duplicate is dropped when the row is written, and its number stays unused)."""
 
     @property
     def last_cursor(self) -> int:

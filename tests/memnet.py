@@ -10,6 +10,7 @@ is a plain float.  Used by test_node*.py and test_store_rollback.py.
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict, deque
 
 import pytest
@@ -19,6 +20,7 @@ from p2pd import protocol as P
 from p2pd.actions import CloseLink, OpenLink, Publish, RekeyLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe
 from p2pd.intake import SUB_TOPIC_PREFIX
 from p2pd.membership import ALIVE, LINKING
+from p2pd.memstore import MemoryStore
 from p2pd.node import Node
 from p2pd.settings import Settings
 
@@ -63,6 +65,7 @@ class Net:
     def add(self, name: str, node_id: str | None = None, settings: Settings = FAST, now: float = 0.0, addr: str | None = HOST,
             store=None) -> Node:
         port = PORTS[name]
+        store = store if store is not None else MemoryStore(os.urandom)  # the in-memory store, as the simulator's
         node = Node(node_id or f"{name}-id", name, P.PeerAddress(addr, port, port + 1), settings, now, WALL, store)
         self.nodes[name] = node
         self.by_router[ep(port)] = node

@@ -117,6 +117,19 @@ def test_a_crash_loses_the_whole_turn_and_nothing_committed(store_kit):  # noqa:
     assert [(k["name"], k["addr"]) for k in s.known_peers()] == [("bob", "127.0.0.1")]
 
 
+def test_prune_takes_only_what_is_older_than_the_cutoff(store_kit):  # noqa: F811
+    s = store_kit.open()
+    for seq, created in ((1, 10.0), (2, 20.0), (3, 20.0)):  # 1 delivered, 2 delivered, 3 expired
+        s.add_outbox("bob", seq, f"o{seq}", "x", "ts", created, 20.0 if seq == 3 else 10**9)
+        s.add_message("out", "MESSAGE", f"o{seq}", "bob", "me", "me", "bob", "x", "ts", created)
+        s.add_broadcast(seq, f"b{seq}", "x", "ts", created)
+    s.save_link("bob", 3, 2, 0, None)
+    assert s.expire(20.0) == [("bob", 3, "o3")]
+    assert s.prune(now=25.0, max_age_s=5.0, max_messages=100) == 3  # cutoff 20.0: one of each kind
+    assert [r["seq"] for r in s.outbox(("pending", "delivered", "expired"))] == [2, 3]
+    assert [m["id"] for m in s.history()] == ["o2", "o3"] and s.oldest_broadcast() == 2
+
+
 def test_deferred_rows_are_read_back_before_the_commit(store_kit):  # noqa: F811
     s = store_kit.open()
     s.add_outbox("bob", 1, "a", "one", "ts", 1.0, 100.0)
@@ -188,7 +201,7 @@ class Calls:
             ids = r.sample(self.outbox_ids[peer], min(3, len(self.outbox_ids[peer]))) + ["nope"]
             return r.choice(("outbox_ids", "expired_after_status")), (peer, ids), {}
         if k <= 14:
-            if self.msg_keys and r.random() < 0.3:
+            if self.msg_keys and r.random() < 0.5:
                 msg_id, sender, peer_id = r.choice(self.msg_keys)  # the same message again
             else:
                 msg_id, sender, peer_id = self.fresh(), r.choice(("me", peer)), r.choice((peer, peer, None))
@@ -221,7 +234,7 @@ class Calls:
         if k == 20:
             return "remember_peer", (peer, r.choice(self.NAMES), r.choice((None, "10.0.0.1")), 1, 2, t), {}
         if k == 21:
-            return "prune", (t, r.choice((0.0, 60.0, 10**6)), r.choice((2, 20, 10**6))), {"budget": r.choice((1, 3, 100_000))}
+            return "prune", (t, r.choice((0.0, 3.0, 40.0, 60.0, 10**6)), r.choice((2, 20, 10**6))), {"budget": r.choice((1, 3, 100_000))}
         if k == 22:
             return r.choice((("commit", (), {}), ("restart", (), {}), ("new_epoch", (), {}),
                              ("bind_owner", (r.choice(("me", "me2")),), {})))
@@ -240,26 +253,33 @@ def apply(store, name, args, kwargs):
 def test_the_memory_store_answers_as_sqlite_does(tmp_path):
     """Row for row, in the same order, through commits and kill -9 restarts."""
     seen = Counter()
-    for seed in range(8):
+    for seed in range(6):
         compare(tmp_path / f"{seed}.db", seed, seen)
     # The calls found things to answer: rows expired (more than a batch of 256 at once), pruned,
     # refused as duplicates, lost in a crash; not only empty lists.
     assert seen["expire"] > 5 and seen["expire>256"] and seen["prune"] > 5 and seen["duplicate"] > 5 and seen["lost"] > 5
-    assert seen["answers"] > 1000
+    assert seen["answers"] > 800
+
+
+def unsynced(store: Store) -> Store:
+    """No fsync: a kill -9 loses nothing committed without it (only a power cut would), and the
+    test then does not wait on a disk that five engineers share."""
+    store.db.execute("PRAGMA synchronous=OFF")
+    return store
 
 
 def compare(path: Path, seed: int, seen: Counter) -> None:
     rng = random.Random(seed)
     sql_random = random.Random(seed).randbytes  # the same draws for both, and on after a restart
-    sql = Store(path, randbytes=sql_random)
+    sql = unsynced(Store(path, randbytes=sql_random))
     mem = MemoryStore(random.Random(seed).randbytes)
     calls = Calls(rng)
-    for step in range(600):
+    for step in range(500):
         name, args, kwargs = calls.call()
         if name == "restart":
             before = mem.last_cursor, len(mem.history()), mem.outbox(("pending", "delivered", "expired"))
             sql.db.close()
-            sql = Store(path, randbytes=sql_random)
+            sql = unsynced(Store(path, randbytes=sql_random))
             mem.crash()
             seen["lost"] += (mem.last_cursor, len(mem.history()), mem.outbox(("pending", "delivered", "expired"))) != before
             continue
@@ -283,3 +303,28 @@ def compare(path: Path, seed: int, seen: Counter) -> None:
         seen["prune"] += name == "prune" and want > 0
         seen["duplicate"] += name == "add_message" and want == 0
     sql.close()
+
+
+class SqliteInTheSim(Store):
+    """The SQLite store, built where the simulator builds its `MemoryStore`."""
+
+    def __init__(self, randbytes):
+        super().__init__(":memory:", randbytes=randbytes)
+
+    def crash(self) -> None:
+        """The simulator crashes a node between two turns: nothing is left uncommitted to lose."""
+        assert not self._in_tx and not (self._outbox_rows or self._message_rows or self._broadcast_rows)
+
+
+def test_the_simulated_nodes_get_the_same_answers_from_both_stores(monkeypatch):
+    """A simulation's digest hashes every frame on the wire: the same digest on SQLite means that
+    no node decided anything differently on the in-memory store, through crashes and restarts."""
+    from p2pd import sim
+    from test_sim import FAST
+
+    on_memory = sim.run_scenario(8, 5, seed=7, scenario="crash", settings=FAST)
+    monkeypatch.setattr(sim, "MemoryStore", SqliteInTheSim)
+    on_sqlite = sim.run_scenario(8, 5, seed=7, scenario="crash", settings=FAST)
+    assert on_memory["exactly_once"] and on_memory["lost_messages"] > 0  # the crashes lost frames in flight
+    assert on_sqlite["digest"] == on_memory["digest"]
+    assert isinstance(sim.Sim(1, 1).nodes[0].store, SqliteInTheSim)  # the second run was on SQLite
