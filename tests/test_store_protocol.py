@@ -145,8 +145,8 @@ def test_deferred_rows_are_read_back_before_the_commit(store_kit):  # noqa: F811
 
 class Calls:
     """Random calls of the kind the core makes, each valid (the caller's side of the contract:
-    fresh ids, growing seqs, time that only grows); `step` makes one on both stores and returns
-    the two answers."""
+    fresh ids, growing seqs, time that only grows), as (method name, args, kwargs); `apply`
+    makes one on a store."""
 
     PEERS = ("bob", "carol", "dave")
     NAMES = ("bob", "carol", "x")  # two peers may share a name
@@ -199,7 +199,8 @@ class Calls:
             return "outbox", (statuses, r.choice((1, 3, 1000)), links), {}
         if k == 11:
             ids = r.sample(self.outbox_ids[peer], min(3, len(self.outbox_ids[peer]))) + ["nope"]
-            return r.choice(("outbox_ids", "expired_after_status")), (peer, ids), {}
+            return r.choice((("outbox_ids", (peer, ids), {}), ("outbox_statuses", (peer, ids), {}),
+                             ("expired_after", (peer, r.randrange(-1, self.next_seq[peer] + 1)), {})))
         if k <= 14:
             if self.msg_keys and r.random() < 0.5:
                 msg_id, sender, peer_id = r.choice(self.msg_keys)  # the same message again
@@ -242,7 +243,7 @@ class Calls:
 
 
 def apply(store, name, args, kwargs):
-    if name == "expired_after_status":
+    if name == "outbox_statuses":
         peer, ids = args
         return [store.outbox_status(peer, i) for i in ids]
     if name in ("last_cursor", "epoch"):
