@@ -72,8 +72,8 @@ from .outbound import Outbound
 from .replies import ok
 from .seeded import for_node
 from .settings import Settings
+from .memstore import MemoryStore
 from .storage import Storage
-from .store import Store
 from .trust import Trust
 from .watchers import Watchers
 
@@ -92,7 +92,8 @@ class Node:
         self.rng = rng if rng is not None else for_node(node_id, wall)
         self.stats: Counter = Counter()
         self.trust = trust if trust is not None else Trust(None, secure=False)
-        self.store = store if store is not None else Store(":memory:")
+        # Without a store given (unit tests), an in-memory one: the daemon gives its SQLite store.
+        self.store = store if store is not None else MemoryStore(lambda n: self.rng.getrandbits(8 * n).to_bytes(n, "big"))
         self.stopping = False
         self.boot = f"{self.rng.getrandbits(32):08x}"  # this run of the node: a peer that sees it change knows we restarted
         table = self.table = Membership(node_id, settings.retry_min_s, settings.retry_max_s, settings.forget_after_s)

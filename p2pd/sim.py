@@ -2,7 +2,7 @@
 
 How this works
 --------------
-Every simulated node is the daemon's own `p2pd.node.Node` with an in-memory `p2pd.store.Store`;
+Every simulated node is the daemon's own `p2pd.node.Node` with a `p2pd.memstore.MemoryStore`;
 nothing of the node logic is mocked.  What the simulator replaces is the event loop and the
 sockets (p2pd/transport.py): it keeps one priority queue of timed events, ordered by
 (time, sequence number), and runs them one at a time:
@@ -28,20 +28,19 @@ on one connection as well: not what ZeroMQ does, but what the delivery layer mus
 (as a connection that breaks drops what was in its buffers: a gap to the receiver).  A partition
 drops every frame between two groups of nodes until it heals.  A crash stops a node: frames in
 flight to it are lost, its in-memory state is gone, its SUBs leave the publishers' XPUBs; a
-restart builds a new `Node` on the same store (which kept everything committed: crashes fall
-between two turns, and nothing of a turn goes out before its commit, so a crash inside a turn is
+restart builds a new `Node` on the same store (`MemoryStore.crash` keeps what was committed: crashes
+fall between two turns, and nothing of a turn goes out before its commit, so a crash inside a turn is
 the same as one just before it with the input lost in flight) and its peer book, as the daemon
 does, and the SUBs of its peers re-attach to its PUB (ZeroMQ reconnects them).  A frozen node
 (stopped, SIGSTOP, a long GC) handles nothing until it resumes: its input waits (in TCP buffers),
 then comes in order.
 
-Determinism: the simulator's own choices come from ``random.Random(seed)``; the node's random
-sources (message ids, the boot tag, a new store's epoch) are swapped for seeded ones while the
-simulator runs (the ``_id_random``/``_urandom`` hooks in protocol.py, node.py and store.py) and put
-back afterwards.  ``digest`` hashes the ordered trace (every frame that arrives, with its time and
-bytes, and every delivery).  String hashing is randomised per process (PYTHONHASHSEED) and some
-node state lives in sets, so the command line runs itself with PYTHONHASHSEED=0; within one
-process (the tests) the same seed gives the same digest anyway.
+Determinism: the simulator's own choices come from ``random.Random(seed)``; every node is given
+its random source (message ids, the boot tag: a new one at each restart, as a new process) and
+its store its epoch source, both drawn from the run's seed, so nothing is patched.  ``digest`` hashes the ordered trace (every
+frame that arrives, with its time and bytes, and every delivery).  String hashing is randomised
+per process (PYTHONHASHSEED) and some node state lives in sets, so the command line runs itself
+with PYTHONHASHSEED=0; within one process (the tests) the same seed gives the same digest anyway.
 
 Not modelled: CURVE and key fetches (nodes run --insecure), LAN discovery, ZeroMQ high-water
 marks and queueing toward a peer that is down (frames sent to a dead endpoint are lost; the
@@ -65,19 +64,17 @@ import random
 import sys
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from p2pd import control
 from p2pd import protocol as P
-from p2pd import store as store_module
 from p2pd.actions import (CloseLink, EditAuthorizedKeys, FetchKey, ForgetPin, LanBeacon, OpenLink, PinKey, Publish, PublishBatch,
                           RekeyLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe)
 from p2pd.effects import handlers, performer
 from p2pd.intake import SUB_TOPIC_PREFIX
+from p2pd.memstore import MemoryStore
 from p2pd.node import Node
 from p2pd.settings import Settings
-from p2pd.store import Store
 
 HOST = "127.0.0.1"
 WALL = 1_700_000_000.0  # the wall clock at simulated time 0 (message timestamps, ids)
@@ -112,7 +109,7 @@ class Model:
 class SimNode:
     """One simulated process: its Node (replaced at each restart), its store (kept), its sockets' state."""
 
-    def __init__(self, index: int, settings: Settings):
+    def __init__(self, index: int, settings: Settings, randbytes):
         self.index = index
         self.name = f"n{index:03d}"
         self.id = f"{self.name}-id"
@@ -121,7 +118,7 @@ class SimNode:
         self.router = P.tcp_endpoint(HOST, port)
         self.pub = P.tcp_endpoint(HOST, port + 1)
         self.settings = settings
-        self.store = Store(":memory:")
+        self.store = MemoryStore(randbytes)  # its epochs: from the seeded source
         self.node: Node | None = None
         self.up = False
         self.incarnation = 0  # a restart is a new process: frames in flight to the old one are lost
@@ -164,28 +161,15 @@ class Sim:
         self.got: Counter = Counter()  # (receiver name, message id) -> deliveries seen by the application
         self.refused = Counter()  # requests the node refused (error code)
         self._effects = handlers(self)  # effect type -> its perform_* method (p2pd/effects.py)
-        with self._seeded():  # a new store draws its epoch
-            self.nodes = [SimNode(i, self.settings) for i in range(n)]
+        self.nodes = [SimNode(i, self.settings, self._node_rng.randbytes) for i in range(n)]
         self.by_name = {s.name: s for s in self.nodes}
         self.by_router = {s.router: s for s in self.nodes}
         self.by_pub = {s.pub: s for s in self.nodes}
         joins = [s.router for s in self.nodes[:max(1, seeds)]]
-        with self._seeded():
-            for s in self.nodes:
-                s.joins = [j for j in joins if j != s.router]
-                start = 0.0 if s.index == 0 else self.rng.random() * stagger_s
-                self._push(start, "start", s)
-
-    # ------------------------------------------------------------------ randomness
-    @contextmanager
-    def _seeded(self):
-        """Swap the node's random sources for seeded ones while simulator code runs."""
-        saved = store_module._urandom
-        store_module._urandom = self._node_rng.randbytes
-        try:
-            yield
-        finally:
-            store_module._urandom = saved
+        for s in self.nodes:
+            s.joins = [j for j in joins if j != s.router]
+            start = 0.0 if s.index == 0 else self.rng.random() * stagger_s
+            self._push(start, "start", s)
 
     # ------------------------------------------------------------------ the event queue
     def _push(self, t: float, kind: str, *args) -> None:
@@ -194,13 +178,12 @@ class Sim:
 
     def run_until(self, t_end: float) -> None:
         """Run every event due at or before ``t_end``; the clock then reads ``t_end``."""
-        with self._seeded():
-            events = self._events
-            while events and events[0][0] <= t_end:
-                t, _, kind, args = heapq.heappop(events)
-                self.now = t
-                getattr(self, "_ev_" + kind)(t, *args)
-            self.now = max(self.now, t_end)
+        events = self._events
+        while events and events[0][0] <= t_end:
+            t, _, kind, args = heapq.heappop(events)
+            self.now = t
+            getattr(self, "_ev_" + kind)(t, *args)
+        self.now = max(self.now, t_end)
 
     def at(self, t: float, fn, *args) -> None:
         """Run ``fn(sim, *args)`` at simulated time ``t`` (workload, faults, checks)."""
@@ -233,6 +216,7 @@ class Sim:
             return
         s.up = False
         s.node = None
+        s.store.crash()  # what the last turn did not commit is gone (nothing, between turns)
         s.links.clear()
         for endpoint in list(s.subs):
             pub = self.by_pub[endpoint]
@@ -246,8 +230,7 @@ class Sim:
         s = self.by_name[name]
         if not s.up:
             self.trace.update(f"{self.now:.6f} restart {name}\n".encode())
-            with self._seeded():
-                self._ev_start(self.now, s)
+            self._ev_start(self.now, s)
 
     def freeze(self, name: str, seconds: float) -> None:
         """The process stops running for ``seconds`` (SIGSTOP): its input waits, in order."""
@@ -437,8 +420,7 @@ class Sim:
         s = self.by_name[name]
         s.reply = None
         raw = json.dumps({"req": 1, "cmd": cmd, "args": args}).encode()
-        with self._seeded():
-            self._turn(self.now, s, control.handle(s.node, self.now, CTL, raw, {}))
+        self._turn(self.now, s, control.handle(s.node, self.now, CTL, raw, {}))
         return s.reply
 
     def send(self, frm: str, to: str, text: str) -> str | None:

@@ -27,17 +27,17 @@ event loop calls once per batch of input, *before* it sends any reply, ACK or
 event that depends on those writes (write-ahead: nothing is acknowledged that
 is not on disk).  ``synchronous=NORMAL`` in WAL mode survives a killed
 process; ``durability = "full"`` also survives power loss, at a cost.
+
+The node core sees this class only as `p2pd.storage.Storage` (the contract); memstore.py is
+the same store in memory, for the simulator.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-
-# The one source of randomness here (a new store's epoch).  Only the deterministic simulator
-# (p2pd/sim.py) replaces it, with a seeded source, so that a run can be replayed; the daemon never does.
-_urandom = os.urandom
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -163,13 +163,18 @@ QUICK_CHECK_S = 10.0  # at most this long for the integrity check at start; a la
 
 
 class Store:
-    def __init__(self, path: str | Path, durability: str = "normal", before_migration=None, check_s: float | None = None):
+    """`p2pd.storage.Storage` in SQLite (the contract is there; this adds files, WAL, checks, migration)."""
+
+    def __init__(self, path: str | Path, durability: str = "normal", before_migration=None, check_s: float | None = None,
+                 randbytes: Callable[[int], bytes] = os.urandom):
         """``before_migration(old_format, new_format)`` is called before an older store is migrated
         (which can take a while: the daemon tells systemd to wait, and logs it).  ``check_s``: run
         SQLite's ``quick_check`` first, for at most that long (`check`); the daemon does, so that a
         damaged store is refused at start instead of failing requests and ticks for ever after.
-        Any damage SQLite reports while opening raises `StoreDamaged`."""
+        Any damage SQLite reports while opening raises `StoreDamaged`.  ``randbytes(n)``: where
+        the epochs come from (the only randomness here)."""
         self.path = str(path)
+        self._randbytes = randbytes
         self.checked: bool | None = None  # quick_check: True passed, False ran out of time, None not run
         try:
             self._open(durability, before_migration, check_s)
@@ -257,7 +262,7 @@ class Store:
         """Name this store afresh (written with the next commit).  The epoch names the store: a
         peer that sees another epoch knows our numbering restarted (store lost, or found to have
         gone back in time) and resynchronises."""
-        self.epoch = _urandom(8).hex()
+        self.epoch = self._randbytes(8).hex()
         self.set_meta("epoch", self.epoch)
         return self.epoch
 

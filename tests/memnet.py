@@ -11,6 +11,7 @@ is a plain float.  Used by test_node*.py and test_store_rollback.py.
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict, deque
 
 import testmsg
@@ -18,12 +19,13 @@ import pytest
 
 from p2pd import control, trustfiles
 from p2pd import protocol as P
-from p2pd.actions import (CloseLink, EditAuthorizedKeys, FetchKey, ForgetPin, LanBeacon, OpenLink, PinKey, Publish, PublishBatch,
+from p2pd.actions import (CloseLink, FetchKey, LanBeacon, OpenLink, PinKey, Publish, PublishBatch,
                           RekeyLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe)
 from p2pd.home import Home
 from p2pd.effects import handlers, performer
 from p2pd.intake import SUB_TOPIC_PREFIX
 from p2pd.membership import ALIVE, LINKING
+from p2pd.memstore import MemoryStore
 from p2pd.node import Node
 from p2pd.settings import Settings
 
@@ -74,6 +76,7 @@ class Net:
     def add(self, name: str, node_id: str | None = None, settings: Settings = FAST, now: float = 0.0, addr: str | None = HOST,
             store=None, trust=None) -> Node:
         port = PORTS[name]
+        store = store if store is not None else MemoryStore(os.urandom)  # the in-memory store, as the simulator's
         node = Node(node_id or f"{name}-id", name, P.PeerAddress(addr, port, port + 1), settings, now, WALL, store, trust)
         self.nodes[name] = node
         self.by_router[ep(port)] = node

@@ -23,6 +23,7 @@ from p2pd import protocol as P
 from p2pd.daemon import SafeFormatter
 from p2pd.membership import AmbiguousPeer, Membership, UnknownPeer
 from p2pd.node import Node
+from p2pd.store import Store
 from p2pd.targets import AmbiguousTarget, BookEntry, pick
 
 from memnet import FAST, HOST, WALL, handle, join_frame
@@ -174,7 +175,8 @@ def broadcast_frame(sender: str, claimed: str, text: str) -> bytes:
 @pytest.fixture
 def bob() -> Node:
     """bob, linked to mallory (joined as "mallory") and to alice."""
-    node = Node("bob-id", "bob", P.PeerAddress(HOST, 5003, 5004), FAST, 0.0, WALL)
+    # On SQLite: a test below reads the table itself, to see that the claimed name is not kept.
+    node = Node("bob-id", "bob", P.PeerAddress(HOST, 5003, 5004), FAST, 0.0, WALL, Store(":memory:"))
     node.on_router_frames(0.0, join_frame("mallory-id", 5007, HOST, name="mallory"), HOST)
     node.on_router_frames(0.0, join_frame("alice-id", 5001, HOST, name="alice"), HOST)
     return node

@@ -14,7 +14,6 @@ import pytest
 
 from p2pd.sim import Model, Sim, run_scenario, workload
 from p2pd import protocol as P
-from p2pd import store as store_module
 from p2pd.settings import Settings
 
 FAST = Settings(insecure=True, heartbeat_interval_s=1.0, heartbeat_timeout_s=5.0, gossip_interval_s=10.0,
@@ -48,13 +47,6 @@ def test_same_seed_same_digest_other_seed_other():
     assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
     assert c["digest"] != a["digest"]
     assert a["exactly_once"] and c["exactly_once"]
-
-
-def test_seeded_sources_are_put_back():
-    """The daemon's randomness is untouched outside a simulator call."""
-    before = store_module._urandom
-    Sim(2, 1).run_until(0.5)
-    assert store_module._urandom is before
 
 
 @pytest.mark.parametrize("scenario", ["steady", "loss", "partition", "crash"])

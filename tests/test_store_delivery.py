@@ -1,4 +1,9 @@
-"""Unit tests of the store and the delivery bookkeeping: no sockets, time passed in."""
+"""Unit tests of the store and the delivery bookkeeping: no sockets, time passed in.
+
+Every test that takes ``store`` or ``store_kit`` runs on both implementations of the storage
+protocol (SQLite and memory, tests/storekit.py): what they check is the contract.  The tests
+that build a `Store` themselves check what only the SQLite file has (format, migration, modes).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,14 @@ import pytest
 
 from p2pd.delivery import Delivery
 from p2pd.store import SCHEMA_VERSION, Store
+from storekit import store_kit  # noqa: F401 (fixture)
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "store.db")
+def store(store_kit):  # noqa: F811 (the imported fixture)
+    s = store_kit.open()
     yield s
-    s.close()
+    store_kit.close(s)
 
 
 def fill(d: Delivery, peer: str, n: int, epoch: float = 1000.0) -> list[str]:
@@ -26,27 +32,25 @@ def fill(d: Delivery, peer: str, n: int, epoch: float = 1000.0) -> list[str]:
 # ---------------------------------------------------------------------------- store
 
 
-def test_store_survives_reopen(tmp_path):
-    s = Store(tmp_path / "s.db")
+def test_store_survives_reopen(store_kit):  # noqa: F811
+    s = store_kit.open()
     s.add_outbox("bob", 1, "a", "hello", "ts", 10.0, 20.0)
     s.add_message("out", "MESSAGE", "a", "bob", "me", "me", "bob", "hello", "ts", 10.0)
     s.save_link("bob", 1, 0, 0, None)
     s.commit()
-    s.db.close()  # as a kill -9 would: no clean close
-    s2 = Store(tmp_path / "s.db")
+    s2 = store_kit.restart(s)  # as a kill -9 would: no clean close
     assert [r["id"] for r in s2.outbox()] == ["a"]
     assert [m["text"] for m in s2.history()] == ["hello"]
     assert s2.links()["bob"]["out_seq"] == 1
-    s2.close()
+    store_kit.close(s2)
 
 
-def test_uncommitted_writes_are_not_visible_after_a_crash(tmp_path):
-    s = Store(tmp_path / "s.db")
+def test_uncommitted_writes_are_not_visible_after_a_crash(store_kit):  # noqa: F811
+    s = store_kit.open()
     s.add_outbox("bob", 1, "a", "hello", "ts", 10.0, 20.0)
-    s.db.close()  # died before commit
-    s2 = Store(tmp_path / "s.db")
+    s2 = store_kit.restart(s)  # died before commit
     assert s2.outbox() == []
-    s2.close()
+    store_kit.close(s2)
 
 
 def test_message_ids_are_stored_once(store):
@@ -137,8 +141,8 @@ def test_rewind_on_link_up_resends_unacknowledged(store):
     assert [r[0] for r in d.due("bob", now=0.2)[1]] == [2, 3]
 
 
-def test_counters_persist_across_restart(tmp_path):
-    s = Store(tmp_path / "s.db")
+def test_counters_persist_across_restart(store_kit):  # noqa: F811
+    s = store_kit.open()
     d = Delivery(s)
     fill(d, "bob", 3)
     d.due("bob", now=0.0)
@@ -146,15 +150,14 @@ def test_counters_persist_across_restart(tmp_path):
     assert d.accept("carol", 1, 1) == "new"
     d.save()
     s.commit()
-    s.db.close()
-    s2 = Store(tmp_path / "s.db")
+    s2 = store_kit.restart(s)
     d2 = Delivery(s2)
     assert (d2.links["bob"].out_seq, d2.links["bob"].out_acked) == (3, 2)
     assert [r[0] for r in d2.due("bob", now=0.0)[1]] == [3]  # resumes after the acknowledged ones
     assert d2.accept("carol", 1, 1) == "dup"  # still knows what it stored
     d2.enqueue("bob", "m4", "t", "ts", 1.0)
     assert d2.links["bob"].out_seq == 4  # numbering never restarts
-    s2.close()
+    store_kit.close(s2)
 
 
 def test_receiver_classifies_new_dup_gap(store):
@@ -358,6 +361,20 @@ def test_store_epoch_is_kept_and_files_are_private(tmp_path):
     assert Store(tmp_path / "other.db").epoch != epoch
 
 
+def test_store_epoch_is_kept_and_a_new_one_only_once_committed(store_kit):  # noqa: F811
+    s = store_kit.open()
+    epoch = s.epoch
+    assert len(epoch) == 16 and int(epoch, 16) >= 0
+    s = store_kit.restart(s)
+    assert s.epoch == epoch
+    assert s.new_epoch() == s.epoch != epoch
+    s = store_kit.restart(s)  # not committed: the store is still named as before
+    assert s.epoch == epoch
+    new = s.new_epoch()
+    s.commit()
+    assert store_kit.restart(s).epoch == new
+
+
 def test_a_store_of_another_format_is_refused_with_the_fix(tmp_path):
     import sqlite3
 
@@ -379,8 +396,8 @@ def test_ids_are_scoped_per_peer(store):
     assert store.add_message("in", "MESSAGE", "same", "carol", "carol", "carol", "me", "y", "ts", 1.0)
 
 
-def test_a_new_node_id_forgets_what_was_counted_from_peers(tmp_path):
-    s = Store(tmp_path / "s.db")
+def test_a_new_node_id_forgets_what_was_counted_from_peers(store_kit):  # noqa: F811
+    s = store_kit.open()
     assert s.bind_owner("old-id") is False
     d = Delivery(s)
     assert d.accept("bob", 1, 1, "e") == "new"
@@ -389,7 +406,8 @@ def test_a_new_node_id_forgets_what_was_counted_from_peers(tmp_path):
     assert s.bind_owner("old-id") is False
     assert s.bind_owner("new-id") is True  # keygen --force: bob numbers its messages to the new id from 1
     assert Delivery(s).accept("bob", 1, 1, "e") == "new"
-    s.close()
+    assert store_kit.restart(s).bind_owner("new-id") is False  # committed by bind_owner itself
+    store_kit.close(s)
 
 
 def test_broadcast_counter_survives_a_batch_that_was_stored_but_not_saved(store):
