@@ -643,3 +643,24 @@ def test_links_use_a_routing_id_suffix_only_to_peers_that_said_they_take_one():
     again = Node("alice-id", "alice", P.PeerAddress("10.0.0.1", 5001, 5002), FAST, 0.0, WALL)
     opens = {a.key: a.suffix for a in again.start(0.0, book, []) if isinstance(a, OpenLink)}
     assert opens == {"bob-id": True, "carol-id": False}
+
+
+def test_handle_takes_every_input_and_gives_what_the_entry_point_gives(net):
+    """`Node.handle(now, event)` is the one entry point: every input type of inputs.py has its
+    route, and an event through it does what the method it names does."""
+    from p2pd import inputs
+
+    alice, bob = net.add("alice"), net.add("bob")
+    assert set(alice._events) == set(inputs.ALL_INPUTS)
+    frames = join_frame(bob.id, 5003, HOST)
+    via_handle = alice.handle(1.0, inputs.RouterFrames(frames, HOST))
+    assert any(a.msg.type == P.JOIN and a.msg.data["reply_to"] for a in via_handle if hasattr(a, "msg"))
+    assert alice.table.get(bob.id) is not None
+    assert isinstance(alice.handle(1.5, inputs.Tick()), list) and alice.heartbeat.next_at == 2.5  # the tick ran its heartbeat
+    assert alice.handle(2.0, inputs.Flush()) == []
+    assert alice.handle(2.0, inputs.LinkRefused("nothing")) == []
+    assert alice.handle(2.0, inputs.KeyAnswer("no-such-tag", None, "gone")) == []
+    assert alice.handle(2.0, inputs.Subscription(b"\x01junk")) == []
+    before = sum(alice.dropped.values())
+    assert alice.handle(2.0, inputs.SubFrames([b"not json"], "sub", bob.id)) == [] and sum(alice.dropped.values()) == before + 1
+    assert alice.handle(2.0, inputs.LanBeaconHeard(b"x", HOST)) == []  # LAN discovery is off
