@@ -223,8 +223,7 @@ class Transport:
     def perform_edit_authorized_keys(self, act) -> None:
         """`trust`: the node does no file I/O, so the edit of authorized_keys it asks for is done
         here, in the home (trustfiles.py), which also gives the reply."""
-        answer = trustfiles.perform(self.home, self.node.trust, act)
-        self._to_client(answer.client, answer.payload)
+        self.perform_to_client(trustfiles.perform(self.home, self.node.trust, act))
 
     def perform_forget_pin(self, act) -> None:
         """`known forget`: known_peers, the same way."""
