@@ -208,7 +208,7 @@ def test_receiver_stopped_gracefully_mid_stream_gets_everything_once(make_node):
     texts = numbered("s", 5000)
     confirmed = [0]
     failure: list[BaseException] = []
-    reached = threading.Event()
+    reached, stop_asked = threading.Event(), threading.Event()
 
     def streamer():
         try:
@@ -216,8 +216,11 @@ def test_receiver_stopped_gracefully_mid_stream_gets_everything_once(make_node):
                 for k in range(0, len(texts), 200):
                     c.send_many("bob", texts[k:k + 200], ids=texts[k:k + 200])
                     confirmed[0] = k + 200
-                    if k + 200 >= 1000:
+                    if k + 200 == 1000:
+                        # Mid-stream: the rest goes on only once bob has been asked to stop (on a
+                        # loaded machine the whole stream could otherwise be queued before that).
                         reached.set()
+                        stop_asked.wait(60)
         except BaseException as e:
             failure.append(e)
             reached.set()
@@ -227,6 +230,7 @@ def test_receiver_stopped_gracefully_mid_stream_gets_everything_once(make_node):
     assert reached.wait(60) and not failure, failure
     bob.call("stop")  # graceful stop (what `p2pd stop` asks for), while the stream goes on
     at_stop = confirmed[0]
+    stop_asked.set()
     wait_for(lambda: not pid_alive(bob.pid), what="bob to exit")
     t.join(60)
     assert not t.is_alive() and not failure, failure
