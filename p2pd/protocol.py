@@ -20,6 +20,7 @@ import random
 import re
 import time
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -190,8 +191,10 @@ def encode(msg: Message) -> bytes:
 
 
 # Strings that passed a pattern check before.  A busy link repeats the same
-# sender_id, sender_name, target_id and epoch in every frame: checking each
-# once saves a regex match per field per frame.  Bounded: cleared when full.
+# sender_id, sender_name, target_id and epoch in every frame, and PEERS the
+# same ids, names, hosts and keys in every round of gossip: checking each once
+# saves a regex match per field per frame.  Bounded: cleared when full.  Only
+# ever a shortcut to "valid": whatever is not in a set gets the full check.
 _GOOD: dict[re.Pattern, set] = {}
 _GOOD_MAX = 4096
 _GOOD_HOSTS: set = set()
@@ -349,17 +352,53 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
         peers = data.get("peers")
         if not isinstance(peers, list) or len(peers) > MAX_PEERS_LISTED:
             raise ProtocolError("bad_field", f"PEERS needs data.peers as a list of at most {MAX_PEERS_LISTED}")
-        for entry in peers:
-            if not isinstance(entry, dict):
-                raise ProtocolError("bad_field", "PEERS entries must be objects")
-            _req_str(entry, "id", _ID_RE)
-            _req_str(entry, "name", _NAME_RE, MAX_NAME_LEN)
-            parse_address(entry)
-            _opt_key(entry)
+        _check_peers(peers)
     elif type_ == PONG:
         ping_id = data.get("ping_id")
         if not (isinstance(ping_id, str) and _ID_RE.match(ping_id)):
             raise ProtocolError("bad_field", "PONG needs data.ping_id")
+
+
+_PEER_FIELDS = itemgetter("id", "name", "addr", "port", "pub_port", "key")
+_GOOD_PEERS: set = set()  # PEERS entries that passed, as _PEER_FIELDS tuples (bounded as _GOOD)
+
+
+def _check_peers(peers: list) -> None:
+    """Each PEERS entry: ``id``, ``name``, an address, an optional ``key``.
+
+    Gossip repeats the same entries round after round (a full mesh of n nodes decodes n - 1 of
+    them per PEERS), so an entry whose fields are those of one that passed before passes at
+    once; any other gets `_check_peer_entry`, which raises on the first bad field exactly as
+    if there were no shortcut.  The ports' types are checked apart: ``true`` and ``5010.0``
+    compare equal to ``1`` and ``5010``.  The strings, and None, equal only themselves."""
+    good = _GOOD_PEERS
+    for entry in peers:
+        if type(entry) is dict:
+            try:
+                fields = _PEER_FIELDS(entry)
+                if type(fields[3]) is int and type(fields[4]) is int and fields in good:
+                    continue
+            except (KeyError, TypeError):  # a field left out ("addr" and "key" may be), or one unhashable
+                pass
+        _check_peer_entry(entry)
+
+
+def _check_peer_entry(entry: Any) -> None:
+    """The full checks of one PEERS entry; one that passes is remembered (see `_check_peers`)."""
+    if not isinstance(entry, dict):
+        raise ProtocolError("bad_field", "PEERS entries must be objects")
+    _req_str(entry, "id", _ID_RE, cache=True)
+    _req_str(entry, "name", _NAME_RE, MAX_NAME_LEN, cache=True)
+    parse_address(entry)
+    _opt_key(entry)
+    if type(entry) is dict:
+        try:
+            fields = _PEER_FIELDS(entry)
+        except KeyError:  # "addr" or "key" left out: not the shape the shortcut knows
+            return
+        if len(_GOOD_PEERS) >= _GOOD_MAX:
+            _GOOD_PEERS.clear()
+        _GOOD_PEERS.add(fields)
 
 
 def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
