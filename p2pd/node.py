@@ -19,8 +19,12 @@ The peer protocol (docs/PROTOCOL.md):
   over the receiver's own DEALER to the sender's ROUTER, so both sides end
   up with one link each way.  A dial by address (``connect``, ``--join``, a
   LAN beacon) is `dialer.py`'s until the JOIN reply tells us whose it is.
-* Gossip: on link-up and every ``gossip_interval_s`` we send PEERS (our alive
-  peers with their addresses); a node dials every peer it learns of.  A peer
+* Gossip: on link-up we send PEERS (our alive peers with their addresses) to
+  the new peer, and every ``gossip_interval_s`` to ``GOSSIP_FANOUT`` alive peers
+  picked at random (not to every one: in a full mesh of n that would be n - 1
+  lists of n - 1 entries from each node, O(n^3) a round; a few random ones keep
+  the lists converging, as anti-entropy, at O(n^2)); a node dials every peer it
+  learns of.  A peer
   heard of only in gossip is a rumour (membership.py) until it answers that
   dial: bounded per introducer and in all, never named, forgotten quickly if
   it does not answer.  A peer that just joined is also pushed at once (at the
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from collections import Counter
 from dataclasses import dataclass
 
@@ -60,6 +65,8 @@ from .trust import Trust
 # The node's own randomness (its boot tag).  Only the deterministic simulator (p2pd/sim.py)
 # replaces it, with a seeded source, so that a run can be replayed; the daemon never does.
 _urandom = os.urandom
+
+GOSSIP_FANOUT = 3  # alive peers sent our full PEERS each gossip_interval_s (see the top)
 
 log = logging.getLogger("p2pd.node")
 
@@ -109,6 +116,7 @@ class Node(Intake):
         self._book_names: dict[str, str] = {}
         self.stopping = False
         self.boot = _urandom(4).hex()  # this run of the node: a peer that sees it change knows we restarted
+        self._rng = random.Random(_urandom(16))  # who gets each round of gossip
         self.lan = None  # LAN discovery (--discover lan): beacons out and in
         if settings.discover == "lan":
             self.lan = lan.LanDiscovery(node_id, address.port, self.trust.public_key if self.trust.secure else None,
@@ -522,15 +530,13 @@ class Node(Intake):
                 ping = self._msg(now, P.PING, beacon, target=peer.id)
                 self.pings[ping.id] = PendingPing(peer.id, now, deadline=now + timeout)
                 acts.append(self._send(peer.id, ping))
+        if self._joined or self._rumors:
+            acts += self._push_joined(now)
         if now >= self._next_gossip:
             self._next_gossip = now + self.settings.gossip_interval_s
-            self._joined.clear()  # the full list below includes them
-            for pid in [pid for pid in self._rumors if (p := self.table.get(pid)) is None or p.state == ALIVE]:
-                del self._rumors[pid]  # the full list above has those that answered; the rest wait for it
-            for peer in self.table.alive():
+            alive = self.table.alive()
+            for peer in alive if len(alive) <= GOSSIP_FANOUT else self._rng.sample(alive, GOSSIP_FANOUT):
                 acts.append(self._send(peer.id, self._peers_msg(now, exclude=peer.id)))
-        elif self._joined or self._rumors:
-            acts += self._push_joined(now)
         for pid, pp in list(self.pings.items()):
             if now >= pp.deadline:
                 del self.pings[pid]
