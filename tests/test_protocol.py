@@ -594,10 +594,8 @@ def test_deeply_nested_frames_are_refused_not_fatal(depth):
 
 
 def _forget_checked() -> None:
-    P._GOOD.clear()
-    P._GOOD_HOSTS.clear()
-    P._GOOD_PEERS.clear()
-    P._ts_good[0] = ""
+    for good in (*P._GOOD.values(), P._GOOD_HOSTS, P._GOOD_PEERS, P._GOOD_TIMES):
+        good.clear()
 
 
 def _outcome(data: bytes):
@@ -642,3 +640,42 @@ def test_a_remembered_entry_passes_and_the_memory_is_bounded():
         assert len(P._GOOD_PEERS) <= P._GOOD_MAX
     assert P.decode(peers(entries[-3:])).data["peers"] == entries[-3:]
     assert kind_of(peers([dict(entries[-1], port=float(entries[-1]["port"]))])) == "bad_field"  # equal, but no port
+
+
+RICH = {  # one valid envelope of each type, with every optional field the node sends
+    P.JOIN: (dict(JOIN_DATA, key=KEY, batch=True, boot="b00t", bseq=3, boldest=1, epoch="e1", got=2, got_epoch="e2"), None),
+    P.LEAVE: ({}, None),
+    P.MESSAGE: ({"text": "hello", "seq": 5, "base": 2, "epoch": "e1"}, "bob-id"),
+    P.BROADCAST: ({"text": "to all", "bseq": 4, "epoch": "e1"}, None),
+    P.PEERS: ({"peers": [dict(PEER_ENTRY, key=None)]}, None),
+    P.PING: ({"bseq": 3, "boldest": 1, "epoch": "e1"}, "bob-id"),
+    P.PONG: ({"ping_id": "fedcba9876543210", "bseq": 3, "boldest": 1, "epoch": "e1"}, "bob-id"),
+    P.ACK: ({"upto": 41, "gap": True}, "bob-id"),
+    P.FETCH: ({"from": 3, "to": 9}, "bob-id"),
+}
+ENVELOPE_TRICKY = TRICKY + [2, 5, 2**53, 2**53 + 1, "PING", "2023-11-14T22:13:20.500Z", "2023-11-14T22:13:20.500", "x" * (P.MAX_TEXT_LEN + 1),
+                            [dict(PEER_ENTRY)], "e1", "e 1"]
+
+
+def test_the_fast_path_of_decode_changes_no_verdict():
+    """Each valid envelope with one field (of the envelope or its data) changed, left out or
+    added: decode with everything remembered says what the full checks alone say."""
+    for type_, (data, target) in RICH.items():
+        good = envelope(type_, dict(data), target)
+        fields = [("env", k) for k in ENVELOPE_KEYS] + [("data", k) for k in (*data, "epoch", "bseq", "seq", "text", "x")]
+        for where, key in dict.fromkeys(fields):
+            for value in ENVELOPE_TRICKY:
+                obj = dict(good, data=dict(good["data"]))
+                target_obj = obj if where == "env" else obj["data"]
+                if value is ...:
+                    target_obj.pop(key, None)
+                else:
+                    target_obj[key] = value
+                frame = raw(obj)
+                _forget_checked()
+                cold = _outcome(frame)
+                _forget_checked()
+                assert P.decode(raw(good)).type == type_  # remembers its strings
+                if cold[0] == "ok":
+                    P.decode(frame)
+                assert _outcome(frame) == cold, (type_, where, key, value)
