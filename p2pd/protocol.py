@@ -146,19 +146,23 @@ def new_message_id(epoch_s: float | None = None) -> str:
     return f"{ms:012x}{_id_random.getrandbits(80):020x}"
 
 
-_ts_last = [-1, ""]
+_ts_last = [-1, "", -1, ""]  # the last millisecond and its text; the last second and its text
 
 
 def utc_timestamp(epoch_s: float) -> str:
     """ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T11:44:14.123Z``.
 
     The last result is kept: a batch of messages made in the same
-    millisecond formats the time once."""
+    millisecond formats the time once; and the last second's date and time,
+    so that another millisecond of it only adds its digits."""
     ms = int(epoch_s * 1000)
-    if ms != _ts_last[0]:
+    last = _ts_last
+    if ms != last[0]:
         secs, milli = divmod(ms, 1000)
-        _ts_last[0], _ts_last[1] = ms, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{milli:03d}Z"
-    return _ts_last[1]
+        if secs != last[2]:
+            last[2], last[3] = secs, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+        last[0], last[1] = ms, f"{last[3]}.{milli:03d}Z"
+    return last[1]
 
 
 def make(

@@ -297,7 +297,8 @@ class Sim:
         if not dst.up or dst.incarnation != incarnation:
             self.lost += 1
             return  # the connection broke with the process: lost
-        if self._busy(t, dst, "arrive", (dst, incarnation, src_name, frames, sub_from)):
+        if dst.frozen_until > t:  # frozen: the input waits (as _busy, without a call per frame)
+            self._push(dst.frozen_until, "arrive", dst, incarnation, src_name, frames, sub_from)
             return
         self.trace.update(b"".join((f"{t:.6f} {src_name}>{dst.name}\n".encode(), *frames)))  # one call: the same digest
         if sub_from is None:
@@ -322,14 +323,17 @@ class Sim:
         return self.model.loss > 0 and self.rng.random() < self.model.loss
 
     def _arrival(self, a: SimNode, b: SimNode, pipe) -> float:
-        key = (a.index, b.index) if a.index < b.index else (b.index, a.index)
+        ai, bi = a.index, b.index
+        key = (ai, bi) if ai < bi else (bi, ai)
+        m = self.model
         base = self._latency.get(key)
         if base is None:
-            m = self.model
             base = self._latency[key] = random.Random(f"{self.seed}:{key}").uniform(m.latency_min_s, m.latency_max_s)
-        t = self.now + base + self.rng.random() * self.model.jitter_s
-        if self.model.fifo:
-            t = max(t, self._pipe_last.get(pipe, 0.0))
+        t = self.now + base + self.rng.random() * m.jitter_s
+        if m.fifo:
+            last = self._pipe_last.get(pipe, 0.0)
+            if last > t:
+                t = last
             self._pipe_last[pipe] = t
         return t
 
