@@ -30,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from .protocol import PeerAddress
 from .targets import AmbiguousPeer, UnknownPeer, pick  # noqa: F401 (AmbiguousPeer, UnknownPeer: raised by resolve)
@@ -40,6 +41,8 @@ RUMOUR_COOLDOWN_S = 30.0  # a rumour that never answered is not taken from gossi
 RUMOURS_COOLING_MAX = 4096  # bounded memory for those
 SUBSCRIPTIONS_MAX = 4096  # node ids whose SUB we track on our XPUB, at most
 SUBSCRIPTIONS_PER_ID = 64  # attached connections counted per node id, at most
+
+_BY_NAME = attrgetter("name", "id")  # the order of Membership.all: (name, id), as a C-level key
 
 LINKING = "linking"
 ALIVE = "alive"
@@ -152,12 +155,16 @@ class Membership:
     def __contains__(self, peer_id: str) -> bool:
         return peer_id in self._peers
 
+    def ids(self):
+        """The ids of every peer (rumours included): a live view, for ``in`` at C speed in a loop."""
+        return self._peers.keys()
+
     def __len__(self) -> int:
         return len(self._peers)
 
     def all(self) -> list[Peer]:
         """Every peer, rumours included, by name."""
-        return sorted(self._peers.values(), key=lambda p: (p.name, p.id))
+        return sorted(self._peers.values(), key=_BY_NAME)
 
     def members(self) -> list[Peer]:
         """The peers that have spoken to us themselves (no rumours), by name."""

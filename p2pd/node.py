@@ -113,6 +113,8 @@ class Node(Intake):
         # have answered our dial, to all but whoever told us (see the top).
         self._first_contact: set[str] = set()
         self._name_index: dict[str, set[str]] | None = None  # see `sender`; None: build again
+        self._entries: dict[str, tuple] = {}  # peer id -> (address, name, key, its PEERS entry): see _peer_entry
+        self._book_entries: dict[str, tuple] = {}  # peer id -> (address, name, key, rid_suffix, its entry): see _save_peers
         self._book_names: dict[str, str] = {}
         self.stopping = False
         self.boot = _urandom(4).hex()  # this run of the node: a peer that sees it change knows we restarted
@@ -168,12 +170,25 @@ class Node(Intake):
         return self._msg(now, P.JOIN, data)
 
     def _peers_msg(self, now: float, exclude: str, peers: list[Peer] | None = None) -> P.Message:
-        entries = [
-            {"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port, "key": p.key}
-            for p in (self.table.alive() if peers is None else peers)
-            if p.id != exclude
-        ]
+        # Each entry is kept per peer (see _peer_entry): a full mesh lists every peer at every
+        # link-up, O(n^3) entries while it forms.  The dicts are shared by the messages that list
+        # them, and never changed.
+        cache, entries = self._entries, []
+        for p in self.table.alive() if peers is None else peers:
+            if p.id == exclude:
+                continue
+            c = cache.get(p.id)
+            entries.append(c[3] if c is not None and c[0] is p.address and c[1] is p.name and c[2] is p.key else self._peer_entry(p))
         return self._msg(now, P.PEERS, {"peers": entries})
+
+    def _peer_entry(self, p: Peer) -> dict:
+        """A peer as PEERS lists it, kept until its name, address or key is another object."""
+        if len(self._entries) >= 2 * self.settings.max_peers + MAX_RUMOURS:
+            self._entries.clear()  # peers come and go: bounded
+        a = p.address
+        entry = {"id": p.id, "name": p.name, "addr": a.addr, "port": a.port, "pub_port": a.pub_port, "key": p.key}
+        self._entries[p.id] = (a, p.name, p.key, entry)
+        return entry
 
     def drop(self, now: float, kind: str, reason: str, source="") -> None:
         """Count and (rate-limited) log one piece of bad input.
@@ -194,11 +209,18 @@ class Node(Intake):
         return [ToClient(c, payload) for c in self.watchers]
 
     def _save_peers(self) -> SavePeers:
-        return SavePeers([
-            {"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port, "key": p.key,
-             "rid_suffix": p.rid_suffix}
-            for p in self.table.members()
-        ])
+        # Written at every link-up: each entry is kept per peer as in _peers_msg (shared, never changed).
+        cache, book = self._book_entries, []
+        for p in self.table.members():
+            c = cache.get(p.id)
+            if c is None or c[0] is not p.address or c[1] is not p.name or c[2] is not p.key or c[3] is not p.rid_suffix:
+                if len(cache) >= 2 * self.settings.max_peers:
+                    cache.clear()  # peers come and go: bounded
+                a = p.address
+                c = cache[p.id] = (a, p.name, p.key, p.rid_suffix, {"id": p.id, "name": p.name, "addr": a.addr, "port": a.port,
+                                                                    "pub_port": a.pub_port, "key": p.key, "rid_suffix": p.rid_suffix})
+            book.append(c[4])
+        return SavePeers(book)
 
     def _ensure_link(self, now: float, peer: Peer) -> list:
         endpoint = peer.router_endpoint
@@ -425,9 +447,10 @@ class Node(Intake):
 
     def _on_peers(self, now: float, msg: P.Message, gossiper: Peer) -> list:
         acts: list = []
+        known = self.table.ids()  # live: peers learned below count at once
         for entry in msg.data["peers"]:
             pid = entry["id"]
-            if pid == self.id or pid in self.table or self.table.cooling(pid, now):
+            if pid == self.id or pid in known or self.table.cooling(pid, now):
                 continue
             if self.table.member_count() >= self.settings.max_peers:
                 self.drop(now, "peer_limit", f"not linking {pid[:12]}: at max_peers={self.settings.max_peers}", gossiper.name)
