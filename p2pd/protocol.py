@@ -174,15 +174,7 @@ def make(
     target_id: str | None = None,
     msg_id: str | None = None,
 ) -> Message:
-    return Message(
-        type=type_,
-        id=msg_id or new_message_id(epoch_s),
-        sender_id=sender_id,
-        sender_name=sender_name,
-        timestamp=utc_timestamp(epoch_s),
-        data=data or {},
-        target_id=target_id,
-    )
+    return Message(type_, msg_id or new_message_id(epoch_s), sender_id, sender_name, utc_timestamp(epoch_s), data or {}, target_id)
 
 
 def encode(msg: Message) -> bytes:
