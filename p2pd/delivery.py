@@ -34,6 +34,12 @@ Broadcasts (per origin):
   stored BROADCASTs on that link.  A receiver that never saw an origin before
   starts at the origin's current number: no old backlog unless asked.
 
+The event loop calls `save` and `acks_owed` after every turn.  A turn touches one
+link or a few, so `Delivery` keeps the links whose counters changed since the last
+`save` and the ones owed an ACK (and those with messages unacknowledged, for
+`pending_peers`) as it goes: each call costs what changed, not the number of links.
+Anything that changes a link's counters goes through this class and marks it.
+
 Pure apart from the store: no sockets; time is passed in.
 """
 
@@ -62,8 +68,6 @@ class LinkSeq:
     next_send: int = 1  # next seq to transmit
     sent_hi: int = 0  # highest seq transmitted at least once (in this run)
     last_progress: float = 0.0
-    dirty: bool = False
-    ack_owed: bool = False
     fetch_to: int = 0  # a FETCH up to this bseq is in flight
     fetch_deadline: float = 0.0
     # Rows enqueued in this run and not yet transmitted, in seq order: the
@@ -96,10 +100,19 @@ class Delivery:
         self.expiry_s = expiry_s
         self.links: dict[str, LinkSeq] = {}
         self.fresh_max = 2 * window
+        # Links by what the next `save`, `acks_owed` and `pending_peers` must look at (dicts as ordered
+        # sets); each is reported in the order the links were created (`_rank`), as a walk of
+        # `links` would, so that the effects of a turn come out in the same order whatever marked them.
+        self._rank: dict[str, int] = {}
+        self._dirty: dict[str, None] = {}  # counters changed since the last save
+        self._owed: dict[str, None] = {}  # received a MESSAGE since the last ACK to it (see acks_owed)
+        self._pending: dict[str, None] = {}  # we numbered messages for it that it has not acknowledged
         for peer_id, row in store.links().items():
-            self.links[peer_id] = LinkSeq(row["out_seq"], row["out_acked"], row["in_seq"], row["bcast_seq"],
-                                          row["in_epoch"], row["bcast_epoch"], next_send=row["out_acked"] + 1,
-                                          acked_in=row["in_seq"])
+            ls = self.link(peer_id)
+            ls.out_seq, ls.out_acked, ls.in_seq, ls.bcast_seq = row["out_seq"], row["out_acked"], row["in_seq"], row["bcast_seq"]
+            ls.in_epoch, ls.bcast_epoch, ls.next_send, ls.acked_in = row["in_epoch"], row["bcast_epoch"], row["out_acked"] + 1, row["in_seq"]
+            if ls.out_acked < ls.out_seq:
+                self._pending[peer_id] = None
         self.bcast_seq = max(int(store.get_meta("bcast_seq", "0")), store.newest_broadcast() or 0)
         self.bcast_dirty = False
         self._oldest = _UNKNOWN  # oldest kept broadcast number, cached (see broadcast_window)
@@ -109,23 +122,37 @@ class Delivery:
         ls = self.links.get(peer_id)
         if ls is None:
             ls = self.links[peer_id] = LinkSeq()
+            self._rank[peer_id] = len(self._rank)
         return ls
+
+    def _in_link_order(self, marked: dict[str, None]) -> list[str]:
+        keys = list(marked)
+        if len(keys) > 1:
+            keys.sort(key=self._rank.__getitem__)
+        return keys
+
+    def dirty(self) -> list[str]:
+        """The links whose counters changed since the last `save` (in link order)."""
+        return self._in_link_order(self._dirty)
 
     def save(self) -> None:
         """Write changed counters; the caller commits with the batch."""
         if self.bcast_dirty:
             self.store.set_meta("bcast_seq", str(self.bcast_seq))
             self.bcast_dirty = False
-        for peer_id, ls in self.links.items():
-            if ls.dirty:
+        if self._dirty:
+            links = self.links
+            for peer_id in self._in_link_order(self._dirty):
+                ls = links[peer_id]
                 self.store.save_link(peer_id, ls.out_seq, ls.out_acked, ls.in_seq, ls.bcast_seq, ls.in_epoch, ls.bcast_epoch)
-                ls.dirty = False
+            self._dirty.clear()
 
     # ------------------------------------------------------------------ direct: sender
     def enqueue(self, peer_id: str, msg_id: str, text: str, timestamp: str, epoch: float, expiry_s: float | None = None) -> int:
         ls = self.link(peer_id)
         ls.out_seq += 1
-        ls.dirty = True
+        self._dirty[peer_id] = None
+        self._pending[peer_id] = None
         self.store.add_outbox(peer_id, ls.out_seq, msg_id, text, timestamp, epoch, epoch + (expiry_s or self.expiry_s))
         fresh = ls.fresh
         if len(fresh) < self.fresh_max and (not fresh or fresh[-1][0] == ls.out_seq - 1):
@@ -207,7 +234,9 @@ class Delivery:
             ls.next_send = max(ls.next_send, upto + 1)
             ls.last_progress = now
             ls.sent_since_progress = 0
-            ls.dirty = True
+            self._dirty[peer_id] = None
+            if upto >= ls.out_seq:
+                self._pending.pop(peer_id, None)
             if ls.cwnd:  # recovering from a loss: additive increase, CWND_STEP per cwnd's worth acknowledged
                 inc, ls.cwnd_grow = divmod(ls.cwnd_grow + (upto - previous) * CWND_STEP, ls.cwnd)
                 ls.cwnd += inc
@@ -234,7 +263,8 @@ class Delivery:
         ls.cwnd_grow = 0
 
     def pending_peers(self) -> list[str]:
-        return [p for p, ls in self.links.items() if ls.out_acked < ls.out_seq]
+        """Peers with messages numbered for them and not acknowledged (in link order)."""
+        return self._in_link_order(self._pending)
 
     # ------------------------------------------------------------------ direct: receiver
     def accept(self, peer_id: str, seq: int, base: int, epoch: str | None = None) -> str:
@@ -244,22 +274,22 @@ class Delivery:
         numbering restarted: forget what we counted and follow ``base``.
         """
         ls = self.link(peer_id)
-        ls.ack_owed = True
+        self._owed[peer_id] = None
         if epoch is not None and epoch != ls.in_epoch:
             if ls.in_epoch is not None:
                 ls.in_seq = ls.acked_in = 0
                 ls.gap_at = -1
             ls.in_epoch = epoch
-            ls.dirty = True
+            self._dirty[peer_id] = None
         verdict = _classify(ls.in_seq, seq, base)
         if base - 1 > ls.in_seq:
             ls.in_seq = base - 1  # the sender will never resend below base
-            ls.dirty = True
+            self._dirty[peer_id] = None
         if verdict == "dup":
             return "dup"
         if verdict == "new":
             ls.in_seq = seq
-            ls.dirty = True
+            self._dirty[peer_id] = None
             return "new"
         if ls.gap_at != ls.in_seq or seq <= ls.gap_hi:
             # The first gap at this point, or the sender went back and lost in_seq + 1 again:
@@ -289,18 +319,19 @@ class Delivery:
         ``unpaid(peer)``: how many of its newest frames it had on credit past its rate limit
         and has not repaid.  Those stay unacknowledged (its ACK stays owed), so the sender's
         window slides at the limit; nothing is sent until some of them are paid for."""
+        if not self._owed:
+            return []
         out = []
-        for peer_id, ls in self.links.items():
-            if not ls.ack_owed:
-                continue
+        for peer_id in self._in_link_order(self._owed):
+            ls = self.links[peer_id]
             owed = unpaid(peer_id) if unpaid is not None else 0
             if owed:
                 upto = ls.in_seq - owed
                 if upto > ls.acked_in:  # a gap is reported with the full ACK, or the sender would go back to here
                     ls.acked_in = upto
                     out.append((peer_id, upto, False))
-                continue
-            ls.ack_owed = False
+                continue  # still owed
+            del self._owed[peer_id]
             ls.acked_in = ls.in_seq
             # A gap that later frames of the same batch filled is not one any more.
             out.append((peer_id, ls.in_seq, ls.gap_owed and ls.gap_at == ls.in_seq))
@@ -332,12 +363,12 @@ class Delivery:
         return self.store.broadcast_range(from_seq, min(to_seq, from_seq + FETCH_MAX - 1), FETCH_MAX)
 
     # ------------------------------------------------------------------ broadcasts: receiver
-    def _check_epoch(self, ls: LinkSeq, epoch: str | None) -> None:
+    def _check_epoch(self, origin: str, ls: LinkSeq, epoch: str | None) -> None:
         if epoch is not None and epoch != ls.bcast_epoch:
             if ls.bcast_epoch is not None:
                 ls.bcast_seq = None  # the origin's numbering restarted: resynchronise as on first contact
             ls.bcast_epoch = epoch
-            ls.dirty = True
+            self._dirty[origin] = None
 
     def announced(self, origin: str, latest: int, oldest: int, now: float, fetch_timeout_s: float,
                   epoch: str | None = None, patience_s: float = 0.0) -> tuple[int, int] | None:
@@ -346,14 +377,14 @@ class Delivery:
         With ``patience_s``, a shortfall is fetched only once it has lasted that long (the
         broadcasts may still be on their way); the first notice only starts the clock."""
         ls = self.link(origin)
-        self._check_epoch(ls, epoch)
+        self._check_epoch(origin, ls, epoch)
         if ls.bcast_seq is None:
             ls.bcast_seq = latest  # first contact: no backlog unless asked
-            ls.dirty = True
+            self._dirty[origin] = None
             return None
         if ls.bcast_seq + 1 < oldest:
             ls.bcast_seq = oldest - 1  # pruned at the origin: cannot be had any more
-            ls.dirty = True
+            self._dirty[origin] = None
         if latest > ls.bcast_seq:
             if patience_s > 0:
                 if ls.short_since is None or ls.bcast_seq > ls.short_at:  # first notice, or they are arriving
@@ -369,7 +400,7 @@ class Delivery:
         """Ask for an origin's backlog: deliver from ``from_seq`` on."""
         ls = self.link(origin)
         ls.bcast_seq = max(0, from_seq - 1)
-        ls.dirty = True
+        self._dirty[origin] = None
 
     def _want(self, ls: LinkSeq, to: int, now: float, fetch_timeout_s: float) -> tuple[int, int] | None:
         """Ask for (next missing .. to), unless a FETCH that covers the next missing one is in flight.
@@ -389,7 +420,7 @@ class Delivery:
         ls = self.link(origin)
         if epoch is not None and epoch != ls.bcast_epoch and ls.bcast_epoch is not None:
             self.early.pop(origin, None)
-        self._check_epoch(ls, epoch)
+        self._check_epoch(origin, ls, epoch)
         if ls.bcast_seq is None:
             ls.bcast_seq = bseq - 1
         if bseq <= ls.bcast_seq:
@@ -412,7 +443,7 @@ class Delivery:
         if early is not None:
             for stale in [s for s in early if s <= ls.bcast_seq]:
                 del early[stale]
-        ls.dirty = True
+        self._dirty[origin] = None
         if ls.fetch_to <= ls.bcast_seq:
             ls.fetch_to = 0
         return out, None, False

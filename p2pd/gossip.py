@@ -2,8 +2,11 @@
 
 How this works
 --------------
-On link-up (`became_alive`) and every ``gossip_interval_s`` we send PEERS (our alive
-peers with their addresses); a node dials every peer it learns of (`on_peers`).  A peer
+On link-up (`became_alive`) we send the new peer PEERS (our alive peers with their
+addresses), and every ``gossip_interval_s`` (a round) to ``GOSSIP_FANOUT`` alive peers
+picked at random: not to every one, which in a full mesh of n is n - 1 lists of n - 1
+entries from each node, O(n^3) a round; a few random ones keep the tables converging, as
+anti-entropy, at O(n^2).  A node dials every peer it learns of (`on_peers`).  A peer
 heard of only in PEERS is a rumour (membership.py) until it answers that dial: bounded
 per introducer and in all, never named, forgotten quickly if it does not answer
 (liveness.py calls `forget`).  A peer that just joined (its JOIN reached us before any
@@ -29,10 +32,12 @@ from .trust import Trust
 
 log = logging.getLogger("p2pd.node")
 
+GOSSIP_FANOUT = 3  # alive peers sent our full PEERS each gossip_interval_s (see the top)
+
 
 class Gossip:
     def __init__(self, node_id: str, settings: Settings, table: Membership, outbound: Outbound, handshake: Handshake,
-                 trust: Trust, drops: Drops, now: float):
+                 trust: Trust, drops: Drops, now: float, rng: P.RandomBits):
         self.id = node_id
         self.settings = settings
         self.table = table
@@ -47,14 +52,29 @@ class Gossip:
         # They are pushed once alive; peers first heard of in gossip (_rumors) are passed on once they
         # have answered our dial, to all but whoever told us (see the top).
         self._first_contact: set[str] = set()
+        self._rng = rng  # who gets each round
+        self._entries: dict[str, tuple] = {}  # peer id -> (address, name, key, its PEERS entry): see _entry
 
     def peers_msg(self, now: float, exclude: str, peers: list[Peer] | None = None) -> P.Message:
-        entries = [
-            {"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port, "key": p.key}
-            for p in (self.table.alive() if peers is None else peers)
-            if p.id != exclude
-        ]
+        # Each entry is kept per peer (`_entry`): a full mesh lists every peer at every link-up,
+        # O(n^3) entries while it forms.  The dicts are shared by the messages that list them,
+        # and never changed.
+        cache, entries = self._entries, []
+        for p in self.table.alive() if peers is None else peers:
+            if p.id == exclude:
+                continue
+            c = cache.get(p.id)
+            entries.append(c[3] if c is not None and c[0] is p.address and c[1] is p.name and c[2] is p.key else self._entry(p))
         return self.out.msg(now, P.PEERS, {"peers": entries})
+
+    def _entry(self, p: Peer) -> dict:
+        """A peer as PEERS lists it, kept until its name, address or key is another object."""
+        if len(self._entries) >= 2 * self.settings.max_peers + MAX_RUMOURS:
+            self._entries.clear()  # peers come and go: bounded
+        a = p.address
+        entry = {"id": p.id, "name": p.name, "addr": a.addr, "port": a.port, "pub_port": a.pub_port, "key": p.key}
+        self._entries[p.id] = (a, p.name, p.key, entry)
+        return entry
 
     def to_pass_on(self) -> dict[str, str]:
         """Peers first heard of in PEERS and not passed on yet -> the peer that told us of them."""
@@ -79,9 +99,10 @@ class Gossip:
         data: PeersData = msg.data
         acts: list = []
         table, settings = self.table, self.settings
+        known = table.ids()  # live: peers learned below count at once
         for entry in data["peers"]:
             pid = entry["id"]
-            if pid == self.id or pid in table or table.cooling(pid, now):
+            if pid == self.id or pid in known or table.cooling(pid, now):
                 continue
             if table.member_count() >= settings.max_peers:
                 self.drop(now, "peer_limit", f"not linking {pid[:12]}: at max_peers={settings.max_peers}", gossiper.name)
@@ -111,16 +132,16 @@ class Gossip:
         return acts
 
     def tick(self, now: float) -> list:
-        """Every gossip_interval_s our full list to every alive peer; between, the news (`_push`)."""
+        """The news since the last tick to everyone (`_push`); every gossip_interval_s, also our
+        full list to GOSSIP_FANOUT alive peers picked at random (a round reaches only a few, so
+        the news goes out at a round all the same)."""
+        acts = self._push(now) if self._joined or self._rumors else []
         if now >= self.next_at:
             self.next_at = now + self.settings.gossip_interval_s
-            self._joined.clear()  # the full list below includes them
-            for pid in [pid for pid in self._rumors if (p := self.table.get(pid)) is None or p.state == ALIVE]:
-                del self._rumors[pid]  # the full list above has those that answered; the rest wait for it
-            return [self.out.send(peer.id, self.peers_msg(now, exclude=peer.id)) for peer in self.table.alive()]
-        if self._joined or self._rumors:
-            return self._push(now)
-        return []
+            alive = self.table.alive()
+            for peer in alive if len(alive) <= GOSSIP_FANOUT else sample(self._rng, alive, GOSSIP_FANOUT):
+                acts.append(self.out.send(peer.id, self.peers_msg(now, exclude=peer.id)))
+        return acts
 
     def _push(self, now: float) -> list:
         """Tell every alive peer about the peers that joined, or that gossip first told us of, since
@@ -140,3 +161,22 @@ class Gossip:
             if news:
                 acts.append(self.out.send(peer.id, self.peers_msg(now, exclude=peer.id, peers=news)))
         return acts
+
+
+def _below(rng: P.RandomBits, n: int) -> int:
+    """A uniform integer in [0, n) from a source of random bits (rejection sampling)."""
+    k = n.bit_length()
+    while True:
+        r = rng.getrandbits(k)
+        if r < n:
+            return r
+
+
+def sample(rng: P.RandomBits, items: list, k: int) -> list:
+    """``k`` of ``items`` picked uniformly without replacement (a partial Fisher-Yates), from the
+    node's own random source: the simulator's seeded one replays, the daemon's is the OS's."""
+    pool = list(items)
+    for i in range(k):
+        j = i + _below(rng, len(pool) - i)
+        pool[i], pool[j] = pool[j], pool[i]
+    return pool[:k]

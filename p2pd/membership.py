@@ -31,6 +31,7 @@ import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
+from operator import attrgetter
 
 from .protocol import PeerAddress
 from .targets import AmbiguousPeer, UnknownPeer, pick  # noqa: F401 (AmbiguousPeer, UnknownPeer: raised by resolve)
@@ -41,6 +42,9 @@ RUMOUR_COOLDOWN_S = 30.0  # a rumour that never answered is not taken from gossi
 RUMOURS_COOLING_MAX = 4096  # bounded memory for those
 SUBSCRIPTIONS_MAX = 4096  # node ids whose SUB we track on our XPUB, at most
 SUBSCRIPTIONS_PER_ID = 64  # attached connections counted per node id, at most
+
+_BY_NAME = attrgetter("name", "id")  # the order of Membership.all: (name, id), as a C-level key
+
 
 class PeerState(StrEnum):
     """Where a peer is in its life with us.  A `StrEnum`: a state *is* its string, as `peers`
@@ -151,6 +155,7 @@ class Membership:
         # Grows whenever the set of members or a member's name may have changed: whoever keeps
         # something derived from them (the names index, names.py) knows when to build it again.
         self.version = 0
+        self._book_entries: dict[str, tuple] = {}  # peer id -> (address, name, key, rid_suffix, its entry): see `book`
 
     # ---- lookups
     def get(self, peer_id: str) -> Peer | None:
@@ -159,12 +164,16 @@ class Membership:
     def __contains__(self, peer_id: str) -> bool:
         return peer_id in self._peers
 
+    def ids(self):
+        """The ids of every peer (rumours included): a live view, for ``in`` at C speed in a loop."""
+        return self._peers.keys()
+
     def __len__(self) -> int:
         return len(self._peers)
 
     def all(self) -> list[Peer]:
         """Every peer, rumours included, by name."""
-        return sorted(self._peers.values(), key=lambda p: (p.name, p.id))
+        return sorted(self._peers.values(), key=_BY_NAME)
 
     def members(self) -> list[Peer]:
         """The peers that have spoken to us themselves (no rumours), by name."""
@@ -268,9 +277,22 @@ class Membership:
         return self._peers.pop(peer_id, None)
 
     def book(self) -> list[dict]:
-        """The members as peers.json keeps them (`SavePeers`): enough to link again after a restart."""
-        return [{"id": p.id, "name": p.name, "addr": p.address.addr, "port": p.address.port, "pub_port": p.address.pub_port,
-                 "key": p.key, "rid_suffix": p.rid_suffix} for p in self.members()]
+        """The members as peers.json keeps them (`SavePeers`): enough to link again after a restart.
+
+        Saved at every link-up, so while a full mesh forms that is O(n^3) entries: each is kept
+        per peer and built again only when its address, name, key or rid_suffix is another
+        object (the dicts are shared by the SavePeers that list them, and never changed)."""
+        cache, book = self._book_entries, []
+        for p in self.members():
+            c = cache.get(p.id)
+            if c is None or c[0] is not p.address or c[1] is not p.name or c[2] is not p.key or c[3] is not p.rid_suffix:
+                if len(cache) >= 2 * len(self._peers) + 64:
+                    cache.clear()  # peers come and go: bounded
+                a = p.address
+                c = cache[p.id] = (a, p.name, p.key, p.rid_suffix, {"id": p.id, "name": p.name, "addr": a.addr, "port": a.port,
+                                                                    "pub_port": a.pub_port, "key": p.key, "rid_suffix": p.rid_suffix})
+            book.append(c[4])
+        return book
 
     def set_subscribed(self, peer_id: str, subscribed: bool) -> None:
         """Our XPUB saw a SUB naming ``peer_id`` attach (True) or detach (False).

@@ -30,8 +30,12 @@ The peer protocol (docs/PROTOCOL.md):
   over the receiver's own DEALER to the sender's ROUTER, so both sides end
   up with one link each way.  A dial by address (``connect``, ``--join``, a
   LAN beacon) is `dialer.py`'s until the JOIN reply tells us whose it is.
-* Gossip: on link-up and every ``gossip_interval_s`` we send PEERS (our alive
-  peers with their addresses); a node dials every peer it learns of.  A peer
+* Gossip: on link-up we send PEERS (our alive peers with their addresses) to
+  the new peer, and every ``gossip_interval_s`` to ``GOSSIP_FANOUT`` alive peers
+  picked at random (not to every one: in a full mesh of n that would be n - 1
+  lists of n - 1 entries from each node, O(n^3) a round; a few random ones keep
+  the lists converging, as anti-entropy, at O(n^2)); a node dials every peer it
+  learns of.  A peer
   heard of only in gossip is a rumour (membership.py) until it answers that
   dial: bounded per introducer and in all, never named, forgotten quickly if
   it does not answer.  A peer that just joined is also pushed at once (at the
@@ -77,6 +81,8 @@ from .storage import Storage
 from .trust import Trust
 from .watchers import Watchers
 
+GOSSIP_FANOUT = 3  # alive peers sent our full PEERS each gossip_interval_s (see the top)
+
 log = logging.getLogger("p2pd.node")
 
 
@@ -104,7 +110,7 @@ class Node:
         self.names = Names(node_id, name, table, self.store)
         self.msgs = Messaging(self.store, settings, out, table, self.links, self.watchers, self.names, self.drop, self.stats)
         self.handshake = Handshake(address, self.boot, settings, self.trust, out, self.links, self.msgs)
-        self.gossip = Gossip(node_id, settings, table, out, self.handshake, self.trust, self.drop, now)
+        self.gossip = Gossip(node_id, settings, table, out, self.handshake, self.trust, self.drop, now, self.rng)
         self.heartbeat = Heartbeat(settings, table, out, now)
         self.liveness = Liveness(settings, table, self.links, self.handshake, self.gossip, self.watchers)
         self.dial = Dialer(settings, table, self.links, out, self.handshake, self.trust, self.msgs)

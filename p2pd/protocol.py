@@ -18,6 +18,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import Any, Protocol
 
 import orjson
@@ -147,19 +148,23 @@ def new_message_id(epoch_s: float, rng: RandomBits) -> str:
     return f"{ms:012x}{rng.getrandbits(80):020x}"
 
 
-_ts_last = [-1, ""]
+_ts_last = [-1, "", -1, ""]  # the last millisecond and its text; the last second and its text
 
 
 def utc_timestamp(epoch_s: float) -> str:
     """ISO 8601 UTC with milliseconds, e.g. ``2026-11-25T11:44:14.123Z``.
 
     The last result is kept: a batch of messages made in the same
-    millisecond formats the time once."""
+    millisecond formats the time once; and the last second's date and time,
+    so that another millisecond of it only adds its digits."""
     ms = int(epoch_s * 1000)
-    if ms != _ts_last[0]:
+    last = _ts_last
+    if ms != last[0]:
         secs, milli = divmod(ms, 1000)
-        _ts_last[0], _ts_last[1] = ms, datetime.fromtimestamp(secs, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{milli:03d}Z"
-    return _ts_last[1]
+        if secs != last[2]:
+            last[2], last[3] = secs, datetime.fromtimestamp(secs, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        last[0], last[1] = ms, f"{last[3]}.{milli:03d}Z"
+    return last[1]
 
 
 def make(
@@ -177,15 +182,7 @@ def make(
         if rng is None:
             raise TypeError("make() needs a msg_id or an rng to draw one from")
         msg_id = new_message_id(epoch_s, rng)
-    return Message(
-        type=type_,
-        id=msg_id,
-        sender_id=sender_id,
-        sender_name=sender_name,
-        timestamp=utc_timestamp(epoch_s),
-        data=data or {},
-        target_id=target_id,
-    )
+    return Message(type_, msg_id, sender_id, sender_name, utc_timestamp(epoch_s), data or {}, target_id)
 
 
 def encode(msg: Message) -> bytes:
@@ -198,12 +195,16 @@ def encode(msg: Message) -> bytes:
 
 
 # Strings that passed a pattern check before.  A busy link repeats the same
-# sender_id, sender_name, target_id and epoch in every frame: checking each
-# once saves a regex match per field per frame.  Bounded: cleared when full.
-_GOOD: dict[re.Pattern, set] = {}
+# sender_id, sender_name, target_id and epoch in every frame, and PEERS the
+# same ids, names, hosts and keys in every round of gossip: checking each once
+# saves a regex match per field per frame.  Bounded: cleared when full.  Only
+# ever a shortcut to "valid": whatever is not in a set gets the full check.
+_GOOD: dict[re.Pattern, set] = {_ID_RE: set(), _NAME_RE: set()}
 _GOOD_MAX = 4096
+_GOOD_IDS = _GOOD[_ID_RE]  # node ids, epochs
+_GOOD_NAMES = _GOOD[_NAME_RE]
 _GOOD_HOSTS: set = set()
-_ts_good = [""]  # the last timestamp that passed _TS_RE ("" never does)
+_GOOD_TIMES: set = set()  # timestamps: a node's frames of one millisecond share one
 
 
 def _matches(val: str, pattern: re.Pattern) -> bool:
@@ -357,17 +358,53 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
         peers = data.get("peers")
         if not isinstance(peers, list) or len(peers) > MAX_PEERS_LISTED:
             raise ProtocolError("bad_field", f"PEERS needs data.peers as a list of at most {MAX_PEERS_LISTED}")
-        for entry in peers:
-            if not isinstance(entry, dict):
-                raise ProtocolError("bad_field", "PEERS entries must be objects")
-            _req_str(entry, "id", _ID_RE)
-            _req_str(entry, "name", _NAME_RE, MAX_NAME_LEN)
-            parse_address(entry)
-            _opt_key(entry)
+        _check_peers(peers)
     elif type_ == PONG:
         ping_id = data.get("ping_id")
         if not (isinstance(ping_id, str) and _ID_RE.match(ping_id)):
             raise ProtocolError("bad_field", "PONG needs data.ping_id")
+
+
+_PEER_FIELDS = itemgetter("id", "name", "addr", "port", "pub_port", "key")
+_GOOD_PEERS: set = set()  # PEERS entries that passed, as _PEER_FIELDS tuples (bounded as _GOOD)
+
+
+def _check_peers(peers: list) -> None:
+    """Each PEERS entry: ``id``, ``name``, an address, an optional ``key``.
+
+    Gossip repeats the same entries round after round (a full mesh of n nodes decodes n - 1 of
+    them per PEERS), so an entry whose fields are those of one that passed before passes at
+    once; any other gets `_check_peer_entry`, which raises on the first bad field exactly as
+    if there were no shortcut.  The ports' types are checked apart: ``true`` and ``5010.0``
+    compare equal to ``1`` and ``5010``.  The strings, and None, equal only themselves."""
+    good = _GOOD_PEERS
+    for entry in peers:
+        if type(entry) is dict:
+            try:
+                fields = _PEER_FIELDS(entry)
+                if type(fields[3]) is int and type(fields[4]) is int and fields in good:
+                    continue
+            except (KeyError, TypeError):  # a field left out ("addr" and "key" may be), or one unhashable
+                pass
+        _check_peer_entry(entry)
+
+
+def _check_peer_entry(entry: Any) -> None:
+    """The full checks of one PEERS entry; one that passes is remembered (see `_check_peers`)."""
+    if not isinstance(entry, dict):
+        raise ProtocolError("bad_field", "PEERS entries must be objects")
+    _req_str(entry, "id", _ID_RE, cache=True)
+    _req_str(entry, "name", _NAME_RE, MAX_NAME_LEN, cache=True)
+    parse_address(entry)
+    _opt_key(entry)
+    if type(entry) is dict:
+        try:
+            fields = _PEER_FIELDS(entry)
+        except KeyError:  # "addr" or "key" left out: not the shape the shortcut knows
+            return
+        if len(_GOOD_PEERS) >= _GOOD_MAX:
+            _GOOD_PEERS.clear()
+        _GOOD_PEERS.add(fields)
 
 
 def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
@@ -375,6 +412,13 @@ def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
 
     Unknown *extra* fields are ignored so that later minor versions can add
     fields without breaking older peers; a different ``v`` is refused.
+
+    Every frame of a busy node comes through here, so the common case goes first: an
+    envelope whose fields are of the right types and whose strings are ones checked before
+    (see `_GOOD`), with a data object that `_FAST_DATA` finds valid for its type, is taken
+    at once.  The shortcut only ever says "valid"; whatever it is unsure of gets the full
+    checks in their order (`_decode_checked`, `_check_data`), so what is refused, and the
+    reason given, are the same with it or without it.
     """
     if len(raw) > max_bytes:
         raise ProtocolError("oversized", f"frame of {len(raw)} bytes exceeds {max_bytes}")
@@ -382,6 +426,24 @@ def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError:  # also invalid UTF-8, NaN/Infinity, nesting deeper than 1024
         raise ProtocolError("not_json", "frame is not UTF-8 JSON") from None
+    if type(obj) is dict:
+        get = obj.get
+        v, type_, msg_id, sender_id, sender_name = get("v"), get("type"), get("id"), get("sender_id"), get("sender_name")
+        timestamp, target_id, data = get("timestamp"), get("target_id"), get("data")
+        if (type(v) is int and v == PROTOCOL_VERSION and type(type_) is str and type_ in TYPES
+                and type(msg_id) is str and _ID_MATCH(msg_id)
+                and type(sender_id) is str and sender_id in _GOOD_IDS and type(sender_name) is str and sender_name in _GOOD_NAMES
+                and type(timestamp) is str and timestamp in _GOOD_TIMES
+                and (target_id is None or type(target_id) is str and target_id in _GOOD_IDS)
+                and type(data) is dict):
+            if not _FAST_DATA[type_](data, target_id):
+                _check_data(type_, data, target_id)  # the envelope is valid: its data decides, as in _decode_checked
+            return Message(type_, msg_id, sender_id, sender_name, timestamp, data, target_id, v)
+    return _decode_checked(obj)
+
+
+def _decode_checked(obj: Any) -> Message:
+    """The full checks of a parsed envelope, in order: the first one that fails raises."""
     if not isinstance(obj, dict):
         raise ProtocolError("not_json", "frame is JSON but not an object")
     v = obj.get("v")
@@ -394,8 +456,12 @@ def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
     sender_id = _req_str(obj, "sender_id", _ID_RE, cache=True)
     sender_name = _req_str(obj, "sender_name", _NAME_RE, MAX_NAME_LEN, cache=True)
     timestamp = obj.get("timestamp")
-    if timestamp != _ts_good[0] and (type(timestamp) is not str or len(timestamp) > 40 or not _TS_RE.match(timestamp)):
-        raise ProtocolError("bad_field", "field 'timestamp' must be an ISO 8601 date and time with a zone, e.g. 2026-11-25T11:44:14.123Z")
+    if not (type(timestamp) is str and timestamp in _GOOD_TIMES):
+        if type(timestamp) is not str or len(timestamp) > 40 or not _TS_RE.match(timestamp):
+            raise ProtocolError("bad_field", "field 'timestamp' must be an ISO 8601 date and time with a zone, e.g. 2026-11-25T11:44:14.123Z")
+        if len(_GOOD_TIMES) >= _GOOD_MAX:
+            _GOOD_TIMES.clear()
+        _GOOD_TIMES.add(timestamp)
     target_id = obj.get("target_id")
     if target_id is not None and not (type(target_id) is str and _matches(target_id, _ID_RE)):
         raise ProtocolError("bad_field", "field 'target_id' must be a node id or null")
@@ -403,8 +469,63 @@ def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
     if not isinstance(data, dict):
         raise ProtocolError("bad_field", "field 'data' must be an object")
     _check_data(type_, data, target_id)
-    _ts_good[0] = timestamp  # a batch made in one millisecond repeats it: checked once
     return Message(type_, msg_id, sender_id, sender_name, timestamp, data, target_id, v)
+
+
+# The common data objects, checked at once (see `decode`): True only if `_check_data` would
+# pass them; False if unsure (it then decides).
+_ID_MATCH = _ID_RE.match
+
+
+def _fast_epoch(data: dict) -> bool:
+    epoch = data.get("epoch")
+    return epoch is None or type(epoch) is str and epoch in _GOOD_IDS
+
+
+def _fast_seq(val, lo: int = 0) -> bool:
+    return val is None or type(val) is int and lo <= val <= MAX_SEQ
+
+
+def _fast_beacon(data: dict, target_id) -> bool:  # PING (and the start of PONG): epoch, bseq, boldest
+    return _fast_epoch(data) and _fast_seq(data.get("bseq")) and _fast_seq(data.get("boldest"))
+
+
+def _fast_pong(data: dict, target_id) -> bool:
+    ping_id = data.get("ping_id")
+    return _fast_beacon(data, target_id) and type(ping_id) is str and _ID_MATCH(ping_id) is not None
+
+
+def _fast_ack(data: dict, target_id) -> bool:
+    upto, gap = data.get("upto"), data.get("gap", False)
+    return (target_id is not None and _fast_epoch(data) and type(upto) is int and 0 <= upto <= MAX_SEQ
+            and type(gap) is bool)
+
+
+def _fast_message(data: dict, target_id) -> bool:
+    seq, base, text = data.get("seq"), data.get("base"), data.get("text")
+    return (target_id is not None and type(text) is str and len(text) <= MAX_TEXT_LEN and _fast_epoch(data)
+            and (seq is None and base is None or type(seq) is int and type(base) is int and 1 <= base <= seq <= MAX_SEQ))
+
+
+def _fast_broadcast(data: dict, target_id) -> bool:
+    text = data.get("text")
+    return type(text) is str and len(text) <= MAX_TEXT_LEN and _fast_epoch(data) and _fast_seq(data.get("bseq"), 1)
+
+
+def _fast_peers(data: dict, target_id) -> bool:
+    peers = data.get("peers")
+    if not (_fast_epoch(data) and type(peers) is list and len(peers) <= MAX_PEERS_LISTED):
+        return False
+    _check_peers(peers)  # the only check left: passes, or raises what _check_data would
+    return True
+
+
+def _unsure(data: dict, target_id) -> bool:
+    return False
+
+
+_FAST_DATA = {PING: _fast_beacon, PONG: _fast_pong, ACK: _fast_ack, MESSAGE: _fast_message, BROADCAST: _fast_broadcast,
+              PEERS: _fast_peers, JOIN: _unsure, LEAVE: _unsure, FETCH: _unsure}
 
 
 def valid_key(value) -> bool:

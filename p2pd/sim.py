@@ -144,7 +144,9 @@ class Sim:
         self.settings = settings or Settings(insecure=True).validate()
         self.model = model or Model()
         self.now = 0.0
-        self._events: list = []
+        self._events: list = []  # (time, sequence number, handler, args): a heap
+        self._handlers = {"start": self._ev_start, "tick": self._ev_tick, "arrive": self._ev_arrive, "refused": self._ev_refused,
+                          "call": self._ev_call}
         self._seq = 0
         self._conn = 0
         self._latency: dict[tuple[int, int], float] = {}
@@ -173,16 +175,18 @@ class Sim:
 
     # ------------------------------------------------------------------ the event queue
     def _push(self, t: float, kind: str, *args) -> None:
+        """Queue event ``kind`` (run by ``_ev_<kind>(t, *args)``) at time ``t``."""
         self._seq += 1
-        heapq.heappush(self._events, (t, self._seq, kind, args))
+        heapq.heappush(self._events, (t, self._seq, self._handlers[kind], args))
 
     def run_until(self, t_end: float) -> None:
         """Run every event due at or before ``t_end``; the clock then reads ``t_end``."""
         events = self._events
+        pop = heapq.heappop
         while events and events[0][0] <= t_end:
-            t, _, kind, args = heapq.heappop(events)
+            t, _, handler, args = pop(events)
             self.now = t
-            getattr(self, "_ev_" + kind)(t, *args)
+            handler(t, *args)
         self.now = max(self.now, t_end)
 
     def at(self, t: float, fn, *args) -> None:
@@ -282,12 +286,10 @@ class Sim:
         if not dst.up or dst.incarnation != incarnation:
             self.lost += 1
             return  # the connection broke with the process: lost
-        if self._busy(t, dst, "arrive", (dst, incarnation, src_name, frames, sub_from)):
+        if dst.frozen_until > t:  # frozen: the input waits (as _busy, without a call per frame)
+            self._push(dst.frozen_until, "arrive", dst, incarnation, src_name, frames, sub_from)
             return
-        h = self.trace
-        h.update(f"{t:.6f} {src_name}>{dst.name}\n".encode())
-        for f in frames:
-            h.update(f)
+        self.trace.update(b"".join((f"{t:.6f} {src_name}>{dst.name}\n".encode(), *frames)))  # one call: the same digest
         if sub_from is None:
             acts = dst.node.on_router_frames(t, frames, HOST)
         else:
@@ -310,14 +312,17 @@ class Sim:
         return self.model.loss > 0 and self.rng.random() < self.model.loss
 
     def _arrival(self, a: SimNode, b: SimNode, pipe) -> float:
-        key = (a.index, b.index) if a.index < b.index else (b.index, a.index)
+        ai, bi = a.index, b.index
+        key = (ai, bi) if ai < bi else (bi, ai)
+        m = self.model
         base = self._latency.get(key)
         if base is None:
-            m = self.model
             base = self._latency[key] = random.Random(f"{self.seed}:{key}").uniform(m.latency_min_s, m.latency_max_s)
-        t = self.now + base + self.rng.random() * self.model.jitter_s
-        if self.model.fifo:
-            t = max(t, self._pipe_last.get(pipe, 0.0))
+        t = self.now + base + self.rng.random() * m.jitter_s
+        if m.fifo:
+            last = self._pipe_last.get(pipe, 0.0)
+            if last > t:
+                t = last
             self._pipe_last[pipe] = t
         return t
 

@@ -14,6 +14,7 @@ from p2pd.actions import CloseLink, OpenLink, RekeyLink, Send, Subscribe, ToClie
 from p2pd.membership import ALIVE, LINKING, LOST, RUMOUR_COOLDOWN_S
 from p2pd.node import Node
 
+import memnet
 from memnet import CLI, FAST, HOST, WALL, WATCH, ep, handle, join_frame, linked_alice, peers_frame, state, watch
 from memnet import net, mem_pair, mem_trio, alice_bob, busy_alice  # noqa: F401 (fixtures)
 
@@ -105,6 +106,55 @@ def test_gossip_every_interval(net, mem_trio):
     assert sorted(t for t, _ in new) == [10.0, 10.0]
     to_alice = [m for _, m in net.sent("bob", "alice", P.PEERS)][-1]
     assert [e["id"] for e in to_alice.data["peers"]] == ["charlie-id"]  # never the receiver itself
+
+
+def _star(net, monkeypatch, *names):
+    """bob, and each of ``names`` connected to it (they find one another through it)."""
+    for name in names:
+        monkeypatch.setitem(memnet.PORTS, name, memnet.PORTS.get(name, 5011 + 2 * len(memnet.PORTS)))
+    bob = net.add("bob")
+    others = [net.add(name) for name in names]
+    for k, node in enumerate(others):
+        assert net.connect(node, bob, 0.1 * k)["ok"] is True
+    net.tick_range(1.0, 3.0, 0.5)
+    assert all(state(bob, o) == ALIVE for o in others)
+    return bob, others
+
+
+def test_each_gossip_round_goes_to_a_random_handful(net, monkeypatch):
+    """Past GOSSIP_FANOUT alive peers, a round sends the full list to that many of them, picked
+    anew each round, so that in a few rounds every peer has had one (anti-entropy at O(n^2)
+    frames in a full mesh, not O(n^3))."""
+    from p2pd.gossip import GOSSIP_FANOUT
+
+    bob, others = _star(net, monkeypatch, "alice", "charlie", "dave", "erin", "frank")
+    assert len(others) > GOSSIP_FANOUT
+    everyone = {o.name for o in others}
+    reached: set = set()
+    net.tick_range(4.0, 9.0, 1.0)
+    for t in range(10, 90, 10):  # bob's rounds (every node's: they all started at 0)
+        net.tick(float(t))
+        full = [(dst, m) for dst_t, m, dst in ((tt, m, dst) for tt, f, dst, m in net.delivered if f == "bob" and m.type == P.PEERS)
+                if dst_t == t]
+        assert len(full) == GOSSIP_FANOUT == len({dst for dst, _ in full})
+        for dst, m in full:  # the full list: every other alive peer, never the receiver
+            assert sorted(e["name"] for e in m.data["peers"]) == sorted(everyone - {dst})
+        reached |= {dst for dst, _ in full}
+        net.tick_range(t + 1.0, t + 9.0, 1.0)  # heartbeats: all stay alive
+    assert reached == everyone
+    assert all(state(bob, o) == ALIVE for o in others)
+
+
+def test_a_newcomer_at_a_gossip_round_is_pushed_to_every_peer(net, monkeypatch):
+    bob, others = _star(net, monkeypatch, "alice", "charlie", "dave", "erin")
+    net.tick_range(4.0, 9.0, 1.0)
+    monkeypatch.setitem(memnet.PORTS, "frank", 5099)
+    frank = net.add("frank")
+    assert net.connect(frank, bob, 9.99)["ok"] is True
+    net.tick(10.0, bob)  # bob's gossip round: the push of frank goes to every other peer all the same
+    for o in others:
+        told = [m for t, m in net.sent("bob", o.name, P.PEERS) if t == 10.0]
+        assert any("frank-id" in [e["id"] for e in m.data["peers"]] for m in told), o.name
 
 
 def test_a_new_peer_is_pushed_to_the_others_at_the_next_tick(net, mem_pair):

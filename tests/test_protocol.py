@@ -587,3 +587,96 @@ def test_deeply_nested_frames_are_refused_not_fatal(depth):
     with pytest.raises(P.ProtocolError) as e:
         P.decode(raw, max_bytes=len(raw))
     assert e.value.kind == "not_json"
+
+
+# ---------------------------------------------------------------------------- the codec's memory of what passed
+# decode remembers strings and PEERS entries that passed its checks (gossip repeats them every
+# round): a shortcut to "valid" that must never change what is accepted or refused, or why.
+
+
+def _forget_checked() -> None:
+    for good in (*P._GOOD.values(), P._GOOD_HOSTS, P._GOOD_PEERS, P._GOOD_TIMES):
+        good.clear()
+
+
+def _outcome(data: bytes):
+    try:
+        return ("ok", P.decode(data))
+    except ProtocolError as e:
+        return (e.kind, e.reason)
+
+
+KEY = "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+# Values equal to a remembered one but not valid in its place (True == 1, 2.0 == 2), and others.
+TRICKY = [..., None, True, False, 0, 1, 1.0, 2, 2.0, 65535, 65536, -1, "1", "", "bob", "bob-id", "bob\n", "x" * 65, "*",
+          "10.0.0.2", "999.1.1.1", "::1", "[::1]", KEY, KEY[:-1] + " ", [], {}, ["bob-id"]]
+
+
+def test_remembered_peers_entries_change_no_verdict():
+    """An entry that differs from a remembered one in one field gets the verdict (and reason)
+    that a codec with nothing remembered gives it."""
+    for with_key in (False, True):
+        good = dict(PEER_ENTRY, port=1, pub_port=2, **({"key": KEY} if with_key else {}))
+        for field in ("id", "name", "addr", "port", "pub_port", "key", "extra"):
+            for value in TRICKY:
+                entry = dict(good)
+                if value is ...:
+                    entry.pop(field, None)
+                else:
+                    entry[field] = value
+                frame = peers([good, entry])
+                _forget_checked()
+                cold = _outcome(frame)
+                _forget_checked()
+                P.decode(peers([good, entry if cold[0] == "ok" else good]))  # remembers good (and entry, if valid)
+                assert _outcome(frame) == cold, (with_key, field, value)
+                assert _outcome(frame) == cold, (with_key, field, value)  # again, with what that one remembered
+
+
+def test_a_remembered_entry_passes_and_the_memory_is_bounded():
+    _forget_checked()
+    entries = [dict(PEER_ENTRY, id=f"p{i}-id", name=f"p{i}", key=None) for i in range(P._GOOD_MAX + 10)]
+    for k in range(0, len(entries), P.MAX_PEERS_LISTED):
+        P.decode(peers(entries[k:k + P.MAX_PEERS_LISTED]))
+        assert len(P._GOOD_PEERS) <= P._GOOD_MAX
+    assert P.decode(peers(entries[-3:])).data["peers"] == entries[-3:]
+    assert kind_of(peers([dict(entries[-1], port=float(entries[-1]["port"]))])) == "bad_field"  # equal, but no port
+
+
+RICH = {  # one valid envelope of each type, with every optional field the node sends
+    P.JOIN: (dict(JOIN_DATA, key=KEY, batch=True, boot="b00t", bseq=3, boldest=1, epoch="e1", got=2, got_epoch="e2"), None),
+    P.LEAVE: ({}, None),
+    P.MESSAGE: ({"text": "hello", "seq": 5, "base": 2, "epoch": "e1"}, "bob-id"),
+    P.BROADCAST: ({"text": "to all", "bseq": 4, "epoch": "e1"}, None),
+    P.PEERS: ({"peers": [dict(PEER_ENTRY, key=None)]}, None),
+    P.PING: ({"bseq": 3, "boldest": 1, "epoch": "e1"}, "bob-id"),
+    P.PONG: ({"ping_id": "fedcba9876543210", "bseq": 3, "boldest": 1, "epoch": "e1"}, "bob-id"),
+    P.ACK: ({"upto": 41, "gap": True}, "bob-id"),
+    P.FETCH: ({"from": 3, "to": 9}, "bob-id"),
+}
+ENVELOPE_TRICKY = TRICKY + [2, 5, 2**53, 2**53 + 1, "PING", "2023-11-14T22:13:20.500Z", "2023-11-14T22:13:20.500", "x" * (P.MAX_TEXT_LEN + 1),
+                            [dict(PEER_ENTRY)], "e1", "e 1"]
+
+
+def test_the_fast_path_of_decode_changes_no_verdict():
+    """Each valid envelope with one field (of the envelope or its data) changed, left out or
+    added: decode with everything remembered says what the full checks alone say."""
+    for type_, (data, target) in RICH.items():
+        good = envelope(type_, dict(data), target)
+        fields = [("env", k) for k in ENVELOPE_KEYS] + [("data", k) for k in (*data, "epoch", "bseq", "seq", "text", "x")]
+        for where, key in dict.fromkeys(fields):
+            for value in ENVELOPE_TRICKY:
+                obj = dict(good, data=dict(good["data"]))
+                target_obj = obj if where == "env" else obj["data"]
+                if value is ...:
+                    target_obj.pop(key, None)
+                else:
+                    target_obj[key] = value
+                frame = raw(obj)
+                _forget_checked()
+                cold = _outcome(frame)
+                _forget_checked()
+                assert P.decode(raw(good)).type == type_  # remembers its strings
+                if cold[0] == "ok":
+                    P.decode(frame)
+                assert _outcome(frame) == cold, (type_, where, key, value)

@@ -590,3 +590,116 @@ def test_a_heartbeat_shortfall_is_fetched_only_if_nothing_arrives_meanwhile(stor
     assert d.announced("alice", 50, 1, 3.2, 2.0, patience_s=2.0) is None  # one arrived: still flowing, wait again
     assert d.announced("alice", 50, 1, 5.3, 2.0, patience_s=2.0) == (12, 50)  # nothing for 2 s: fetch
     assert d.announced("alice", 60, 1, 5.4, 2.0) is None  # a FETCH is in flight
+
+
+# ---------------------------------------------------------------------------- what a turn has to look at
+# The loop calls save() and acks_owed() after every turn: Delivery keeps the links that changed,
+# that are owed an ACK and that have unacknowledged messages, instead of walking every link.
+
+
+def _saved_links(store: Store, monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real = store.save_link
+    monkeypatch.setattr(store, "save_link", lambda peer_id, *a: (calls.append(peer_id), real(peer_id, *a)))
+    return calls
+
+
+def test_save_writes_only_the_links_that_changed_in_link_order(store, monkeypatch):
+    d = Delivery(store)
+    for peer in ("p0", "p1", "p2", "p3"):
+        d.accept(peer, 1, 1, "e")
+    saved = _saved_links(store, monkeypatch)
+    d.save()
+    assert saved == ["p0", "p1", "p2", "p3"] and d.dirty() == []
+    d.save()
+    assert saved == ["p0", "p1", "p2", "p3"]  # nothing changed: nothing written
+    saved.clear()
+    d.accept("p3", 2, 1, "e")
+    d.enqueue("p1", "m1", "x", "ts", 1.0)
+    d.accept("p2", 1, 1, "e")  # a duplicate changes no counter ...
+    assert d.dirty() == ["p1", "p3"]  # ... and the order is the links', not the marking's
+    d.save()
+    assert saved == ["p1", "p3"]
+
+
+def test_every_counter_change_is_saved(tmp_path):
+    """Whatever changed a link's counters, the next save writes it: a store reopened after a
+    save and a commit holds exactly the counters in memory."""
+    s = Store(tmp_path / "s.db")
+    d = Delivery(s, window=4)
+
+    def check():
+        d.save()
+        s.commit()
+        assert d.dirty() == []
+        fields = ("out_seq", "out_acked", "in_seq", "bcast_seq", "in_epoch", "bcast_epoch")
+        assert s.links() == {p: {f: getattr(ls, f) for f in fields} for p, ls in d.links.items()}
+
+    fill(d, "bob", 3)  # enqueue
+    check()
+    d.due("bob", 0.0)
+    d.on_ack("bob", 2, now=0.1, epoch=1.0)  # ACK progress
+    check()
+    d.accept("carol", 1, 1, "e1")  # a new message
+    check()
+    d.accept("carol", 5, 4, "e1")  # a base above what we have
+    check()
+    d.accept("carol", 1, 1, "e2")  # a new sender epoch
+    check()
+    d.announced("dave", 7, 1, now=0.0, fetch_timeout_s=1.0)  # first contact with an origin
+    check()
+    d.announced("dave", 9, 9, now=0.0, fetch_timeout_s=1.0)  # the origin pruned what we lack
+    check()
+    d.on_broadcast("dave", 9, ("b9",), now=0.1, fetch_timeout_s=1.0)  # a broadcast delivered
+    check()
+    d.on_broadcast("dave", 1, ("b1",), now=0.1, fetch_timeout_s=1.0, epoch="e9")  # the origin's numbering restarted
+    check()
+    d.since("erin", 5)  # a backlog asked for
+    check()
+    s.close()
+
+
+def test_acks_owed_looks_only_at_senders_heard_from(store):
+    d = Delivery(store)
+    for peer in ("p0", "p1", "p2"):
+        d.accept(peer, 1, 1)
+    assert d.acks_owed() == [("p0", 1, False), ("p1", 1, False), ("p2", 1, False)]
+    assert d.acks_owed() == []
+    d.accept("p2", 2, 1)
+    d.accept("p0", 1, 1)  # a duplicate is acknowledged again (the sender may have missed our ACK)
+    assert d.acks_owed() == [("p0", 1, False), ("p2", 2, False)]
+    # one still paying its debt stays owed, the others are settled
+    d.accept("p1", 2, 1)
+    d.accept("p1", 3, 1)
+    d.accept("p0", 2, 1)
+    assert d.acks_owed(unpaid=lambda peer: 1 if peer == "p1" else 0) == [("p0", 2, False), ("p1", 2, False)]
+    assert d.acks_owed(unpaid=lambda peer: 1 if peer == "p1" else 0) == []
+    assert d.acks_owed() == [("p1", 3, False)]
+    assert d.acks_owed() == []
+
+
+def test_pending_peers_follow_enqueue_and_ack(tmp_path):
+    s = Store(tmp_path / "s.db")
+    d = Delivery(s)
+    d.accept("p0", 1, 1)  # a link with nothing to send
+    fill(d, "p2", 2)
+    fill(d, "p1", 1)
+    assert d.pending_peers() == ["p2", "p1"]
+    d.due("p1", 0.0)
+    d.due("p2", 0.0)
+    d.on_ack("p2", 1, now=0.1, epoch=1.0)
+    assert d.pending_peers() == ["p2", "p1"]  # one of two acknowledged
+    d.on_ack("p1", 5, now=0.1, epoch=1.0)  # clamped to what was numbered: all of them
+    assert d.pending_peers() == ["p2"]
+    d.save()
+    s.commit()
+    s.db.close()
+    s2 = Store(tmp_path / "s.db")
+    d2 = Delivery(s2)
+    assert d2.pending_peers() == ["p2"] and d2.dirty() == []  # from the saved counters
+    d2.enqueue("p1", "m9", "x", "ts", 1.0)
+    assert d2.pending_peers() == ["p2", "p1"]  # p2's link was loaded first
+    d2.due("p2", 0.0)
+    d2.on_ack("p2", 2, now=0.1, epoch=1.0)
+    assert d2.pending_peers() == ["p1"]
+    s2.close()
