@@ -156,11 +156,10 @@ class Membership:
         # something derived from them (the names index, names.py) knows when to build it again.
         self.version = 0
         self._book_entries: dict[str, tuple] = {}  # peer id -> (address, name, key, rid_suffix, its entry): see `book`
+        self._quiet_until: dict[float, float] = {}  # timeout -> no peer is silent before then (see `silent`)
+        self.get = self._peers.get  # peer id -> Peer or None: the hottest lookup, bound to the dict itself
 
     # ---- lookups
-    def get(self, peer_id: str) -> Peer | None:
-        return self._peers.get(peer_id)
-
     def __contains__(self, peer_id: str) -> bool:
         return peer_id in self._peers
 
@@ -328,13 +327,29 @@ class Membership:
         return peer
 
     def silent(self, now: float, timeout_s: float) -> list[Peer]:
-        """Alive peers silent past the timeout, and links never answered."""
+        """Alive peers silent past the timeout, and links never answered.
+
+        Asked every tick, and a scan of every peer: so the earliest moment any peer can be
+        silent is kept (`_quiet_until`), and until then nobody is.  It stays a true bound
+        because nothing moves a deadline earlier: ``last_seen`` and ``since`` only grow, a new
+        peer's deadline is ``now + timeout``, and a lost peer is out of the count."""
+        if now <= self._quiet_until.get(timeout_s, float("-inf")):
+            return []
         out = []
+        soonest = now + timeout_s  # a peer learned or heard from later cannot be silent before then
         for p in self._peers.values():
-            if p.state == ALIVE and p.last_seen is not None and now - p.last_seen > timeout_s:
+            if p.state == ALIVE and p.last_seen is not None:
+                deadline = p.last_seen + timeout_s
+            elif p.state == LINKING:
+                deadline = p.since + timeout_s
+            else:
+                continue
+            if now > deadline:
                 out.append(p)
-            elif p.state == LINKING and now - p.since > timeout_s:
-                out.append(p)
+            elif deadline < soonest:
+                soonest = deadline
+        # Those returned change state (lost, forgotten) or, if the caller leaves them, are found again.
+        self._quiet_until[timeout_s] = soonest if not out else float("-inf")
         return out
 
     def due_retries(self, now: float) -> list[Peer]:

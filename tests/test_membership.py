@@ -405,3 +405,20 @@ def test_subscription_bookkeeping_is_bounded_whatever_the_xpub_is_sent():
     for _ in range(SUBSCRIPTIONS_PER_ID + 500):  # or one id over and over
         t.set_subscribed("ghost-1", True)
     assert len(t._subscriptions) == SUBSCRIPTIONS_MAX and t._subscriptions["ghost-1"] == SUBSCRIPTIONS_PER_ID
+
+
+def test_silent_skips_the_scan_only_while_nobody_can_be_silent():
+    """`silent` remembers the earliest deadline; a peer learned or heard from later, and one
+    learned into a table that was empty, are still found the moment they are silent."""
+    t = Membership("me")
+    assert t.silent(0.0, 5.0) == []  # empty: nobody can be silent before 5.0
+    t.learn("a", "a", PeerAddress("10.0.0.1", 1, 2), 1.0)  # linking since 1.0: silent after 6.0
+    assert t.silent(5.5, 5.0) == []
+    assert [p.id for p in t.silent(6.01, 5.0)] == ["a"]
+    t.heard_from("a", 7.0)  # alive, heard at 7.0: silent after 12.0
+    t.learn("b", "b", PeerAddress("10.0.0.2", 1, 2), 7.5)
+    assert t.silent(8.0, 5.0) == []
+    t.heard_from("b", 9.0)
+    assert [p.id for p in t.silent(12.01, 5.0)] == ["a"]  # b was heard at 9.0
+    assert [p.id for p in t.silent(14.01, 5.0)] == ["a", "b"]
+    assert [p.id for p in t.silent(14.01, 2.0)] == ["a", "b"]  # another timeout: its own bound
