@@ -22,11 +22,11 @@ from __future__ import annotations
 import logging
 
 from . import protocol as P
-from .payloads import PeersData
 from .drops import Drops
 from .handshake import Handshake
 from .membership import ALIVE, MAX_RUMOURS, RUMOURS_PER_INTRODUCER, Membership, Peer, is_loopback
 from .outbound import Outbound
+from .payloads import PeersData
 from .settings import Settings
 from .trust import Trust
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import protocol as P
-from .payloads import PongData
 from .actions import ToClient
 from .errors import ErrorCode
 from .membership import Membership, Peer
 from .outbound import Outbound
+from .payloads import PongData
 from .replies import err, ok
 from .settings import Settings
 

@@ -30,15 +30,15 @@ from collections import Counter
 from dataclasses import dataclass
 
 from . import protocol as P
-from .payloads import AckData, BroadcastData, FetchData, MessageData
 from .actions import Publish, PublishBatch, ToClient
 from .delivery import Delivery
-from .errors import ErrorCode
 from .drops import Drops
+from .errors import ErrorCode
 from .links import Links
 from .membership import ALIVE, Membership
 from .names import Names
 from .outbound import Outbound
+from .payloads import AckData, BroadcastData, FetchData, MessageData
 from .replies import err, ok
 from .storage import Storage
 from .watchers import Watchers

@@ -30,19 +30,12 @@ The peer protocol (docs/PROTOCOL.md):
   over the receiver's own DEALER to the sender's ROUTER, so both sides end
   up with one link each way.  A dial by address (``connect``, ``--join``, a
   LAN beacon) is `dialer.py`'s until the JOIN reply tells us whose it is.
-* Gossip: on link-up we send PEERS (our alive peers with their addresses) to
-  the new peer, and every ``gossip_interval_s`` to ``GOSSIP_FANOUT`` alive peers
-  picked at random (not to every one: in a full mesh of n that would be n - 1
-  lists of n - 1 entries from each node, O(n^3) a round; a few random ones keep
-  the lists converging, as anti-entropy, at O(n^2)); a node dials every peer it
-  learns of.  A peer
-  heard of only in gossip is a rumour (membership.py) until it answers that
-  dial: bounded per introducer and in all, never named, forgotten quickly if
-  it does not answer.  A peer that just joined is also pushed at once (at the
-  next tick) to every other alive peer, so a new node meets the whole cluster
-  in about one round trip instead of one gossip interval; a rumour is passed
-  on the same way once it has answered us, never before (to all but whoever
-  told us of it), so made-up peers do not travel.
+* Gossip (gossip.py): on link-up we send the new peer PEERS (our alive peers with
+  their addresses), and every ``gossip_interval_s`` to a few alive peers picked at
+  random; a node dials every peer it learns of.  A peer heard of only in gossip is
+  a rumour (membership.py) until it answers that dial.  A peer that just joined is
+  pushed at the next tick to every other alive peer, so a new node meets the whole
+  cluster in about one round trip.
 * Heartbeat: every ``heartbeat_interval_s``, PING each peer not heard from
   within that interval (so of two idle peers usually only one asks, and a
   busy link needs no PINGs); any frame counts as life;
@@ -58,7 +51,6 @@ from collections import Counter
 
 from . import lan
 from . import protocol as P
-from .payloads import JoinData
 from .actions import LanBeacon, SavePeers, Shutdown, ToClient
 from .dialer import Dialer
 from .drops import Drops
@@ -70,18 +62,17 @@ from .intake import Intake
 from .links import Links
 from .liveness import Liveness
 from .membership import ALIVE, LOST, Membership, Peer
+from .memstore import MemoryStore
 from .messaging import Messaging
 from .names import Names
 from .outbound import Outbound
+from .payloads import JoinData
 from .replies import ok
 from .seeded import for_node
 from .settings import Settings
-from .memstore import MemoryStore
 from .storage import Storage
 from .trust import Trust
 from .watchers import Watchers
-
-GOSSIP_FANOUT = 3  # alive peers sent our full PEERS each gossip_interval_s (see the top)
 
 log = logging.getLogger("p2pd.node")
 
