@@ -67,6 +67,7 @@ class Intake:
         self.settings = settings
         self.table = table
         self.trust = trust
+        self.secure = trust.secure  # fixed for the node's life: read on every frame
         self.delivery = delivery
         self.drop = drops
         self.stats = stats
@@ -79,7 +80,7 @@ class Intake:
         we take them: each is then checked (`envelope`) and handled on its own.  ``user_id``
         is the node id that ZAP derived from the sender's CURVE key: under CURVE the routing
         id must be one of that node's (checked before any decoding)."""
-        if self.trust.secure and not owns_routing_id(user_id or "", frames[0]):
+        if self.secure and not owns_routing_id(user_id or "", frames[0]):
             self._spoofed_routing_id(now, frames[0], user_id, source)
             return False
         if not 1 < len(frames) <= P.MAX_BATCH + 1:
@@ -97,7 +98,7 @@ class Intake:
         if not owns_routing_id(msg.sender_id, rid):
             self.drop(now, "bad_routing_id", f"routing id {rid[:24]!r} does not match sender_id {msg.sender_id[:24]}", source)
             return None
-        if self.trust.secure and user_id != msg.sender_id:
+        if self.secure and user_id != msg.sender_id:
             self.drop(now, "spoofed", f"frame claims sender {msg.sender_id[:12]} but its key belongs to {str(user_id)[:12]}", source)
             return None
         if not self._within_rate(now, msg.sender_id) and not self._on_credit(msg):
@@ -120,11 +121,11 @@ class Intake:
 
     def _within_rate(self, now: float, peer_id: str) -> bool:
         """Token bucket per peer: max_msgs_per_s sustained, one second's worth of burst."""
-        if peer_id not in self.table:
-            return True
         rate = self.settings.max_msgs_per_s
         b = self._buckets.get(peer_id)
         if b is None:
+            if self.table.get(peer_id) is None:
+                return True  # not a peer (yet): its JOIN is judged on its own
             if len(self._buckets) >= 2 * len(self.table) + 64:  # peers gone from the table: their buckets too
                 self._buckets = {pid: v for pid, v in self._buckets.items() if pid in self.table}
             b = self._buckets[peer_id] = Bucket(rate, now)

@@ -206,7 +206,7 @@ class Node:
         ``user_id`` is the node id that ZAP derived from the sender's CURVE key (intake.py).
         ``peer_host`` is the address the frame came from, or a function that returns it: the
         transport's lookup costs a call into libzmq, and only a JOIN or a log line needs it."""
-        source = (lambda: peer_host() or "?") if callable(peer_host) else (peer_host or "?")
+        source = peer_host or "?"  # a function is called only if a line is logged (drops.py)
         intake = self.intake
         if not intake.frames_ok(now, frames, user_id, source):
             return []
