@@ -186,3 +186,16 @@ def test_the_layer_contracts_catch_a_core_module_that_reads_the_clock(tmp_path):
     """The contract above could pass by not seeing an import: one made to break it is seen."""
     tree = ast.parse("def f():\n    import time\n    from os import path\n    from .protocol import x\n")
     assert external_imports(tree) & CORE_FORBIDDEN == {"time", "os"}
+
+
+def test_the_commands_layer_sits_on_the_core_and_does_no_io():
+    """The control commands (p2pd/commands/, and control.py's framing) call the node's public API:
+    they import the core and each other only, and nothing that does I/O (key files are edited at
+    the edge, trustfiles.py, through an effect)."""
+    known, edges, trees = modules(), graph(), _trees()
+    core = {f"p2pd.{m}" for m in CORE if f"p2pd.{m}" in known}
+    layer = {m for m in known if m.startswith("p2pd.commands")} | {"p2pd.control"}
+    assert "p2pd.commands.messages" in layer
+    problems = [f"{name} imports {dep}" for name in sorted(layer) for dep in sorted(edges[name] - core - layer)]
+    problems += [f"{name} imports {ext}" for name in sorted(layer) for ext in sorted(external_imports(trees[name]) & CORE_FORBIDDEN)]
+    assert not problems, "the commands layer reaches past the core:\n" + "\n".join(problems)
