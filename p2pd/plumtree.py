@@ -47,13 +47,25 @@ Inputs take ``now`` and return small frozen dataclasses (`Gossip`, `IHave`, `Gra
 `Prune` to send, `Deliver` to hand up); the caller turns them into envelopes.  Iteration
 is over insertion-ordered dicts, so for the same inputs the outputs come in the same order.
 Pure: no sockets, no clock, no randomness.
+
+Wiring (not done yet; the caller's part)
+----------------------------------------
+- Feed ``neighbor_up``/``neighbor_down`` from the active view (links that come and go).
+- Use ``(origin, seq)`` from the delivery layer as ``msg_id``; hand each `Deliver` to it
+  (it stores, orders and drops true duplicates); `broadcast` only for our own messages.
+- Call ``flush_ihave`` on a tick (tens of ms: the batching period, and part of the repair
+  delay), and ``timer`` by each deadline ``on_ihave``/``next_deadline`` reports.
+- ``ihave_timeout_s`` must exceed the usual lag between an IHAVE and the tree's copy (a few
+  link latencies plus the flush tick), or repairs fire needlessly: each costs one duplicate
+  and a prune, never a loss.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Hashable, Union
+from collections.abc import Hashable
+from typing import Union
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,11 @@ class _Missing:
 
 
 class Plumtree:
+    """One node's broadcast-tree state.  Defaults: a 0.5 s IHAVE timeout (LAN links are
+    milliseconds, a tree path of tens of hops a few hundred at worst) then 0.25 s per further
+    announcer; windows sized so a busy network (hundreds of broadcasts a second) still
+    recognises a copy for many seconds, in a few hundred KiB plus the cached payloads."""
+
     def __init__(self, *, ihave_timeout_s: float = 0.5, graft_timeout_s: float = 0.25, seen_window: int = 8192,
                  cache_size: int = 1024, max_missing: int = 1024, ihave_batch: int = 64):
         if min(seen_window, cache_size, max_missing, ihave_batch) < 1 or ihave_timeout_s <= 0 or graft_timeout_s <= 0:

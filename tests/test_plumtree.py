@@ -223,7 +223,10 @@ class Net:
         self.rng = random.Random(seed)
         self.adj = regular_graph(n, degree, self.rng)
         self.lat = lat
-        self.nodes = {v: Plumtree(ihave_timeout_s=0.3, graft_timeout_s=0.15) for v in range(n)}
+        # the IHAVE timeout above the usual lag between an IHAVE and the tree's copy: with 5-50 ms
+        # links the settled trees are 10-20 hops deep and a broadcast takes 0.3-0.7 s, and at 0.3 s
+        # needless grafts keep reshaping the tree after the failure (payloads up to 1.35 N, seed 5)
+        self.nodes = {v: Plumtree(ihave_timeout_s=0.6, graft_timeout_s=0.3) for v in range(n)}
         for v, ns in self.adj.items():
             for w in sorted(ns):
                 self.nodes[v].neighbor_up(str(w))
@@ -300,8 +303,9 @@ class Net:
                     self.nodes[w].neighbor_down(str(v))
 
 
-def test_five_hundred_nodes_a_tree_forms_repairs_after_a_fifth_dies_and_stays_cheap():
-    net = Net(n=500, degree=6, seed=7)
+@pytest.mark.parametrize("seed", [7, 5])
+def test_five_hundred_nodes_a_tree_forms_repairs_after_a_fifth_dies_and_stays_cheap(seed):
+    net = Net(n=500, degree=6, seed=seed)
     n = len(net.nodes)
     costs = []
     for i in range(12):
@@ -320,11 +324,14 @@ def test_five_hundred_nodes_a_tree_forms_repairs_after_a_fifth_dies_and_stays_ch
     eager_edges = sum(len(t.eager) for t in net.nodes.values()) / 2
     assert eager_edges <= 1.3 * n
 
-    victims = set(net.rng.sample(sorted(net.alive), n // 5))
+    # a fifth of the nodes at once, drawn so that the survivors' links still connect them all: a
+    # node with no live link cannot be reached by any broadcast (new links are the views' job)
+    while True:
+        victims = set(net.rng.sample(sorted(net.alive), n // 5))
+        survivors = net.alive - victims
+        if len(component({v: net.adj[v] & survivors for v in survivors}, min(survivors))) == len(survivors):
+            break
     net.kill(victims)
-    survivors = net.alive
-    assert all(len(component({v: net.adj[v] & survivors for v in survivors}, s)) == len(survivors) for s in [min(survivors)]), \
-        "the seed's survivors are not connected: choose another seed"
     after = []
     for i in range(12, 24):
         c = net.one(("o", i))
