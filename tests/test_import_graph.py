@@ -133,7 +133,8 @@ def test_home_keys_and_client_daemon_are_apart():
 CORE = {
     "actions", "delivery", "dialer", "digest", "drops", "errors", "escape", "exitcodes", "gossip", "handshake", "heartbeat",
     "effects", "inbound", "inputs", "intake", "lan", "links", "liveness", "membership", "memstore", "messaging", "names", "node",
-    "outbound", "payloads", "protocol", "ratelimit", "replies", "seeded", "settings", "storage", "targets", "trust", "watchers",
+    "outbound", "payloads", "protocol", "ratelimit", "replies", "seeded", "settings", "storage", "targets", "trust", "views",
+    "watchers",
 }
 CORE_FORBIDDEN = {
     "zmq", "sqlite3", "time", "random", "os", "socket", "pathlib", "subprocess", "threading", "asyncio", "select",
