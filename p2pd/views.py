@@ -51,8 +51,16 @@ Pure, sans-I/O: no sockets, no clock, no randomness of its own.  Time comes in a
 `protocol.RandomBits`).  Each input returns a list of effects: `ToPeer` messages for the
 caller to wrap in envelopes and send (to a peer not linked yet, too: NEIGHBOR goes to a
 candidate, SHUFFLE_REPLY to a shuffle's origin), and `LinkUp`/`LinkDown` when a peer
-enters or leaves the active view, for the caller to open or close its link.  Not wired
-into the node yet.
+enters or leaves the active view, for the caller to open or close its link.
+
+Not wired into the node yet.  Wiring it (issue 15) means: a `Views` built in
+`Node.__init__` with the node's rng; the seven kinds as envelope types in protocol.py and
+docs/PROTOCOL.md (ids are node ids; a NEIGHBOR or SHUFFLE_REPLY may go to a peer we hold
+no link to, so the caller needs its address: from the membership table, or carried with
+the ids); `handle` fed from `Node._handlers`, `tick` from the node's tick; `LinkUp` /
+`LinkDown` turned into opening and closing links (and heartbeats on active links only);
+`link_failed` called by the heartbeat's verdict and by a refused or failed dial; `leave` on
+shutdown; a rejoin through a bootstrap contact when `isolated`.
 """
 
 from __future__ import annotations
@@ -146,12 +154,15 @@ class Views:
 
     def handle(self, sender: str, kind: str, data: dict, now: float) -> list[Effect]:
         """Dispatch one message from ``sender``; unknown kinds and malformed data are ignored
-        (a peer's bad message must not break our views)."""
+        (a peer's bad message must not break our views).  What one peer can make us do is
+        bounded: a walk's TTL is capped at ours (a huge one would circle forever), and a
+        shuffle's list at the size we send ourselves (a long one would flush our whole
+        passive view with entries of its choosing)."""
         try:
             if kind == JOIN:
                 return self.on_join(sender, now)
             if kind == FORWARD_JOIN:
-                return self.on_forward_join(sender, str(data["new"]), int(data["ttl"]), now)
+                return self.on_forward_join(sender, str(data["new"]), min(int(data["ttl"]), self.arwl), now)
             if kind == NEIGHBOR:
                 return self.on_neighbor(sender, bool(data.get("high")), now)
             if kind == NEIGHBOR_REPLY:
@@ -159,12 +170,18 @@ class Views:
             if kind == DISCONNECT:
                 return self.on_disconnect(sender, now)
             if kind == SHUFFLE:
-                return self.on_shuffle(sender, str(data["origin"]), [str(n) for n in data["nodes"]], int(data["ttl"]), now)
+                return self.on_shuffle(sender, str(data["origin"]), self._nodes(data["nodes"]),
+                                       min(int(data["ttl"]), self.shuffle_ttl), now)
             if kind == SHUFFLE_REPLY:
-                return self.on_shuffle_reply(sender, [str(n) for n in data["nodes"]], now)
+                return self.on_shuffle_reply(sender, self._nodes(data["nodes"]), now)
         except (KeyError, TypeError, ValueError):
             pass
         return []
+
+    def _nodes(self, nodes) -> list[str]:
+        if not isinstance(nodes, list):
+            raise TypeError("nodes: not a list")
+        return [str(n) for n in nodes[: 1 + self.shuffle_ka + self.shuffle_kp]]
 
     def join(self, contact: str, now: float) -> list[Effect]:
         """Enter the network through ``contact``: link to it at once (it will link back on
@@ -236,12 +253,14 @@ class Views:
 
     def on_disconnect(self, sender: str, now: float) -> list[Effect]:
         """``sender`` dropped us (to make room, or it leaves): unlink, keep it as a
-        candidate, and fill the slot from the passive view."""
+        candidate, and fill the slot from the passive view, from someone else (asked back
+        at once it would be full, or gone)."""
         self.pending.pop(sender, None)
         if sender not in self.active:
             return []
         del self.active[sender]
         self._add_passive(sender)
+        self._refused[sender] = now + self.neighbor_timeout_s
         return [LinkDown(sender), *self._repair(now)]
 
     def link_failed(self, peer: str, now: float) -> list[Effect]:
@@ -256,6 +275,20 @@ class Views:
         self._sent.pop(peer, None)
         self._refused.pop(peer, None)
         return out + self._repair(now)
+
+    def leave(self, now: float) -> list[Effect]:
+        """We are shutting down: tell every neighbour (DISCONNECT), so each moves us to its
+        passive view and fills the slot at once instead of waiting for its heartbeat to
+        notice; our views are emptied."""
+        out: list[Effect] = []
+        for peer in list(self.active):
+            out += [ToPeer(peer, DISCONNECT, {}), LinkDown(peer)]
+        self.active.clear()
+        self.passive.clear()
+        self.pending.clear()
+        self._sent.clear()
+        self._refused.clear()
+        return out
 
     def tick(self, now: float) -> list[Effect]:
         """Periodic work: give up on unanswered requests, refill the active view, and
@@ -322,7 +355,7 @@ class Views:
         out.append(LinkUp(peer))
         return out
 
-    def _add_passive(self, peer: str, prefer_evicting: list[str] = ()) -> None:
+    def _add_passive(self, peer: str, prefer_evicting: list[str] | tuple = ()) -> None:
         """Remember ``peer`` as a candidate, evicting a ``prefer_evicting`` entry if we hold
         one, else a random one, when the passive view is full."""
         if peer == self.self_id or peer in self.active or peer in self.passive or self.passive_size == 0:

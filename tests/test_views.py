@@ -221,6 +221,31 @@ def test_bad_sizes_are_refused_and_bad_messages_ignored():
     assert v.handle("x", "NOPE", {}, 0.0) == []
 
 
+def test_what_one_peer_can_make_us_do_is_bounded():
+    v = views(active_size=3, passive_size=30, arwl=6, shuffle_ka=3, shuffle_kp=4, shuffle_ttl=5)
+    full(v, 3)
+    [(_, _, data)] = sends(v.handle("a0", FORWARD_JOIN, {"new": "j", "ttl": 10**9}, 0.0))
+    assert data["ttl"] == 5  # capped at arwl, then one hop
+    [(_, _, data)] = sends(v.handle("a0", SHUFFLE, {"origin": "o", "nodes": [f"x{i}" for i in range(100)], "ttl": 10**9}, 0.0))
+    assert data["ttl"] == 4 and len(data["nodes"]) == 8  # capped at shuffle_ttl and 1 + ka + kp
+    v.passive.update(dict.fromkeys(f"p{i}" for i in range(30)))
+    v.handle("far", SHUFFLE_REPLY, {"nodes": [f"y{i}" for i in range(100)]}, 0.0)
+    assert len(v.passive) == 30 and sum(p.startswith("p") for p in v.passive) == 22  # at most 8 replaced
+
+
+def test_leave_tells_every_neighbour_which_refills_its_slot():
+    v = views(active_size=2)
+    full(v, 2)
+    out = v.leave(0.0)
+    assert sorted(sends(out)) == [("a0", DISCONNECT, {}), ("a1", DISCONNECT, {})] and sorted(downs(out)) == ["a0", "a1"]
+    assert v.isolated
+    w = views("a0", active_size=2)
+    w.on_neighbor("me", True, 0.0)
+    w.passive["spare"] = None
+    out = w.handle("me", DISCONNECT, {}, 0.0)
+    assert downs(out) == ["me"] and sends(out, NEIGHBOR) == [("spare", NEIGHBOR, {"high": True})]
+
+
 # ---------------------------------------------------------------------------- shuffles
 
 
