@@ -174,7 +174,7 @@ class Views:
                                        min(int(data["ttl"]), self.shuffle_ttl), now)
             if kind == SHUFFLE_REPLY:
                 return self.on_shuffle_reply(sender, self._nodes(data["nodes"]), now)
-        except (KeyError, TypeError, ValueError):
+        except (AttributeError, KeyError, TypeError, ValueError):
             pass
         return []
 

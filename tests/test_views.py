@@ -219,6 +219,9 @@ def test_bad_sizes_are_refused_and_bad_messages_ignored():
     assert v.handle("x", FORWARD_JOIN, {"new": "j"}, 0.0) == []
     assert v.handle("x", SHUFFLE, {"nodes": 3}, 0.0) == []
     assert v.handle("x", "NOPE", {}, 0.0) == []
+    assert v.handle("x", NEIGHBOR, ["not", "a", "dict"], 0.0) == []
+    assert v.handle("x", FORWARD_JOIN, {"new": "j", "ttl": "many"}, 0.0) == []
+    assert not v.active and not v.passive
 
 
 def test_what_one_peer_can_make_us_do_is_bounded():
