@@ -77,6 +77,7 @@ OK = "ok"
 STALE = "stale"                          # not newer than the version we hold
 SELF = "self"                            # our own record: our links come from set_local
 BAD_VERSION = "bad_version"              # not a non-negative int
+BAD_NEIGHBOURS = "bad_neighbours"        # not a collection of id strings
 LISTS_ITSELF = "lists_itself"            # a node is not its own neighbour
 TOO_MANY_NEIGHBOURS = "too_many_neighbours"
 TABLE_FULL = "table_full"                # a new node while max_nodes are held
@@ -126,7 +127,11 @@ class Routes:
         held = self._version.get(node_id)
         if held is not None and version <= held:
             return STALE
+        if isinstance(neighbours, (str, bytes)):
+            return BAD_NEIGHBOURS  # frozenset("abc") would be three one-letter ids
         nbrs = frozenset(neighbours)
+        if not all(isinstance(n, str) for n in nbrs):
+            return BAD_NEIGHBOURS
         if node_id in nbrs:
             return LISTS_ITSELF
         if len(nbrs) > self.max_degree:
