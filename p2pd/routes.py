@@ -70,7 +70,7 @@ relayed hop by hop the same way, retried over ``alternates`` when a hop fails; a
 from __future__ import annotations
 
 from collections.abc import Iterable
-from hashlib import blake2b
+from .digest import sha256
 
 # Verdicts of `Routes.update`.  OK: stored (or a newer version of the same list).
 OK = "ok"
@@ -92,7 +92,7 @@ def _rank(dest: str, hop: str) -> int:
     machine (unlike ``hash``, salted per process), different per destination.  A real hash,
     not a CRC: a CRC is linear, so ids differing in one character would compare the same
     way for most destinations (measured: 150 of 200 ties to one hop of two)."""
-    return int.from_bytes(blake2b(f"{dest}\x00{hop}".encode(), digest_size=8).digest(), "big")
+    return int.from_bytes(sha256(f"{dest}\x00{hop}".encode()).digest()[:8], "big")
 
 
 class Routes:
