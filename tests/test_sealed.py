@@ -302,3 +302,26 @@ def test_cost(capsys):
     with capsys.disabled():
         print(f"\nsealed: seal {seal_us:.0f} us, open {open_us:.0f} us per short message")
     assert seal_us < 5000 and open_us < 5000  # generous: a sanity bound, not a benchmark
+
+
+def test_the_largest_body_seal_accepts_fits_a_frame_with_the_largest_carrying_envelope():
+    """ENVELOPE_RESERVE is enough: the biggest body `seal` lets through, carried in a frame with
+    the longest sender name (64 four-byte characters) and every id at its longest, still fits."""
+    from p2pd import protocol
+
+    def fits(n: int) -> bool:
+        try:
+            sealed_ab({"text": "x" * n})
+        except BadSeal:
+            return False
+        return True
+
+    lo, hi = 0, DEFAULT_MAX_FRAME_BYTES  # fits(lo), not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    body = sealed_ab({"text": "x" * lo})
+    frame = protocol.encode(protocol.make("ROUTED", "i" * 64, "\U0001F600" * 64, 2e9, body, target_id="t" * 64,
+                                          msg_id="m" * 64))
+    assert DEFAULT_MAX_FRAME_BYTES - s.ENVELOPE_RESERVE - 4 < len(orjson.dumps(body)) <= DEFAULT_MAX_FRAME_BYTES - s.ENVELOPE_RESERVE
+    assert len(frame) <= DEFAULT_MAX_FRAME_BYTES
