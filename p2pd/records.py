@@ -156,7 +156,7 @@ class Signer:
         verify_key = _na.crypto_scalarmult_ed25519_base(s)  # clamps s as X25519 does
         scalar = _na.crypto_core_ed25519_scalar_reduce(_clamp(s) + bytes(32))
         prefix = sha512(PREFIX_DOMAIN + s).digest()[:32]
-        return cls(_z85_encode(curve_pub), verify_key, scalar, prefix)
+        return cls(z85_encode(curve_pub), verify_key, scalar, prefix)
 
     @property
     def node_id(self) -> str:
@@ -166,7 +166,7 @@ class Signer:
         return _ed25519_sign(self._scalar, self._prefix, self.verify_key, message)
 
 
-def _z85_encode(data: bytes) -> str:
+def z85_encode(data: bytes) -> str:
     out = []
     for i in range(0, len(data), 4):
         value = int.from_bytes(data[i:i + 4], "big")

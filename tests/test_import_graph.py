@@ -133,8 +133,8 @@ def test_home_keys_and_client_daemon_are_apart():
 CORE = {
     "actions", "delivery", "dialer", "digest", "drops", "errors", "escape", "exitcodes", "gossip", "handshake", "heartbeat",
     "effects", "inbound", "inputs", "intake", "lan", "links", "liveness", "membership", "memstore", "messaging", "names", "node",
-    "outbound", "payloads", "plumtree", "protocol", "ratelimit", "records", "replies", "seeded", "settings", "storage", "targets",
-    "routes", "trust", "views", "watchers",
+    "outbound", "payloads", "plumtree", "protocol", "ratelimit", "records", "replies", "routes", "sealed", "seeded", "settings",
+    "storage", "targets", "trust", "views", "watchers",
 }
 CORE_FORBIDDEN = {
     "zmq", "sqlite3", "time", "random", "os", "socket", "pathlib", "subprocess", "threading", "asyncio", "select",

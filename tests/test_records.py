@@ -307,12 +307,13 @@ def test_third_party_vector():
     VerifyKey(ALICE.verify_key).verify(a.signed_bytes(), a.signature)
 
 
-def test_only_this_module_imports_pynacl_until_the_overlay_is_wired():
+def test_only_the_overlay_crypto_modules_import_pynacl_until_the_overlay_is_wired():
     """Importing PyNaCl costs the process about 4.5 MiB of RSS (cffi and libsodium): until the
-    overlay uses records, no module the daemon loads may bring it in."""
+    overlay uses records and sealed envelopes, no module the daemon loads may bring it in."""
     from test_import_graph import _trees, external_imports, graph
 
+    nacl_modules = {"p2pd.records", "p2pd.sealed"}
     users = {name for name, tree in _trees().items() if "nacl" in external_imports(tree)}
-    assert users == {"p2pd.records"}
-    importers = {name for name, deps in graph().items() if "p2pd.records" in deps}
-    assert importers == set(), f"wiring records in? update this test and mind the daemon's RSS: {sorted(importers)}"
+    assert users == nacl_modules
+    importers = {name for name, deps in graph().items() if deps & nacl_modules} - nacl_modules
+    assert importers == set(), f"wiring records or sealed in? update this test and mind the daemon's RSS: {sorted(importers)}"
