@@ -49,7 +49,19 @@ one frame (`offer_many`) at most ``max_items_per_frame`` items are looked at and
 bounded.  Accusations by unknown accusers are refused (``accusers_must_be_known``).
 
 Pure, sans-I/O: time comes in as ``now``, signature checks through the ``verify`` function
-given (`records.verify` by default; tests stub it), no randomness needed.
+given (`records.verify` by default; tests stub it), no randomness needed (which peers a frame
+goes to is the caller's choice).
+
+Not wired into the node yet.  Wiring it (issue 15) means: a `Roster` built in `Node.__init__`
+from our signed record (its incarnation kept in the store across restarts) and `load`-ed with
+the records stored; `piggyback` items (`records.encode`) attached to the frames sent on active
+links (PING/PONG, shuffles), and those received `records.decode`-d and given to `offer_many`,
+counting each ``Heard.reason`` as a drop; a ``Heard.refute`` signed (`records.sign`) and given
+to `set_own`, as is a ``left`` record on shutdown or a new one when our addresses change; the
+heartbeat's failed probe turned into a signed suspect accusation and offered; `tick` from the
+node's tick, its dead ones accused; `members()` behind ``p2pctl peers`` (dead shown as lost);
+news persisted; a full-state exchange with a new neighbour (SWIM's push/pull) so a joiner
+learns everyone, not only what is still being gossiped.
 """
 
 from __future__ import annotations
@@ -236,7 +248,7 @@ class Roster:
             if by is None or by.state in GONE:
                 return Heard(False, "unknown_accuser")
         confirms = (acc.status == SUSPECT and entry.state == SUSPECT and acc.incarnation == entry.fact.incarnation
-                    and acc.accuser_id not in entry.accusers)
+                    and acc.accuser_id not in entry.accusers and len(entry.accusers) <= self.suspect_confirmations)
         if not confirms and not newer(acc, entry.fact):
             return Heard(False, "stale")
         bad = self._check(acc)
@@ -255,7 +267,12 @@ class Roster:
 
     def _about_us(self, item: Fact) -> Heard:
         """A fact about ourselves never changes our state: if it beats our record, we answer
-        with a record at a higher incarnation (SWIM's refutation)."""
+        with a record at a higher incarnation (SWIM's refutation).
+
+        An accusation naming an incarnation above ours is not answered: a third party must not
+        be able to drive our incarnation up (to its maximum, where we could refute no more).
+        A node that restarted learns its previous incarnation from its own old record, which
+        only it could sign (and the caller should keep its incarnation across restarts)."""
         if isinstance(item, Accusation) and item.incarnation > self._own.incarnation:
             return Heard(False, "stale")   # cannot be ours to answer; `newer` refuses it too
         if item == self._own or not newer(item, self._own):

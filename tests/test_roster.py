@@ -142,6 +142,31 @@ def test_an_old_record_of_ours_from_a_previous_run_is_refuted_above_it():
     assert ro.offer(0, rec(ME, 0)).reason == "stale"
 
 
+def test_a_refuted_suspicion_stops_its_timer():
+    ro = roster(suspect_timeout_s=1.0)
+    for s in (A, B):
+        ro.offer(0, rec(s))
+    ro.offer(0, r.accuse(B, A.node_id, 0, SUSPECT))
+    assert ro.offer(1, rec(A, 1)) and state(ro, A) == ALIVE
+    assert ro.tick(1000) == [] and state(ro, A) == ALIVE
+
+
+def test_an_accusation_above_our_incarnation_cannot_drive_it_up():
+    ro = roster()
+    ro.offer(0, rec(A))
+    heard = ro.offer(0, r.accuse(A, ME.node_id, r.MAX_INCARNATION, DEAD))
+    assert heard.reason == "stale" and heard.refute is None and ro.own.incarnation == 0
+
+
+def test_confirmations_are_counted_up_to_what_shortens_the_timer():
+    ro = roster(suspect_confirmations=1)
+    for s in (A, B, C):
+        ro.offer(0, rec(s))
+    ro.offer(0, r.accuse(A, C.node_id, 0, SUSPECT))
+    assert ro.offer(0, r.accuse(B, C.node_id, 0, SUSPECT)).reason == "confirmation"
+    assert ro.offer(0, r.accuse(ME, C.node_id, 0, SUSPECT)).reason == "stale"  # the timer is at its minimum
+
+
 def test_left_is_final_for_its_incarnation():
     ro = roster()
     for s in (A, B):
@@ -175,6 +200,15 @@ def test_members_are_bounded_and_gone_ones_forgotten_or_evicted():
     assert ro.state_of(stand_in(3).node_id) == LEFT
     ro.tick(107)
     assert ro.state_of(stand_in(3).node_id) is None and len(ro.members()) == 2
+
+
+def test_loading_from_the_store_is_bounded_too_and_spreads_nothing():
+    ro = Roster(stand_in(0), verify=_trusted, max_members=5)
+    ro.piggyback(100)
+    while ro.pending():
+        ro.piggyback(100)
+    assert ro.load([stand_in(i) for i in range(10)], 0) == 5  # ourselves skipped, then five
+    assert ro.pending() == 0 and ro.size() == 6
 
 
 def test_what_one_frame_can_add_is_bounded():
