@@ -172,9 +172,6 @@ class Node:
         """UNIX time at monotonic ``now``."""
         return now + self.wall_offset
 
-    def emit(self, now: float, event: str, **fields) -> list:
-        return self.watchers.emit(now, event, **fields)
-
     # ------------------------------------------------------------------ start / stop
     def start(self, now: float, saved_peers: list, join_endpoints: list[str]) -> list:
         acts: list = []
@@ -362,10 +359,6 @@ class Node:
         announced = self.msgs.announced(now, peer, msg.data, patience_s=self.settings.ack_timeout_s)
         return announced + self.heartbeat.on_pong(now, msg, peer)
 
-    def ping_leaving(self, ping_id: str, now: float) -> None:
-        """The transport is about to put a PING on the wire (see `Heartbeat.sent`)."""
-        self.heartbeat.sent(ping_id, now)
-
     # ------------------------------------------------------------------ events from the performer (transport, simulator)
     def on_sent(self, now: float, key: str, msg: P.Message) -> None:
         """A `Send` with report_sent went on the wire at ``now``: a PING's round trip is timed from
@@ -454,10 +447,6 @@ class Node:
     def resolve_target(self, query: str) -> tuple[str, str]:
         """A peer to send to (see `Names.resolve_target`)."""
         return self.names.resolve_target(query)
-
-    def sender(self, node_id: str, stored_name: str) -> tuple[str, str]:
-        """(name, label) to show for a message from ``node_id`` (see `Names.sender`)."""
-        return self.names.sender(node_id, stored_name)
 
     def label_rows(self, rows: list[dict], peer_key: str = "peer_name") -> list[dict]:
         """History or outbox rows, labelled (see `Names.label_rows`)."""
