@@ -92,7 +92,42 @@ class LeaveData(TypedDict):
     pass
 
 
+class ViewData(TypedDict, total=False):
+    """A HyParView message (views.py); the fields besides ``kind`` depend on it (docs/PROTOCOL.md 11)."""
+    kind: Required[str]
+    new: str  # FORWARD_JOIN: the joiner
+    ttl: int  # FORWARD_JOIN, SHUFFLE: hops left on the walk
+    high: bool  # NEIGHBOR: we have no active peer left
+    accepted: bool  # NEIGHBOR_REPLY
+    origin: str  # SHUFFLE: who started it
+    nodes: list  # SHUFFLE, SHUFFLE_REPLY: node ids
+
+
+class TreeData(TypedDict, total=False):
+    """A Plumtree message (tree.py); the fields besides ``kind`` depend on it (docs/PROTOCOL.md 12)."""
+    kind: Required[str]
+    bcast: str  # GOSSIP: the origin's BROADCAST envelope, as the origin encoded it
+    sig: str  # GOSSIP: the origin's signature of it, hex
+    round: int  # GOSSIP: hops from the origin
+    ids: list  # IHAVE: [[msg id, round], ...]
+    id: str  # GRAFT: the broadcast asked for
+
+
+# A sealed body on its way (sealed.py): the outer fields; "from" is a keyword, hence the functional form.
+RoutedData = TypedDict("RoutedData", {"from": Required[str], "to": Required[str], "ttl": Required[int], "sv": int,
+                                      "nonce": str, "box": str, "msg": dict}, total=False)
+
+
+class FactsData(TypedDict, total=False):
+    facts: Required[list]  # signed records and accusations (records.py encode)
+    links: dict  # the sender's signed neighbour list (overlay.py)
+
+
 PAYLOADS: dict[str, type] = {
+    P.VIEW: ViewData,
+    P.TREE: TreeData,
+    P.ROUTED: RoutedData,
+    P.FACTS: FactsData,
     P.JOIN: JoinData,
     P.LEAVE: LeaveData,
     P.MESSAGE: MessageData,

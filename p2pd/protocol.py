@@ -25,7 +25,7 @@ import orjson
 
 from .escape import NAME_FORBIDDEN_CLASS
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the overlay (VIEW, TREE, ROUTED, FACTS); docs/PROTOCOL.md 1
 
 JOIN = "JOIN"
 LEAVE = "LEAVE"
@@ -36,7 +36,15 @@ PING = "PING"
 PONG = "PONG"
 ACK = "ACK"
 FETCH = "FETCH"
-TYPES = frozenset({JOIN, LEAVE, MESSAGE, BROADCAST, PEERS, PING, PONG, ACK, FETCH})
+# The overlay (protocol version 2, docs/SCALE.md): each carries data.kind or a body its component checks.
+VIEW = "VIEW"  # HyParView membership views (views.py): data {"kind": one of VIEW_KINDS, ...}
+TREE = "TREE"  # Plumtree broadcast (tree.py): data {"kind": one of TREE_KINDS, ...}
+ROUTED = "ROUTED"  # a sealed body for a node we hold no link to, hop by hop (relay.py, sealed.py)
+FACTS = "FACTS"  # signed node records and accusations (roster.py, records.py): data {"facts": [...]}
+TYPES = frozenset({JOIN, LEAVE, MESSAGE, BROADCAST, PEERS, PING, PONG, ACK, FETCH, VIEW, TREE, ROUTED, FACTS})
+VIEW_KINDS = frozenset({"JOIN", "FORWARD_JOIN", "NEIGHBOR", "NEIGHBOR_REPLY", "DISCONNECT", "SHUFFLE", "SHUFFLE_REPLY"})
+TREE_KINDS = frozenset({"GOSSIP", "IHAVE", "GRAFT", "PRUNE"})
+MAX_FACTS = 16  # records and accusations in one FACTS
 MAX_SEQ = 2**53  # sequence numbers stay exact in every JSON implementation
 
 DEFAULT_MAX_FRAME_BYTES = 256 * 1024
@@ -359,6 +367,21 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
         if not isinstance(peers, list) or len(peers) > MAX_PEERS_LISTED:
             raise ProtocolError("bad_field", f"PEERS needs data.peers as a list of at most {MAX_PEERS_LISTED}")
         _check_peers(peers)
+    elif type_ in (VIEW, TREE):
+        kinds = VIEW_KINDS if type_ == VIEW else TREE_KINDS
+        if data.get("kind") not in kinds:
+            raise ProtocolError("bad_field", f"{type_} needs data.kind, one of {', '.join(sorted(kinds))}")
+    elif type_ == ROUTED:
+        for key in ("from", "to"):
+            if not (type(data.get(key)) is str and _matches(data[key], _ID_RE)):
+                raise ProtocolError("bad_field", f"ROUTED needs data.{key} as a node id")
+        ttl = data.get("ttl")
+        if type(ttl) is not int or not 0 <= ttl <= 64:
+            raise ProtocolError("bad_field", "ROUTED needs data.ttl, an integer 0..64")
+    elif type_ == FACTS:
+        facts = data.get("facts")
+        if type(facts) is not list or len(facts) > MAX_FACTS or not all(type(f) is dict for f in facts):
+            raise ProtocolError("bad_field", f"FACTS needs data.facts as a list of at most {MAX_FACTS} objects")
     elif type_ == PONG:
         ping_id = data.get("ping_id")
         if not (isinstance(ping_id, str) and _ID_RE.match(ping_id)):
@@ -442,13 +465,21 @@ def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
     return _decode_checked(obj)
 
 
+def version_refusal(v) -> str:
+    """Why a frame of another protocol version is refused, naming both versions."""
+    if type(v) is int and not isinstance(v, bool):
+        return (f"peer speaks p2pd protocol version {v}, this node speaks version {PROTOCOL_VERSION}: "
+                f"run the same p2pd release on both (version {PROTOCOL_VERSION} added the overlay; see docs/PROTOCOL.md)")
+    return f"unsupported protocol version {str(v)[:16]!r} (this node speaks version {PROTOCOL_VERSION})"
+
+
 def _decode_checked(obj: Any) -> Message:
     """The full checks of a parsed envelope, in order: the first one that fails raises."""
     if not isinstance(obj, dict):
         raise ProtocolError("not_json", "frame is JSON but not an object")
     v = obj.get("v")
     if type(v) is not int or v != PROTOCOL_VERSION:
-        raise ProtocolError("version", f"unsupported protocol version {v!r}")
+        raise ProtocolError("version", version_refusal(v))
     type_ = obj.get("type")
     if not isinstance(type_, str) or type_ not in TYPES:
         raise ProtocolError("unknown_type", f"unknown message type {str(type_)[:32]!r}")
@@ -525,7 +556,8 @@ def _unsure(data: dict, target_id) -> bool:
 
 
 _FAST_DATA = {PING: _fast_beacon, PONG: _fast_pong, ACK: _fast_ack, MESSAGE: _fast_message, BROADCAST: _fast_broadcast,
-              PEERS: _fast_peers, JOIN: _unsure, LEAVE: _unsure, FETCH: _unsure}
+              PEERS: _fast_peers, JOIN: _unsure, LEAVE: _unsure, FETCH: _unsure,
+              VIEW: _unsure, TREE: _unsure, ROUTED: _unsure, FACTS: _unsure}
 
 
 def valid_key(value) -> bool:

@@ -164,7 +164,7 @@ def test_invalid_envelopes_on_router_are_dropped_by_kind(insecure_daemon_pair, z
             [msg(type="HELLO"), msg(type=None), msg(type=5), msg(type="message"), msg(type=["MESSAGE"]), msg(type={"t": 1})],
             {"unknown_type": 6},
         ),
-        ("wrong version", [msg(v=2), msg(v=0), msg(v="1"), msg(v=True), msg(v=None)], {"version": 5}),
+        ("wrong version", [msg(v=1), msg(v=0), msg(v="1"), msg(v=True), msg(v=None)], {"version": 5}),
         (
             "PEERS with bad entries",
             [

@@ -18,7 +18,7 @@ T0 = 1_700_000_000.5  # 2023-11-14T22:13:20.500Z
 
 def envelope(type_=P.PING, data=None, target_id=None, **over) -> dict:
     obj = {
-        "v": 1,
+        "v": P.PROTOCOL_VERSION,
         "id": "0123456789abcdef0123456789abcdef",
         "type": type_,
         "sender_id": "alice-id",
@@ -59,6 +59,10 @@ VALID = {
     P.PONG: ({"ping_id": "fedcba9876543210"}, "bob-id"),
     P.ACK: ({"upto": 41}, "bob-id"),
     P.FETCH: ({"from": 3, "to": 9}, "bob-id"),
+    P.VIEW: ({"kind": "NEIGHBOR", "high": False}, None),
+    P.TREE: ({"kind": "PRUNE"}, None),
+    P.ROUTED: ({"from": "a" * 32, "to": "b" * 32, "ttl": 16, "sv": 1, "nonce": "", "box": ""}, None),
+    P.FACTS: ({"facts": []}, None),
 }
 
 
@@ -218,7 +222,7 @@ def test_oversized_default_limit_checked_before_parsing():
     assert kind_of(big) == "oversized"
 
 
-@pytest.mark.parametrize("v", [0, 2, -1, True, False, "1", None, [1], {"v": 1}, 1.5])
+@pytest.mark.parametrize("v", [0, 1, 3, -1, True, False, "1", None, [1], {"v": 1}, 1.5])
 def test_version_refused(v):
     assert kind_of(raw(envelope(v=v))) == "version"
 
@@ -228,7 +232,7 @@ def test_version_missing():
 
 
 def test_version_checked_before_type():
-    assert kind_of(raw(envelope(type_="NOPE", v=2))) == "version"
+    assert kind_of(raw(envelope(type_="NOPE", v=1))) == "version"
 
 
 @pytest.mark.parametrize("type_", ["NOPE", "join", "ping", "", None, 7, True, ["PING"], {"t": 1}])
@@ -520,6 +524,12 @@ def valid_messages(draw):
     elif type_ == P.FETCH:
         lo = draw(st.integers(1, 2**40))
         data = {"from": lo, "to": lo + draw(st.integers(0, 5000))}
+    elif type_ in (P.VIEW, P.TREE):
+        data = {"kind": draw(st.sampled_from(sorted(P.VIEW_KINDS if type_ == P.VIEW else P.TREE_KINDS)))}
+    elif type_ == P.ROUTED:
+        data = {"from": draw(ids), "to": draw(ids), "ttl": draw(st.integers(0, 64))}
+    elif type_ == P.FACTS:
+        data = {"facts": draw(st.lists(st.fixed_dictionaries({"id": ids}), max_size=P.MAX_FACTS))}
     else:
         data = {}
     epoch = draw(st.floats(0, 4_000_000_000, allow_nan=False))
@@ -680,3 +690,26 @@ def test_the_fast_path_of_decode_changes_no_verdict():
                 if cold[0] == "ok":
                     P.decode(frame)
                 assert _outcome(frame) == cold, (type_, where, key, value)
+
+
+@pytest.mark.parametrize("type_,data,why", [
+    (P.VIEW, {"kind": "NOPE"}, "data.kind"),
+    (P.VIEW, {}, "data.kind"),
+    (P.TREE, {"kind": 3}, "data.kind"),
+    (P.ROUTED, {"from": "a" * 32, "to": 5, "ttl": 1}, "data.to"),
+    (P.ROUTED, {"from": "a" * 32, "to": "b" * 32, "ttl": 65}, "data.ttl"),
+    (P.ROUTED, {"from": "a" * 32, "to": "b" * 32, "ttl": True}, "data.ttl"),
+    (P.FACTS, {"facts": [1]}, "data.facts"),
+    (P.FACTS, {"facts": [{}] * (P.MAX_FACTS + 1)}, "data.facts"),
+])
+def test_overlay_types_checked(type_, data, why):
+    with pytest.raises(ProtocolError) as ei:
+        P.decode(raw(envelope(type_=type_, data=data)))
+    assert ei.value.kind == "bad_field" and why in ei.value.reason
+
+
+def test_version_refusal_names_both_versions():
+    with pytest.raises(ProtocolError) as ei:
+        P.decode(raw(envelope(v=1)))
+    assert ei.value.kind == "version"
+    assert "version 1" in ei.value.reason and f"version {P.PROTOCOL_VERSION}" in ei.value.reason
