@@ -23,6 +23,7 @@ from . import escape
 from . import protocol as P
 from . import sdnotify
 from .home import Home, HomeLock, is_running, load_or_create_identity, load_peer_book, pid_alive
+from .identity import Keys
 from .node import Node
 from .settings import Settings, parse_host_port
 from .home import atomic_write
@@ -184,7 +185,8 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_set
             trust = Trust(keypair.public, secure=not settings.insecure,
                           pins={a: k for a, k, _ in known_peers(home).entries()},
                           allowed={k for _, k, _ in authorized_keys(home).entries()})
-            node = Node(ident.id, name, address, settings, now, time.time(), store, trust, rng=random.Random(os.urandom(32)))
+            node = Node(ident.id, name, address, settings, now, time.time(), store, trust, rng=random.Random(os.urandom(32)),
+                        keys=Keys(keypair.secret, keypair.public))
             transport.node = node
             if settings.insecure:
                 log.warning("INSECURE mode: peer links are plaintext and unauthenticated; anyone on the network can read and forge traffic")

@@ -35,3 +35,18 @@ def _builtin_blake2b():
 
 
 blake2b = _builtin_blake2b()
+
+
+def _builtin_sha512():
+    """CPython's own SHA-512 (records.py's Ed25519 signing), for the same reason as `sha256`."""
+    try:
+        from _sha512 import sha512 as impl  # CPython 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha512 as impl  # CPython 3.12 and later
+        except ImportError:
+            from hashlib import sha512 as impl
+    return impl
+
+
+sha512 = _builtin_sha512()

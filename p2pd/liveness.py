@@ -29,13 +29,14 @@ log = logging.getLogger("p2pd.node")
 
 class Liveness:
     def __init__(self, settings: Settings, table: Membership, links: Links, handshake: Handshake, gossip: Gossip,
-                 watchers: Watchers):
+                 watchers: Watchers, lost=lambda now, peer: []):
         self.settings = settings
         self.table = table
         self.links = links
         self.handshake = handshake
         self.gossip = gossip
         self.watchers = watchers
+        self.lost = lost  # the overlay's: a lost link is replaced, and the peer suspected
 
     def tick(self, now: float) -> list:
         acts: list = []
@@ -55,6 +56,7 @@ class Liveness:
                 acts.append(links.unsubscribe(peer))
                 log.warning("peer lost: %s (%s), silent for %.1fs", peer.name, peer.id[:12], now - (peer.last_seen or now))
                 acts += self.watchers.emit(now, "lost", peer=peer.describe(now))
+                acts += self.lost(now, peer)
         for peer in table.due_retries(now):
             if links.get(peer.id) == peer.router_endpoint and links.age(now, peer.id) < timeout:
                 continue  # the last try is still young: its JOIN goes out once it connects

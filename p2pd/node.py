@@ -64,8 +64,12 @@ from .liveness import Liveness
 from .membership import ALIVE, LOST, Membership, Peer
 from .memstore import MemoryStore
 from .messaging import Messaging
+from .identity import NoKeys
 from .names import Names
 from .outbound import Outbound
+from .overlay import Overlay, own_addresses
+from .roster import Roster
+from .routes import Routes
 from .payloads import JoinData
 from .replies import ok
 from .seeded import for_node
@@ -79,7 +83,8 @@ log = logging.getLogger("p2pd.node")
 
 class Node:
     def __init__(self, node_id: str, name: str, address: P.PeerAddress, settings: Settings, now: float, wall: float,
-                 store: Storage | None = None, trust: Trust | None = None, rng: P.RandomBits | None = None):
+                 store: Storage | None = None, trust: Trust | None = None, rng: P.RandomBits | None = None,
+                 keys=None, incarnation: int | None = None):
         self.id = node_id
         self.name = name
         self.settings = settings
@@ -101,9 +106,20 @@ class Node:
         self.names = Names(node_id, name, table, self.store)
         self.msgs = Messaging(self.store, settings, out, table, self.links, self.watchers, self.names, self.drop, self.stats)
         self.handshake = Handshake(address, self.boot, settings, self.trust, out, self.links, self.msgs)
-        self.gossip = Gossip(node_id, settings, table, out, self.handshake, self.trust, self.drop, now, self.rng)
+        # The overlay (overlay.py): our few links, every node's signed record, routes to all.
+        # The incarnation starts from the wall clock, so a restarted node's beats its last run's.
+        self.keys = keys if keys is not None else NoKeys(node_id)
+        inc = incarnation if incarnation is not None else int(wall * 1000)
+        self.roster = Roster(self.keys.record(name, own_addresses(address), inc, pub_port=address.pub_port),
+                             verify=self.keys.verify, suspect_timeout_s=2.0, forget_after_s=settings.forget_after_s)
+        self.routes = Routes(node_id)
+        self.overlay = Overlay(node_id, name, address, settings, self.keys, self.roster, self.routes, table, self.links,
+                               self.handshake, out, self.drop, self.stats, self.rng, now)
+        self.gossip = Gossip(node_id, settings, table, out, self.handshake, self.trust, self.drop, now, self.rng,
+                             may_dial=self.overlay.room)
         self.heartbeat = Heartbeat(settings, table, out, now)
-        self.liveness = Liveness(settings, table, self.links, self.handshake, self.gossip, self.watchers)
+        self.liveness = Liveness(settings, table, self.links, self.handshake, self.gossip, self.watchers,
+                                 lost=self.overlay.link_lost)
         self.dial = Dialer(settings, table, self.links, out, self.handshake, self.trust, self.msgs)
         self.intake = Intake(node_id, settings, table, self.trust, self.msgs.delivery, self.drop, self.stats)
         self.lan = None  # LAN discovery (--discover lan): beacons out and in
@@ -118,6 +134,8 @@ class Node:
             P.PONG: self._on_pong,
             P.ACK: self.msgs.on_ack,
             P.FETCH: self.msgs.on_fetch,
+            P.VIEW: self.overlay.on_view,
+            P.FACTS: self.overlay.on_facts,
         }
         self._events = {
             RouterFrames: lambda now, e: self.on_router_frames(now, e.frames, e.peer_host, e.user_id),
@@ -192,7 +210,8 @@ class Node:
     def leave(self, now: float) -> list:
         """Graceful stop: LEAVE to every linked peer, then shut down."""
         self.stopping = True
-        acts = [self.out.send(p.id, self.out.msg(now, P.LEAVE)) for p in self.table.alive()]
+        acts = self.overlay.leave(now)
+        acts += [self.out.send(p.id, self.out.msg(now, P.LEAVE)) for p in self.table.alive()]
         log.info("leaving: sent LEAVE to %d peers", len(acts))
         return acts + [Shutdown()]
 
@@ -259,7 +278,7 @@ class Node:
         return handler(now, msg, peer)
 
     # ------------------------------------------------------------------ links up and down
-    def _became_alive(self, now: float, peer: Peer) -> list:
+    def _became_alive(self, now: float, peer: Peer, dialled: bool = False, explicit: bool = False) -> list:
         acts = self.links.ensure(now, peer)
         acts.append(self.links.subscribe(peer))
         acts += self.gossip.became_alive(now, peer)
@@ -269,6 +288,7 @@ class Node:
         self.names.book_changed()
         log.info("peer joined: %s (%s) at %s", peer.name, peer.id[:12], peer.router_endpoint)
         acts += self.watchers.emit(now, "joined", peer=peer.describe(now))
+        acts += self.overlay.link_up(now, peer, dialled, explicit)
         return acts + self.msgs.link_up(now, peer)
 
     def _on_join(self, now: float, msg: P.Message, peer_host: str | None, source) -> list:
@@ -320,7 +340,7 @@ class Node:
         if not reply_to:
             acts.append(self.out.send(peer.id, self.handshake.join(now, reply_to=msg.id, to=peer.id)))
         if self.table.heard_from(peer.id, now):
-            acts += self._became_alive(now, peer)
+            acts += self._became_alive(now, peer, dialled=bool(reply_to), explicit=pc is not None)
         elif not reply_to:
             # A peer we thought alive introduced itself again (it restarted
             # quickly): it has forgotten what it knew, so tell it again.
@@ -334,7 +354,7 @@ class Node:
 
     def _on_leave(self, now: float, peer: Peer) -> list:
         self.table.remove(peer.id)
-        acts = self.links.close(peer.id)
+        acts = self.links.close(peer.id) + self.overlay.peer_gone(now, peer.id)
         if peer.state == ALIVE:
             acts.append(self.links.unsubscribe(peer))
         acts.append(SavePeers(self.table.book()))
@@ -391,6 +411,7 @@ class Node:
         if self.heartbeat.due(now):
             acts += self.heartbeat.ping_silent(now, self.msgs.beacon())
         acts += self.gossip.tick(now)
+        acts += self.overlay.tick(now)
         acts += self.heartbeat.expire(now)
         return acts + self.dial.tick(now) + self.msgs.tick(now)
 
@@ -437,7 +458,7 @@ class Node:
         acts = [self.out.send(peer.id, self.out.msg(now, P.LEAVE))] if peer.id in self.links else []
         self.table.remove(peer.id)
         # The LEAVE must go out before the link closes: the transport lingers on close.
-        acts += self.links.close(peer.id)
+        acts += self.links.close(peer.id) + self.overlay.peer_gone(now, peer.id)
         if peer.state == ALIVE:
             acts.append(self.links.unsubscribe(peer))
         acts.append(SavePeers(self.table.book()))
@@ -490,6 +511,7 @@ class Node:
             "public_key": self.trust.public_key,
             "allowlist": self.trust.allowlist_mode,
             "protocol_version": P.PROTOCOL_VERSION,
+            "overlay": self.overlay.describe(),
             "heartbeat_interval_s": self.settings.heartbeat_interval_s,
             "heartbeat_timeout_s": self.settings.heartbeat_timeout_s,
             "discover": None if self.lan is None else {

@@ -101,6 +101,7 @@ class ViewData(TypedDict, total=False):
     accepted: bool  # NEIGHBOR_REPLY
     origin: str  # SHUFFLE: who started it
     nodes: list  # SHUFFLE, SHUFFLE_REPLY: node ids
+    records: list  # the signed records of the nodes named (and of the asker in NEIGHBOR and JOIN): where to reach them
 
 
 class TreeData(TypedDict, total=False):

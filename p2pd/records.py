@@ -32,7 +32,7 @@ can never be taken for any other signed statement.
 CURVE secret has no seed: ``prefix = SHA-512(b"p2pd-ed25519-prefix-v1" || s)[:32]``,
 ``r = SHA-512(prefix || M) mod L``, ``R = r·B``, ``k = SHA-512(R || A || M) mod L``,
 ``S = r + k·a mod L``, signature ``R || S``.  Every curve and scalar operation is a libsodium
-call (its constant-time scalar arithmetic and base-point multiplication; SHA-512 is hashlib's),
+call (its constant-time scalar arithmetic and base-point multiplication; SHA-512 is CPython's builtin one, digest.py, which keeps OpenSSL out of the daemon),
 and a verifier needs nothing but standard Ed25519 verification; the tests check it gives
 RFC 8032's own test-vector signature byte for byte when given that vector's scalar and
 prefix, and libsodium's ``crypto_sign_open`` checks every signature.
@@ -61,12 +61,13 @@ bytes; ``key``: the 32 raw bytes; ``u64``: 8 bytes big-endian; ``list``: 2-byte 
 count, then each item as ``str``.
 
 * record:     ``b"p2pd-record-v1\\x00"``, str id (32 lowercase hex), str name, str CURVE key
-  (40 chars Z85), key verify key, list addresses, u64 incarnation, str status.
+  (40 chars Z85), key verify key, list addresses, u64 incarnation, str status, u64 PUB port,
+  list links (the node's active neighbours' ids, at most 16).
 * accusation: ``b"p2pd-accusation-v1\\x00"``, str accuser id, str accuser CURVE key, key
   accuser verify key, str subject id, u64 incarnation, str status.
 
 **On the wire** (`encode` / `decode`) a record is a dict: ``{"id", "name", "key" (Z85),
-"vk" (hex), "addrs" (list), "inc", "status", "sig" (hex)}``; an accusation:
+"vk" (hex), "addrs" (list), "inc", "status", "pub", "links" (list), "sig" (hex)}``; an accusation:
 ``{"by", "by_key", "by_vk", "id", "inc", "status", "sig"}``.  `decode` checks the shape and
 raises `BadRecord("malformed")`; `verify` checks the binding and the signature.
 """
@@ -76,11 +77,12 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass
-from hashlib import sha512
 from typing import Union
 
 from nacl import bindings as _na
 from nacl.exceptions import BadSignatureError, CryptoError
+
+from .digest import sha512
 
 from .protocol import MAX_NAME_LEN, Z85_CHARS, valid_key, valid_name
 from .trust import node_id_for
@@ -95,6 +97,7 @@ SELF_STATUSES = frozenset({ALIVE, LEFT})  # what a node may say of itself
 ACCUSATIONS = frozenset({SUSPECT, DEAD})  # what another node may say of it
 
 MAX_ADDRESSES = 8
+MAX_LINKS = 16  # neighbours a record may list (the active view is 8 by default)
 MAX_ADDRESS_LEN = 255
 MAX_INCARNATION = 2**63 - 1
 _ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
@@ -235,10 +238,13 @@ class NodeRecord:
     incarnation: int
     status: str
     signature: bytes = b""
+    pub_port: int = 0  # the PUB port on every address (0: none listed)
+    links: tuple[str, ...] = ()  # the node's active neighbours (routes.py builds the overlay graph from them)
 
     def signed_bytes(self) -> bytes:
         return (DOMAIN_RECORD + _str(self.node_id) + _str(self.name) + _str(self.curve_key) + self.verify_key
-                + _list(self.addresses) + _u64(self.incarnation) + _str(self.status))
+                + _list(self.addresses) + _u64(self.incarnation) + _str(self.status)
+                + _u64(self.pub_port) + _list(self.links))
 
 
 @dataclass(frozen=True)
@@ -283,11 +289,19 @@ def _check_fields(rec: NodeRecord) -> None:
         raise BadRecord("malformed", "incarnation")
     if rec.status not in SELF_STATUSES:
         raise BadRecord("bad_status", "a node may only say of itself alive or left")
+    if not (type(rec.pub_port) is int and 0 <= rec.pub_port < 65536):
+        raise BadRecord("malformed", "pub_port")
+    links = rec.links
+    if (type(links) is not tuple or len(links) > MAX_LINKS or len(set(links)) != len(links)
+            or not all(type(n) is str and _ID_RE.match(n) and n != rec.node_id for n in links)):
+        raise BadRecord("malformed", "links")
 
 
-def sign(signer: Signer, name: str, addresses, incarnation: int, status: str = ALIVE) -> NodeRecord:
+def sign(signer: Signer, name: str, addresses, incarnation: int, status: str = ALIVE, pub_port: int = 0,
+         links=()) -> NodeRecord:
     """The node's own record, signed.  Raises `BadRecord` for fields `verify` would refuse."""
-    rec = NodeRecord(signer.node_id, name, signer.curve_key, signer.verify_key, tuple(addresses), incarnation, status)
+    rec = NodeRecord(signer.node_id, name, signer.curve_key, signer.verify_key, tuple(addresses), incarnation, status,
+                     b"", pub_port, tuple(links))
     _check_fields(rec)
     return NodeRecord(**{**rec.__dict__, "signature": signer.sign(rec.signed_bytes())})
 
@@ -352,7 +366,7 @@ def encode(fact: Fact) -> dict:
     if isinstance(fact, NodeRecord):
         return {"id": fact.node_id, "name": fact.name, "key": fact.curve_key, "vk": fact.verify_key.hex(),
                 "addrs": list(fact.addresses), "inc": fact.incarnation, "status": fact.status,
-                "sig": fact.signature.hex()}
+                "pub": fact.pub_port, "links": list(fact.links), "sig": fact.signature.hex()}
     return {"by": fact.accuser_id, "by_key": fact.accuser_key, "by_vk": fact.accuser_verify_key.hex(),
             "id": fact.node_id, "inc": fact.incarnation, "status": fact.status, "sig": fact.signature.hex()}
 
@@ -383,10 +397,11 @@ def decode(obj) -> Fact:
                           _hex(obj, "sig", _HEX128_RE))
         _check_accusation_fields(fact)
         return fact
-    if set(obj) != {"id", "name", "key", "vk", "addrs", "inc", "status", "sig"}:
+    if set(obj) != {"id", "name", "key", "vk", "addrs", "inc", "status", "pub", "links", "sig"}:
         raise BadRecord("malformed", "fields")
     addrs = _field(obj, "addrs", list)
     rec = NodeRecord(_field(obj, "id", str), _field(obj, "name", str), _field(obj, "key", str), _hex(obj, "vk", _HEX64_RE),
-                     tuple(addrs), _field(obj, "inc", int), _field(obj, "status", str), _hex(obj, "sig", _HEX128_RE))
+                     tuple(addrs), _field(obj, "inc", int), _field(obj, "status", str), _hex(obj, "sig", _HEX128_RE),
+                     _field(obj, "pub", int), tuple(_field(obj, "links", list)))
     _check_fields(rec)
     return rec

@@ -183,6 +183,23 @@ class Views:
             raise TypeError("nodes: not a list")
         return [str(n) for n in nodes[: 1 + self.shuffle_ka + self.shuffle_kp]]
 
+    def room(self) -> int:
+        """Active slots neither taken nor being filled by a request of ours."""
+        return self.active_size - len(self.active) - len(self.pending)
+
+    def ask(self, peer: str, now: float) -> list[Effect]:
+        """Ask ``peer`` (a link just came up to it, or we dialled it) to be our neighbour:
+        NEIGHBOR, high priority if we have no link at all.  Nothing if it is one already or
+        asked; the answer comes to `on_neighbor_reply`."""
+        if peer == self.self_id or peer in self.active or peer in self.pending:
+            return []
+        self.pending[peer] = now + self.neighbor_timeout_s
+        return [ToPeer(peer, NEIGHBOR, {"high": not self.active})]
+
+    def remember(self, peer: str) -> None:
+        """``peer`` exists (we heard of it): a candidate for the passive view."""
+        self._add_passive(peer)
+
     def join(self, contact: str, now: float) -> list[Effect]:
         """Enter the network through ``contact``: link to it at once (it will link back on
         JOIN, so the link is symmetric) and let it spread the word."""

@@ -131,9 +131,9 @@ def test_home_keys_and_client_daemon_are_apart():
 # no sockets, no database, no clock, no randomness, no files, no processes.  Clock and random
 # source are passed in; storage is the `Storage` protocol; file writes are effects.
 CORE = {
-    "actions", "delivery", "dialer", "digest", "drops", "errors", "escape", "exitcodes", "gossip", "handshake", "heartbeat",
+    "actions", "delivery", "dialer", "digest", "drops", "errors", "escape", "exitcodes", "gossip", "handshake", "heartbeat", "identity",
     "effects", "inbound", "inputs", "intake", "lan", "links", "liveness", "membership", "memstore", "messaging", "names", "node",
-    "outbound", "payloads", "plumtree", "protocol", "ratelimit", "records", "replies", "roster", "routes", "sealed", "seeded", "settings",
+    "outbound", "overlay", "payloads", "plumtree", "protocol", "ratelimit", "records", "replies", "roster", "routes", "sealed", "seeded", "settings",
     "storage", "targets", "trust", "views", "watchers",
 }
 CORE_FORBIDDEN = {

@@ -197,15 +197,19 @@ def test_peers_first_heard_in_gossip_are_relayed_once_at_the_next_tick_but_not_b
 def test_a_peer_heard_within_the_interval_is_not_pinged(net, mem_pair):
     """Two idle peers: whoever asks first also answers for the other; a busy link needs no PINGs at all."""
     alice, bob = mem_pair
-    for t in range(11):  # their heartbeats are half an interval apart, as two nodes started apart are
+    for t in range(11):  # settled: the overlay's news about the new link has been spread (overlay.py)
         net.tick(float(t), alice)
         net.tick(t + 0.5, bob)
-    assert len(net.sent("bob", "alice", P.PING)) == 0  # alice's PINGs (and bob's PONGs) keep both informed
-    assert len(net.sent("alice", "bob", P.PING)) == 10  # one per interval per pair, not one each way
-    for t in range(11, 21):  # bob sends alice a message every second: alice never has to ask
+    assert alice.roster.pending() == 0 and bob.roster.pending() == 0
+    for t in range(11, 22):  # their heartbeats are half an interval apart, as two nodes started apart are
+        net.tick(float(t), alice)
+        net.tick(t + 0.5, bob)
+    pings = {(a, b): len([t for t, _ in net.sent(a, b, P.PING) if t > 10.5]) for a, b in (("alice", "bob"), ("bob", "alice"))}
+    assert sorted(pings.values()) == [0, 10]  # one per interval per pair, not one each way: the asker keeps both informed
+    for t in range(22, 32):  # bob sends alice a message every second: alice never has to ask
         net.request(bob, t - 0.5, "send", peer="alice", text=f"m{t}")
         net.tick(float(t), alice)
-    assert [t for t, _ in net.sent("alice", "bob", P.PING) if t > 10.5] == []
+    assert [t for t, _ in net.sent("alice", "bob", P.PING) if t > 22.5] == []
 
 
 def test_heartbeat_pings_each_interval_and_pong_sets_rtt(net, mem_pair):
@@ -442,7 +446,7 @@ def test_max_peers_on_gossip(net, mem_pair):
     alice, bob = mem_pair
     charlie = net.add("charlie", settings=replace(FAST, max_peers=1))
     assert net.connect(charlie, bob, 0.0)["ok"] is True
-    assert charlie.dropped["peer_limit"] == 1
+    assert charlie.dropped["peer_limit"] >= 1  # alice in bob's PEERS; alice's own dial (bob's walk told her of charlie)
     assert state(charlie, alice) is None and len(charlie.table) == 1
     assert "alice-id" not in charlie.links
 

@@ -76,7 +76,7 @@ def test_control_watch_and_stop(net, mem_pair):
     assert WATCH in alice.watchers
     acts = control.handle(alice, 2.0, CLI, b'{"req": 3, "cmd": "stop"}', {})
     assert acts[0] == ToClient(CLI, {"req": 3, "ok": True, "result": {"stopping": True}})
-    assert [a.msg.type for a in acts if isinstance(a, Send)] == [P.LEAVE]
+    assert [a.msg.type for a in acts if isinstance(a, Send)] == [P.FACTS, P.LEAVE]  # our signed "left", then LEAVE
     assert isinstance(acts[-1], Shutdown) and alice.stopping is True
 
 

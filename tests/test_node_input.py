@@ -196,8 +196,9 @@ def test_a_sender_over_the_receivers_rate_is_paced_by_partial_acks(net):
     assert [e["text"] for e in bob.inbox] == texts  # all of them, once, in order
     # at 5 a second: past the second's burst and the credit, the rest took its time
     assert done_at is not None and done_at >= 1.0 + (40 - 5 - 10 - 16) / 5
-    # nothing was dropped or sent twice, and the ACKs came steadily: alice never timed out
-    assert bob.dropped.get("rate_limited", 0) == 0 and bob.stats["out_of_order_dropped"] == 0
+    # no message was dropped or sent twice, and the ACKs came steadily: alice never timed out (at 5
+    # frames a second the overlay's own frames, FACTS and VIEW, may be refused: they are sent again)
+    assert bob.stats["out_of_order_dropped"] == 0
     assert bob.stats["duplicates_dropped"] == 0
     net.tick_range(t + 0.1, t + 8.0, 0.1)  # the last ones stored on credit are acknowledged as it is repaid
     acks = [m.data["upto"] for _, m in net.sent("bob", "alice", P.ACK)]

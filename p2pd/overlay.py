@@ -1,0 +1,387 @@
+"""The overlay: which few peers we link to, who exists, and how far each one is (issue 15).
+
+How this works
+--------------
+Three pure blocks, composed here and fed from the node's links:
+
+* `views.Views` (HyParView) decides our **links**: an active view of at most
+  ``active_view`` peers (default 8), symmetric, and a passive view of candidates.  A link
+  that comes up by our dial asks the peer to be a neighbour (NEIGHBOR; a dial the user
+  asked for, ``connect`` or ``--join``, is a HyParView JOIN, which the contact always
+  accepts); one that comes up by the peer's dial waits for its request.  A link in neither
+  view after ``neighbor_timeout_s`` twice over is closed (`_sweep`).  `LinkUp` opens a link
+  to the peer's address from its signed record, `LinkDown` closes ours quietly (the peer
+  is not gone from the network, only from our links).  A network no bigger than the
+  active view stays a full mesh.
+* `roster.Roster` knows **every node**: its latest signed record (records.py: name, keys,
+  addresses, PUB port, incarnation, status and its active neighbours) or an accusation
+  against it.  A new neighbour gets all we know (push-pull: both ends send on link-up);
+  news is piggybacked, a few items per FACTS frame, to a few random neighbours each round
+  until it was sent λ·log2 N times.  A neighbour lost by the heartbeat is accused
+  (suspect); a live node refutes with a higher incarnation; a suspicion not refuted in
+  time turns dead (Lifeguard timer).  We sign a new record of ourselves when our links
+  change (at most once a second) and ``left`` when we stop.
+* `routes.Routes` turns every record's neighbour list into next hops and hop counts, over
+  edges both ends claim.
+
+Routed direct messages (relay.py) and broadcasts over the tree (tree.py) are built on this.
+Pure: no sockets; time is passed in; randomness from the node's source.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from . import protocol as P
+from .drops import Drops
+from .handshake import Handshake
+from .links import Links
+from .membership import ALIVE, LOST, Membership, Peer
+from .outbound import Outbound
+from .records import DEAD, LEFT, SUSPECT, BadRecord, NodeRecord, encode
+from .roster import Roster
+from .routes import OK, Routes
+from .settings import Settings
+from .views import LinkDown, LinkUp, ToPeer, Views, sample
+
+log = logging.getLogger("p2pd.node")
+
+FACTS_FANOUT = 3  # neighbours sent news each round
+FACTS_PER_FRAME = 8  # news items piggybacked on one FACTS frame (P.MAX_FACTS is the most a frame may hold)
+FACTS_ROUND_S = 0.5  # how often news goes out
+RESIGN_MIN_S = 1.0  # our record is signed again at most this often when our links change
+RECORDS_PER_VIEW = 8  # records of the nodes a VIEW message names, attached so the receiver can dial them
+SHOWN = {ALIVE: "alive", SUSPECT: "suspect", DEAD: "lost", LEFT: "left"}
+
+
+def address_of(rec: NodeRecord) -> P.PeerAddress | None:
+    """Where to dial the node of a record: its first address (None: it lists none)."""
+    for a in rec.addresses:
+        host, _, port = a.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        try:
+            return P.PeerAddress(host, int(port), rec.pub_port or int(port) + 1)
+        except ValueError:
+            continue
+    return None
+
+
+def _endpoint(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def own_addresses(address: P.PeerAddress) -> tuple[str, ...]:
+    """What our record lists: the address we advertise (none when we do not know it: bound to
+    every interface without ``--advertise``; then only neighbours that see us can link)."""
+    a = address
+    return (_endpoint(a.addr, a.port),) if a.addr and a.addr not in P.WILDCARD_HOSTS else ()
+
+
+class Overlay:
+    def __init__(self, node_id: str, name: str, address: P.PeerAddress, settings: Settings, keys, roster: Roster,
+                 routes: Routes, table: Membership, links: Links, handshake: Handshake, outbound: Outbound, drops: Drops,
+                 stats: Counter, rng: P.RandomBits, now: float, neighbours=None):
+        self.id = node_id
+        self.name = name
+        self.address = address
+        self.settings = settings
+        self.keys = keys
+        self.roster = roster
+        self.routes = routes
+        self.table = table
+        self.links = links
+        self.handshake = handshake
+        self.out = outbound
+        self.drop = drops
+        self.stats = stats
+        self.rng = rng
+        self.views = Views(node_id, rng, active_size=settings.active_view, passive_size=settings.passive_view)
+        self.incarnation = roster.own.incarnation
+        self._signed_links: tuple[str, ...] = ()
+        self._resign_at = now  # when our record may be signed again
+        self._next_facts = now
+        self._waiting: dict[str, float] = {}  # linked peers in neither view -> when the link is closed (_sweep)
+        self._remote: dict[str, tuple[NodeRecord, Peer]] = {}  # unlinked members as peers (routed messages)
+        self.on_neighbours = neighbours  # called with (peer id, up) as a neighbour enters or leaves the active view
+
+    # ------------------------------------------------------------------ our own record
+    def own_record(self, incarnation: int, status: str = ALIVE) -> NodeRecord:
+        return self.keys.record(self.name, own_addresses(self.address), incarnation, status, self.address.pub_port,
+                                tuple(sorted(self.views.active))[:16])
+
+    def _resign(self, now: float, force: bool = False) -> None:
+        """Sign our record again if our links changed (at most once every RESIGN_MIN_S)."""
+        links = tuple(sorted(self.views.active))
+        if links == self._signed_links and not force:
+            return
+        if now < self._resign_at and not force:
+            return
+        self._resign_at = now + RESIGN_MIN_S
+        self.incarnation = max(self.incarnation, self.roster.own.incarnation) + 1
+        self._signed_links = links
+        self.roster.set_own(now, self.own_record(self.incarnation))
+
+    # ------------------------------------------------------------------ queries
+    def room(self) -> bool:
+        """May we dial one more peer we heard of?  Only while the active view has a free slot."""
+        return self.views.room() > 0
+
+    def key_of(self, node_id: str) -> str | None:
+        """The CURVE key a node's own record names (None: no record, or a keyless one)."""
+        rec = self.roster.record_of(node_id)
+        return rec.curve_key if rec is not None and self.keys.signed else None
+
+    def hops(self, node_id: str) -> int | None:
+        return self.routes.hops(node_id)
+
+    def reachable(self, node_id: str) -> bool:
+        """Can a message reach the node through the overlay now (it is alive and routed)?"""
+        return self.roster.state_of(node_id) == ALIVE and self.routes.next_hop(node_id) is not None
+
+    def remote_peer(self, node_id: str, now: float) -> Peer | None:
+        """An unlinked member as a `Peer`, for the messages it sends us through relays."""
+        rec = self.roster.record_of(node_id)
+        if rec is None or node_id == self.id:
+            return None
+        held = self._remote.get(node_id)
+        if held is not None and held[0] is rec:
+            return held[1]
+        if len(self._remote) >= 4 * self.settings.max_peers:
+            self._remote.clear()  # bounded: they are rebuilt from the records as needed
+        addr = address_of(rec) or P.PeerAddress(None, 0, 0)
+        peer = Peer(node_id, rec.name, addr, ALIVE, since=now, key=self.key_of(node_id), learned=now)
+        self._remote[node_id] = (rec, peer)
+        return peer
+
+    def members(self, now: float) -> list[dict]:
+        """Every node we know of: the linked ones as the table describes them, the others from
+        their records; each with ``linked`` and ``hops`` (`p2pctl peers`)."""
+        rows, seen = [], set()
+        for p in self.table.members():
+            row = p.describe(now)
+            linked = p.state == ALIVE and p.id in self.links
+            row["linked"] = linked
+            row["hops"] = 1 if linked else self.routes.hops(p.id)
+            state = self.roster.state_of(p.id)
+            if p.state == LOST and state == ALIVE and row["hops"] is not None:
+                row["state"] = "alive"  # our link is down, the network still reaches it
+            rows.append(row)
+            seen.add(p.id)
+        for m in self.roster.members():
+            if m.node_id in seen or m.node_id == self.id:
+                continue
+            rec = self.roster.record_of(m.node_id)
+            addr = address_of(rec) if rec is not None else None
+            rows.append({
+                "id": m.node_id, "name": m.name,
+                "address": f"{addr.addr}:{addr.port}" if addr else None,
+                "router": addr.router_endpoint() if addr else None, "pub": addr.pub_endpoint() if addr else None,
+                "state": SHOWN.get(m.state, m.state), "state_for_s": None, "known_for_s": None, "last_seen_s": None,
+                "rtt_ms": None, "subscribed": False, "key": self.key_of(m.node_id), "msgs_in": 0, "msgs_out": 0,
+                "frames_in": 0, "frames_out": 0, "linked": False, "hops": self.routes.hops(m.node_id),
+                "incarnation": m.incarnation})
+        return rows
+
+    def describe(self) -> dict:
+        """For `info`: our views and what we know of the network."""
+        return {"active": sorted(self.views.active), "passive": len(self.views.passive), "members": self.roster.size(),
+                "routes": len(self.routes), "incarnation": self.roster.own.incarnation, "news_pending": self.roster.pending()}
+
+    # ------------------------------------------------------------------ links coming and going
+    def link_up(self, now: float, peer: Peer, dialled: bool = False, explicit: bool = False) -> list:
+        """A link came up (the JOIN handshake finished).  ``dialled``: by our dial; ``explicit``:
+        one the user asked for (connect, --join, a LAN beacon)."""
+        acts = self._push_all(now, peer.id)
+        views = self.views
+        if peer.id in views.active:
+            return acts
+        if explicit:
+            acts += self._apply(now, views.join(peer.id, now))
+        elif dialled and peer.id not in views.pending:
+            acts += self._apply(now, views.ask(peer.id, now))
+        if peer.id not in views.active:
+            self._waiting[peer.id] = now + 2 * views.neighbor_timeout_s
+        return acts
+
+    def link_lost(self, now: float, peer: Peer) -> list:
+        """The heartbeat lost a linked peer: replace it, and say it may be dead (a live node refutes)."""
+        acts = self._apply(now, self.views.link_failed(peer.id, now))
+        rec = self.roster.record_of(peer.id)
+        if rec is not None and self.roster.state_of(peer.id) == ALIVE:
+            self._heard(now, [self.keys.accuse(peer.id, rec.incarnation, SUSPECT)], None, "ourselves")
+        return acts
+
+    def peer_gone(self, now: float, peer_id: str) -> list:
+        """It left (LEAVE) or we disconnected it on request: out of our views."""
+        self._waiting.pop(peer_id, None)
+        return self._apply(now, self.views.link_failed(peer_id, now))
+
+    def dial_failed(self, now: float, peer_id: str) -> list:
+        """A dial to a candidate was refused or never answered."""
+        return self._apply(now, self.views.link_failed(peer_id, now))
+
+    # ------------------------------------------------------------------ frames in
+    def on_view(self, now: float, msg: P.Message, peer: Peer) -> list:
+        data = msg.data
+        records = data.get("records")
+        if isinstance(records, list):
+            self._heard(now, self._decode(now, records[:RECORDS_PER_VIEW], peer.name), peer.id, peer.name)
+        if data["kind"] in ("NEIGHBOR", "JOIN", "NEIGHBOR_REPLY"):
+            self._waiting.pop(peer.id, None)
+        return self._apply(now, self.views.handle(peer.id, data["kind"], data, now))
+
+    def on_facts(self, now: float, msg: P.Message, peer: Peer) -> list:
+        facts = msg.data["facts"]
+        return self._heard(now, self._decode(now, facts, peer.name), peer.id, peer.name)
+
+    def _decode(self, now: float, items: list, source: str) -> list:
+        out = []
+        for obj in items:
+            try:
+                out.append(self.keys.decode(obj))
+            except BadRecord as e:
+                self.drop(now, f"fact_{e.kind}", f"a record or accusation that does not parse: {e}", source)
+        return out
+
+    def _heard(self, now: float, facts: list, from_id: str | None, source: str) -> list:
+        """Offer facts to the roster; news updates the routes; a claim against us is refuted."""
+        roster, routes = self.roster, self.routes
+        for fact, heard in zip(facts, roster.offer_many(now, facts)):
+            if heard.news:
+                node_id = fact.node_id
+                state = roster.state_of(node_id)
+                rec = roster.record_of(node_id)
+                if state == ALIVE and rec is not None:
+                    verdict = routes.update(node_id, rec.incarnation, rec.links)
+                    if verdict not in (OK, "stale"):
+                        self.drop(now, f"route_{verdict}", f"record of {node_id[:12]} not routable", source)
+                    self.views.remember(node_id)
+                elif state in (DEAD, LEFT):
+                    routes.remove(node_id)
+                    self.views.link_failed(node_id, now) if node_id not in self.views.active else None
+            elif heard.refute is not None:
+                self.incarnation = max(self.incarnation, heard.refute.incarnation)
+                self._signed_links = tuple(sorted(self.views.active))
+                roster.set_own(now, self.own_record(self.incarnation))
+                log.info("refuted a claim that this node is %s (incarnation now %d)",
+                         getattr(fact, "status", "?"), self.incarnation)
+            elif heard.reason not in ("stale", "confirmation", "about_us"):
+                self.drop(now, f"fact_{heard.reason}", f"record or accusation of {fact.node_id[:12]} refused: {heard.reason}", source)
+        return []
+
+    # ------------------------------------------------------------------ effects of the views
+    def _apply(self, now: float, effects: list) -> list:
+        acts: list = []
+        changed = False
+        for e in effects:
+            if type(e) is ToPeer:
+                acts += self._to_peer(now, e)
+            elif type(e) is LinkUp:
+                changed = True
+                self._waiting.pop(e.peer, None)
+                acts += self._open(now, e.peer)
+                if self.on_neighbours is not None:
+                    self.on_neighbours(e.peer, True)
+            elif type(e) is LinkDown:
+                changed = True
+                acts += self._close(now, e.peer)
+                if self.on_neighbours is not None:
+                    self.on_neighbours(e.peer, False)
+        if changed:
+            self.routes.set_local(self.views.active)
+            self._resign(now)
+        return acts
+
+    def _attached(self, data: dict) -> list:
+        ids = [data["new"]] if "new" in data else list(data.get("nodes", ()))
+        recs = [self.roster.record_of(i) for i in ids[:RECORDS_PER_VIEW]]
+        return [encode(r) for r in recs if r is not None]
+
+    def _to_peer(self, now: float, e: ToPeer) -> list:
+        data = {"kind": e.kind, **e.data}
+        records = self._attached(e.data)
+        if e.kind in ("NEIGHBOR", "JOIN"):
+            records.append(encode(self.roster.own))  # who asks, and where to reach it
+        if records:
+            data["records"] = records
+        msg = self.out.msg(now, P.VIEW, data, target=e.peer)
+        if e.peer in self.links:
+            return [self.out.send(e.peer, msg)]
+        return self._open(now, e.peer) + [self.out.send(e.peer, msg)]  # routed if we could not open a link
+
+    def _open(self, now: float, peer_id: str) -> list:
+        """A link to a neighbour, unless we hold one (or are opening it)."""
+        if peer_id in self.links:
+            return []
+        peer = self.table.get(peer_id)
+        if peer is None:
+            rec = self.roster.record_of(peer_id)
+            addr = address_of(rec) if rec is not None else None
+            if addr is None or not P.valid_name(rec.name) or self.table.member_count() >= self.settings.max_peers:
+                return []
+            peer, _ = self.table.learn(peer_id, rec.name, addr, now, self.key_of(peer_id), rumour_from=self.id)
+        return self.handshake.link_to(now, peer)
+
+    def _close(self, now: float, peer_id: str) -> list:
+        """Out of our active view: close our link quietly (it is still a member of the network)."""
+        self._waiting.pop(peer_id, None)
+        peer = self.table.get(peer_id)
+        if peer is None or peer.state == LOST:
+            return []  # lost: liveness.py closed the link and retries it; if it answers, it may ask again
+        acts = self.links.close(peer_id)
+        if peer.state == ALIVE:
+            acts.append(self.links.unsubscribe(peer))
+        self.table.remove(peer_id)
+        log.debug("unlinked %s (%s): out of the active view", peer.name, peer_id[:12])
+        return acts
+
+    # ------------------------------------------------------------------ news out
+    def _facts_msg(self, now: float, facts: list, to: str) -> P.Message:
+        return self.out.msg(now, P.FACTS, {"facts": [encode(f) for f in facts]}, target=to)
+
+    def _push_all(self, now: float, peer_id: str) -> list:
+        """Everything we know, to a new neighbour (SWIM's push-pull: it does the same to us)."""
+        roster = self.roster
+        facts = [roster.own] + [r for r in (roster.record_of(m.node_id) for m in roster.members()) if r is not None]
+        step = P.MAX_FACTS
+        return [self.out.send(peer_id, self._facts_msg(now, facts[i:i + step], peer_id)) for i in range(0, len(facts), step)]
+
+    def tick(self, now: float) -> list:
+        acts = self._apply(now, self.views.tick(now))
+        for node_id, inc in self.roster.tick(now):
+            log.info("node %s presumed dead: suspected and not refuted in time", node_id[:12])
+            self._heard(now, [self.keys.accuse(node_id, inc, DEAD)], None, "ourselves")
+            self.routes.remove(node_id)
+        self._resign(now)
+        acts += self._sweep(now)
+        if now >= self._next_facts:
+            self._next_facts = now + FACTS_ROUND_S
+            if self.roster.pending():
+                linked = [p for p in self.views.active if p in self.links]
+                for peer_id in sample(self.rng, linked, FACTS_FANOUT):
+                    facts = self.roster.piggyback(FACTS_PER_FRAME)
+                    if facts:
+                        acts.append(self.out.send(peer_id, self._facts_msg(now, facts, peer_id)))
+        return acts
+
+    def _sweep(self, now: float) -> list:
+        """Links in neither view for too long: one end asked, the other never answered."""
+        acts: list = []
+        for peer_id, deadline in list(self._waiting.items()):
+            if peer_id in self.views.active or peer_id in self.views.pending:
+                del self._waiting[peer_id]
+            elif now >= deadline:
+                del self._waiting[peer_id]
+                if peer_id in self.links:
+                    acts.append(self.out.send(peer_id, self.out.msg(now, P.VIEW, {"kind": "DISCONNECT"}, target=peer_id)))
+                    acts += self._close(now, peer_id)
+        return acts
+
+    def leave(self, now: float) -> list:
+        """We stop: a signed ``left`` to our neighbours, and DISCONNECT so they refill at once."""
+        left = self.own_record(max(self.incarnation, self.roster.own.incarnation) + 1, LEFT)
+        self.roster.set_own(now, left)
+        acts = [self.out.send(p, self._facts_msg(now, [left], p)) for p in self.views.active if p in self.links]
+        self.views.leave(now)  # its DISCONNECTs are not sent: the LEAVE that follows says more
+        return acts
