@@ -1,7 +1,8 @@
 """Sealed envelopes: end-to-end encryption for routed direct messages (issue 15).
 
 Not wired into the node yet: nothing the daemon loads imports this module (it brings in
-PyNaCl, which the daemon does not need until the overlay routes direct messages).
+PyNaCl, which the daemon does not need until the overlay routes direct messages); its one
+user, relay.py, is not wired in either.
 
 How this works
 --------------
@@ -62,8 +63,9 @@ any crypto.
 **Cost** (this machine, 2 cores; `test_cost` prints it): about 75 µs to seal and 70 µs to
 open a short MESSAGE.  Nearly all of it is two X25519 operations each: the pair key
 (``crypto_box_beforenm``, ~40 µs) and deriving our own public key and id from the secret
-(~27 µs, which also checks that ``sender_public_z85`` is the secret's).  Wired, a caller can
-derive its id once and cache pair keys of busy peers; the symmetric part is a few µs.
+(~27 µs, which also checks that ``sender_public_z85`` is the secret's).  `Sealer` (a node's
+keypair) derives its id once and caches the pair keys of its busy peers, so that with a cached
+pair key a short message costs the symmetric part, a few µs (`test_sealer_cost` prints it).
 """
 
 from __future__ import annotations
@@ -181,6 +183,13 @@ def seal(sender_secret_z85: str, sender_public_z85: str, recipient_public_z85: s
     secret = _secret(sender_secret_z85)
     origin = _own_id(secret, sender_public_z85)
     recipient = _public(recipient_public_z85)
+    return _seal(origin, recipient_public_z85, lambda: _na.crypto_box_beforenm(recipient, secret), inner, rng, ttl, max_frame)
+
+
+def _seal(origin: str, recipient_public_z85: str, pair_key: Callable[[], bytes], inner: dict, rng, ttl: int,
+          max_frame: int) -> dict:
+    """`seal` once the keys are known: ``pair_key()`` gives the pair's ``crypto_box_beforenm`` key
+    (called only once the plaintext is known to fit: a refused message costs no X25519)."""
     destination = node_id_for(recipient_public_z85)
     try:
         plaintext = _plaintext(origin, destination, inner)
@@ -189,7 +198,7 @@ def seal(sender_secret_z85: str, sender_public_z85: str, recipient_public_z85: s
     limit = _limit(max_frame)
     if len(plaintext) > limit:  # the body is longer still (base64): no need to encrypt to know
         raise BadSeal("too_large", f"{len(plaintext)} bytes of plaintext, frames hold {max_frame}")
-    shared = _na.crypto_box_beforenm(recipient, secret)
+    shared = pair_key()
     nonce = _nonce(shared, rng.getrandbits(8 * NONCE_BYTES).to_bytes(NONCE_BYTES, "big"), plaintext)
     box = _na.crypto_box_afternm(plaintext, nonce, shared)
     outer = {"sv": SEAL_VERSION, "from": origin, "to": destination, "ttl": ttl,
@@ -237,8 +246,17 @@ def open_(recipient_secret_z85: str, outer, sender_public_lookup: Lookup,
     ``sender_public_lookup(node_id)`` gives the Z85 CURVE key we hold for that node, or None."""
     check_shape(outer)
     secret = _secret(recipient_secret_z85)
+    return _open(_own_id(secret), outer, sender_public_lookup,
+                 lambda key: _na.crypto_box_beforenm(z85_decode(key), secret), max_frame)
+
+
+def _open(own_id: str, outer: dict, sender_public_lookup: Lookup, pair_key: Callable[[str], bytes],
+          max_frame: int) -> dict:
+    """`open_` once our id is known (``outer`` has passed `check_shape`); ``pair_key(key)`` gives the
+    pair key with the sender's (checked) Z85 key.  The checks run cheapest first: no X25519 for
+    an envelope refused on its ids, size or encoding."""
     origin, destination = outer["from"], outer["to"]
-    if destination != _own_id(secret):
+    if destination != own_id:
         raise BadSeal("not_for_us")
     if len(outer["box"]) > _limit(max_frame) or len(outer["nonce"]) > 4 * NONCE_BYTES:
         raise BadSeal("too_large")
@@ -253,8 +271,8 @@ def open_(recipient_secret_z85: str, outer, sender_public_lookup: Lookup,
     if not valid_key(key) or node_id_for(key) != origin:
         raise BadSeal("key_mismatch", "the key held for the origin id is not that id's")
     try:
-        plaintext = _na.crypto_box_open(box, nonce, z85_decode(key), secret)
-    except (CryptoError, ValueError, TypeError):
+        plaintext = _na.crypto_box_open_afternm(box, nonce, pair_key(key))
+    except (CryptoError, ValueError, TypeError):  # a forged box, or a key with no pair key (low order)
         raise BadSeal("bad_box") from None
     try:
         sealed = orjson.loads(plaintext)
@@ -267,3 +285,53 @@ def open_(recipient_secret_z85: str, outer, sender_public_lookup: Lookup,
     if type(sealed["msg"]) is not dict:
         raise BadSeal("bad_inner", "msg")
     return sealed["msg"]
+
+
+# --- a node's sealer: keys derived once, pair keys cached -----------------------------------
+
+PAIR_CACHE = 256  # pair keys held: the busy peers of a node (32 bytes each, plus the dict's)
+
+
+class Sealer:
+    """`seal` and `open_` for one node's keypair, without their X25519 cost per call.
+
+    The module functions derive our public key and id from the secret (one X25519) and the
+    pair key with the peer (another) on every call: ~70 µs.  A node seals and opens with one
+    keypair all its life, to a few busy peers, so this derives its id once and keeps the pair
+    keys of the last `PAIR_CACHE` peers (least recently used goes first): a short message then
+    costs the symmetric part, a few µs.  The cache is keyed by the peer's Z85 public key, not
+    its id, so a peer whose key changes gets a new pair key, never the old one.  Same wire
+    format and checks as the module functions (their tests' vectors hold for both)."""
+
+    def __init__(self, secret_z85: str, public_z85: Optional[str] = None, cache_size: int = PAIR_CACHE):
+        self._secret = _secret(secret_z85)
+        self.node_id = _own_id(self._secret, public_z85)  # checks public_z85 is the secret's
+        self._pairs: dict[str, bytes] = {}
+        self._cache_size = max(1, cache_size)
+
+    def pair_key(self, public_z85: str) -> bytes:
+        """The ``crypto_box_beforenm`` key with that peer (``ValueError``/``CryptoError`` for a bad key)."""
+        pairs = self._pairs
+        shared = pairs.pop(public_z85, None)
+        if shared is None:
+            shared = _na.crypto_box_beforenm(_public(public_z85), self._secret)
+            if len(pairs) >= self._cache_size:
+                del pairs[next(iter(pairs))]  # dicts keep insertion order: the first is the least recent
+        pairs[public_z85] = shared  # (re)inserted last: the most recent
+        return shared
+
+    def seal(self, recipient_public_z85: str, inner: dict, rng, ttl: int = DEFAULT_TTL,
+             max_frame: int = DEFAULT_MAX_FRAME_BYTES) -> dict:
+        """As the module's `seal`, from this node."""
+        if type(inner) is not dict:
+            raise ValueError("the inner message is a dict")
+        if type(ttl) is not int or not 0 <= ttl <= MAX_TTL:
+            raise ValueError(f"ttl is an int in 0..{MAX_TTL}")
+        _public(recipient_public_z85)  # ValueError now, not after the plaintext is built
+        return _seal(self.node_id, recipient_public_z85, lambda: self.pair_key(recipient_public_z85), inner, rng,
+                     ttl, max_frame)
+
+    def open_(self, outer, sender_public_lookup: Lookup, max_frame: int = DEFAULT_MAX_FRAME_BYTES) -> dict:
+        """As the module's `open_`, to this node."""
+        check_shape(outer)
+        return _open(self.node_id, outer, sender_public_lookup, self.pair_key, max_frame)

@@ -325,3 +325,58 @@ def test_the_largest_body_seal_accepts_fits_a_frame_with_the_largest_carrying_en
                                           msg_id="m" * 64))
     assert DEFAULT_MAX_FRAME_BYTES - s.ENVELOPE_RESERVE - 4 < len(orjson.dumps(body)) <= DEFAULT_MAX_FRAME_BYTES - s.ENVELOPE_RESERVE
     assert len(frame) <= DEFAULT_MAX_FRAME_BYTES
+
+
+# --- Sealer: a node's keypair, its id derived once, pair keys cached -------------------------
+
+def test_sealer_makes_the_module_functions_bytes_and_opens_theirs():
+    """Same wire format: with the same rng, the same body byte for byte; each opens the other's."""
+    a, b = s.Sealer(A_SEC, A_PUB), s.Sealer(B_SEC)
+    assert (a.node_id, b.node_id) == (A_ID, B_ID)
+    assert a.seal(B_PUB, INNER, SplitMix64(1)) == sealed_ab()
+    assert b.open_(sealed_ab(), KEYS.get) == INNER
+    assert s.open_(B_SEC, a.seal(B_PUB, INNER, SplitMix64(5)), KEYS.get) == INNER
+
+
+def test_sealer_refuses_as_the_module_does():
+    b = s.Sealer(B_SEC, B_PUB)
+    outer = sealed_ab()
+    for bad, want in (({**outer, "from": C_ID}, "bad_box"), ({**outer, "to": C_ID}, "not_for_us"),
+                      ({**outer, "from": outer["to"], "to": outer["from"]}, "not_for_us"),
+                      ({**outer, "sv": 2}, "malformed")):
+        with pytest.raises(BadSeal) as info:
+            b.open_(bad, KEYS.get)
+        assert info.value.kind == want == kind(B_SEC, bad)
+    reflected = {**outer, "from": B_ID, "to": A_ID}  # the pair key is symmetric: the binding catches it
+    with pytest.raises(BadSeal) as info:
+        s.Sealer(A_SEC).open_(reflected, KEYS.get)
+    assert info.value.kind == "bad_binding"
+    with pytest.raises(ValueError):
+        s.Sealer(A_SEC, B_PUB)  # the public key is not the secret's
+
+
+def test_sealer_cache_is_bounded_and_keyed_by_public_key():
+    a = s.Sealer(A_SEC, cache_size=2)
+    a.seal(B_PUB, INNER, SplitMix64(1))
+    a.seal(C_PUB, INNER, SplitMix64(1))
+    a.pair_key(B_PUB)  # B is now the most recent: C goes first
+    _, d_pub = keypair(0x60)
+    a.pair_key(d_pub)
+    assert list(a._pairs) == [B_PUB, d_pub]
+    assert a.pair_key(B_PUB) == s._na.crypto_box_beforenm(z85_decode(B_PUB), z85_decode(A_SEC))
+
+
+def test_sealer_cost(capsys):
+    """Seal and open with the pair keys cached, microseconds each (printed; run with -s)."""
+    a, b, rng, n = s.Sealer(A_SEC), s.Sealer(B_SEC), SplitMix64(4), 500
+    b.open_(a.seal(B_PUB, INNER, rng), KEYS.get)  # warm both caches
+    t0 = time.perf_counter()
+    outers = [a.seal(B_PUB, INNER, rng) for _ in range(n)]
+    t1 = time.perf_counter()
+    for outer in outers:
+        b.open_(outer, KEYS.get)
+    t2 = time.perf_counter()
+    seal_us, open_us = (t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6
+    with capsys.disabled():
+        print(f"\nSealer (cached pair key): seal {seal_us:.1f} us, open {open_us:.1f} us per short message")
+    assert seal_us < 1000 and open_us < 1000
