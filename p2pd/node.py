@@ -68,6 +68,7 @@ from .identity import NoKeys
 from .names import Names
 from .outbound import Outbound
 from .overlay import Overlay, own_addresses
+from .relay import Relay
 from .roster import Roster
 from .routes import Routes
 from .payloads import JoinData
@@ -99,13 +100,8 @@ class Node:
         self.stopping = False
         self.boot = f"{self.rng.getrandbits(32):08x}"  # this run of the node: a peer that sees it change knows we restarted
         table = self.table = Membership(node_id, settings.retry_min_s, settings.retry_max_s, settings.forget_after_s)
-        out = self.out = Outbound(node_id, name, self.wall_offset, table, self.stats, self.rng)
         self.drop = Drops()
         self.links = Links(self.trust.secure)
-        self.watchers = Watchers(out)
-        self.names = Names(node_id, name, table, self.store)
-        self.msgs = Messaging(self.store, settings, out, table, self.links, self.watchers, self.names, self.drop, self.stats)
-        self.handshake = Handshake(address, self.boot, settings, self.trust, out, self.links, self.msgs)
         # The overlay (overlay.py): our few links, every node's signed record, routes to all.
         # The incarnation starts from the wall clock, so a restarted node's beats its last run's.
         self.keys = keys if keys is not None else NoKeys(node_id)
@@ -113,6 +109,13 @@ class Node:
         self.roster = Roster(self.keys.record(name, own_addresses(address), inc, pub_port=address.pub_port),
                              verify=self.keys.verify, suspect_timeout_s=2.0, forget_after_s=settings.forget_after_s)
         self.routes = Routes(node_id)
+        self.relay = Relay(node_id, name, self.keys.secret, self.keys.public, self.routes.next_hop, self._key_of, self.stats,
+                           self.drop, self.rng, settings.max_frame_bytes)
+        out = self.out = Outbound(node_id, name, self.wall_offset, table, self.stats, self.rng, self.links, self.relay)
+        self.watchers = Watchers(out)
+        self.names = Names(node_id, name, table, self.store)
+        self.msgs = Messaging(self.store, settings, out, table, self.links, self.watchers, self.names, self.drop, self.stats)
+        self.handshake = Handshake(address, self.boot, settings, self.trust, out, self.links, self.msgs)
         self.overlay = Overlay(node_id, name, address, settings, self.keys, self.roster, self.routes, table, self.links,
                                self.handshake, out, self.drop, self.stats, self.rng, now)
         self.gossip = Gossip(node_id, settings, table, out, self.handshake, self.trust, self.drop, now, self.rng,
@@ -135,8 +138,12 @@ class Node:
             P.ACK: self.msgs.on_ack,
             P.FETCH: self.msgs.on_fetch,
             P.VIEW: self.overlay.on_view,
+            P.ROUTED: self._on_routed,
             P.FACTS: self.overlay.on_facts,
         }
+        # What may come through the overlay from a node we hold no link to (relay.ROUTABLE).
+        self._routed_handlers = {P.MESSAGE: self._on_message, P.ACK: self.msgs.on_ack, P.FETCH: self.msgs.on_fetch,
+                                 P.BROADCAST: self.msgs.on_broadcast, P.VIEW: self.overlay.on_view}
         self._events = {
             RouterFrames: lambda now, e: self.on_router_frames(now, e.frames, e.peer_host, e.user_id),
             SubFrames: lambda now, e: self.on_sub_frames(now, e.frames, e.source, e.source_peer),
@@ -369,6 +376,26 @@ class Node:
         acts = self.msgs.on_message(now, msg, peer)
         peer.msgs_in += self.stats["messages_in"] - before  # delivered here: counted as info's messages_in is
         return acts
+
+    def _key_of(self, node_id: str) -> str | None:
+        """The CURVE key a node's signed record names (what routed messages are sealed to)."""
+        rec = self.roster.record_of(node_id)
+        return rec.curve_key if rec is not None and self.keys.signed else None
+
+    def _on_routed(self, now: float, msg: P.Message, hop: Peer) -> list:
+        """A sealed envelope on its way through the overlay (relay.py): passed on, or opened and
+        handled as if it had come over a link from its origin."""
+        acts, inner = self.relay.on_routed(now, msg, hop.id)
+        if inner is None:
+            return acts
+        origin = self.table.get(inner.sender_id)
+        if origin is None or origin.id not in self.links:
+            origin = self.overlay.remote_peer(inner.sender_id, now)
+        if origin is None:
+            self.drop(now, "not_linked", f"routed {inner.type} from {inner.sender_id[:12]}, a node we have no record of", hop.name)
+            return acts
+        self.stats["frames_in"] += 1
+        return acts + self._routed_handlers[inner.type](now, inner, origin)
 
     def _on_ping(self, now: float, msg: P.Message, peer: Peer) -> list:
         # The PONG announces our broadcast numbers too: of two idle peers only one may PING.
