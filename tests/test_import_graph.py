@@ -133,7 +133,7 @@ def test_home_keys_and_client_daemon_are_apart():
 CORE = {
     "actions", "delivery", "dialer", "digest", "drops", "errors", "escape", "exitcodes", "gossip", "handshake", "heartbeat",
     "effects", "inbound", "inputs", "intake", "lan", "links", "liveness", "membership", "memstore", "messaging", "names", "node",
-    "outbound", "payloads", "plumtree", "protocol", "ratelimit", "records", "replies", "roster", "routes", "sealed", "seeded", "settings",
+    "outbound", "payloads", "plumtree", "protocol", "tree", "ratelimit", "records", "replies", "roster", "routes", "sealed", "seeded", "settings",
     "storage", "targets", "trust", "views", "watchers",
 }
 CORE_FORBIDDEN = {
