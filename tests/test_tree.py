@@ -367,3 +367,51 @@ def test_sim_publish_to_reaches_only_the_named_subscribers():
     s._publish(a, [msg], (c.id,))
     ((_, _, dst, _, _, frames, sub_from),) = pushed
     assert dst is c and frames == [topic_for(c.id), P.encode(msg)] and sub_from == "pa"
+
+
+def test_the_transport_publishes_to_each_named_peer_behind_its_topic_over_real_zeromq():
+    """Transport.perform_publish on a real XPUB, SUBs subscribed as dealers.py subscribes them."""
+    import time
+
+    import zmq
+
+    from p2pd.intake import TOPIC_ALL
+    from p2pd.transport import Transport
+
+    ctx = zmq.Context()
+    try:
+        pub = ctx.socket(zmq.XPUB)
+        pub.bind("inproc://tree-pub")
+        ids = [f"{i:032x}" for i in (1, 2, 3)]
+        subs = {}
+        for i in ids:
+            s = ctx.socket(zmq.SUB)
+            s.setsockopt(zmq.SUBSCRIBE, TOPIC_ALL)
+            s.setsockopt(zmq.SUBSCRIBE, topic_for(i))
+            s.connect("inproc://tree-pub")
+            subs[i] = s
+        seen = set()
+        while len(seen) < len(ids) + 1:  # every subscription has reached the XPUB (it reports "{" once)
+            assert pub.poll(2000)
+            seen.add(pub.recv())
+
+        class Fake:
+            pass
+
+        fake = Fake()
+        fake.pub = pub
+        tree_msg = testmsg.make(P.TREE, "a" * 32, "a", 0.0, {"kind": "PRUNE"})
+        bcast = testmsg.make(P.BROADCAST, "a" * 32, "a", 0.0, {"text": "all", "bseq": 1})
+        Transport.perform_publish(fake, Publish(tree_msg, to=(ids[0], ids[2])))
+        Transport.perform_publish(fake, Publish(bcast))
+        time.sleep(0.05)
+        got = {}
+        for i, s in subs.items():
+            got[i] = []
+            while s.poll(100):
+                got[i].append(s.recv_multipart())
+        assert got[ids[0]] == [[topic_for(ids[0]), P.encode(tree_msg)], [P.encode(bcast)]]
+        assert got[ids[1]] == [[P.encode(bcast)]]
+        assert got[ids[2]] == [[topic_for(ids[2]), P.encode(tree_msg)], [P.encode(bcast)]]
+    finally:
+        ctx.destroy(linger=0)
