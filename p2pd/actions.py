@@ -67,8 +67,14 @@ class SendBatch:
 
 @dataclass(frozen=True)
 class Publish:
-    """Send one envelope on our PUB socket to every subscriber."""
+    """Send one envelope on our PUB socket: to every subscriber, or (``to``) only to those peers.
+
+    With ``to`` (peer ids) the transport sends one ZeroMQ message per peer: a topic frame
+    ``b"@" + peer id`` (which only that peer's SUB subscribes to), then the envelope; without,
+    the envelope alone (every SUB subscribes to ``b"{"``, how an envelope starts).  Tree pushes
+    (tree.py) go to their eager peers this way."""
     msg: Message
+    to: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ How this works
   peer that did not say it takes a suffix), to the peer's ROUTER, a CURVE client of the
   peer's key unless --insecure.  The loop sends on `dealers` directly (the hot path).
 * one SUB per linked peer, connected to that peer's PUB, so every broadcast is known to come
-  through the PUB of the peer it names.  Besides everything, it subscribes to a topic that
+  through the PUB of the peer it names.  It subscribes to untargeted envelopes (``{``), to
+  what is published for us alone (``@<our id>``, actions.Publish ``to``), and to a topic that
   never matches and names us: the peer's XPUB sees it, so the peer knows our SUB is attached.
   What a SUB reads goes to ``on_sub_frames(frames, endpoint, peer key)``.
 * with report_refused, a DEALER's first connection is watched (refusals.py): if nothing
@@ -24,7 +25,7 @@ import logging
 
 import zmq
 
-from .intake import SUB_TOPIC_PREFIX
+from .intake import SUB_TOPIC_PREFIX, TOPIC_ALL, topic_for
 from .pollset import PollSet, messages
 from .refusals import RefusalWatch
 from .sockets import curve_client, link_routing_id
@@ -105,7 +106,10 @@ class LinkSockets:
         sock.setsockopt(zmq.MAXMSGSIZE, self._max_msg)
         sock.setsockopt(zmq.LINGER, 0)
         curve_client(sock, self._keypair, server_key)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        # Untargeted envelopes (they start with "{") and what is published for us alone (a
+        # topic frame "@<our id>", stripped by intake.sub_frames_ok); not what is for others.
+        sock.setsockopt(zmq.SUBSCRIBE, TOPIC_ALL)
+        sock.setsockopt(zmq.SUBSCRIBE, topic_for(self._node_id))
         # A second, never-matching subscription whose topic names us: the
         # peer's XPUB sees it and so knows our SUB is attached.
         sock.setsockopt(zmq.SUBSCRIBE, SUB_TOPIC_PREFIX + self._node_id.encode())

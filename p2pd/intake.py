@@ -4,7 +4,8 @@ How this works
 --------------
 Frames come from two kinds of socket: the ROUTER (a peer's DEALER: one
 envelope, or a batch of up to ``MAX_BATCH`` from a peer that announced
-``batch``) and a SUB per peer (its PUB: BROADCASTs only).  Each envelope is
+``batch``) and a SUB per peer (its PUB: BROADCASTs, and TREE pushes addressed to us by a
+leading topic frame, which `sub_frames_ok` strips).  Each envelope is
 decoded and validated by the codec, then checked against where it came from:
 under CURVE, the connection's routing id must belong to the node id that ZAP
 derived from its key (``User-Id``), checked once per ZeroMQ message before any
@@ -41,6 +42,13 @@ from .settings import Settings
 from .trust import Trust
 
 SUB_TOPIC_PREFIX = b"\x00sub:"  # never matches an envelope, which starts with "{"
+TOPIC_ALL = b"{"  # what every envelope starts with: an untargeted publish (each SUB subscribes to it)
+TOPIC_MARK = b"@"  # a targeted publish's first frame: "@" + the node id it is for (actions.Publish ``to``)
+
+
+def topic_for(peer_id: str) -> bytes:
+    """The topic frame of a publish meant only for ``peer_id`` (its SUBs subscribe to it)."""
+    return TOPIC_MARK + peer_id.encode()
 HEARTBEAT_CREDIT = 16  # PINGs/PONGs a peer may overdraw its rate by, beyond a window (see _on_credit)
 
 
@@ -171,24 +179,34 @@ class Intake:
         return math.ceil(-b.tokens) if b.tokens < 0 else 0
 
     def sub_frames_ok(self, now: float, frames: list[bytes], source: str) -> bool:
-        """May the envelopes of this SUB message (BROADCASTs: one, or a batch) be looked at?"""
+        """May the envelopes of this SUB message (BROADCASTs: one, or a batch) be looked at?
+
+        A targeted publish (actions.Publish ``to``) starts with a topic frame ``b"@" + our id``:
+        it is checked to name us exactly (our SUB subscribes to it, but a subscription matches
+        a prefix) and removed from ``frames`` in place, so that what is left is envelopes."""
+        if frames and frames[0][:1] == TOPIC_MARK:
+            if frames[0] != topic_for(self.id):
+                self.drop(now, "bad_topic", f"topic {frames[0][:40]!r} is not ours", source)
+                return False
+            del frames[0]
         if not 0 < len(frames) <= P.MAX_BATCH:
             self.drop(now, "bad_frames", f"expected 1 to {P.MAX_BATCH} frames on SUB, got {len(frames)}", source)
             return False
         return True
 
     def sub_envelope(self, now: float, raw: bytes, source: str, source_peer: str | None) -> P.Message | None:
-        """One envelope from the SUB of ``source_peer``: the BROADCAST, if it may be handled."""
+        """One envelope from the SUB of ``source_peer``: the BROADCAST or TREE (a Plumtree push,
+        tree.py), if it may be handled; either must be the PUB owner's own."""
         try:
             msg = P.decode(raw, self.settings.max_frame_bytes)
         except P.ProtocolError as e:
             self.drop(now, e.kind, e.reason, source)
             return None
-        if msg.type != P.BROADCAST:
+        if msg.type != P.BROADCAST and msg.type != P.TREE:
             self.drop(now, "bad_type", f"{msg.type} is not allowed on the PUB socket", source)
             return None
         if source_peer is not None and msg.sender_id != source_peer:
-            self.drop(now, "spoofed", f"broadcast claims sender {msg.sender_id[:12]} on the PUB of {source_peer[:12]}", source)
+            self.drop(now, "spoofed", f"{msg.type} claims sender {msg.sender_id[:12]} on the PUB of {source_peer[:12]}", source)
             return None
         if not self._within_rate(now, msg.sender_id):
             self.drop(now, "rate_limited", f"{msg.sender_id[:12]} broadcasts faster than max_msgs_per_s", source)

@@ -265,6 +265,10 @@ class Plumtree:
         self._queued.clear()
         return out
 
+    def has_seen(self, msg_id: Hashable) -> bool:
+        """Is ``msg_id`` within the seen window (a copy of it now would be a duplicate)?"""
+        return msg_id in self._seen
+
     @property
     def has_queued_ihave(self) -> bool:
         """Whether `flush_ihave` has anything to send (the caller can skip the tick otherwise)."""

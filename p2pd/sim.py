@@ -73,7 +73,7 @@ from p2pd import protocol as P
 from p2pd.actions import (CloseLink, EditAuthorizedKeys, FetchKey, ForgetPin, LanBeacon, OpenLink, PinKey, Publish, PublishBatch,
                           RekeyLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe)
 from p2pd.effects import handlers, performer
-from p2pd.intake import SUB_TOPIC_PREFIX
+from p2pd.intake import SUB_TOPIC_PREFIX, topic_for
 from p2pd.memstore import MemoryStore
 from p2pd.node import Node
 from p2pd.settings import Settings
@@ -356,16 +356,19 @@ class Sim:
         self._push(self._arrival(s, target, link[1]), "arrive", target, target.incarnation, s.name, frames, None)
 
     def perform_publish(self, t: float, s: SimNode, act: Publish) -> None:
-        self._publish(s, [act.msg])
+        self._publish(s, [act.msg], act.to)
 
     def perform_publish_batch(self, t: float, s: SimNode, act: PublishBatch) -> None:
         self._publish(s, act.msgs)
 
-    def _publish(self, s: SimNode, msgs: list) -> None:
-        frames = [P.encode(m) for m in msgs]
+    def _publish(self, s: SimNode, msgs: list, to: tuple | None = None) -> None:
+        """To every node whose SUB is attached to ``s``'s PUB; with ``to``, only to those nodes,
+        each behind its topic frame (as the transport sends it)."""
+        wire = [P.encode(m) for m in msgs]
         for other in self.nodes:
-            if other.up and s.pub in other.subs:
-                self.frames += len(frames)
+            if other.up and s.pub in other.subs and (to is None or other.id in to):
+                frames = wire if to is None else [topic_for(other.id), *wire]
+                self.frames += len(wire)
                 if self._cut(s, other, msgs):
                     self.lost += 1
                     continue

@@ -53,6 +53,7 @@ from .admission import Admission
 from .effects import handlers, performer
 from .home import Home, save_peer_book
 from .inbound import InboundGuard
+from .intake import topic_for
 from .keyport import KeyFetches, answer_key_request
 from .keys import known_peers
 from .dealers import LinkSockets
@@ -174,7 +175,13 @@ class Transport:
                 raise
 
     def perform_publish(self, act) -> None:
-        self.pub.send(P.encode(act.msg), zmq.NOBLOCK)
+        raw = P.encode(act.msg)
+        if act.to is None:
+            self.pub.send(raw, zmq.NOBLOCK)
+            return
+        pub = self.pub
+        for peer_id in act.to:  # a topic only that peer's SUB takes (intake.topic_for)
+            pub.send_multipart([topic_for(peer_id), raw], zmq.NOBLOCK)
 
     def perform_publish_batch(self, act) -> None:
         self.pub.send_multipart([P.encode(m) for m in act.msgs], zmq.NOBLOCK)

@@ -23,7 +23,7 @@ from p2pd.actions import (CloseLink, FetchKey, LanBeacon, OpenLink, PinKey, Publ
                           RekeyLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe)
 from p2pd.home import Home
 from p2pd.effects import handlers, performer
-from p2pd.intake import SUB_TOPIC_PREFIX
+from p2pd.intake import SUB_TOPIC_PREFIX, topic_for
 from p2pd.membership import ALIVE, LINKING
 from p2pd.memstore import MemoryStore
 from p2pd.node import Node
@@ -165,19 +165,21 @@ class Net:
             self.apply(target, target.on_router_frames(now, frames, HOST), flush=False)
 
     def perform_publish(self, now: float, node: Node, act: Publish) -> None:
-        self._publish(now, node, [act.msg])
+        self._publish(now, node, [act.msg], act.to)
 
     def perform_publish_batch(self, now: float, node: Node, act: PublishBatch) -> None:
         self._publish(now, node, act.msgs)
 
-    def _publish(self, now: float, node: Node, msgs: list) -> None:
-        """One ZeroMQ message (a frame per envelope) to every node whose SUB is attached to our PUB."""
+    def _publish(self, now: float, node: Node, msgs: list, to: tuple | None = None) -> None:
+        """One ZeroMQ message (a frame per envelope) to every node whose SUB is attached to our PUB;
+        with ``to``, only to those nodes, each behind its topic frame (as the transport sends it)."""
         wire = [P.encode(m) for m in msgs]
         mine = ep(node.address.pub_port)
         for other in list(self.by_router.values()):
-            if mine in self.subs.get(other.id, ()):
+            if mine in self.subs.get(other.id, ()) and (to is None or other.id in to):
                 self.delivered.extend((now, node.name, other.name, m) for m in msgs)
-                self.apply(other, other.on_sub_frames(now, wire), flush=False)
+                frames = wire if to is None else [topic_for(other.id), *wire]
+                self.apply(other, other.on_sub_frames(now, list(frames)), flush=False)
 
     def perform_subscribe(self, now: float, node: Node, act: Subscribe) -> None:
         # As the transport: a SUB already attached there stays (no second subscribe), and

@@ -387,9 +387,19 @@ def test_garbage_on_sub_is_dropped_and_a_real_broadcast_gets_through(insecure_da
     wait_for(lambda: any(json.loads(f).get("type") == "JOIN" for f in fake.received), what="alice's JOIN reply")
     before = dropped(alice)
 
+    # alice's SUB takes envelopes ("{...") and what is published for her alone ("@<her id>"):
+    # anything else, and what is addressed to another node, ZeroMQ filters out before she reads it
     fake.publish(b"not json at all")
     fake.publish(b"[1, 2]")
+    fake.publish(b"@" + bob.id.encode(), enc(envelope("BROADCAST", fake.id, {"text": "for bob only"})))
+    fake.publish(b"{not json at all")
+    fake.publish(b"{[1, 2]")
     before = expect_dropped(alice, before, {"not_json": 2}, "garbage on PUB")
+    # a topic that starts like hers but names someone else; hers with garbage, or with nothing after it
+    fake.publish(b"@" + alice.id.encode() + b"x", enc(envelope("BROADCAST", fake.id, {"text": "not for alice"})))
+    fake.publish(b"@" + alice.id.encode(), b"not json")
+    fake.publish(b"@" + alice.id.encode())
+    before = expect_dropped(alice, before, {"bad_topic": 1, "not_json": 1, "bad_frames": 1}, "bad targeted frames on PUB")
     still_serving(alice, bob, "garbage on PUB")
 
     # valid envelopes of a type that never travels on PUB
@@ -399,7 +409,7 @@ def test_garbage_on_sub_is_dropped_and_a_real_broadcast_gets_through(insecure_da
     before = expect_dropped(alice, before, {"bad_type": 3}, "non-BROADCAST on PUB")
     still_serving(alice, bob, "non-BROADCAST on PUB")
 
-    fake.publish(*[b"part"] * 300)  # longer than a batch may be
+    fake.publish(*[b"{part"] * 300)  # longer than a batch may be
     fake.publish(enc(envelope("BROADCAST", fake.id, {"text": "x" * (MAX_FRAME + 1)})))
     # well-formed broadcasts the fake peer relays for a node alice does not know, and for alice herself:
     # each SUB belongs to one peer, so anything on it claiming another sender is spoofed
@@ -416,14 +426,18 @@ def test_garbage_on_sub_is_dropped_and_a_real_broadcast_gets_through(insecure_da
     # the fake peer is still a peer in good standing: its real BROADCAST and MESSAGE arrive
     fake.publish(enc(envelope("BROADCAST", fake.id, {"text": "hello from the fake peer"})))
     fake.send(enc(envelope("MESSAGE", fake.id, {"text": "direct from the fake peer"}, alice.id)))
-    wait_for(lambda: {"hello from the fake peer", "direct from the fake peer"} <= set(inbox_texts(alice)), what="the fake peer's valid traffic")
+    # and what it publishes for alice alone, behind her topic (actions.Publish ``to``)
+    fake.publish(b"@" + alice.id.encode(), enc(envelope("BROADCAST", fake.id, {"text": "for alice alone"})))
+    wait_for(lambda: {"hello from the fake peer", "direct from the fake peer", "for alice alone"} <= set(inbox_texts(alice)),
+             what="the fake peer's valid traffic")
     inbox = {m["text"]: m for m in alice.call("inbox")}
     assert inbox["hello from the fake peer"]["type"] == "BROADCAST"
     assert inbox["hello from the fake peer"]["sender_id"] == fake.id
     assert inbox["direct from the fake peer"]["type"] == "MESSAGE"
-    assert not any(t in inbox for t in ("direct, but on PUB", "meant for bob", "meant for nobody", "from a ghost", "from alice?"))
+    assert not any(t in inbox for t in ("direct, but on PUB", "meant for bob", "meant for nobody", "from a ghost", "from alice?",
+                                         "for bob only", "not for alice"))
     assert dropped(alice)["total"] == before["total"]  # the valid frames were not counted as bad
-    for kind in ("not_json", "bad_type", "bad_frames", "misrouted"):
+    for kind in ("not_json", "bad_type", "bad_frames", "misrouted", "bad_topic"):
         assert log_lines(alice, kind), f"no log line for {kind}"
 
 

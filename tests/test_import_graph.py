@@ -134,7 +134,7 @@ CORE = {
     "actions", "delivery", "dialer", "digest", "drops", "errors", "escape", "exitcodes", "gossip", "handshake", "heartbeat", "identity",
     "effects", "inbound", "inputs", "intake", "lan", "links", "liveness", "membership", "memstore", "messaging", "names", "node",
     "outbound", "overlay", "payloads", "plumtree", "protocol", "ratelimit", "records", "relay", "replies", "roster", "routes", "sealed", "seeded", "settings",
-    "storage", "targets", "trust", "views", "watchers",
+    "storage", "targets", "tree", "trust", "views", "watchers",
 }
 CORE_FORBIDDEN = {
     "zmq", "sqlite3", "time", "random", "os", "socket", "pathlib", "subprocess", "threading", "asyncio", "select",
