@@ -79,8 +79,12 @@ class Messaging:
     watchers, the names to show, and where to report bad input."""
 
     def __init__(self, store: Storage, settings, outbound: Outbound, table: Membership, links: Links, watchers: Watchers,
-                 names: Names, drops: Drops, stats: Counter):
+                 names: Names, drops: Drops, stats: Counter, publish=None, reach=None):
         self.out = outbound
+        # How our broadcasts go out: the broadcast tree's (tree.Tree.originate), else on PUB to all.
+        self._publish = publish
+        # Can a direct message reach this peer now (linked and alive, or through the overlay)?
+        self._reach = reach if reach is not None else self._linked_alive
         self.table = table
         self.links = links
         self.watchers = watchers
@@ -102,6 +106,9 @@ class Messaging:
         self._next_prune = 0.0
 
     # ------------------------------------------------------------------ helpers
+    def _linked_alive(self, peer_id: str) -> bool:
+        peer = self.table.get(peer_id)
+        return peer is not None and peer.state == ALIVE
     def beacon(self) -> dict:
         """Fields for JOIN and PING: our latest broadcast number, the oldest we can replay, our store's epoch."""
         oldest, latest = self.delivery.broadcast_window()
@@ -196,8 +203,7 @@ class Messaging:
             ids.append(msg_id)
             stored += 1
         self.stats["messages_out"] += stored
-        peer = self.table.get(peer_id)
-        alive = peer is not None and peer.state == ALIVE
+        alive = self._reach(peer_id)
         acts = self.pump(now, peer_id) if alive else []
         if len(ids) > 1:
             return acts + [ToClient(client, ok(req, {"ids": ids, "peer": peer_name, "peer_id": peer_id, "status": "queued"}))]
@@ -231,6 +237,8 @@ class Messaging:
             self.store.add_message("out", P.BROADCAST, msg_id, None, self.out.id, self.out.name, None, text, timestamp, epoch, defer=True)
             ids.append(msg_id)
         self.stats["broadcasts_out"] += len(texts)
+        if self._publish is not None:
+            return self._publish(now, msgs), ids
         # One PUB reaches every subscriber alike: batch only if every peer that may be subscribed takes batches.
         if len(msgs) > 1 and all(p.batch for p in self.table.all() if p.subscribed or p.state == ALIVE):
             return [PublishBatch(msgs[k:k + P.MAX_BATCH]) for k in range(0, len(msgs), P.MAX_BATCH)], ids
@@ -357,8 +365,7 @@ class Messaging:
     def tick(self, now: float) -> list:
         acts: list = []
         for peer_id in self.delivery.pending_peers():
-            peer = self.table.get(peer_id)
-            if peer is not None and peer.state == ALIVE:
+            if self._reach(peer_id):
                 acts += self.pump(now, peer_id)
         for msg_id, w in list(self.waiters.items()):
             if now >= w.deadline:
@@ -391,7 +398,7 @@ class Messaging:
         self.delivery.save()
         acts = []
         for peer_id, upto, gap in self.delivery.acks_owed(unpaid=unpaid):
-            if peer_id in self.links:
+            if peer_id in self.links or self._reach(peer_id):
                 data = {"upto": upto, "gap": True} if gap else {"upto": upto}
                 acts.append(self.out.send(peer_id, self.out.msg(now, P.ACK, data, target=peer_id)))
         return acts

@@ -76,6 +76,7 @@ from .replies import ok
 from .seeded import for_node
 from .settings import Settings
 from .storage import Storage
+from .tree import Tree
 from .trust import Trust
 from .watchers import Watchers
 
@@ -114,10 +115,13 @@ class Node:
         out = self.out = Outbound(node_id, name, self.wall_offset, table, self.stats, self.rng, self.links, self.relay)
         self.watchers = Watchers(out)
         self.names = Names(node_id, name, table, self.store)
-        self.msgs = Messaging(self.store, settings, out, table, self.links, self.watchers, self.names, self.drop, self.stats)
+        self.tree = Tree(node_id, name, self.keys.sign if self.keys.signed else None, self._verify_key_of, out, self.stats,
+                         self.drop, self.rng, max_frame_bytes=settings.max_frame_bytes)
+        self.msgs = Messaging(self.store, settings, out, table, self.links, self.watchers, self.names, self.drop, self.stats,
+                              publish=self.tree.originate, reach=self._reach)
         self.handshake = Handshake(address, self.boot, settings, self.trust, out, self.links, self.msgs)
         self.overlay = Overlay(node_id, name, address, settings, self.keys, self.roster, self.routes, table, self.links,
-                               self.handshake, out, self.drop, self.stats, self.rng, now)
+                               self.handshake, out, self.drop, self.stats, self.rng, now, neighbours=self._neighbour)
         self.gossip = Gossip(node_id, settings, table, out, self.handshake, self.trust, self.drop, now, self.rng,
                              may_dial=self.overlay.room)
         self.heartbeat = Heartbeat(settings, table, out, now)
@@ -139,6 +143,7 @@ class Node:
             P.FETCH: self.msgs.on_fetch,
             P.VIEW: self.overlay.on_view,
             P.ROUTED: self._on_routed,
+            P.TREE: self._on_tree,
             P.FACTS: self.overlay.on_facts,
         }
         # What may come through the overlay from a node we hold no link to (relay.ROUTABLE).
@@ -382,6 +387,33 @@ class Node:
         rec = self.roster.record_of(node_id)
         return rec.curve_key if rec is not None and self.keys.signed else None
 
+    def _verify_key_of(self, node_id: str) -> bytes | None:
+        """The Ed25519 key a node's signed record names (what its broadcasts are checked with)."""
+        rec = self.roster.record_of(node_id)
+        return rec.verify_key if rec is not None and self.keys.signed else None
+
+    def _reach(self, peer_id: str) -> bool:
+        """Can a direct message go to this peer now: linked and alive, or through the overlay?"""
+        peer = self.table.get(peer_id)
+        return (peer is not None and peer.state == ALIVE) or self.overlay.reachable(peer_id)
+
+    def _neighbour(self, peer_id: str, up: bool) -> None:
+        """A link came up or went: the broadcast tree spans our links (tree.py)."""
+        (self.tree.neighbor_up if up else self.tree.neighbor_down)(peer_id)
+
+    def _on_tree(self, now: float, msg: P.Message, peer: Peer) -> list:
+        """The broadcast tree (tree.py): a broadcast pushed to us (GOSSIP, on our SUB), or its repair
+        (IHAVE, GRAFT, PRUNE, on our ROUTER).  Each broadcast seen first is delivered as if from its origin."""
+        acts, fresh = self.tree.on_tree(now, msg, peer.id)
+        for bcast in fresh:
+            origin = self.table.get(bcast.sender_id)
+            if origin is None:
+                origin = self.overlay.remote_peer(bcast.sender_id, now)
+            if origin is None:  # no record of it yet (a keyless node; a signed one was checked against its record)
+                origin = Peer(bcast.sender_id, bcast.sender_name, P.PeerAddress(None, 0, 0), ALIVE, since=now, learned=now)
+            acts += self.msgs.on_broadcast(now, bcast, origin)
+        return acts
+
     def _on_routed(self, now: float, msg: P.Message, hop: Peer) -> list:
         """A sealed envelope on its way through the overlay (relay.py): passed on, or opened and
         handled as if it had come over a link from its origin."""
@@ -424,6 +456,9 @@ class Node:
     def next_deadline(self, now: float) -> float:
         """How long the event loop may sleep before calling `tick`."""
         soonest = min(self.heartbeat.next_at, self.gossip.next_at, now + 0.25)
+        tree_at = self.tree.next_deadline()
+        if tree_at is not None:
+            soonest = min(soonest, tree_at)
         if self.lan is not None:
             soonest = min(soonest, self.lan.next_at)
         return max(0.0, soonest - now)
@@ -439,6 +474,7 @@ class Node:
             acts += self.heartbeat.ping_silent(now, self.msgs.beacon())
         acts += self.gossip.tick(now)
         acts += self.overlay.tick(now)
+        acts += self.tree.tick(now)
         acts += self.heartbeat.expire(now)
         return acts + self.dial.tick(now) + self.msgs.tick(now)
 

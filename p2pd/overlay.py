@@ -103,7 +103,8 @@ class Overlay:
         self._next_facts = now
         self._waiting: dict[str, float] = {}  # linked peers in neither view -> when the link is closed (_sweep)
         self._remote: dict[str, tuple[NodeRecord, Peer]] = {}  # unlinked members as peers (routed messages)
-        self.on_neighbours = neighbours  # called with (peer id, up) as a neighbour enters or leaves the active view
+        # Called with (peer id, up) as a link comes up or goes (the broadcast tree spans our links).
+        self._neighbours = neighbours if neighbours is not None else (lambda peer_id, up: None)
 
     # ------------------------------------------------------------------ our own record
     def own_record(self, incarnation: int, status: str = ALIVE) -> NodeRecord:
@@ -192,6 +193,7 @@ class Overlay:
     def link_up(self, now: float, peer: Peer, dialled: bool = False, explicit: bool = False) -> list:
         """A link came up (the JOIN handshake finished).  ``dialled``: by our dial; ``explicit``:
         one the user asked for (connect, --join, a LAN beacon)."""
+        self._neighbours(peer.id, True)
         acts = self._push_all(now, peer.id)
         views = self.views
         if peer.id in views.active:
@@ -206,6 +208,7 @@ class Overlay:
 
     def link_lost(self, now: float, peer: Peer) -> list:
         """The heartbeat lost a linked peer: replace it, and say it may be dead (a live node refutes)."""
+        self._neighbours(peer.id, False)
         acts = self._apply(now, self.views.link_failed(peer.id, now))
         rec = self.roster.record_of(peer.id)
         if rec is not None and self.roster.state_of(peer.id) == ALIVE:
@@ -215,6 +218,7 @@ class Overlay:
     def peer_gone(self, now: float, peer_id: str) -> list:
         """It left (LEAVE) or we disconnected it on request: out of our views."""
         self._waiting.pop(peer_id, None)
+        self._neighbours(peer_id, False)
         return self._apply(now, self.views.link_failed(peer_id, now))
 
     def dial_failed(self, now: float, peer_id: str) -> list:
@@ -281,13 +285,9 @@ class Overlay:
                 changed = True
                 self._waiting.pop(e.peer, None)
                 acts += self._open(now, e.peer)
-                if self.on_neighbours is not None:
-                    self.on_neighbours(e.peer, True)
             elif type(e) is LinkDown:
                 changed = True
                 acts += self._close(now, e.peer)
-                if self.on_neighbours is not None:
-                    self.on_neighbours(e.peer, False)
         if changed:
             self.routes.set_local(self.views.active)
             self._resign(now)
@@ -333,6 +333,7 @@ class Overlay:
         if peer.state == ALIVE:
             acts.append(self.links.unsubscribe(peer))
         self.table.remove(peer_id)
+        self._neighbours(peer_id, False)
         log.debug("unlinked %s (%s): out of the active view", peer.name, peer_id[:12])
         return acts
 

@@ -268,10 +268,18 @@ class Net:
         return [e for e in self.replies[(node.name, WATCH)] if "event" in e and (kind is None or e["event"] == kind)]
 
     def sent(self, frm: str, to: str | None = None, type_: str | None = None) -> list:
-        return [
-            (t, m) for t, f, dst, m in self.delivered
-            if f == frm and (to is None or dst == to) and (type_ is None or m.type == type_)
-        ]
+        """Envelopes ``frm`` sent (to ``to``; of ``type_``).  A BROADCAST pushed over the broadcast
+        tree travels inside a TREE GOSSIP (tree.py): asked for BROADCASTs, those count too, as
+        the BROADCAST they carry (whoever relays it)."""
+        out = []
+        for t, f, dst, m in self.delivered:
+            if f != frm or (to is not None and dst != to):
+                continue
+            if type_ == P.BROADCAST and m.type == P.TREE and m.data.get("kind") == "GOSSIP":
+                m = P.decode(m.data["bcast"].encode())
+            if type_ is None or m.type == type_:
+                out.append((t, m))
+        return out
 
     def acts(self, name: str, cls, since: float = float("-inf")) -> list:
         return [(t, a) for t, n, a in self.actions if n == name and isinstance(a, cls) and t >= since]

@@ -72,10 +72,14 @@ def emitted() -> dict[str, set[tuple]]:
     net.tick_range(0.5, 2.0, 0.5)  # heartbeat PINGs
     # alice misses bob's broadcast b2 (her SUB is away for it): the next heartbeat tells her,
     # and she FETCHes the range; bob replays it
-    pub = P.tcp_endpoint(HOST, bob.address.pub_port)
-    net.subs[alice.id].discard(pub)
+    # (and charlie's relay of it over the broadcast tree, and his IHAVE: lost too)
+    away = set(net.subs[alice.id])
+    net.subs[alice.id].clear()
+    net.lose = lambda frm, to, msg: to == "alice" and msg.type == P.TREE
     net.call(bob, 2.1, "broadcast", text="b2")
-    net.subs[alice.id].add(pub)
+    net.tick_range(2.15, 2.25, 0.05, bob, net.nodes["charlie"])
+    net.lose = None
+    net.subs[alice.id].update(away)
     # a lost MESSAGE: the next is a gap, and the ACK says so
     net.lose = lambda frm, to, msg: msg.type == P.MESSAGE and msg.data.get("text") == "m2"
     net.call(alice, 2.3, "send", peer="bob", text="m2")
@@ -92,6 +96,8 @@ def emitted() -> dict[str, set[tuple]]:
     seen: dict[str, set[tuple]] = defaultdict(set)
     for _, _, _, msg in net.delivered:
         seen[msg.type].add(tuple(msg.data))
+        if msg.type == P.TREE and msg.data["kind"] == "GOSSIP":  # the BROADCAST it carries
+            seen[P.BROADCAST].add(tuple(P.decode(msg.data["bcast"].encode()).data))
         if msg.type == P.PEERS:
             seen["PEERS[]"].update(tuple(e) for e in msg.data["peers"])
     return seen
