@@ -120,7 +120,7 @@ class Node:
         self.msgs = Messaging(self.store, settings, out, table, self.links, self.watchers, self.names, self.drop, self.stats,
                               publish=self.tree.originate, reach=self._reach)
         self.handshake = Handshake(address, self.boot, settings, self.trust, out, self.links, self.msgs)
-        self.overlay = Overlay(node_id, name, address, settings, self.keys, self.roster, self.routes, table, self.links,
+        self.overlay = Overlay(node_id, name, address, settings, self.keys, self.trust, self.roster, self.routes, table, self.links,
                                self.handshake, out, self.drop, self.stats, self.rng, now, neighbours=self._neighbour)
         self.gossip = Gossip(node_id, settings, table, out, self.handshake, self.trust, self.drop, now, self.rng,
                              may_dial=self.overlay.room)

@@ -43,6 +43,7 @@ from .records import DEAD, LEFT, SUSPECT, BadRecord, NodeRecord, encode
 from .roster import Roster
 from .routes import OK, Routes
 from .settings import Settings
+from .trust import Trust
 from .views import LinkDown, LinkUp, ToPeer, Views, sample
 
 log = logging.getLogger("p2pd.node")
@@ -53,6 +54,12 @@ FACTS_ROUND_S = 0.5  # how often news goes out
 RESIGN_MIN_S = 1.0  # our record is signed again at most this often when our links change
 RECORDS_PER_VIEW = 8  # records of the nodes a VIEW message names, attached so the receiver can dial them
 SHOWN = {ALIVE: "alive", SUSPECT: "suspect", DEAD: "lost", LEFT: "left"}
+TOLD_MAX = 4096  # facts remembered per neighbour as already known to it (then forgotten, and sent again at worst)
+
+
+def _fact_key(fact) -> tuple:
+    """What makes two facts the same news: whose, which incarnation, what it says, and who says it."""
+    return (fact.node_id, fact.incarnation, fact.status, getattr(fact, "accuser_id", None))
 
 
 def address_of(rec: NodeRecord) -> P.PeerAddress | None:
@@ -79,7 +86,7 @@ def own_addresses(address: P.PeerAddress) -> tuple[str, ...]:
 
 
 class Overlay:
-    def __init__(self, node_id: str, name: str, address: P.PeerAddress, settings: Settings, keys, roster: Roster,
+    def __init__(self, node_id: str, name: str, address: P.PeerAddress, settings: Settings, keys, trust: Trust, roster: Roster,
                  routes: Routes, table: Membership, links: Links, handshake: Handshake, outbound: Outbound, drops: Drops,
                  stats: Counter, rng: P.RandomBits, now: float, neighbours=None):
         self.id = node_id
@@ -87,6 +94,7 @@ class Overlay:
         self.address = address
         self.settings = settings
         self.keys = keys
+        self.trust = trust
         self.roster = roster
         self.routes = routes
         self.table = table
@@ -103,6 +111,7 @@ class Overlay:
         self._next_facts = now
         self._waiting: dict[str, float] = {}  # linked peers in neither view -> when the link is closed (_sweep)
         self._remote: dict[str, tuple[NodeRecord, Peer]] = {}  # unlinked members as peers (routed messages)
+        self._told: dict[str, set] = {}  # neighbour -> facts it has (we sent or it told us): not sent to it again
         # Called with (peer id, up) as a link comes up or goes (the broadcast tree spans our links).
         self._neighbours = neighbours if neighbours is not None else (lambda peer_id, up: None)
 
@@ -208,7 +217,7 @@ class Overlay:
 
     def link_lost(self, now: float, peer: Peer) -> list:
         """The heartbeat lost a linked peer: replace it, and say it may be dead (a live node refutes)."""
-        self._neighbours(peer.id, False)
+        self._unlinked(peer.id)
         acts = self._apply(now, self.views.link_failed(peer.id, now))
         rec = self.roster.record_of(peer.id)
         if rec is not None and self.roster.state_of(peer.id) == ALIVE:
@@ -218,7 +227,7 @@ class Overlay:
     def peer_gone(self, now: float, peer_id: str) -> list:
         """It left (LEAVE) or we disconnected it on request: out of our views."""
         self._waiting.pop(peer_id, None)
-        self._neighbours(peer_id, False)
+        self._unlinked(peer_id)
         return self._apply(now, self.views.link_failed(peer_id, now))
 
     def dial_failed(self, now: float, peer_id: str) -> list:
@@ -236,16 +245,38 @@ class Overlay:
         return self._apply(now, self.views.handle(peer.id, data["kind"], data, now))
 
     def on_facts(self, now: float, msg: P.Message, peer: Peer) -> list:
-        facts = msg.data["facts"]
-        return self._heard(now, self._decode(now, facts, peer.name), peer.id, peer.name)
+        facts = self._decode(now, msg.data["facts"], peer.name)
+        told = self._told_to(peer.id)
+        for f in facts:
+            told.add(_fact_key(f))
+        return self._heard(now, facts, peer.id, peer.name)
+
+    def _told_to(self, peer_id: str) -> set:
+        told = self._told.get(peer_id)
+        if told is None or len(told) > TOLD_MAX:
+            told = self._told[peer_id] = set()
+        return told
 
     def _decode(self, now: float, items: list, source: str) -> list:
+        """The records and accusations of a frame that parse and that our trust allows: a node
+        outside the allowlist, or claiming an address pinned to another key, is not taken (as
+        gossip about it is not: docs/SECURITY.md 6.1)."""
         out = []
         for obj in items:
             try:
-                out.append(self.keys.decode(obj))
+                fact = self.keys.decode(obj)
             except BadRecord as e:
                 self.drop(now, f"fact_{e.kind}", f"a record or accusation that does not parse: {e}", source)
+                continue
+            if isinstance(fact, NodeRecord) and self.keys.signed:
+                refusal = self.trust.may_link(fact.node_id, fact.curve_key)
+                addr = address_of(fact)
+                if refusal is None and addr is not None:
+                    refusal = self.trust.pin_refusal(addr.addr, addr.port, fact.curve_key)
+                if refusal is not None:
+                    self.drop(now, "fact_refused", f"record of {fact.node_id[:12]} not taken: {refusal}", source)
+                    continue
+            out.append(fact)
         return out
 
     def _heard(self, now: float, facts: list, from_id: str | None, source: str) -> list:
@@ -275,6 +306,11 @@ class Overlay:
         return []
 
     # ------------------------------------------------------------------ effects of the views
+    def _unlinked(self, peer_id: str) -> None:
+        """Our link to a neighbour is gone, however it went."""
+        self._told.pop(peer_id, None)
+        self._neighbours(peer_id, False)
+
     def _apply(self, now: float, effects: list) -> list:
         acts: list = []
         changed = False
@@ -333,12 +369,15 @@ class Overlay:
         if peer.state == ALIVE:
             acts.append(self.links.unsubscribe(peer))
         self.table.remove(peer_id)
-        self._neighbours(peer_id, False)
+        self._unlinked(peer_id)
         log.debug("unlinked %s (%s): out of the active view", peer.name, peer_id[:12])
         return acts
 
     # ------------------------------------------------------------------ news out
     def _facts_msg(self, now: float, facts: list, to: str) -> P.Message:
+        told = self._told_to(to)
+        for f in facts:
+            told.add(_fact_key(f))
         return self.out.msg(now, P.FACTS, {"facts": [encode(f) for f in facts]}, target=to)
 
     def _push_all(self, now: float, peer_id: str) -> list:
@@ -361,7 +400,8 @@ class Overlay:
             if self.roster.pending():
                 linked = [p for p in self.views.active if p in self.links]
                 for peer_id in sample(self.rng, linked, FACTS_FANOUT):
-                    facts = self.roster.piggyback(FACTS_PER_FRAME)
+                    told = self._told_to(peer_id)
+                    facts = [f for f in self.roster.piggyback(FACTS_PER_FRAME) if _fact_key(f) not in told]
                     if facts:
                         acts.append(self.out.send(peer_id, self._facts_msg(now, facts, peer_id)))
         return acts

@@ -60,7 +60,7 @@ def test_scenarios_end_exactly_once(scenario):
 def test_exactly_once_under_loss_with_gaps():
     """A fifth of ZeroMQ messages lost: the receiver sees gaps (a later seq before the missing one),
     drops them, and the sender's resend fills them; nothing is stored twice."""
-    sim = meshed(6, seed=4)
+    sim = meshed(6, seed=5)
     sim.model.loss = 0.2
     workload(sim, sim.now, 10, direct_per_s=8, broadcasts_per_s=2)
     sim.run_until(sim.now + 10)
