@@ -181,7 +181,9 @@ def test_allowlist_keeps_unknown_keys_out_until_trusted(make_node, zctx):
     for i in range(50):  # bounded: a new subscription may miss the first broadcasts (slow joiner)
         alice.ctl("broadcast", f"to carol's sub {i}")
         if sub.poll(200):
-            got = json.loads(sub.recv())
+            got = json.loads(sub.recv_multipart()[-1])  # [b"@" + carol's id, envelope]: the tree's push to carol
+            if got["type"] == "TREE" and got["data"]["kind"] == "GOSSIP":
+                got = json.loads(got["data"]["bcast"])  # the broadcast it carries
             break
     assert got is not None and got["sender_id"] == alice.id and got["type"] == "BROADCAST"
 
