@@ -36,7 +36,9 @@ anything else is the crossing, and closing would only make both dial again
 Bootstraps (``--join``) are dialled at start and again with backoff
 (retry_min_s, doubling up to retry_max_s) until each answers; membership then
 retries that peer like any other, and the bootstrap knocks again only once
-the peer is gone from the table (it left, was disconnected or forgotten).  A
+the peer is gone from the table (it left, was disconnected or forgotten) and
+from the network as we know it (with bounded links, overlay.py, most members
+are not in the table: a knock then would only push it to link again).  A
 background dial (bootstrap, beacon) has no client: a key it could not get or
 may not use is logged instead of answered.
 
@@ -106,8 +108,10 @@ class Dialer:
     and JOINs are its collaborators', given to it (no node behind it)."""
 
     def __init__(self, settings: Settings, table: Membership, links: Links, outbound: Outbound, handshake: Handshake,
-                 trust: Trust, messaging: Messaging):
+                 trust: Trust, messaging: Messaging, in_network=lambda peer_id: False):
         self.settings = settings
+        # The overlay's: is this node alive in the network we are part of (linked to it or not)?
+        self._in_network = in_network
         self.table = table
         self.links = links
         self.out = outbound
@@ -175,8 +179,8 @@ class Dialer:
         for b in self.bootstraps.values():
             if b.peer_id is not None:
                 peer = self.table.get(b.peer_id)
-                if peer is not None:
-                    continue  # membership retries it from here on
+                if peer is not None or self._in_network(b.peer_id):
+                    continue  # membership retries it from here on; or we are in its network, unlinked by the overlay
                 b.peer_id = None  # it left: keep knocking
             if now < b.next_try:
                 continue

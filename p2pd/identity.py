@@ -27,8 +27,9 @@ class Keys:
             raise ValueError("the CURVE secret and public keys do not belong together")
         self.node_id = self.signer.node_id
 
-    def record(self, name: str, addresses, incarnation: int, status: str = ALIVE, pub_port: int = 0, links=()) -> NodeRecord:
-        return sign(self.signer, name, addresses, incarnation, status, pub_port, links)
+    def record(self, name: str, addresses, incarnation: int, status: str = ALIVE, pub_port: int = 0, links=(),
+               bseq: int = 0, boldest: int = 0, bepoch: str = "") -> NodeRecord:
+        return sign(self.signer, name, addresses, incarnation, status, pub_port, links, bseq, boldest, bepoch)
 
     def accuse(self, node_id: str, incarnation: int, status: str) -> Accusation:
         return accuse(self.signer, node_id, incarnation, status)
@@ -59,8 +60,10 @@ class NoKeys:
     def __init__(self, node_id: str):
         self.node_id = node_id
 
-    def record(self, name: str, addresses, incarnation: int, status: str = ALIVE, pub_port: int = 0, links=()) -> NodeRecord:
-        return NodeRecord(self.node_id, name, _NO_KEY, _NO_VK, tuple(addresses), incarnation, status, b"", pub_port, tuple(links))
+    def record(self, name: str, addresses, incarnation: int, status: str = ALIVE, pub_port: int = 0, links=(),
+               bseq: int = 0, boldest: int = 0, bepoch: str = "") -> NodeRecord:
+        return NodeRecord(self.node_id, name, _NO_KEY, _NO_VK, tuple(addresses), incarnation, status, b"", pub_port, tuple(links),
+                          bseq, boldest, bepoch)
 
     def accuse(self, node_id: str, incarnation: int, status: str) -> Accusation:
         return Accusation(self.node_id, _NO_KEY, _NO_VK, node_id, incarnation, status, b"")
@@ -84,6 +87,6 @@ class NoKeys:
             addrs = tuple(a for a in obj["addrs"] if type(a) is str)[:8]
             links = tuple(n for n in obj["links"] if type(n) is str)[:16]
             return NodeRecord(str(obj["id"]), str(obj["name"]), _NO_KEY, _NO_VK, addrs, int(obj["inc"]), str(obj["status"]),
-                              b"", int(obj["pub"]), links)
+                              b"", int(obj["pub"]), links, int(obj["bseq"]), int(obj["boldest"]), str(obj["bepoch"]))
         except (KeyError, TypeError, ValueError):
             raise BadRecord("malformed", "fields") from None

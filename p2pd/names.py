@@ -19,8 +19,11 @@ from .targets import BookEntry, pick
 
 
 class Names:
-    def __init__(self, node_id: str, name: str, table: Membership, store: Storage):
+    def __init__(self, node_id: str, name: str, table: Membership, store: Storage, network=lambda: ()):
         self.id = node_id
+        # Every other node the overlay knows of, as (id, name) from its signed record (roster.py):
+        # a node we hold no link to is still one to send to (routed, relay.py).
+        self._network = network
         self.name = name
         self._table = table
         self._store = store
@@ -82,6 +85,10 @@ class Names:
             return peer.id, peer.name
         self._names()  # loads the address book (kept until it changes)
         members = self._table.members()
-        book = [BookEntry(pid, name) for pid, name in self._book.items() if pid not in self._table]
+        linked = {p.id for p in members}
+        # (a node our table holds only as a rumour is named by its own signed record, if we have it)
+        network = {pid: name for pid, name in self._network() if pid not in linked}
+        book = [BookEntry(pid, name) for pid, name in network.items()]
+        book += [BookEntry(pid, name) for pid, name in self._book.items() if pid not in self._table and pid not in network]
         found = pick(query, members, book)
         return found.id, found.name

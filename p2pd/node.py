@@ -108,26 +108,29 @@ class Node:
         self.keys = keys if keys is not None else NoKeys(node_id)
         inc = incarnation if incarnation is not None else int(wall * 1000)
         self.roster = Roster(self.keys.record(name, own_addresses(address), inc, pub_port=address.pub_port),
-                             verify=self.keys.verify, suspect_timeout_s=2.0, forget_after_s=settings.forget_after_s)
+                             verify=self.keys.verify, suspect_timeout_s=2.0, forget_after_s=settings.forget_after_s,
+                             max_new_per_frame=P.MAX_FACTS)
         self.routes = Routes(node_id)
         self.relay = Relay(node_id, name, self.keys.secret, self.keys.public, self.routes.next_hop, self._key_of, self.stats,
                            self.drop, self.rng, settings.max_frame_bytes)
         out = self.out = Outbound(node_id, name, self.wall_offset, table, self.stats, self.rng, self.links, self.relay)
         self.watchers = Watchers(out)
-        self.names = Names(node_id, name, table, self.store)
+        self.names = Names(node_id, name, table, self.store, self._network)
         self.tree = Tree(node_id, name, self.keys.sign if self.keys.signed else None, self._verify_key_of, out, self.stats,
                          self.drop, self.rng, max_frame_bytes=settings.max_frame_bytes)
         self.msgs = Messaging(self.store, settings, out, table, self.links, self.watchers, self.names, self.drop, self.stats,
                               publish=self.tree.originate, reach=self._reach)
         self.handshake = Handshake(address, self.boot, settings, self.trust, out, self.links, self.msgs)
         self.overlay = Overlay(node_id, name, address, settings, self.keys, self.trust, self.roster, self.routes, table, self.links,
-                               self.handshake, out, self.drop, self.stats, self.rng, now, neighbours=self._neighbour)
+                               self.handshake, out, self.drop, self.stats, self.rng, now, neighbours=self._neighbour,
+                               beacon=self.msgs.beacon, announced=self._record_beacon)
         self.gossip = Gossip(node_id, settings, table, out, self.handshake, self.trust, self.drop, now, self.rng,
                              may_dial=self.overlay.room)
         self.heartbeat = Heartbeat(settings, table, out, now)
         self.liveness = Liveness(settings, table, self.links, self.handshake, self.gossip, self.watchers,
                                  lost=self.overlay.link_lost)
-        self.dial = Dialer(settings, table, self.links, out, self.handshake, self.trust, self.msgs)
+        self.dial = Dialer(settings, table, self.links, out, self.handshake, self.trust, self.msgs,
+                           in_network=self.overlay.in_network)
         self.intake = Intake(node_id, settings, table, self.trust, self.msgs.delivery, self.drop, self.stats)
         self.lan = None  # LAN discovery (--discover lan): beacons out and in
         if settings.discover == "lan":
@@ -387,6 +390,11 @@ class Node:
         rec = self.roster.record_of(node_id)
         return rec.curve_key if rec is not None and self.keys.signed else None
 
+    def _network(self) -> list[tuple[str, str]]:
+        """(id, name) of every node in the overlay's roster (whatever its state: a message to a node
+        that is down waits in the outbox), as signed by each."""
+        return [(m.node_id, m.name) for m in self.roster.members() if m.node_id != self.id]
+
     def _verify_key_of(self, node_id: str) -> bytes | None:
         """The Ed25519 key a node's signed record names (what its broadcasts are checked with)."""
         rec = self.roster.record_of(node_id)
@@ -396,6 +404,13 @@ class Node:
         """Can a direct message go to this peer now: linked and alive, or through the overlay?"""
         peer = self.table.get(peer_id)
         return (peer is not None and peer.state == ALIVE) or self.overlay.reachable(peer_id)
+
+    def _record_beacon(self, now: float, node_id: str, data: dict) -> list:
+        """A node's signed record gave its broadcast numbers: fetch (routed if need be) what we missed."""
+        peer = self.table.get(node_id)
+        if peer is None or node_id not in self.links:
+            peer = self.overlay.remote_peer(node_id, now)
+        return [] if peer is None else self.msgs.announced(now, peer, data)
 
     def _neighbour(self, peer_id: str, up: bool) -> None:
         """A link came up or went: the broadcast tree spans our links (tree.py)."""

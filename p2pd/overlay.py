@@ -49,9 +49,10 @@ from .views import LinkDown, LinkUp, ToPeer, Views, sample
 log = logging.getLogger("p2pd.node")
 
 FACTS_FANOUT = 3  # neighbours sent news each round
-FACTS_PER_FRAME = 8  # news items piggybacked on one FACTS frame (P.MAX_FACTS is the most a frame may hold)
+FACTS_PER_FRAME = 48  # news items piggybacked on one FACTS frame (P.MAX_FACTS is the most a frame may hold)
 FACTS_ROUND_S = 0.5  # how often news goes out
 RESIGN_MIN_S = 1.0  # our record is signed again at most this often when our links change
+BEACON_RESIGN_S = 5.0  # ... and when only our broadcast numbers changed
 RECORDS_PER_VIEW = 8  # records of the nodes a VIEW message names, attached so the receiver can dial them
 SHOWN = {ALIVE: "alive", SUSPECT: "suspect", DEAD: "lost", LEFT: "left"}
 TOLD_MAX = 4096  # facts remembered per neighbour as already known to it (then forgotten, and sent again at worst)
@@ -88,7 +89,7 @@ def own_addresses(address: P.PeerAddress) -> tuple[str, ...]:
 class Overlay:
     def __init__(self, node_id: str, name: str, address: P.PeerAddress, settings: Settings, keys, trust: Trust, roster: Roster,
                  routes: Routes, table: Membership, links: Links, handshake: Handshake, outbound: Outbound, drops: Drops,
-                 stats: Counter, rng: P.RandomBits, now: float, neighbours=None):
+                 stats: Counter, rng: P.RandomBits, now: float, neighbours=None, beacon=None, announced=None):
         self.id = node_id
         self.name = name
         self.address = address
@@ -111,31 +112,52 @@ class Overlay:
         self._next_facts = now
         self._waiting: dict[str, float] = {}  # linked peers in neither view -> when the link is closed (_sweep)
         self._remote: dict[str, tuple[NodeRecord, Peer]] = {}  # unlinked members as peers (routed messages)
+        # Our broadcast numbers (messaging.py `beacon`), signed into our record so that a node that
+        # missed broadcasts (cut off, restarted) learns it and fetches them; and what to do with
+        # another node's (``announced(now, node id, beacon dict)``).
+        self._beacon = beacon if beacon is not None else (lambda: {"bseq": 0, "boldest": 0, "epoch": ""})
+        self._announced = announced if announced is not None else (lambda now, node_id, data: [])
+        self._signed_beacon: tuple = (0, 0, "")
+        self._beacon_resign_at = now
         self._told: dict[str, set] = {}  # neighbour -> facts it has (we sent or it told us): not sent to it again
         # Called with (peer id, up) as a link comes up or goes (the broadcast tree spans our links).
         self._neighbours = neighbours if neighbours is not None else (lambda peer_id, up: None)
 
     # ------------------------------------------------------------------ our own record
-    def own_record(self, incarnation: int, status: str = ALIVE) -> NodeRecord:
-        return self.keys.record(self.name, own_addresses(self.address), incarnation, status, self.address.pub_port,
-                                tuple(sorted(self.views.active))[:16])
+    def _beacon_now(self) -> tuple:
+        b = self._beacon()
+        return (b["bseq"] or 0, b["boldest"] or 0, b["epoch"] or "")
 
-    def _resign(self, now: float, force: bool = False) -> None:
-        """Sign our record again if our links changed (at most once every RESIGN_MIN_S)."""
+    def own_record(self, incarnation: int, status: str = ALIVE) -> NodeRecord:
+        bseq, boldest, bepoch = self._signed_beacon = self._beacon_now()
+        return self.keys.record(self.name, own_addresses(self.address), incarnation, status, self.address.pub_port,
+                                tuple(sorted(self.views.active))[:16], bseq, boldest, bepoch)
+
+    def _resign(self, now: float) -> None:
+        """Sign our record again if our links changed (at most once every RESIGN_MIN_S), or our
+        broadcast numbers (at most once every BEACON_RESIGN_S: it only serves who missed some)."""
         links = tuple(sorted(self.views.active))
-        if links == self._signed_links and not force:
-            return
-        if now < self._resign_at and not force:
+        if links != self._signed_links:
+            if now < self._resign_at:
+                return
+        elif self._beacon_now() == self._signed_beacon or now < self._beacon_resign_at:
             return
         self._resign_at = now + RESIGN_MIN_S
+        self._beacon_resign_at = now + BEACON_RESIGN_S
         self.incarnation = max(self.incarnation, self.roster.own.incarnation) + 1
         self._signed_links = links
         self.roster.set_own(now, self.own_record(self.incarnation))
 
     # ------------------------------------------------------------------ queries
     def room(self) -> bool:
-        """May we dial one more peer we heard of?  Only while the active view has a free slot."""
-        return self.views.room() > 0
+        """May we dial one more peer we heard of (gossip.py)?  Only while the active view has a
+        free slot and our links, open or opening, are fewer than it holds: HyParView's walks,
+        shuffles and repairs fill the rest."""
+        return self.views.room() > 0 and len(self.links) < self.views.active_size
+
+    def in_network(self, node_id: str) -> bool:
+        """Is the node alive in the network we are part of (we hold a link to someone)?"""
+        return bool(self.views.active) and self.roster.state_of(node_id) == ALIVE
 
     def key_of(self, node_id: str) -> str | None:
         """The CURVE key a node's own record names (None: no record, or a keyless one)."""
@@ -203,10 +225,10 @@ class Overlay:
         """A link came up (the JOIN handshake finished).  ``dialled``: by our dial; ``explicit``:
         one the user asked for (connect, --join, a LAN beacon)."""
         self._neighbours(peer.id, True)
-        acts = self._push_all(now, peer.id)
         views = self.views
         if peer.id in views.active:
-            return acts
+            return self._push_all(now, peer.id)
+        acts: list = []
         if explicit:
             acts += self._apply(now, views.join(peer.id, now))
         elif dialled and peer.id not in views.pending:
@@ -238,11 +260,17 @@ class Overlay:
     def on_view(self, now: float, msg: P.Message, peer: Peer) -> list:
         data = msg.data
         records = data.get("records")
+        acts: list = []
         if isinstance(records, list):
-            self._heard(now, self._decode(now, records[:RECORDS_PER_VIEW], peer.name), peer.id, peer.name)
-        if data["kind"] in ("NEIGHBOR", "JOIN", "NEIGHBOR_REPLY"):
-            self._waiting.pop(peer.id, None)
-        return self._apply(now, self.views.handle(peer.id, data["kind"], data, now))
+            acts += self._heard(now, self._decode(now, records[:RECORDS_PER_VIEW], peer.name), peer.id, peer.name)
+        kind = data["kind"]
+        acts += self._apply(now, self.views.handle(peer.id, kind, data, now))
+        if kind in ("NEIGHBOR", "NEIGHBOR_REPLY", "DISCONNECT") and peer.id not in self.views.active \
+                and peer.id not in self.views.pending and peer.id in self.links:
+            # Refused (either way) or dropped: the link has no use.  Our answer goes out first
+            # (the transport sends what is queued on a link before it closes it).
+            acts += self._close(now, peer.id)
+        return acts
 
     def on_facts(self, now: float, msg: P.Message, peer: Peer) -> list:
         facts = self._decode(now, msg.data["facts"], peer.name)
@@ -282,6 +310,7 @@ class Overlay:
     def _heard(self, now: float, facts: list, from_id: str | None, source: str) -> list:
         """Offer facts to the roster; news updates the routes; a claim against us is refuted."""
         roster, routes = self.roster, self.routes
+        acts: list = []
         for fact, heard in zip(facts, roster.offer_many(now, facts)):
             if heard.news:
                 node_id = fact.node_id
@@ -292,6 +321,8 @@ class Overlay:
                     if verdict not in (OK, "stale"):
                         self.drop(now, f"route_{verdict}", f"record of {node_id[:12]} not routable", source)
                     self.views.remember(node_id)
+                    if rec.bepoch:
+                        acts += self._announced(now, node_id, {"bseq": rec.bseq, "boldest": rec.boldest, "epoch": rec.bepoch})
                 elif state in (DEAD, LEFT):
                     routes.remove(node_id)
                     self.views.link_failed(node_id, now) if node_id not in self.views.active else None
@@ -303,7 +334,7 @@ class Overlay:
                          getattr(fact, "status", "?"), self.incarnation)
             elif heard.reason not in ("stale", "confirmation", "about_us"):
                 self.drop(now, f"fact_{heard.reason}", f"record or accusation of {fact.node_id[:12]} refused: {heard.reason}", source)
-        return []
+        return acts
 
     # ------------------------------------------------------------------ effects of the views
     def _unlinked(self, peer_id: str) -> None:
@@ -320,7 +351,11 @@ class Overlay:
             elif type(e) is LinkUp:
                 changed = True
                 self._waiting.pop(e.peer, None)
-                acts += self._open(now, e.peer)
+                peer = self.table.get(e.peer)
+                if peer is not None and peer.state == ALIVE and e.peer in self.links:
+                    acts += self._push_all(now, e.peer)  # a new neighbour on a link we hold: all we know
+                else:
+                    acts += self._open(now, e.peer)  # ... or once the link is up (link_up)
             elif type(e) is LinkDown:
                 changed = True
                 acts += self._close(now, e.peer)
@@ -342,9 +377,10 @@ class Overlay:
         if records:
             data["records"] = records
         msg = self.out.msg(now, P.VIEW, data, target=e.peer)
-        if e.peer in self.links:
-            return [self.out.send(e.peer, msg)]
-        return self._open(now, e.peer) + [self.out.send(e.peer, msg)]  # routed if we could not open a link
+        if e.peer in self.links or e.kind not in ("NEIGHBOR", "JOIN"):
+            return [self.out.send(e.peer, msg)]  # to a node we hold no link to: routed (relay.py)
+        # Asking to link: a link of its own, with our JOIN first on it.
+        return self._open(now, e.peer) + [self.out.send(e.peer, msg)]
 
     def _open(self, now: float, peer_id: str) -> list:
         """A link to a neighbour, unless we hold one (or are opening it)."""

@@ -44,7 +44,7 @@ FACTS = "FACTS"  # signed node records and accusations (roster.py, records.py): 
 TYPES = frozenset({JOIN, LEAVE, MESSAGE, BROADCAST, PEERS, PING, PONG, ACK, FETCH, VIEW, TREE, ROUTED, FACTS})
 VIEW_KINDS = frozenset({"JOIN", "FORWARD_JOIN", "NEIGHBOR", "NEIGHBOR_REPLY", "DISCONNECT", "SHUFFLE", "SHUFFLE_REPLY"})
 TREE_KINDS = frozenset({"GOSSIP", "IHAVE", "GRAFT", "PRUNE"})
-MAX_FACTS = 16  # records and accusations in one FACTS
+MAX_FACTS = 64  # records and accusations in one FACTS (a record is about 400 bytes of JSON)
 MAX_SEQ = 2**53  # sequence numbers stay exact in every JSON implementation
 
 DEFAULT_MAX_FRAME_BYTES = 256 * 1024

@@ -62,12 +62,13 @@ count, then each item as ``str``.
 
 * record:     ``b"p2pd-record-v1\\x00"``, str id (32 lowercase hex), str name, str CURVE key
   (40 chars Z85), key verify key, list addresses, u64 incarnation, str status, u64 PUB port,
-  list links (the node's active neighbours' ids, at most 16).
+  list links (the node's active neighbours' ids, at most 16), u64 bseq, u64 boldest, str bepoch
+  (its broadcast numbers when it signed: latest, oldest it can replay, and their store epoch).
 * accusation: ``b"p2pd-accusation-v1\\x00"``, str accuser id, str accuser CURVE key, key
   accuser verify key, str subject id, u64 incarnation, str status.
 
 **On the wire** (`encode` / `decode`) a record is a dict: ``{"id", "name", "key" (Z85),
-"vk" (hex), "addrs" (list), "inc", "status", "pub", "links" (list), "sig" (hex)}``; an accusation:
+"vk" (hex), "addrs" (list), "inc", "status", "pub", "links" (list), "bseq", "boldest", "bepoch", "sig" (hex)}``; an accusation:
 ``{"by", "by_key", "by_vk", "id", "inc", "status", "sig"}``.  `decode` checks the shape and
 raises `BadRecord("malformed")`; `verify` checks the binding and the signature.
 """
@@ -103,6 +104,7 @@ MAX_INCARNATION = 2**63 - 1
 _ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}\Z")
 _HEX128_RE = re.compile(r"^[0-9a-f]{128}\Z")
+_EPOCH_RE = re.compile(r"^[0-9A-Za-z_.:-]{1,64}\Z")  # a store epoch: an id string (protocol.py)
 
 
 class BadRecord(ValueError):
@@ -240,11 +242,14 @@ class NodeRecord:
     signature: bytes = b""
     pub_port: int = 0  # the PUB port on every address (0: none listed)
     links: tuple[str, ...] = ()  # the node's active neighbours (routes.py builds the overlay graph from them)
+    bseq: int = 0  # its latest broadcast number when it signed (a node that missed some fetches them)
+    boldest: int = 0  # ... the oldest it can still replay
+    bepoch: str = ""  # ... and the store epoch they belong to
 
     def signed_bytes(self) -> bytes:
         return (DOMAIN_RECORD + _str(self.node_id) + _str(self.name) + _str(self.curve_key) + self.verify_key
                 + _list(self.addresses) + _u64(self.incarnation) + _str(self.status)
-                + _u64(self.pub_port) + _list(self.links))
+                + _u64(self.pub_port) + _list(self.links) + _u64(self.bseq) + _u64(self.boldest) + _str(self.bepoch))
 
 
 @dataclass(frozen=True)
@@ -295,13 +300,18 @@ def _check_fields(rec: NodeRecord) -> None:
     if (type(links) is not tuple or len(links) > MAX_LINKS or len(set(links)) != len(links)
             or not all(type(n) is str and _ID_RE.match(n) and n != rec.node_id for n in links)):
         raise BadRecord("malformed", "links")
+    if not (type(rec.bseq) is int and type(rec.boldest) is int and 0 <= rec.boldest <= MAX_INCARNATION
+            and 0 <= rec.bseq <= MAX_INCARNATION):
+        raise BadRecord("malformed", "bseq")
+    if not (type(rec.bepoch) is str and (rec.bepoch == "" or _EPOCH_RE.match(rec.bepoch))):
+        raise BadRecord("malformed", "bepoch")
 
 
 def sign(signer: Signer, name: str, addresses, incarnation: int, status: str = ALIVE, pub_port: int = 0,
-         links=()) -> NodeRecord:
+         links=(), bseq: int = 0, boldest: int = 0, bepoch: str = "") -> NodeRecord:
     """The node's own record, signed.  Raises `BadRecord` for fields `verify` would refuse."""
     rec = NodeRecord(signer.node_id, name, signer.curve_key, signer.verify_key, tuple(addresses), incarnation, status,
-                     b"", pub_port, tuple(links))
+                     b"", pub_port, tuple(links), bseq, boldest, bepoch)
     _check_fields(rec)
     return NodeRecord(**{**rec.__dict__, "signature": signer.sign(rec.signed_bytes())})
 
@@ -366,7 +376,8 @@ def encode(fact: Fact) -> dict:
     if isinstance(fact, NodeRecord):
         return {"id": fact.node_id, "name": fact.name, "key": fact.curve_key, "vk": fact.verify_key.hex(),
                 "addrs": list(fact.addresses), "inc": fact.incarnation, "status": fact.status,
-                "pub": fact.pub_port, "links": list(fact.links), "sig": fact.signature.hex()}
+                "pub": fact.pub_port, "links": list(fact.links), "bseq": fact.bseq, "boldest": fact.boldest,
+                "bepoch": fact.bepoch, "sig": fact.signature.hex()}
     return {"by": fact.accuser_id, "by_key": fact.accuser_key, "by_vk": fact.accuser_verify_key.hex(),
             "id": fact.node_id, "inc": fact.incarnation, "status": fact.status, "sig": fact.signature.hex()}
 
@@ -397,11 +408,12 @@ def decode(obj) -> Fact:
                           _hex(obj, "sig", _HEX128_RE))
         _check_accusation_fields(fact)
         return fact
-    if set(obj) != {"id", "name", "key", "vk", "addrs", "inc", "status", "pub", "links", "sig"}:
+    if set(obj) != {"id", "name", "key", "vk", "addrs", "inc", "status", "pub", "links", "bseq", "boldest", "bepoch", "sig"}:
         raise BadRecord("malformed", "fields")
     addrs = _field(obj, "addrs", list)
     rec = NodeRecord(_field(obj, "id", str), _field(obj, "name", str), _field(obj, "key", str), _hex(obj, "vk", _HEX64_RE),
                      tuple(addrs), _field(obj, "inc", int), _field(obj, "status", str), _hex(obj, "sig", _HEX128_RE),
-                     _field(obj, "pub", int), tuple(_field(obj, "links", list)))
+                     _field(obj, "pub", int), tuple(_field(obj, "links", list)), _field(obj, "bseq", int),
+                     _field(obj, "boldest", int), _field(obj, "bepoch", str))
     _check_fields(rec)
     return rec

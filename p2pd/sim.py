@@ -458,9 +458,21 @@ class Sim:
 
     # ------------------------------------------------------------------ checks
     def meshed(self) -> bool:
-        """Every running node sees every other node alive, and is subscribed to its PUB."""
+        """The overlay has formed: every node knows every other alive (its roster) and has a route
+        to it, holds links (all the others, in a network no
+        bigger than that: a full mesh; else at least 3), and is subscribed to the PUB of each node it links to."""
         n = len(self.nodes)
-        return all(s.up and len(s.node.table.alive()) == n - 1 and len(s.subs) == n - 1 for s in self.nodes)
+        for s in self.nodes:
+            if not s.up:
+                return False
+            node = s.node
+            linked = node.table.alive()
+            want = n - 1 if n - 1 <= node.settings.active_view else 3  # a full mesh while it fits; else a few
+            if len(linked) < want or len(s.subs) < len(linked):
+                return False
+            if node.roster.size() < n or any(node.routes.hops(o.id) is None for o in self.nodes if o is not s):
+                return False
+        return True
 
     def counts(self) -> dict:
         n = len(self.nodes)

@@ -291,10 +291,11 @@ def test_third_party_vector():
         "0000000000000003"  # incarnation
         "0005616c697665"  # "alive"
         "0000000000000000"  # PUB port (none)
-        "0000")  # links (none)
+        "0000"  # links (none)
+        "0000000000000000" "0000000000000000" "0000")  # bseq, boldest, bepoch (none)
     assert a.signature.hex() == (
-        "dcba1c5adb8537136eb490005895da4113fb166a7fcd50e2ebb5f6dcc6b8f248"
-        "9bf57be0666d3ead5940bf4fe4e4b2fbb78cb6cff45860d738e7783967783f0c")
+        "ec71a739f8d2df2963859e67992f777a44bc039c0817c8a855e54d0f3806bdad"
+        "14c5b245c8b86e7352f3d8b17a7b1fcde6e2a66d88e503ece0e8a5bfddb90e0d")
     d = r.accuse(BOB, ALICE.node_id, 3, DEAD)
     assert d.signed_bytes().hex() == (
         "703270642d61636375736174696f6e2d7631000020393438383336373431343736636265363638663364666637306430343964666600"

@@ -24,10 +24,10 @@ MAX_ADDRS = 16
 
 class Peers(Command):
     name = "peers"
-    summary = "the peers this node knows: state, address, last seen, round trip, counters"
+    summary = "every node in the network: state, linked or how many hops away, address, last seen, round trip"
 
     def run(self, call: Call, parsed) -> list:
-        return [call.reply([p.describe(call.now) for p in call.node.table.members()])]
+        return [call.reply(call.node.overlay.members(call.now))]
 
 
 @dataclass(frozen=True)
