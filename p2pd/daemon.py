@@ -68,9 +68,14 @@ def setup_logging(home: Home, level: str, to_stderr: bool) -> None:
 
 
 def own_address(settings: Settings, port: int, pub_port: int) -> P.PeerAddress:
-    """What we tell peers: --advertise, else the bound host unless it is a wildcard."""
-    if settings.advertise:
-        return P.PeerAddress(settings.advertise, port, pub_port)
+    """What we tell peers in JOIN: --advertise, else the bound host unless it is a wildcard.  With
+    several advertised addresses (a multi-homed host), none: each peer uses the address it sees
+    (our signed record lists them all, overlay.py)."""
+    advertised = settings.advertised()
+    if len(advertised) == 1:
+        return P.PeerAddress(advertised[0], port, pub_port)
+    if advertised:
+        return P.PeerAddress(None, port, pub_port)
     host = settings.host if settings.host not in P.WILDCARD_HOSTS else None
     return P.PeerAddress(host, port, pub_port)
 
@@ -186,7 +191,7 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_set
                           pins={a: k for a, k, _ in known_peers(home).entries()},
                           allowed={k for _, k, _ in authorized_keys(home).entries()})
             node = Node(ident.id, name, address, settings, now, time.time(), store, trust, rng=random.Random(os.urandom(32)),
-                        keys=Keys(keypair.secret, keypair.public))
+                        keys=Keys(keypair.secret, keypair.public), hosts=record_hosts(settings))
             transport.node = node
             if settings.insecure:
                 log.warning("INSECURE mode: peer links are plaintext and unauthenticated; anyone on the network can read and forge traffic")
@@ -247,9 +252,15 @@ def _raise_fd_limit() -> None:
                     "(systemd: LimitNOFILE=, shell: ulimit -Hn) for a node with many peers", now)
 
 
+def record_hosts(settings: Settings) -> tuple[str, ...]:
+    """The hosts our signed record lists (overlay.py): every advertised one, else the bound host,
+    else the one peers most likely see us at."""
+    return tuple(settings.advertised()) or (_reachable_host(settings),)
+
+
 def _reachable_host(settings: Settings) -> str:
     if settings.advertise:
-        return settings.advertise
+        return settings.advertised()[0]
     if settings.host not in P.WILDCARD_HOSTS:
         return settings.host
     return _seen_host(settings.host)

@@ -86,7 +86,7 @@ log = logging.getLogger("p2pd.node")
 class Node:
     def __init__(self, node_id: str, name: str, address: P.PeerAddress, settings: Settings, now: float, wall: float,
                  store: Storage | None = None, trust: Trust | None = None, rng: P.RandomBits | None = None,
-                 keys=None, incarnation: int | None = None):
+                 keys=None, incarnation: int | None = None, hosts: tuple[str, ...] | None = None):
         self.id = node_id
         self.name = name
         self.settings = settings
@@ -107,7 +107,9 @@ class Node:
         # The incarnation starts from the wall clock, so a restarted node's beats its last run's.
         self.keys = keys if keys is not None else NoKeys(node_id)
         inc = incarnation if incarnation is not None else int(wall * 1000)
-        self.roster = Roster(self.keys.record(name, own_addresses(address), inc, pub_port=address.pub_port),
+        # The hosts our record lists (the daemon's: every advertised one, or the one peers likely see).
+        hosts = hosts if hosts is not None else ((address.addr,) if address.addr not in P.WILDCARD_HOSTS and address.addr else ())
+        self.roster = Roster(self.keys.record(name, own_addresses(hosts, address.port), inc, pub_port=address.pub_port),
                              verify=self.keys.verify, suspect_timeout_s=2.0, forget_after_s=settings.forget_after_s,
                              max_new_per_frame=P.MAX_FACTS)
         self.routes = Routes(node_id)
@@ -121,7 +123,7 @@ class Node:
         self.msgs = Messaging(self.store, settings, out, table, self.links, self.watchers, self.names, self.drop, self.stats,
                               publish=self.tree.originate, reach=self._reach)
         self.handshake = Handshake(address, self.boot, settings, self.trust, out, self.links, self.msgs)
-        self.overlay = Overlay(node_id, name, address, settings, self.keys, self.trust, self.roster, self.routes, table, self.links,
+        self.overlay = Overlay(node_id, name, address, hosts, settings, self.keys, self.trust, self.roster, self.routes, table, self.links,
                                self.handshake, out, self.drop, self.stats, self.rng, now, neighbours=self._neighbour,
                                beacon=self.msgs.beacon, announced=self._record_beacon)
         self.gossip = Gossip(node_id, settings, table, out, self.handshake, self.trust, self.drop, now, self.rng,

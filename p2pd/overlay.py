@@ -31,6 +31,7 @@ Pure: no sockets; time is passed in; randomness from the node's source.
 from __future__ import annotations
 
 import logging
+import ipaddress
 from collections import Counter
 
 from . import protocol as P
@@ -63,36 +64,67 @@ def _fact_key(fact) -> tuple:
     return (fact.node_id, fact.incarnation, fact.status, getattr(fact, "accuser_id", None))
 
 
-def address_of(rec: NodeRecord) -> P.PeerAddress | None:
-    """Where to dial the node of a record: its first address (None: it lists none)."""
-    for a in rec.addresses:
-        host, _, port = a.rpartition(":")
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+def _split(a: str) -> tuple[str, int] | None:
+    host, _, port = a.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return host, int(port)
+    except ValueError:
+        return None
+
+
+def _shared_bits(a: str, ours: tuple[str, ...]) -> int:
+    """How many leading bits host ``a`` shares with the closest of our hosts (0: not an IP)."""
+    try:
+        ip = ipaddress.ip_address(a)
+    except ValueError:
+        return 0
+    best = 0
+    for o in ours:
         try:
-            return P.PeerAddress(host, int(port), rec.pub_port or int(port) + 1)
+            mine = ipaddress.ip_address(o)
         except ValueError:
             continue
-    return None
+        if mine.version == ip.version:
+            diff = int(mine) ^ int(ip)
+            best = max(best, mine.max_prefixlen - diff.bit_length())
+    return best
+
+
+def address_of(rec: NodeRecord, ours: tuple[str, ...] = ()) -> P.PeerAddress | None:
+    """Where to dial the node of a record (None: it lists no address).  A multi-homed node lists
+    several: the one on our own subnet if there is one (the longest prefix shared with one of our
+    hosts), else the first; a dial that fails is not repeated, the node being reached through others."""
+    best, best_bits = None, -1
+    for a in rec.addresses:
+        hp = _split(a)
+        if hp is None:
+            continue
+        bits = _shared_bits(hp[0], ours)
+        if bits > best_bits:
+            best, best_bits = hp, bits
+    if best is None:
+        return None
+    return P.PeerAddress(best[0], best[1], rec.pub_port or best[1] + 1)
 
 
 def _endpoint(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def own_addresses(address: P.PeerAddress) -> tuple[str, ...]:
-    """What our record lists: the address we advertise (none when we do not know it: bound to
-    every interface without ``--advertise``; then only neighbours that see us can link)."""
-    a = address
-    return (_endpoint(a.addr, a.port),) if a.addr and a.addr not in P.WILDCARD_HOSTS else ()
+def own_addresses(hosts: tuple[str, ...], port: int) -> tuple[str, ...]:
+    """What our record lists: each host we can be reached at, with our ROUTER port."""
+    return tuple(_endpoint(h, port) for h in hosts if h and h not in P.WILDCARD_HOSTS)[:8]
 
 
 class Overlay:
-    def __init__(self, node_id: str, name: str, address: P.PeerAddress, settings: Settings, keys, trust: Trust, roster: Roster,
+    def __init__(self, node_id: str, name: str, address: P.PeerAddress, hosts: tuple[str, ...], settings: Settings, keys, trust: Trust, roster: Roster,
                  routes: Routes, table: Membership, links: Links, handshake: Handshake, outbound: Outbound, drops: Drops,
                  stats: Counter, rng: P.RandomBits, now: float, neighbours=None, beacon=None, announced=None):
         self.id = node_id
         self.name = name
         self.address = address
+        self.hosts = hosts  # where we can be reached (our record lists them)
         self.settings = settings
         self.keys = keys
         self.trust = trust
@@ -130,7 +162,7 @@ class Overlay:
 
     def own_record(self, incarnation: int, status: str = ALIVE) -> NodeRecord:
         bseq, boldest, bepoch = self._signed_beacon = self._beacon_now()
-        return self.keys.record(self.name, own_addresses(self.address), incarnation, status, self.address.pub_port,
+        return self.keys.record(self.name, own_addresses(self.hosts, self.address.port), incarnation, status, self.address.pub_port,
                                 tuple(sorted(self.views.active))[:16], bseq, boldest, bepoch)
 
     def _resign(self, now: float) -> None:
@@ -389,7 +421,7 @@ class Overlay:
         peer = self.table.get(peer_id)
         if peer is None:
             rec = self.roster.record_of(peer_id)
-            addr = address_of(rec) if rec is not None else None
+            addr = address_of(rec, self.hosts) if rec is not None else None
             if addr is None or not P.valid_name(rec.name) or self.table.member_count() >= self.settings.max_peers:
                 return []
             peer, _ = self.table.learn(peer_id, rec.name, addr, now, self.key_of(peer_id), rumour_from=self.id)

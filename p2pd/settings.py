@@ -23,7 +23,7 @@ class Settings:
     port: int = 5000  # ROUTER port for peer links; 0 picks a free one
     pub_port: int | None = None  # PUB port for broadcasts; default port+1 (0 if port is 0)
     host: str = "0.0.0.0"  # interface to bind
-    advertise: str | None = None  # address other nodes should dial
+    advertise: str | None = None  # address other nodes should dial; several, comma-separated, on a multi-homed host
     name: str | None = None
     log_level: str = "info"
     join: list = field(default_factory=list)  # bootstrap peers, "host:port"
@@ -88,8 +88,11 @@ class Settings:
         if self.name is not None and not valid_name(self.name):
             raise ConfigError(f"name {self.name!r} is not allowed: 1-64 characters, none of them a control, format "
                               f"(bidi override, zero-width ...) or line-separator character")
-        if self.advertise is not None and not valid_host(self.advertise):
-            raise ConfigError(f"advertise {self.advertise!r} is not an IP address or a host name (RFC 1123): peers would refuse its JOIN")
+        for one in self.advertised():
+            if not valid_host(one):
+                raise ConfigError(f"advertise {one!r} is not an IP address or a host name (RFC 1123): peers would refuse its JOIN")
+        if self.advertise is not None and not 1 <= len(self.advertised()) <= 8:
+            raise ConfigError(f"advertise {self.advertise!r} must name 1 to 8 addresses, comma-separated")
         if self.heartbeat_timeout_s <= self.heartbeat_interval_s:
             raise ConfigError("heartbeat_timeout_s must be larger than heartbeat_interval_s")
         if self.discover not in ("none", "lan"):
@@ -114,6 +117,12 @@ class Settings:
         for j in self.join:
             parse_host_port(j)
         return self
+
+    def advertised(self) -> list[str]:
+        """The addresses of ``advertise`` (several on a multi-homed host: each subnet dials its own)."""
+        if not isinstance(self.advertise, str):
+            return []
+        return [a.strip() for a in self.advertise.split(",") if a.strip()]
 
     @property
     def effective_pub_port(self) -> int:
