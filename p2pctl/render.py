@@ -70,7 +70,7 @@ def bold(t: str) -> str:
     return _c("BRIGHT", t)
 
 
-STATE_COLOR = {"alive": green, "linking": yellow, "lost": red}
+STATE_COLOR = {"alive": green, "linking": yellow, "suspect": yellow, "lost": red, "left": red}
 
 
 def local_time(iso: str | None) -> str:
@@ -127,7 +127,8 @@ def peers_table(peers: list[dict]) -> str:
     if not peers:
         return "no peers yet; link one with: p2pctl connect HOST PORT"
     rows = [
-        [escape.line(p["name"]), escape.line(p["id"][:12]), escape.line(p["address"]), p["state"], ago(p.get("last_seen_s")),
+        [escape.line(p["name"]), escape.line(p["id"][:12]), escape.line(p.get("address") or "-"), escape.line(str(p["state"])),
+         _link(p), ago(p.get("last_seen_s")) if p.get("last_seen_s") is not None or p.get("linked", True) else "-",
          "-" if p.get("rtt_ms") is None else f"{p['rtt_ms']:.2f} ms"]
         for p in peers
     ]
@@ -136,7 +137,15 @@ def peers_table(peers: list[dict]) -> str:
         cells[3] = STATE_COLOR.get(row[3], str)(cells[3])
         return cells
 
-    return table(["NAME", "ID", "ADDRESS", "STATE", "LAST SEEN", "RTT"], rows, colorize)
+    return table(["NAME", "ID", "ADDRESS", "STATE", "LINK", "LAST SEEN", "RTT"], rows, colorize)
+
+
+def _link(p: dict) -> str:
+    """How the node is reached: over our own link, or through others (how many hops away)."""
+    if p.get("linked"):
+        return "direct"
+    hops = p.get("hops")
+    return "-" if hops is None else f"{hops} hops" if hops != 1 else "1 hop"
 
 
 def info_text(i: dict) -> str:

@@ -74,10 +74,11 @@ class Net:
 
     # ---- membership of the fake network
     def add(self, name: str, node_id: str | None = None, settings: Settings = FAST, now: float = 0.0, addr: str | None = HOST,
-            store=None, trust=None) -> Node:
+            store=None, trust=None, keys=None) -> Node:
         port = PORTS[name]
         store = store if store is not None else MemoryStore(os.urandom)  # the in-memory store, as the simulator's
-        node = Node(node_id or f"{name}-id", name, P.PeerAddress(addr, port, port + 1), settings, now, WALL, store, trust)
+        node = Node(node_id or f"{name}-id", name, P.PeerAddress(addr, port, port + 1), settings, now, WALL, store, trust,
+                    keys=keys)
         self.nodes[name] = node
         self.by_router[ep(port)] = node
         self.by_pub[ep(port + 1)] = node

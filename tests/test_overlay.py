@@ -1,0 +1,194 @@
+"""The overlay wired into the node (p2pd/overlay.py): bounded links, everyone known, routed and
+sealed direct messages, broadcasts over the tree, suspicion and refutation.
+
+In the simulator (keyless nodes, real `Node` code) for the network-wide properties, and in the
+in-memory network with real keys for what the keys prove: signed records, sealed ROUTED bodies."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from nacl.bindings import crypto_box_keypair
+
+import memnet
+from memnet import Net
+from p2pd import protocol as P
+from p2pd.identity import Keys
+from p2pd.records import z85_encode
+from p2pd.sim import Sim
+from p2pd.trust import Trust, node_id_for
+from test_sim import FAST
+
+SMALL = replace(FAST, active_view=4, passive_view=12)
+
+
+def formed(n: int, settings=SMALL, seed: int = 1, seeds: int = 1) -> Sim:
+    sim = Sim(n, seed, settings=settings, seeds=seeds)
+    sim.run_until(1.0)
+    sim.run_while(lambda s: not s.meshed(), 60.0)
+    assert sim.meshed(), "the overlay did not form"
+    return sim
+
+
+def linked(s) -> set[str]:
+    return {p.id for p in s.node.table.alive()}
+
+
+# ---------------------------------------------------------------------------- links and members
+
+
+def test_links_stay_within_the_active_view_and_everyone_knows_everyone():
+    sim = formed(40)
+    sim.run_until(sim.now + 15)  # past the sweep of links in neither view
+    for s in sim.nodes:
+        assert 1 <= len(linked(s)) <= SMALL.active_view, (s.name, len(linked(s)))
+        rows = {r["id"]: r for r in sim.request(s.name, "peers")["result"]}
+        assert len(rows) == 39 and s.id not in rows
+        assert all(r["state"] == "alive" and r["hops"] is not None for r in rows.values())
+        assert {i for i, r in rows.items() if r["linked"]} == linked(s)
+        assert all(r["hops"] == 1 for r in rows.values() if r["linked"])
+        assert all(r["hops"] >= 2 for r in rows.values() if not r["linked"])
+    # links are symmetric: a link is watched from both ends
+    for s in sim.nodes:
+        for pid in linked(s):
+            assert s.id in linked(sim.by_name[pid.removesuffix("-id")])
+
+
+def test_a_network_no_bigger_than_the_active_view_is_a_full_mesh():
+    sim = formed(5, settings=FAST)  # active_view 8
+    for s in sim.nodes:
+        assert len(linked(s)) == 4
+        assert all(r["linked"] for r in sim.request(s.name, "peers")["result"])
+
+
+# ---------------------------------------------------------------------------- routed direct messages
+
+
+def test_a_message_to_an_unlinked_node_is_routed_delivered_once_and_acknowledged():
+    sim = formed(30)
+    a = sim.nodes[0]
+    far = next(s for s in sim.nodes[1:] if s.id not in linked(a))
+    sent = [sim.send(a.name, far.name, f"over the overlay {i}") for i in range(20)]
+    assert all(sent)
+    sim.run_while(lambda s: not s.all_delivered(), 20.0)
+    c = sim.counts()
+    assert c["direct_delivered"] == 20 and c["direct_duplicates"] == 0
+    assert a.node.stats["routed_out"] >= 20 and far.node.stats["routed_in"] >= 20
+    assert sum(s.node.stats["routed_relayed"] for s in sim.nodes) >= 20  # someone relayed
+    got = [m["text"] for m in far.node.store.history(a.id) if m["direction"] == "in"]
+    assert got == [f"over the overlay {i}" for i in range(20)]  # in order, once
+    sim.run_until(sim.now + 3)
+    assert a.node.info(sim.now)["outbox_pending"] == 0  # the ACKs came back through the overlay
+    for s in sim.nodes:  # relays keep nothing of it
+        if s not in (a, far):
+            assert not [m for m in s.node.store.history() if "over the overlay" in m["text"]]
+
+
+def test_broadcasts_reach_every_node_once_over_the_tree_and_settle_near_n_payloads():
+    sim = formed(40)
+    sim.run_until(sim.now + 5)
+    origin = sim.nodes[3]
+    for i in range(3):  # the first broadcasts prune the tree
+        sim.broadcast(origin.name, f"warm {i}")
+        sim.run_until(sim.now + 2)
+    before = sum(s.node.stats["tree_payloads_out"] for s in sim.nodes)
+    for i in range(5):
+        sim.broadcast(origin.name, f"b{i}")
+        sim.run_until(sim.now + 2)
+    after = sum(s.node.stats["tree_payloads_out"] for s in sim.nodes)
+    assert sim.exactly_once(), sim.counts()
+    assert (after - before) / 5 <= 1.3 * 40, (after - before) / 5
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+def test_a_crashed_node_is_suspected_then_dead_everywhere_and_its_links_replaced():
+    sim = formed(30)
+    victim = sim.nodes[7]
+    neighbours = [sim.by_name[p.removesuffix("-id")] for p in linked(victim)]
+    sim.crash(victim.name)
+    sim.run_while(lambda s: any(o.up and o.node.roster.state_of(victim.id) == "alive" for o in s.nodes), 20.0)
+    assert all(o.node.roster.state_of(victim.id) != "alive" for o in sim.nodes if o.up)
+    sim.run_while(lambda s: any(o.up and o.node.roster.state_of(victim.id) != "dead" for o in s.nodes), 60.0)
+    assert all(o.node.roster.state_of(victim.id) == "dead" for o in sim.nodes if o.up)
+    sim.run_until(sim.now + 10)
+    for n in neighbours:
+        assert victim.id not in linked(n) and len(linked(n)) >= 2
+    rows = {r["id"]: r for r in sim.request(sim.nodes[0].name, "peers")["result"]}
+    assert rows[victim.id]["state"] == "lost"
+
+
+def test_a_frozen_node_refutes_its_suspicion_and_is_never_taken_for_dead():
+    sim = formed(20)
+    slow = sim.nodes[4]
+    inc = slow.node.roster.own.incarnation
+    sim.freeze(slow.name, 6.0)  # past the heartbeat timeout: its neighbours suspect it
+    sim.run_until(sim.now + 6.2)
+    assert any(o.node.roster.state_of(slow.id) == "suspect" for o in sim.nodes if o is not slow)
+    sim.run_while(lambda s: any(o.node.roster.state_of(slow.id) != "alive" for o in s.nodes if o is not slow), 20.0)
+    assert all(o.node.roster.state_of(slow.id) == "alive" for o in sim.nodes if o is not slow)
+    assert slow.node.roster.own.incarnation > inc  # it refuted by a newer record
+
+
+def test_broadcasts_missed_during_a_partition_are_fetched_after_it_heals():
+    sim = formed(16)
+    names = [s.name for s in sim.nodes]
+    sim.partition(names[:8])
+    sim.run_until(sim.now + 12)
+    for i in range(3):
+        sim.broadcast(names[0], f"cut {i}")  # its last: no later broadcast shows the gap
+    sim.run_until(sim.now + 2)
+    sim.heal()
+    sim.run_while(lambda s: not s.all_delivered(), 60.0)
+    assert sim.exactly_once(), sim.counts()
+
+
+# ---------------------------------------------------------------------------- with real keys
+
+
+def _keyed(net: Net, name: str, settings):
+    """A node with a real CURVE keypair: its id is the key's, its records are signed."""
+    secret, public = (z85_encode(k) for k in reversed(crypto_box_keypair()))
+    keys = Keys(secret, public)
+    return net.add(name, node_id=node_id_for(public), settings=settings, trust=Trust(public, secure=False), keys=keys), keys
+
+
+def test_records_are_signed_and_forged_ones_refused():
+    from p2pd.records import BadRecord, encode, verify
+
+    net = Net()
+    alice, akeys = _keyed(net, "alice", memnet.FAST)
+    assert akeys.node_id == alice.id and alice.roster.own.signature
+    rec = akeys.record("alice", ("127.0.0.1:5001",), 5, pub_port=5002)
+    verify(rec)
+    forged = encode(rec)
+    forged["name"] = "mallory"
+    with pytest.raises(BadRecord):
+        verify(Keys.decode(forged))
+
+
+def test_keyed_nodes_route_sealed_messages_that_relays_cannot_read():
+    net = Net()
+    settings = replace(memnet.FAST, active_view=2, passive_view=8)
+    pairs = [_keyed(net, n, settings) for n in ("alice", "bob", "charlie", "dave", "erin")]
+    nodes = [n for n, _ in pairs]
+    # a chain of introductions; the overlay keeps two links each
+    for i in range(1, 5):
+        assert net.connect(nodes[i], nodes[i - 1], 0.1 * i)["ok"]
+    net.tick_range(1.0, 20.0, 0.25)
+    alice = nodes[0]
+    unlinked = [n for n in nodes[1:] if n.id not in {p.id for p in alice.table.alive()}]
+    assert unlinked, "alice is linked to everyone: no routing to test"
+    far = unlinked[0]
+    secret = "sealed text nobody in between may read"
+    net.call(alice, 20.0, "send", peer=far.id, text=secret)
+    net.tick_range(20.25, 25.0, 0.25)
+    assert secret in [e["text"] for e in far.inbox]
+    routed = [m for _, f, _, m in net.delivered if m.type == P.ROUTED]
+    assert routed and all(secret not in P.encode(m).decode() for m in routed)
+    assert alice.stats["routed_out"] >= 1 and far.stats["routed_in"] >= 1
+    # every node's roster holds every other's signed record
+    for n in nodes:
+        assert {m.node_id for m in n.roster.members()} == {o.id for o in nodes if o is not n}
