@@ -193,7 +193,7 @@ class Chat:
                 c = _cursor(ev.get("message") or {})
                 if c is not None:
                     newest = c if newest is None else max(newest, c)
-            elif kind in ("joined", "left", "lost"):
+            elif kind in ("joined", "left", "lost", "member"):
                 peers_changed = True
         if newest is not None:
             self.mark_read(newest, client)

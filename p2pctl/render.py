@@ -230,6 +230,16 @@ def event_line(ev: dict, self_id: str | None = None) -> str:
         return f"{t} {yellow('*')} {yellow(who)} left"
     if kind == "lost":
         return f"{t} {red('*')} {red(who)} lost (no heartbeat)"
+    if kind == "member":  # a node of the network we hold no link to (the overlay)
+        state, hops = ev.get("state"), peer.get("hops")
+        where = f" ({hops} hops away)" if isinstance(hops, int) else ""
+        if state == "alive":
+            return f"{t} {green('*')} {green(who)} is in the network{where}"
+        if state == "left":
+            return f"{t} {yellow('*')} {yellow(who)} left the network"
+        if state == "lost":
+            return f"{t} {red('*')} {red(who)} is gone from the network (no one hears it)"
+        return f"{t} {dim('*')} {dim(who)} not heard lately ({escape.line(str(state))})"
     if kind == "expired":
         m = ev.get("message", {})
         return f"{t} {red('!')} message {escape.line(str(m.get('id'))[:12])} to {escape.line(str(m.get('peer_id'))[:12])} expired undelivered"

@@ -125,7 +125,7 @@ class Node:
         self.handshake = Handshake(address, self.boot, settings, self.trust, out, self.links, self.msgs)
         self.overlay = Overlay(node_id, name, address, hosts, settings, self.keys, self.trust, self.roster, self.routes, table, self.links,
                                self.handshake, out, self.drop, self.stats, self.rng, now, neighbours=self._neighbour,
-                               beacon=self.msgs.beacon, announced=self._record_beacon)
+                               beacon=self.msgs.beacon, announced=self._record_beacon, watchers=self.watchers)
         self.gossip = Gossip(node_id, settings, table, out, self.handshake, self.trust, self.drop, now, self.rng,
                              may_dial=self.overlay.room)
         self.heartbeat = Heartbeat(settings, table, out, now)
@@ -517,7 +517,8 @@ class Node:
             self.drop(now, "bad_beacon", str(e), f"{host} (LAN beacon)")
             return []
         peer = self.table.get(beacon.node_id)
-        linked = peer is not None and (peer.state == ALIVE or beacon.node_id in self.links)
+        # Linked, or a member of the network we are in (the overlay links us to a few only): no dial.
+        linked = peer is not None and (peer.state == ALIVE or beacon.node_id in self.links) or self.overlay.in_network(beacon.node_id)
         if not self.lan.should_dial(now, beacon, linked):
             return []
         refusal = self.trust.may_link(beacon.node_id, beacon.key)

@@ -45,6 +45,7 @@ from .roster import Roster
 from .routes import OK, Routes
 from .settings import Settings
 from .trust import Trust
+from .watchers import Watchers
 from .views import LinkDown, LinkUp, ToPeer, Views, sample
 
 log = logging.getLogger("p2pd.node")
@@ -53,7 +54,8 @@ FACTS_FANOUT = 3  # neighbours sent news each round
 FACTS_PER_FRAME = 48  # news items piggybacked on one FACTS frame (P.MAX_FACTS is the most a frame may hold)
 FACTS_ROUND_S = 0.5  # how often news goes out
 RESIGN_MIN_S = 1.0  # our record is signed again at most this often when our links change
-BEACON_RESIGN_S = 5.0  # ... and when only our broadcast numbers changed
+BEACON_RESIGN_S = 5.0
+MEMBER_QUIET_S = 10.0  # after our first link, news of members is not told to watchers for this long (see _tell)  # ... and when only our broadcast numbers changed
 RECORDS_PER_VIEW = 8  # records of the nodes a VIEW message names, attached so the receiver can dial them
 SHOWN = {ALIVE: "alive", SUSPECT: "suspect", DEAD: "lost", LEFT: "left"}
 TOLD_MAX = 4096  # facts remembered per neighbour as already known to it (then forgotten, and sent again at worst)
@@ -120,7 +122,8 @@ def own_addresses(hosts: tuple[str, ...], port: int) -> tuple[str, ...]:
 class Overlay:
     def __init__(self, node_id: str, name: str, address: P.PeerAddress, hosts: tuple[str, ...], settings: Settings, keys, trust: Trust, roster: Roster,
                  routes: Routes, table: Membership, links: Links, handshake: Handshake, outbound: Outbound, drops: Drops,
-                 stats: Counter, rng: P.RandomBits, now: float, neighbours=None, beacon=None, announced=None):
+                 stats: Counter, rng: P.RandomBits, now: float, neighbours=None, beacon=None, announced=None,
+                 watchers: Watchers | None = None):
         self.id = node_id
         self.name = name
         self.address = address
@@ -151,6 +154,8 @@ class Overlay:
         self._announced = announced if announced is not None else (lambda now, node_id, data: [])
         self._signed_beacon: tuple = (0, 0, "")
         self._beacon_resign_at = now
+        self.watchers = watchers
+        self._settled_at: float | None = None  # when we first had a neighbour, plus MEMBER_QUIET_S (see _tell)
         self._told: dict[str, set] = {}  # neighbour -> facts it has (we sent or it told us): not sent to it again
         # Called with (peer id, up) as a link comes up or goes (the broadcast tree spans our links).
         self._neighbours = neighbours if neighbours is not None else (lambda peer_id, up: None)
@@ -257,6 +262,8 @@ class Overlay:
         """A link came up (the JOIN handshake finished).  ``dialled``: by our dial; ``explicit``:
         one the user asked for (connect, --join, a LAN beacon)."""
         self._neighbours(peer.id, True)
+        if self._settled_at is None:
+            self._settled_at = now + MEMBER_QUIET_S
         views = self.views
         if peer.id in views.active:
             return self._push_all(now, peer.id)
@@ -275,7 +282,7 @@ class Overlay:
         acts = self._apply(now, self.views.link_failed(peer.id, now))
         rec = self.roster.record_of(peer.id)
         if rec is not None and self.roster.state_of(peer.id) == ALIVE:
-            self._heard(now, [self.keys.accuse(peer.id, rec.incarnation, SUSPECT)], None, "ourselves")
+            acts += self._heard(now, [self.keys.accuse(peer.id, rec.incarnation, SUSPECT)], None, "ourselves")
         return acts
 
     def peer_gone(self, now: float, peer_id: str) -> list:
@@ -343,6 +350,7 @@ class Overlay:
         """Offer facts to the roster; news updates the routes; a claim against us is refuted."""
         roster, routes = self.roster, self.routes
         acts: list = []
+        before = {f.node_id: roster.state_of(f.node_id) for f in facts}
         for fact, heard in zip(facts, roster.offer_many(now, facts)):
             if heard.news:
                 node_id = fact.node_id
@@ -366,7 +374,25 @@ class Overlay:
                          getattr(fact, "status", "?"), self.incarnation)
             elif heard.reason not in ("stale", "confirmation", "about_us"):
                 self.drop(now, f"fact_{heard.reason}", f"record or accusation of {fact.node_id[:12]} refused: {heard.reason}", source)
+        for node_id, was in before.items():
+            acts += self._tell(now, node_id, was)
         return acts
+
+    def _tell(self, now: float, node_id: str, was: str | None) -> list:
+        """A ``member`` event to watchers (the chat's join and leave notices for the whole network)
+        when a node we hold no link to changed state.  Not while we are joining: a new node learns
+        every member at once, and a notice for each would flood the chat."""
+        state = self.roster.state_of(node_id)
+        if self.watchers is None or state == was or state is None or node_id == self.id:
+            return []
+        if was is None and (self._settled_at is None or now < self._settled_at):
+            return []
+        peer = self.table.get(node_id)
+        if peer is not None and peer.state == ALIVE and node_id in self.links:
+            return []  # linked: its own joined/left/lost events say it
+        rec = self.roster.record_of(node_id)
+        return self.watchers.emit(now, "member", state=SHOWN.get(state, state),
+                                  peer={"id": node_id, "name": rec.name if rec else "?", "hops": self.routes.hops(node_id)})
 
     # ------------------------------------------------------------------ effects of the views
     def _unlinked(self, peer_id: str) -> None:
@@ -459,7 +485,8 @@ class Overlay:
         acts = self._apply(now, self.views.tick(now))
         for node_id, inc in self.roster.tick(now):
             log.info("node %s presumed dead: suspected and not refuted in time", node_id[:12])
-            self._heard(now, [self.keys.accuse(node_id, inc, DEAD)], None, "ourselves")
+            acts += self._heard(now, [self.keys.accuse(node_id, inc, DEAD)], None, "ourselves")
+            acts += self._tell(now, node_id, SUSPECT)
             self.routes.remove(node_id)
         self._resign(now)
         acts += self._sweep(now)
