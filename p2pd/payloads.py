@@ -93,7 +93,7 @@ class LeaveData(TypedDict):
 
 
 class ViewData(TypedDict, total=False):
-    """A HyParView message (views.py); the fields besides ``kind`` depend on it (docs/PROTOCOL.md 11)."""
+    """A HyParView message (views.py); the fields besides ``kind`` depend on it (docs/PROTOCOL.md, VIEW, and 12.2)."""
     kind: Required[str]
     new: str  # FORWARD_JOIN: the joiner
     ttl: int  # FORWARD_JOIN, SHUFFLE: hops left on the walk
@@ -105,7 +105,7 @@ class ViewData(TypedDict, total=False):
 
 
 class TreeData(TypedDict, total=False):
-    """A Plumtree message (tree.py); the fields besides ``kind`` depend on it (docs/PROTOCOL.md 12)."""
+    """A Plumtree message (tree.py); the fields besides ``kind`` depend on it (docs/PROTOCOL.md, TREE, and 12.6)."""
     kind: Required[str]
     bcast: str  # GOSSIP: the origin's BROADCAST envelope, as the origin encoded it
     sig: str  # GOSSIP: the origin's signature of it, hex

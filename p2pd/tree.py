@@ -3,7 +3,7 @@
 How this works
 --------------
 `Tree` wraps plumtree.py's `Plumtree` (the pure eager/lazy logic) and speaks it as ``TREE``
-envelopes (docs/PROTOCOL.md 12; data.kind GOSSIP, IHAVE, GRAFT or PRUNE):
+envelopes (docs/PROTOCOL.md TREE and 12.6; data.kind GOSSIP, IHAVE, GRAFT or PRUNE):
 
 - **GOSSIP** carries a whole broadcast: ``bcast``, the origin's BROADCAST envelope exactly as
   the origin encoded it (a string), ``sig``, the origin's Ed25519 signature of

@@ -33,7 +33,7 @@ HOST = "127.0.0.1"
 WALL = 1_700_000_000.0
 CLI = b"cli"
 WATCH = b"watcher"
-PORTS = {"alice": 5001, "bob": 5003, "charlie": 5005, "dave": 5007, "erin": 5009}
+PORTS = {"alice": 5001, "bob": 5003, "charlie": 5005, "dave": 5007, "erin": 5009, "frank": 5011, "grace": 5013}
 
 FAST = Settings(
     heartbeat_interval_s=1.0,
@@ -75,10 +75,11 @@ class Net:
     # ---- membership of the fake network
     def add(self, name: str, node_id: str | None = None, settings: Settings = FAST, now: float = 0.0, addr: str | None = HOST,
             store=None, trust=None, keys=None) -> Node:
+        """``keys``: an identity.Keys (signed records, sealed routed messages; the node id is then its key's)."""
         port = PORTS[name]
         store = store if store is not None else MemoryStore(os.urandom)  # the in-memory store, as the simulator's
-        node = Node(node_id or f"{name}-id", name, P.PeerAddress(addr, port, port + 1), settings, now, WALL, store, trust,
-                    keys=keys)
+        node = Node(node_id or (keys.node_id if keys is not None else f"{name}-id"), name, P.PeerAddress(addr, port, port + 1),
+                    settings, now, WALL, store, trust, keys=keys)
         self.nodes[name] = node
         self.by_router[ep(port)] = node
         self.by_pub[ep(port + 1)] = node
