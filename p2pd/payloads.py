@@ -121,7 +121,6 @@ RoutedData = TypedDict("RoutedData", {"from": Required[str], "to": Required[str]
 
 class FactsData(TypedDict, total=False):
     facts: Required[list]  # signed records and accusations (records.py encode)
-    links: dict  # the sender's signed neighbour list (overlay.py)
 
 
 PAYLOADS: dict[str, type] = {

@@ -48,8 +48,8 @@ Inputs take ``now`` and return small frozen dataclasses (`Gossip`, `IHave`, `Gra
 is over insertion-ordered dicts, so for the same inputs the outputs come in the same order.
 Pure: no sockets, no clock, no randomness.
 
-Wiring (not done yet; the caller's part)
-----------------------------------------
+The caller's part (tree.py does it)
+-----------------------------------
 - Feed ``neighbor_up``/``neighbor_down`` from the active view (links that come and go).
 - Use ``(origin, seq)`` from the delivery layer as ``msg_id``; hand each `Deliver` to it
   (it stores, orders and drops true duplicates); `broadcast` only for our own messages.

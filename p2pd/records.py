@@ -1,7 +1,8 @@
 """Signed node records: what each node says about itself, and signed accusations (issue 15).
 
-Not wired into the node yet: nothing the daemon loads imports this module (it brings in
-PyNaCl, which the daemon does not need until the overlay uses it).
+Used by the overlay (overlay.py, through identity.py): every node signs its record, and
+checks every record and accusation it takes.  PyNaCl (libsodium) costs the daemon about
+4.5 MiB of RSS; SHA-512 comes from CPython's builtin module (digest.py), not OpenSSL.
 
 How this works
 --------------

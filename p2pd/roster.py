@@ -1,6 +1,7 @@
 """The roster: every node in the network, its state, and the gossip that keeps it (issue 15).
 
-Not wired into the node yet: nothing the daemon loads imports this module.
+Wired into the node by overlay.py (see there for when facts are sent and what is done
+with news).
 
 How this works
 --------------
@@ -52,16 +53,13 @@ Pure, sans-I/O: time comes in as ``now``, signature checks through the ``verify`
 given (`records.verify` by default; tests stub it), no randomness needed (which peers a frame
 goes to is the caller's choice).
 
-Not wired into the node yet.  Wiring it (issue 15) means: a `Roster` built in `Node.__init__`
-from our signed record (its incarnation kept in the store across restarts) and `load`-ed with
-the records stored; `piggyback` items (`records.encode`) attached to the frames sent on active
-links (PING/PONG, shuffles), and those received `records.decode`-d and given to `offer_many`,
-counting each ``Heard.reason`` as a drop; a ``Heard.refute`` signed (`records.sign`) and given
-to `set_own`, as is a ``left`` record on shutdown or a new one when our addresses change; the
-heartbeat's failed probe turned into a signed suspect accusation and offered; `tick` from the
-node's tick, its dead ones accused; `members()` behind ``p2pctl peers`` (dead shown as lost);
-news persisted; a full-state exchange with a new neighbour (SWIM's push/pull) so a joiner
-learns everyone, not only what is still being gossiped.
+The node's use (overlay.py): our record signed with our keys and re-signed when our links or
+broadcast numbers change; facts received in FACTS frames (and attached to VIEW messages)
+given to `offer_many`, each refusal counted as a drop; a refutation signed and given to
+`set_own`, as is ``left`` on shutdown; a heartbeat's loss accused as suspect, `tick`'s dead
+accused as dead; `members()` behind ``p2pctl peers``; everything we know pushed to a new
+neighbour (SWIM's push-pull), news piggybacked after.  Not persisted: a restarted node
+learns the roster again from its first neighbour.
 """
 
 from __future__ import annotations

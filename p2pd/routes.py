@@ -5,7 +5,7 @@ How this works
 With bounded links (views.py: at most 8 active neighbours per node) most nodes are not
 linked to each other, yet ``p2pctl send NAME`` must reach every node and ``p2pctl peers``
 must say how many hops away each one is.  Each node's gossiped, signed record (records.py,
-once wired) lists its current active neighbours with a version, so every node learns the
+overlay.py) lists its current active neighbours with a version, so every node learns the
 whole overlay graph (N nodes x <= 8 edges: 10,000 nodes is 80,000 ids) and computes its
 routes itself, link-state style, as OSPF and IS-IS do.  This module is that table:
 
@@ -59,12 +59,9 @@ nodes membership has declared dead or left, with the version (incarnation) rules
 layer; a stale record arriving after ``remove`` would be taken again, so the caller only
 feeds records it accepts as current.
 
-Not wired into the node yet.  Wiring it (issue 15) means: a `Routes` built in
-`Node.__init__`; ``set_local`` on every LinkUp / LinkDown of views.py; ``update`` from
-each verified record's neighbour list and version, ``remove`` when membership forgets a
-node (its refusals counted by drops.py); a routed message sent to ``next_hop(dest)`` and
-relayed hop by hop the same way, retried over ``alternates`` when a hop fails; and
-``hops`` in the ``peers`` reply (with ``linked`` = ``hops == 1``).
+The node's use (overlay.py): ``set_local`` from our active view, ``update`` from each
+verified record's links and incarnation, ``remove`` when a node turns dead or left;
+``next_hop`` behind relay.py's routed messages, ``hops`` in the ``peers`` reply.
 """
 
 from __future__ import annotations

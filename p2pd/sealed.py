@@ -1,8 +1,7 @@
 """Sealed envelopes: end-to-end encryption for routed direct messages (issue 15).
 
-Not wired into the node yet: nothing the daemon loads imports this module (it brings in
-PyNaCl, which the daemon does not need until the overlay routes direct messages); its one
-user, relay.py, is not wired in either.
+Used by relay.py, which the node's `Outbound` hands every direct envelope for a node it
+holds no link to.
 
 How this works
 --------------

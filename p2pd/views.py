@@ -53,14 +53,10 @@ caller to wrap in envelopes and send (to a peer not linked yet, too: NEIGHBOR go
 candidate, SHUFFLE_REPLY to a shuffle's origin), and `LinkUp`/`LinkDown` when a peer
 enters or leaves the active view, for the caller to open or close its link.
 
-Not wired into the node yet.  Wiring it (issue 15) means: a `Views` built in
-`Node.__init__` with the node's rng; the seven kinds as envelope types in protocol.py and
-docs/PROTOCOL.md (ids are node ids; a NEIGHBOR or SHUFFLE_REPLY may go to a peer we hold
-no link to, so the caller needs its address: from the membership table, or carried with
-the ids); `handle` fed from `Node._handlers`, `tick` from the node's tick; `LinkUp` /
-`LinkDown` turned into opening and closing links (and heartbeats on active links only);
-`link_failed` called by the heartbeat's verdict and by a refused or failed dial; `leave` on
-shutdown; a rejoin through a bootstrap contact when `isolated`.
+The node's use (overlay.py): `handle` fed with VIEW envelopes, `tick` from the node's
+tick, `ask` when a link we dialled comes up, `join` for a link the user asked for; `LinkUp`
+opens a link to the address in the peer's signed record, `LinkDown` closes ours; a NEIGHBOR
+or JOIN travels on a link of its own, the other kinds routed to a node we hold no link to.
 """
 
 from __future__ import annotations
