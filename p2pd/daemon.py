@@ -201,7 +201,10 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_set
                 "started p2pd %s: id=%s name=%s peer=tcp://%s:%d pub=tcp://%s:%d control=%s",
                 _version(), ident.id, name, settings.host, transport.port, settings.host, transport.pub_port, transport.control_endpoint,
             )
-            if address.addr is None:
+            if address.addr is None and settings.advertised():
+                log.info("advertising %s: each peer uses the address it sees us at, our record lists them all",
+                         ", ".join(settings.advertised()))
+            elif address.addr is None:
                 log.info("bound to all interfaces without --advertise: peers will use the address they see us at")
             extra = {
                 "pid": os.getpid(),

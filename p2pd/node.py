@@ -123,6 +123,11 @@ class Node:
         self.msgs = Messaging(self.store, settings, out, table, self.links, self.watchers, self.names, self.drop, self.stats,
                               publish=self.tree.originate, reach=self._reach)
         self.handshake = Handshake(address, self.boot, settings, self.trust, out, self.links, self.msgs)
+        # Origins whose signed record showed broadcasts we miss: asked again (`_refetch`) until we
+        # have them, since a FETCH or its replay sent through the overlay may be lost on the way
+        # (routes still forming after a heal) and the record, unchanged, will not tell us again.
+        self._behind: dict[str, None] = {}
+        self._refetch_at = now
         self.overlay = Overlay(node_id, name, address, hosts, settings, self.keys, self.trust, self.roster, self.routes, table, self.links,
                                self.handshake, out, self.drop, self.stats, self.rng, now, neighbours=self._neighbour,
                                beacon=self.msgs.beacon, announced=self._record_beacon, watchers=self.watchers)
@@ -412,7 +417,30 @@ class Node:
         peer = self.table.get(node_id)
         if peer is None or node_id not in self.links:
             peer = self.overlay.remote_peer(node_id, now)
-        return [] if peer is None else self.msgs.announced(now, peer, data)
+        if peer is None:
+            return []
+        if len(self._behind) < 4 * self.settings.max_peers:
+            self._behind[node_id] = None
+        return self.msgs.announced(now, peer, data)
+
+    def _refetch(self, now: float) -> list:
+        """Fetch again, from the origins we are behind, what their records say we miss (one FETCH
+        in flight per origin, `Delivery._want`); an origin is forgotten once we have caught up."""
+        if now < self._refetch_at or not self._behind:
+            return []
+        self._refetch_at = now + self.settings.ack_timeout_s
+        acts: list = []
+        for node_id in list(self._behind):
+            rec = self.roster.record_of(node_id)
+            if rec is None or not rec.bepoch or self.roster.state_of(node_id) != ALIVE:
+                del self._behind[node_id]
+                continue
+            have = self.msgs.delivery.link(node_id).bcast_seq
+            if have is not None and have >= rec.bseq:
+                del self._behind[node_id]
+                continue
+            acts += self._record_beacon(now, node_id, {"bseq": rec.bseq, "boldest": rec.boldest, "epoch": rec.bepoch})
+        return acts
 
     def _neighbour(self, peer_id: str, up: bool) -> None:
         """A link came up or went: the broadcast tree spans our links (tree.py)."""
@@ -491,6 +519,7 @@ class Node:
             acts += self.heartbeat.ping_silent(now, self.msgs.beacon())
         acts += self.gossip.tick(now)
         acts += self.overlay.tick(now)
+        acts += self._refetch(now)
         acts += self.tree.tick(now)
         acts += self.heartbeat.expire(now)
         return acts + self.dial.tick(now) + self.msgs.tick(now)

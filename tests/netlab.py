@@ -4,7 +4,12 @@ How it works: every lab host is a network namespace (``ip netns``) with one inte
 ``e0``, addressed 10.231.0.N/24.  Its other end sits in the lab's "switch" namespace,
 attached to bridge ``br0``.  A partition moves some hosts' switch ports to a second,
 unconnected bridge ``br1`` (both sides keep running, neither hears the other); healing
-moves them back.  A host created ``impaired`` is wired through tests/netem_relay.py
+moves them back.  A lab may have a second subnet, B: hosts added with ``side="b"`` are
+10.232.0.N/24 on their own bridge ``br2`` (partitions there use ``br3``), which no
+wire joins to ``br0``.  A dual-homed host (`Lab.add_dual_host`) has one interface on each,
+``e0`` on A and ``e1`` on B, and does not forward between them (``ip_forward`` 0, and it
+answers ARP only for the address of the interface asked on), so A and B hosts can reach
+each other only through the daemons.  A host created ``impaired`` is wired through tests/netem_relay.py
 instead of straight to the bridge, which drops and delays what that host sends, as
 ``tc qdisc ... netem`` on its interface would (that qdisc is missing from some
 kernels, this one included).  One ``p2pd`` runs in each
@@ -30,6 +35,8 @@ from pathlib import Path
 from conftest import Daemon, pid_alive, wait_for
 
 SUBNET = "10.231.0"
+# side -> (first three octets, the bridge its hosts sit on, the bridge a partition moves them to)
+SIDES = {"a": (SUBNET, "br0", "br1"), "b": ("10.232.0", "br2", "br3")}
 PREFIX = "p2l"  # namespace names: p2l<pid>-sw, p2l<pid>-h<N>
 RELAY = Path(__file__).with_name("netem_relay.py")
 
@@ -92,12 +99,14 @@ def remove_stale() -> None:
 class LabHost(Daemon):
     """A p2pd node living in its own namespace; every command it runs goes through ``ip netns exec``."""
 
-    def __init__(self, lab: "Lab", index: int, base: Path, name: str, registry: list):
+    def __init__(self, lab: "Lab", index: int, base: Path, name: str, registry: list, side: str = "a"):
         super().__init__(base, name, registry)
         self.lab = lab
         self.index = index
+        self.side = side
         self.ns = f"{lab.tag}-h{index}"
-        self.ip = f"{SUBNET}.{index}"
+        self.ip = f"{SIDES[side][0]}.{index}"
+        self.ips = {side: self.ip}  # side -> this host's address there (two for a dual-homed host)
         self.prefix = ["ip", "netns", "exec", self.ns]
 
     @property
@@ -119,42 +128,80 @@ class Lab:
         self.hosts: list[LabHost] = []
         self.registry: list[Daemon] = []
         self.ports: dict[int, str] = {}  # host index -> its port on the switch
+        self.side_ports: dict[tuple[int, str], str] = {}  # (host index, side) -> its port on that side's bridge
+        self.home_bridge: dict[str, str] = {}  # switch port -> the bridge it belongs on (heal puts it back)
         self.relays: list[subprocess.Popen] = []
         self.namespaces: list[str] = []
         remove_stale()
-        self._netns(self.sw)
-        for br in ("br0", "br1"):
-            run("ip", "-n", self.sw, "link", "add", br, "type", "bridge")
-            run("ip", "-n", self.sw, "link", "set", br, "up")
+        try:
+            self._netns(self.sw)
+            for br in ("br0", "br1", "br2", "br3"):
+                run("ip", "-n", self.sw, "link", "add", br, "type", "bridge")
+                run("ip", "-n", self.sw, "link", "set", br, "up")
+        except BaseException:
+            self.close()  # the caller never gets the lab to close
+            raise
 
     def _netns(self, name: str) -> None:
         run("ip", "netns", "add", name)
         self.namespaces.append(name)
         run("ip", "-n", name, "link", "set", "lo", "up")
 
-    def add_host(self, name: str, impaired: tuple[float, float] | None = None, both_ways: bool = False) -> LabHost:
-        """A new host on br0; ``impaired=(loss, delay_s)`` puts the relay between it and the bridge,
-        dropping and delaying what the host sends (``tc qdisc add dev e0 root netem loss L delay D``),
-        and with ``both_ways`` also what it receives."""
+    def add_host(self, name: str, impaired: tuple[float, float] | None = None, both_ways: bool = False,
+                 side: str = "a") -> LabHost:
+        """A new host on br0 (``side="b"``: on subnet B's bridge, br2); ``impaired=(loss, delay_s)``
+        puts the relay between it and the bridge, dropping and delaying what the host sends
+        (``tc qdisc add dev e0 root netem loss L delay D``), and with ``both_ways`` also what it receives."""
         index = len(self.hosts) + 1
-        host = LabHost(self, index, self.base, name, self.registry)
+        host = LabHost(self, index, self.base, name, self.registry, side)
         self._netns(host.ns)
-        port = f"h{index}"
-        run("ip", "-n", self.sw, "link", "add", port, "type", "veth", "peer", "name", "e0", "netns", host.ns)
-        run("ip", "-n", host.ns, "addr", "add", f"{host.ip}/24", "dev", "e0")
-        run("ip", "-n", host.ns, "link", "set", "e0", "up")
+        port = self._wire(host, side, "e0", f"h{index}")
         # the lab is the host's whole world: even 255.255.255.255 (LAN beacons) has a route, into the lab
         run("ip", "-n", host.ns, "route", "add", "default", "dev", "e0")
-        host.sh(sys.executable, "-c", _OFFLOADS_OFF, "e0")
-        run("ip", "-n", self.sw, "link", "set", port, "up")
         if impaired is None:
-            run("ip", "-n", self.sw, "link", "set", port, "master", "br0")
+            self._attach(host, side, port)
             self.ports[index] = port
         else:
+            if side != "a":
+                raise ValueError("impaired hosts sit on subnet A")
             self._impair(host, port, *impaired, both_ways=both_ways)
         host.configure()
         self.hosts.append(host)
         return host
+
+    def add_dual_host(self, name: str) -> LabHost:
+        """A host with one interface on each subnet: ``e0`` on A (``host.ip``, ``host.ips["a"]``) and
+        ``e1`` on B (``host.ips["b"]``).  It forwards nothing between them, and answers ARP only for
+        the address of the interface asked on: A hosts cannot even reach its B address."""
+        index = len(self.hosts) + 1
+        host = LabHost(self, index, self.base, name, self.registry, "a")
+        self._netns(host.ns)
+        host.ips["b"] = f"{SIDES['b'][0]}.{index}"
+        for key, value in (("net.ipv4.ip_forward", "0"), ("net.ipv4.conf.all.forwarding", "0"),
+                           ("net.ipv4.conf.all.arp_ignore", "1"), ("net.ipv4.conf.all.arp_announce", "2")):
+            host.sh("sysctl", "-q", "-w", f"{key}={value}")
+        for side, dev in (("a", "e0"), ("b", "e1")):
+            port = self._wire(host, side, dev, f"h{index}{side}")
+            self._attach(host, side, port)
+        self.ports[index] = self.side_ports[(index, "a")]
+        host.configure()
+        self.hosts.append(host)
+        return host
+
+    def _wire(self, host: LabHost, side: str, dev: str, port: str) -> str:
+        """A veth from the switch (``port``) to ``dev`` in the host, addressed on ``side``'s subnet."""
+        run("ip", "-n", self.sw, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", host.ns)
+        run("ip", "-n", host.ns, "addr", "add", f"{host.ips[side]}/24", "dev", dev)
+        run("ip", "-n", host.ns, "link", "set", dev, "up")
+        host.sh(sys.executable, "-c", _OFFLOADS_OFF, dev)
+        run("ip", "-n", self.sw, "link", "set", port, "up")
+        return port
+
+    def _attach(self, host: LabHost, side: str, port: str) -> None:
+        bridge = SIDES[side][1]
+        run("ip", "-n", self.sw, "link", "set", port, "master", bridge)
+        self.side_ports[(host.index, side)] = port
+        self.home_bridge[port] = bridge
 
     def _impair(self, host: LabHost, port: str, loss: float, delay_s: float, both_ways: bool = False) -> None:
         a, b = f"r{host.index}a", f"r{host.index}b"
@@ -165,6 +212,8 @@ class Lab:
             run("ip", "-n", self.sw, "link", "set", dev, "up")
         run("ip", "-n", self.sw, "link", "set", b, "master", "br0")
         self.ports[host.index] = b
+        self.side_ports[(host.index, "a")] = b
+        self.home_bridge[b] = "br0"
         relay = subprocess.Popen(
             ["ip", "netns", "exec", self.sw, sys.executable, str(RELAY), port, a,
              "--loss", str(loss), "--delay", str(delay_s), "--seed", str(host.index), *(["--both"] if both_ways else [])],
@@ -178,16 +227,21 @@ class Lab:
     def partition(self, *cut_off: LabHost) -> None:
         """Move these hosts to the other bridge: two halves that cannot hear each other."""
         for h in cut_off:
-            run("ip", "-n", self.sw, "link", "set", self.ports[h.index], "master", "br1")
+            run("ip", "-n", self.sw, "link", "set", self.ports[h.index], "master", SIDES[h.side][2])
+
+    def cut(self, host: LabHost, side: str) -> None:
+        """Move ``host``'s port on ``side`` to that side's partition bridge: for a dual-homed host,
+        the two subnets are no longer joined (each daemon keeps running)."""
+        run("ip", "-n", self.sw, "link", "set", self.side_ports[(host.index, side)], "master", SIDES[side][2])
 
     def heal(self) -> None:
-        for port in self.ports.values():
-            run("ip", "-n", self.sw, "link", "set", port, "master", "br0")
+        for port, bridge in self.home_bridge.items():
+            run("ip", "-n", self.sw, "link", "set", port, "master", bridge)
 
     def readdress(self, host: LabHost, new_index: int) -> None:
         """Give ``host`` a new address on the same subnet (the old one disappears)."""
         run("ip", "-n", host.ns, "addr", "flush", "dev", "e0")
-        host.ip = f"{SUBNET}.{new_index}"
+        host.ip = host.ips[host.side] = f"{SIDES[host.side][0]}.{new_index}"
         run("ip", "-n", host.ns, "addr", "add", f"{host.ip}/24", "dev", "e0")
 
     def stop_relays(self) -> list[tuple[int, int]]:

@@ -237,3 +237,158 @@ def test_lan_discovery_links_hosts_nobody_introduced(lab):
     for h in hosts:
         wait_for(lambda h=h: alive_view(h) == {"h1", "h2", "h3", "h4"} - {h.name}, 20, interval=0.2, what=f"{h.name} to see all four")
     print(f"three hosts found each other by LAN beacons in {took:.2f} s")
+
+
+_PROBE = """\
+import errno, socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
+    print("open")
+except ConnectionRefusedError:
+    print("refused")  # the host answered: reachable, nothing listening
+except OSError as e:
+    print("unreachable", errno.errorcode.get(e.errno, e.errno) if e.errno else type(e).__name__)
+"""
+
+
+def _probe(host, ip: str, port: str = "9") -> str:
+    """A TCP connect from ``host`` to ip:port (no ping in the lab): "open", "refused" (the address
+    answers), or "unreachable ..." (no route, no ARP answer, timeout)."""
+    import sys
+    return host.sh(sys.executable, "-c", _PROBE, ip, port).stdout.strip()
+
+
+def _reaches(host, ip: str) -> bool:
+    return _probe(host, ip) in ("open", "refused")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_subnets_joined_by_one_dual_homed_host(lab):
+    """Subnet A (a1-a3, 10.231.0.0/24) and subnet B (b1-b3, 10.232.0.0/24) share no route; host x
+    has an interface on each and does not forward, and its p2pd advertises both addresses.  Every
+    node still knows every other alive, A and B nodes are not linked but routed (hops known),
+    direct messages and broadcasts cross exactly once through x, and what is sent while x's B side
+    is cut off arrives exactly once when it is back."""
+    A = [lab.add_host(f"a{i}") for i in range(1, 4)]
+    x = lab.add_dual_host("x")
+    B = [lab.add_host(f"b{i}", side="b") for i in range(1, 4)]
+    everyone = [*A, x, *B]
+    names = {h.name for h in everyone}
+    a1, a2, a3 = A
+    b1, b2, b3 = B
+
+    # the IP level: A and B cannot reach each other, x reaches both, x's B address is not on A
+    assert x.sh("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "0"
+    assert _reaches(a1, x.ips["a"]) and _reaches(b1, x.ips["b"]) and _reaches(a1, a2.ip) and _reaches(b1, b2.ip)
+    assert not _reaches(a1, b1.ip) and not _reaches(b1, a1.ip)
+    assert not _reaches(a1, x.ips["b"]) and not _reaches(b1, x.ips["a"])
+
+    start(*A, *B)
+    x.start("--advertise", f"{x.ips['a']},{x.ips['b']}", port=int(PORT))
+    assert _probe(a1, b1.ip, PORT).startswith("unreachable") and _probe(b2, a2.ip, PORT).startswith("unreachable")
+    assert _probe(a1, x.ips["a"], PORT) == "open" and _probe(b1, x.ips["b"], PORT) == "open"
+
+    failed = True
+    try:
+        t0 = time.monotonic()
+        for h in A:
+            h.ctl("--timeout", "30", "connect", x.ips["a"], PORT, timeout=45)
+        for h in B:
+            h.ctl("--timeout", "30", "connect", x.ips["b"], PORT, timeout=45)
+        for h in everyone:
+            wait_for(lambda h=h: alive_view(h) == names - {h.name}, 90, interval=0.5, what=f"{h.name} to list all six others alive")
+        converge_s = time.monotonic() - t0
+
+        side = {h.name: h.side for h in A + B}
+        for h in A + B:
+            rows = h.peers()
+            for other in A + B:
+                if side[other.name] != h.side:
+                    row = rows[other.name]
+                    assert row["linked"] is False, (h.name, row)
+                    assert row["hops"] is not None and row["hops"] >= 2, (h.name, row)
+            # x as each side sees it: at its address on that side
+            assert rows["x"]["address"].rsplit(":", 1)[0] == x.ips[h.side], (h.name, rows["x"])
+
+        # direct messages across, both ways, exactly once
+        assert "delivered" in a1.ctl("send", "--wait", "30", "b1", "a1 to b1", timeout=45).stdout
+        assert "delivered" in b1.ctl("send", "--wait", "30", "a1", "b1 to a1", timeout=45).stdout
+        assert texts_from(b1, "a1") == {"a1 to b1": 1}
+        assert texts_from(a1, "b1") == {"b1 to a1": 1}
+
+        # broadcasts across, both ways, exactly once on every node
+        a2.ctl("broadcast", "news from a2")
+        b3.ctl("broadcast", "news from b3")
+        for h in everyone:
+            if h is not a2:
+                wait_for(lambda h=h: texts_from(h, "a2").get("news from a2", 0) >= 1, 30, interval=0.25, what=f"{h.name} to get a2's broadcast")
+            if h is not b3:
+                wait_for(lambda h=h: texts_from(h, "b3").get("news from b3", 0) >= 1, 30, interval=0.25, what=f"{h.name} to get b3's broadcast")
+        for h in everyone:
+            if h is not a2:
+                assert texts_from(h, "a2")["news from a2"] == 1, h.name
+            if h is not b3:
+                assert texts_from(h, "b3")["news from b3"] == 1, h.name
+
+        # cut x's B side off: the subnets are apart, each side still whole
+        lab.cut(x, "b")
+        t1 = time.monotonic()
+        wait_for(lambda: not ({p["name"] for p in x.ctl_json("peers") if p["linked"]} & {b.name for b in B}), 30,
+                 interval=0.25, what="x to lose its links to the B hosts")
+        detect_s = time.monotonic() - t1
+        across = [f"a1->b2 {i}" for i in range(20)]
+        with a1.client() as c:
+            c.send_many("b2", across)
+        back = [f"b3->a3 {i}" for i in range(20)]
+        with b3.client() as c:
+            c.send_many("a3", back)
+        a3.ctl("send", "b1", "one from a3 during the cut")
+        a1.ctl("broadcast", "a1 news during the cut")
+        b2.ctl("broadcast", "b2 news during the cut")
+        # keep the cut longer than the heartbeat timeout (1.5 s) beyond its detection
+        wait_for(lambda: time.monotonic() - t1 > detect_s + 3.0, 10, what="the cut to last")
+        assert texts_from(b2, "a1") == Counter() and texts_from(a3, "b3") == {"news from b3": 1}
+        assert "a1 news during the cut" not in texts_from(b1, "a1")
+        assert "b2 news during the cut" not in texts_from(a1, "b2")
+        cut_s = time.monotonic() - t1
+
+        lab.heal()
+        t2 = time.monotonic()
+        for h in everyone:
+            wait_for(lambda h=h: alive_view(h) == names - {h.name}, 90, interval=0.5, what=f"{h.name} to list everyone alive after the heal")
+        for h in (a1, b3, a3):
+            wait_for(lambda h=h: outbox_empty(h), 90, interval=0.5, what=f"{h.name}'s outbox to drain after the heal")
+        for h in everyone:
+            if h is not a1:
+                wait_for(lambda h=h: texts_from(h, "a1").get("a1 news during the cut", 0) >= 1, 60, interval=0.5,
+                         what=f"{h.name} to get a1's broadcast from the cut")
+            if h is not b2:
+                wait_for(lambda h=h: texts_from(h, "b2").get("b2 news during the cut", 0) >= 1, 60, interval=0.5,
+                         what=f"{h.name} to get b2's broadcast from the cut")
+        heal_s = time.monotonic() - t2
+        assert texts_from(b2, "a1") == Counter(across + ["a1 news during the cut"])
+        assert texts_from(a3, "b3") == Counter(back + ["news from b3"])
+        assert texts_from(b1, "a3") == {"one from a3 during the cut": 1}
+        for h in everyone:
+            if h is not a1 and h is not b2:
+                assert texts_from(h, "a1").get("a1 news during the cut") == 1, h.name
+            if h is not b2:
+                assert texts_from(h, "b2").get("b2 news during the cut") == 1, h.name
+        dropped = {h.name: h.ctl_json("info").get("dropped_total") for h in everyone}
+        failed = False
+        print(f"two subnets through x: all alive in {converge_s:.2f} s; cut detected by x in {detect_s:.2f} s, "
+              f"lasted {cut_s:.2f} s; healed and delivered in {heal_s:.2f} s; dropped counters {dropped}")
+    finally:
+        if failed:
+            for h in everyone:
+                try:
+                    info = h.ctl_json("info")
+                    print(f"--- {h.name} info: " + json.dumps({k: v for k, v in info.items() if k not in ("peers",)}))
+                    cut = {k: v for who in ("a1", "b2") for k, v in texts_from(h, who).items() if "during the cut" in k}
+                    print(f"--- {h.name} broadcasts from the cut: {cut}")
+                    print(f"--- {h.name} peers: " + json.dumps([(p['name'], p['state'], p['linked'], p['hops'], p['address'])
+                                                                for p in h.ctl_json("peers")]))
+                except Exception as e:  # noqa: BLE001 - diagnostics only
+                    print(f"--- {h.name}: {e!r}")
+                print(f"--- {h.name} log tail:\n{h.log_text()[-4000:]}")
