@@ -37,7 +37,7 @@ GOSSIP_FANOUT = 3  # alive peers sent our full PEERS each gossip_interval_s (see
 
 class Gossip:
     def __init__(self, node_id: str, settings: Settings, table: Membership, outbound: Outbound, handshake: Handshake,
-                 trust: Trust, drops: Drops, now: float, rng: P.RandomBits, may_dial=lambda: True):
+                 trust: Trust, drops: Drops, now: float, rng: P.RandomBits, may_dial=lambda peer_id: True):
         self.id = node_id
         self.settings = settings
         self.table = table
@@ -53,7 +53,9 @@ class Gossip:
         # have answered our dial, to all but whoever told us (see the top).
         self._first_contact: set[str] = set()
         self._rng = rng  # who gets each round
-        self._may_dial = may_dial  # the overlay: dial a peer we hear of only while our active view has room
+        # The overlay's: dial a peer we hear of only while our active view has room, and only one it
+        # does not know (its members are linked by its own rules, to the address their record gives).
+        self._may_dial = may_dial
         self._entries: dict[str, tuple] = {}  # peer id -> (address, name, key, its PEERS entry): see _entry
 
     def peers_msg(self, now: float, exclude: str, peers: list[Peer] | None = None) -> P.Message:
@@ -105,8 +107,8 @@ class Gossip:
             pid = entry["id"]
             if pid == self.id or pid in known or table.cooling(pid, now):
                 continue
-            if not self._may_dial():
-                break  # our links are full: the roster (overlay.py) knows of it all the same
+            if not self._may_dial(pid):
+                continue  # our links are full, or the overlay knows it (overlay.py): not ours to dial
             if table.member_count() >= settings.max_peers:
                 self.drop(now, "peer_limit", f"not linking {pid[:12]}: at max_peers={settings.max_peers}", gossiper.name)
                 break

@@ -132,7 +132,7 @@ class Node:
                                self.handshake, out, self.drop, self.stats, self.rng, now, neighbours=self._neighbour,
                                beacon=self.msgs.beacon, announced=self._record_beacon, watchers=self.watchers)
         self.gossip = Gossip(node_id, settings, table, out, self.handshake, self.trust, self.drop, now, self.rng,
-                             may_dial=self.overlay.room)
+                             may_dial=self.overlay.may_dial)
         self.heartbeat = Heartbeat(settings, table, out, now)
         self.liveness = Liveness(settings, table, self.links, self.handshake, self.gossip, self.watchers,
                                  lost=self.overlay.link_lost)

@@ -186,11 +186,13 @@ class Overlay:
         self.roster.set_own(now, self.own_record(self.incarnation))
 
     # ------------------------------------------------------------------ queries
-    def room(self) -> bool:
-        """May we dial one more peer we heard of (gossip.py)?  Only while the active view has a
-        free slot and our links, open or opening, are fewer than it holds: HyParView's walks,
-        shuffles and repairs fill the rest."""
-        return self.views.room() > 0 and len(self.links) < self.views.active_size
+    def may_dial(self, peer_id: str) -> bool:
+        """May gossip (gossip.py) dial a peer it heard of?  Only one we have no record of (the
+        members we know are linked by HyParView's walks, shuffles and repairs, at the address
+        their record gives for our subnet: gossip's is the one its teller sees), and only while
+        the active view has a free slot and our links, open or opening, are fewer than it holds."""
+        return (self.roster.record_of(peer_id) is None and self.views.room() > 0
+                and len(self.links) < self.views.active_size)
 
     def in_network(self, node_id: str) -> bool:
         """Is the node alive in the network we are part of (we hold a link to someone)?"""
