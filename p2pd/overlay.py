@@ -288,10 +288,15 @@ class Overlay:
         return acts
 
     def peer_gone(self, now: float, peer_id: str) -> list:
-        """It left (LEAVE) or we disconnected it on request: out of our views."""
+        """It left (LEAVE) or we disconnected it on request: out of our views, and out of our roster
+        unless its own record says it left (listed as left) or another route still reaches it."""
         self._waiting.pop(peer_id, None)
         self._unlinked(peer_id)
-        return self._apply(now, self.views.link_failed(peer_id, now))
+        acts = self._apply(now, self.views.link_failed(peer_id, now))
+        if self.roster.state_of(peer_id) not in (LEFT, None) and self.routes.next_hop(peer_id) is None:
+            self.roster.forget(peer_id)
+            self.routes.remove(peer_id)
+        return acts
 
     def dial_failed(self, now: float, peer_id: str) -> list:
         """A dial to a candidate was refused or never answered."""

@@ -292,6 +292,12 @@ class Roster:
             self._pending_inc = None
         self._queue(record)
 
+    def forget(self, node_id: str) -> None:
+        """Drop a node (we disconnected it, or it told us LEAVE and nobody else vouches for it): a
+        newer record of it, from anyone, brings it back."""
+        if node_id in self._members:
+            self._forget(node_id)
+
     def tick(self, now: float) -> list[tuple[str, int]]:
         """Expire suspicions (-> dead, locally) and forget long-gone nodes.  Returns (id,
         incarnation) of each node that just turned dead, for the caller to accuse if it wants."""

@@ -433,8 +433,10 @@ def test_stop_via_p2pctl(daemon_pair):
     out = alice.ctl("stop").stdout
     assert out.strip() == f"p2pd stopped (pid {alice.pid})"
     assert not pid_alive(alice.pid)
-    # alice sent LEAVE: bob forgets her at once instead of waiting for the heartbeat timeout
-    wait_for(lambda: bob.call("peers") == [], timeout=5, what="bob to drop alice on LEAVE")
+    # alice sent her signed "left" and LEAVE: bob unlinks her at once instead of waiting for the
+    # heartbeat timeout, and lists her as left (the network's member list, docs/SCALE.md)
+    wait_for(lambda: [(p["id"], p["state"], p["linked"]) for p in bob.call("peers")] == [(alice.id, "left", False)],
+             timeout=5, what="bob to list alice as left on LEAVE")
     one_line_error(alice.ctl("info", check=False), exitcodes.NOT_RUNNING, start_hint(alice.home))
     proc = alice.ctl("stop", check=False)
     assert proc.returncode == 0 and "not running" in proc.stdout, proc

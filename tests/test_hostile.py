@@ -101,9 +101,11 @@ def test_gossip_of_made_up_peers_cannot_fill_the_table_shadow_a_name_or_spread(m
         public, _secret = new_keypair()
         fakes.append({"id": node_id_for(public), "name": "bob", "addr": HOST, "port": 9, "pub_port": 9, "key": public})
     mallory.send("PEERS", {"peers": fakes})
-    wait_for(lambda: bob.call("info")["dropped"].get("rumour_limit", 0) >= 1, what="bob to cap mallory's rumours")
+    # bob dials a few of them: gossip dials only while its links fit its active view (8, overlay.py),
+    # far below the cap on rumours per introducer
+    wait_for(lambda: bob.call("info")["rumours"] >= 1, what="bob to dial some of mallory's peers")
     info = bob.call("info")
-    assert info["rumours"] <= RUMOURS_PER_INTRODUCER
+    assert info["rumours"] <= 8 < RUMOURS_PER_INTRODUCER
     assert info["peers"] == 2  # alice and mallory: rumours are not peers and do not count against max_peers
     assert {p["name"] for p in bob.call("peers")} == {"alice", "mallory"}
 
