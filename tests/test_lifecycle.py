@@ -20,7 +20,8 @@ def test_sigterm_and_sigint_are_a_graceful_leave(make_node):
     os.kill(bob.pid, signal.SIGTERM)
     os.kill(carol.pid, signal.SIGINT)
     # LEAVE removes them at once: well before the 1.5 s heartbeat timeout could call them lost
-    wait_for(lambda: alice.call("peers") == [], timeout=1.4, interval=0.02, what="bob and carol to leave")
+    wait_for(lambda: {(p["name"], p["state"], p["linked"]) for p in alice.call("peers")} == {("bob", "left", False), ("carol", "left", False)},
+             timeout=1.4, interval=0.02, what="bob and carol to leave")
     assert "peer left: bob" in alice.log_text() and "peer left: carol" in alice.log_text()
     assert "peer lost" not in alice.log_text()
     wait_for(lambda: not pid_alive(bob.pid) and not pid_alive(carol.pid), what="daemons to exit")

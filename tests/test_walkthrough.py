@@ -78,7 +78,7 @@ def test_three_node_walkthrough(daemon_trio):
     # charlie leaves gracefully: alice sees it at once
     assert charlie.stop().returncode == 0
     wait_for(lambda: alice.alive_names() == {"bob"}, timeout=5, what="charlie removed on LEAVE")
-    assert "charlie" not in {p["name"] for p in alice.call("peers")}
+    assert {p["name"]: p["state"] for p in alice.call("peers")}["charlie"] == "left"  # listed as left, unlinked
 
     events = collect(watcher)
     kinds = [(e["event"], (e.get("peer") or {}).get("name") or e.get("message", {}).get("text")) for e in events]
