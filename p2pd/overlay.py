@@ -442,9 +442,11 @@ class Overlay:
         if records:
             data["records"] = records
         msg = self.out.msg(now, P.VIEW, data, target=e.peer)
-        if e.peer in self.links or e.kind not in ("NEIGHBOR", "JOIN"):
-            return [self.out.send(e.peer, msg)]  # to a node we hold no link to: routed (relay.py)
-        # Asking to link: a link of its own, with our JOIN first on it.
+        if e.peer in self.links or e.kind not in ("NEIGHBOR", "JOIN") or self.routes.next_hop(e.peer) is not None:
+            # To a node we hold no link to: routed (relay.py).  A NEIGHBOR too, when a route
+            # exists: the link is opened only if it says yes (LinkUp), not for every refusal.
+            return [self.out.send(e.peer, msg)]
+        # Asking to link a node no route reaches: a link of its own, with our JOIN first on it.
         return self._open(now, e.peer) + [self.out.send(e.peer, msg)]
 
     def _open(self, now: float, peer_id: str) -> list:

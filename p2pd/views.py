@@ -74,6 +74,7 @@ NEIGHBOR_REPLY = "NEIGHBOR_REPLY"  # {"accepted": bool}
 DISCONNECT = "DISCONNECT"        # {}
 SHUFFLE = "SHUFFLE"              # {"origin": id, "nodes": [id, ...], "ttl": int}
 SHUFFLE_REPLY = "SHUFFLE_REPLY"  # {"nodes": [id, ...]}
+REFUSED_MAX_S = 60.0  # the longest wait before asking again a candidate that keeps refusing
 KINDS = (JOIN, FORWARD_JOIN, NEIGHBOR, NEIGHBOR_REPLY, DISCONNECT, SHUFFLE, SHUFFLE_REPLY)
 
 
@@ -134,6 +135,7 @@ class Views:
         self.pending: dict[str, float] = {}  # candidate asked with NEIGHBOR -> when we give up on it
         self._sent: dict[str, None] = {}     # what our last SHUFFLE carried: evicted first on the reply
         self._refused: dict[str, float] = {}  # candidate that said no -> when we may ask it again
+        self._refusals: dict[str, int] = {}  # ... and how many times in a row (the wait doubles each time)
         self._next_shuffle: float | None = None
 
     # -- queries -------------------------------------------------------------------------
@@ -185,12 +187,12 @@ class Views:
 
     def ask(self, peer: str, now: float) -> list[Effect]:
         """Ask ``peer`` (a link just came up to it, or we dialled it) to be our neighbour:
-        NEIGHBOR, high priority if we have no link at all.  Nothing if it is one already or
+        NEIGHBOR, high priority if we have few links (`_short`).  Nothing if it is one already or
         asked; the answer comes to `on_neighbor_reply`."""
         if peer == self.self_id or peer in self.active or peer in self.pending:
             return []
         self.pending[peer] = now + self.neighbor_timeout_s
-        return [ToPeer(peer, NEIGHBOR, {"high": not self.active})]
+        return [ToPeer(peer, NEIGHBOR, {"high": self._short()})]
 
     def remember(self, peer: str) -> None:
         """``peer`` exists (we heard of it): a candidate for the passive view."""
@@ -259,9 +261,15 @@ class Views:
             return self._add_active(sender)
         if asked:
             # Not asked again for a while: a full peer re-asked at once would refuse again,
-            # the two of us looping for as long as it stays full.
+            # the two of us looping for as long as it stays full.  The wait doubles with each
+            # refusal in a row (up to REFUSED_MAX_S): in a network whose views cannot all be
+            # full, a node short of links would otherwise ask every candidate every few seconds.
             self._add_passive(sender)
-            self._refused[sender] = now + self.neighbor_timeout_s
+            n = self._refusals.get(sender, 0) + 1
+            if n == 1 and len(self._refusals) >= 2 * self.passive_size + self.active_size:
+                self._refusals.clear()  # bounded
+            self._refusals[sender] = n
+            self._refused[sender] = now + min(REFUSED_MAX_S, self.neighbor_timeout_s * 2 ** (n - 1))
         return self._repair(now)
 
     def on_disconnect(self, sender: str, now: float) -> list[Effect]:
@@ -301,6 +309,7 @@ class Views:
         self.pending.clear()
         self._sent.clear()
         self._refused.clear()
+        self._refusals.clear()
         return out
 
     def tick(self, now: float) -> list[Effect]:
@@ -364,9 +373,17 @@ class Views:
             out += [ToPeer(victim, DISCONNECT, {}), LinkDown(victim)]
         self.passive.pop(peer, None)
         self.pending.pop(peer, None)
+        self._refusals.pop(peer, None)
         self.active[peer] = None
         out.append(LinkUp(peer))
         return out
+
+    def _short(self) -> bool:
+        """Ask with high priority (always accepted, evicting if need be)?  With no link at all, as
+        in the paper, and also with fewer than half the active view plus one: in a network whose
+        views are all full a node left with one or two links would otherwise never get more (every
+        low request is refused), and a node with so few links is one failure from isolation."""
+        return len(self.active) < self.active_size // 2 + 1
 
     def _add_passive(self, peer: str, prefer_evicting: list[str] | tuple = ()) -> None:
         """Remember ``peer`` as a candidate, evicting a ``prefer_evicting`` entry if we hold
@@ -385,8 +402,8 @@ class Views:
 
     def _repair(self, now: float) -> list[Effect]:
         """Ask passive candidates to link, one per free active slot not already being
-        filled, skipping those that refused us lately; high priority when we have no link
-        at all (it must not be refused)."""
+        filled, skipping those that refused us lately; high priority when we have few links
+        (`_short`: it must not be refused)."""
         out: list[Effect] = []
         free = self.active_size - len(self.active) - len(self.pending)
         if free <= 0:
@@ -394,5 +411,5 @@ class Views:
         candidates = [p for p in self.passive if p not in self.pending and self._refused.get(p, now) <= now]
         for peer in sample(self.rng, candidates, free):
             self.pending[peer] = now + self.neighbor_timeout_s
-            out.append(ToPeer(peer, NEIGHBOR, {"high": not self.active}))
+            out.append(ToPeer(peer, NEIGHBOR, {"high": self._short()}))
         return out

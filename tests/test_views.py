@@ -129,8 +129,8 @@ def test_neighbor_from_a_neighbour_is_accepted_again_without_change():
 
 
 def test_accepted_reply_links_refused_reply_asks_another_candidate():
-    v = views(active_size=2)
-    full(v, 1)
+    v = views(active_size=4)
+    full(v, 3)
     v.passive.update(dict.fromkeys(["p", "q"]))
     out = v.tick(0.0)
     [(asked, kind, data)] = sends(out)
@@ -141,7 +141,7 @@ def test_accepted_reply_links_refused_reply_asks_another_candidate():
     assert sends(v.on_neighbor_reply(other, False, 1.0)) == []  # both refused lately: no one asked, no loop
     [(again, *_)] = sends(v.tick(5.0))  # the cooldown over, asked again
     out = v.on_neighbor_reply(again, True, 5.0)
-    assert ups(out) == [again] and list(v.active) == ["a0", again] and not v.pending and again not in v.passive
+    assert ups(out) == [again] and list(v.active) == ["a0", "a1", "a2", again] and not v.pending and again not in v.passive
 
 
 def test_an_acceptance_we_no_longer_wait_for_is_undone():
@@ -166,13 +166,13 @@ def test_an_unanswered_request_times_out_and_the_candidate_is_forgotten():
 
 
 def test_disconnect_moves_the_peer_to_passive_and_refills_from_passive():
-    v = views(active_size=2)
-    full(v, 2)
+    v = views(active_size=4)
+    full(v, 4)
     v.passive["p"] = None
     out = v.on_disconnect("a0", 0.0)
     assert downs(out) == ["a0"] and "a0" in v.passive and "a0" not in v.active
     [(asked, kind, data)] = sends(out, NEIGHBOR)
-    assert data == {"high": False}  # one link left: we must not force anyone
+    assert data == {"high": False}  # three links left of four: we must not force anyone
     assert v.on_disconnect("stranger", 0.0) == []
 
 
@@ -401,3 +401,34 @@ def test_a_run_replays_for_its_seed():
     b.rounds(2)
     assert [list(a.nodes[i].active) for i in a.ids] == [list(b.nodes[i].active) for i in b.ids]
     assert a.delivered == b.delivered
+
+
+def test_a_node_short_of_links_asks_with_high_priority():
+    """Fewer than half the active view plus one: a request that is never refused (in a network
+    whose views are all full, low requests would leave it short for good)."""
+    v = views(active_size=8)
+    full(v, 4)
+    v.passive["p"] = None
+    [(_, _, data)] = sends(v.tick(0.0), NEIGHBOR)
+    assert data == {"high": True}
+    v = views(active_size=8)
+    full(v, 5)
+    v.passive["p"] = None
+    [(_, _, data)] = sends(v.tick(0.0), NEIGHBOR)
+    assert data == {"high": False}
+
+
+def test_a_candidate_that_keeps_refusing_is_asked_ever_less_often():
+    v = views(active_size=8, neighbor_timeout_s=5.0)
+    full(v, 7)
+    v.passive["p"] = None
+    asked_at = []
+    t = 0.0
+    while t < 200.0:
+        out = sends(v.tick(t), NEIGHBOR)
+        if out:
+            asked_at.append(t)
+            v.on_neighbor_reply("p", False, t)
+        t += 0.5
+    gaps = [b - a for a, b in zip(asked_at, asked_at[1:])]
+    assert gaps[:4] == [5.0, 10.0, 20.0, 40.0] and max(gaps) == 60.0  # doubling, then at most once a minute
