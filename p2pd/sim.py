@@ -634,13 +634,15 @@ def links_of(sim: Sim, names) -> list[int]:
 
 def run_mass_crash(nodes: int, seed: int = 1, seeds: int = 3, idle_s: float = 10.0, broadcasts: int = 5,
                    warmup_limit_s: float = 300.0, repair_limit_s: float = 120.0, settle_limit_s: float = 60.0,
-                   settings: Settings | None = None, share: float = 0.5) -> dict:
+                   settings: Settings | None = None, share: float = 0.5, progress=None) -> dict:
     """The issue's scale scenario: ``nodes`` join through ``seeds`` seeds; once the overlay has
     formed, the idle frames per node per second over ``idle_s``; then ``share`` of the nodes
     (seeded choice) crash at once and stay down; the survivors repair (every survivor's roster
     marks every crashed node not alive: ``roster_s``; every survivor routes to every other:
     ``repair_s``); then ``broadcasts`` broadcasts from survivors, and the share of survivors
-    that delivered each exactly once."""
+    that delivered each exactly once.  ``progress(text)``, if given, hears each step's figures
+    as they come (a long run that is cut short still says how far it got)."""
+    say = progress or (lambda text: None)
     with _few_collections():
         wall0, cpu0 = time.perf_counter(), time.process_time()
         sim = Sim(nodes, seed, settings=settings, seeds=seeds)
@@ -649,7 +651,10 @@ def run_mass_crash(nodes: int, seed: int = 1, seeds: int = 3, idle_s: float = 10
         formed = sim.meshed()
         formed_cpu = time.process_time() - cpu0
         links_formed = links_of(sim, [s.name for s in sim.nodes])
+        say(f"formed={formed} warmup_s={warmup} cpu_s={formed_cpu:.1f} links min/mean/max {min(links_formed)}/"
+            f"{sum(links_formed) / nodes:.2f}/{max(links_formed)}")
         idle = idle_rate(sim, idle_s)
+        say(f"idle frames per node per s {idle} cpu_s={time.process_time() - cpu0:.1f}")
         rng = random.Random(f"faults:{seed}")
         victims = set(rng.sample([s.name for s in sim.nodes], int(nodes * share)))
         survivors = [s for s in sim.nodes if s.name not in victims]
@@ -668,6 +673,7 @@ def run_mass_crash(nodes: int, seed: int = 1, seeds: int = 3, idle_s: float = 10
         roster_ok = marked(sim)
         repair_s = roster_s + sim.run_while(lambda s: not routed(s), repair_limit_s - roster_s)
         repaired = roster_ok and routed(sim)
+        say(f"roster_s={roster_s} ok={roster_ok} repair_s={repair_s} repaired={repaired} cpu_s={time.process_time() - cpu0:.1f}")
         idle_after = idle_rate(sim, idle_s)
         names = [s.name for s in survivors]
         links = links_of(sim, names)
@@ -724,7 +730,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.setLevel(logging.CRITICAL)  # peers lost in a partition, resends...: expected here, not news
         try:
             if args.scenario == "mass-crash":
-                return run_mass_crash(args.nodes, args.seed, seeds=args.seeds, idle_s=args.idle_seconds)
+                return run_mass_crash(args.nodes, args.seed, seeds=args.seeds, idle_s=args.idle_seconds,
+                                      progress=lambda text: print(text, file=sys.stderr, flush=True))
             return run_scenario(args.nodes, args.seconds, args.seed, args.scenario, args.direct_per_s, args.broadcasts_per_s)
         finally:
             logger.setLevel(level)
