@@ -40,7 +40,7 @@ from .handshake import Handshake
 from .links import Links
 from .membership import ALIVE, LOST, Membership, Peer
 from .outbound import Outbound
-from .records import DEAD, LEFT, SUSPECT, BadRecord, NodeRecord, encode
+from .records import DEAD, LEFT, RANK, SUSPECT, BadRecord, NodeRecord, encode
 from .roster import Roster
 from .routes import OK, Routes
 from .settings import Settings
@@ -319,8 +319,8 @@ class Overlay:
         return acts
 
     def on_facts(self, now: float, msg: P.Message, peer: Peer) -> list:
-        facts = self._decode(now, msg.data["facts"], peer.name)
         told = self._told_to(peer.id)
+        facts = self._decode(now, msg.data["facts"], peer.name, told)
         for f in facts:
             told.add(_fact_key(f))
         return self._heard(now, facts, peer.id, peer.name)
@@ -331,12 +331,24 @@ class Overlay:
             told = self._told[peer_id] = set()
         return told
 
-    def _decode(self, now: float, items: list, source: str) -> list:
+    def _decode(self, now: float, items: list, source: str, told: set | None = None) -> list:
         """The records and accusations of a frame that parse and that our trust allows: a node
         outside the allowlist, or claiming an address pinned to another key, is not taken (as
-        gossip about it is not: docs/SECURITY.md 6.1)."""
+        gossip about it is not: docs/SECURITY.md 6.1).  A record that is no news (what we hold
+        about the node beats it or equals it: the roster would find it stale) is not decoded at
+        all, only noted in ``told``: most of a new neighbour's push-pull is such."""
         out = []
+        fact_of = self.roster.fact_of
         for obj in items:
+            if type(obj) is dict and "by" not in obj:
+                node_id = obj.get("id")
+                held = fact_of(node_id) if type(node_id) is str else None
+                inc, status = obj.get("inc"), obj.get("status")
+                if held is not None and type(inc) is int and status in RANK \
+                        and (inc, RANK[status]) <= (held.incarnation, RANK[held.status]):
+                    if told is not None:
+                        told.add((held.node_id, inc, status, None))
+                    continue
             try:
                 fact = self.keys.decode(obj)
             except BadRecord as e:

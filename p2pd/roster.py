@@ -64,6 +64,7 @@ learns the roster again from its first neighbour.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Optional
@@ -166,6 +167,11 @@ class Roster:
             return self._own
         e = self._members.get(node_id)
         return e.record if e else None
+
+    def fact_of(self, node_id: str) -> Optional[Fact]:
+        """What decides another node's state (its record or an accusation); None if unknown."""
+        e = self._members.get(node_id)
+        return e.fact if e else None
 
     def retransmit_limit(self) -> int:
         return self.retransmit_mult * max(1, math.ceil(math.log2(self.size() + 1)))
@@ -319,7 +325,8 @@ class Roster:
         if max_items <= 0 or not self._buffer:
             return []
         limit = self.retransmit_limit()
-        picked = sorted(self._buffer.items(), key=lambda kv: (kv[1][1], -kv[1][2]))[:max_items]
+        # = sorted(...)[:max_items], without sorting the whole buffer for each frame
+        picked = heapq.nsmallest(max_items, self._buffer.items(), key=lambda kv: (kv[1][1], -kv[1][2]))
         out = []
         for node_id, slot in picked:
             out.append(slot[0])

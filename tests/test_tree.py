@@ -349,7 +349,7 @@ def test_sim_publish_to_reaches_only_the_named_subscribers():
     from p2pd import sim as simmod
     s = simmod.Sim.__new__(simmod.Sim)  # only _publish's own state
     pushed = []
-    s.frames, s.lost = 0, 0
+    s.frames, s.lost, s.sent = 0, 0, [0, 0, 0]
     s._cut = lambda *a: False
     s._arrival = lambda *a: 1.0
     s._push = lambda *a: pushed.append(a)

@@ -1,0 +1,58 @@
+"""The bounded overlay on the deterministic simulator (p2pd/sim.py): it forms with few links per
+node and a full roster everywhere, its idle upkeep per node is bounded, and after half the nodes
+crash at once the survivors repair it and every broadcast reaches every survivor exactly once
+(the issue's scale scenario, ``python -m bench.sim --scenario mass-crash``, at a small size)."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2pd.settings import Settings
+from p2pd.sim import Sim, idle_rate, links_of, run_mass_crash
+
+DEFAULTS = Settings(insecure=True).validate()
+
+
+def formed(n: int, seed: int = 1, seeds: int = 3) -> Sim:
+    sim = Sim(n, seed, seeds=seeds)
+    sim.run_until(1.0)
+    sim.run_while(lambda s: not s.meshed(), 60.0)
+    assert sim.meshed(), "the overlay did not form"
+    return sim
+
+
+def test_overlay_forms_bounded_and_everyone_known():
+    n = 60
+    sim = formed(n)
+    links = links_of(sim, [s.name for s in sim.nodes])
+    assert max(links) <= DEFAULTS.active_view and min(links) >= 3, links
+    for s in sim.nodes:
+        assert s.node.roster.size() == n
+        assert all(s.node.roster.state_of(o.id) == "alive" for o in sim.nodes)
+    idle = idle_rate(sim, 5.0)
+    # Heartbeats on a few links, shuffles, news: a handful a second, whatever N.
+    assert 0 < idle["mean"] <= 20 and idle["max"] <= 60, idle
+
+
+def test_mass_crash_broadcasts_reach_every_survivor_exactly_once():
+    r = run_mass_crash(60, seed=2, idle_s=3.0, broadcasts=4)
+    assert r["formed"] and r["crashed"] == 30 and r["survivors"] == 30
+    assert r["roster_s"] is not None and r["repair_s"] is not None, r
+    assert r["links_survivors"]["min"] >= 1 and r["links_survivors"]["max"] <= DEFAULTS.active_view, r
+    assert r["broadcasts_sent"] == 4 and r["broadcast_reach"] == [1.0] * 4, r
+    assert r["broadcast_duplicates"] == 0 and r["exactly_once"], r
+
+
+def test_mass_crash_same_seed_same_digest():
+    a = run_mass_crash(24, seed=5, idle_s=2.0, broadcasts=2)
+    b = run_mass_crash(24, seed=5, idle_s=2.0, broadcasts=2)
+    timing = ("wall_s", "cpu_s", "formed_cpu_s")
+    assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    assert a["exactly_once"]
+
+
+@pytest.mark.slow
+def test_mass_crash_200():
+    r = run_mass_crash(200, seed=1, idle_s=5.0, broadcasts=5)
+    assert r["exactly_once"] and r["broadcast_duplicates"] == 0, r
+    assert r["links_survivors"]["max"] <= DEFAULTS.active_view, r
