@@ -55,6 +55,7 @@ FACTS_PER_FRAME = 48  # news items piggybacked on one FACTS frame (P.MAX_FACTS i
 FACTS_ROUND_S = 0.5  # how often news goes out
 RESIGN_MIN_S = 1.0  # our record is signed again at most this often when our links change
 BEACON_RESIGN_S = 5.0
+UNROUTABLE_S = 10.0  # a member alive in our roster that no route has reached this long is suspected
 MEMBER_QUIET_S = 10.0  # after our first link, news of members is not told to watchers for this long (see _tell)  # ... and when only our broadcast numbers changed
 RECORDS_PER_VIEW = 8  # records of the nodes a VIEW message names, attached so the receiver can dial them
 SHOWN = {ALIVE: "alive", SUSPECT: "suspect", DEAD: "lost", LEFT: "left"}
@@ -155,6 +156,8 @@ class Overlay:
         self._signed_beacon: tuple = (0, 0, "")
         self._beacon_resign_at = now
         self.watchers = watchers
+        self._unroutable: dict[str, float] = {}  # alive members no route reaches -> since when (see _check_routes)
+        self._next_route_check = now
         self._settled_at: float | None = None  # when we first had a neighbour, plus MEMBER_QUIET_S (see _tell)
         self._told: dict[str, set] = {}  # neighbour -> facts it has (we sent or it told us): not sent to it again
         # Called with (peer id, up) as a link comes up or goes (the broadcast tree spans our links).
@@ -511,6 +514,7 @@ class Overlay:
             self.routes.remove(node_id)
         self._resign(now)
         acts += self._sweep(now)
+        acts += self._check_routes(now)
         if now >= self._next_facts:
             self._next_facts = now + FACTS_ROUND_S
             if self.roster.pending():
@@ -520,6 +524,31 @@ class Overlay:
                     facts = [f for f in self.roster.piggyback(FACTS_PER_FRAME) if _fact_key(f) not in told]
                     if facts:
                         acts.append(self.out.send(peer_id, self._facts_msg(now, facts, peer_id)))
+        return acts
+
+    def _check_routes(self, now: float) -> list:
+        """Suspect the members no route reaches for UNROUTABLE_S (once a second, while we have a
+        neighbour).  Only a node's neighbours notice it die by their heartbeats: a node whose
+        neighbours all died with it (a mass failure) is noticed by nobody.  But a live node keeps
+        links, and its signed record lists them: alive in the roster yet unreachable for long means
+        dead, or cut off from us; a live one refutes as soon as it is reached again."""
+        if now < self._next_route_check:
+            return []
+        self._next_route_check = now + 1.0
+        if not self.views.active:
+            self._unroutable.clear()  # we are the one cut off: nothing to say of the others
+            return []
+        acts: list = []
+        roster, routes, seen = self.roster, self.routes, self._unroutable
+        for m in roster.members():
+            if m.state != ALIVE or routes.hops(m.node_id) is not None:
+                seen.pop(m.node_id, None)
+                continue
+            since = seen.setdefault(m.node_id, now)
+            if now - since >= UNROUTABLE_S:
+                del seen[m.node_id]
+                log.info("no route to %s for %.0fs: suspecting it", m.node_id[:12], now - since)
+                acts += self._heard(now, [self.keys.accuse(m.node_id, m.incarnation, SUSPECT)], None, "ourselves")
         return acts
 
     def _sweep(self, now: float) -> list:
