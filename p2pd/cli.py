@@ -79,7 +79,7 @@ def _remove_new_home(made: Path | None) -> None:
 @click.option("--home", help=HOME_HELP)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file. [default: HOME/p2pd.toml if present]")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), help="Log verbosity. [default: info]")
-@click.option("--heartbeat-interval", "heartbeat_interval_s", type=float, help="PING a peer silent this long (checked as often). [default: 1]")
+@click.option("--heartbeat-interval", "heartbeat_interval_s", type=float, help="PING a peer silent this long (checked as often). [default: 2]")
 @click.option("--heartbeat-timeout", "heartbeat_timeout_s", type=float, help="Seconds of silence before a peer is lost. [default: 5]")
 @click.option("--key-port", type=int, help="Plaintext port that tells this node's public key (TOFU). [default: port+2]")
 @click.option("--insecure", is_flag=True, default=None, help="Plaintext, unauthenticated links, to talk to simple JSON peers. Not for untrusted networks.")

@@ -82,6 +82,11 @@ from .watchers import Watchers
 
 log = logging.getLogger("p2pd.node")
 
+# The longest the loop sleeps between ticks: the timers without a deadline of their own (retries,
+# resends, waiting clients, the overlay's rounds) are looked at this often.  Each idle tick costs
+# every node a little CPU, all the time.
+TICK_MAX_S = 0.5
+
 
 class Node:
     def __init__(self, node_id: str, name: str, address: P.PeerAddress, settings: Settings, now: float, wall: float,
@@ -500,7 +505,7 @@ class Node:
     # ------------------------------------------------------------------ timers
     def next_deadline(self, now: float) -> float:
         """How long the event loop may sleep before calling `tick`."""
-        soonest = min(self.heartbeat.next_at, self.gossip.next_at, now + 0.25)
+        soonest = min(self.heartbeat.next_at, self.gossip.next_at, now + TICK_MAX_S)
         tree_at = self.tree.next_deadline()
         if tree_at is not None:
             soonest = min(soonest, tree_at)

@@ -27,7 +27,7 @@ class Settings:
     name: str | None = None
     log_level: str = "info"
     join: list = field(default_factory=list)  # bootstrap peers, "host:port"
-    heartbeat_interval_s: float = 1.0
+    heartbeat_interval_s: float = 2.0  # two PINGs per timeout at least; each link costs a PING and a PONG per interval when idle
     heartbeat_timeout_s: float = 5.0
     gossip_interval_s: float = 10.0
     retry_min_s: float = 1.0

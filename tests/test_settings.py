@@ -18,7 +18,7 @@ def test_defaults():
     assert s.validate() is s
     assert (s.port, s.pub_port, s.host, s.advertise, s.name) == (5000, None, "0.0.0.0", None, None)
     assert s.log_level == "info" and s.join == []
-    assert (s.heartbeat_interval_s, s.heartbeat_timeout_s, s.gossip_interval_s) == (1.0, 5.0, 10.0)
+    assert (s.heartbeat_interval_s, s.heartbeat_timeout_s, s.gossip_interval_s) == (2.0, 5.0, 10.0)
     assert (s.retry_min_s, s.retry_max_s, s.forget_after_s) == (1.0, 30.0, 3600.0)
     assert (s.max_frame_bytes, s.max_peers, s.inbox_size) == (DEFAULT_MAX_FRAME_BYTES, 256, 1000)
 

@@ -62,7 +62,7 @@ def test_exactly_once_under_loss_with_gaps():
     drops them, and the sender's resend fills them; nothing is stored twice."""
     sim = meshed(6, seed=5)
     sim.model.loss = 0.2
-    workload(sim, sim.now, 10, direct_per_s=8, broadcasts_per_s=2)
+    workload(sim, sim.now, 10, direct_per_s=30, broadcasts_per_s=2)
     sim.run_until(sim.now + 10)
     assert sim.lost > 0
     gaps = sum(s.node.stats["out_of_order_dropped"] for s in sim.nodes if s.up)
