@@ -55,6 +55,7 @@ FACTS_PER_FRAME = 48  # news items piggybacked on one FACTS frame (P.MAX_FACTS i
 FACTS_ROUND_S = 0.5  # how often news goes out
 RESIGN_MIN_S = 1.0  # our record is signed again at most this often when our links change
 BEACON_RESIGN_S = 5.0
+SHUFFLE_INTERVAL_S = 30.0  # HyParView's shuffle period (views.py)
 UNROUTABLE_S = 10.0  # a member alive in our roster that no route has reached this long is suspected
 MEMBER_QUIET_S = 10.0  # after our first link, news of members is not told to watchers for this long (see _tell)  # ... and when only our broadcast numbers changed
 RECORDS_PER_VIEW = 8  # records of the nodes a VIEW message names, attached so the receiver can dial them
@@ -141,7 +142,10 @@ class Overlay:
         self.drop = drops
         self.stats = stats
         self.rng = rng
-        self.views = Views(node_id, rng, active_size=settings.active_view, passive_size=settings.passive_view)
+        # Shuffles every 30 s: each walks up to 6 hops, a steady cost to every node; the passive
+        # view only needs to stay fresh enough to hold live candidates after a failure.
+        self.views = Views(node_id, rng, active_size=settings.active_view, passive_size=settings.passive_view,
+                           shuffle_interval_s=SHUFFLE_INTERVAL_S)
         self.incarnation = roster.own.incarnation
         self._signed_links: tuple[str, ...] = ()
         self._resign_at = now  # when our record may be signed again
