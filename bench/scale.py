@@ -1,0 +1,384 @@
+"""The scale workload (issue 15): N real daemons, default settings, chain-introduced with
+``--join`` (node i joins node i-1), measured against the issue's goals.
+
+    python -m bench --scale                       # N = 40, 100, 200
+    python -m bench --scale --scale-nodes 50      # one size
+    python -m bench --scale --docs                # also docs/scale-*.svg and docs/scale-results.json
+
+Phases, each bounded in time: start (parallel batches, each `p2pd start` returns once its
+daemon answers), formation (every node lists all others alive), footprint (sockets, links,
+RSS, idle CPU from /proc over an idle window), broadcasts (stored exactly once everywhere;
+tree payloads per broadcast), direct messages between unlinked nodes (exactly once, latency,
+the text absent from every other node's home), kill -9 of a fifth at once (survivors list them
+not alive, keep links, a broadcast still reaches all), restart of the killed (all alive again).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import sqlite3
+import statistics
+import subprocess
+import time
+
+from bench.cluster import Cluster, Daemon, rss_bytes, wait_until
+
+MiB = 1024 * 1024
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+BATCH = 12  # daemons started at once
+
+
+def log(msg: str) -> None:
+    print(f"    [{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------- /proc
+
+
+def cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15), every thread of the process
+
+
+def fd_counts(pid: int) -> tuple[int, int]:
+    """(sockets, all descriptors) of a process."""
+    socks = total = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        total += 1
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                socks += 1
+        except OSError:
+            pass
+    return socks, total
+
+
+# ---------------------------------------------------------------------------- ports
+
+
+def free_ports(n: int, rng: random.Random) -> list[int]:
+    """``n`` base ports below the ephemeral range, each with base+1 (PUB) and base+2 (key port) free now."""
+    out: list[int] = []
+    taken: set[int] = set()
+    for _ in range(50 * n):
+        if len(out) == n:
+            return out
+        base = rng.randrange(20000, 32000, 3)
+        if {base, base + 1, base + 2} & taken:
+            continue
+        socks = []
+        try:
+            for p in (base, base + 1, base + 2):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        out.append(base)
+        taken |= {base, base + 1, base + 2}
+    raise RuntimeError(f"found only {len(out)} free port triples of {n}")
+
+
+# ---------------------------------------------------------------------------- start
+
+
+def start(c: Cluster, ds: list[Daemon], ports: dict[str, int], joins: dict[str, int | None], batch: int = BATCH) -> None:
+    """Start ``ds`` in parallel batches; each `p2pd start` returns once its daemon answers `status`."""
+    for k in range(0, len(ds), batch):
+        group = ds[k:k + batch]
+        procs = []
+        for d in group:
+            extra = ["--port", str(ports[d.name])]
+            if joins.get(d.name):
+                extra += ["--join", f"127.0.0.1:{joins[d.name]}"]
+            cmd = [a for a in d.start_cmd() if a not in ("--port", "0")] + extra
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        failures = []
+        for d, p in zip(group, procs):
+            try:
+                out, err = p.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate()
+            if p.returncode == 0:
+                d.close()
+                d.started(out)
+            else:
+                failures.append(f"p2pd start {d.name} failed ({p.returncode}): {err.strip()[-300:]}")
+        if failures:
+            raise RuntimeError("; ".join(failures))
+
+
+# ---------------------------------------------------------------------------- polls
+
+
+def all_listed(ds: list[Daemon], ids: set[str], timeout_s: float, what: str) -> tuple[float, dict]:
+    """Poll until every daemon in ``ds`` lists every id in ``ids`` (but its own) alive.  Returns
+    (seconds from the call until the last daemon was first seen complete, details)."""
+    t0 = time.perf_counter()
+    done: dict[str, float] = {}
+    passes = []
+    deadline = t0 + timeout_s
+    missing: dict[str, int] = {}
+    while len(done) < len(ds) and time.perf_counter() < deadline:
+        p0 = time.perf_counter()
+        for d in ds:
+            if d.name in done:
+                continue
+            alive = {p["id"] for p in d.peers() if p["state"] == "alive"}
+            want = ids - {d.id}
+            if want <= alive:
+                done[d.name] = time.perf_counter() - t0
+                missing.pop(d.name, None)
+            else:
+                missing[d.name] = len(want - alive)
+        passes.append(time.perf_counter() - p0)
+        if len(done) < len(ds):
+            time.sleep(0.05)
+    if len(done) < len(ds):
+        worst = sorted(missing.items(), key=lambda x: -x[1])[:5]
+        raise TimeoutError(f"{what}: after {timeout_s:g}s {len(ds) - len(done)} nodes still miss some; worst {worst}")
+    return max(done.values()), {"poll_pass_s_max": max(passes), "passes": len(passes)}
+
+
+def stored_count(d: Daemon, text: str) -> tuple[int, float | None]:
+    """How many times ``d`` stored ``text`` as received, and when (wall clock) it first did."""
+    db = sqlite3.connect(f"file:{d.home / 'store.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = db.execute("SELECT stored FROM messages WHERE direction='in' AND text=?", (text,)).fetchall()
+    finally:
+        db.close()
+    return len(rows), (min(r[0] for r in rows) if rows else None)
+
+
+def counters(ds: list[Daemon]) -> dict[str, dict]:
+    return {d.name: d.call("info") for d in ds}
+
+
+def one_broadcast(origin: Daemon, others: list[Daemon], text: str, timeout_s: float = 30.0) -> dict:
+    """Broadcast ``text`` from ``origin``; wait (bounded) until every one of ``others`` stored it.
+    Latency: from the wall clock before the request to the latest `stored` time (same machine clock)."""
+    before = counters([origin, *others])
+    t_wall = time.time()
+    origin.call("broadcast", text=text)
+    pending = list(others)
+    deadline = time.monotonic() + timeout_s
+    firsts: dict[str, float] = {}
+    while pending and time.monotonic() < deadline:
+        still = []
+        for d in pending:
+            n, first = stored_count(d, text)
+            if n:
+                firsts[d.name] = first
+            else:
+                still.append(d)
+        pending = still
+        if pending:
+            time.sleep(0.05)
+    time.sleep(2.0)  # late duplicates, IHAVE/GRAFT traffic (ihave_timeout_s 0.5 s) are counted too
+    counts = {d.name: stored_count(d, text)[0] for d in others}
+    after = counters([origin, *others])
+    payloads = sum(after[n]["counters"]["tree_payloads_out"] - before[n]["counters"]["tree_payloads_out"] for n in after)
+    dups = sum(after[n]["counters"]["tree_duplicates"] - before[n]["counters"]["tree_duplicates"] for n in after)
+    fetches = sum(after[n]["broadcast_fetches"] - before[n]["broadcast_fetches"] for n in after)
+    return {"reached": sum(1 for v in counts.values() if v >= 1), "receivers": len(others),
+            "exactly_once": all(v == 1 for v in counts.values()), "stored_twice": sum(1 for v in counts.values() if v > 1),
+            "latency_s": (max(firsts.values()) - t_wall) if len(firsts) == len(others) else None,
+            "latency_p50_s": statistics.median(v - t_wall for v in firsts.values()) if firsts else None,
+            "tree_payloads_out": payloads, "tree_duplicates": dups, "gap_fetches": fetches,
+            "missing": [d.name for d in others if counts[d.name] == 0][:10]}
+
+
+def grep_homes(ds: list[Daemon], needle: bytes) -> list[str]:
+    """Files under the daemons' homes that contain ``needle`` (store.db and its WAL, logs, ...)."""
+    hits = []
+    for d in ds:
+        for root, _, files in os.walk(d.home):
+            for f in files:
+                path = os.path.join(root, f)
+                try:
+                    with open(path, "rb") as fh:
+                        if needle in fh.read():
+                            hits.append(path)
+                except OSError:
+                    pass
+    return hits
+
+
+# ---------------------------------------------------------------------------- the workload
+
+
+def scale(n: int, kill_frac: float = 0.2, idle_s: float = 15.0, broadcasts: int = 4, directs: int = 20, seed: int = 15,
+          form_timeout_s: float = 180.0) -> dict:
+    rng = random.Random(seed)
+    r: dict = {"nodes": n}
+    with Cluster(prefix=f"p2pd-scale{n}-") as c:
+        ds = [Daemon(c.base, f"s{i:03d}") for i in range(n)]
+        c.daemons.extend(ds)
+        ports = dict(zip((d.name for d in ds), free_ports(n, rng)))
+        joins = {d.name: (ports[prev.name] if prev else None) for prev, d in zip([None, *ds], ds)}
+        ids: set[str] = set()
+
+        # ---- start, formation
+        t0 = time.perf_counter()
+        start(c, ds, ports, joins)
+        r["start_s"] = time.perf_counter() - t0
+        ids = {d.id for d in ds}
+        log(f"{n} daemons started in {r['start_s']:.1f}s")
+        t_last = time.perf_counter()
+        listed_s, detail = all_listed(ds, ids, form_timeout_s, f"{n} nodes listing all others alive")
+        r["formation_s"] = listed_s  # from the last `p2pd start` returning
+        r["formation_from_first_start_s"] = listed_s + (t_last - t0)
+        r["formation_poll"] = detail
+        log(f"all list all alive {listed_s:.1f}s after the last start (poll pass <= {detail['poll_pass_s_max']:.1f}s)")
+
+        # ---- footprint: links, sockets, RSS, idle CPU
+        time.sleep(3.0)  # let the last FACTS and view moves settle; not a synchronisation
+        infos = counters(ds)
+        active = [len(i["overlay"]["active"]) for i in infos.values()]
+        linked = [sum(1 for p in d.peers() if p["linked"]) for d in ds]
+        socks = [fd_counts(d.pid) for d in ds]
+        r["links"] = {"active_min": min(active), "active_max": max(active), "active_mean": statistics.mean(active),
+                      "linked_min": min(linked), "linked_max": max(linked), "linked_mean": statistics.mean(linked)}
+        r["sockets"] = {"max": max(s for s, _ in socks), "median": statistics.median(s for s, _ in socks),
+                        "fds_max": max(t for _, t in socks)}
+        t1, ticks0 = time.perf_counter(), {d.name: cpu_ticks(d.pid) for d in ds}
+        time.sleep(idle_s)  # nothing asks the daemons anything meanwhile
+        ticks1, t2 = {d.name: cpu_ticks(d.pid) for d in ds}, time.perf_counter()
+        per = sorted((ticks1[k] - ticks0[k]) / CLK_TCK / (t2 - t1) for k in ticks0)
+        rss = sorted(rss_bytes(d.pid) / MiB for d in ds)
+        r["idle_cpu"] = {"cores_total": sum(per), "per_node_max": per[-1], "window_s": t2 - t1}
+        r["rss_mib"] = {"median": statistics.median(rss), "max": rss[-1]}
+        r["dropped"] = {"total": sum(i["dropped_total"] for i in infos.values()),
+                        "by_reason": _sum_dicts(i["dropped"] for i in infos.values())}
+        log(f"links {r['links']}, sockets {r['sockets']}, idle {r['idle_cpu']['cores_total']:.2f} cores, "
+            f"RSS {r['rss_mib']}, dropped {r['dropped']['total']}")
+
+        # ---- broadcasts
+        origin = ds[0]
+        r["broadcasts"] = []
+        for k in range(broadcasts):
+            b = one_broadcast(origin, ds[1:], f"scale-broadcast-{n}-{k}-{rng.getrandbits(32):08x}")
+            r["broadcasts"].append(b)
+            log(f"broadcast {k}: reached {b['reached']}/{b['receivers']} exactly once {b['exactly_once']}, "
+                f"latency {b['latency_s']}, payloads {b['tree_payloads_out']}, dups {b['tree_duplicates']}, fetches {b['gap_fetches']}")
+
+        # ---- direct messages between unlinked nodes
+        r["direct"] = direct_unlinked(ds, directs, rng)
+        log(f"direct: {r['direct']}")
+
+        # ---- kill -9 a fifth at once
+        victims = rng.sample(ds[1:], int(n * kill_frac))
+        survivors = [d for d in ds if d not in victims]
+        r["kill"] = kill_and_restart(c, ds, victims, survivors, ports, joins, ids, rng)
+        final = counters(ds)
+        r["dropped_end"] = {"total": sum(i["dropped_total"] for i in final.values()),
+                            "by_reason": _sum_dicts(i["dropped"] for i in final.values())}
+        r["active_max_end"] = max(len(i["overlay"]["active"]) for i in final.values())
+        r["counters_end"] = _sum_dicts(i["counters"] for i in final.values())
+    return r
+
+
+def _sum_dicts(ds) -> dict:
+    out: dict = {}
+    for d in ds:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def direct_unlinked(ds: list[Daemon], count: int, rng: random.Random) -> dict:
+    """``count`` direct messages, each between a random pair of unlinked nodes, sent with
+    ``wait_s`` (the control API's wait for the ACK: `p2pctl send --wait`); timed around the request."""
+    lat, hops, pairs = [], [], []
+    relayed_before = {d.name: i["counters"]["routed_relayed"] for d, i in zip(ds, counters(ds).values())}
+    for k in range(count):
+        for _ in range(100):
+            a = rng.choice(ds)
+            rows = [p for p in a.peers() if not p["linked"] and p["state"] == "alive" and (p["hops"] or 0) >= 2]
+            if rows:
+                break
+        else:
+            raise RuntimeError("no unlinked pair found")
+        row = rng.choice(rows)
+        b = next(d for d in ds if d.id == row["id"])
+        text = f"scale-direct-{k}-{rng.getrandbits(64):016x}"
+        t = time.perf_counter()
+        reply = a.call("send", peer=b.id, text=text, wait_s=10, require=True)
+        lat.append((time.perf_counter() - t) * 1000)
+        if reply.get("status") != "delivered":
+            raise RuntimeError(f"send {a.name} -> {b.name}: {reply}")
+        hops.append(row["hops"])
+        pairs.append((a, b, text))
+    time.sleep(1.0)
+    infos = counters(ds)
+    relays = [d for d in ds if infos[d.name]["counters"]["routed_relayed"] > relayed_before[d.name]]
+    once = []
+    leaks = []
+    for a, b, text in pairs:
+        once.append(stored_count(b, text)[0] == 1)
+        leaks += grep_homes([d for d in ds if d is not a and d is not b], text.encode())
+    return {"msgs": count, "p50_ms": statistics.median(lat), "p90_ms": percentile(lat, 0.9), "max_ms": max(lat),
+            "hops": dict(sorted((h, hops.count(h)) for h in set(hops))), "exactly_once": all(once),
+            "relays": len(relays), "text_found_outside_ends": leaks[:10]}
+
+
+def percentile(values, q):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(q * len(v)))]
+
+
+def kill_and_restart(c: Cluster, ds, victims, survivors, ports, joins, ids, rng) -> dict:
+    out: dict = {"killed": len(victims), "survivors": len(survivors)}
+    dead = {d.id for d in victims}
+    t0 = time.perf_counter()
+    for d in victims:
+        d.kill9()
+    for d in victims:
+        d.close()
+    done: dict[str, float] = {}
+    worst: dict = {}
+    deadline = t0 + 60
+    while len(done) < len(survivors) and time.perf_counter() < deadline:
+        for d in survivors:
+            if d.name in done:
+                continue
+            peers = d.peers()
+            still = [p for p in peers if p["id"] in dead and p["state"] == "alive"]
+            links = sum(1 for p in peers if p["linked"])
+            if not still and links >= 3:
+                done[d.name] = time.perf_counter() - t0
+            else:
+                worst[d.name] = (len(still), links)
+        time.sleep(0.1)
+    out["detected_s"] = max(done.values()) if len(done) == len(survivors) else None
+    out["detected_nodes"] = len(done)
+    if len(done) < len(survivors):
+        out["not_detected"] = sorted(((k, v) for k, v in worst.items() if k not in done), key=lambda x: -x[1][0])[:5]
+    log(f"kill -9 of {len(victims)}: all survivors list them not alive and keep >= 3 links after {out['detected_s']} s "
+        f"({len(done)}/{len(survivors)})")
+    infos = counters(survivors)
+    active = [len(i["overlay"]["active"]) for i in infos.values()]
+    linked = [sum(1 for p in d.peers() if p["linked"]) for d in survivors]
+    out["links_after"] = {"active_min": min(active), "active_max": max(active), "linked_min": min(linked)}
+    b = one_broadcast(survivors[0], survivors[1:], f"scale-after-kill-{rng.getrandbits(32):08x}")
+    out["broadcast_after"] = b
+    log(f"broadcast after the kill: reached {b['reached']}/{b['receivers']} exactly once {b['exactly_once']} "
+        f"latency {b['latency_s']} payloads {b['tree_payloads_out']}")
+    t1 = time.perf_counter()
+    start(c, victims, ports, {d.name: ports[survivors[rng.randrange(len(survivors))].name] for d in victims})
+    out["restart_s"] = time.perf_counter() - t1
+    try:
+        rejoin_s, _ = all_listed(ds, ids, 120, "all listing all alive after the restart")
+        out["rejoin_s"] = rejoin_s
+    except TimeoutError as e:
+        out["rejoin_s"] = None
+        out["rejoin_error"] = str(e)
+    log(f"restarted {len(victims)} in {out['restart_s']:.1f}s; all list all alive again {out['rejoin_s']} s after")
+    return out
