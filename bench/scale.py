@@ -16,6 +16,8 @@ not alive, keep links, a broadcast still reaches all), restart of the killed (al
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 import random
 import socket
 import sqlite3
@@ -382,3 +384,126 @@ def kill_and_restart(c: Cluster, ds, victims, survivors, ports, joins, ids, rng)
         out["rejoin_error"] = str(e)
     log(f"restarted {len(victims)} in {out['restart_s']:.1f}s; all list all alive again {out['rejoin_s']} s after")
     return out
+
+
+# ---------------------------------------------------------------------------- report
+
+# The full mesh before issue 15, measured with real daemons on the 2-core development machine
+# (the issue's figures): sockets per node and idle cores of all daemons together.
+FULL_MESH = {40: {"sockets": 161, "idle_cores": 0.43}, 80: {"sockets": 321, "idle_cores": 1.63}}
+
+
+def goals(r: dict) -> list[tuple[str, str, str, str]]:
+    """Rows of (what, measured, goal, verdict) for one network size."""
+    n = r["nodes"]
+    rows = []
+
+    def row(what, got, goal, ok):
+        rows.append((f"N={n} {what}", got, goal, "met" if ok else "MISSED"))
+
+    if r.get("formation_s") is not None:
+        row("all list all others alive (from last start)", f"{r['formation_s']:.1f} s", "<= 30 s", r["formation_s"] <= 30)
+    if r.get("sockets"):
+        row("sockets per node (max / median)", f"{r['sockets']['max']} / {r['sockets']['median']:g}", "<= 40", r["sockets"]["max"] <= 40)
+        row("links per node (active view min-max)", f"{r['links']['active_min']}-{r['links']['active_max']}", "<= 8", r["links"]["active_max"] <= 8)
+    if r.get("idle_cpu"):
+        row("idle CPU, all daemons", f"{r['idle_cpu']['cores_total']:.2f} cores", "<= 0.5 cores", r["idle_cpu"]["cores_total"] <= 0.5)
+        row("RSS per daemon (median / max)", f"{r['rss_mib']['median']:.1f} / {r['rss_mib']['max']:.1f} MiB", "<= 30 MiB",
+            r["rss_mib"]["max"] <= 30)
+    bs = r.get("broadcasts") or []
+    if bs:
+        lat = max((b["latency_s"] or 99) for b in bs)
+        row("broadcast stored by all, exactly once (worst of all)", f"{lat:.2f} s, once: {all(b['exactly_once'] for b in bs)}",
+            "<= 3 s, once", lat <= 3 and all(b["exactly_once"] and b["reached"] == b["receivers"] for b in bs))
+        later = [b["tree_payloads_out"] for b in bs[1:]] or [bs[0]["tree_payloads_out"]]
+        ratio = max(later) / n
+        row("payloads per broadcast (first; later max)", f"{bs[0]['tree_payloads_out']}; {max(later)} = {ratio:.2f} N", "<= 1.3 N", ratio <= 1.3)
+    d = r.get("direct")
+    if d:
+        row("direct to an unlinked node, p50 (p90)", f"{d['p50_ms']:.0f} ({d['p90_ms']:.0f}) ms, once: {d['exactly_once']}", "<= 30 ms, once",
+            d["p50_ms"] <= 30 and d["exactly_once"])
+        row("text in other nodes' homes", f"{len(d['text_found_outside_ends'])} files", "none", not d["text_found_outside_ends"])
+    k = r.get("kill")
+    if k:
+        ok = k["detected_s"] is not None and k["detected_s"] <= 15
+        row(f"kill -9 of {k['killed']}: all survivors list them not alive, >= 3 links",
+            f"{k['detected_s']:.1f} s" if k["detected_s"] is not None else f"not in 60 s ({k['detected_nodes']}/{k['survivors']})", "<= 15 s", ok)
+        b = k.get("broadcast_after")
+        if b:
+            row("  broadcast after the kill", f"{b['reached']}/{b['receivers']} in {b['latency_s'] or 0:.2f} s, once: {b['exactly_once']}",
+                "all, once", b["exactly_once"] and b["reached"] == b["receivers"])
+        row("  restarted: all list all alive again", f"{k['restart_s'] + k['rejoin_s']:.1f} s from the restart" if k.get("rejoin_s") is not None else "no", "yes",
+            k.get("rejoin_s") is not None)
+    return rows
+
+
+def print_rows(rows) -> None:
+    head = ("measure", "measured", "goal", "verdict")
+    widths = [max(len(str(x[i])) for x in [head, *rows]) for i in range(4)]
+    for row in [head, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def write_docs(results: dict, info: dict, out) -> None:
+    import json
+
+    from bench import svgplot
+
+    out.mkdir(parents=True, exist_ok=True)
+    ok = {n: r for n, r in results.items() if r and r.get("sockets")}
+    (out / "scale-results.json").write_text(json.dumps({"machine": info, "results": results, "full_mesh_issue_figures": FULL_MESH},
+                                                       indent=1, default=str) + "\n")
+    if not ok:
+        return
+    mesh = sorted(FULL_MESH.items())
+    (out / "scale-links.svg").write_text(svgplot.lines(
+        "Sockets and links per node against N", "nodes (N)", "per node",
+        {"overlay: sockets (max)": [(float(n), r["sockets"]["max"]) for n, r in ok.items()],
+         "overlay: links (active view, max)": [(float(n), r["links"]["active_max"]) for n, r in ok.items()],
+         "full mesh: sockets (issue 15)": [(float(n), v["sockets"]) for n, v in mesh]},
+        goal=("goal: 40 sockets", 40.0)))
+    (out / "scale-idle-cpu.svg").write_text(svgplot.lines(
+        f"Idle CPU of all daemons together ({info['cores']} cores)", "nodes (N)", "cores",
+        {"overlay": [(float(n), r["idle_cpu"]["cores_total"]) for n, r in ok.items()],
+         "full mesh (issue 15)": [(float(n), v["idle_cores"]) for n, v in mesh]},
+        goal=("goal: 0.5 cores at N = 200", 0.5)))
+    disc = {n: r["formation_s"] for n, r in ok.items() if r.get("formation_s") is not None}
+    if disc:
+        (out / "scale-discovery.svg").write_text(svgplot.lines(
+            "Discovery: seconds from the last start until all list all others alive", "nodes (N)", "seconds",
+            {"overlay, chain --join": [(float(n), s) for n, s in disc.items()]}, goal=("goal: 30 s at N = 200", 30.0)))
+    bl = {n: max((b["latency_s"] or 0) for b in r["broadcasts"]) for n, r in ok.items() if r.get("broadcasts")}
+    if bl:
+        (out / "scale-broadcast.svg").write_text(svgplot.lines(
+            "Broadcast: seconds until stored by every other node (worst of the run)", "nodes (N)", "seconds",
+            {"overlay (Plumtree)": [(float(n), s) for n, s in bl.items()]}, goal=("goal: 3 s at N = 200", 3.0)))
+
+
+def main(sizes: list[int], info: dict, out=None) -> int:
+    import json
+    import traceback
+
+    print(f"p2pd scale workload - {info['when']} - {info['os']}, {info['cores']} cores, Python {info['python']}; N = {sizes}", flush=True)
+    results: dict = {}
+    errors = []
+    for n in sizes:
+        print(f"  N = {n} ...", flush=True)
+        t = time.perf_counter()
+        try:
+            results[n] = scale(n)
+        except Exception as e:  # report and go on to the next size
+            print(f"  N = {n} FAILED: {e}", flush=True)
+            errors.append(f"N={n}: {traceback.format_exc()}")
+            results[n] = None
+        print(f"  N = {n} done in {time.perf_counter() - t:.0f}s", flush=True)
+        partial = Path(os.environ.get("TMPDIR", "/tmp")) / "p2pd-scale-partial.json"
+        partial.write_text(json.dumps(results, indent=1, default=str))
+    print()
+    rows = [row for n in sizes if results.get(n) for row in goals(results[n])]
+    print_rows(rows)
+    if out:
+        write_docs(results, info, out)
+        print(f"charts and results written to {out}")
+    for e in errors:
+        print(f"\n{e}", file=sys.stderr)
+    return 1 if errors else 0
