@@ -537,6 +537,14 @@ def write_docs(results: dict, info: dict, out) -> None:
     from bench import svgplot
 
     out.mkdir(parents=True, exist_ok=True)
+    old = out / "scale-results.json"
+    if old.exists():  # keep the sizes measured in an earlier run and not in this one
+        try:
+            kept = {int(n): v for n, v in json.loads(old.read_text())["results"].items() if v}
+        except (ValueError, KeyError):
+            kept = {}
+        results = {**{n: v for n, v in kept.items() if n not in results or not results[n]}, **{n: v for n, v in results.items() if v}}
+    results = dict(sorted(results.items()))
     ok = {n: r for n, r in results.items() if r and r.get("sockets")}
     (out / "scale-results.json").write_text(json.dumps({"machine": info, "results": results, "full_mesh_issue_figures": FULL_MESH},
                                                        indent=1, default=str) + "\n")
