@@ -3,6 +3,8 @@
     python -m bench            # quick: about 2 minutes
     python -m bench --full     # the issue's sizes (200,000 direct messages, ...): a few minutes
     python -m bench --docs     # also write docs/bench-*.svg and docs/bench-results.json
+    python -m bench --scale [--scale-nodes 40,100,200] [--docs]
+                               # the overlay at scale (issue 15, bench/scale.py): docs/scale-*.svg, docs/scale-results.json
 
 Loopback only.  Machines are noisy: compare p2pd with the baseline of the
 same run (the ratio column), not with figures from another day.
@@ -184,9 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", action="store_true", help="write docs/bench-*.svg and docs/bench-results.json")
     ap.add_argument("--out", type=Path, help="write the charts and results JSON to this directory")
     ap.add_argument("--rounds", type=int, default=3, help="baseline/p2pd pairs per compared workload; the median ratio is kept [3]")
+    ap.add_argument("--scale", action="store_true", help="only the scale workload (bench/scale.py): N daemons chain-joined")
+    ap.add_argument("--scale-nodes", default="40,100,200", help="network sizes for --scale, comma-separated [40,100,200]")
     args = ap.parse_args(argv)
     os.chdir(ROOT)  # the roles run as `python -m bench.raw` and import p2pd from here
     sys.path.insert(0, str(ROOT))
+    if args.scale:
+        from bench import scale
+
+        out = ROOT / "docs" if args.docs else args.out
+        return scale.main([int(x) for x in args.scale_nodes.split(",") if x.strip()], machine(), out)
     mode = "full" if args.full else "quick"
     info = machine()
     print(f"p2pd benchmark ({mode}) - {info['when']} - {info['os']}, {info['cores']} cores, Python {info['python']}, "

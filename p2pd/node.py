@@ -80,6 +80,10 @@ from .tree import Tree
 from .trust import Trust
 from .watchers import Watchers
 
+# The overlay's stats counters, as `info` lists them under "counters".
+COUNTERS = ("routed_out", "routed_relayed", "routed_in", "routed_unreachable", "routed_too_large",
+            "tree_payloads_out", "tree_payloads_in", "tree_duplicates")
+
 log = logging.getLogger("p2pd.node")
 
 # The longest the loop sleeps between ticks: the timers without a deadline of their own (retries,
@@ -627,6 +631,7 @@ class Node:
             "allowlist": self.trust.allowlist_mode,
             "protocol_version": P.PROTOCOL_VERSION,
             "overlay": self.overlay.describe(),
+            "counters": {k: self.stats[k] for k in COUNTERS},
             "heartbeat_interval_s": self.settings.heartbeat_interval_s,
             "heartbeat_timeout_s": self.settings.heartbeat_timeout_s,
             "discover": None if self.lan is None else {

@@ -32,6 +32,7 @@ def test_control_status_info_peers(net, mem_pair):
     assert r["pid"] == 4242 and r["id"] == "alice-id" and r["peers"] == 1 and r["peers_alive"] == 1 and r["peers_lost"] == 0
     assert r["protocol_version"] == 2 and r["address"] == {"addr": HOST, "port": 5001, "pub_port": 5002}
     assert r["started"] == P.utc_timestamp(WALL) and r["uptime_s"] == 5.0 and r["dropped_total"] == 0
+    assert set(r["counters"]) >= {"routed_out", "routed_relayed", "routed_in", "tree_payloads_out"}  # bench --scale reads them
     r = net.call(alice, 5.0, "peers")["result"]
     assert [p["name"] for p in r] == ["bob"] and r[0]["state"] == ALIVE and r[0]["subscribed"] is True
 
