@@ -76,3 +76,19 @@ def trim_memory() -> bool:
         return bool(_libc.malloc_trim(0))
     except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
         return False
+
+
+class Trimmer:
+    """Hand freed heap memory back now and then (`trim_memory`).  Joining a network allocates in
+    bursts (every member's record pushed by each new neighbour, decoded, most of it dropped as
+    already known); glibc keeps the freed pages, and an idle daemon would sit at that peak.  A
+    trim costs about a millisecond: once ``first_s`` after start, then every ``every_s``."""
+
+    def __init__(self, now: float, first_s: float = 30.0, every_s: float = 300.0):
+        self.next_at = now + first_s
+        self.every_s = every_s
+
+    def tick(self, now: float) -> None:
+        if now >= self.next_at:
+            self.next_at = now + self.every_s
+            trim_memory()

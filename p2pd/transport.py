@@ -61,7 +61,7 @@ from .node import Node
 from .pollset import BATCH, PollSet, messages
 from .ratelimit import LogRateLimiter
 from .refusals import RefusalWatch
-from .resources import soft_limit
+from .resources import Trimmer, soft_limit
 from .signals import reload_requested, stop_requested
 from .sockets import Listeners
 
@@ -109,6 +109,7 @@ class Transport:
         self.key_fetches = KeyFetches(self.ctx, self.polls, self.refusals, on_key=self._key_answered)
         self.inbound = InboundGuard(settings.max_inbound, settings.max_inbound_per_host, soft_limit())
         self.admission = Admission(self.polls, self.inbound, secure=self.keypair is not None, drop=self._drop)
+        self.trimmer = Trimmer(time.monotonic())
         self._perform = handlers(self)
 
     # ------------------------------------------------------------------ events for the node
@@ -342,6 +343,7 @@ class Transport:
                     out.extend(node.tick(now))
                     self.key_fetches.expire(now)
                     self.admission.tick(now)
+                    self.trimmer.tick(now)
                 out.extend(node.flush(now))
             except Exception:
                 self._log_failure("tick", "error in periodic work; continuing")
