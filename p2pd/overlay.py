@@ -55,6 +55,7 @@ FACTS_PER_FRAME = 48  # news items piggybacked on one FACTS frame (P.MAX_FACTS i
 FACTS_ROUND_S = 0.5  # how often news goes out
 RESIGN_MIN_S = 1.0  # our record is signed again at most this often when our links change
 BEACON_RESIGN_S = 5.0
+LINK_WAIT_S = 5.0  # a neighbour agreed to whose link is not up by then is unreachable from here
 SHUFFLE_INTERVAL_S = 30.0  # HyParView's shuffle period (views.py)
 UNROUTABLE_S = 4.0  # a member alive in our roster that no route has reached this long is suspected
 MEMBER_QUIET_S = 10.0  # after our first link, news of members is not told to watchers for this long (see _tell)  # ... and when only our broadcast numbers changed
@@ -160,6 +161,7 @@ class Overlay:
         self._signed_beacon: tuple = (0, 0, "")
         self._beacon_resign_at = now
         self.watchers = watchers
+        self._expect: dict[str, float] = {}  # neighbours agreed to whose link is not up yet -> until when we wait
         self._unroutable: dict[str, float] = {}  # alive members no route reaches -> since when (see _check_routes)
         self._next_route_check = now
         self._settled_at: float | None = None  # when we first had a neighbour, plus MEMBER_QUIET_S (see _tell)
@@ -168,6 +170,13 @@ class Overlay:
         self._neighbours = neighbours if neighbours is not None else (lambda peer_id, up: None)
 
     # ------------------------------------------------------------------ our own record
+    def _linked_neighbours(self) -> tuple[str, ...]:
+        """Our active neighbours that we do hold a live link to: what our record claims and our
+        routes use (a neighbour agreed to but not reachable, as a node on a subnet we cannot
+        reach, must not attract traffic)."""
+        table = self.table
+        return tuple(sorted(p for p in self.views.active if (peer := table.get(p)) is not None and peer.state == ALIVE))
+
     def _beacon_now(self) -> tuple:
         b = self._beacon()
         return (b["bseq"] or 0, b["boldest"] or 0, b["epoch"] or "")
@@ -175,12 +184,12 @@ class Overlay:
     def own_record(self, incarnation: int, status: str = ALIVE) -> NodeRecord:
         bseq, boldest, bepoch = self._signed_beacon = self._beacon_now()
         return self.keys.record(self.name, own_addresses(self.hosts, self.address.port), incarnation, status, self.address.pub_port,
-                                tuple(sorted(self.views.active))[:16], bseq, boldest, bepoch)
+                                self._linked_neighbours()[:16], bseq, boldest, bepoch)
 
     def _resign(self, now: float) -> None:
         """Sign our record again if our links changed (at most once every RESIGN_MIN_S), or our
         broadcast numbers (at most once every BEACON_RESIGN_S: it only serves who missed some)."""
-        links = tuple(sorted(self.views.active))
+        links = self._linked_neighbours()
         if links != self._signed_links:
             if now < self._resign_at:
                 return
@@ -271,10 +280,12 @@ class Overlay:
         """A link came up (the JOIN handshake finished).  ``dialled``: by our dial; ``explicit``:
         one the user asked for (connect, --join, a LAN beacon)."""
         self._neighbours(peer.id, True)
+        self._expect.pop(peer.id, None)
         if self._settled_at is None:
             self._settled_at = now + MEMBER_QUIET_S
         views = self.views
         if peer.id in views.active:
+            self.routes.set_local(self._linked_neighbours())
             return self._push_all(now, peer.id)
         acts: list = []
         if explicit:
@@ -394,7 +405,7 @@ class Overlay:
                     self.views.link_failed(node_id, now) if node_id not in self.views.active else None
             elif heard.refute is not None:
                 self.incarnation = max(self.incarnation, heard.refute.incarnation)
-                self._signed_links = tuple(sorted(self.views.active))
+                self._signed_links = self._linked_neighbours()
                 roster.set_own(now, self.own_record(self.incarnation))
                 log.info("refuted a claim that this node is %s (incarnation now %d)",
                          getattr(fact, "status", "?"), self.incarnation)
@@ -440,11 +451,13 @@ class Overlay:
                     acts += self._push_all(now, e.peer)  # a new neighbour on a link we hold: all we know
                 else:
                     acts += self._open(now, e.peer)  # ... or once the link is up (link_up)
+                    self._expect[e.peer] = now + LINK_WAIT_S
             elif type(e) is LinkDown:
                 changed = True
+                self._expect.pop(e.peer, None)
                 acts += self._close(now, e.peer)
         if changed:
-            self.routes.set_local(self.views.active)
+            self.routes.set_local(self._linked_neighbours())
             self._resign(now)
         return acts
 
@@ -519,6 +532,7 @@ class Overlay:
         self._resign(now)
         acts += self._sweep(now)
         acts += self._check_routes(now)
+        acts += self._unreachable_neighbours(now)
         if now >= self._next_facts:
             self._next_facts = now + FACTS_ROUND_S
             if self.roster.pending():
@@ -528,6 +542,22 @@ class Overlay:
                     facts = [f for f in self.roster.piggyback(FACTS_PER_FRAME) if _fact_key(f) not in told]
                     if facts:
                         acts.append(self.out.send(peer_id, self._facts_msg(now, facts, peer_id)))
+        return acts
+
+    def _unreachable_neighbours(self, now: float) -> list:
+        """Neighbours agreed to (through a routed NEIGHBOR) whose link never came up: we cannot
+        reach each other directly (another subnet, a firewall).  Out of the view, and told so, so
+        that neither keeps claiming a link nor dialling an address it cannot reach."""
+        acts: list = []
+        for peer_id, until in list(self._expect.items()):
+            if now < until:
+                continue
+            del self._expect[peer_id]
+            peer = self.table.get(peer_id)
+            if peer_id in self.views.active and (peer is None or peer.state != ALIVE):
+                log.info("no link to neighbour %s within %.0fs: unreachable from here, dropped from the view", peer_id[:12], LINK_WAIT_S)
+                acts.append(self.out.send(peer_id, self.out.msg(now, P.VIEW, {"kind": "DISCONNECT"}, target=peer_id)))
+                acts += self._apply(now, self.views.link_failed(peer_id, now))
         return acts
 
     def _check_routes(self, now: float) -> list:

@@ -296,8 +296,11 @@ def test_two_subnets_joined_by_one_dual_homed_host(lab):
             h.ctl("--timeout", "30", "connect", x.ips["a"], PORT, timeout=45)
         for h in B:
             h.ctl("--timeout", "30", "connect", x.ips["b"], PORT, timeout=45)
+        def routed_view(h) -> set:  # alive, and a route known (records carry the links, signed again within a second)
+            return {name for name, row in h.peers().items() if row["state"] == "alive" and row["hops"] is not None}
+
         for h in everyone:
-            wait_for(lambda h=h: alive_view(h) == names - {h.name}, 90, interval=0.5, what=f"{h.name} to list all six others alive")
+            wait_for(lambda h=h: routed_view(h) == names - {h.name}, 90, interval=0.5, what=f"{h.name} to list all six others alive, routed")
         converge_s = time.monotonic() - t0
 
         side = {h.name: h.side for h in A + B}
