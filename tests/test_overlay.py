@@ -192,3 +192,32 @@ def test_keyed_nodes_route_sealed_messages_that_relays_cannot_read():
     # every node's roster holds every other's signed record
     for n in nodes:
         assert {m.node_id for m in n.roster.members()} == {o.id for o in nodes if o is not n}
+
+
+def test_a_neighbour_that_cannot_be_reached_directly_is_dropped_and_reached_through_others():
+    """alice and charlie cannot open a link to each other (another subnet, a firewall), yet
+    charlie agrees to be alice's neighbour through a routed NEIGHBOR: the link never comes up, so
+    it drops her from its view within LINK_WAIT_S (and tells her), neither claims such a link in
+    its record, and messages between them go through bob."""
+    from p2pd.overlay import LINK_WAIT_S
+
+    net = Net()
+    alice, bob, charlie = net.add("alice"), net.add("bob"), net.add("charlie")
+    direct = {("alice", "charlie"), ("charlie", "alice")}
+    # frames on a link of their own between alice and charlie are lost (routed ones go via bob)
+    net.lose = lambda frm, to, msg: (frm, to) in direct and msg.type != P.ROUTED
+    assert net.connect(bob, alice, 0.0)["ok"] and net.connect(charlie, bob, 0.1)["ok"]
+    net.tick_range(0.5, 8.0, 0.25)  # (alice's first asks, over a link that never came up, timed out)
+    assert alice.routes.hops(charlie.id) == 2 and charlie.id not in alice.overlay.views.pending  # through bob
+    # alice asks charlie to be her neighbour (as her repair would): routed, since a route exists
+    t = 8.25
+    net.apply(alice, alice.overlay._apply(t, alice.overlay.views.ask(charlie.id, t)), t)
+    assert alice.id in charlie.overlay.views.active  # charlie agreed (its answer, on the link it opens to alice, is lost)
+    net.tick_range(8.5, 8.5 + LINK_WAIT_S + 5.0, 0.25)
+    for a, b in ((alice, charlie), (charlie, alice)):
+        assert b.id not in a.overlay.views.active and b.id not in {p.id for p in a.table.alive()}
+        assert b.id not in a.roster.own.links and a.routes.hops(b.id) == 2
+    assert net.call(alice, 20.0, "send", peer="charlie", text="around the wall")["ok"]
+    net.tick_range(20.25, 23.0, 0.25)
+    assert [e["text"] for e in charlie.inbox] == ["around the wall"]
+    assert alice.stats["routed_out"] >= 1 and bob.stats["routed_relayed"] >= 1
