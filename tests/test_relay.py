@@ -16,7 +16,7 @@ from p2pd.records import z85_encode
 from p2pd.relay import Relay
 from p2pd.seeded import SplitMix64
 from p2pd.trust import node_id_for
-from tests.testmsg import make
+from testmsg import make
 
 NOW = 1_780_000_000.0
 TEXT = "the treasure is under the third oak"
