@@ -282,6 +282,7 @@ class Views:
         del self.active[sender]
         self._add_passive(sender)
         self._refused[sender] = now + self.neighbor_timeout_s
+        self._refusals.pop(sender, None)  # it left us: not asked back even when we are short
         return [LinkDown(sender), *self._repair(now)]
 
     def link_failed(self, peer: str, now: float) -> list[Effect]:
@@ -402,13 +403,18 @@ class Views:
 
     def _repair(self, now: float) -> list[Effect]:
         """Ask passive candidates to link, one per free active slot not already being
-        filled, skipping those that refused us lately; high priority when we have few links
-        (`_short`: it must not be refused)."""
+        filled, skipping those that refused us lately (unless we are short of links); high
+        priority when we have few links (`_short`: it must not be refused)."""
         out: list[Effect] = []
         free = self.active_size - len(self.active) - len(self.pending)
         if free <= 0:
             return out
-        candidates = [p for p in self.passive if p not in self.pending and self._refused.get(p, now) <= now]
+        # Short of links, we ask with high priority, which is never refused: a candidate's past
+        # refusals (of low requests, when it was full) do not hold us back then.
+        short = self._short()
+        refusals = self._refusals  # those that only declined a low request (not those that left us)
+        candidates = [p for p in self.passive if p not in self.pending
+                      and (self._refused.get(p, now) <= now or short and p in refusals)]
         for peer in sample(self.rng, candidates, free):
             self.pending[peer] = now + self.neighbor_timeout_s
             out.append(ToPeer(peer, NEIGHBOR, {"high": self._short()}))

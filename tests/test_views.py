@@ -432,3 +432,20 @@ def test_a_candidate_that_keeps_refusing_is_asked_ever_less_often():
         t += 0.5
     gaps = [b - a for a, b in zip(asked_at, asked_at[1:])]
     assert gaps[:4] == [5.0, 10.0, 20.0, 40.0] and max(gaps) == 60.0  # doubling, then at most once a minute
+
+
+def test_short_of_links_a_node_asks_even_candidates_that_refused_it_lately():
+    """After a mass failure a node may be left with a few links and a passive view of candidates
+    that refused its low requests when they were full: its high requests do not wait for them."""
+    v = views(active_size=8, neighbor_timeout_s=5.0)
+    full(v, 7)
+    v.passive["p"] = None
+    for t in (0.0, 5.0, 15.0):  # three refusals: next ask not before 35 s
+        [(asked, _, _)] = sends(v.tick(t), NEIGHBOR)
+        v.on_neighbor_reply(asked, False, t)
+    assert sends(v.tick(16.0), NEIGHBOR) == []
+    asked = []
+    for a in ("a0", "a1", "a2", "a3"):  # four neighbours die: short of links
+        asked += sends(v.link_failed(a, 16.0), NEIGHBOR)
+    asked += sends(v.tick(16.5), NEIGHBOR)
+    assert ("p", NEIGHBOR, {"high": True}) in asked
