@@ -402,7 +402,8 @@ class Overlay:
                         acts += self._announced(now, node_id, {"bseq": rec.bseq, "boldest": rec.boldest, "epoch": rec.bepoch})
                 elif state in (DEAD, LEFT):
                     routes.remove(node_id)
-                    self.views.link_failed(node_id, now) if node_id not in self.views.active else None
+                    if node_id not in self.views.active:  # a linked one is the heartbeat's to judge
+                        acts += self._apply(now, self.views.link_failed(node_id, now))
             elif heard.refute is not None:
                 self.incarnation = max(self.incarnation, heard.refute.incarnation)
                 self._signed_links = self._linked_neighbours()
