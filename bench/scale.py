@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import time
 
-from bench.cluster import Cluster, Daemon, rss_bytes, wait_until
+from bench.cluster import Cluster, Daemon, rss_bytes
 
 MiB = 1024 * 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -659,7 +659,6 @@ def run_mass_crash(nodes: int, seed: int = 1, seeds: int = 3, idle_s: float = 10
         victims = set(rng.sample([s.name for s in sim.nodes], int(nodes * share)))
         survivors = [s for s in sim.nodes if s.name not in victims]
         victim_ids = [sim.by_name[v].id for v in sorted(victims)]
-        t_crash = sim.now
         for v in sorted(victims):
             sim.crash(v)
 
