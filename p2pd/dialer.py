@@ -163,6 +163,10 @@ class Dialer:
         return None
 
     # ------------------------------------------------------------------ timers
+    def busy(self) -> bool:
+        """A connect awaits its answer (its timeout is checked at every tick)."""
+        return bool(self.pending)
+
     def tick(self, now: float) -> list:
         acts: list = []
         for mid, pc in list(self.pending.items()):

@@ -75,6 +75,10 @@ class KeyFetches:
 
         self._polls.register(sock, on_reply)
 
+    def busy(self) -> bool:
+        """A key fetch awaits its answer or its deadline."""
+        return bool(self._waiting)
+
     def expire(self, now: float) -> None:
         """Give up on the fetches whose deadline has passed."""
         for sock, (tag, deadline) in list(self._waiting.items()):

@@ -362,6 +362,11 @@ class Messaging:
         return self.pump(now, peer.id)
 
     # ------------------------------------------------------------------ timers
+    def busy(self) -> bool:
+        """Work that `tick` must look at often (resends, a client awaiting delivery): the loop
+        then ticks every few tens of milliseconds; when idle it sleeps until the next timer."""
+        return bool(self.waiters) or any(self._reach(p) for p in self.delivery.pending_peers())
+
     def tick(self, now: float) -> list:
         acts: list = []
         for peer_id in self.delivery.pending_peers():

@@ -90,6 +90,10 @@ log = logging.getLogger("p2pd.node")
 # resends, waiting clients, the overlay's rounds) are looked at this often.  Each idle tick costs
 # every node a little CPU, all the time.
 TICK_MAX_S = 0.5
+LIVELY_S = 3.0  # after a frame other than a heartbeat, tick at full rate this long (next_deadline)
+# Frames that say nothing changed: heartbeats, peer-list gossip and HyParView's periodic shuffles.
+QUIET_TYPES = frozenset((P.PING, P.PONG, P.PEERS))
+QUIET_VIEWS = frozenset(("SHUFFLE", "SHUFFLE_REPLY"))
 
 
 class Node:
@@ -136,6 +140,7 @@ class Node:
         # have them, since a FETCH or its replay sent through the overlay may be lost on the way
         # (routes still forming after a heal) and the record, unchanged, will not tell us again.
         self._behind: dict[str, None] = {}
+        self._lively_until = now + LIVELY_S  # starting up: see next_deadline
         self._refetch_at = now
         self.overlay = Overlay(node_id, name, address, hosts, settings, self.keys, self.trust, self.roster, self.routes, table, self.links,
                                self.handshake, out, self.drop, self.stats, self.rng, now, neighbours=self._neighbour,
@@ -294,6 +299,8 @@ class Node:
                 return self.dial.join_from_self(now, msg)
             self.drop(now, "self", "frame claims to come from this node", source)
             return []
+        if msg.type not in QUIET_TYPES and not (msg.type == P.VIEW and isinstance(msg.data, dict) and msg.data.get("kind") in QUIET_VIEWS):
+            self._lively_until = now + LIVELY_S
         if msg.type == P.JOIN:
             return self._on_join(now, msg, peer_host, source)
         peer = self.table.get(msg.sender_id)
@@ -508,7 +515,14 @@ class Node:
 
     # ------------------------------------------------------------------ timers
     def next_deadline(self, now: float) -> float:
-        """How long the event loop may sleep before calling `tick`."""
+        """How long the event loop may sleep before calling `tick`: no time at all while the node
+        is lively (frames other than heartbeats came in the last LIVELY_S: a network forming or
+        repairing, traffic), messages await acknowledgement or a connect its answer, so that the
+        loop ticks at its fastest rate (transport.TICK_S) as the overlay's reactions expect; else
+        until the next timer, at most TICK_MAX_S.  An idle node so wakes a few times a second
+        instead of twenty, which was the largest part of its idle cost at scale."""
+        if now < self._lively_until or self.msgs.busy() or self.dial.busy():
+            return 0.0
         soonest = min(self.heartbeat.next_at, self.gossip.next_at, now + TICK_MAX_S)
         tree_at = self.tree.next_deadline()
         if tree_at is not None:

@@ -69,7 +69,7 @@ log = logging.getLogger("p2pd.transport")
 
 PEER_BOOK_EVERY_S = 1.0  # the peer book file is rewritten at most this often
 FAILURE_LOG_S = 10.0
-TICK_S = 0.05  # the node's timers run at least this often
+TICK_S = 0.05  # the node's timers run at most this often (and as often while it is busy: node.next_deadline)
 
 
 @performer()
@@ -329,16 +329,17 @@ class Transport:
         next_tick = 0.0
         while self.running:
             now = time.monotonic()
-            # Round up: rounding 0.9 ms down to 0 would spin the loop until the deadline.
-            timeout_ms = max(0, math.ceil(min(node.next_deadline(now), max(0.0, next_tick - now)) * 1000))
+            # Sleep until the node's next timer, but tick at most every TICK_S (a busy node asks
+            # for "now" on every turn).  Round up: rounding 0.9 ms down to 0 would spin the loop.
+            wait = 0.0 if self.key_fetches.busy() else node.next_deadline(now)
+            timeout_ms = max(0, math.ceil(max(wait, next_tick - now) * 1000))
             # One batch of input per turn, then commit and act: reading on for bigger
             # transactions was measured slower (ACKs and replies wait, the peer idles).
             for sock in polls.poll(timeout_ms / 1000):
                 polls.handle(sock)
             now = time.monotonic()
             try:
-                # The node's own deadline (a heartbeat) also runs tick: else poll(0) would spin until next_tick.
-                if now >= next_tick or node.next_deadline(now) <= 0:
+                if now >= next_tick and (self.key_fetches.busy() or node.next_deadline(now) <= 0):
                     next_tick = now + TICK_S
                     out.extend(node.tick(now))
                     self.key_fetches.expire(now)

@@ -12,7 +12,9 @@ import pytest
 from p2pd import protocol as P
 from p2pd.actions import CloseLink, OpenLink, RekeyLink, Send, Subscribe, ToClient, Unsubscribe
 from p2pd.membership import ALIVE, LINKING, LOST, RUMOUR_COOLDOWN_S
+from p2pd import node as node_mod
 from p2pd.node import Node
+from p2pd.settings import Settings
 
 import memnet
 from memnet import CLI, FAST, HOST, WALL, WATCH, ep, handle, join_frame, linked_alice, peers_frame, state, watch
@@ -720,3 +722,45 @@ def test_handle_takes_every_input_and_gives_what_the_entry_point_gives(net):
     before = sum(alice.dropped.values())
     assert alice.handle(2.0, inputs.SubFrames([b"not json"], "sub", bob.id)) == [] and sum(alice.dropped.values()) == before + 1
     assert alice.handle(2.0, inputs.LanBeaconHeard(b"x", HOST)) == []  # LAN discovery is off
+
+
+# ---------------------------------------------------------------------------- how long the loop may sleep
+
+
+def _idle_alice() -> Node:
+    """alice with default settings, linked to bob at t=0 and ticked past everything the link started."""
+    alice = Node("alice-id", "alice", P.PeerAddress("10.0.0.1", 5001, 5002), Settings().validate(), 0.0, WALL)
+    alice.on_router_frames(0.0, join_frame("bob-id", 5003, "10.0.0.2"), "10.0.0.2")
+    assert alice.table.get("bob-id").state == ALIVE
+    return alice
+
+
+def _frame(msg_type: str, data: dict) -> list[bytes]:
+    return [b"bob-id", P.encode(testmsg.make(msg_type, "bob-id", "bob", WALL, data, target_id="alice-id"))]
+
+
+def test_a_lively_node_ticks_at_full_rate_and_an_idle_one_sleeps_until_its_next_timer():
+    alice = _idle_alice()
+    assert alice.next_deadline(1.0) == 0.0  # a link just came up: the overlay's reactions run at full rate
+    quiet = node_mod.LIVELY_S + 0.5
+    alice.tick(quiet)
+    alice.on_router_frames(quiet, _frame(P.PING, {}), "10.0.0.2")  # a heartbeat is no news
+    wait = alice.next_deadline(quiet)
+    assert 0.0 < wait <= node_mod.TICK_MAX_S
+    alice.on_router_frames(quiet, join_frame("carol-id", 5005, "10.0.0.3"), "10.0.0.3")  # news: lively again
+    assert alice.next_deadline(quiet) == 0.0
+    later = quiet + node_mod.LIVELY_S
+    alice.on_router_frames(later, _frame(P.PING, {}), "10.0.0.2")
+    alice.on_router_frames(later, _frame(P.PING, {}), "10.0.0.3")
+    alice.tick(later)
+    assert alice.next_deadline(later) > 0.0
+
+
+def test_a_message_awaiting_its_ack_keeps_the_loop_ticking_until_acknowledged():
+    alice = _idle_alice()
+    quiet = node_mod.LIVELY_S + 0.5
+    alice.tick(quiet)
+    assert alice.next_deadline(quiet) > 0.0
+    reply = handle(alice, {"req": 1, "cmd": "send", "args": {"peer": "bob", "text": "hi", "wait": False}}, now=quiet)
+    assert reply["ok"] is True, reply
+    assert alice.next_deadline(quiet + 0.1) == 0.0  # its resend is timed by tick
