@@ -253,6 +253,8 @@ class Overlay:
             state = self.roster.state_of(p.id)
             if p.state == LOST and state == ALIVE and row["hops"] is not None:
                 row["state"] = "alive"  # our link is down, the network still reaches it
+            elif p.state == LOST and state is not None:  # lost since the later of the two (it was shown alive before)
+                row["state_for_s"] = min(row["state_for_s"], round(now - self.roster.since_of(p.id), 3))
             rows.append(row)
             seen.add(p.id)
         for m in self.roster.members():
@@ -264,7 +266,8 @@ class Overlay:
                 "id": m.node_id, "name": m.name,
                 "address": f"{addr.addr}:{addr.port}" if addr else None,
                 "router": addr.router_endpoint() if addr else None, "pub": addr.pub_endpoint() if addr else None,
-                "state": SHOWN.get(m.state, m.state), "state_for_s": None, "known_for_s": None, "last_seen_s": None,
+                "state": SHOWN.get(m.state, m.state), "state_for_s": round(now - self.roster.since_of(m.node_id), 3),
+                "known_for_s": None, "last_seen_s": None,
                 "rtt_ms": None, "subscribed": False, "key": self.key_of(m.node_id), "msgs_in": 0, "msgs_out": 0,
                 "frames_in": 0, "frames_out": 0, "linked": False, "hops": self.routes.hops(m.node_id),
                 "incarnation": m.incarnation})

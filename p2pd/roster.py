@@ -162,6 +162,11 @@ class Roster:
         e = self._members.get(node_id)
         return e.state if e else None
 
+    def since_of(self, node_id: str) -> Optional[float]:
+        """When the member's state last changed (our clock), None for an unknown one."""
+        e = self._members.get(node_id)
+        return e.since if e else None
+
     def record_of(self, node_id: str) -> Optional[NodeRecord]:
         if node_id == self.self_id:
             return self._own
