@@ -432,7 +432,7 @@ def kill_and_restart(c: Cluster, ds, victims, survivors, ports, joins, ids, rng)
             links = sum(1 for p in peers if p["linked"])
             if not still and links >= 3:
                 done[d.name] = at - t0
-                marks = [at - t0 - p["state_for_s"] for p in peers if p["id"] in dead and p.get("state_for_s") is not None]
+                marks = [at - t0 - p["down_for_s"] for p in peers if p["id"] in dead and p.get("down_for_s") is not None]
                 marked[d.name] = max(marks, default=0.0)
             else:
                 worst[d.name] = (len(still), links)
@@ -440,7 +440,7 @@ def kill_and_restart(c: Cluster, ds, victims, survivors, ports, joins, ids, rng)
     out["detected_s"] = max(done.values()) if len(done) == len(survivors) else None
     out["detected_nodes"] = len(done)
     # The polls' figure is bounded below by a pass over every survivor (seconds at 200); the
-    # daemons' own clocks say when each marked each victim (`state_for_s` in `peers --json`).
+    # daemons' own clocks say when each stopped listing each victim alive (`down_for_s` in `peers --json`).
     out["marked_s"] = round(max(marked.values()), 3) if len(done) == len(survivors) else None
     out["poll_pass_s_max"] = max((b - a for a, b in zip(passes, passes[1:])), default=None)
     if len(done) < len(survivors):

@@ -255,6 +255,9 @@ class Overlay:
                 row["state"] = "alive"  # our link is down, the network still reaches it
             elif p.state == LOST and state is not None:  # lost since the later of the two (it was shown alive before)
                 row["state_for_s"] = min(row["state_for_s"], round(now - self.roster.since_of(p.id), 3))
+            down = self.roster.down_since(p.id)
+            row["down_for_s"] = None if row["state"] in ("alive", "linking") else (
+                row["state_for_s"] if down is None else min(row["state_for_s"], round(now - down, 3)))
             rows.append(row)
             seen.add(p.id)
         for m in self.roster.members():
@@ -267,6 +270,7 @@ class Overlay:
                 "address": f"{addr.addr}:{addr.port}" if addr else None,
                 "router": addr.router_endpoint() if addr else None, "pub": addr.pub_endpoint() if addr else None,
                 "state": SHOWN.get(m.state, m.state), "state_for_s": round(now - self.roster.since_of(m.node_id), 3),
+                "down_for_s": None if m.state == ALIVE else round(now - (self.roster.down_since(m.node_id) or now), 3),
                 "known_for_s": None, "last_seen_s": None,
                 "rtt_ms": None, "subscribed": False, "key": self.key_of(m.node_id), "msgs_in": 0, "msgs_out": 0,
                 "frames_in": 0, "frames_out": 0, "linked": False, "hops": self.routes.hops(m.node_id),

@@ -102,13 +102,14 @@ class Member:
 
 
 class _Entry:
-    __slots__ = ("record", "fact", "state", "since", "deadline", "accusers")
+    __slots__ = ("record", "fact", "state", "since", "down_since", "deadline", "accusers")
 
     def __init__(self, record: NodeRecord, now: float):
         self.record = record      # the node's own latest record (name, addresses)
         self.fact = record        # what decides its state: the record or an accusation
         self.state = record.status
         self.since = now          # when the state last changed (forgetting dead/left)
+        self.down_since = None if record.status == ALIVE else now  # when it stopped being alive
         self.deadline = None      # suspicion: when it turns dead
         self.accusers = _NONE     # distinct suspecters at the current incarnation (Lifeguard)
 
@@ -166,6 +167,12 @@ class Roster:
         """When the member's state last changed (our clock), None for an unknown one."""
         e = self._members.get(node_id)
         return e.since if e else None
+
+    def down_since(self, node_id: str) -> Optional[float]:
+        """When the member stopped being alive (suspected, dead or left: our clock); None while
+        it is alive or unknown.  A suspicion that turns into a death keeps the first time."""
+        e = self._members.get(node_id)
+        return e.down_since if e else None
 
     def record_of(self, node_id: str) -> Optional[NodeRecord]:
         if node_id == self.self_id:
@@ -363,6 +370,10 @@ class Roster:
         entry.fact = fact
         if state != entry.state:
             entry.since = now
+            if state == ALIVE:
+                entry.down_since = None
+            elif entry.state == ALIVE:
+                entry.down_since = now
         entry.state = state
         (self._suspects.add if state == SUSPECT else self._suspects.discard)(node_id)
         (self._gone.add if state in GONE else self._gone.discard)(node_id)

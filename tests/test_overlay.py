@@ -108,16 +108,25 @@ def test_a_crashed_node_is_suspected_then_dead_everywhere_and_its_links_replaced
     sim = formed(30)
     victim = sim.nodes[7]
     neighbours = [sim.by_name[p.removesuffix("-id")] for p in linked(victim)]
+    crashed_at = sim.now
     sim.crash(victim.name)
     sim.run_while(lambda s: any(o.up and o.node.roster.state_of(victim.id) == "alive" for o in s.nodes), 20.0)
     assert all(o.node.roster.state_of(victim.id) != "alive" for o in sim.nodes if o.up)
+    noticed = sim.now
     sim.run_while(lambda s: any(o.up and o.node.roster.state_of(victim.id) != "dead" for o in s.nodes), 60.0)
     assert all(o.node.roster.state_of(victim.id) == "dead" for o in sim.nodes if o.up)
     sim.run_until(sim.now + 10)
     for n in neighbours:
         assert victim.id not in linked(n) and len(linked(n)) >= 2
-    rows = {r["id"]: r for r in sim.request(sim.nodes[0].name, "peers")["result"]}
+    far = next(o for o in sim.nodes if o.up and o not in neighbours)
+    rows = {r["id"]: r for r in sim.request(far.name, "peers")["result"]}
     assert rows[victim.id]["state"] == "lost"
+    # down_for_s dates the failure from when this node first stopped listing it alive (the
+    # suspicion), which state_for_s, reset when the suspicion became a death, does not
+    row = rows[victim.id]
+    assert sim.now - noticed <= row["down_for_s"] <= sim.now - crashed_at
+    assert row["state_for_s"] < row["down_for_s"]
+    assert all(r["down_for_s"] is None for r in rows.values() if r["state"] == "alive")
 
 
 def test_a_frozen_node_refutes_its_suspicion_and_is_never_taken_for_dead():

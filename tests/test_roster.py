@@ -120,6 +120,21 @@ def test_a_suspicion_times_out_to_dead_and_lifeguard_confirmations_shorten_it():
     assert state(ro, A) == ALIVE and ro.tick(100) == []
 
 
+def test_down_since_counts_from_the_suspicion_not_from_the_death_it_became():
+    ro = roster(suspect_timeout_s=2.0, suspect_max_mult=1.0)
+    for s in (A, B):
+        ro.offer(0, rec(s))
+    assert ro.down_since(A.node_id) is None and ro.down_since("unknown") is None
+    ro.offer(10, r.accuse(B, A.node_id, 0, SUSPECT))
+    assert ro.down_since(A.node_id) == 10 and ro.since_of(A.node_id) == 10
+    assert ro.tick(13) == [(A.node_id, 0)] and state(ro, A) == DEAD
+    assert ro.down_since(A.node_id) == 10 and ro.since_of(A.node_id) == 13  # the state changed, not the downtime
+    ro.offer(20, rec(A, 1))  # back
+    assert ro.down_since(A.node_id) is None and ro.since_of(A.node_id) == 20
+    ro.offer(30, rec(B, 1, LEFT))
+    assert ro.down_since(B.node_id) == 30
+
+
 def test_a_suspicion_of_us_is_refuted_at_a_higher_incarnation_signed_by_the_caller():
     ro = roster()
     ro.offer(0, rec(A))
