@@ -569,8 +569,8 @@ class Overlay:
         return acts
 
     def _check_routes(self, now: float) -> list:
-        """Suspect the members no route reaches for UNROUTABLE_S (once a second, while we have a
-        neighbour).  Only a node's neighbours notice it die by their heartbeats: a node whose
+        """Suspect the members no route reaches for UNROUTABLE_S, or only routes through nodes we
+        suspect (once a second, while we have a neighbour).  Only a node's neighbours notice it die by their heartbeats: a node whose
         neighbours all died with it (a mass failure) is noticed by nobody.  But a live node keeps
         links, and its signed record lists them: alive in the roster yet unreachable for long means
         dead, or cut off from us; a live one refutes as soon as it is reached again."""
@@ -582,8 +582,11 @@ class Overlay:
             return []
         acts: list = []
         roster, routes, seen = self.roster, self.routes, self._unroutable
-        for m in roster.members():
-            if m.state != ALIVE or routes.hops(m.node_id) is not None:
+        members = roster.members()
+        # Reached only through nodes we already suspect counts as not reached (routes.py).
+        reach = routes.reachable_avoiding({m.node_id for m in members if m.state != ALIVE})
+        for m in members:
+            if m.state != ALIVE or m.node_id in reach:
                 seen.pop(m.node_id, None)
                 continue
             since = seen.setdefault(m.node_id, now)

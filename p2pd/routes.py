@@ -199,6 +199,25 @@ class Routes:
         self._refresh()
         return dict(self._dist)
 
+    def reachable_avoiding(self, avoid: set[str]) -> set[str]:
+        """The nodes a path reaches that relays through none of ``avoid`` (nodes membership
+        suspects or has given up on); ``avoid`` themselves are not in it.  For failure
+        detection: two nodes that died together still claim their link to each other, and
+        that edge keeps them routable from us until their live neighbours' new records have
+        spread; through no live node, they are cut off already.  One BFS, O(edges)."""
+        seen = {self.self_id}
+        frontier = [h for h in self._local if h not in avoid]
+        seen.update(frontier)
+        while frontier:
+            nxt = []
+            for u in frontier:
+                for v in self._edges(u):
+                    if v not in seen and v not in avoid:
+                        seen.add(v)
+                        nxt.append(v)
+            frontier = nxt
+        return seen
+
     # -- the BFS -------------------------------------------------------------------------
 
     def _bits(self, mask: int) -> list[str]:

@@ -320,3 +320,12 @@ def test_cost_of_one_recompute_at_10000_nodes():
     cost = _cost_of_one_recompute(10_000, 4)
     print(f"one recompute at 10,000 nodes: {cost * 1e3:.1f} ms")
     assert cost < 2.5  # 25-32 ms measured (fast enough for the default run)
+
+
+def test_reachable_avoiding_cuts_off_what_only_suspected_nodes_lead_to():
+    # a - b - c - d, and b - e: from a, d is reached only through c
+    rt = build("a", [("a", "b"), ("b", "c"), ("c", "d"), ("b", "e")])
+    assert rt.reachable_avoiding(set()) == {"a", "b", "c", "d", "e"}
+    assert rt.reachable_avoiding({"c"}) == {"a", "b", "e"}  # c and d died together: d still claims c
+    assert rt.hops("d") == 3  # the plain routes still count the claimed path
+    assert rt.reachable_avoiding({"b"}) == {"a"}  # our only neighbour suspected: nothing beyond it
