@@ -545,7 +545,9 @@ class Overlay:
             self._next_facts = now + FACTS_ROUND_S
             if self.roster.pending():
                 linked = [p for p in self.views.active if p in self.links]
-                for peer_id in sample(self.rng, linked, FACTS_FANOUT):
+                # A backlog (a mass failure, a burst of joins): every neighbour, not three.
+                fanout = FACTS_FANOUT if self.roster.pending() <= FACTS_PER_FRAME else len(linked)
+                for peer_id in sample(self.rng, linked, fanout):
                     told = self._told_to(peer_id)
                     facts = [f for f in self.roster.piggyback(FACTS_PER_FRAME) if _fact_key(f) not in told]
                     if facts:

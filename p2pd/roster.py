@@ -72,6 +72,8 @@ from typing import Callable, Iterable, Optional
 from .records import ALIVE, DEAD, LEFT, SUSPECT, Accusation, BadRecord, Fact, NodeRecord, newer
 from .records import verify as _verify_signed
 
+ROUTINE_PENALTY = 2  # routine news waits as if sent this many times more (`_queue`)
+
 GONE = frozenset({DEAD, LEFT})
 _NONE: frozenset = frozenset()
 
@@ -244,7 +246,7 @@ class Roster:
             if bad is not None:
                 return bad
             self._admit(item, now)
-            self._queue(item)
+            self._queue(item, urgent=True)
             return Heard(True, "news")
         if not newer(item, entry.fact):
             return Heard(False, "stale")
@@ -252,8 +254,9 @@ class Roster:
         if bad is not None:
             return bad
         entry.record = item
+        urgent = entry.state != item.status  # back from a suspicion, or gone: not just new links
         self._set(item.node_id, entry, item, item.status, now)
-        self._queue(item)
+        self._queue(item, urgent=urgent)
         return Heard(True, "news")
 
     def _accusation(self, now: float, acc: Accusation, entry: Optional[_Entry]) -> Heard:
@@ -278,7 +281,7 @@ class Roster:
         if acc.status == SUSPECT:
             entry.accusers = {acc.accuser_id}
             entry.deadline = now + self.suspicion_timeout(0)
-        self._queue(acc)
+        self._queue(acc, urgent=True)
         return Heard(True, "news")
 
     def _about_us(self, item: Fact) -> Heard:
@@ -305,10 +308,11 @@ class Roster:
         shutdown): it must beat the one we hold, and it is spread."""
         if record.node_id != self.self_id or not newer(record, self._own):
             raise ValueError("our own record must be ours and newer than the one held")
+        refutes = self._pending_inc is not None
         self._own = record
         if self._pending_inc is not None and record.incarnation >= self._pending_inc:
             self._pending_inc = None
-        self._queue(record)
+        self._queue(record, urgent=refutes or record.status != ALIVE)
 
     def forget(self, node_id: str) -> None:
         """Drop a node (we disconnected it, or it told us LEAVE and nobody else vouches for it): a
@@ -332,13 +336,14 @@ class Roster:
     # --- output ---------------------------------------------------------------------------
 
     def piggyback(self, max_items: int) -> list[Fact]:
-        """Items to attach to one outgoing frame: least-sent first, newest first among equals;
+        """Items to attach to one outgoing frame: state changes before routine news (`_queue`),
+        then least-sent first, newest first among equals;
         each dropped once sent ``retransmit_limit()`` times."""
         if max_items <= 0 or not self._buffer:
             return []
         limit = self.retransmit_limit()
         # = sorted(...)[:max_items], without sorting the whole buffer for each frame
-        picked = heapq.nsmallest(max_items, self._buffer.items(), key=lambda kv: (kv[1][1], -kv[1][2]))
+        picked = heapq.nsmallest(max_items, self._buffer.items(), key=lambda kv: (kv[1][1] + kv[1][3], -kv[1][2]))
         out = []
         for node_id, slot in picked:
             out.append(slot[0])
@@ -386,10 +391,13 @@ class Roster:
         self._gone.discard(node_id)
         self._buffer.pop(node_id, None)
 
-    def _queue(self, fact: Fact) -> None:
+    def _queue(self, fact: Fact, urgent: bool = True) -> None:
+        """Spread ``fact``.  ``urgent``: a change of state (a join, a suspicion, a death, a
+        refutation, a leave) goes before routine news (a live node's new list of links), which
+        after a mass failure is plentiful, always fresh, and would crowd suspicions out."""
         self._order += 1
         self._buffer.pop(fact.node_id, None)   # newer news about a node makes the old moot
-        self._buffer[fact.node_id] = [fact, 0, self._order]
+        self._buffer[fact.node_id] = [fact, 0, self._order, 0 if urgent else ROUTINE_PENALTY]
 
     def _evict_one(self) -> bool:
         """Make room for a live node by forgetting the longest-gone dead or left one."""

@@ -256,6 +256,25 @@ def test_each_item_is_piggybacked_lambda_log2_n_times_least_sent_and_newest_firs
     assert ro.piggyback(10) == [stand_in(3, 2)]
 
 
+def test_a_change_of_state_goes_before_a_live_nodes_new_links():
+    """After a mass failure every survivor re-signs its record with new links, again and again:
+    always fresh, such routine news used to crowd the suspicions out (the last survivors
+    heard of a death 8 s after the first).  It now waits as if sent ROUTINE_PENALTY times."""
+    ro = Roster(stand_in(0), verify=_trusted)
+    ro.load([stand_in(i) for i in range(1, 7)], 0)
+    while ro.pending():
+        ro.piggyback(10)
+    ro.offer(1, Accusation(stand_in(2).node_id, "", b"", stand_in(1).node_id, 0, SUSPECT))
+    assert [f.node_id for f in ro.piggyback(1)] == [stand_in(1).node_id]  # the suspicion, sent once
+    for i in (3, 4, 5):
+        ro.offer(2, stand_in(i, 1))  # routine: known live nodes with new records
+    first = ro.piggyback(1)[0]
+    assert isinstance(first, Accusation)  # sent once, it still goes before fresh routine news
+    assert ro.piggyback(1) == [stand_in(5, 1)]  # sent twice, it ties with them: the newest first
+    ro.offer(3, stand_in(7))  # a join is a change of state: first
+    assert ro.piggyback(1) == [stand_in(7)]
+
+
 # ---------------------------------------------------------------------------- networks of rosters
 
 class Net:
