@@ -719,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--broadcasts-per-s", type=int, default=1, help="broadcasts per simulated second")
     ap.add_argument("--seeds", type=int, default=3, help="mass-crash: how many nodes the others join through")
     ap.add_argument("--idle-seconds", type=float, default=10.0, help="mass-crash: the window idle frames are counted over")
+    ap.add_argument("--crash-share", type=float, default=0.5, help="mass-crash: the share of nodes that crash at once [0.5]")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the run to FILE")
     args = ap.parse_args(argv)
@@ -729,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.setLevel(logging.CRITICAL)  # peers lost in a partition, resends...: expected here, not news
         try:
             if args.scenario == "mass-crash":
-                return run_mass_crash(args.nodes, args.seed, seeds=args.seeds, idle_s=args.idle_seconds,
+                return run_mass_crash(args.nodes, args.seed, seeds=args.seeds, idle_s=args.idle_seconds, share=args.crash_share,
                                       progress=lambda text: print(text, file=sys.stderr, flush=True))
             return run_scenario(args.nodes, args.seconds, args.seed, args.scenario, args.direct_per_s, args.broadcasts_per_s)
         finally:
