@@ -10,8 +10,8 @@ import click
 
 from . import __version__, exitcodes
 from .home import ControlChoiceError, Home, control_transport, is_running, resolve_home
-from .config import check_bind_host, load_file
-from .settings import ConfigError, LOG_LEVELS, build
+from .config import check_bind_host
+from .settings import ConfigError, LOG_LEVELS
 
 HOME_HELP = "Node home directory (identity, config, log, socket). Default: $P2PD_HOME or the user data dir."
 
@@ -19,17 +19,6 @@ HOME_HELP = "Node home directory (identity, config, log, socket). Default: $P2PD
 def _fail(message: str, code: int) -> None:
     click.echo(f"p2pd: {message}", err=True)
     sys.exit(code)
-
-
-def _disk_full(home: Home) -> str | None:
-    """Why a start failed when the home's file system is full: the daemon could not even say
-    so itself (its log and startup.err are on that disk too)."""
-    from p2pctl.client import DISK_FULL_BYTES, free_bytes
-
-    free = free_bytes(home.path)
-    if free is None or free >= DISK_FULL_BYTES:
-        return None
-    return f"the disk holding {home.path} is full ({free} bytes free): p2pd cannot write its store and log there; free some space and start it again"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -60,15 +49,6 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
-def _remove_new_home(made: Path | None) -> None:
-    """A start that failed leaves no half-made home: remove the directories it created (only
-    those: a home that existed before is never touched).  The error was printed already."""
-    if made is not None:
-        import shutil
-
-        shutil.rmtree(made, ignore_errors=True)
-
-
 @main.command()
 @click.option("--port", type=int, help="TCP port for peer links (ROUTER). 0 picks a free port. [default: 5000]")
 @click.option("--pub-port", type=int, help="TCP port for broadcasts (PUB). [default: port+1]")
@@ -90,10 +70,9 @@ def _remove_new_home(made: Path | None) -> None:
               help="Begin an empty message store when store.db is missing or empty in a home that had one "
                    "(its history and outbox are lost); without it such a start is refused. An existing store is kept.")
 @click.option("--foreground", is_flag=True, help="Stay attached (for systemd/containers) and also log to stderr.")
-@click.option("--daemonized", is_flag=True, hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the started node's details as JSON.")
 def start(port, pub_port, host, advertise, name, join, home, config_path, log_level, heartbeat_interval_s, heartbeat_timeout_s,
-          key_port, insecure, discover, discover_port, fresh_store, foreground, daemonized, as_json):
+          key_port, insecure, discover, discover_port, fresh_store, foreground, as_json):
     """Start a node.
 
     By default the daemon detaches and this command returns once the node
@@ -106,54 +85,31 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
       p2pd start --foreground          # under systemd or in a container
       p2pd start --discover lan        # link to every p2pd on this LAN by itself
     """
-    from .daemon import AlreadyRunning, run_foreground, spawn_detached, wait_ready
+    from .daemon import spawn_detached, wait_ready
+    from .serve import disk_full, remove_new_home, serve, settings_reader, spec
 
     h = Home(resolve_home(home))
     overrides = dict(port=port, pub_port=pub_port, host=host, advertise=advertise, name=name, join=list(join),
                      log_level=log_level, heartbeat_interval_s=heartbeat_interval_s, heartbeat_timeout_s=heartbeat_timeout_s,
                      key_port=key_port, insecure=insecure, discover=discover, discover_port=discover_port)
+    cfg = click.format_filename(config_path) if config_path else None
+    current_settings = settings_reader(h, cfg, overrides)
     try:
         control_transport(ipc_available=True)  # a bad $P2PD_CONTROL is a usage error, before anything starts
-        def current_settings():
-            # Looked for again at each SIGHUP: a HOME/p2pd.toml written after the start counts too.
-            cfg_file = click.format_filename(config_path) if config_path else (h.config_file if h.config_file.exists() else None)
-            return build(load_file(cfg_file) if cfg_file else {}, overrides)
-
         settings = current_settings()
-        if not daemonized:  # checked by the command the user ran (a lookup of a name is I/O: not again in the child)
-            check_bind_host(settings.host)
+        check_bind_host(settings.host)  # here, not again in a detached child (a lookup of a name is I/O)
     except (ConfigError, ControlChoiceError) as e:
         _fail(str(e), exitcodes.USAGE)
-    made = None if daemonized else _first_missing(h.path)  # what this start creates, removed again if it fails
-    if foreground or daemonized:
-        try:
-            code = run_foreground(h, settings, log_to_stderr=not daemonized,
-                                  read_settings=current_settings, fresh_store=fresh_store)
-        except AlreadyRunning as e:
-            _fail(str(e), exitcodes.CONFLICT)
-        except Exception as e:  # StartupError and friends: one line, no traceback
-            conflict = "already in use" in str(e)
-            message = str(e) if conflict else _disk_full(h) or str(e)
-            _remove_new_home(made)
-            _fail(message, exitcodes.CONFLICT if conflict else exitcodes.FAILED)
+    made = _first_missing(h.path)  # what this start creates, removed again if it fails
+    if foreground:
+        code, message = serve(h, settings, current_settings, fresh_store=fresh_store, log_to_stderr=True, made=made)
+        if message:
+            _fail(message, code)
         sys.exit(code)
     running, pid = is_running(h)
     if running:
         _fail(f"p2pd is already running on home {h.path} (pid {pid}); stop it with: p2pd stop --home {h.path}", exitcodes.CONFLICT)
-    argv = ["start", "--daemonized", "--home", str(h.path)]
-    for flag, value in (("--port", port), ("--pub-port", pub_port), ("--host", host), ("--advertise", advertise), ("--name", name),
-                        ("--config", config_path), ("--log-level", log_level), ("--heartbeat-interval", heartbeat_interval_s),
-                        ("--heartbeat-timeout", heartbeat_timeout_s), ("--key-port", key_port), ("--discover", discover),
-                        ("--discover-port", discover_port)):
-        if value is not None:
-            argv += [flag, str(value)]
-    if insecure:
-        argv.append("--insecure")
-    if fresh_store:
-        argv.append("--fresh-store")
-    for j in join:
-        argv += ["--join", j]
-    proc = spawn_detached(argv, h)
+    proc = spawn_detached(spec(h, cfg, overrides, fresh_store), h)
     info, error = wait_ready(proc, h)
     if error:
         if proc.poll() is None:
@@ -164,8 +120,8 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
             code = proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             code, made = None, None  # still running: leave its files alone
-        message = error if code in (exitcodes.CONFLICT, exitcodes.USAGE) else _disk_full(h) or error
-        _remove_new_home(made)
+        message = error if code in (exitcodes.CONFLICT, exitcodes.USAGE) else disk_full(h) or error
+        remove_new_home(made)
         _fail(message, code if code in (exitcodes.CONFLICT, exitcodes.USAGE) else exitcodes.FAILED)
     if as_json:
         click.echo(json.dumps(info, indent=2))

@@ -1,7 +1,7 @@
 """Running a node as a service: lock, pidfile, log, detach, readiness, stop.
 
-`p2pd start` (without ``--foreground``) re-executes itself in the foreground
-as a detached child in a new session, then waits until the child answers on
+`p2pd start` (without ``--foreground``) starts the node as a detached child in a
+new session (``python -OO -m p2pd.serve``: serve.py), then waits until the child answers on
 its control socket - so ``p2pd start && p2pctl ...`` just works (kubo #7352)
 - or until it exits, in which case its one-line reason is printed.  One home
 runs one daemon: an OS lock on ``p2pd.lock`` is held for the daemon's life,
@@ -302,8 +302,8 @@ def _version() -> str:
     return __version__
 
 
-def spawn_detached(argv: list[str], home: Home) -> subprocess.Popen:
-    """Start ``python -m p2pd start --foreground ...`` in a new session, detached from this terminal."""
+def spawn_detached(spec: str, home: Home) -> subprocess.Popen:
+    """Start ``python -OO -m p2pd.serve SPEC`` (serve.py) in a new session, detached from this terminal."""
     home.ensure()
     err = open(home.startup_error_file, "wb")
     kwargs: dict = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": err, "close_fds": True}
@@ -315,7 +315,7 @@ def spawn_detached(argv: list[str], home: Home) -> subprocess.Popen:
         # -OO: the daemon needs no docstrings (help texts are the parent's business) and keeps
         # none of them in memory: about 0.8 MiB less per daemon (docs/SCALE.md).  p2pd has no
         # assert that guards anything at run time (tests/test_import_graph.py checks).
-        return subprocess.Popen([sys.executable, "-OO", "-m", "p2pd", *argv], **kwargs)
+        return subprocess.Popen([sys.executable, "-OO", "-m", "p2pd.serve", spec], **kwargs)
     finally:
         err.close()
 
