@@ -56,7 +56,7 @@ declared dead or left.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 MAX_GROUP_NAME = 64          # characters in a group name
@@ -470,18 +470,24 @@ def split_by_next_hop_shared(dests: Iterable[str], candidates: Callable[[str], l
             want[d] = hops
         else:
             unreachable.append(d)
-    by_hop: dict[str, list[str]] = {}
+    by_hop = dict(_greedy_cover(want))
+    return {h: by_hop[h] for h in sorted(by_hop)}, unreachable
+
+
+def _greedy_cover(want: dict[str, list[str]]) -> Iterator[tuple[str, list[str]]]:
+    """Greedy set cover, emptying ``want`` (item -> the candidates that would serve it): again
+    and again the candidate most remaining items share (ties: the smallest id), with the items
+    it takes (sorted).  Deterministic whatever the dict order."""
     while want:
         load: dict[str, int] = {}
-        for hops in want.values():
-            for h in hops:
-                load[h] = load.get(h, 0) + 1
-        best = min(load, key=lambda h: (-load[h], h))
-        taken = sorted(d for d, hops in want.items() if best in hops)
-        by_hop[best] = taken
+        for cands in want.values():
+            for c in cands:
+                load[c] = load.get(c, 0) + 1
+        best = min(load, key=lambda c: (-load[c], c))
+        taken = sorted(d for d, cands in want.items() if best in cands)
         for d in taken:
             del want[d]
-    return {h: by_hop[h] for h in sorted(by_hop)}, unreachable
+        yield best, taken
 
 
 def plan_cost(dests: Iterable[str], paths: Mapping[str, list[str]]) -> int:
@@ -549,14 +555,8 @@ def _adopt(nodes: list[str], k: int, above: set[str], hops: Callable[[str], int 
             want[v] = cands
         else:
             orphans.append(v)
-    while want:
-        load: dict[str, int] = {}
-        for cands in want.values():
-            for p in cands:
-                load[p] = load.get(p, 0) + 1
-        best = min(load, key=lambda p: (-load[p], p))
+    for best, taken in _greedy_cover(want):
         above.add(best)
-        for v in [v for v, cands in want.items() if best in cands]:
+        for v in taken:
             parent[v] = best
-            del want[v]
     return orphans

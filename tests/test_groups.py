@@ -12,6 +12,7 @@ import pytest
 from p2pd import groups as G
 from p2pd.groups import Directory, ShoutIn, ShoutOut
 from p2pd.routes import Routes
+from test_routes import random_overlay  # the same random overlays the route tests use
 
 # ---------------------------------------------------------------------------- names
 
@@ -445,21 +446,6 @@ def test_tree_split_shares_deeper_relays():
     t = tables(adj)
     sent, paths = fanout("s", ["m1", "m2"], lambda at, ds: G.split_by_tree(ds, t[at].hops, adj.__getitem__))
     assert paths == {"m1": ["a", "x", "m1"], "m2": ["a", "x", "m2"]} and sent == 4
-
-
-def random_overlay(n: int, degree: int, rnd: random.Random) -> dict[str, set[str]]:
-    """Every node of degree ``degree`` or a little less (as HyParView's active views)."""
-    names = [f"n{i}" for i in range(n)]
-    adj: dict[str, set[str]] = {x: set() for x in names}
-    for x in names:
-        tries = 0
-        while len(adj[x]) < degree and tries < 50:
-            tries += 1
-            y = rnd.choice(names)
-            if y != x and y not in adj[x] and len(adj[y]) < degree:
-                adj[x].add(y)
-                adj[y].add(x)
-    return adj
 
 
 # Copies per shout to 20 of 200 nodes (degree 8), seeds 0-4, measured with this file's
