@@ -26,6 +26,7 @@ class Keys:
         if self.signer.curve_key != public_z85:
             raise ValueError("the CURVE secret and public keys do not belong together")
         self.node_id = self.signer.node_id
+        self._bound: set = set()  # key bindings already checked (records.verify)
 
     def record(self, name: str, addresses, incarnation: int, status: str = ALIVE, pub_port: int = 0, links=(),
                bseq: int = 0, boldest: int = 0, bepoch: str = "") -> NodeRecord:
@@ -37,9 +38,8 @@ class Keys:
     def sign(self, data: bytes) -> bytes:
         return self.signer.sign(data)
 
-    @staticmethod
-    def verify(fact: Fact) -> None:
-        verify(fact)
+    def verify(self, fact: Fact) -> None:
+        verify(fact, self._bound)
 
     @staticmethod
     def decode(obj) -> Fact:

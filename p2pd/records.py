@@ -340,18 +340,33 @@ def _check_accusation_fields(acc: Accusation) -> None:
         raise BadRecord("bad_status", "a node does not accuse itself (it says left)")
 
 
-def verify(fact: Fact) -> None:
-    """Return if the record (or accusation) is well formed, bound to its id and signed by it."""
+BOUND_MAX = 20_000  # key bindings remembered as checked (`verify`'s ``bound``), then forgotten all at once
+
+
+def verify(fact: Fact, bound: set | None = None) -> None:
+    """Return if the record (or accusation) is well formed, bound to its id and signed by it.
+
+    ``bound``, if given, holds the (id, CURVE key, verify key) triples already found bound:
+    a node's keys never change, and the binding check (a hash and a curve conversion) was
+    half the cost of checking a record while a network repairs itself.  Verified triples are
+    added; the set is emptied when it reaches BOUND_MAX."""
     if isinstance(fact, NodeRecord):
         _check_fields(fact)
-        check_binding(fact.node_id, fact.curve_key, fact.verify_key)
-        _check_sig(fact.verify_key, fact.signed_bytes(), fact.signature)
+        triple = (fact.node_id, fact.curve_key, fact.verify_key)
+        sig_key = fact.verify_key
     elif isinstance(fact, Accusation):
         _check_accusation_fields(fact)
-        check_binding(fact.accuser_id, fact.accuser_key, fact.accuser_verify_key)
-        _check_sig(fact.accuser_verify_key, fact.signed_bytes(), fact.signature)
+        triple = (fact.accuser_id, fact.accuser_key, fact.accuser_verify_key)
+        sig_key = fact.accuser_verify_key
     else:
         raise BadRecord("malformed", "not a record")
+    if bound is None or triple not in bound:
+        check_binding(*triple)
+    _check_sig(sig_key, fact.signed_bytes(), fact.signature)
+    if bound is not None:
+        if len(bound) >= BOUND_MAX:
+            bound.clear()
+        bound.add(triple)
 
 
 # --- precedence ---------------------------------------------------------------------------

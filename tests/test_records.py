@@ -147,6 +147,27 @@ def test_a_record_for_x_signed_by_y_fails():
     assert kind(forged) == "bad_signature"
 
 
+def test_a_remembered_binding_skips_only_the_binding_check_and_the_set_is_bounded(monkeypatch):
+    bound: set = set()
+    r.verify(rec(ALICE), bound)
+    assert bound == {(ALICE.node_id, ALICE.curve_key, ALICE.verify_key)}
+    calls = []
+    real = r.check_binding
+    monkeypatch.setattr(r, "check_binding", lambda *a: calls.append(a) or real(*a))
+    r.verify(rec(ALICE, inc=4), bound)
+    assert calls == []  # alice's keys were checked once
+    with pytest.raises(BadRecord) as info:  # the signature is still checked every time
+        r.verify(dataclasses.replace(rec(ALICE, inc=5), name="mallory"), bound)
+    assert info.value.kind == "bad_signature"
+    forged = dataclasses.replace(rec(ALICE), verify_key=BOB.verify_key)  # another triple: checked, refused, not kept
+    with pytest.raises(BadRecord):
+        r.verify(dataclasses.replace(forged, signature=BOB.sign(forged.signed_bytes())), bound)
+    assert len(calls) == 1 and len(bound) == 1
+    monkeypatch.setattr(r, "BOUND_MAX", 1)
+    r.verify(rec(BOB, name="bob"), bound)  # full: forgotten all at once, then bob kept
+    assert bound == {(BOB.node_id, BOB.curve_key, BOB.verify_key)}
+
+
 def test_a_node_says_only_alive_or_left_of_itself_and_fields_are_bounded():
     for status in (SUSPECT, DEAD, "zombie"):
         with pytest.raises(BadRecord) as info:
