@@ -104,6 +104,9 @@ class Routes:
         self._nbrs: dict[str, frozenset[str]] = {}   # node -> the neighbours its record lists
         self._version: dict[str, int] = {}
         self._local: frozenset[str] = frozenset()
+        # u -> its edges both ends claim (`_edges`), kept across recomputes: a record's change
+        # drops only its node's and its old and new neighbours' entries (`_touch`).
+        self._edge_cache: dict[str, list[str]] = {}
         self._dirty = False
         self.recomputes = 0  # how many BFS ran: for tests and the daemon's counters
         # The last BFS: distance, and (bit masks over _hops) shortest and near-shortest first hops.
@@ -136,8 +139,10 @@ class Routes:
         if held is None and len(self._nbrs) >= self.max_nodes:
             return TABLE_FULL
         self._version[node_id] = version
-        if self._nbrs.get(node_id) != nbrs:
+        old = self._nbrs.get(node_id)
+        if old != nbrs:
             self._nbrs[node_id] = nbrs
+            self._touch(node_id, nbrs | (old or frozenset()))
             self._dirty = True
         return OK
 
@@ -145,7 +150,7 @@ class Routes:
         """Forget ``node_id`` (dead or left): its edges go with it.  True if it was held."""
         if node_id not in self._nbrs:
             return False
-        del self._nbrs[node_id]
+        self._touch(node_id, self._nbrs.pop(node_id))
         del self._version[node_id]
         self._dirty = True
         return True
@@ -154,8 +159,18 @@ class Routes:
         """Our own active view, the first hops we can use (trusted: we hold these links)."""
         local = frozenset(neighbours) - {self.self_id}
         if local != self._local:
+            self._touch(self.self_id, local ^ self._local)  # their edge to us depends on our view
             self._local = local
             self._dirty = True
+
+    def _touch(self, node_id: str, others: Iterable[str]) -> None:
+        """``node_id``'s list changed: its cached edges and those of every node it listed before
+        or lists now are stale (whether u-v is an edge depends on both lists, and a node that
+        claims ``node_id`` without being listed by it had no such edge before or after)."""
+        cache = self._edge_cache
+        cache.pop(node_id, None)
+        for v in others:
+            cache.pop(v, None)
 
     # -- queries -------------------------------------------------------------------------
 
@@ -227,6 +242,9 @@ class Routes:
         """``u``'s neighbours over edges both ends claim (ours: our local view, as is)."""
         if u == self.self_id:
             return self._local
+        cached = self._edge_cache.get(u)
+        if cached is not None:
+            return cached
         nbrs = self._nbrs.get(u, ())
         me = self.self_id
         out = []
@@ -236,6 +254,7 @@ class Routes:
                     out.append(v)
             elif u in self._nbrs.get(v, ()):
                 out.append(v)
+        self._edge_cache[u] = out  # read-only for callers
         return out
 
     def _refresh(self) -> None:

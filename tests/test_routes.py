@@ -329,3 +329,36 @@ def test_reachable_avoiding_cuts_off_what_only_suspected_nodes_lead_to():
     assert rt.reachable_avoiding({"c"}) == {"a", "b", "e"}  # c and d died together: d still claims c
     assert rt.hops("d") == 3  # the plain routes still count the claimed path
     assert rt.reachable_avoiding({"b"}) == {"a"}  # our only neighbour suspected: nothing beyond it
+
+
+def test_edges_kept_across_recomputes_match_a_table_built_afresh_after_any_changes():
+    """The edge cache (`_touch`) must never serve a stale edge: after every random change
+    (a record, a removal, our own view), the routes equal those of a table given only the
+    end state."""
+    rnd = random.Random(15)
+    names = [f"n{i}" for i in range(40)]
+    lists: dict[str, set[str]] = {}
+    local: set[str] = set()
+    rt = Routes("n0")
+    version = 0
+    for step in range(400):
+        what = rnd.random()
+        if what < 0.6:
+            node = rnd.choice(names[1:])
+            version += 1
+            lists[node] = set(rnd.sample([x for x in names if x != node], rnd.randrange(0, 6)))
+            assert rt.update(node, version, lists[node]) == R.OK
+        elif what < 0.8 and lists:
+            node = rnd.choice(sorted(lists))
+            del lists[node]
+            assert rt.remove(node)
+        else:
+            local = set(rnd.sample(names[1:], rnd.randrange(0, 5)))
+            rt.set_local(local)
+        fresh = Routes("n0")
+        for node, nbrs in lists.items():
+            fresh.update(node, 1, nbrs)
+        fresh.set_local(local)
+        assert rt.distances() == fresh.distances(), step
+        assert {d: rt.next_hop(d) for d in names} == {d: fresh.next_hop(d) for d in names}, step
+        assert rt.reachable_avoiding({"n1", "n2"}) == fresh.reachable_avoiding({"n1", "n2"}), step
