@@ -96,7 +96,11 @@ def test_bounded_live_fuzz_of_peer_and_key_ports(make_node, zctx):
     # every envelope is refused and counted exactly once (none is LEAVE, none JOINs with a key)
     wait_for(lambda: alice.call("info")["dropped_total"] >= before["dropped_total"] + n, timeout=60, what=f"{n} fuzz frames counted")
     after = alice.call("info")
-    assert after["dropped_total"] == before["dropped_total"] + n, after["dropped"]
+    # per envelope: a failed connection handshake elsewhere (a link's reconnect on a loaded
+    # machine) is counted too, once per connection and never for an envelope: not ours to count
+    deltas = {k: v - before["dropped"].get(k, 0) for k, v in after["dropped"].items() if v != before["dropped"].get(k, 0)}
+    deltas.pop("handshake_failed", None)
+    assert sum(deltas.values()) == n, deltas
     assert own_id not in peer_ids(alice)
     assert peer_ids(alice) == {bob.id}
     dealer.close(linger=0)
