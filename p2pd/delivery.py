@@ -207,6 +207,25 @@ class Delivery:
         ls.sent_since_progress += len(rows)
         return base, rows
 
+    def claim(self, peer_id: str, seq: int, now: float) -> int | None:
+        """Take message ``seq`` (just enqueued) as transmitted by another way than `due`: a shout's
+        one copy for many members (shouts.py).  Only if it is the next to send and the window
+        has room, so the link's order and flow control hold; returns the ``base`` to send with
+        it (out_acked + 1: anything expired in between is skipped when a resend goes back), or
+        None: then `due` sends it as usual."""
+        ls = self.links.get(peer_id)
+        if ls is None or ls.next_send != seq or seq > ls.out_seq or ls.sent_since_progress >= 2 * self.window:
+            return None
+        in_flight = ls.next_send - 1 - ls.out_acked
+        if in_flight >= (ls.cwnd or self.window):
+            return None
+        if in_flight == 0:
+            ls.last_progress = now
+        ls.sent_hi = max(ls.sent_hi, seq)
+        ls.next_send = seq + 1
+        ls.sent_since_progress += 1
+        return ls.out_acked + 1
+
     def rewind(self, peer_id: str) -> None:
         """The link came (back) up: resend everything not yet acknowledged."""
         ls = self.links.get(peer_id)

@@ -61,6 +61,7 @@ class ErrorCode(StrEnum):
     SELF = "self", exitcodes.FAILED, "connect: the address is this node's own"
     EXPIRED = "expired", exitcodes.TIMEOUT, "the request was read after its deadline and not carried out"
     BAD_FILE = "bad_file", exitcodes.FAILED, "authorized_keys or known_peers cannot be read"
+    NOT_MEMBER = "not_member", exitcodes.FAILED, "the node is not in that group (join it first)"
     INTERNAL = "internal", exitcodes.FAILED, "the handler failed (a bug, or the store failed); it may be partly done"
 
     # Reported by the client library only (docs/PROTOCOL.md 9.3, after the table).

@@ -112,7 +112,7 @@ def _suggest(name: str) -> str:
                 out.append("-")
         elif not _bad_char(c):
             out.append(c)
-    fixed = "".join(out).lstrip("#").strip("-")[:MAX_GROUP_NAME]
+    fixed = "".join(out).lstrip("#~").strip("-")[:MAX_GROUP_NAME]
     return fixed if fixed and check_group_name(fixed) is None else EXAMPLE
 
 
@@ -129,10 +129,22 @@ def check_group_name(name: str) -> str | None:
         return f"group names are at most {MAX_GROUP_NAME} characters, this one has {len(name)}: try '{_suggest(name)}'"
     if name.startswith("#"):
         return f"group names do not start with '#' (the chat adds it when it shows them): try '{_suggest(name)}'"
+    if name.startswith("~"):  # a private group's id does (records.py), and the two must never be confused
+        return f"group names do not start with '~': try '{_suggest(name)}'"
     return None
 
 
 # ------------------------------------------------------------------------------ directory
+
+
+def valid_group_key(key: object) -> bool:
+    """What a `Directory` indexes groups by: an open group's name, or ``~`` and a private group's
+    id (32 lowercase hex, groupkeys.group_id), which no name can be (`check_group_name`)."""
+    if not isinstance(key, str):
+        return False
+    if key.startswith("~"):
+        return len(key) == 33 and all(c in "0123456789abcdef" for c in key[1:])
+    return check_group_name(key) is None
 
 
 def _valid_version(version: object) -> bool:
@@ -140,7 +152,9 @@ def _valid_version(version: object) -> bool:
 
 
 class Directory:
-    """Every node's advertised open groups (from its signed record), indexed both ways."""
+    """Every node's advertised groups (from its signed record), indexed both ways: open groups
+    by name, private ones (whose key we hold, and whose tag in the record proved membership)
+    as ``~<group id>``."""
 
     def __init__(self, *, max_nodes: int = DEFAULT_MAX_NODES):
         if max_nodes < 0:
@@ -167,7 +181,7 @@ class Directory:
             return BAD_NAME, frozenset()
         if len(wanted) > MAX_GROUPS:
             return TOO_MANY, frozenset()
-        if any(check_group_name(g) is not None for g in wanted):
+        if any(not valid_group_key(g) for g in wanted):
             return BAD_NAME, frozenset()
         if held is None and len(self._version) >= self.max_nodes:
             return FULL, frozenset()

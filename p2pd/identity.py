@@ -29,8 +29,8 @@ class Keys:
         self._bound: set = set()  # key bindings already checked (records.verify)
 
     def record(self, name: str, addresses, incarnation: int, status: str = ALIVE, pub_port: int = 0, links=(),
-               bseq: int = 0, boldest: int = 0, bepoch: str = "") -> NodeRecord:
-        return sign(self.signer, name, addresses, incarnation, status, pub_port, links, bseq, boldest, bepoch)
+               bseq: int = 0, boldest: int = 0, bepoch: str = "", groups=()) -> NodeRecord:
+        return sign(self.signer, name, addresses, incarnation, status, pub_port, links, bseq, boldest, bepoch, groups)
 
     def accuse(self, node_id: str, incarnation: int, status: str) -> Accusation:
         return accuse(self.signer, node_id, incarnation, status)
@@ -61,9 +61,9 @@ class NoKeys:
         self.node_id = node_id
 
     def record(self, name: str, addresses, incarnation: int, status: str = ALIVE, pub_port: int = 0, links=(),
-               bseq: int = 0, boldest: int = 0, bepoch: str = "") -> NodeRecord:
+               bseq: int = 0, boldest: int = 0, bepoch: str = "", groups=()) -> NodeRecord:
         return NodeRecord(self.node_id, name, _NO_KEY, _NO_VK, tuple(addresses), incarnation, status, b"", pub_port, tuple(links),
-                          bseq, boldest, bepoch)
+                          bseq, boldest, bepoch, tuple(groups))
 
     def accuse(self, node_id: str, incarnation: int, status: str) -> Accusation:
         return Accusation(self.node_id, _NO_KEY, _NO_VK, node_id, incarnation, status, b"")
@@ -87,6 +87,7 @@ class NoKeys:
             addrs = tuple(a for a in obj["addrs"] if type(a) is str)[:8]
             links = tuple(n for n in obj["links"] if type(n) is str)[:16]
             return NodeRecord(str(obj["id"]), str(obj["name"]), _NO_KEY, _NO_VK, addrs, int(obj["inc"]), str(obj["status"]),
-                              b"", int(obj["pub"]), links, int(obj["bseq"]), int(obj["boldest"]), str(obj["bepoch"]))
+                              b"", int(obj["pub"]), links, int(obj["bseq"]), int(obj["boldest"]), str(obj["bepoch"]),
+                              tuple(g for g in obj.get("groups", ()) if type(g) is str)[:32])
         except (KeyError, TypeError, ValueError):
             raise BadRecord("malformed", "fields") from None

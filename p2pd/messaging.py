@@ -48,6 +48,9 @@ log = logging.getLogger("p2pd.messaging")
 EXPIRE_EVERY_S = 1.0
 CLOCK_SLACK_S = 300.0  # how far another node's clock may be ahead of ours, for `connect --since`
 PRUNE_EVERY_S = 60.0
+# A stored shout's type is P.SHOUT (shouts.py: a MESSAGE with a group, as the frame that carries it is named).
+_COUNTER = {P.MESSAGE: "messages_in", P.BROADCAST: "broadcasts_in", P.SHOUT: "shouts_in"}  # info's counters
+EVENTS = {P.MESSAGE: "message", P.BROADCAST: "broadcast", P.SHOUT: "shout"}  # a stored message's watch event
 
 
 @dataclass
@@ -61,15 +64,15 @@ class Waiter:
 
 
 def entry(msg_id: str, type_: str, sender_id: str, sender_name: str, timestamp: str, text: str, target_id: str | None,
-          sender_label: str | None = None, cursor: int = 0) -> dict:
+          sender_label: str | None = None, cursor: int = 0, group: str | None = None) -> dict:
     """A message as `inbox` and `watch` show it.  ``sender_name`` is the name bound to the sender's
     key at JOIN (`Node.sender`), never the message's own claim; ``sender_label`` adds a short id
     when another node has that name too.  ``cursor``: its row number in the store, which only
     grows: a watcher that comes back asks for what came after the last one it saw (`watch
-    since`), and `read` marks everything up to one as read."""
+    since`), and `read` marks everything up to one as read.  ``group``: a shout's group, as shown."""
     return {"id": msg_id, "type": type_, "sender_id": sender_id, "sender_name": sender_name,
             "sender_label": sender_label or sender_name, "timestamp": timestamp, "text": text, "target_id": target_id,
-            "cursor": cursor}
+            "cursor": cursor, "group": group}
 
 
 class Messaging:
@@ -79,12 +82,15 @@ class Messaging:
     watchers, the names to show, and where to report bad input."""
 
     def __init__(self, store: Storage, settings, outbound: Outbound, table: Membership, links: Links, watchers: Watchers,
-                 names: Names, drops: Drops, stats: Counter, publish=None, reach=None):
+                 names: Names, drops: Drops, stats: Counter, publish=None, reach=None, groups=None):
         self.out = outbound
         # How our broadcasts go out: the broadcast tree's (tree.Tree.originate), else on PUB to all.
         self._publish = publish
         # Can a direct message reach this peer now (linked and alive, or through the overlay)?
         self._reach = reach if reach is not None else self._linked_alive
+        # The node's groups (shouts.Groups, `attach_groups`): is a shout's group ours, how is it
+        # shown, and what an invitation does.  Without (unit tests of this module), no group is ours.
+        self._groups = groups
         self.table = table
         self.links = links
         self.watchers = watchers
@@ -104,6 +110,10 @@ class Messaging:
         self.left_epoch: tuple[str, dict[str, int]] | None = None
         self._next_expire = 0.0
         self._next_prune = 0.0
+
+    def attach_groups(self, groups) -> None:
+        """The node's groups (shouts.Groups), built after us since shouts go out through us."""
+        self._groups = groups
 
     # ------------------------------------------------------------------ helpers
     def _linked_alive(self, peer_id: str) -> bool:
@@ -166,15 +176,15 @@ class Messaging:
                                       msg.data["text"], msg.timestamp, self.out.epoch(now), defer=defer)
 
     def _delivered_in(self, now: float, cursor: int, msg_id: str, type_: str, sender_id: str, sender_name: str, timestamp: str, text: str,
-                      target_id) -> list:
-        self.stats["messages_in" if type_ == P.MESSAGE else "broadcasts_in"] += 1
+                      target_id, group: str | None = None) -> list:
+        self.stats[_COUNTER[type_]] += 1
         if self._unread is not None:
             self._unread += 1
         if not self.watchers:
             return []
         name, label = self.names.sender(sender_id, sender_name)
-        e = entry(msg_id, type_, sender_id, name, timestamp, text, target_id, label, cursor)
-        return self.watchers.emit(now, "message" if type_ == P.MESSAGE else "broadcast", message=e)
+        e = entry(msg_id, type_, sender_id, name, timestamp, text, target_id, label, cursor, group)
+        return self.watchers.emit(now, EVENTS[type_], message=e)
 
     # ------------------------------------------------------------------ sending
     def send(self, now: float, peer_id: str, peer_name: str, texts: list[str], client: bytes, req, wait_s: float, require: bool,
@@ -258,8 +268,30 @@ class Messaging:
         if verdict == "gap":
             self.stats["out_of_order_dropped"] += 1
             return []
+        if "group" in data or "invite" in data:
+            return self._group_message(now, msg, peer)
         n = self._store_in(now, msg, peer, defer=True)  # new by its sequence number
         return self._delivered_in(now, n, msg.id, msg.type, msg.sender_id, peer.name, msg.timestamp, data["text"], msg.target_id)
+
+    def _group_message(self, now: float, msg: P.Message, peer) -> list:
+        """A numbered MESSAGE, new, that is a shout or an invitation (shouts.py).  A shout is stored
+        only if we are in its group (a node that left still takes it: its number is spent, the
+        sender's outbox is settled by the ACK); once per id, since ``join --since`` may replay one."""
+        data: MessageData = msg.data
+        groups = self._groups
+        if data.get("invite") is True:
+            return groups.on_invite(now, peer, data["text"]) if groups is not None else []
+        wire = data["group"]
+        if groups is None or not groups.member_of(wire):
+            self.stats["shouts_not_member"] += 1
+            return []
+        n = self.store.add_message("in", P.SHOUT, msg.id, msg.sender_id, msg.sender_id, peer.name, msg.target_id, data["text"],
+                                   msg.timestamp, self.out.epoch(now), dedupe=True, group=wire)
+        if not n:
+            self.stats["duplicates_dropped"] += 1
+            return []
+        return self._delivered_in(now, n, msg.id, P.SHOUT, msg.sender_id, peer.name, msg.timestamp, data["text"], msg.target_id,
+                                  groups.label(wire))
 
     def on_broadcast(self, now: float, msg: P.Message, peer) -> list:
         data: BroadcastData = msg.data
@@ -422,7 +454,8 @@ class Messaging:
         out = []
         for r in rows:
             name, label = self.names.sender(r["sender_id"], r["sender_name"])
-            out.append(entry(r["id"], r["type"], r["sender_id"], name, r["timestamp"], r["text"], r["target_id"], label, r["n"]))
+            group = self._groups.label(r.get("group")) if self._groups is not None else r.get("group")
+            out.append(entry(r["id"], r["type"], r["sender_id"], name, r["timestamp"], r["text"], r["target_id"], label, r["n"], group))
         return out
 
     # ------------------------------------------------------------------ read marks

@@ -74,6 +74,7 @@ from .routes import Routes
 from .payloads import JoinData
 from .replies import ok
 from .seeded import for_node
+from .shouts import Groups
 from .settings import Settings
 from .storage import Storage
 from .tree import Tree
@@ -82,7 +83,11 @@ from .watchers import Watchers
 
 # The overlay's stats counters, as `info` lists them under "counters".
 COUNTERS = ("routed_out", "routed_relayed", "routed_in", "routed_unreachable", "routed_too_large",
-            "tree_payloads_out", "tree_payloads_in", "tree_duplicates")
+            "tree_payloads_out", "tree_payloads_in", "tree_duplicates",
+            # groups (shouts.py): shouts sent, stored, SHOUT copies sent (ours and relayed), relayed,
+            # taken unstored (not a member), members no route reached, replayed for join --since
+            "shouts_out", "shouts_in", "shout_copies_out", "shouts_relayed", "shouts_not_member", "shout_unreachable",
+            "shouts_replayed")
 
 log = logging.getLogger("p2pd.node")
 
@@ -99,7 +104,7 @@ QUIET_VIEWS = frozenset(("SHUFFLE", "SHUFFLE_REPLY"))
 class Node:
     def __init__(self, node_id: str, name: str, address: P.PeerAddress, settings: Settings, now: float, wall: float,
                  store: Storage | None = None, trust: Trust | None = None, rng: P.RandomBits | None = None,
-                 keys=None, incarnation: int | None = None, hosts: tuple[str, ...] | None = None):
+                 keys=None, incarnation: int | None = None, hosts: tuple[str, ...] | None = None, randbytes=None):
         self.id = node_id
         self.name = name
         self.settings = settings
@@ -136,6 +141,14 @@ class Node:
         self.msgs = Messaging(self.store, settings, out, table, self.links, self.watchers, self.names, self.drop, self.stats,
                               publish=self.tree.originate, reach=self._reach)
         self.handshake = Handshake(address, self.boot, settings, self.trust, out, self.links, self.msgs)
+        # Groups (shouts.py).  Private groups' keys need random bytes from a cryptographic source:
+        # the daemon gives os.urandom; nodes of tests and the simulator draw from their seeded rng.
+        randbytes = randbytes if randbytes is not None else (lambda n: self.rng.getrandbits(8 * n).to_bytes(n, "big"))
+        self.groups = Groups(node_id, name, self.store, self.msgs, out, self.routes, self.roster, self.watchers, self.stats,
+                             self.drop, self.keys.sign if self.keys.signed else None, self._verify_key_of, randbytes,
+                             self._reach, self._deliver, lambda now: self.overlay.resign_now(now),
+                             lambda: self.roster.own.incarnation)
+        self.msgs.attach_groups(self.groups)
         # Origins whose signed record showed broadcasts we miss: asked again (`_refetch`) until we
         # have them, since a FETCH or its replay sent through the overlay may be lost on the way
         # (routes still forming after a heal) and the record, unchanged, will not tell us again.
@@ -144,7 +157,10 @@ class Node:
         self._refetch_at = now
         self.overlay = Overlay(node_id, name, address, hosts, settings, self.keys, self.trust, self.roster, self.routes, table, self.links,
                                self.handshake, out, self.drop, self.stats, self.rng, now, neighbours=self._neighbour,
-                               beacon=self.msgs.beacon, announced=self._record_beacon, watchers=self.watchers)
+                               beacon=self.msgs.beacon, announced=self._record_beacon, watchers=self.watchers,
+                               groups=self.groups.record_entries, record_news=self.groups.on_record)
+        if self.groups.joined:
+            self.overlay.resign_now(now)  # our record lists the groups we were in before a restart
         self.gossip = Gossip(node_id, settings, table, out, self.handshake, self.trust, self.drop, now, self.rng,
                              may_dial=self.overlay.may_dial)
         self.heartbeat = Heartbeat(settings, table, out, now)
@@ -164,14 +180,15 @@ class Node:
             P.PING: self._on_ping,
             P.PONG: self._on_pong,
             P.ACK: self.msgs.on_ack,
-            P.FETCH: self.msgs.on_fetch,
+            P.FETCH: self._on_fetch,
             P.VIEW: self.overlay.on_view,
             P.ROUTED: self._on_routed,
             P.TREE: self._on_tree,
             P.FACTS: self.overlay.on_facts,
+            P.SHOUT: self.groups.on_shout,
         }
         # What may come through the overlay from a node we hold no link to (relay.ROUTABLE).
-        self._routed_handlers = {P.MESSAGE: self._on_message, P.ACK: self.msgs.on_ack, P.FETCH: self.msgs.on_fetch,
+        self._routed_handlers = {P.MESSAGE: self._on_message, P.ACK: self.msgs.on_ack, P.FETCH: self._on_fetch,
                                  P.BROADCAST: self.msgs.on_broadcast, P.VIEW: self.overlay.on_view}
         self._events = {
             RouterFrames: lambda now, e: self.on_router_frames(now, e.frames, e.peer_host, e.user_id),
@@ -408,6 +425,22 @@ class Node:
         peer.msgs_in += self.stats["messages_in"] - before  # delivered here: counted as info's messages_in is
         return acts
 
+    def _on_fetch(self, now: float, msg: P.Message, peer: Peer) -> list:
+        """FETCH: a group's shouts since a time (``join --since``, shouts.py), or our broadcasts."""
+        if "group" in msg.data:
+            return self.groups.on_fetch(now, msg, peer)
+        return self.msgs.on_fetch(now, msg, peer)
+
+    def _deliver(self, now: float, msg: P.Message) -> list:
+        """A MESSAGE a SHOUT stood for (shouts.py), handled as if it had come from its origin."""
+        origin = self.table.get(msg.sender_id)
+        if origin is None or origin.id not in self.links:
+            origin = self.overlay.remote_peer(msg.sender_id, now)
+        if origin is None:
+            self.drop(now, "not_linked", f"shout from {msg.sender_id[:12]}, a node we have no record of", "shout")
+            return []
+        return self._on_message(now, msg, origin)
+
     def _key_of(self, node_id: str) -> str | None:
         """The CURVE key a node's signed record names (what routed messages are sealed to)."""
         rec = self.roster.record_of(node_id)
@@ -505,9 +538,10 @@ class Node:
         here, not from when it was decided (the rest of that loop turn is not the network's doing)."""
         self.heartbeat.sent(msg.id, now)
 
-    def watch(self, client: bytes) -> None:
-        """Stream events to control client ``client`` (`p2pctl watch`, the chat) until it goes."""
-        self.watchers.add(client)
+    def watch(self, client: bytes, group: str | None = None) -> None:
+        """Stream events to control client ``client`` (`p2pctl watch`, the chat) until it goes;
+        ``group``: only the events of that group (as shown: its shouts, its members' joins and leaves)."""
+        self.watchers.add(client, group)
 
     def on_client_gone(self, client: bytes) -> None:
         """The control socket cannot reach ``client`` any more (it disconnected): stop streaming to it."""
@@ -627,6 +661,7 @@ class Node:
             "messages_out": self.stats["messages_out"],
             "broadcasts_in": self.stats["broadcasts_in"],
             "broadcasts_out": self.stats["broadcasts_out"],
+            "groups": len(self.groups.joined),
             "outbox_pending": self.msgs.pending_count(),
             "messages_delivered": self.stats["messages_delivered"],
             "messages_expired": self.stats["messages_expired"],

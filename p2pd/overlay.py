@@ -126,7 +126,7 @@ class Overlay:
     def __init__(self, node_id: str, name: str, address: P.PeerAddress, hosts: tuple[str, ...], settings: Settings, keys, trust: Trust, roster: Roster,
                  routes: Routes, table: Membership, links: Links, handshake: Handshake, outbound: Outbound, drops: Drops,
                  stats: Counter, rng: P.RandomBits, now: float, neighbours=None, beacon=None, announced=None,
-                 watchers: Watchers | None = None):
+                 watchers: Watchers | None = None, groups=None, record_news=None):
         self.id = node_id
         self.name = name
         self.address = address
@@ -158,6 +158,10 @@ class Overlay:
         # another node's (``announced(now, node id, beacon dict)``).
         self._beacon = beacon if beacon is not None else (lambda: {"bseq": 0, "boldest": 0, "epoch": ""})
         self._announced = announced if announced is not None else (lambda now, node_id, data: [])
+        # The groups our record lists (``groups(incarnation)``: their entries, shouts.py), and who
+        # to tell of another node's record taken (``record_news(now, node id, record)``; None: gone).
+        self._groups = groups if groups is not None else (lambda incarnation: ())
+        self._record_news = record_news if record_news is not None else (lambda now, node_id, rec: [])
         self._signed_beacon: tuple = (0, 0, "")
         self._beacon_resign_at = now
         self.watchers = watchers
@@ -184,7 +188,14 @@ class Overlay:
     def own_record(self, incarnation: int, status: str = ALIVE) -> NodeRecord:
         bseq, boldest, bepoch = self._signed_beacon = self._beacon_now()
         return self.keys.record(self.name, own_addresses(self.hosts, self.address.port), incarnation, status, self.address.pub_port,
-                                self._linked_neighbours()[:16], bseq, boldest, bepoch)
+                                self._linked_neighbours()[:16], bseq, boldest, bepoch, self._groups(incarnation))
+
+    def resign_now(self, now: float) -> None:
+        """Sign our record again at once: the groups we are in changed (a join or a leave should
+        reach the members in one gossip round, not after RESIGN_MIN_S)."""
+        self.incarnation = max(self.incarnation, self.roster.own.incarnation) + 1
+        self._signed_links = self._linked_neighbours()
+        self.roster.set_own(now, self.own_record(self.incarnation))
 
     def _resign(self, now: float) -> None:
         """Sign our record again if our links changed (at most once every RESIGN_MIN_S), or our
@@ -321,6 +332,7 @@ class Overlay:
         if self.roster.state_of(peer_id) not in (LEFT, None) and self.routes.next_hop(peer_id) is None:
             self.roster.forget(peer_id)
             self.routes.remove(peer_id)
+            acts += self._record_news(now, peer_id, None)
         return acts
 
     def dial_failed(self, now: float, peer_id: str) -> list:
@@ -405,10 +417,12 @@ class Overlay:
                     if verdict not in (OK, "stale"):
                         self.drop(now, f"route_{verdict}", f"record of {node_id[:12]} not routable", source)
                     self.views.remember(node_id)
+                    acts += self._record_news(now, node_id, rec)
                     if rec.bepoch:
                         acts += self._announced(now, node_id, {"bseq": rec.bseq, "boldest": rec.boldest, "epoch": rec.bepoch})
                 elif state in (DEAD, LEFT):
                     routes.remove(node_id)
+                    acts += self._record_news(now, node_id, None)
                     if node_id not in self.views.active:  # a linked one is the heartbeat's to judge
                         acts += self._apply(now, self.views.link_failed(node_id, now))
             elif heard.refute is not None:

@@ -61,6 +61,8 @@ class MessageData(TypedDict, total=False):
     seq: int  # its number on this sender -> receiver link (with base), absent from simple peers
     base: int  # the oldest seq the sender still needs
     epoch: str  # the sender's store epoch: the numbering seq belongs to
+    group: str  # a shout: its group (an open group's name, or "~" + a private group's id)
+    invite: bool  # text is a private group's key for us (groupkeys.invite_payload, as JSON)
 
 
 class BroadcastData(TypedDict, total=False):
@@ -85,7 +87,9 @@ class AckData(TypedDict, total=False):
 
 # Either a range of broadcast numbers (from, to), or everything since a UNIX time; "from" is a
 # Python keyword, hence the functional form.
-FetchData = TypedDict("FetchData", {"since": float, "from": int, "to": int}, total=False)
+# With "group": the group's shouts the receiver sent since then (join --since); "tag" and "inc"
+# prove a private group's key (groupkeys.member_tag of the asker at that incarnation).
+FetchData = TypedDict("FetchData", {"since": float, "from": int, "to": int, "group": str, "tag": str, "inc": int}, total=False)
 
 
 class LeaveData(TypedDict):
@@ -123,11 +127,27 @@ class FactsData(TypedDict, total=False):
     facts: Required[list]  # signed records and accusations (records.py encode)
 
 
+class ShoutData(TypedDict, total=False):
+    """A shout on its way to its group's members (shouts.py; docs/PROTOCOL.md, SHOUT)."""
+    g: Required[str]  # the group: an open group's name, or "~" + a private group's id
+    o: str  # the origin's node id
+    mid: str  # the shout's message id
+    ts: str  # its timestamp
+    ep: str  # the origin's store epoch (the members' seq numbering)
+    n: int  # the origin's count of its shouts in this group (bound into a private shout's seal)
+    body: str  # the text; a private group's: sealed with the group key (groupkeys.seal_shout)
+    to: dict  # member id -> [seq, base] on the origin -> member link (delivery.py)
+    sig: str  # the origin's signature of all of the above, hex
+    fwd: Required[list]  # the members this copy is to reach (split again by each relay)
+    ttl: Required[int]  # hops left
+
+
 PAYLOADS: dict[str, type] = {
     P.VIEW: ViewData,
     P.TREE: TreeData,
     P.ROUTED: RoutedData,
     P.FACTS: FactsData,
+    P.SHOUT: ShoutData,
     P.JOIN: JoinData,
     P.LEAVE: LeaveData,
     P.MESSAGE: MessageData,

@@ -25,7 +25,7 @@ import orjson
 
 from .escape import NAME_FORBIDDEN_CLASS
 
-PROTOCOL_VERSION = 2  # 2: the overlay (VIEW, TREE, ROUTED, FACTS); docs/PROTOCOL.md 1
+PROTOCOL_VERSION = 3  # 2: the overlay (VIEW, TREE, ROUTED, FACTS); 3: groups (SHOUT, records' groups); docs/PROTOCOL.md 1
 
 JOIN = "JOIN"
 LEAVE = "LEAVE"
@@ -41,7 +41,8 @@ VIEW = "VIEW"  # HyParView membership views (views.py): data {"kind": one of VIE
 TREE = "TREE"  # Plumtree broadcast (tree.py): data {"kind": one of TREE_KINDS, ...}
 ROUTED = "ROUTED"  # a sealed body for a node we hold no link to, hop by hop (relay.py, sealed.py)
 FACTS = "FACTS"  # signed node records and accusations (roster.py, records.py): data {"facts": [...]}
-TYPES = frozenset({JOIN, LEAVE, MESSAGE, BROADCAST, PEERS, PING, PONG, ACK, FETCH, VIEW, TREE, ROUTED, FACTS})
+SHOUT = "SHOUT"  # a group message on its way to the group's members, hop by hop (shouts.py)
+TYPES = frozenset({JOIN, LEAVE, MESSAGE, BROADCAST, PEERS, PING, PONG, ACK, FETCH, VIEW, TREE, ROUTED, FACTS, SHOUT})
 VIEW_KINDS = frozenset({"JOIN", "FORWARD_JOIN", "NEIGHBOR", "NEIGHBOR_REPLY", "DISCONNECT", "SHUFFLE", "SHUFFLE_REPLY"})
 TREE_KINDS = frozenset({"GOSSIP", "IHAVE", "GRAFT", "PRUNE"})
 MAX_FACTS = 64  # records and accusations in one FACTS (a record is about 400 bytes of JSON)
@@ -54,6 +55,7 @@ MAX_NAME_LEN = 64
 MAX_TEXT_LEN = 64 * 1024
 MAX_PEERS_LISTED = 1024
 MAX_BATCH = 256  # envelopes in one ZeroMQ message, to a peer that announced "batch"
+MAX_GROUP_FIELD = 256  # a MESSAGE's or FETCH's "group": an open group's name (64 characters) or "~" + a private group's id
 
 Z85_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
 _KEY_RE = re.compile("^[" + re.escape(Z85_CHARS) + "]{40}\\Z")
@@ -304,6 +306,14 @@ def _opt_id(data: dict, key: str) -> None:
         raise ProtocolError("bad_field", f"data.{key} must be an id string")
 
 
+def _opt_group(data: dict) -> None:
+    """An optional ``group``: a string of at most MAX_GROUP_FIELD characters when present (whether
+    it names a group this node is in is the receiver's question, shouts.py)."""
+    val = data.get("group")
+    if val is not None and not (type(val) is str and 0 < len(val) <= MAX_GROUP_FIELD):
+        raise ProtocolError("bad_field", f"data.group must be a group name of 1-{MAX_GROUP_FIELD} characters")
+
+
 def _check_data(type_: str, data: dict, target_id: str | None) -> None:
     _opt_id(data, "epoch")
     if type_ in (JOIN, PING, PONG):
@@ -316,6 +326,9 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
             raise ProtocolError("bad_field", "MESSAGE needs both data.seq and data.base, or neither")
         if data.get("seq") is not None and data["base"] > data["seq"]:
             raise ProtocolError("bad_field", "MESSAGE data.base is above data.seq")
+        _opt_group(data)
+        if not isinstance(data.get("invite", False), bool):
+            raise ProtocolError("bad_field", "MESSAGE 'invite' must be true or false")
     elif type_ == BROADCAST:
         _opt_seq(data, "bseq", 1)
     elif type_ == ACK:
@@ -327,6 +340,7 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
         if target_id is None:
             raise ProtocolError("bad_field", "ACK needs a target_id")
     elif type_ == FETCH:
+        _opt_group(data)
         since = data.get("since")
         if since is not None:
             if not isinstance(since, (int, float)) or isinstance(since, bool) or not 0 <= since < 1e11:
@@ -367,6 +381,9 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
         if not isinstance(peers, list) or len(peers) > MAX_PEERS_LISTED:
             raise ProtocolError("bad_field", f"PEERS needs data.peers as a list of at most {MAX_PEERS_LISTED}")
         _check_peers(peers)
+    elif type_ == SHOUT:
+        if type(data.get("g")) is not str or type(data.get("fwd")) is not list or type(data.get("ttl")) is not int:
+            raise ProtocolError("bad_field", "SHOUT needs data.g, data.fwd (a list) and data.ttl (shouts.py checks the rest)")
     elif type_ in (VIEW, TREE):
         kinds = VIEW_KINDS if type_ == VIEW else TREE_KINDS
         if data.get("kind") not in kinds:
@@ -469,7 +486,7 @@ def version_refusal(v) -> str:
     """Why a frame of another protocol version is refused, naming both versions."""
     if type(v) is int and not isinstance(v, bool):
         return (f"peer speaks p2pd protocol version {v}, this node speaks version {PROTOCOL_VERSION}: "
-                f"run the same p2pd release on both (version {PROTOCOL_VERSION} added the overlay; see docs/PROTOCOL.md)")
+                f"run the same p2pd release on both (version 2 added the overlay, version 3 groups; see docs/PROTOCOL.md)")
     return f"unsupported protocol version {str(v)[:16]!r} (this node speaks version {PROTOCOL_VERSION})"
 
 
@@ -534,7 +551,7 @@ def _fast_ack(data: dict, target_id) -> bool:
 
 def _fast_message(data: dict, target_id) -> bool:
     seq, base, text = data.get("seq"), data.get("base"), data.get("text")
-    return (target_id is not None and type(text) is str and len(text) <= MAX_TEXT_LEN and _fast_epoch(data)
+    return ("group" not in data and "invite" not in data and target_id is not None and type(text) is str and len(text) <= MAX_TEXT_LEN and _fast_epoch(data)
             and (seq is None and base is None or type(seq) is int and type(base) is int and 1 <= base <= seq <= MAX_SEQ))
 
 
@@ -557,7 +574,7 @@ def _unsure(data: dict, target_id) -> bool:
 
 _FAST_DATA = {PING: _fast_beacon, PONG: _fast_pong, ACK: _fast_ack, MESSAGE: _fast_message, BROADCAST: _fast_broadcast,
               PEERS: _fast_peers, JOIN: _unsure, LEAVE: _unsure, FETCH: _unsure,
-              VIEW: _unsure, TREE: _unsure, ROUTED: _unsure, FACTS: _unsure}
+              VIEW: _unsure, TREE: _unsure, ROUTED: _unsure, FACTS: _unsure, SHOUT: _unsure}
 
 
 def valid_key(value) -> bool:

@@ -64,12 +64,15 @@ count, then each item as ``str``.
 * record:     ``b"p2pd-record-v1\\x00"``, str id (32 lowercase hex), str name, str CURVE key
   (40 chars Z85), key verify key, list addresses, u64 incarnation, str status, u64 PUB port,
   list links (the node's active neighbours' ids, at most 16), u64 bseq, u64 boldest, str bepoch
-  (its broadcast numbers when it signed: latest, oldest it can replay, and their store epoch).
+  (its broadcast numbers when it signed: latest, oldest it can replay, and their store epoch),
+  list groups (the groups it is in: an open group's name, or ``~<group id>:<member tag>`` for
+  a private one, groupkeys.py; at most 32, 2,048 UTF-8 bytes in all).
 * accusation: ``b"p2pd-accusation-v1\\x00"``, str accuser id, str accuser CURVE key, key
   accuser verify key, str subject id, u64 incarnation, str status.
 
 **On the wire** (`encode` / `decode`) a record is a dict: ``{"id", "name", "key" (Z85),
-"vk" (hex), "addrs" (list), "inc", "status", "pub", "links" (list), "bseq", "boldest", "bepoch", "sig" (hex)}``; an accusation:
+"vk" (hex), "addrs" (list), "inc", "status", "pub", "links" (list), "bseq", "boldest", "bepoch", "groups" (list),
+"sig" (hex)}``; an accusation:
 ``{"by", "by_key", "by_vk", "id", "inc", "status", "sig"}``.  `decode` checks the shape and
 raises `BadRecord("malformed")`; `verify` checks the binding and the signature.
 """
@@ -86,10 +89,11 @@ from nacl.exceptions import BadSignatureError, CryptoError
 
 from .digest import sha512
 
+from .groups import MAX_GROUPS, check_group_name
 from .protocol import MAX_NAME_LEN, Z85_CHARS, valid_key, valid_name
 from .trust import node_id_for
 
-DOMAIN_RECORD = b"p2pd-record-v1\x00"
+DOMAIN_RECORD = b"p2pd-record-v2\x00"  # v2: the groups list (protocol 3)
 DOMAIN_ACCUSATION = b"p2pd-accusation-v1\x00"
 PREFIX_DOMAIN = b"p2pd-ed25519-prefix-v1"
 
@@ -101,6 +105,8 @@ ACCUSATIONS = frozenset({SUSPECT, DEAD})  # what another node may say of it
 MAX_ADDRESSES = 8
 MAX_LINKS = 16  # neighbours a record may list (the active view is 8 by default)
 MAX_ADDRESS_LEN = 255
+MAX_GROUP_BYTES = 2048  # the groups list's UTF-8 bytes: a FACTS frame of 48 records stays far below the frame limit
+_PRIVATE_RE = re.compile(r"^~[0-9a-f]{32}:[0-9a-f]{32}\Z")  # ~<group id>:<member tag> (groupkeys.py)
 MAX_INCARNATION = 2**63 - 1
 _ID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 _HEX64_RE = re.compile(r"^[0-9a-f]{64}\Z")
@@ -246,11 +252,13 @@ class NodeRecord:
     bseq: int = 0  # its latest broadcast number when it signed (a node that missed some fetches them)
     boldest: int = 0  # ... the oldest it can still replay
     bepoch: str = ""  # ... and the store epoch they belong to
+    groups: tuple[str, ...] = ()  # the groups it is in: open names, and ~<group id>:<tag> for private ones
 
     def signed_bytes(self) -> bytes:
         return (DOMAIN_RECORD + _str(self.node_id) + _str(self.name) + _str(self.curve_key) + self.verify_key
                 + _list(self.addresses) + _u64(self.incarnation) + _str(self.status)
-                + _u64(self.pub_port) + _list(self.links) + _u64(self.bseq) + _u64(self.boldest) + _str(self.bepoch))
+                + _u64(self.pub_port) + _list(self.links) + _u64(self.bseq) + _u64(self.boldest) + _str(self.bepoch)
+                + _list(self.groups))
 
 
 @dataclass(frozen=True)
@@ -306,13 +314,23 @@ def _check_fields(rec: NodeRecord) -> None:
         raise BadRecord("malformed", "bseq")
     if not (type(rec.bepoch) is str and (rec.bepoch == "" or _EPOCH_RE.match(rec.bepoch))):
         raise BadRecord("malformed", "bepoch")
+    if not valid_groups(rec.groups):
+        raise BadRecord("malformed", "groups")
+
+
+def valid_groups(groups) -> bool:
+    """A record's groups list: a tuple of at most MAX_GROUPS distinct entries, each an open
+    group's valid name or a private group's ``~<id>:<tag>``, MAX_GROUP_BYTES in all."""
+    return (type(groups) is tuple and len(groups) <= MAX_GROUPS and len(set(groups)) == len(groups)
+            and all(type(g) is str and (_PRIVATE_RE.match(g) if g.startswith("~") else check_group_name(g) is None) for g in groups)
+            and sum(len(g.encode("utf-8")) for g in groups) <= MAX_GROUP_BYTES)
 
 
 def sign(signer: Signer, name: str, addresses, incarnation: int, status: str = ALIVE, pub_port: int = 0,
-         links=(), bseq: int = 0, boldest: int = 0, bepoch: str = "") -> NodeRecord:
+         links=(), bseq: int = 0, boldest: int = 0, bepoch: str = "", groups=()) -> NodeRecord:
     """The node's own record, signed.  Raises `BadRecord` for fields `verify` would refuse."""
     rec = NodeRecord(signer.node_id, name, signer.curve_key, signer.verify_key, tuple(addresses), incarnation, status,
-                     b"", pub_port, tuple(links), bseq, boldest, bepoch)
+                     b"", pub_port, tuple(links), bseq, boldest, bepoch, tuple(groups))
     _check_fields(rec)
     return NodeRecord(**{**rec.__dict__, "signature": signer.sign(rec.signed_bytes())})
 
@@ -393,7 +411,7 @@ def encode(fact: Fact) -> dict:
         return {"id": fact.node_id, "name": fact.name, "key": fact.curve_key, "vk": fact.verify_key.hex(),
                 "addrs": list(fact.addresses), "inc": fact.incarnation, "status": fact.status,
                 "pub": fact.pub_port, "links": list(fact.links), "bseq": fact.bseq, "boldest": fact.boldest,
-                "bepoch": fact.bepoch, "sig": fact.signature.hex()}
+                "bepoch": fact.bepoch, "groups": list(fact.groups), "sig": fact.signature.hex()}
     return {"by": fact.accuser_id, "by_key": fact.accuser_key, "by_vk": fact.accuser_verify_key.hex(),
             "id": fact.node_id, "inc": fact.incarnation, "status": fact.status, "sig": fact.signature.hex()}
 
@@ -424,12 +442,12 @@ def decode(obj) -> Fact:
                           _hex(obj, "sig", _HEX128_RE))
         _check_accusation_fields(fact)
         return fact
-    if set(obj) != {"id", "name", "key", "vk", "addrs", "inc", "status", "pub", "links", "bseq", "boldest", "bepoch", "sig"}:
+    if set(obj) != {"id", "name", "key", "vk", "addrs", "inc", "status", "pub", "links", "bseq", "boldest", "bepoch", "groups", "sig"}:
         raise BadRecord("malformed", "fields")
     addrs = _field(obj, "addrs", list)
     rec = NodeRecord(_field(obj, "id", str), _field(obj, "name", str), _field(obj, "key", str), _hex(obj, "vk", _HEX64_RE),
                      tuple(addrs), _field(obj, "inc", int), _field(obj, "status", str), _hex(obj, "sig", _HEX128_RE),
                      _field(obj, "pub", int), tuple(_field(obj, "links", list)), _field(obj, "bseq", int),
-                     _field(obj, "boldest", int), _field(obj, "bepoch", str))
+                     _field(obj, "boldest", int), _field(obj, "bepoch", str), tuple(_field(obj, "groups", list)))
     _check_fields(rec)
     return rec

@@ -209,6 +209,10 @@ class Routes:
         out += sorted(self._bits(self._near.get(dest, 0) & ~shortest), key=lambda h: _rank(dest, h))
         return out[:k]
 
+    def neighbours(self, node_id: str) -> list[str]:
+        """``node_id``'s neighbours over edges both ends claim (for a shout's fan-out, groups.split_by_tree)."""
+        return list(self._edges(node_id))
+
     def distances(self) -> dict[str, int]:
         """Every reachable node (us included, at 0) and its distance: for ``p2pctl peers``."""
         self._refresh()

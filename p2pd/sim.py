@@ -420,7 +420,7 @@ class Sim:
         p = act.payload
         if act.client == WATCH:
             event = p.get("event")
-            if event in ("message", "broadcast"):
+            if event in ("message", "broadcast", "shout"):
                 mid = p["message"]["id"]
                 self.got[(s.name, mid)] += 1
                 self.trace.update(f"{t:.6f} deliver {s.name} {mid}\n".encode())

@@ -3,7 +3,7 @@
 How this works
 --------------
 Each command is a `Command` (base.py) in the module of its group: the node as a whole
-(status.py), peers (peers.py), messages (messages.py), keys (trust.py).  It owns its name, a
+(status.py), peers (peers.py), messages (messages.py), groups (groups.py), keys (trust.py).  It owns its name, a
 one-line summary, the check of its arguments (``parse``, raising `BadRequest` with an
 `ErrorCode`) and its handler (``run``, returning effects).  `TABLE` maps each name to its
 command; `COMMANDS`, the unknown-command error (control.py) and the tests that hold the
@@ -18,6 +18,7 @@ p2pctl/commands.py.
 from __future__ import annotations
 
 from .base import BadRequest, Call, Command
+from .groups import Groups, Invite, Join, Leave, Shout
 from .messages import Broadcast, History, Inbox, Outbox, Read, Send, Watch
 from .peers import Connect, Disconnect, Peers, Ping
 from .status import Info, Status, Stop
@@ -26,7 +27,7 @@ from .trust import AuthorizedKeys, KnownPeers
 # The one table.  Its order is the order `unknown_command` lists the names in (the order they were added).
 TABLE: dict[str, Command] = {c.name: c for c in (
     Status(), Info(), Peers(), Connect(), Disconnect(), Send(), Broadcast(), Ping(), Inbox(), History(), Outbox(), Watch(),
-    Stop(), AuthorizedKeys(), KnownPeers(), Read(),
+    Stop(), AuthorizedKeys(), KnownPeers(), Read(), Join(), Leave(), Groups(), Shout(), Invite(),
 )}
 COMMANDS: tuple[str, ...] = tuple(TABLE)
 

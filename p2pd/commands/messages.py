@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from .. import protocol as P
 from ..actions import ToClient
 from ..errors import ErrorCode
+from ..messaging import EVENTS
 from .base import BadRequest, Call, Command, arg_cursor, arg_num, arg_since, target, texts_arg
 
 REPLAY_MAX = 10_000  # stored messages a returning watcher is sent at most (`watch since`); the rest: `inbox`, `history`
@@ -77,10 +78,20 @@ class Broadcast(Command):
         return acts + [call.reply({**result, "status": "sent", "subscribers": reach, "linked": len(alive)})]
 
 
+def group_filter(node, args: dict) -> str | None:
+    """``group``: only that group's shouts (its wire name, shouts.Groups.find), or None: all."""
+    if args.get("group") is None:
+        return None
+    from .groups import group_arg  # groups.py imports this module's neighbours, not this one
+
+    return node.groups.find(group_arg(args))
+
+
 @dataclass(frozen=True)
 class InboxArgs:
     limit: int  # 0: the node's inbox_size
     unread: bool
+    group: str | None = None
 
 
 class Inbox(Command):
@@ -92,11 +103,11 @@ class Inbox(Command):
         unread = args.get("unread", False)
         if not isinstance(unread, bool):
             raise BadRequest(ErrorCode.BAD_REQUEST, "argument 'unread' must be true or false")
-        return InboxArgs(limit, unread)
+        return InboxArgs(limit, unread, group_filter(node, args))
 
     def run(self, call: Call, a: InboxArgs) -> list:
         node = call.node
-        return [call.reply(node.msgs.inbox(a.limit or node.settings.inbox_size, a.unread))]
+        return [call.reply(node.msgs.inbox(a.limit or node.settings.inbox_size, a.unread, group=a.group))]
 
 
 class Read(Command):
@@ -117,6 +128,7 @@ class HistoryArgs:
     limit: int
     peer_id: str | None
     since: float | None
+    group: str | None = None
 
 
 class History(Command):
@@ -128,11 +140,14 @@ class History(Command):
         peer_id = None
         if args.get("peer") is not None:
             peer_id, _ = target(node, args, hint="")
-        return HistoryArgs(limit, peer_id, arg_since(args))
+        return HistoryArgs(limit, peer_id, arg_since(args), group_filter(node, args))
 
     def run(self, call: Call, a: HistoryArgs) -> list:
         node = call.node
-        return [call.reply(node.label_rows(node.store.history(peer_id=a.peer_id, since=a.since, limit=a.limit)))]
+        rows = node.label_rows(node.store.history(peer_id=a.peer_id, since=a.since, limit=a.limit, group=a.group))
+        for row in rows:
+            row["group"] = node.groups.label(row.get("group"))
+        return [call.reply(rows)]
 
 
 @dataclass(frozen=True)
@@ -160,18 +175,21 @@ class Watch(Command):
     misses nothing that was stored meanwhile.  The reply's ``cursor`` is the newest now."""
 
     name = "watch"
-    summary = "stream events (messages, joins, leaves, losses) to this client; replay from a cursor first"
+    summary = "stream events (messages, joins, leaves, losses) to this client; replay from a cursor first; group: only that group's"
 
-    def parse(self, node, args: dict) -> int | None:
-        return None if args.get("since") is None else arg_cursor(args, "since")
+    def parse(self, node, args: dict) -> tuple[int | None, str | None]:
+        since = None if args.get("since") is None else arg_cursor(args, "since")
+        return since, group_filter(node, args)
 
-    def run(self, call: Call, since: int | None) -> list:
+    def run(self, call: Call, parsed: tuple[int | None, str | None]) -> list:
+        since, group = parsed
         node = call.node
-        node.watch(call.client)
+        shown = node.groups.label(group)
+        node.watch(call.client, shown)
         acts = [call.reply({"watching": True, "id": node.id, "name": node.name, "cursor": node.store.last_cursor})]
         if since is not None:
             time = P.utc_timestamp(node.epoch(call.now))
-            for e in node.msgs.entries(node.store.messages_after(since, limit=REPLAY_MAX)):
-                kind = "message" if e["type"] == P.MESSAGE else "broadcast"
+            for e in node.msgs.entries(node.store.messages_after(since, limit=REPLAY_MAX, group=group)):
+                kind = EVENTS.get(e["type"], "message")
                 acts.append(ToClient(call.client, {"event": kind, "time": time, "message": e, "replay": True}))
         return acts
