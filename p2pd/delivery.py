@@ -148,15 +148,17 @@ class Delivery:
             self._dirty.clear()
 
     # ------------------------------------------------------------------ direct: sender
-    def enqueue(self, peer_id: str, msg_id: str, text: str, timestamp: str, epoch: float, expiry_s: float | None = None) -> int:
+    def enqueue(self, peer_id: str, msg_id: str, text: str, timestamp: str, epoch: float, expiry_s: float | None = None,
+                group: str | None = None) -> int:
+        """Number and queue one message for a peer; ``group``: it is that group's shout to this member."""
         ls = self.link(peer_id)
         ls.out_seq += 1
         self._dirty[peer_id] = None
         self._pending[peer_id] = None
-        self.store.add_outbox(peer_id, ls.out_seq, msg_id, text, timestamp, epoch, epoch + (expiry_s or self.expiry_s))
+        self.store.add_outbox(peer_id, ls.out_seq, msg_id, text, timestamp, epoch, epoch + (expiry_s or self.expiry_s), group)
         fresh = ls.fresh
         if len(fresh) < self.fresh_max and (not fresh or fresh[-1][0] == ls.out_seq - 1):
-            fresh.append((ls.out_seq, msg_id, text, timestamp))
+            fresh.append((ls.out_seq, msg_id, text, timestamp, group))
         return ls.out_seq
 
     def _take(self, peer_id: str, ls: LinkSeq, room: int) -> list[tuple]:
@@ -175,7 +177,7 @@ class Delivery:
             ls.fresh.clear()
 
     def due(self, peer_id: str, now: float) -> tuple[int, list[tuple]]:
-        """Messages to transmit now to a linked peer: (base, [(seq, id, text, timestamp), ...])."""
+        """Messages to transmit now to a linked peer: (base, [(seq, id, text, timestamp, group), ...])."""
         ls = self.links.get(peer_id)
         if ls is None or ls.out_acked >= ls.out_seq:
             return 0, []

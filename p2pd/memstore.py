@@ -6,10 +6,11 @@ The same tables as store.py, each in the container its queries want:
 
 * outbox     - per peer an `_Outbox`: rows by seq (a dict) and the seqs in order (a list, for
                `bisect`), and the ids (for idempotent sends).  A row is a list so that its
-               status and attempts can change in place.
+               status and attempts can change in place; its last field is a shout's group.
 * messages   - one list of row tuples in row-number order (numbers only grow, so an insert is
                an append), and the (id, sender_id, peer_id) -> n index of the rows that must
-               be unique (those stored without ``defer``, as SQLite's partial index).
+               be unique (those stored without ``defer``, as SQLite's partial index).  A row's
+               last field is a shout's group (``grp``), None for any other message.
 * links, meta, known - dicts in insertion order (the order SQLite's table scans give).
 * broadcasts - one list of (seq, id, text, timestamp, created) by seq.
 
@@ -34,15 +35,16 @@ from operator import itemgetter
 EXPIRE_BATCH = 256  # expire() reads a peer's pending rows this many at a time (as store.py)
 
 _N = itemgetter(0)  # a message row's number, a broadcast's seq
-_ROW_KEYS = ("n", "id", "direction", "type", "peer_id", "sender_id", "sender_name", "target_id", "text", "timestamp", "stored", "peer_name")
+_ROW_KEYS = ("n", "id", "direction", "type", "peer_id", "sender_id", "sender_name", "target_id", "text", "timestamp", "stored",
+             "peer_name", "group")
 _OUTBOX_KEYS = ("id", "peer_id", "peer", "seq", "text", "timestamp", "created", "expires", "status", "attempts")
 _LINK_KEYS = ("out_seq", "out_acked", "in_seq", "bcast_seq", "in_epoch", "bcast_epoch")
 _KNOWN_KEYS = ("id", "name", "addr", "port", "pub_port", "updated")
 
 # outbox row fields (a list: status and attempts change)
-_ID, _TEXT, _TS, _CREATED, _EXPIRES, _STATUS, _ATTEMPTS = range(7)
+_ID, _TEXT, _TS, _CREATED, _EXPIRES, _STATUS, _ATTEMPTS, _GRP = range(8)
 # message row fields (a tuple)
-_M_N, _M_ID, _M_DIR, _M_TYPE, _M_PEER, _M_SENDER, _M_SENDER_NAME, _M_TARGET, _M_TEXT, _M_TS, _M_STORED, _M_DEDUPE = range(12)
+_M_N, _M_ID, _M_DIR, _M_TYPE, _M_PEER, _M_SENDER, _M_SENDER_NAME, _M_TARGET, _M_TEXT, _M_TS, _M_STORED, _M_DEDUPE, _M_GRP = range(13)
 
 
 class _Outbox:
@@ -51,7 +53,7 @@ class _Outbox:
     __slots__ = ("rows", "seqs", "ids")
 
     def __init__(self):
-        self.rows: dict[int, list] = {}  # seq -> [id, text, timestamp, created, expires, status, attempts]
+        self.rows: dict[int, list] = {}  # seq -> [id, text, timestamp, created, expires, status, attempts, grp]
         self.seqs: list[int] = []  # in order
         self.ids: dict[str, int] = {}  # id -> seq
 
@@ -139,13 +141,14 @@ class MemoryStore:
         return [(peer_id, row[1]) for peer_id, row in self._links.items() if row[0] > row[1]]
 
     # ------------------------------------------------------------------ outbox
-    def add_outbox(self, peer_id: str, seq: int, msg_id: str, text: str, timestamp: str, created: float, expires: float) -> None:
+    def add_outbox(self, peer_id: str, seq: int, msg_id: str, text: str, timestamp: str, created: float, expires: float,
+                   group: str | None = None) -> None:
         box = self._outbox.get(peer_id)
         if box is None:
             box = self._outbox[peer_id] = _Outbox()
         if seq in box.rows or msg_id in box.ids:
             raise ValueError(f"outbox row ({peer_id!r}, {seq}, {msg_id!r}) is there already")
-        box.rows[seq] = [msg_id, text, timestamp, created, expires, "pending", 0]
+        box.rows[seq] = [msg_id, text, timestamp, created, expires, "pending", 0, group]
         box.ids[msg_id] = seq
         if not box.seqs or seq > box.seqs[-1]:
             box.seqs.append(seq)
@@ -198,7 +201,7 @@ class MemoryStore:
                 break
             row = rows[seqs[k]]
             if row[_STATUS] == "pending":
-                out.append((seqs[k], row[_ID], row[_TEXT], row[_TS]))
+                out.append((seqs[k], row[_ID], row[_TEXT], row[_TS], row[_GRP]))
         return out
 
     def _between(self, peer_id: str, after_seq: int, upto_seq: int) -> list[tuple[int, list]]:
@@ -233,7 +236,7 @@ class MemoryStore:
             while True:
                 rows = self.pending_after(peer_id, after, EXPIRE_BATCH)
                 overdue = []
-                for seq, msg_id, _, _ in rows:
+                for seq, msg_id, *_ in rows:
                     row = self._outbox[peer_id].rows[seq]
                     if row[_EXPIRES] <= now:
                         self._set_status(row, "expired")
@@ -294,7 +297,8 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ conversation
     def add_message(self, direction: str, type_: str, msg_id: str, peer_id: str | None, sender_id: str, sender_name: str,
-                    target_id: str | None, text: str, timestamp: str, now: float, defer: bool = False, dedupe: bool = False) -> int:
+                    target_id: str | None, text: str, timestamp: str, now: float, defer: bool = False, dedupe: bool = False,
+                    group: str | None = None) -> int:
         n = self._next_n
         unique = not defer or dedupe
         key = (msg_id, sender_id, peer_id)
@@ -305,7 +309,7 @@ class MemoryStore:
             return 0
         self._next_n += 1
         self._msgs.append((n, msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now,
-                           1 if unique else None))
+                           1 if unique else None, group))
         if unique and peer_id is not None:
             self._unique[key] = n
             self._undo.append(lambda: self._unique.pop(key))
@@ -318,26 +322,39 @@ class MemoryStore:
 
     def _row(self, m: tuple) -> dict:
         known = self._known.get(m[_M_PEER]) if m[_M_PEER] is not None else None
-        return dict(zip(_ROW_KEYS, (*m[:_M_DEDUPE], known[0] if known is not None else None)))
+        return dict(zip(_ROW_KEYS, (*m[:_M_DEDUPE], known[0] if known is not None else None, m[_M_GRP])))
 
     def _after(self, cursor: int) -> int:
         """The index of the first message with n > cursor."""
         return bisect_right(self._msgs, cursor, key=_N)
 
-    def messages_after(self, cursor: int, direction: str = "in", limit: int = 10_000) -> list[dict]:
+    def messages_after(self, cursor: int, direction: str = "in", limit: int = 10_000, group: str | None = None) -> list[dict]:
         out = []
         msgs = self._msgs
         for k in range(self._after(cursor), len(msgs)):
             if len(out) >= limit:
                 break
-            if msgs[k][_M_DIR] == direction:
+            if msgs[k][_M_DIR] == direction and (group is None or msgs[k][_M_GRP] == group):
                 out.append(self._row(msgs[k]))
         return out
 
-    def count_after(self, cursor: int, direction: str = "in", upto: int | None = None) -> int:
+    def count_after(self, cursor: int, direction: str = "in", upto: int | None = None, group: str | None = None) -> int:
         msgs = self._msgs
         end = len(msgs) if upto is None else bisect_right(msgs, upto, key=_N)
-        return sum(1 for k in range(self._after(cursor), end) if msgs[k][_M_DIR] == direction)
+        return sum(1 for k in range(self._after(cursor), end)
+                   if msgs[k][_M_DIR] == direction and (group is None or msgs[k][_M_GRP] == group))
+
+    def own_shouts_since(self, group: str, since_epoch_s: float, limit: int) -> list[tuple]:
+        out = []
+        for m in self._msgs[self._first_stored_at(since_epoch_s):]:
+            if len(out) >= limit:
+                break
+            if m[_M_DIR] == "out" and m[_M_GRP] == group:
+                out.append((m[_M_ID], m[_M_TEXT], m[_M_TS]))
+        return out
+
+    def has_message(self, msg_id: str, sender_id: str) -> bool:
+        return any(m[_M_ID] == msg_id and m[_M_SENDER] == sender_id for m in self._msgs)
 
     def broadcast_ids_since(self, origin: str, when: float) -> set[str]:
         msgs = self._msgs
@@ -345,7 +362,7 @@ class MemoryStore:
                 if m[_M_PEER] == origin and m[_M_DIR] == "in" and m[_M_TYPE] == "BROADCAST"}
 
     def history(self, peer_id: str | None = None, since: float | None = None, limit: int = 0, direction: str | None = None,
-                after: int | None = None) -> list[dict]:
+                after: int | None = None, group: str | None = None) -> list[dict]:
         msgs = self._msgs
         start = 0
         if after is not None:
@@ -355,7 +372,8 @@ class MemoryStore:
         out = []
         for k in range(len(msgs) - 1, start - 1, -1):
             m = msgs[k]
-            if (peer_id is None or m[_M_PEER] == peer_id) and (direction is None or m[_M_DIR] == direction):
+            if (peer_id is None or m[_M_PEER] == peer_id) and (direction is None or m[_M_DIR] == direction) \
+                    and (group is None or m[_M_GRP] == group):
                 out.append(m)
                 if len(out) == limit:
                     break

@@ -231,9 +231,13 @@ class Messaging:
         if not rows:
             return []
         epoch = self.store.epoch
-        return self.out.send_many(peer_id, [
-            P.Message(P.MESSAGE, msg_id, self.out.id, self.out.name, timestamp, {"text": text, "seq": seq, "base": base, "epoch": epoch}, peer_id)
-            for seq, msg_id, text, timestamp in rows])
+        msgs = []
+        for seq, msg_id, text, timestamp, group in rows:
+            data = {"text": text, "seq": seq, "base": base, "epoch": epoch}
+            if group is not None:
+                data["group"] = group
+            msgs.append(P.Message(P.MESSAGE, msg_id, self.out.id, self.out.name, timestamp, data, peer_id))
+        return self.out.send_many(peer_id, msgs)
 
     def broadcast(self, now: float, texts: list[str]) -> tuple[list, list[str]]:
         """Number, store and publish broadcasts; returns (effects, their ids)."""
@@ -445,9 +449,10 @@ class Messaging:
         links = [(peer_id, ls.out_seq, ls.out_acked) for peer_id, ls in self.delivery.links.items() if ls.out_seq > 0]
         return self.names.label_rows(self.store.outbox(statuses, limit, links), peer_key="peer")
 
-    def inbox(self, limit: int, unread: bool = False) -> list[dict]:
-        """The newest ``limit`` received messages, oldest first; ``unread``: only those after the read mark."""
-        rows = self.store.history(direction="in", limit=limit, after=self.read_upto() if unread else None)
+    def inbox(self, limit: int, unread: bool = False, group: str | None = None) -> list[dict]:
+        """The newest ``limit`` received messages, oldest first; ``unread``: only those after the read
+        mark; ``group``: only that group's shouts."""
+        rows = self.store.history(direction="in", limit=limit, after=self.read_upto() if unread else None, group=group)
         return self.entries(rows)
 
     def entries(self, rows: list[dict]) -> list[dict]:

@@ -29,6 +29,10 @@ The contract, in short (each method says the rest):
   same for the outbox's per-peer ``seq`` and the broadcasts' ``seq``, which the caller assigns
   (delivery.py) and stores here so that they survive a restart.
 * **Limits** (``limit``) are >= 0: at most that many rows (`history`: 0 means all).
+* **Groups.**  A group's shout travels to each member as a direct message, so an outbox row
+  and a stored message may name their group (``group``: an open group's name, or "~" and 32
+  hex digits for a private group's id; None for a direct message or a broadcast), and the
+  reads of messages can be narrowed to one group.
 * **Time is passed in.**  ``now``/``created``/``stored`` are wall-clock seconds the caller gives;
   a store reads no clock.  Message row numbers grow with ``stored``, which lets age queries
   search by number.
@@ -75,12 +79,15 @@ class Storage(Protocol):
         seq is at or below the saved ``out_acked``: no per-row write on an ACK."""
 
     # ------------------------------------------------------------------ outbox
-    def add_outbox(self, peer_id: str, seq: int, msg_id: str, text: str, timestamp: str, created: float, expires: float) -> None:
+    def add_outbox(self, peer_id: str, seq: int, msg_id: str, text: str, timestamp: str, created: float, expires: float,
+                   group: str | None = None) -> None:
         """Queue one pending outbox row (deferred: see the top).  The caller numbers a peer's rows
-        1, 2, 3 ... in order and never reuses a seq or an id for the same peer."""
+        1, 2, 3 ... in order and never reuses a seq or an id for the same peer.  ``group``: the
+        row is this group's shout to one member, and its (re)transmissions must say so."""
 
     def pending_after(self, peer_id: str, after_seq: int, limit: int) -> list[tuple]:
-        """Up to ``limit`` pending (not expired) rows with seq > after_seq, by seq: (seq, id, text, timestamp)."""
+        """Up to ``limit`` pending (not expired) rows with seq > after_seq, by seq: (seq, id, text,
+        timestamp, group), group None for a direct message."""
 
     def mark_delivered(self, peer_id: str, upto_seq: int, now: float, after_seq: int = 0) -> list[str]:
         """Ids of the pending rows after_seq < seq <= upto_seq (an ACK just covered them), by seq.
@@ -120,7 +127,8 @@ class Storage(Protocol):
 
     # ------------------------------------------------------------------ conversation
     def add_message(self, direction: str, type_: str, msg_id: str, peer_id: str | None, sender_id: str, sender_name: str,
-                    target_id: str | None, text: str, timestamp: str, now: float, defer: bool = False, dedupe: bool = False) -> int:
+                    target_id: str | None, text: str, timestamp: str, now: float, defer: bool = False, dedupe: bool = False,
+                    group: str | None = None) -> int:
         """Store one message of the conversation; returns its row number ``n`` (> 0, the next one),
         or 0, taking no number, if it is a duplicate: a message with the same (id, sender_id,
         peer_id), peer_id not None, stored without ``defer`` (or with ``dedupe``).
@@ -128,28 +136,39 @@ class Storage(Protocol):
         ``defer=True``: the caller knows the message is new (numbered by a sequence that rejects
         duplicates, or an id just made): no duplicate check, the number is returned at once and
         the row may be queued (see the top).  Such rows are not unique by id unless ``dedupe``
-        (then a duplicate is dropped when the row is written, and its number stays unused)."""
+        (then a duplicate is dropped when the row is written, and its number stays unused: a
+        shout that comes again, e.g. replayed, is kept once).  ``group``: a shout's group."""
 
     @property
     def last_cursor(self) -> int:
         """The row number of the newest message stored or queued; 0 if none ever was."""
 
-    def messages_after(self, cursor: int, direction: str = "in", limit: int = 10_000) -> list[dict]:
+    def messages_after(self, cursor: int, direction: str = "in", limit: int = 10_000, group: str | None = None) -> list[dict]:
         """The first ``limit`` messages of ``direction`` with n > cursor, by n (a watcher catching up);
-        dicts as `history`."""
+        dicts as `history`.  ``group``: only that group's (a watcher of one room)."""
 
-    def count_after(self, cursor: int, direction: str = "in", upto: int | None = None) -> int:
-        """How many messages of ``direction`` have cursor < n (<= upto)."""
+    def count_after(self, cursor: int, direction: str = "in", upto: int | None = None, group: str | None = None) -> int:
+        """How many messages of ``direction`` have cursor < n (<= upto); ``group``: of that group only."""
+
+    def own_shouts_since(self, group: str, since_epoch_s: float, limit: int) -> list[tuple]:
+        """Our own shouts to ``group`` stored at or after ``since_epoch_s`` (found by row number, as
+        `history`'s ``since``), oldest first, at most ``limit``: (id, text, timestamp).  Replayed
+        to a member that joins asking for the group's past (``--since``)."""
+
+    def has_message(self, msg_id: str, sender_id: str) -> bool:
+        """Whether a message with this id from this sender is stored, in either direction: tells a
+        replayed shout already held from a new one.  May scan every row: for occasional use."""
 
     def broadcast_ids_since(self, origin: str, when: float) -> set[str]:
         """Ids of the broadcasts received from ``origin`` (peer_id) stored at or after ``when``."""
 
     def history(self, peer_id: str | None = None, since: float | None = None, limit: int = 0, direction: str | None = None,
-                after: int | None = None) -> list[dict]:
+                after: int | None = None, group: str | None = None) -> list[dict]:
         """The newest ``limit`` messages (all if 0) that match, oldest first: dicts of n, id,
-        direction, type, peer_id, sender_id, sender_name, target_id, text, timestamp, stored and
-        peer_name (the peer's known name, or None).  ``since``: stored at or after it (found by
-        row number: the first row stored at or after it, and all after); ``after``: n > after."""
+        direction, type, peer_id, sender_id, sender_name, target_id, text, timestamp, stored,
+        peer_name (the peer's known name, or None) and group (a shout's, else None).  ``since``:
+        stored at or after it (found by row number: the first row stored at or after it, and all
+        after); ``after``: n > after; ``group``: only that group's (a room's conversation)."""
 
     # ------------------------------------------------------------------ own broadcasts
     def add_broadcast(self, seq: int, msg_id: str, text: str, timestamp: str, now: float) -> None:

@@ -8,9 +8,13 @@ must survive a restart or a kill -9:
 * ``outbox``     - direct messages we sent, numbered per peer (``seq``).  A row
                    is delivered once the peer's cumulative ACK covers its seq
                    (``links.out_acked``), expired when given up, else pending.
+                   A group's shout goes to each member as one such row, which
+                   names its group in ``grp``.
 * ``messages``   - the conversation: every message sent and received (the
                    inbox is the received part).  ``id`` is unique, so a
-                   duplicate can never be stored twice.
+                   duplicate can never be stored twice.  ``grp`` is the group
+                   of a shout (an open group's name, or "~" and 32 hex digits
+                   for a private group's id), NULL for any other message.
 * ``links``      - per peer: the last seq we numbered for it, the highest it
                    acknowledged, the highest seq we received from it, and the
                    last of its broadcast numbers we delivered.
@@ -50,6 +54,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     expires REAL NOT NULL,
     status TEXT NOT NULL DEFAULT 'pending',  -- 'pending' or 'expired'; delivered is seq <= links.out_acked
     attempts INTEGER NOT NULL DEFAULT 0,  -- retransmissions
+    grp TEXT,  -- the group of a shout, NULL for a direct message
     PRIMARY KEY (peer_id, seq),
     UNIQUE (peer_id, id)
 ) WITHOUT ROWID;
@@ -66,7 +71,8 @@ CREATE TABLE IF NOT EXISTS messages (
     text TEXT NOT NULL,
     timestamp TEXT NOT NULL,
     stored REAL NOT NULL,
-    dedupe INTEGER  -- 1: unique by id (see messages_dedupe); NULL: made unique by a sequence number
+    dedupe INTEGER,  -- 1: unique by id (see messages_dedupe); NULL: made unique by a sequence number
+    grp TEXT  -- the group of a shout, NULL for a direct message or a broadcast
 );
 -- No index on (peer_id, n): it was a third of the cost of storing a message, and the queries
 -- by peer walk the table from the newest row (history) or from a row number (a replay) anyway.
@@ -107,16 +113,18 @@ CREATE TABLE IF NOT EXISTS known (
 """
 
 
-_OUTBOX_INSERT = "INSERT INTO outbox(peer_id, seq, id, text, timestamp, created, expires) VALUES (?,?,?,?,?,?,?)"
+_OUTBOX_INSERT = "INSERT INTO outbox(peer_id, seq, id, text, timestamp, created, expires, grp) VALUES (?,?,?,?,?,?,?,?)"
 _MESSAGE_INSERT = ("INSERT OR IGNORE INTO messages(n, id, direction, type, peer_id, sender_id, sender_name, target_id, text, timestamp, "
-                   "stored, dedupe) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+                   "stored, dedupe, grp) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
-SCHEMA_VERSION = 2  # bump with a migration in MIGRATIONS whenever SCHEMA changes
+SCHEMA_VERSION = 3  # bump with a migration in MIGRATIONS whenever SCHEMA changes
 
 # Format 1 -> 2: fewer indexes to update per stored message (docs/PERFORMANCE.md):
 # no index on messages.stored or on outbox(status, expires), no AUTOINCREMENT,
 # uniqueness by id only for messages that carry no sequence number (every
 # message kept from format 1 is marked so: its origin is not known).
+# Format 2 -> 3: groups; outbox rows and messages name the group of a shout (``grp``, NULL for
+# everything stored before).  ADD COLUMN only writes the schema: quick on any size of store.
 MIGRATIONS = {
     1: """
 DROP INDEX IF EXISTS outbox_status;
@@ -139,6 +147,10 @@ INSERT INTO messages_v2 SELECT n, id, direction, type, peer_id, sender_id, sende
 DROP TABLE messages;
 ALTER TABLE messages_v2 RENAME TO messages;
 DELETE FROM sqlite_sequence WHERE name = 'messages';
+""",
+    2: """
+ALTER TABLE outbox ADD COLUMN grp TEXT;
+ALTER TABLE messages ADD COLUMN grp TEXT;
 """,
 }
 
@@ -333,14 +345,15 @@ class Store:
         )
 
     # ------------------------------------------------------------------ outbox
-    def add_outbox(self, peer_id: str, seq: int, msg_id: str, text: str, timestamp: str, created: float, expires: float) -> None:
-        """Queue one outbox row; written with the next read, write or commit."""
-        self._outbox_rows.append((peer_id, seq, msg_id, text, timestamp, created, expires))
+    def add_outbox(self, peer_id: str, seq: int, msg_id: str, text: str, timestamp: str, created: float, expires: float,
+                   group: str | None = None) -> None:
+        """Queue one outbox row (``group``: a shout's); written with the next read, write or commit."""
+        self._outbox_rows.append((peer_id, seq, msg_id, text, timestamp, created, expires, group))
 
     def pending_after(self, peer_id: str, after_seq: int, limit: int) -> list[tuple]:
-        """Pending rows for a peer with seq > after_seq, oldest first: (seq, id, text, timestamp)."""
+        """Pending rows for a peer with seq > after_seq, oldest first: (seq, id, text, timestamp, group)."""
         return self._read(
-            "SELECT seq, id, text, timestamp FROM outbox WHERE peer_id=? AND seq>? AND status='pending' ORDER BY seq LIMIT ?",
+            "SELECT seq, id, text, timestamp, grp FROM outbox WHERE peer_id=? AND seq>? AND status='pending' ORDER BY seq LIMIT ?",
             (peer_id, after_seq, limit),
         ).fetchall()
 
@@ -438,23 +451,25 @@ class Store:
 
     # ------------------------------------------------------------------ conversation
     def add_message(self, direction: str, type_: str, msg_id: str, peer_id: str | None, sender_id: str, sender_name: str,
-                    target_id: str | None, text: str, timestamp: str, now: float, defer: bool = False, dedupe: bool = False) -> int:
-        """Store one message; its row number (the event cursor, > 0), or 0 if a message with this
-        id is already stored.
+                    target_id: str | None, text: str, timestamp: str, now: float, defer: bool = False, dedupe: bool = False,
+                    group: str | None = None) -> int:
+        """Store one message (``group``: a shout's); its row number (the event cursor, > 0), or 0
+        if a message with this id is already stored.
 
-        ``defer=True`` queues the row for one batched insert and returns True
+        ``defer=True`` queues the row for one batched insert and returns its number
         without checking: for callers that already know it is new (numbered
         by a sequence that rejected duplicates, or an id we just made).  Such
         rows are not in the id index unless ``dedupe``; the others are, and
-        their id is unique.
+        their id is unique.  A deferred duplicate with ``dedupe`` is dropped by
+        the batched INSERT OR IGNORE, and its number stays unused.
         """
         n = self._next_n
         self._next_n += 1
         if defer:
             self._message_rows.append((n, msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now,
-                                       1 if dedupe else None))
+                                       1 if dedupe else None, group))
             return n
-        row = (n, msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now, 1)
+        row = (n, msg_id, direction, type_, peer_id, sender_id, sender_name, target_id, text, timestamp, now, 1, group)
         if self._write(_MESSAGE_INSERT, row).rowcount == 1:
             return n
         self._next_n = n  # a duplicate: nothing took the number
@@ -465,15 +480,35 @@ class Store:
         """The row number of the newest message stored (or queued): 0 if none ever was."""
         return self._next_n - 1
 
-    def messages_after(self, cursor: int, direction: str = "in", limit: int = 10_000) -> list[dict]:
-        """The first ``limit`` messages with a row number above ``cursor``, oldest first (a watcher catching up)."""
-        return self._rows("WHERE m.n>? AND m.direction=? ORDER BY m.n LIMIT ?", (cursor, direction, limit))
+    def messages_after(self, cursor: int, direction: str = "in", limit: int = 10_000, group: str | None = None) -> list[dict]:
+        """The first ``limit`` messages with a row number above ``cursor``, oldest first (a watcher
+        catching up); ``group``: only that group's."""
+        if group is None:
+            return self._rows("WHERE m.n>? AND m.direction=? ORDER BY m.n LIMIT ?", (cursor, direction, limit))
+        return self._rows("WHERE m.n>? AND m.direction=? AND m.grp=? ORDER BY m.n LIMIT ?", (cursor, direction, group, limit))
 
-    def count_after(self, cursor: int, direction: str = "in", upto: int | None = None) -> int:
-        """Messages with a row number above ``cursor`` (and at most ``upto``)."""
-        if upto is None:
-            return self._read("SELECT COUNT(*) FROM messages WHERE n>? AND direction=?", (cursor, direction)).fetchone()[0]
-        return self._read("SELECT COUNT(*) FROM messages WHERE n>? AND n<=? AND direction=?", (cursor, upto, direction)).fetchone()[0]
+    def count_after(self, cursor: int, direction: str = "in", upto: int | None = None, group: str | None = None) -> int:
+        """Messages with a row number above ``cursor`` (and at most ``upto``; of ``group`` only, if given)."""
+        sql, args = "SELECT COUNT(*) FROM messages WHERE n>? AND direction=?", [cursor, direction]
+        if upto is not None:
+            sql += " AND n<=?"
+            args.append(upto)
+        if group is not None:
+            sql += " AND grp=?"
+            args.append(group)
+        return self._read(sql, args).fetchone()[0]
+
+    def own_shouts_since(self, group: str, since_epoch_s: float, limit: int) -> list[tuple]:
+        """Our shouts to ``group`` stored at or after ``since_epoch_s``, oldest first, at most ``limit``:
+        (id, text, timestamp), to replay to a member that joins asking for the past.  Walks the
+        rows from the first stored then (found by number), without an index on grp."""
+        return self._read("SELECT id, text, timestamp FROM messages WHERE n>=? AND direction='out' AND grp=? ORDER BY n LIMIT ?",
+                          (self._first_n_stored_at(since_epoch_s), group, limit)).fetchall()
+
+    def has_message(self, msg_id: str, sender_id: str) -> bool:
+        """Whether a message with this id from this sender is stored, in either direction.  Scans
+        the table (the id index holds only the rows stored unique by id): for occasional use."""
+        return self._read("SELECT 1 FROM messages WHERE id=? AND sender_id=? LIMIT 1", (msg_id, sender_id)).fetchone() is not None
 
     def broadcast_ids_since(self, origin: str, when: float) -> set[str]:
         """Ids of the broadcasts from ``origin`` stored at or after ``when`` (walks that origin's rows by number)."""
@@ -481,8 +516,9 @@ class Store:
                                          (origin, self._first_n_stored_at(when)))}
 
     def history(self, peer_id: str | None = None, since: float | None = None, limit: int = 0, direction: str | None = None,
-                after: int | None = None) -> list[dict]:
-        """The newest ``limit`` messages (all if 0), oldest first; ``after``: only row numbers above it."""
+                after: int | None = None, group: str | None = None) -> list[dict]:
+        """The newest ``limit`` messages (all if 0), oldest first; ``after``: only row numbers above
+        it; ``group``: only that group's."""
         where, args = [], []
         if after is not None:
             where.append("n>?")
@@ -496,6 +532,9 @@ class Store:
         if direction is not None:
             where.append("direction=?")
             args.append(direction)
+        if group is not None:
+            where.append("grp=?")
+            args.append(group)
         tail = (" WHERE " + " AND ".join(f"m.{w}" for w in where) if where else "") + " ORDER BY m.n DESC"
         if limit:
             tail += " LIMIT ?"
@@ -503,8 +542,9 @@ class Store:
         return list(reversed(self._rows(tail, args)))
 
     _ROWS = ("SELECT m.n, m.id, m.direction, m.type, m.peer_id, m.sender_id, m.sender_name, m.target_id, m.text, m.timestamp, "
-             "m.stored, k.name FROM messages m LEFT JOIN known k ON k.id = m.peer_id ")
-    _ROW_KEYS = ("n", "id", "direction", "type", "peer_id", "sender_id", "sender_name", "target_id", "text", "timestamp", "stored", "peer_name")
+             "m.stored, k.name, m.grp FROM messages m LEFT JOIN known k ON k.id = m.peer_id ")
+    _ROW_KEYS = ("n", "id", "direction", "type", "peer_id", "sender_id", "sender_name", "target_id", "text", "timestamp", "stored",
+                 "peer_name", "group")
 
     def _rows(self, tail: str, args) -> list[dict]:
         return [dict(zip(self._ROW_KEYS, r)) for r in self._read(self._ROWS + tail, args).fetchall()]

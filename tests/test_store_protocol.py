@@ -135,7 +135,7 @@ def test_deferred_rows_are_read_back_before_the_commit(store_kit):  # noqa: F811
     s.add_outbox("bob", 1, "a", "one", "ts", 1.0, 100.0)
     n = s.add_message("in", "MESSAGE", "x", "bob", "bob", "bob", "me", "hi", "ts", 1.0, defer=True, dedupe=True)
     s.add_broadcast(1, "b", "all", "ts", 1.0)
-    assert s.pending_after("bob", 0, 10) == [(1, "a", "one", "ts")] and s.outbox_ids("bob", ["a", "z"]) == {"a"}
+    assert s.pending_after("bob", 0, 10) == [(1, "a", "one", "ts", None)] and s.outbox_ids("bob", ["a", "z"]) == {"a"}
     assert [m["n"] for m in s.messages_after(0)] == [n] and s.broadcast_range(1, 1, 10) == [(1, "b", "all", "ts")]
     assert s.add_message("in", "MESSAGE", "x", "bob", "bob", "bob", "me", "hi", "ts", 2.0) == 0  # unique by id: dedupe
 
@@ -150,6 +150,7 @@ class Calls:
 
     PEERS = ("bob", "carol", "dave")
     NAMES = ("bob", "carol", "x")  # two peers may share a name
+    GROUPS = (None, None, "rust-dev", "~" + "0f" * 16)  # mostly plain messages; an open and a private group
 
     def __init__(self, rng: random.Random):
         self.r = rng
@@ -174,7 +175,7 @@ class Calls:
             self.next_seq[peer] += 1
             msg_id = self.fresh()
             self.outbox_ids[peer].append(msg_id)
-            return "add_outbox", (peer, seq, msg_id, f"to {peer}", "ts", t, t + r.choice((5.0, 60.0, 10**6))), {}
+            return "add_outbox", (peer, seq, msg_id, f"to {peer}", "ts", t, t + r.choice((5.0, 60.0, 10**6)), r.choice(self.GROUPS)), {}
         if k == 3:  # a burst: more than one expire() batch of rows
             return "burst", (peer, r.randrange(100, 400), r.random() < 0.5), {}
         if k <= 5:
@@ -209,16 +210,20 @@ class Calls:
                 self.msg_keys.append((msg_id, sender, peer_id))
             defer = r.random() < 0.5
             return "add_message", (r.choice(("in", "out")), r.choice(("MESSAGE", "BROADCAST")), msg_id, peer_id, sender, "nm",
-                                   None, "text", "ts", t), {"defer": defer, "dedupe": defer and r.random() < 0.3}
+                                   None, "text", "ts", t), {"defer": defer, "dedupe": defer and r.random() < 0.3,
+                                                            "group": r.choice(self.GROUPS)}
         if k == 15:
-            cursor = r.randrange(-1, self.ids + 2)
-            return r.choice((("messages_after", (cursor, r.choice(("in", "out")), r.choice((0, 2, 10_000))), {}),
-                             ("count_after", (cursor, r.choice(("in", "out")), r.choice((None, cursor + 3))), {}),
-                             ("broadcast_ids_since", (peer, t - r.choice((0.0, 50.0, 10**6))), {})))
+            cursor, group = r.randrange(-1, self.ids + 2), r.choice(self.GROUPS)
+            msg_id, sender, _ = r.choice(self.msg_keys) if self.msg_keys else ("nope", "me", None)
+            return r.choice((("messages_after", (cursor, r.choice(("in", "out")), r.choice((0, 2, 10_000)), group), {}),
+                             ("count_after", (cursor, r.choice(("in", "out")), r.choice((None, cursor + 3)), group), {}),
+                             ("broadcast_ids_since", (peer, t - r.choice((0.0, 50.0, 10**6))), {}),
+                             ("own_shouts_since", (group or "rust-dev", t - r.choice((0.0, 50.0, 10**6)), r.choice((0, 2, 1000))), {}),
+                             ("has_message", (msg_id, r.choice((sender, "nobody"))), {})))
         if k == 16:
             return "history", (), {"peer_id": r.choice((None, peer)), "since": r.choice((None, t - 100.0, 0.0)),
                                    "limit": r.choice((0, 1, 4)), "direction": r.choice((None, "in", "out")),
-                                   "after": r.choice((None, r.randrange(self.ids + 1)))}
+                                   "after": r.choice((None, r.randrange(self.ids + 1))), "group": r.choice(self.GROUPS)}
         if k == 17:
             seq = self.next_bseq
             self.next_bseq += 1
@@ -257,8 +262,9 @@ def test_the_memory_store_answers_as_sqlite_does(tmp_path):
     for seed in range(6):
         compare(tmp_path / f"{seed}.db", seed, seen)
     # The calls found things to answer: rows expired (more than a batch of 256 at once), pruned,
-    # refused as duplicates, lost in a crash; not only empty lists.
+    # refused as duplicates, lost in a crash, found by group; not only empty lists.
     assert seen["expire"] > 5 and seen["expire>256"] and seen["prune"] > 5 and seen["duplicate"] > 5 and seen["lost"] > 5
+    assert seen["by group"] > 5 and seen["shouts"] and seen["has"]
     assert seen["answers"] > 800
 
 
@@ -303,6 +309,9 @@ def compare(path: Path, seed: int, seen: Counter) -> None:
         seen["expire>256"] += name == "expire" and len(want) > 256
         seen["prune"] += name == "prune" and want > 0
         seen["duplicate"] += name == "add_message" and want == 0
+        seen["by group"] += name in ("history", "messages_after") and any(m["group"] for m in want)
+        seen["shouts"] += name == "own_shouts_since" and bool(want)
+        seen["has"] += name == "has_message" and want
     sql.close()
 
 
