@@ -37,7 +37,7 @@ EXPIRE_BATCH = 256  # expire() reads a peer's pending rows this many at a time (
 _N = itemgetter(0)  # a message row's number, a broadcast's seq
 _ROW_KEYS = ("n", "id", "direction", "type", "peer_id", "sender_id", "sender_name", "target_id", "text", "timestamp", "stored",
              "peer_name", "group")
-_OUTBOX_KEYS = ("id", "peer_id", "peer", "seq", "text", "timestamp", "created", "expires", "status", "attempts")
+_OUTBOX_KEYS = ("id", "peer_id", "peer", "seq", "text", "timestamp", "created", "expires", "status", "attempts", "group")
 _LINK_KEYS = ("out_seq", "out_acked", "in_seq", "bcast_seq", "in_epoch", "bcast_epoch")
 _KNOWN_KEYS = ("id", "name", "addr", "port", "pub_port", "updated")
 
@@ -255,7 +255,7 @@ class MemoryStore:
     def _outbox_row(self, peer_id: str, seq: int, row: list) -> tuple:
         known = self._known.get(peer_id)
         return (row[_ID], peer_id, known[0] if known is not None else None, seq, row[_TEXT], row[_TS], row[_CREATED],
-                row[_EXPIRES], self._status(peer_id, seq, row), row[_ATTEMPTS])
+                row[_EXPIRES], self._status(peer_id, seq, row), row[_ATTEMPTS], row[_GRP])
 
     def outbox(self, statuses: tuple[str, ...] = ("pending", "expired"), limit: int = 1000,
                links: list[tuple[str, int, int]] | None = None) -> list[dict]:

@@ -45,6 +45,8 @@ from .watchers import Watchers
 
 log = logging.getLogger("p2pd.messaging")
 
+INVITE = "+invite"  # an outbox row's group when it is an invitation (shouts.py): no group's name starts with "+"
+
 EXPIRE_EVERY_S = 1.0
 CLOCK_SLACK_S = 300.0  # how far another node's clock may be ahead of ours, for `connect --since`
 PRUNE_EVERY_S = 60.0
@@ -234,7 +236,9 @@ class Messaging:
         msgs = []
         for seq, msg_id, text, timestamp, group in rows:
             data = {"text": text, "seq": seq, "base": base, "epoch": epoch}
-            if group is not None:
+            if group == INVITE:
+                data["invite"] = True  # the text is a private group's key (shouts.py); never a group's name
+            elif group is not None:
                 data["group"] = group
             msgs.append(P.Message(P.MESSAGE, msg_id, self.out.id, self.out.name, timestamp, data, peer_id))
         return self.out.send_many(peer_id, msgs)
@@ -447,7 +451,11 @@ class Messaging:
     # ------------------------------------------------------------------ queries
     def outbox(self, statuses: tuple[str, ...], limit: int) -> list[dict]:
         links = [(peer_id, ls.out_seq, ls.out_acked) for peer_id, ls in self.delivery.links.items() if ls.out_seq > 0]
-        return self.names.label_rows(self.store.outbox(statuses, limit, links), peer_key="peer")
+        rows = self.names.label_rows(self.store.outbox(statuses, limit, links), peer_key="peer")
+        for row in rows:
+            if row.get("group") == INVITE:
+                row["text"] = "(an invitation to a private group)"  # its text is the group's key
+        return rows
 
     def inbox(self, limit: int, unread: bool = False, group: str | None = None) -> list[dict]:
         """The newest ``limit`` received messages, oldest first; ``unread``: only those after the read

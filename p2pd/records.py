@@ -61,7 +61,7 @@ domain string, then each field in order.  ``str``: 2-byte big-endian length, the
 bytes; ``key``: the 32 raw bytes; ``u64``: 8 bytes big-endian; ``list``: 2-byte big-endian
 count, then each item as ``str``.
 
-* record:     ``b"p2pd-record-v1\\x00"``, str id (32 lowercase hex), str name, str CURVE key
+* record:     ``b"p2pd-record-v2\\x00"``, str id (32 lowercase hex), str name, str CURVE key
   (40 chars Z85), key verify key, list addresses, u64 incarnation, str status, u64 PUB port,
   list links (the node's active neighbours' ids, at most 16), u64 bseq, u64 boldest, str bepoch
   (its broadcast numbers when it signed: latest, oldest it can replay, and their store epoch),

@@ -49,6 +49,7 @@ import orjson
 
 from . import protocol as P
 from .drops import Drops
+from .messaging import INVITE
 from .errors import ErrorCode
 from .groupkeys import (GroupKey, GroupKeyError, accept_invite, group_id, invite_payload, is_member_tag, member_tag,
                         new_group_key, open_shout, seal_shout)
@@ -59,7 +60,6 @@ from .records import MAX_GROUP_BYTES, BadRecord, _check_sig
 log = logging.getLogger("p2pd.shouts")
 
 SIG_DOMAIN = b"p2pd-shout-v1\x00"  # what a SHOUT's signature covers: this, then `signed_bytes`
-INVITE = "+invite"  # the outbox's group for an invitation (its text is the key; never a group's name)
 MAX_TO = 1024  # members one SHOUT frame addresses (a larger group: the rest by the outbox, one by one)
 SHOUT_TTL = 16  # hops a SHOUT may still travel
 FETCH_MAX = 1000  # shouts replayed for one ``join --since``

@@ -406,7 +406,7 @@ class Store:
 
     _OUTBOX_COLS = ("SELECT o.id, o.peer_id, k.name, o.seq, o.text, o.timestamp, o.created, o.expires, "
                     "CASE WHEN o.status='expired' THEN 'expired' WHEN o.seq<=COALESCE(l.out_acked, 0) THEN 'delivered' ELSE 'pending' END, "
-                    "o.attempts FROM outbox o LEFT JOIN known k ON k.id=o.peer_id LEFT JOIN links l ON l.peer_id=o.peer_id ")
+                    "o.attempts, o.grp FROM outbox o LEFT JOIN known k ON k.id=o.peer_id LEFT JOIN links l ON l.peer_id=o.peer_id ")
 
     def outbox(self, statuses: tuple[str, ...] = ("pending", "expired"), limit: int = 1000,
                links: list[tuple[str, int, int]] | None = None) -> list[dict]:
@@ -429,7 +429,7 @@ class Store:
             rows += self._read(self._OUTBOX_COLS + "WHERE o.peer_id=? AND o.seq<=COALESCE(l.out_acked, 0) AND o.status!='expired' "
                                "ORDER BY o.seq DESC LIMIT ?", (peer_id, limit)).fetchall()
         rows.sort(key=lambda r: (r[6], r[1], r[3]))
-        keys = ("id", "peer_id", "peer", "seq", "text", "timestamp", "created", "expires", "status", "attempts")
+        keys = ("id", "peer_id", "peer", "seq", "text", "timestamp", "created", "expires", "status", "attempts", "group")
         return [dict(zip(keys, r)) for r in rows[:limit]]
 
     def expired_after(self, peer_id: str, after_seq: int) -> int:

@@ -236,7 +236,7 @@ def zctx():
 def envelope(type_: str, sender: str, data: dict | None = None, /, target: str | None = None, name: str = "mallory", **override) -> dict:
     """A well-formed envelope (docs/PROTOCOL.md) that tests then send, or spoil field by field."""
     env = {
-        "v": 2,
+        "v": P.PROTOCOL_VERSION,
         "id": uuid.uuid4().hex,
         "type": type_,
         "sender_id": sender,

@@ -38,7 +38,7 @@ def test_every_command_has_a_name_summary_parser_and_handler():
 def test_a_command_that_takes_no_arguments_parses_any_and_the_rest_check_theirs():
     """``parse`` is the parser: commands with arguments refuse bad ones before anything runs."""
     takes_none = {name for name, c in TABLE.items() if type(c).parse is Command.parse}
-    assert takes_none == {"status", "info", "peers", "stop"}
+    assert takes_none == {"status", "info", "peers", "stop", "groups"}
 
 
 def test_the_unknown_command_error_lists_the_table():

@@ -30,7 +30,7 @@ def test_control_status_info_peers(net, mem_pair):
     assert r["ok"] is True and r["result"] == {"pid": 4242, "id": "alice-id", "name": "alice", "uptime_s": 5.0, "unread": 0, "read_upto": 0}
     r = net.call(alice, 5.0, "info")["result"]
     assert r["pid"] == 4242 and r["id"] == "alice-id" and r["peers"] == 1 and r["peers_alive"] == 1 and r["peers_lost"] == 0
-    assert r["protocol_version"] == 2 and r["address"] == {"addr": HOST, "port": 5001, "pub_port": 5002}
+    assert r["protocol_version"] == P.PROTOCOL_VERSION and r["address"] == {"addr": HOST, "port": 5001, "pub_port": 5002}
     assert r["started"] == P.utc_timestamp(WALL) and r["uptime_s"] == 5.0 and r["dropped_total"] == 0
     assert set(r["counters"]) >= {"routed_out", "routed_relayed", "routed_in", "tree_payloads_out"}  # bench --scale reads them
     r = net.call(alice, 5.0, "peers")["result"]

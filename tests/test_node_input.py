@@ -37,8 +37,8 @@ def test_bad_frames_counted_by_kind(net, alice_bob):
         ([bob.id.encode(), P.encode(testmsg.make(P.MESSAGE, bob.id, "bob", WALL, {"text": "x"}, "charlie-id"))], "misrouted"),
         ([bob.id.encode(), b"\xff not json"], "not_json"),
         ([bob.id.encode(), b'{"v": 1}'], "version"),
-        ([bob.id.encode(), b'{"v": 2, "type": "HUG"}'], "unknown_type"),
-        ([bob.id.encode(), b'{"v": 2, "type": "PING", "id": "bad id"}'], "bad_field"),
+        ([bob.id.encode(), b'{"v": 3, "type": "HUG"}'], "unknown_type"),
+        ([bob.id.encode(), b'{"v": 3, "type": "PING", "id": "bad id"}'], "bad_field"),
         ([bob.id.encode(), b" " * (FAST.max_frame_bytes + 1)], "oversized"),
     ]
     for i, (frames, kind) in enumerate(cases):
@@ -105,7 +105,7 @@ FRAMES = st.lists(
         st.binary(max_size=64),
         st.sampled_from([b"bob-id", b"alice-id", b"ghost"]),
         st.builds(
-            lambda t, s, d, tgt: json.dumps({"v": 2, "type": t, "id": "m1", "sender_id": s, "sender_name": "n",
+            lambda t, s, d, tgt: json.dumps({"v": P.PROTOCOL_VERSION, "type": t, "id": "m1", "sender_id": s, "sender_name": "n",
                                               "timestamp": "2026-01-01T00:00:00Z", "data": d, "target_id": tgt}).encode(),
             st.sampled_from(sorted(P.TYPES)),
             st.sampled_from(["bob-id", "alice-id", "ghost"]),

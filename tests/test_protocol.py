@@ -63,6 +63,7 @@ VALID = {
     P.TREE: ({"kind": "PRUNE"}, None),
     P.ROUTED: ({"from": "a" * 32, "to": "b" * 32, "ttl": 16, "sv": 1, "nonce": "", "box": ""}, None),
     P.FACTS: ({"facts": []}, None),
+    P.SHOUT: ({"g": "rust-dev", "fwd": ["c" * 32], "ttl": 15}, None),
 }
 
 
@@ -222,7 +223,7 @@ def test_oversized_default_limit_checked_before_parsing():
     assert kind_of(big) == "oversized"
 
 
-@pytest.mark.parametrize("v", [0, 1, 3, -1, True, False, "1", None, [1], {"v": 1}, 1.5])
+@pytest.mark.parametrize("v", [0, 1, 2, 4, -1, True, False, "1", None, [1], {"v": 1}, 1.5])
 def test_version_refused(v):
     assert kind_of(raw(envelope(v=v))) == "version"
 
@@ -530,6 +531,8 @@ def valid_messages(draw):
         data = {"from": draw(ids), "to": draw(ids), "ttl": draw(st.integers(0, 64))}
     elif type_ == P.FACTS:
         data = {"facts": draw(st.lists(st.fixed_dictionaries({"id": ids}), max_size=P.MAX_FACTS))}
+    elif type_ == P.SHOUT:
+        data = {"g": draw(names), "fwd": draw(st.lists(ids, max_size=5)), "ttl": draw(st.integers(0, 64))}
     else:
         data = {}
     epoch = draw(st.floats(0, 4_000_000_000, allow_nan=False))

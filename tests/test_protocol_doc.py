@@ -118,6 +118,20 @@ def emitted() -> dict[str, set[tuple]]:
     net.call(dave, 25.1, "broadcast", text="b3")  # TREE GOSSIP with the origin's signature
     net.call(dave, 25.2, "send", peer="frank", text="m4")  # ROUTED
     net.tick_range(25.5, 29.0, 0.5, dave, erin, frank)
+    # Groups: dave's shout to frank goes as a SHOUT through erin; an invitation to a private group
+    # is a MESSAGE with "invite"; frank's join --since FETCHes the group's shouts with a member tag.
+    for node in (dave, frank):
+        assert net.call(node, 29.1, "join", group="rust-dev")["ok"]
+    assert net.call(dave, 29.2, "join", group="ops", private=True)["ok"]
+    net.tick_range(29.5, 32.0, 0.5, dave, erin, frank)
+    assert net.call(dave, 32.1, "shout", group="rust-dev", text="s1")["result"]["members"] == 1  # SHOUT
+    assert net.call(dave, 32.2, "invite", group="ops", peer="frank")["ok"]  # MESSAGE invite
+    net.tick_range(32.5, 34.0, 0.5, dave, erin, frank)
+    assert net.call(dave, 34.0, "shout", group="ops", text="s2")["ok"]  # before frank is in it
+    assert net.call(frank, 34.1, "join", group="ops", private=True, since=0.0)["ok"]  # FETCH group, since, tag, inc
+    net.tick_range(34.5, 38.0, 0.5, dave, erin, frank)
+    assert [m["text"] for m in net.call(frank, 38.1, "inbox", group="ops")["result"]] == ["s2"]
+    assert [m["text"] for m in net.call(frank, 38.1, "inbox", group="rust-dev")["result"]] == ["s1"]
     seen: dict[str, set[tuple]] = defaultdict(set)
     for _, _, _, msg in net.delivered:
         seen[msg.type].add(tuple(msg.data))

@@ -303,7 +303,7 @@ def test_third_party_vector():
     assert ALICE.verify_key.hex() == "1ac105ea144728da5ebea01e5ee75d70584f1f3cd448b1ec7c2bddda3fbd1f0e"
     a = rec()  # alice, 192.0.2.1:7000 and [2001:db8::1]:7000, incarnation 3, alive
     assert a.signed_bytes().hex() == (
-        "703270642d7265636f72642d7631000020"  # "p2pd-record-v1\0", len 32
+        "703270642d7265636f72642d7632000020"  # "p2pd-record-v2\0", len 32
         "6433336463373863383866323861646438316535633064656337653462316464"  # id
         "0005616c696365"  # "alice"
         "00284b3348575e5756712e7a6f3639742928756d463e3a587677546a3a51474e5e794b6c576156482853"  # CURVE key
@@ -313,10 +313,11 @@ def test_third_party_vector():
         "0005616c697665"  # "alive"
         "0000000000000000"  # PUB port (none)
         "0000"  # links (none)
-        "0000000000000000" "0000000000000000" "0000")  # bseq, boldest, bepoch (none)
+        "0000000000000000" "0000000000000000" "0000"  # bseq, boldest, bepoch (none)
+        "0000")  # groups (none)
     assert a.signature.hex() == (
-        "ec71a739f8d2df2963859e67992f777a44bc039c0817c8a855e54d0f3806bdad"
-        "14c5b245c8b86e7352f3d8b17a7b1fcde6e2a66d88e503ece0e8a5bfddb90e0d")
+        "13e4b19847fa02aa45c18df95d8e73c8d2bbd65bed84a63aac8761cec5518540"
+        "4a8c9699f1acfc2ababf99b8cb7a5c01a48d6b2f97ec639faa505f9cf7d92707")
     d = r.accuse(BOB, ALICE.node_id, 3, DEAD)
     assert d.signed_bytes().hex() == (
         "703270642d61636375736174696f6e2d7631000020393438383336373431343736636265363638663364666637306430343964666600"
