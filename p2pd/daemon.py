@@ -191,7 +191,7 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_set
                           pins={a: k for a, k, _ in known_peers(home).entries()},
                           allowed={k for _, k, _ in authorized_keys(home).entries()})
             node = Node(ident.id, name, address, settings, now, time.time(), store, trust, rng=random.Random(os.urandom(32)),
-                        keys=Keys(keypair.secret, keypair.public), hosts=record_hosts(settings))
+                        keys=Keys(keypair.secret, keypair.public), hosts=record_hosts(settings), randbytes=os.urandom)
             transport.node = node
             if settings.insecure:
                 log.warning("INSECURE mode: peer links are plaintext and unauthenticated; anyone on the network can read and forge traffic")
