@@ -241,6 +241,10 @@ class Directory:
         """The version of ``node_id``'s list we hold, for gossip to tell newer from old."""
         return self._version.get(node_id)
 
+    def nodes(self) -> list[str]:
+        """Every node whose list is held."""
+        return list(self._version)
+
     def __len__(self) -> int:
         """How many nodes' lists are held (an empty list counts: its version does)."""
         return len(self._version)

@@ -147,7 +147,7 @@ class Node:
         self.groups = Groups(node_id, name, self.store, self.msgs, out, self.routes, self.roster, self.watchers, self.stats,
                              self.drop, self.keys.sign if self.keys.signed else None, self._verify_key_of, randbytes,
                              self._reach, self._deliver, lambda now: self.overlay.resign_now(now),
-                             lambda: self.roster.own.incarnation)
+                             lambda: self.roster.own.incarnation, settings.message_expiry_s)
         self.msgs.attach_groups(self.groups)
         # Origins whose signed record showed broadcasts we miss: asked again (`_refetch`) until we
         # have them, since a FETCH or its replay sent through the overlay may be lost on the way
@@ -578,6 +578,7 @@ class Node:
         acts += self.overlay.tick(now)
         acts += self._refetch(now)
         acts += self.tree.tick(now)
+        acts += self.groups.tick(now)
         acts += self.heartbeat.expire(now)
         return acts + self.dial.tick(now) + self.msgs.tick(now)
 

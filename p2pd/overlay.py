@@ -159,7 +159,7 @@ class Overlay:
         self._beacon = beacon if beacon is not None else (lambda: {"bseq": 0, "boldest": 0, "epoch": ""})
         self._announced = announced if announced is not None else (lambda now, node_id, data: [])
         # The groups our record lists (``groups(incarnation)``: their entries, shouts.py), and who
-        # to tell of another node's record taken (``record_news(now, node id, record)``; None: gone).
+        # to tell of another node's live record taken (``record_news(now, node id, record)``).
         self._groups = groups if groups is not None else (lambda incarnation: ())
         self._record_news = record_news if record_news is not None else (lambda now, node_id, rec: [])
         self._signed_beacon: tuple = (0, 0, "")
@@ -332,7 +332,6 @@ class Overlay:
         if self.roster.state_of(peer_id) not in (LEFT, None) and self.routes.next_hop(peer_id) is None:
             self.roster.forget(peer_id)
             self.routes.remove(peer_id)
-            acts += self._record_news(now, peer_id, None)
         return acts
 
     def dial_failed(self, now: float, peer_id: str) -> list:
@@ -422,7 +421,6 @@ class Overlay:
                         acts += self._announced(now, node_id, {"bseq": rec.bseq, "boldest": rec.boldest, "epoch": rec.bepoch})
                 elif state in (DEAD, LEFT):
                     routes.remove(node_id)
-                    acts += self._record_news(now, node_id, None)
                     if node_id not in self.views.active:  # a linked one is the heartbeat's to judge
                         acts += self._apply(now, self.views.link_failed(node_id, now))
             elif heard.refute is not None:

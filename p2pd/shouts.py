@@ -10,6 +10,9 @@ incarnation, so no node can copy it into its own record.  Every record the overl
 updates the `groups.Directory` of who is in which group (open groups by name, private ones as
 ``~<group id>``: a group's *wire* name, as it travels in frames and sits in the store); the
 joins and leaves it implies become ``group`` events for the watchers of the groups we are in.
+A member that is down (crashed, stopped, cut off: dead or left in the roster) stays a member,
+so shouts wait for it in the outbox as direct messages do; only a member down for longer than
+the outbox keeps a message (``message_expiry_s``, 7 days) is dropped from the groups (`tick`).
 
 **A shout is a direct message to every other member**, numbered on each origin -> member link
 and kept in the outbox like any other (delivery.py).  So each member stores it exactly once,
@@ -63,6 +66,7 @@ SIG_DOMAIN = b"p2pd-shout-v1\x00"  # what a SHOUT's signature covers: this, then
 MAX_TO = 1024  # members one SHOUT frame addresses (a larger group: the rest by the outbox, one by one)
 SHOUT_TTL = 16  # hops a SHOUT may still travel
 FETCH_MAX = 1000  # shouts replayed for one ``join --since``
+SWEEP_S = 60.0  # how often members down too long are looked for (`Groups.tick`)
 META = "groups"
 
 
@@ -133,12 +137,13 @@ class Groups:
     def __init__(self, node_id: str, name: str, store, msgs, out, routes, roster, watchers, stats: Counter, drops: Drops,
                  sign: Callable[[bytes], bytes] | None, verify_key_of: Callable[[str], bytes | None],
                  randbytes: Callable[[int], bytes], reach: Callable[[str], bool], deliver: Callable,
-                 resign: Callable[[float], None], incarnation: Callable[[], int]):
+                 resign: Callable[[float], None], incarnation: Callable[[], int], keep_down_s: float = 7 * 86400.0):
         """``msgs``: messaging.Messaging (its delivery numbers and pumps the members' links);
         ``out``: outbound.Outbound; ``routes``: routes.Routes; ``roster``: roster.Roster (records,
         read only); ``reach(node id)``: can a direct message go there now; ``deliver(now, msg)``:
         hand a MESSAGE from its origin to the node, as if it came over a link; ``resign(now)``:
-        sign our record again; ``incarnation()``: our record's now."""
+        sign our record again; ``incarnation()``: our record's now; ``keep_down_s``: how long a
+        member that is down is still sent shouts (the outbox's expiry)."""
         self.id, self.name = node_id, name
         self.store, self.msgs, self.out, self.routes, self.roster = store, msgs, out, routes, roster
         self.watchers, self.stats, self.drop = watchers, stats, drops
@@ -148,6 +153,11 @@ class Groups:
         self.joined: dict[str, str] = {}  # wire name -> shown name (an open group's name, or the private group's)
         self.keys: dict[str, GroupKey] = {}  # private group id -> key (joined, or invited to)
         self.counts = ShoutOut()  # our shouts per group (bound into a private shout's seal)
+        # A member that is down stays a member: shouts wait for it in the outbox, as direct messages
+        # do, until it is back or they expire.  It is forgotten once down that long (`tick`).
+        self.keep_down_s = keep_down_s
+        self._down: dict[str, float] = {}  # members not alive -> since when (as we saw it)
+        self._next_sweep = 0.0
         self._load()
 
     # ------------------------------------------------------------------ state
@@ -231,17 +241,30 @@ class Groups:
         return out
 
     def on_record(self, now: float, node_id: str, rec) -> list:
-        """A record taken (None: the node died, left or was forgotten): the members it implies."""
+        """A node's live record taken: the groups it is in now."""
         if node_id == self.id:
             return []
-        if rec is None:
-            return self._events(now, self.directory.remove(node_id))
+        self._down.pop(node_id, None)
         visible = self._visible(rec)
         changes = self.directory.changes(node_id, rec.incarnation, visible)
         verdict = self.directory.update(node_id, rec.incarnation, visible)
         if verdict not in (OK, "stale"):
             self.drop(now, f"groups_{verdict}", f"group list of {node_id[:12]} not taken: {verdict}", node_id[:12])
         return self._events(now, changes)
+
+    def tick(self, now: float) -> list:
+        """Once a minute: forget the members down longer than ``keep_down_s`` (they leave their groups)."""
+        if now < self._next_sweep:
+            return []
+        self._next_sweep = now + SWEEP_S
+        acts: list = []
+        for node_id in self.directory.nodes():
+            if self.roster.state_of(node_id) == "alive":
+                self._down.pop(node_id, None)
+            elif now - self._down.setdefault(node_id, now) >= self.keep_down_s:
+                del self._down[node_id]
+                acts += self._events(now, self.directory.remove(node_id))
+        return acts
 
     def _rescan(self, now: float) -> list:
         """A key was added or dropped: every record's private entries read again."""
