@@ -240,6 +240,7 @@ class Messaging:
                 data["invite"] = True  # the text is a private group's key (shouts.py); never a group's name
             elif group is not None:
                 data["group"] = group
+                self.stats["shout_unicasts"] += 1  # a shout sent on its own (resent, or its SHOUT could not carry it)
             msgs.append(P.Message(P.MESSAGE, msg_id, self.out.id, self.out.name, timestamp, data, peer_id))
         return self.out.send_many(peer_id, msgs)
 
@@ -454,7 +455,9 @@ class Messaging:
         rows = self.names.label_rows(self.store.outbox(statuses, limit, links), peer_key="peer")
         for row in rows:
             if row.get("group") == INVITE:
-                row["text"] = "(an invitation to a private group)"  # its text is the group's key
+                row["text"], row["group"] = "(an invitation to a private group)", None  # its text is the group's key
+            elif self._groups is not None:
+                row["group"] = self._groups.label(row.get("group"))
         return rows
 
     def inbox(self, limit: int, unread: bool = False, group: str | None = None) -> list[dict]:

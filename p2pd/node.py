@@ -85,9 +85,10 @@ from .watchers import Watchers
 COUNTERS = ("routed_out", "routed_relayed", "routed_in", "routed_unreachable", "routed_too_large",
             "tree_payloads_out", "tree_payloads_in", "tree_duplicates",
             # groups (shouts.py): shouts sent, stored, SHOUT copies sent (ours and relayed), relayed,
-            # taken unstored (not a member), members no route reached, replayed for join --since
+            # taken unstored (not a member), members no route reached, replayed for join --since,
+            # sent to one member as a MESSAGE (a resend, or its link had earlier messages to send first)
             "shouts_out", "shouts_in", "shout_copies_out", "shouts_relayed", "shouts_not_member", "shout_unreachable",
-            "shouts_replayed")
+            "shouts_replayed", "shout_unicasts")
 
 log = logging.getLogger("p2pd.node")
 
