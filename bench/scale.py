@@ -238,6 +238,60 @@ def one_broadcast(origin: Daemon, others: list[Daemon], text: str, timeout_s: fl
             "missing": [d.name for d in others if counts[d.name] == 0][:10]}
 
 
+def group_shouts(ds: list[Daemon], rng: random.Random, size: int = 20, shouts: int = 5, timeout_s: float = 60.0) -> dict:
+    """A group of ``size`` random daemons; each of ``shouts`` shouts from one member: how long
+    until every other member stored it, who else stored it (nobody should), and how many payload
+    transmissions it cost by the daemons' counters (SHOUT copies by origin and relays, plus
+    shouts sent to one member as a MESSAGE)."""
+    members = rng.sample(ds, size)
+    group = f"bench-{rng.getrandbits(32):08x}"
+    t0 = time.perf_counter()
+    for d, _ in each(members, lambda d: d.call("join", group=group)):
+        pass
+    spread: dict[str, float] = {}
+    deadline = t0 + timeout_s
+    while len(spread) < size and time.perf_counter() < deadline:
+        for d, (res, at) in each([d for d in members if d.name not in spread], lambda d: d.call("groups")):
+            row = next((g for g in res["groups"] if g["group"] == group), None)
+            if row is not None and row["count"] == size:
+                spread[d.name] = at - t0
+        if len(spread) < size:
+            time.sleep(0.2)
+    out: dict = {"members": size, "group": group, "spread_s": max(spread.values()) if len(spread) == size else None, "shouts": []}
+    members_set = {d.name for d in members}
+    for k in range(shouts):
+        origin = members[k % size]
+        others = [d for d in members if d is not origin]
+        text = f"scale-shout-{k}-{rng.getrandbits(32):08x}"
+        before = counters(ds)
+        t_wall = time.time()
+        origin.call("shout", group=group, text=text)
+        firsts: dict[str, float] = {}
+        end = time.monotonic() + 30.0
+        while len(firsts) < len(others) and time.monotonic() < end:
+            for d in others:
+                if d.name not in firsts:
+                    n, first = stored_count(d, text)
+                    if n:
+                        firsts[d.name] = first
+            if len(firsts) < len(others):
+                time.sleep(0.05)
+        time.sleep(1.0)  # late duplicates and resends are counted too
+        counts = {d.name: stored_count(d, text)[0] for d in ds if d is not origin}
+        after = counters(ds)
+        diff = {key: sum(after[n]["counters"][key] - before[n]["counters"][key] for n in after)
+                for key in ("shout_copies_out", "shout_unicasts", "shouts_relayed", "shouts_not_member")}
+        out["shouts"].append({
+            "stored_by_members": sum(1 for d in others if counts[d.name] >= 1), "other_members": len(others),
+            "exactly_once": all(counts[d.name] == 1 for d in others),
+            "stored_by_non_members": sum(1 for name, c in counts.items() if c and name not in members_set),
+            "latency_s": (max(firsts.values()) - t_wall) if len(firsts) == len(others) else None,
+            "latency_p50_s": statistics.median(v - t_wall for v in firsts.values()) if firsts else None,
+            "payloads": diff["shout_copies_out"] + diff["shout_unicasts"], **diff})
+        log(f"shout {k}: {out['shouts'][-1]}")
+    return out
+
+
 def grep_homes(ds: list[Daemon], needle: bytes) -> list[str]:
     """Files under the daemons' homes that contain ``needle`` (store.db and its WAL, logs, ...)."""
     hits = []
@@ -321,6 +375,9 @@ def scale(n: int, kill_frac: float = 0.2, idle_s: float = 15.0, broadcasts: int 
             r["broadcasts"].append(b)
             log(f"broadcast {k}: reached {b['reached']}/{b['receivers']} exactly once {b['exactly_once']}, "
                 f"latency {b['latency_s']}, payloads {b['tree_payloads_out']}, dups {b['tree_duplicates']}, fetches {b['gap_fetches']}")
+
+        # ---- a group of 20 (of the network's nodes, at most half) and its shouts
+        r["groups"] = group_shouts(ds, rng, size=min(20, n // 2))
 
         # ---- direct messages between unlinked nodes
         r["direct"] = direct_unlinked(ds, directs, rng)
@@ -529,6 +586,17 @@ def goals(r: dict) -> list[tuple[str, str, str, str]]:
         later = [b["tree_payloads_out"] for b in bs[1:]] or [bs[0]["tree_payloads_out"]]
         ratio = max(later) / n
         row("payloads per broadcast (first; later max)", f"{bs[0]['tree_payloads_out']}; {max(later)} = {ratio:.2f} N", "<= 1.3 N", ratio <= 1.3)
+    g = r.get("groups")
+    if g and g["shouts"]:
+        sh, m = g["shouts"], g["members"]
+        lat = max((x["latency_s"] or 99) for x in sh)
+        row(f"shout stored by the other {m - 1} members of a group of {m} (worst)",
+            f"{lat:.2f} s, once: {all(x['exactly_once'] for x in sh)}, by others: {sum(x['stored_by_non_members'] for x in sh)}",
+            "<= 2 s, once, no one else", lat <= 2 and all(x["exactly_once"] and not x["stored_by_non_members"] for x in sh))
+        most = max(x["payloads"] for x in sh)
+        row("payloads per shout (min-max; of them unicast)",
+            f"{min(x['payloads'] for x in sh)}-{most} = {most / m:.2f} x members; {sum(x['shout_unicasts'] for x in sh)}",
+            "<= 2 x members", most <= 2 * m)
     d = r.get("direct")
     if d:
         row("direct to an unlinked node, p50 (p90)", f"{d['p50_ms']:.0f} ({d['p90_ms']:.0f}) ms, once: {d['exactly_once']}", "<= 30 ms, once",
