@@ -55,7 +55,7 @@ is canonical base64 (RFC 4648, padded) of ``nonce || box``, like sealed.py's wir
 - A *relay* (forwards shouts but holds no key) sees the group id, the sender, the seq, the
   sizes and the timing; not the name, not the text.  Any change it makes to a ciphertext,
   or moving it to another sender, seq or group, makes `open_shout` fail.  It can drop or
-  replay a shout: replays are caught by the shout numbering (groups.ShoutIn), not here.
+  replay a shout: replays are caught by the direct messages' numbering (shouts.py), not here.
 - A *non-member* is a relay that also reads records: it sees opaque tags, cannot forge or
   transplant one, cannot tell which group a tag is for, and cannot link tags across
   incarnations.

@@ -19,18 +19,10 @@ group -> members answers `Directory.members` in the size of the group, not of th
 `Directory.changes` says which joins and leaves a new list implies, so that the node can
 show them as events; `remove` returns the leaves of the node it forgets.
 
-**Shouts are numbered per sender per group**, as delivery.py numbers broadcasts per origin:
-the sender counts its shouts in each group (`ShoutOut`, 1, 2, 3 ...) and its record
-advertises the latest number per group (`ShoutOut.heads`).  A member (`ShoutIn`) keeps, per
-(sender, group), the last number it stored and the sender's store epoch: ``last + 1`` is
-stored ("new"), anything at or below ``last`` is a duplicate, anything above ``last + 1`` is
-a gap, dropped and fetched in order (`ShoutIn.missing` gives the range from the advertised
-head), so each member stores each shout exactly once and in order, including members that
-were offline when it was sent.  A new epoch means the sender's store was replaced and its
-numbering restarted at 1: the count for that sender starts again from 0, so every shout of
-the new store is still fetched.  A member that joins does not fetch what was shouted before
-it joined: `ShoutIn.start_at` sets its starting point to the head it sees at joining (or
-lower, for ``join --since``).  Both sides are plain dicts for the store (`to_dict`).
+**Shouts are numbered per sender per group** (`ShoutOut`, 1, 2, 3 ...): shouts.py binds the
+number into a private group's sealed shout.  Which member stored which shout, exactly once and
+in order, is the direct messages' numbering's job (delivery.py): a shout is one direct message
+per member.
 
 **Fan-out follows routes.**  A shout to m members must cost about m transmissions, not m
 times the path length, so it is not sent once per member: `split_by_next_hop` groups the
@@ -57,25 +49,19 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 
 MAX_GROUP_NAME = 64          # characters in a group name
 MAX_GROUPS = 32              # groups one node may be in (and advertise in its record)
 DEFAULT_MAX_NODES = 10_000   # nodes whose group lists a Directory holds
-DEFAULT_MAX_SENDERS = 10_000  # (sender, group) pairs whose numbering a ShoutIn holds
 EXAMPLE = "rust-dev"         # what an error suggests when the name gives nothing to build on
 
-# Verdicts of `Directory.update`, `ShoutIn.accept` and `ShoutIn.start_at`.
+# Verdicts of `Directory.update`.
 OK = "ok"
 STALE = "stale"              # not newer than the version held
 BAD_VERSION = "bad_version"  # not a non-negative int
 BAD_NAME = "bad_name"        # a name `check_group_name` refuses, or not a collection of names
 TOO_MANY = "too_many"        # more than MAX_GROUPS groups
-FULL = "full"                # a new node or (sender, group) pair while the bound is held
-NEW = "new"                  # the next shout: store it
-DUP = "dup"                  # stored already
-GAP = "gap"                  # one or more before it are missing: drop it, fetch in order
-BAD_SEQ = "bad_seq"          # not a positive int
+FULL = "full"                # a new node while the bound is held
 JOIN = "join"
 LEAVE = "leave"
 
@@ -288,8 +274,7 @@ class ShoutOut:
         return self._last.get(group, 0)
 
     def heads(self) -> dict[str, int]:
-        """Every group we shouted in -> our latest number, sorted by group: what our record
-        advertises (for the groups we are in) so that members can see what they miss."""
+        """Every group we shouted in -> our latest number, sorted by group."""
         return {g: self._last[g] for g in sorted(self._last)}
 
     def to_dict(self) -> dict:
@@ -307,149 +292,6 @@ class ShoutOut:
                 raise ValueError(f"ShoutOut: bad entry {group!r}: {n!r}")
             out._last[group] = n
         return out
-
-
-@dataclass
-class _Seen:
-    """What a member holds about one sender in one group."""
-    last: int = 0             # the highest number stored, in order
-    epoch: str | None = None  # the sender's store epoch that numbering belongs to
-
-
-class ShoutIn:
-    """Per (sender, group): the last shout stored and the sender's epoch; the verdict on each
-    arriving shout, and what to fetch given the sender's advertised head."""
-
-    def __init__(self, *, max_senders: int = DEFAULT_MAX_SENDERS):
-        if max_senders < 0:
-            raise ValueError("max_senders must be >= 0")
-        self.max_senders = max_senders
-        self._seen: dict[str, dict[str, _Seen]] = {}  # sender -> group -> numbering
-        self._count = 0
-
-    def __len__(self) -> int:
-        """How many (sender, group) pairs are held."""
-        return self._count
-
-    def _get(self, sender_id: str, group: str) -> _Seen | None:
-        return self._seen.get(sender_id, {}).get(group)
-
-    def _add(self, sender_id: str, group: str) -> _Seen | None:
-        """A new pair's state, or None when ``max_senders`` pairs are held already."""
-        if self._count >= self.max_senders:
-            return None
-        seen = self._seen.setdefault(sender_id, {})[group] = _Seen()
-        self._count += 1
-        return seen
-
-    def accept(self, sender_id: str, group: str, seq: int, epoch: str | None = None) -> str:
-        """Classify an arriving shout: `NEW` (store it: it is counted as stored now), `DUP`,
-        `GAP` (earlier ones are missing: drop it, fetch `missing`), `FULL` (a new pair while
-        ``max_senders`` are held: not stored) or `BAD_SEQ`.
-
-        A pair seen for the first time, without `start_at`, starts just before ``seq`` (as
-        delivery.py does for a new broadcast origin): no backlog unless asked.  An ``epoch``
-        other than the one held means the sender's store was replaced and its numbering
-        restarted at 1: the count starts again from 0, so nothing of the new store is lost."""
-        if not _valid_seq(seq) or seq == 0:
-            return BAD_SEQ
-        seen = self._get(sender_id, group)
-        if seen is None:
-            seen = self._add(sender_id, group)
-            if seen is None:
-                return FULL
-            seen.last, seen.epoch = seq - 1, epoch
-        elif epoch is not None and epoch != seen.epoch:
-            if seen.epoch is not None:
-                seen.last = 0
-            seen.epoch = epoch
-        if seq <= seen.last:
-            return DUP
-        if seq > seen.last + 1:
-            return GAP
-        seen.last = seq
-        return NEW
-
-    def start_at(self, sender_id: str, group: str, seq: int, epoch: str | None = None) -> str:
-        """Set where ``sender_id``'s shouts in ``group`` start for us: the next one stored is
-        ``seq + 1``.  On joining (or first hearing of a sender in a group we are in), ``seq``
-        is the head the sender advertises, so nothing shouted before we joined is fetched;
-        ``join --since`` passes a lower one.  `OK`, `FULL` or `BAD_SEQ`."""
-        if not _valid_seq(seq):
-            return BAD_SEQ
-        seen = self._get(sender_id, group) or self._add(sender_id, group)
-        if seen is None:
-            return FULL
-        seen.last = seq
-        if epoch is not None:
-            seen.epoch = epoch
-        return OK
-
-    def last(self, sender_id: str, group: str) -> int | None:
-        """The last number stored from ``sender_id`` in ``group``, None if the pair is unknown."""
-        seen = self._get(sender_id, group)
-        return None if seen is None else seen.last
-
-    def missing(self, sender_id: str, group: str, head: int, epoch: str | None = None) -> tuple[int, int] | None:
-        """The (first, last) numbers to fetch given the sender's advertised ``head``, None if
-        we lack nothing.  Also None for a pair we never started (`start_at` decides where
-        it starts).  Under another ``epoch`` than the one held, everything up to ``head`` is
-        missing (the numbering restarted); `accept` resets the count when those arrive."""
-        seen = self._get(sender_id, group)
-        if seen is None or not _valid_seq(head):
-            return None
-        last = 0 if epoch is not None and seen.epoch is not None and epoch != seen.epoch else seen.last
-        return (last + 1, head) if head > last else None
-
-    def forget_group(self, group: str) -> int:
-        """Drop every sender's numbering in ``group`` (we left it: joining again starts at the
-        heads then, with `start_at`).  Returns how many pairs went."""
-        gone = 0
-        for sender_id in list(self._seen):
-            groups = self._seen[sender_id]
-            if groups.pop(group, None) is not None:
-                gone += 1
-                if not groups:
-                    del self._seen[sender_id]
-        self._count -= gone
-        return gone
-
-    def forget_sender(self, sender_id: str) -> int:
-        """Drop ``sender_id``'s numbering in every group (it left for good).  Returns how many
-        pairs went."""
-        gone = len(self._seen.pop(sender_id, {}))
-        self._count -= gone
-        return gone
-
-    def to_dict(self) -> dict:
-        """{"seen": {sender: {group: [last, epoch]}}}, sorted: JSON as is."""
-        return {"seen": {s: {g: [v.last, v.epoch] for g, v in sorted(gs.items())} for s, gs in sorted(self._seen.items())}}
-
-    @classmethod
-    def from_dict(cls, data: Mapping, *, max_senders: int = DEFAULT_MAX_SENDERS) -> ShoutIn:
-        """The inverse of `to_dict`; ValueError if ``data`` is not what it wrote or holds more
-        than ``max_senders`` pairs."""
-        seen = data.get("seen") if isinstance(data, Mapping) else None
-        if not isinstance(seen, Mapping):
-            raise ValueError("ShoutIn: 'seen' must be a mapping of sender -> group -> [last, epoch]")
-        out = cls(max_senders=max_senders)
-        for sender_id, groups in seen.items():
-            if not isinstance(sender_id, str) or not isinstance(groups, Mapping):
-                raise ValueError(f"ShoutIn: bad sender entry {sender_id!r}")
-            for group, pair in groups.items():
-                out._load(sender_id, group, pair)
-        return out
-
-    def _load(self, sender_id: str, group: object, pair: object) -> None:
-        if not isinstance(group, str) or not isinstance(pair, (list, tuple)) or len(pair) != 2:
-            raise ValueError(f"ShoutIn: bad entry {sender_id!r}/{group!r}: {pair!r}")
-        last, epoch = pair
-        if not _valid_seq(last) or not (epoch is None or isinstance(epoch, str)):
-            raise ValueError(f"ShoutIn: bad entry {sender_id!r}/{group!r}: {pair!r}")
-        seen = self._add(sender_id, group)
-        if seen is None:
-            raise ValueError(f"ShoutIn: more than {self.max_senders} (sender, group) pairs")
-        seen.last, seen.epoch = last, epoch
 
 
 # ---------------------------------------------------------------------------------- fan-out

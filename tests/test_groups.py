@@ -10,7 +10,7 @@ import random
 import pytest
 
 from p2pd import groups as G
-from p2pd.groups import Directory, ShoutIn, ShoutOut
+from p2pd.groups import Directory, ShoutOut
 from p2pd.routes import Routes
 from test_routes import random_overlay  # the same random overlays the route tests use
 
@@ -182,141 +182,9 @@ def test_shout_out_from_bad_dict(data):
         ShoutOut.from_dict(data)
 
 
-# ---------------------------------------------------------------------------- shouts: member
-
-
-def test_shout_in_verdicts_in_order():
-    s = ShoutIn()
-    s.start_at("a", "rust", 0)
-    assert s.accept("a", "rust", 1, "e1") == G.NEW
-    assert s.accept("a", "rust", 1, "e1") == G.DUP
-    assert s.accept("a", "rust", 3, "e1") == G.GAP
-    assert s.last("a", "rust") == 1               # a gap is not stored
-    assert s.accept("a", "rust", 2, "e1") == G.NEW
-    assert s.accept("a", "rust", 3, "e1") == G.NEW
-    assert s.accept("a", "rust", 2, "e1") == G.DUP
-    assert s.accept("a", "go", 1, "e1") == G.NEW  # per group
-    assert s.accept("b", "rust", 1, "e9") == G.NEW  # per sender
-    assert s.last("a", "rust") == 3 and s.last("a", "go") == 1 and s.last("zz", "rust") is None
-    assert len(s) == 3
-
-
-def test_shout_in_bad_sequence_numbers():
-    s = ShoutIn()
-    for seq in (0, -1, True, "1", 1.0, None):
-        assert s.accept("a", "rust", seq) == G.BAD_SEQ
-    assert len(s) == 0
-    assert s.start_at("a", "rust", -1) == G.BAD_SEQ and len(s) == 0
-
-
-def test_shout_in_first_contact_starts_just_before_it():
-    s = ShoutIn()
-    assert s.accept("a", "rust", 7, "e1") == G.NEW  # no backlog unless asked
-    assert s.last("a", "rust") == 7
-    assert s.accept("a", "rust", 9, "e1") == G.GAP
-
-
-def test_shout_in_new_epoch_restarts_the_count():
-    s = ShoutIn()
-    s.start_at("a", "rust", 10, "e1")
-    assert s.accept("a", "rust", 11, "e1") == G.NEW
-    assert s.missing("a", "rust", 3, "e2") == (1, 3)  # the new store's shouts, all of them
-    assert s.last("a", "rust") == 11                   # missing() changes nothing
-    assert s.accept("a", "rust", 2, "e2") == G.GAP     # reset to 0: 1 is missing
-    assert s.last("a", "rust") == 0
-    assert s.accept("a", "rust", 1, "e2") == G.NEW
-    assert s.accept("a", "rust", 2, "e2") == G.NEW
-    assert s.accept("a", "rust", 2, "e2") == G.DUP
-    assert s.accept("a", "rust", 3, None) == G.NEW  # no epoch given: the held one stands
-    assert s.to_dict() == {"seen": {"a": {"rust": [3, "e2"]}}}
-
-
-def test_shout_in_epoch_learnt_late_does_not_reset():
-    s = ShoutIn()
-    s.start_at("a", "rust", 5)               # from a record without an epoch
-    assert s.accept("a", "rust", 6, "e1") == G.NEW  # adopted, not a reset
-    assert s.last("a", "rust") == 6
-
-
-def test_start_at_skips_what_was_shouted_before_we_joined():
-    s = ShoutIn()
-    assert s.start_at("a", "rust", 40, "e1") == G.OK
-    assert s.missing("a", "rust", 40) is None
-    assert s.missing("a", "rust", 43) == (41, 43)
-    assert s.accept("a", "rust", 40, "e1") == G.DUP
-    assert s.accept("a", "rust", 41, "e1") == G.NEW
-    assert s.missing("a", "rust", 43, "e1") == (42, 43)
-    assert s.start_at("a", "rust", 9) == G.OK  # join --since: back to an earlier point
-    assert s.missing("a", "rust", 43) == (10, 43)
-
-
-def test_missing_ranges():
-    s = ShoutIn()
-    assert s.missing("a", "rust", 5) is None   # never started: start_at decides
-    s.start_at("a", "rust", 0)
-    assert s.missing("a", "rust", 0) is None
-    assert s.missing("a", "rust", 1) == (1, 1)
-    assert s.missing("a", "rust", 5) == (1, 5)
-    s.accept("a", "rust", 1)
-    s.accept("a", "rust", 2)
-    assert s.missing("a", "rust", 2) is None
-    assert s.missing("a", "rust", 1) is None   # an old head (gossip reorders)
-    assert s.missing("a", "rust", 5) == (3, 5)
-    assert s.missing("a", "rust", -3) is None and s.missing("a", "rust", "5") is None
-
-
-def test_shout_in_is_bounded():
-    s = ShoutIn(max_senders=2)
-    assert s.accept("a", "rust", 1) == G.NEW
-    assert s.start_at("b", "rust", 0) == G.OK
-    assert s.accept("c", "rust", 1) == G.FULL
-    assert s.accept("a", "go", 1) == G.FULL
-    assert s.start_at("c", "rust", 0) == G.FULL
-    assert s.last("c", "rust") is None and len(s) == 2
-    assert s.accept("a", "rust", 2) == G.NEW  # held pairs go on
-    assert s.forget_sender("a") == 1 and len(s) == 1
-    assert s.accept("c", "rust", 1) == G.NEW
-
-
-def test_shout_in_forget_group():
-    s = ShoutIn()
-    s.accept("a", "rust", 1)
-    s.accept("a", "go", 1)
-    s.accept("b", "rust", 4)
-    assert s.forget_group("rust") == 2 and len(s) == 1
-    assert s.to_dict() == {"seen": {"a": {"go": [1, None]}}}
-    assert s.forget_group("rust") == 0 and s.forget_sender("zz") == 0
-
-
-def test_shout_in_round_trip():
-    s = ShoutIn()
-    s.start_at("b", "rust", 3, "e2")
-    s.accept("a", "rust", 5, "e1")
-    s.accept("a", "go", 1)
-    data = json.loads(json.dumps(s.to_dict()))
-    assert data == {"seen": {"a": {"go": [1, None], "rust": [5, "e1"]}, "b": {"rust": [3, "e2"]}}}
-    back = ShoutIn.from_dict(data, max_senders=3)
-    assert back.to_dict() == data and len(back) == 3 and back.max_senders == 3
-    assert back.accept("a", "rust", 6, "e1") == G.NEW
-    assert back.accept("b", "rust", 3, "e2") == G.DUP
-    assert back.accept("c", "rust", 1) == G.FULL
-    with pytest.raises(ValueError):
-        ShoutIn.from_dict(data, max_senders=2)
-
-
-@pytest.mark.parametrize("data", [{}, [], {"seen": []}, {"seen": {"a": []}}, {"seen": {"a": {"g": [1]}}},
-                                  {"seen": {"a": {"g": [-1, None]}}}, {"seen": {"a": {"g": [1, 2]}}},
-                                  {"seen": {"a": {3: [1, None]}}}, {"seen": {3: {"g": [1, None]}}}])
-def test_shout_in_from_bad_dict(data):
-    with pytest.raises(ValueError):
-        ShoutIn.from_dict(data)
-
-
 def test_constructors_refuse_negative_bounds():
     with pytest.raises(ValueError):
         Directory(max_nodes=-1)
-    with pytest.raises(ValueError):
-        ShoutIn(max_senders=-1)
 
 
 # ---------------------------------------------------------------------------- fan-out
