@@ -67,6 +67,7 @@ MAX_TO = 1024  # members one SHOUT frame addresses (a larger group: the rest by 
 SHOUT_TTL = 16  # hops a SHOUT may still travel
 FETCH_MAX = 1000  # shouts replayed for one ``join --since``
 SWEEP_S = 60.0  # how often members down too long are looked for (`Groups.tick`)
+MAX_INVITES = 32  # invitations held, not joined (any node may send one: the oldest goes)
 META = "groups"
 
 
@@ -311,33 +312,30 @@ class Groups:
         problem = check_group_name(name)
         if problem is not None:
             raise GroupError(ErrorCode.BAD_REQUEST, problem)
+        wire = self.wire_of(name)
+        if wire is not None and wire.startswith("~") != private:
+            kind = "a private" if wire.startswith("~") else "the open"
+            raise GroupError(ErrorCode.BAD_REQUEST, f"this node is in {kind} group named {name!r} already: "
+                                                    f"leave it first (p2pctl leave {name})")
         acts: list = []
-        if private:
-            wire = next((w for w in self.joined if w.startswith("~") and self.joined[w] == name), None)
-            if wire is None:
-                invited = [gid for gid, gk in self.keys.items() if gk.group == name]
-                if invited:
-                    wire = "~" + invited[0]
-                else:
-                    gk = new_group_key(name, self.randbytes(32))
-                    self.keys[group_id(gk)] = gk
-                    wire = "~" + group_id(gk)
-        else:
-            wire = name
-        already = wire in self.joined
+        already = wire is not None
         if not already:
-            other = self.wire_of(name)
-            if other is not None:
-                kind = "a private" if other.startswith("~") else "the open"
-                raise GroupError(ErrorCode.BAD_REQUEST, f"this node is in {kind} group named {name!r} already: "
-                                                        f"leave it first (p2pctl leave {name})")
             if len(self.joined) >= MAX_GROUPS:
                 raise GroupError(ErrorCode.BAD_REQUEST, f"this node is in {MAX_GROUPS} groups, the most a record lists: "
                                                         f"leave one first (p2pctl leave GROUP)")
-            entries = self.record_entries(0) + ((wire,) if not private else (f"{wire}:{'0' * 32}",))
+            entries = self.record_entries(0) + ((f"~{'0' * 32}:{'0' * 32}",) if private else (name,))
             if sum(len(e.encode("utf-8")) for e in entries) > MAX_GROUP_BYTES:
                 raise GroupError(ErrorCode.BAD_REQUEST, f"the groups this node is in would take more than {MAX_GROUP_BYTES} bytes "
                                                         f"in its record: leave one, or use shorter names")
+            if private:  # the group we were invited to, else a new one
+                gid = next((g for g, gk in self.keys.items() if gk.group == name), None)
+                if gid is None:
+                    gk = new_group_key(name, self.randbytes(32))
+                    gid = group_id(gk)
+                    self.keys[gid] = gk
+                wire = "~" + gid
+            else:
+                wire = name
             self.joined[wire] = name
             self._save()
             self.resign(now)
@@ -345,7 +343,7 @@ class Groups:
             log.info("joined group %r%s", name, " (private)" if private else "")
         if since is not None:
             acts += self._ask_since(now, wire, since)
-        result = {"group": name, "private": wire.startswith("~"), "already": already, "members": self._member_rows(wire)}
+        result = {"group": name, "private": private, "already": already, "members": self._member_rows(wire)}
         return result, acts
 
     def _ask_since(self, now: float, wire: str, since: float) -> list:
@@ -407,8 +405,9 @@ class Groups:
         if self.wire_of(gk.group) is not None and self.wire_of(gk.group).startswith("~"):
             log.info("invitation to another private group named %r ignored: this node is in one by that name", gk.group)
             return []
-        for old in [g for g, k in self.keys.items() if k.group == gk.group and "~" + g not in self.joined]:
-            del self.keys[old]  # an earlier invitation to a group of that name, not joined: the newest wins
+        pending = [g for g in self.keys if "~" + g not in self.joined]
+        for old in [g for g in pending if self.keys[g].group == gk.group] or pending[:max(0, len(pending) - MAX_INVITES + 1)]:
+            del self.keys[old]  # an earlier invitation to a group of that name (the newest wins), or the oldest of too many
         self.keys[gid] = gk
         self._save()
         log.info("invited to private group %r by %s (%s): p2pctl join %s --private", gk.group, peer.name, peer.id[:12], gk.group)
@@ -545,6 +544,8 @@ class Groups:
             self.drop(now, "fetch_not_member", f"{peer.name} asked for a private group's shouts without its key", peer.name)
             return []
         rows = self.store.own_shouts_since(wire, since, FETCH_MAX)
+        queued = self.store.outbox_ids(peer.id, [r[0] for r in rows])  # asked before: what it has or will have
+        rows = [r for r in rows if r[0] not in queued]
         epoch = self.out.epoch(now)
         for msg_id, text, timestamp in rows:
             self.msgs.delivery.enqueue(peer.id, msg_id, text, timestamp, epoch, group=wire)

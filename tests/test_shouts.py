@@ -251,3 +251,30 @@ def test_a_garbage_invitation_is_dropped(chain):
     now = spread(net, (dave, erin, frank), now + 0.5)
     assert frank.dropped["bad_invite"] == 1 and frank.groups.keys == {}
     assert dave.msgs.pending_count() == 0
+
+
+def test_invitations_held_are_bounded_and_a_repeated_fetch_queues_nothing_new(chain):
+    from p2pd.groupkeys import invite_payload, new_group_key
+    from p2pd.shouts import MAX_INVITES
+
+    net, dave, erin, frank, now = chain
+    epoch = dave.out.epoch(now)
+    for i in range(MAX_INVITES + 5):  # any node may invite: frank keeps the newest MAX_INVITES
+        gk = new_group_key(f"g{i}", bytes([i]) * 32)
+        dave.msgs.delivery.enqueue(frank.id, dave.out.new_id(epoch), orjson.dumps(invite_payload(gk)).decode(),
+                                   P.utc_timestamp(epoch), epoch, group="+invite")
+    net.apply(dave, dave.msgs.pump(now, frank.id), now)
+    now = spread(net, (dave, erin, frank), now + 0.5)
+    assert len(frank.groups.keys) == MAX_INVITES
+    assert {gk.group for gk in frank.groups.keys.values()} == {f"g{i}" for i in range(5, MAX_INVITES + 5)}
+    # join --since twice: the second asks for what is queued already, and nothing is added
+    for node in (dave, frank):
+        net.call(node, now, "join", group="room")
+    now = spread(net, (dave, erin, frank), now + 0.5)
+    net.call(dave, now, "shout", group="room", text="one")
+    now = spread(net, (dave, erin, frank), now + 0.5)
+    for _ in range(2):
+        net.call(frank, now, "join", group="room", since=0.0)
+        now = spread(net, (dave, erin, frank), now + 0.5)
+    assert texts(net, frank, now, group="room") == ["one"]
+    assert dave.stats["shouts_replayed"] == 0  # frank had it: the outbox already holds that id for him
