@@ -86,9 +86,10 @@ COUNTERS = ("routed_out", "routed_relayed", "routed_in", "routed_unreachable", "
             "tree_payloads_out", "tree_payloads_in", "tree_duplicates",
             # groups (shouts.py): shouts sent, stored, SHOUT copies sent (ours and relayed), relayed,
             # taken unstored (not a member), members no route reached, replayed for join --since,
-            # sent to one member as a MESSAGE (a resend, or its link had earlier messages to send first)
+            # sent to one member as a MESSAGE (a resend, or its link had earlier messages to send first),
+            # members whose route went back to the hop a SHOUT came from (left to the outbox)
             "shouts_out", "shouts_in", "shout_copies_out", "shouts_relayed", "shouts_not_member", "shout_unreachable",
-            "shouts_replayed", "shout_unicasts")
+            "shouts_replayed", "shout_unicasts", "shout_loops")
 
 log = logging.getLogger("p2pd.node")
 

@@ -137,7 +137,7 @@ class ShoutData(TypedDict, total=False):
     n: int  # the origin's count of its shouts in this group (bound into a private shout's seal)
     body: str  # the text; a private group's: sealed with the group key (groupkeys.seal_shout)
     to: dict  # member id -> [seq, base] on the origin -> member link (delivery.py)
-    sig: str  # the origin's signature of all of the above, hex
+    sig: str | None  # the origin's signature of all of the above, hex (None: a keyless node's, tests and the simulator)
     fwd: Required[list]  # the members this copy is to reach (split again by each relay)
     ttl: Required[int]  # hops left
 

@@ -70,7 +70,15 @@ def test_what_p2pd_sends_carries_only_declared_fields_of_the_declared_types(net)
     since = WALL  # the backlog since then: a FETCH
     assert net.call(charlie, 3.1, "connect", host=HOST, port=alice.address.port, since=since)["result"]["already"]
     assert net.call(alice, 3.2, "ping", peer="bob")["ok"]
-    net.tick_range(3.3, 12.0, 0.25, alice, bob, charlie)
+    for node in (alice, charlie):  # groups: SHOUT, a MESSAGE with "invite", a FETCH of a group
+        assert net.call(node, 3.25, "join", group="room")["ok"]
+    assert net.call(alice, 3.25, "join", group="ops", private=True)["ok"]
+    net.tick_range(3.3, 5.0, 0.25, alice, bob, charlie)
+    assert net.call(alice, 5.0, "shout", group="room", text="to the room")["result"]["members"] == 1
+    assert net.call(alice, 5.0, "invite", group="ops", peer="charlie")["ok"]
+    net.tick_range(5.25, 6.0, 0.25, alice, bob, charlie)
+    assert net.call(charlie, 6.0, "join", group="ops", private=True, since=since)["ok"]
+    net.tick_range(6.25, 12.0, 0.25, alice, bob, charlie)
     net.apply(bob, bob.leave(12.0), 12.0)
     seen = {m.type for _, _, m in _envelopes(net)}
     # ROUTED needs two nodes without a link: tests/test_relay.py and tests/test_overlay.py check its fields
