@@ -30,9 +30,11 @@ sealed end to end when routed.
 **Private groups.**  The SHOUT's body is sealed with the group key (`groupkeys.seal_shout`), so
 relays see ciphertext; a resent MESSAGE carries the text inside the end-to-end seal.  An
 invitation is the key in a direct MESSAGE with ``invite: true`` (never stored as a message);
-the invited node joins with ``join GROUP --private``.  A node joins only the private group it
-holds the key of, so an invitation cannot turn a later ``join GROUP`` of an open group into a
-join of someone's private one.
+the invited node joins with ``join GROUP --private``.  Only ``--private`` joins a private
+group, so an invitation cannot turn a later ``join GROUP`` of an open group into a join of
+someone's private one.  Any node may invite: a pending invitation is what ``join GROUP
+--private`` joins instead of making a new group, so the inviter is kept and shown (``groups``,
+the join's reply: ``invited_by``), and ``leave`` undoes a join the user did not mean.
 
 **join --since** asks every member (FETCH ``{"group", "since"}``, with a member tag for a
 private group) for the shouts it sent since then; each answers with new outbox entries, and
@@ -153,6 +155,7 @@ class Groups:
         self.directory = Directory()
         self.joined: dict[str, str] = {}  # wire name -> shown name (an open group's name, or the private group's)
         self.keys: dict[str, GroupKey] = {}  # private group id -> key (joined, or invited to)
+        self.inviters: dict[str, dict] = {}  # private group id -> {"id", "name"} of who invited us (shown: anyone may invite)
         self.counts = ShoutOut()  # our shouts per group (bound into a private shout's seal)
         # A member that is down stays a member: shouts wait for it in the outbox, as direct messages
         # do, until it is back or they expire.  It is forgotten once down that long (`tick`).
@@ -177,11 +180,12 @@ class Groups:
                 if shown is not None and valid_group_key(wire):
                     self.joined[wire] = shown
             self.counts = ShoutOut.from_dict(state.get("counts", {}))
+            self.inviters = {gid: by for gid, by in state.get("by", {}).items() if gid in self.keys and isinstance(by, dict)}
         except (orjson.JSONDecodeError, GroupKeyError, AttributeError, TypeError, ValueError) as e:
             log.error("the groups saved in the store cannot be read (%s): starting in no group", type(e).__name__)
 
     def _save(self) -> None:
-        self.store.set_meta(META, orjson.dumps({"joined": sorted(self.joined), "counts": self.counts.to_dict(),
+        self.store.set_meta(META, orjson.dumps({"joined": sorted(self.joined), "counts": self.counts.to_dict(), "by": self.inviters,
                                                 "keys": {gid: gk.encode() for gid, gk in self.keys.items()}}).decode())
 
     def shown(self, wire: str) -> str | None:
@@ -343,7 +347,8 @@ class Groups:
             log.info("joined group %r%s", name, " (private)" if private else "")
         if since is not None:
             acts += self._ask_since(now, wire, since)
-        result = {"group": name, "private": private, "already": already, "members": self._member_rows(wire)}
+        result = {"group": name, "private": private, "already": already, "members": self._member_rows(wire),
+                  "invited_by": self.inviters.get(wire[1:]) if private else None}
         return result, acts
 
     def _ask_since(self, now: float, wire: str, since: float) -> list:
@@ -361,6 +366,7 @@ class Groups:
         del self.joined[wire]
         if wire.startswith("~"):
             self.keys.pop(wire[1:], None)  # a private group's key goes with it: back in only by a new invitation
+            self.inviters.pop(wire[1:], None)
         self._save()
         self.resign(now)
         return {"group": name, "private": wire.startswith("~")}
@@ -375,7 +381,9 @@ class Groups:
                 continue
             members = self._member_rows(wire, with_state=True)
             rows.append({"group": shown, "private": wire.startswith("~"), "joined": wire in self.joined,
-                         "invited": wire.startswith("~") and wire not in self.joined, "count": len(members), "members": members})
+                         "invited": wire.startswith("~") and wire not in self.joined,
+                         "invited_by": self.inviters.get(wire[1:]) if wire.startswith("~") else None,
+                         "count": len(members), "members": members})
         return sorted(rows, key=lambda r: (r["group"], r["private"]))
 
     def invite(self, now: float, name: str, peer_id: str) -> list:
@@ -408,7 +416,9 @@ class Groups:
         pending = [g for g in self.keys if "~" + g not in self.joined]
         for old in [g for g in pending if self.keys[g].group == gk.group] or pending[:max(0, len(pending) - MAX_INVITES + 1)]:
             del self.keys[old]  # an earlier invitation to a group of that name (the newest wins), or the oldest of too many
+            self.inviters.pop(old, None)
         self.keys[gid] = gk
+        self.inviters[gid] = {"id": peer.id, "name": peer.name}
         self._save()
         log.info("invited to private group %r by %s (%s): p2pctl join %s --private", gk.group, peer.name, peer.id[:12], gk.group)
         return self._rescan(now) + self.watchers.emit(now, "invited", group=gk.group, by={"id": peer.id, "name": peer.name})
