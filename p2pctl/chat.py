@@ -8,7 +8,7 @@ print above it (`patch_stdout`: whatever is written to stdout, from any
 thread, goes above the prompt and the half-typed line is drawn again under
 it), line editing, the history of typed lines in the node's home
 (``chat_history``, kept across sessions, Up/Down to recall), Tab completion of
-/commands and peer names, and Ctrl-C or Ctrl-D to leave.  Keys are keys:
+/commands, peer names and #rooms (`completions`), and Ctrl-C or Ctrl-D to leave.  Keys are keys:
 an arrow never reaches a peer as text.
 
 Elsewhere (a pipe, a script, the tests) it reads plain lines from stdin and
@@ -24,6 +24,9 @@ thread alternates between the two.
 What a peer wrote is shown through `render` (escaped: it cannot move the
 cursor or forge a line), and a typed line loses its control characters
 before it is sent (a pasted escape sequence is not text).
+
+Rooms (groups, issue 16: /join, /leave, /rooms, /switch, /invite, and where plain text
+goes) are p2pctl/rooms.py's.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import queue
 import re
 import sys
 import threading
-from datetime import datetime
 from pathlib import Path
 
 import click
@@ -42,21 +44,25 @@ from p2pd import escape
 
 from . import render
 from .client import Client, ClientError, DaemonNotRunning, DaemonTimeout
-from .events import EventStream
+from .events import MESSAGE_EVENTS, EventStream
+from .rooms import HELP as ROOMS_HELP
+from .rooms import ROOM_ARG, ROOM_COMMANDS, RoomError, Rooms, room_name
 
 HELP = """commands:
   /connect HOST PORT     link to a peer (HOST:PORT and p2p://KEY@HOST:PORT work too)
   /peers                 list peers
   /info                  this node
   /msg <peer> <text>     direct message (peer: name or id prefix)
-  /history [<peer>]      the last messages, sent and received (with one peer)
-  /inbox                 the last messages received
+  /history [<peer>|#room] the last messages, sent and received (with one peer, or in one room)
+  /inbox [#room]         the last messages received (in one room)
   /ping <peer>           round-trip time
+""" + ROOMS_HELP + """
   /help                  this help
   /quit                  leave the chat (the daemon keeps running); Ctrl-D and Ctrl-C too
-  anything else          broadcast to every linked peer (//text sends "/text")"""
+  anything else          broadcast to every linked peer, or, after /switch #room, shouted
+                         to that room (//text sends "/text")"""
 
-COMMANDS = ("/connect", "/peers", "/info", "/msg", "/history", "/inbox", "/ping", "/help", "/quit")
+COMMANDS = ("/connect", "/peers", "/info", "/msg", "/history", "/inbox", "/ping", *ROOM_COMMANDS, "/help", "/quit")
 PEER_ARG = ("/msg", "/history", "/ping")  # commands whose first argument is a peer
 HISTORY_FILE = "chat_history"
 BACKLOG_MAX = 50  # unread messages shown on opening; more are counted, /inbox lists them
@@ -64,16 +70,20 @@ LAST_FEW = 5  # messages shown on opening when nothing is unread
 LIST_MAX = 20  # /history and /inbox
 
 _CLI_HINT = re.compile(r"`?p2pctl (peers|info|inbox|history|connect)( HOST PORT)?`?")
+_CLI_JOIN = re.compile(r"`?p2pctl join '?#?([^\s'`]+?)'?`?(?=[\s,;:)]|$)")
+_CLI_GROUPS = re.compile(r"`?p2pctl groups`?")
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # all C0/C1 controls but TAB
 
 
 def chat_terms(text: str) -> str:
-    """A daemon's or the client's hint, in chat terms: `p2pctl peers` -> /peers."""
+    """A daemon's or the client's hint, in chat terms: `p2pctl peers` -> /peers,
+    `p2pctl join rust-dev` -> /join #rust-dev, `p2pctl groups` -> /rooms."""
+    text = _CLI_JOIN.sub(lambda m: "/join #" + m.group(1), text)
+    text = _CLI_GROUPS.sub("/rooms", text)
     return _CLI_HINT.sub(lambda m: "/" + m.group(1) + (m.group(2) or ""), text)
 
 
-def clock() -> str:
-    return render.dim(datetime.now().strftime("%H:%M:%S"))
+clock = render.clock
 
 
 def divider(text: str) -> str:
@@ -123,6 +133,7 @@ class Chat:
         self.peer_names: tuple[str, ...] = ()  # for Tab; replaced whole, read by the prompt's thread
         self.shown_upto: int | None = None  # the newest message cursor shown (and marked read)
         self.daemon_down = False
+        self.rooms = Rooms(self)
 
     # ------------------------------------------------------------------ daemon calls
     def call(self, cmd: str, client: Client | None = None, **args):
@@ -152,6 +163,7 @@ class Chat:
         self.out(f"chatting as {render.bold(render.name(me['name']))} ({me['id'][:12]}); "
                  f"{me['peers_alive']} peer(s) linked. /help for commands.")
         self.refresh_peers()
+        self.rooms.refresh()
         try:
             unread = self.call("inbox", unread=True)
         except ClientError:
@@ -176,7 +188,7 @@ class Chat:
     def show_events(self, events: list[dict], client: Client | None = None) -> None:
         """Print events (the events thread); mark the messages shown as read."""
         newest = None
-        peers_changed = False
+        peers_changed = rooms_changed = False
         for ev in events:
             kind = ev.get("event")
             if kind == "daemon_down":
@@ -186,19 +198,23 @@ class Chat:
             if kind == "daemon_up":
                 self.daemon_down = False
                 self.out(f"{clock()} {render.green('* p2pd is back')}: chatting again; what arrived meanwhile follows")
-                peers_changed = True
+                peers_changed = rooms_changed = True
                 continue
-            self.out(render.event_line(ev))
-            if kind in ("message", "broadcast"):
+            self.out(render.event_line(ev, in_chat=True))
+            if kind in MESSAGE_EVENTS:
                 c = _cursor(ev.get("message") or {})
                 if c is not None:
                     newest = c if newest is None else max(newest, c)
             elif kind in ("joined", "left", "lost", "member"):
                 peers_changed = True
+            elif kind in ("group", "invited"):
+                rooms_changed = True
         if newest is not None:
             self.mark_read(newest, client)
         if peers_changed:
             self.refresh_peers(client)
+        if rooms_changed:
+            self.rooms.refresh(client)
 
     # ------------------------------------------------------------------ typed lines
     def handle_line(self, line: str) -> bool:
@@ -217,11 +233,17 @@ class Chat:
             self.out(render.red(f"! {'not sent' if is_send else 'not done'} ({escape.line(chat_terms(why))}): ") + escape.line(line))
         except ClientError as e:
             self.out(render.red(f"! {escape.line(chat_terms(str(e)))}"))
+        except RoomError as e:
+            self.out(render.red(f"! {escape.line(str(e))}"))
         return True
 
     def _handle(self, line: str) -> bool:
         if line.startswith("//") or not line.startswith("/"):
-            self.broadcast(line[1:] if line.startswith("//") else line)
+            text = line[1:] if line.startswith("//") else line
+            if self.rooms.current is not None:
+                self.rooms.say(text)
+            else:
+                self.broadcast(text)
             return True
         cmd, _, rest = line.partition(" ")
         rest = rest.strip()
@@ -246,10 +268,11 @@ class Chat:
             note = "" if res["status"] == "delivered" else render.yellow(f" (queued: delivered when {render.name(res['peer'])} is reachable)")
             self.out(f"{clock()} {render.magenta('you')} -> {render.cyan(render.name(res['peer']))}: {escape.text(text.strip(), render.CONT)}{note}")
         elif cmd == "/history":
-            rows = self.call("history", limit=LIST_MAX, **({"peer": rest} if rest else {}))
+            which = {"group": room_name(rest)} if rest.startswith("#") else {"peer": rest} if rest else {}
+            rows = self.call("history", limit=LIST_MAX, **which)
             self.out("\n".join(render.history_line(m) for m in rows) if rows else "no messages yet")
         elif cmd == "/inbox":
-            rows = self.call("inbox", limit=LIST_MAX)
+            rows = self.call("inbox", limit=LIST_MAX, **({"group": room_name(rest)} if rest else {}))
             self.out("\n".join(render.message_line(m) for m in rows) if rows else "inbox is empty")
             cursors = [c for c in map(_cursor, rows) if c is not None]
             if cursors:
@@ -260,6 +283,8 @@ class Chat:
                 return True
             res = self.commands.call("ping", timeout_s=self.timeout_s + 1, peer=rest, wait_s=self.timeout_s)
             self.out(f"pong from {render.name(res['peer'])}: {res['rtt_ms']:.3f} ms")
+        elif self.rooms.handle(cmd, rest):
+            pass
         else:
             self.out(render.red(f"! unknown command {escape.line(cmd)}; /help lists them"))
         return True
@@ -343,23 +368,40 @@ def _history_file(home: Path):
     return FileHistory(str(path))
 
 
+def completions(chat: Chat, text: str) -> list[tuple[str, int, str]]:
+    """What Tab offers for ``text`` (the line before the cursor): (text to insert, where it
+    starts, relative to the cursor, what the menu shows).  A /command; a peer after a command
+    that takes one (and after /invite's room); a #room after /join, /leave, /switch, /invite,
+    /history and /inbox, and for any word that starts with ``#``."""
+    def rooms(word: str) -> list[tuple[str, int, str]]:
+        bare = word[1:] if word.startswith("#") else word
+        return [(f"#{n} ", -len(word), "#" + escape.line(n)) for n in chat.rooms.names if n.startswith(bare)]
+
+    def peers(word: str) -> list[tuple[str, int, str]]:
+        return [(n + " ", -len(word), escape.line(n)) for n in chat.peer_names if n.startswith(word)]
+
+    cmd, space, rest = text.partition(" ")
+    if text.startswith("/") and not text.startswith("//"):
+        if not space:
+            return [(c + " ", -len(cmd), c) for c in COMMANDS if c.startswith(cmd)]
+        if " " not in rest:
+            if cmd in ROOM_ARG and (rest.startswith("#") or cmd not in PEER_ARG):
+                return rooms(rest)
+            if cmd in PEER_ARG:
+                return peers(rest)
+        elif cmd == "/invite" and rest.count(" ") == 1:
+            return peers(rest.split(" ", 1)[1])
+    word = text.rsplit(" ", 1)[-1]
+    return rooms(word) if word.startswith("#") else []
+
+
 def _completer(chat: Chat):
     from prompt_toolkit.completion import Completer, Completion
 
     class ChatCompleter(Completer):
         def get_completions(self, document, complete_event):
-            text = document.text_before_cursor
-            if not text.startswith("/") or text.startswith("//"):
-                return
-            cmd, space, rest = text.partition(" ")
-            if not space:
-                for c in COMMANDS:
-                    if c.startswith(cmd):
-                        yield Completion(c + " ", start_position=-len(cmd), display=c)
-            elif cmd in PEER_ARG and " " not in rest:
-                for name in chat.peer_names:
-                    if name.startswith(rest):
-                        yield Completion(name + " ", start_position=-len(rest), display=escape.line(name))
+            for insert, start, display in completions(chat, document.text_before_cursor):
+                yield Completion(insert, start_position=start, display=display)
 
     return ChatCompleter()
 
@@ -380,7 +422,8 @@ def _terminal(chat: Chat, stream: EventStream, make_client, home: Path) -> int:
 
     session = PromptSession(history=_history_file(home), completer=_completer(chat), complete_while_typing=False,
                             erase_when_done=True, enable_suspend=True)
-    prompt = ANSI(render.bold(f"{render.name(chat.me.get('name', 'chat'))}> "))
+    def prompt():  # read at each redraw: it shows the current room
+        return ANSI(render.bold(render.name(chat.me.get("name", "chat"))) + chat.rooms.prompt() + render.bold("> "))
     stop = threading.Event()
     side = make_client()
     with patch_stdout(raw=True):
@@ -393,7 +436,8 @@ def _terminal(chat: Chat, stream: EventStream, make_client, home: Path) -> int:
                 except (KeyboardInterrupt, EOFError):
                     break
                 if line.strip().startswith("/") and not line.strip().startswith("//"):
-                    chat.out(render.dim(f"{render.name(chat.me.get('name', ''))}> {escape.line(line.strip())}"))
+                    room = "" if chat.rooms.current is None else f" #{escape.line(chat.rooms.current)}"
+                    chat.out(render.dim(f"{render.name(chat.me.get('name', ''))}{room}> {escape.line(line.strip())}"))
                 try:
                     if not chat.handle_line(line):
                         break

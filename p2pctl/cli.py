@@ -131,6 +131,8 @@ def main(click_ctx, home, as_json, no_color, timeout_s):
       p2pctl send bob hello there         direct message by name or id prefix
       echo report | p2pctl send bob -     text from stdin
       p2pctl broadcast "lunch?"           to every linked peer
+      p2pctl join rust-dev                join a group (a chat room)
+      p2pctl shout rust-dev "hi all"      to the group's members
       p2pctl watch                        live messages, joins and leaves
       p2pctl chat                         interactive chat
 
@@ -238,23 +240,33 @@ def ping(ctx, peer):
 @main.command()
 @click.option("-n", "--limit", type=click.IntRange(0), default=0, help="Only the newest N messages (0: all kept).")
 @click.option("--unread", is_flag=True, help="Only messages not read yet (in the chat).")
+@click.option("--group", metavar="GROUP", help="Only the shouts of this group (#GROUP works too).")
 @command
-def inbox(ctx, limit, unread):
-    """Messages received (direct and broadcast), newest last.
+def inbox(ctx, limit, unread, group):
+    """Messages received (direct, broadcast and group shouts), newest last.
 
     With --unread, only those not read yet: the chat marks what it shows as read
-    (`p2pctl chat` opens with the same set)."""
-    ctx.run("inbox", limit=limit, unread=unread)
+    (`p2pctl chat` opens with the same set).
+
+    \b
+    Example:
+      p2pctl inbox --group rust-dev -n 20"""
+    ctx.run("inbox", limit=limit, unread=unread, group=group)
 
 
 @main.command()
 @click.option("--peer", help="Only the conversation with this peer (name or id prefix).")
+@click.option("--group", metavar="GROUP", help="Only the shouts of this group, sent and received (#GROUP works too).")
 @click.option("--since", help="Only messages since then (30m, 2h, 7d, ISO time, UNIX seconds).")
 @click.option("-n", "--limit", type=click.IntRange(0), default=100, show_default=True, help="The newest N messages (0: all).")
 @command
-def history(ctx, peer, since, limit):
-    """The stored conversation, sent and received, oldest first; survives restarts."""
-    ctx.run("history", peer=peer, since=since, limit=limit)
+def history(ctx, peer, group, since, limit):
+    """The stored conversation, sent and received, oldest first; survives restarts.
+
+    \b
+    Example:
+      p2pctl history --group rust-dev --since 2h"""
+    ctx.run("history", peer=peer, since=since, limit=limit, group=group)
 
 
 @main.command()
@@ -267,16 +279,104 @@ def outbox(ctx, show_all, limit):
 
 
 @main.command()
+@click.option("--group", metavar="GROUP", help="Only this group's shouts and its members' joins and leaves.")
 @command
-def watch(ctx):
-    """Stream messages, joins, leaves and losses live until Ctrl-C (--json: JSON lines).
+def watch(ctx, group):
+    """Stream messages, shouts, joins, leaves and losses live until Ctrl-C (--json: JSON lines).
 
     When the daemon stops, says so (--json: {"event": "daemon_down"}), waits for it,
     says when it is back ({"event": "daemon_up"}) and goes on from where it was:
-    the messages that arrived meanwhile come first."""
+    the messages that arrived meanwhile come first.
+
+    \b
+    Example:
+      p2pctl watch --group rust-dev"""
+    from .commands import group_arg
     from .events import run_watch
 
-    run_watch(ctx.client, ctx.as_json)
+    run_watch(ctx.client, ctx.as_json, group=None if group is None else group_arg(group))
+
+
+# ---------------------------------------------------------------------------- groups (issue 16)
+
+
+@main.command()
+@click.argument("group")
+@click.option("--private", is_flag=True, help="A private group: not advertised to the network; others join when a member invites them.")
+@click.option("--since", metavar="WHEN", help="Also fetch the group's shouts since then (30m, 2h, 7d, ISO time, UNIX seconds).")
+@command
+def join(ctx, group, private, since):
+    """Join the group GROUP (a chat room; "#GROUP" works too) and list its members.
+
+    Shouts to the group (p2pctl shout) then reach this node.  Shouts from
+    before the join are not fetched unless --since asks for them.  An invitation
+    to a private group (p2pctl invite, on a member) is accepted the same way.
+
+    \b
+    Examples:
+      p2pctl join rust-dev
+      p2pctl join rust-dev --since 1d     and the last day's shouts
+      p2pctl join ops --private           a room others join by invitation"""
+    ctx.run("join", group=group, private=private, since=since)
+
+
+@main.command()
+@click.argument("group")
+@command
+def leave(ctx, group):
+    """Leave the group GROUP: its shouts no longer reach this node.
+
+    \b
+    Example:
+      p2pctl leave rust-dev"""
+    ctx.run("leave", group=group)
+
+
+@main.command()
+@command
+def groups(ctx):
+    """List the groups this node knows of: joined or not, members and their names.
+
+    Private groups are marked; "invited" means a member invited this node
+    (p2pctl join GROUP accepts).
+
+    \b
+    Example:
+      p2pctl groups --json"""
+    ctx.run("groups")
+
+
+@main.command()
+@click.argument("group")
+@click.argument("text", nargs=-1)
+@command
+def shout(ctx, group, text):
+    """Send TEXT to every other member of GROUP ("-" reads stdin).
+
+    This node must be in the group (p2pctl join GROUP).  Prints how many
+    other members it was sent to.
+
+    \b
+    Examples:
+      p2pctl shout rust-dev "release is out"
+      make 2>&1 | tail -1 | p2pctl shout '#ci' -"""
+    ctx.run("shout", group=group, text=text)
+
+
+@main.command()
+@click.argument("group")
+@click.argument("peer")
+@command
+def invite(ctx, group, peer):
+    """Invite PEER (name or id prefix) to the private group GROUP this node is in.
+
+    The peer is told, and joins with p2pctl join GROUP.  An open group needs no
+    invitation: anyone may join it.
+
+    \b
+    Example:
+      p2pctl invite ops bob"""
+    ctx.run("invite", group=group, peer=peer)
 
 
 @main.command()

@@ -74,6 +74,19 @@ def port_number(text: str) -> int:
     return port
 
 
+def group_arg(name: str) -> str:
+    """A group name given on the command line: one leading ``#`` dropped (``'#rust-dev'`` is
+    ``rust-dev``), then checked as the daemon checks it; a bad name is a usage error (exit 2)
+    whose one line says what to type instead."""
+    from p2pd.groups import check_group_name, normalize_group
+
+    group = normalize_group(name)
+    why = check_group_name(group)
+    if why is not None:
+        raise click.UsageError(why)
+    return group
+
+
 class CliCommand:
     """One p2pctl command that sends one control request.  Subclasses set ``name`` (as typed
     after ``p2pctl``) and ``cmd`` (the control command, p2pd/commands/), and override ``call``
@@ -230,27 +243,33 @@ class BroadcastCmd(CliCommand):
         return line
 
 
+def _group_filter(group: str | None) -> dict:
+    """The ``group`` argument of inbox, history and watch: only when one is given."""
+    return {} if group is None else {"group": group_arg(group)}
+
+
 class InboxCmd(CliCommand):
     name = cmd = "inbox"
 
-    def call(self, client: Client, limit: int, unread: bool):
-        return client.call(self.cmd, limit=limit, unread=unread)
+    def call(self, client: Client, limit: int, unread: bool, group: str | None = None):
+        return client.call(self.cmd, limit=limit, unread=unread, **_group_filter(group))
 
-    def text(self, res, unread: bool = False, **values) -> str:
+    def text(self, res, unread: bool = False, group: str | None = None, **values) -> str:
         if not res:
-            return "no unread messages" if unread else "inbox is empty"
+            where = f" in {render.room(group_arg(group))}" if group else ""
+            return f"no unread messages{where}" if unread else f"no messages{where}" if group else "inbox is empty"
         return "\n".join(render.message_line(m) for m in res)
 
 
 class HistoryCmd(CliCommand):
     name = cmd = "history"
 
-    def call(self, client: Client, peer: str | None, since: str | None, limit: int):
-        return client.call(self.cmd, peer=peer, since=parse_since(since), limit=limit)
+    def call(self, client: Client, peer: str | None, since: str | None, limit: int, group: str | None = None):
+        return client.call(self.cmd, peer=peer, since=parse_since(since), limit=limit, **_group_filter(group))
 
-    def text(self, res, **values) -> str:
+    def text(self, res, group: str | None = None, **values) -> str:
         if not res:
-            return "no messages"
+            return f"no messages in {render.room(group_arg(group))}" if group else "no messages"
         return "\n".join(render.history_line(m) for m in res)
 
 
@@ -270,6 +289,80 @@ class OutboxCmd(CliCommand):
 
     def json(self, res, limit: int, **values):
         return res[:limit]
+
+
+# ---------------------------------------------------------------------------- groups (issue 16)
+
+
+class JoinCmd(CliCommand):
+    """`p2pctl join GROUP [--private] [--since WHEN]`: the daemon answers with the members."""
+
+    name = cmd = "join"
+
+    def call(self, client: Client, group: str, private: bool = False, since: str | None = None):
+        args = {"group": group_arg(group), "private": bool(private)}
+        when = parse_since(since)
+        if when is not None:
+            args["since"] = when
+        return client.call(self.cmd, **args)
+
+    def text(self, res, **values) -> str:
+        where = render.room(res["group"]) + (" (private)" if res.get("private") else "")
+        members = res.get("members") or []
+        names = ", ".join(render.cyan(render.name(m.get("name") or str(m.get("id", "?"))[:12])) for m in members)
+        head = f"already in {where}" if res.get("already") else f"joined {where}"
+        return f"{head}: {len(members)} member(s): {names}" if members else head
+
+
+class LeaveCmd(CliCommand):
+    name = cmd = "leave"
+
+    def call(self, client: Client, group: str):
+        return client.call(self.cmd, group=group_arg(group))
+
+    def text(self, res, **values) -> str:
+        return f"left {render.room(res['group'])}" + (" (private)" if res.get("private") else "")
+
+
+class GroupsCmd(CliCommand):
+    name = cmd = "groups"
+
+    def text(self, res, **values) -> str:
+        return render.groups_table(res)
+
+
+class ShoutCmd(CliCommand):
+    """`p2pctl shout GROUP TEXT...`: to the group's other members; ``-`` reads stdin, as send."""
+
+    name = cmd = "shout"
+
+    def call(self, client: Client, group: str, text: tuple[str, ...]):
+        group = group_arg(group)
+        if not text:
+            raise click.UsageError("missing TEXT: p2pctl shout GROUP TEXT... (or - to read stdin)")
+        return client.call(self.cmd, group=group, text=text_arg(text))
+
+    def text(self, res, **values) -> str:
+        where = render.room(res["group"])
+        ids = res.get("ids") or [res.get("id")]
+        mid = render.name(str(ids[0])[:12]) + (f" and {len(ids) - 1} more" if len(ids) > 1 else "")
+        n = res.get("members", 0)
+        if not n:
+            return f"shout {mid} to {where}: no other member is in it yet, so nobody got it (a member who joins with --since fetches it)"
+        return f"shout {mid} to {where}: sent to {n} other member(s)"
+
+
+class InviteCmd(CliCommand):
+    name = cmd = "invite"
+
+    def call(self, client: Client, group: str, peer: str):
+        return client.call(self.cmd, group=group_arg(group), peer=peer)
+
+    def text(self, res, **values) -> str:
+        peer = render.name(res["peer"])
+        who = f"{render.cyan(peer)} ({render.name(str(res.get('peer_id', ''))[:12])})"
+        queued = f" (queued: sent when {peer} is reachable)" if res.get("status") == "queued" else ""
+        return f"invited {who} to {render.room(res['group'])}{queued}; {peer} joins it with: {render.join_hint(res['group'])}"
 
 
 # ---------------------------------------------------------------------------- keys
@@ -327,7 +420,8 @@ class KnownForgetCmd(CliCommand):
 
 CLI_COMMANDS: dict[str, CliCommand] = {c.name: c for c in (
     StatusCmd(), InfoCmd(), PeersCmd(), ConnectCmd(), DisconnectCmd(), PingCmd(), SendCmd(), BroadcastCmd(), InboxCmd(), HistoryCmd(),
-    OutboxCmd(), TrustListCmd(), TrustAddCmd(), TrustRemoveCmd(), KnownListCmd(), KnownForgetCmd(),
+    OutboxCmd(), JoinCmd(), LeaveCmd(), GroupsCmd(), ShoutCmd(), InviteCmd(),
+    TrustListCmd(), TrustAddCmd(), TrustRemoveCmd(), KnownListCmd(), KnownForgetCmd(),
 )}
 
 # Control commands p2pctl sends other than through a command object above, and where.

@@ -24,7 +24,9 @@ Nothing missed: every ``message`` and ``broadcast`` event carries
 ``message.cursor``, the store's row number of that message.  The stream
 remembers the last cursor it saw and re-watches with ``since`` = that cursor:
 the daemon then sends every stored incoming message after it (``replay``:
-true) before the live events.  Messages are handed out once: an event whose
+true) before the live events.  Shouts (``shout`` events, issue 16) carry cursors too.
+With ``group``, the stream is one group's (`p2pctl watch --group`): the daemon sends only
+its shouts and its members' joins and leaves.  Messages are handed out once: an event whose
 cursor is not after the last one seen is dropped.
 """
 
@@ -37,13 +39,17 @@ from datetime import datetime, timezone
 from .client import Client, ClientError
 
 
+MESSAGE_EVENTS = ("message", "broadcast", "shout")  # the events that carry a stored message (and its cursor)
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class EventStream:
-    def __init__(self, make_client, retry_s: float = 0.5, cursor: int | None = None):
+    def __init__(self, make_client, retry_s: float = 0.5, cursor: int | None = None, group: str | None = None):
         self._make_client = make_client
+        self.group = group  # only this group's events (a normalized, valid name), or all
         self.retry_s = retry_s
         self.cursor = cursor  # the newest message cursor handed out (or given to start from)
         self.reply: dict = {}  # the last watch reply
@@ -59,7 +65,10 @@ class EventStream:
         its ``cursor`` (the newest message now) is where the stream starts when none was given."""
         client = self._make_client()
         try:
-            reply = client.call("watch", **({} if self.cursor is None else {"since": self.cursor}))
+            args = {} if self.cursor is None else {"since": self.cursor}
+            if self.group is not None:
+                args["group"] = self.group
+            reply = client.call("watch", **args)
         except BaseException:
             client.close()
             raise
@@ -93,7 +102,7 @@ class EventStream:
 
     def _fresh(self, ev: dict) -> bool:
         """Not a message already handed out; moves the cursor."""
-        if ev.get("event") not in ("message", "broadcast"):
+        if ev.get("event") not in MESSAGE_EVENTS:
             return True
         cursor = (ev.get("message") or {}).get("cursor")
         if not isinstance(cursor, int) or isinstance(cursor, bool):
@@ -109,15 +118,16 @@ class EventStream:
             self._client = None
 
 
-def run_watch(make_client, as_json: bool) -> None:
-    """`p2pctl watch`: print events until Ctrl-C, through the daemon's restarts."""
+def run_watch(make_client, as_json: bool, group: str | None = None) -> None:
+    """`p2pctl watch`: print events until Ctrl-C, through the daemon's restarts; ``group``:
+    only that group's (a name `p2pd.groups.check_group_name` accepts)."""
     import json
 
     import click
 
     from . import render
 
-    stream = EventStream(make_client)
+    stream = EventStream(make_client, group=group)
     try:
         stream.open()
         while True:

@@ -34,7 +34,7 @@ def setup(no_color: bool = False) -> None:
         import colorama
 
         colorama.just_fix_windows_console()
-        _codes.update({name: getattr(colorama.Fore, name) for name in ("GREEN", "RED", "YELLOW", "CYAN", "MAGENTA")})
+        _codes.update({name: getattr(colorama.Fore, name) for name in ("GREEN", "RED", "YELLOW", "CYAN", "MAGENTA", "BLUE")})
         _codes.update(DIM=colorama.Style.DIM, BRIGHT=colorama.Style.BRIGHT, RESET=colorama.Style.RESET_ALL)
 
 
@@ -62,6 +62,10 @@ def magenta(t: str) -> str:
     return _c("MAGENTA", t)
 
 
+def blue(t: str) -> str:
+    return _c("BLUE", t)
+
+
 def dim(t: str) -> str:
     return _c("DIM", t)
 
@@ -80,6 +84,11 @@ def local_time(iso: str | None) -> str:
         return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%H:%M:%S")
     except (ValueError, TypeError, AttributeError):
         return escape.line(iso)
+
+
+def clock() -> str:
+    """Now, as the chat stamps the lines typed in it."""
+    return dim(datetime.now().strftime("%H:%M:%S"))
 
 
 def ago(seconds: float | None) -> str:
@@ -209,19 +218,35 @@ def message_text(m: dict) -> str:
     return escape.text(m.get("text", ""), CONT)
 
 
+def room(group) -> str:
+    """A group as the chat writes it, ``#name``, escaped (a peer chose the name) and coloured."""
+    return blue("#" + escape.line(str(group)))
+
+
+def room_tag(m: dict) -> str:
+    """``[#room] `` before a shout (a message with a ``group``); nothing before other messages."""
+    group = m.get("group")
+    return f"{dim('[')}{room(group)}{dim(']')} " if group else ""
+
+
 def message_line(m: dict, self_id: str | None = None) -> str:
     t = dim(local_time(m.get("timestamp")))
     who = cyan(sender(m))
-    if m.get("type") == "MESSAGE":
+    if m.get("type") == "MESSAGE" and not m.get("group"):
         return f"{t} {who} {magenta('->')} {magenta('you')}: {message_text(m)}"
-    return f"{t} {who}: {message_text(m)}"
+    return f"{t} {room_tag(m)}{who}: {message_text(m)}"
 
 
-def event_line(ev: dict, self_id: str | None = None) -> str:
+def event_line(ev: dict, self_id: str | None = None, in_chat: bool = False) -> str:
+    """One event for people; ``in_chat``: hints name the chat's /commands, not p2pctl's."""
     kind = ev.get("event")
     t = dim(local_time(ev.get("time")))
-    if kind in ("message", "broadcast"):
-        return message_line(ev["message"], self_id)
+    if kind in ("message", "broadcast", "shout"):
+        return message_line(ev.get("message") or {}, self_id)
+    if kind == "group":
+        return group_event_line(ev)
+    if kind == "invited":
+        return invited_line(ev, in_chat)
     peer = ev.get("peer", {})
     who = escape.line(f"{peer.get('name', '?')} ({str(peer.get('id', ''))[:12]})")
     if kind == "joined":
@@ -246,12 +271,72 @@ def event_line(ev: dict, self_id: str | None = None) -> str:
     return f"{t} {escape.line(f'{kind}: {ev}')}"
 
 
+def _who(peer) -> str:
+    """``name (id12)`` of a peer object from an event, escaped."""
+    peer = peer if isinstance(peer, dict) else {}
+    return escape.line(f"{peer.get('name', '?')} ({str(peer.get('id', ''))[:12]})")
+
+
+def group_event_line(ev: dict) -> str:
+    """Another node joined or left a group: ``12:00:01 * bob (01acf8ce4c88) joined #rust-dev``."""
+    t = dim(local_time(ev.get("time")))
+    where = room(ev.get("group")) + (dim(" (private)") if ev.get("private") else "")
+    who = _who(ev.get("peer"))
+    if ev.get("kind") == "leave":
+        return f"{t} {yellow('*')} {yellow(who)} left {where}"
+    if ev.get("kind") == "join":
+        return f"{t} {green('*')} {green(who)} joined {where}"
+    return f"{t} {dim('*')} {who} {escape.line(str(ev.get('kind')))} {where}"
+
+
+def join_hint(group, in_chat: bool = False) -> str:
+    """How to join ``group``, as the command line or the chat writes it (escaped)."""
+    return f"/join #{escape.line(str(group))}" if in_chat else f"p2pctl join {escape.line(str(group))}"
+
+
+def invited_line(ev: dict, in_chat: bool = False) -> str:
+    """This node was invited to a private group, and how to accept."""
+    t = dim(local_time(ev.get("time")))
+    return (f"{t} {magenta('*')} {cyan(_who(ev.get('by')))} invited you to {room(ev.get('group'))} "
+            f"{dim('(private)')}: {join_hint(ev.get('group'), in_chat)} to join it")
+
+
 def history_line(m: dict) -> str:
     t = dim(local_time(m.get("timestamp")))
+    if m.get("direction") == "out" and m.get("group"):
+        return f"{t} {room_tag(m)}{magenta('you')}: {message_text(m)}"
     if m.get("direction") == "out":
         to = "everyone" if m.get("type") == "BROADCAST" else escape.line(m.get("peer_label") or m.get("peer_name") or (m.get("peer_id") or "?")[:12])
         return f"{t} {magenta('you')} -> {to}: {message_text(m)}"
     return message_line(m)
+
+
+def _member(m: dict) -> str:
+    """A member's name in the groups table; a member not alive says its state."""
+    label = escape.line(str(m.get("name") or str(m.get("id", "?"))[:12]))
+    state = m.get("state")
+    return label if state in (None, "alive") else f"{label} ({escape.line(str(state))})"
+
+
+def groups_table(res: dict) -> str:
+    """`p2pctl groups` and the chat's /rooms: one row per group this node knows of."""
+    groups = res.get("groups", []) if isinstance(res, dict) else res
+    if not groups:
+        return "no groups yet; join one with: p2pctl join GROUP (e.g. p2pctl join rust-dev)"
+    rows = []
+    for g in groups:
+        name = "#" + escape.line(str(g.get("group")))
+        joined = "yes" if g.get("joined") else "invited" if g.get("invited") else "no"
+        members = g.get("members") or []
+        rows.append([name + (" (private)" if g.get("private") else ""), joined, str(g.get("count", len(members))),
+                     ", ".join(_member(m) for m in members) or "-"])
+
+    def colorize(row, cells):
+        cells[0] = blue(cells[0])
+        cells[1] = {"yes": green, "invited": magenta}.get(row[1], dim)(cells[1])
+        return cells
+
+    return table(["GROUP", "JOINED", "MEMBERS", "NAMES"], rows, colorize)
 
 
 def outbox_table(rows: list[dict]) -> str:
