@@ -310,7 +310,8 @@ def join(ctx, group, private, since):
 
     Shouts to the group (p2pctl shout) then reach this node.  Shouts from
     before the join are not fetched unless --since asks for them.  An invitation
-    to a private group (p2pctl invite, on a member) is accepted the same way.
+    to a private group (p2pctl invite, on a member) is accepted with --private:
+    without it, the same name is an open group, another room.
 
     \b
     Examples:
@@ -338,7 +339,7 @@ def groups(ctx):
     """List the groups this node knows of: joined or not, members and their names.
 
     Private groups are marked; "invited" means a member invited this node
-    (p2pctl join GROUP accepts).
+    (p2pctl join GROUP --private accepts).
 
     \b
     Example:
@@ -370,7 +371,7 @@ def shout(ctx, group, text):
 def invite(ctx, group, peer):
     """Invite PEER (name or id prefix) to the private group GROUP this node is in.
 
-    The peer is told, and joins with p2pctl join GROUP.  An open group needs no
+    The peer is told, and joins with p2pctl join GROUP --private.  An open group needs no
     invitation: anyone may join it.
 
     \b

@@ -362,7 +362,7 @@ class InviteCmd(CliCommand):
         peer = render.name(res["peer"])
         who = f"{render.cyan(peer)} ({render.name(str(res.get('peer_id', ''))[:12])})"
         queued = f" (queued: sent when {peer} is reachable)" if res.get("status") == "queued" else ""
-        return f"invited {who} to {render.room(res['group'])}{queued}; {peer} joins it with: {render.join_hint(res['group'])}"
+        return f"invited {who} to {render.room(res['group'])}{queued}; {peer} joins it with: {render.join_hint(res['group'], private=True)}"
 
 
 # ---------------------------------------------------------------------------- keys

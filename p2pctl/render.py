@@ -289,16 +289,18 @@ def group_event_line(ev: dict) -> str:
     return f"{t} {dim('*')} {who} {escape.line(str(ev.get('kind')))} {where}"
 
 
-def join_hint(group, in_chat: bool = False) -> str:
-    """How to join ``group``, as the command line or the chat writes it (escaped)."""
-    return f"/join #{escape.line(str(group))}" if in_chat else f"p2pctl join {escape.line(str(group))}"
+def join_hint(group, in_chat: bool = False, private: bool = False) -> str:
+    """How to join ``group``, as the command line or the chat writes it (escaped).  A private
+    group is joined with --private: without it, the same name is an open group, another room."""
+    cmd = f"/join #{escape.line(str(group))}" if in_chat else f"p2pctl join {escape.line(str(group))}"
+    return cmd + (" --private" if private else "")
 
 
 def invited_line(ev: dict, in_chat: bool = False) -> str:
     """This node was invited to a private group, and how to accept."""
     t = dim(local_time(ev.get("time")))
     return (f"{t} {magenta('*')} {cyan(_who(ev.get('by')))} invited you to {room(ev.get('group'))} "
-            f"{dim('(private)')}: {join_hint(ev.get('group'), in_chat)} to join it")
+            f"{dim('(private)')}: {join_hint(ev.get('group'), in_chat, private=True)} to join it")
 
 
 def history_line(m: dict) -> str:

@@ -33,7 +33,8 @@ ROOM_COMMANDS = ("/join", "/leave", "/rooms", "/switch", "/invite")
 ROOM_ARG = ("/join", "/leave", "/switch", "/invite", "/history", "/inbox")  # whose first argument may be a #room
 EVERYONE = "*"  # /switch * : back to everyone
 
-HELP = """  /join #room [--private] join a room (a group) and talk in it; --private: others join by invitation
+HELP = """  /join #room [--private] join a room (a group) and talk in it; --private: a room others join
+                         by invitation (and how you accept one)
   /leave [#room]         leave a room (without one: the current room)
   /rooms                 the rooms this node knows of, with their members
   /switch #room          talk in a room you are in: plain text is shouted there
@@ -68,6 +69,7 @@ class Rooms:
         self.current: str | None = None  # the room plain text goes to; None: everyone
         self.names: tuple[str, ...] = ()  # every group the last `groups` named, for Tab
         self.joined: frozenset[str] = frozenset()  # those this node is in
+        self.invited: frozenset[str] = frozenset()  # private groups this node was invited to, not joined
 
     # ------------------------------------------------------------------ state
     def refresh(self, client: Client | None = None, reply: dict | None = None) -> dict | None:
@@ -81,6 +83,7 @@ class Rooms:
         groups = [g for g in (reply or {}).get("groups") or [] if isinstance(g, dict) and usable(g.get("group"))]
         self.names = tuple(sorted({g["group"] for g in groups}))
         self.joined = frozenset(g["group"] for g in groups if g.get("joined"))
+        self.invited = frozenset(g["group"] for g in groups if g.get("invited") and g.get("private") and not g.get("joined"))
         return reply
 
     def prompt(self) -> str:
@@ -110,12 +113,18 @@ class Rooms:
         return True
 
     def join(self, rest: str) -> None:
+        """/join #room [--private]; an invitation held to a private #room makes a bare /join
+        #room a mistake (the open #room is another room): refused with the line to type,
+        unless --open says that the open one is meant."""
         words = rest.split()
-        private = "--private" in words
-        names = [w for w in words if w != "--private"]
-        if len(names) != 1 or any(w.startswith("--") for w in names):
+        private, open_ = "--private" in words, "--open" in words
+        names = [w for w in words if w not in ("--private", "--open")]
+        if len(names) != 1 or any(w.startswith("--") for w in names) or (private and open_):
             raise RoomError("usage: /join #room [--private]   (/rooms lists the rooms)")
         group = room_name(names[0])
+        if not private and not open_ and group in self.invited and group not in self.joined:
+            raise RoomError(f"you were invited to the private #{group}: /join #{group} --private joins it "
+                            f"(/join #{group} --open: the open #{group}, another room)")
         res = self.chat.call("join", group=group, private=private)
         members = res.get("members") or []
         names_text = ", ".join(render.cyan(render.name(m.get("name") or str(m.get("id", "?"))[:12])) for m in members)

@@ -25,12 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # p2pctl commands that send no single control request of their own: they are cli.py's alone.
 LOCAL = {"watch", "stop", "logs", "chat"}
 
-# Groups (issue 16): p2pctl's side was written before the daemon's.  Until the daemon's TABLE has
-# the group commands, p2pctl may send them without the table knowing them; once it has them,
-# every check below holds for them as for the rest.
-GROUP_COMMANDS = {"join", "leave", "groups", "shout", "invite"}
-PENDING_DAEMON = GROUP_COMMANDS if "shout" not in TABLE else set()
-
 
 def test_every_command_has_a_name_summary_parser_and_handler():
     assert COMMANDS == tuple(TABLE) and len(set(COMMANDS)) == len(COMMANDS)
@@ -55,7 +49,7 @@ def test_the_unknown_command_error_lists_the_table():
 
 
 def test_every_command_has_a_client_side_or_says_how_it_is_sent():
-    sent_by_cli = {c.cmd for c in CLI_COMMANDS.values()} - PENDING_DAEMON
+    sent_by_cli = {c.cmd for c in CLI_COMMANDS.values()}
     assert sent_by_cli <= set(TABLE), sent_by_cli - set(TABLE)
     assert set(DAEMON_ONLY) <= set(TABLE)
     assert not sent_by_cli & set(DAEMON_ONLY), "a command with a p2pctl command object is not daemon-only"

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from p2pd import exitcodes
-from p2pd.commands import TABLE
 from p2pd.control import BadRequest
 from p2pd.errors import WIRE_CODES, ErrorCode, exit_code_for
 from p2pd.replies import err as _err
@@ -188,10 +187,7 @@ def test_every_member_named_in_the_code_exists():
 def test_every_wire_code_is_emitted_somewhere():
     """A wire code nothing in p2pd sends is a stale row of 9.3: remove it from both."""
     used = _members_used([p for p in SOURCES if p.relative_to(ROOT).parts[0] == "p2pd" and p.name != "errors.py"])
-    expected = {c.name for c in WIRE_CODES}
-    if "shout" not in TABLE:  # groups (issue 16): p2pctl came first; the daemon's group commands send NOT_MEMBER
-        expected.discard("NOT_MEMBER")
-    assert expected <= used, sorted(expected - used)
+    assert {c.name for c in WIRE_CODES} <= used, sorted({c.name for c in WIRE_CODES} - used)
 
 
 def test_bad_request_takes_a_member():

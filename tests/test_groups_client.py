@@ -139,7 +139,7 @@ def test_leave_groups_invite_and_json(monkeypatch):
     invited = {"group": "ops", "peer": "bob", "peer_id": BOB["id"], "status": "queued"}
     res, fake = run_cli(monkeypatch, {"invite": invited}, "invite", "#ops", "bob")
     assert fake.sent("invite") == [{"group": "ops", "peer": "bob"}]
-    assert "invited bob (bbbbbbbbbbbb) to #ops" in res.output and "p2pctl join ops" in res.output
+    assert "invited bob (bbbbbbbbbbbb) to #ops" in res.output and "p2pctl join ops --private" in res.output
 
 
 def test_shout_takes_words_or_stdin_and_says_whom_it_reached(monkeypatch):
@@ -243,8 +243,8 @@ def test_shouts_and_group_events_read_as_a_chat_would_show_them():
     leave = render.event_line({"event": "group", "time": t, "kind": "leave", "group": "ops", "private": True, "peer": BOB})
     assert leave.endswith("* bob (bbbbbbbbbbbb) left #ops (private)")
     inv = {"event": "invited", "time": t, "group": "ops", "by": BOB}
-    assert render.event_line(inv).endswith("invited you to #ops (private): p2pctl join ops to join it")
-    assert render.event_line(inv, in_chat=True).endswith(": /join #ops to join it")
+    assert render.event_line(inv).endswith("invited you to #ops (private): p2pctl join ops --private to join it")
+    assert render.event_line(inv, in_chat=True).endswith(": /join #ops --private to join it")
     # a direct message and a broadcast look as before
     dm = {**shout_row(None, "psst"), "type": "MESSAGE"}
     assert render.message_line(dm).endswith("bob -> you: psst")
@@ -369,7 +369,7 @@ def test_chat_shows_shouts_and_group_events_and_refreshes_the_rooms():
     ])
     assert shown[0].endswith("[#rust-dev] bob: hey")
     assert shown[1].endswith("bob (bbbbbbbbbbbb) joined #rust-dev")
-    assert shown[2].endswith("invited you to #ops (private): /join #ops to join it")
+    assert shown[2].endswith("invited you to #ops (private): /join #ops --private to join it")
     assert fake.sent("read") == [{"upto": 11}]
     assert fake.sent("groups") == [{}] and chat.rooms.names == ("rust-dev",)  # once for the batch
 
@@ -406,3 +406,21 @@ def test_tab_completes_rooms_and_peers():
 def test_chat_help_lists_the_room_commands():
     for c in ("/join", "/leave", "/rooms", "/switch", "/invite"):
         assert c in chat_mod.COMMANDS and c in chat_mod.HELP
+
+
+def test_chat_join_of_a_room_you_were_invited_to_asks_for_private():
+    """The open #ops and the private #ops are two rooms: a bare /join #ops while an invitation
+    to the private one is held is refused with the line to type (--open: the open one)."""
+    reply = {"groups": [{"group": "ops", "private": True, "joined": False, "invited": True, "count": 1,
+                         "members": [{**BOB, "state": "alive"}]}]}
+    chat, fake, shown = chat_with({"groups": reply, "join": lambda group, private: {
+        "group": group, "private": private, "already": False, "members": [ALICE, BOB]}})
+    chat.rooms.refresh()
+    chat.handle_line("/join #ops")
+    assert shown[-1] == "! you were invited to the private #ops: /join #ops --private joins it (/join #ops --open: the open #ops, another room)"
+    assert fake.sent("join") == []
+    chat.handle_line("/join #ops --private")
+    assert fake.sent("join") == [{"group": "ops", "private": True}] and "joined #ops (private)" in shown[-2]
+    chat.handle_line("/join #ops --open")
+    assert fake.sent("join")[-1] == {"group": "ops", "private": False}
+    assert chat_terms("invited: p2pctl join ops --private to join it") == "invited: /join #ops --private to join it"
