@@ -308,9 +308,12 @@ class JoinCmd(CliCommand):
 
     def text(self, res, **values) -> str:
         where = render.room(res["group"]) + (" (private)" if res.get("private") else "")
-        members = res.get("members") or []
+        members = render.by_name(res.get("members") or [])
         names = ", ".join(render.cyan(render.name(m.get("name") or str(m.get("id", "?"))[:12])) for m in members)
         head = f"already in {where}" if res.get("already") else f"joined {where}"
+        by = res.get("invited_by")
+        if isinstance(by, dict):
+            head += f" (invited by {render.cyan(render.name(by.get('name') or str(by.get('id', '?'))[:12]))})"
         return f"{head}: {len(members)} member(s): {names}" if members else head
 
 

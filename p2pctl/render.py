@@ -320,6 +320,11 @@ def _member(m: dict) -> str:
     return label if state in (None, "alive") else f"{label} ({escape.line(str(state))})"
 
 
+def by_name(members: list) -> list:
+    """Members in the order people look for them, by name (the daemon lists them by id)."""
+    return sorted((m for m in members if isinstance(m, dict)), key=lambda m: (str(m.get("name") or "").casefold(), str(m.get("id"))))
+
+
 def groups_table(res: dict) -> str:
     """`p2pctl groups` and the chat's /rooms: one row per group this node knows of."""
     groups = res.get("groups", []) if isinstance(res, dict) else res
@@ -329,13 +334,16 @@ def groups_table(res: dict) -> str:
     for g in groups:
         name = "#" + escape.line(str(g.get("group")))
         joined = "yes" if g.get("joined") else "invited" if g.get("invited") else "no"
-        members = g.get("members") or []
+        by = g.get("invited_by")
+        if joined == "invited" and isinstance(by, dict) and by.get("name"):
+            joined += f" by {escape.line(str(by['name']))}"
+        members = by_name(g.get("members") or [])
         rows.append([name + (" (private)" if g.get("private") else ""), joined, str(g.get("count", len(members))),
                      ", ".join(_member(m) for m in members) or "-"])
 
     def colorize(row, cells):
         cells[0] = blue(cells[0])
-        cells[1] = {"yes": green, "invited": magenta}.get(row[1], dim)(cells[1])
+        cells[1] = (green if row[1] == "yes" else magenta if row[1].startswith("invited") else dim)(cells[1])
         return cells
 
     return table(["GROUP", "JOINED", "MEMBERS", "NAMES"], rows, colorize)

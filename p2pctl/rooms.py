@@ -28,6 +28,7 @@ from p2pd.groups import check_group_name, normalize_group
 
 from . import render
 from .client import Client, ClientError
+from .commands import CLI_COMMANDS
 
 ROOM_COMMANDS = ("/join", "/leave", "/rooms", "/switch", "/invite")
 ROOM_ARG = ("/join", "/leave", "/switch", "/invite", "/history", "/inbox")  # whose first argument may be a #room
@@ -126,11 +127,7 @@ class Rooms:
             raise RoomError(f"you were invited to the private #{group}: /join #{group} --private joins it "
                             f"(/join #{group} --open: the open #{group}, another room)")
         res = self.chat.call("join", group=group, private=private)
-        members = res.get("members") or []
-        names_text = ", ".join(render.cyan(render.name(m.get("name") or str(m.get("id", "?"))[:12])) for m in members)
-        where = render.room(res.get("group", group)) + (" (private)" if res.get("private") else "")
-        self.chat.out(f"{'already in' if res.get('already') else 'joined'} {where}: {len(members)} member(s)"
-                      + (f": {names_text}" if names_text else ""))
+        self.chat.out(CLI_COMMANDS["join"].text(res))  # as `p2pctl join` says it
         self.current = res.get("group", group) if usable(res.get("group", group)) else group
         self.chat.out(f"talking in {render.room(self.current)}: plain text is shouted to its members (/switch alone: everyone again)")
         self.refresh()

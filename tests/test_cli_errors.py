@@ -122,6 +122,8 @@ def test_every_p2pctl_command_without_a_daemon_exits_3(tmp_path):
     commands = [
         ["peers"], ["send", "bob", "hi"], ["info"], ["watch"], ["status"], ["inbox"],
         ["ping", "bob"], ["broadcast", "hi"], ["disconnect", "bob"], ["connect", "127.0.0.1", "5000"],
+        ["join", "rust-dev"], ["leave", "rust-dev"], ["groups"], ["shout", "rust-dev", "hi"], ["invite", "ops", "bob"],
+        ["watch", "--group", "rust-dev"],
     ]
     argvs = [[*P2PCTL, "--home", str(empty), *c] for c in commands]
     argvs += [[*P2PCTL, "--home", str(never), *c] for c in (["peers"], ["watch"])]

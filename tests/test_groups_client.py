@@ -424,3 +424,14 @@ def test_chat_join_of_a_room_you_were_invited_to_asks_for_private():
     chat.handle_line("/join #ops --open")
     assert fake.sent("join")[-1] == {"group": "ops", "private": False}
     assert chat_terms("invited: p2pctl join ops --private to join it") == "invited: /join #ops --private to join it"
+
+
+def test_who_invited_and_members_by_name():
+    reply = {"groups": [{"group": "ops", "private": True, "joined": False, "invited": True, "invited_by": BOB, "count": 2,
+                         "members": [{**BOB, "state": "alive"}, {"id": "0" * 32, "name": "Zed", "state": "alive"},
+                                     {"id": "1" * 32, "name": "carol", "state": "suspect"}]}]}
+    row = render.groups_table(reply).splitlines()[1]
+    assert row.split() == ["#ops", "(private)", "invited", "by", "bob", "2", "bob,", "carol", "(suspect),", "Zed"]
+    text = CLI_COMMANDS["join"].text({"group": "ops", "private": True, "already": False, "invited_by": BOB,
+                                      "members": [BOB, ALICE]})
+    assert text == "joined #ops (private) (invited by bob): 2 member(s): alice, bob"
