@@ -324,7 +324,9 @@ class LeaveCmd(CliCommand):
         return client.call(self.cmd, group=group_arg(group))
 
     def text(self, res, **values) -> str:
-        return f"left {render.room(res['group'])}" + (" (private)" if res.get("private") else "")
+        if res.get("private"):
+            return f"left {render.room(res['group'])} (private): its key is forgotten, so back in only by a new invitation"
+        return f"left {render.room(res['group'])}"
 
 
 class GroupsCmd(CliCommand):

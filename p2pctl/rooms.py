@@ -143,7 +143,7 @@ class Rooms:
         else:
             raise RoomError("you are talking to everyone, not in a room: /leave #room names the room to leave")
         res = self.chat.call("leave", group=group)
-        self.chat.out(f"left {render.room(res.get('group', group))}")
+        self.chat.out(CLI_COMMANDS["leave"].text({"group": group, **res}))  # as `p2pctl leave` says it
         if self.current == group:
             self.current = None
             self.chat.out("talking to everyone again: plain text is broadcast")

@@ -122,6 +122,8 @@ def test_join_sends_the_name_private_and_since_and_lists_the_members(monkeypatch
 def test_leave_groups_invite_and_json(monkeypatch):
     res, fake = run_cli(monkeypatch, {"leave": {"group": "rust-dev", "private": False}}, "leave", "#rust-dev")
     assert fake.sent("leave") == [{"group": "rust-dev"}] and res.output.strip() == "left #rust-dev"
+    res, _ = run_cli(monkeypatch, {"leave": {"group": "ops", "private": True}}, "leave", "ops")
+    assert res.output.strip() == "left #ops (private): its key is forgotten, so back in only by a new invitation"
     reply = {"groups": [
         {"group": "ops", "private": True, "joined": False, "invited": True, "count": 1, "members": [{**BOB, "state": "alive"}]},
         {"group": "rust-dev", "private": False, "joined": True, "invited": False, "count": 2,
