@@ -70,6 +70,7 @@ SHOUT_TTL = 16  # hops a SHOUT may still travel
 FETCH_MAX = 1000  # shouts replayed for one ``join --since``
 SWEEP_S = 60.0  # how often members down too long are looked for (`Groups.tick`)
 MAX_INVITES = 32  # invitations held, not joined (any node may send one: the oldest goes)
+MAX_FORMER = 256  # names of private groups left, kept to show their stored shouts
 META = "groups"
 
 
@@ -156,6 +157,7 @@ class Groups:
         self.joined: dict[str, str] = {}  # wire name -> shown name (an open group's name, or the private group's)
         self.keys: dict[str, GroupKey] = {}  # private group id -> key (joined, or invited to)
         self.inviters: dict[str, dict] = {}  # private group id -> {"id", "name"} of who invited us (shown: anyone may invite)
+        self.former: dict[str, str] = {}  # private groups left -> their names: stored shouts are still shown and found by name
         self.counts = ShoutOut()  # our shouts per group (bound into a private shout's seal)
         # A member that is down stays a member: shouts wait for it in the outbox, as direct messages
         # do, until it is back or they expire.  It is forgotten once down that long (`tick`).
@@ -181,11 +183,13 @@ class Groups:
                     self.joined[wire] = shown
             self.counts = ShoutOut.from_dict(state.get("counts", {}))
             self.inviters = {gid: by for gid, by in state.get("by", {}).items() if gid in self.keys and isinstance(by, dict)}
+            self.former = {gid: n for gid, n in state.get("former", {}).items() if check_group_name(n) is None}
         except (orjson.JSONDecodeError, GroupKeyError, AttributeError, TypeError, ValueError) as e:
             log.error("the groups saved in the store cannot be read (%s): starting in no group", type(e).__name__)
 
     def _save(self) -> None:
         self.store.set_meta(META, orjson.dumps({"joined": sorted(self.joined), "counts": self.counts.to_dict(), "by": self.inviters,
+                                                "former": self.former,
                                                 "keys": {gid: gk.encode() for gid, gk in self.keys.items()}}).decode())
 
     def shown(self, wire: str) -> str | None:
@@ -197,10 +201,13 @@ class Groups:
         return wire
 
     def label(self, wire: str | None) -> str | None:
-        """How a stored row's group is shown: its name, or the id's first characters once the key is gone."""
+        """How a stored row's group is shown: its name (a private group's also after we left
+        it), or the id's first characters for one we never knew the name of."""
         if wire is None:
             return None
         shown = self.shown(wire)
+        if shown is None and wire.startswith("~"):
+            shown = self.former.get(wire[1:])
         return shown if shown is not None else wire[:13]
 
     def member_of(self, wire: str) -> bool:
@@ -221,6 +228,9 @@ class Groups:
             return wire
         for gid, gk in self.keys.items():
             if gk.group == shown:
+                return "~" + gid
+        for gid, name in reversed(self.former.items()):
+            if name == shown:
                 return "~" + gid
         return shown
 
@@ -367,6 +377,9 @@ class Groups:
         if wire.startswith("~"):
             self.keys.pop(wire[1:], None)  # a private group's key goes with it: back in only by a new invitation
             self.inviters.pop(wire[1:], None)
+            self.former[wire[1:]] = name
+            while len(self.former) > MAX_FORMER:
+                del self.former[next(iter(self.former))]
         self._save()
         self.resign(now)
         return {"group": name, "private": wire.startswith("~")}

@@ -187,6 +187,8 @@ def test_control_never_raises(cmd, args, req):
     replies = [a.payload for a in acts if isinstance(a, ToClient)]
     if cmd in ("connect", "ping") and not replies:
         assert any(isinstance(a, Send) for a in acts)  # the answer comes later
+    elif cmd == "send" and not replies:
+        assert alice.msgs.waiters  # it waits for bob's ACK (wait_s), and answers then or at its deadline
     elif cmd in ("trust", "known") and not replies:
         assert [type(a) for a in acts] in ([EditAuthorizedKeys], [ForgetPin])  # the edge edits the file and answers
     else:

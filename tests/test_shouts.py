@@ -278,3 +278,17 @@ def test_invitations_held_are_bounded_and_a_repeated_fetch_queues_nothing_new(ch
         now = spread(net, (dave, erin, frank), now + 0.5)
     assert texts(net, frank, now, group="room") == ["one"]
     assert dave.stats["shouts_replayed"] == 0  # frank had it: the outbox already holds that id for him
+
+
+def test_a_private_group_left_keeps_its_name_for_what_was_stored(chain):
+    net, dave, erin, frank, now = chain
+    net.call(dave, now, "join", group="sec", private=True)
+    net.call(dave, now, "invite", group="sec", peer="frank")
+    now = spread(net, (dave, erin, frank), now + 0.5)
+    net.call(frank, now, "join", group="sec", private=True)
+    now = spread(net, (dave, erin, frank), now + 0.5)
+    net.call(dave, now, "shout", group="sec", text="secret msg")
+    now = spread(net, (dave, erin, frank), now + 0.5)
+    assert net.call(frank, now, "leave", group="sec")["ok"] and frank.groups.keys == {}
+    assert [(m["group"], m["text"]) for m in net.call(frank, now, "inbox")["result"]] == [("sec", "secret msg")]
+    assert texts(net, frank, now, group="sec") == ["secret msg"]

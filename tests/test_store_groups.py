@@ -6,6 +6,7 @@ Each test but the migration's runs on both stores (`storekit.store_kit`).
 
 from __future__ import annotations
 
+from collections import Counter
 import sqlite3
 from types import SimpleNamespace
 
@@ -60,7 +61,7 @@ def test_a_shout_goes_out_as_a_message_that_names_its_group(store):
     d.enqueue("bob", "m1", "plain", "ts", 1.0)
     d.enqueue("bob", "m2", "shout", "ts", 1.0, group=PRIVATE)
     out = SimpleNamespace(id="me", name="me", send_many=lambda key, msgs: msgs)  # the envelopes as made
-    sent = Messaging.pump(SimpleNamespace(delivery=d, store=store, out=out), 0.0, "bob")
+    sent = Messaging.pump(SimpleNamespace(delivery=d, store=store, out=out, stats=Counter()), 0.0, "bob")
     assert [m.data.get("group", "-") for m in sent] == ["-", PRIVATE]
 
 
