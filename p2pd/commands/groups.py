@@ -129,4 +129,5 @@ class Invite(Command):
             acts = call.node.groups.invite(call.now, a.group, a.peer_id)
         except GroupError as e:
             raise _refused(e) from None
-        return acts + [call.reply({"group": a.group, "peer": a.peer_name, "peer_id": a.peer_id, "status": "queued"})]
+        status = "sent" if call.node.groups.reach(a.peer_id) else "queued"  # durable either way: the outbox resends it
+        return acts + [call.reply({"group": a.group, "peer": a.peer_name, "peer_id": a.peer_id, "status": status})]
