@@ -15,6 +15,7 @@ import json
 import pytest
 
 from conftest import wait_for
+from test_cli_consistency import one_line_error
 from test_chat import ChatSession
 from test_chat_tty import TIME
 from test_chat_tty import chat as tty_chat
@@ -49,15 +50,6 @@ def wait_members(node, group: str, names: list[str], private: bool = False) -> N
 def shouts(node, group: str | None = None) -> list[str]:
     rows = node.call("inbox", **({"group": group} if group else {}))
     return [m["text"] for m in rows if m.get("type") == "SHOUT"]
-
-
-def one_line_error(proc, code: int, *needles: str) -> str:
-    assert proc.returncode == code, f"{proc.args}: exit {proc.returncode}, want {code}; stdout={proc.stdout!r} stderr={proc.stderr!r}"
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    for n in needles:
-        assert n in lines[0], f"{n!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------ open groups
