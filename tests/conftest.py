@@ -235,8 +235,10 @@ def zctx():
 
 def envelope(type_: str, sender: str, data: dict | None = None, /, target: str | None = None, name: str = "mallory", **override) -> dict:
     """A well-formed envelope (docs/PROTOCOL.md) that tests then send, or spoil field by field."""
+    from p2pd.protocol import PROTOCOL_VERSION
+
     env = {
-        "v": P.PROTOCOL_VERSION,
+        "v": PROTOCOL_VERSION,
         "id": uuid.uuid4().hex,
         "type": type_,
         "sender_id": sender,
