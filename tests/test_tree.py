@@ -415,3 +415,21 @@ def test_the_transport_publishes_to_each_named_peer_behind_its_topic_over_real_z
         assert got[ids[2]] == [[topic_for(ids[2]), P.encode(tree_msg)], [P.encode(bcast)]]
     finally:
         ctx.destroy(linger=0)
+
+
+def test_over_authenticated_links_the_origins_own_push_needs_no_signature_check_and_a_relays_does():
+    """With CURVE links the link proves who pushed: a GOSSIP pushed by its origin itself is taken
+    without the signature check (the cost of a flood); one relayed by another node is checked."""
+    w = World(4, signed=True, d=3)
+    a, b, c = w.ids[0], w.ids[1], w.ids[2]
+    data = dict(next(x for x in w.trees[a].originate(w.now, [w.bcast(a, "from a")]) if isinstance(x, Publish)).msg.data)
+    data["sig"] = "00" * 64  # a signature that would not verify
+    trusting = Tree(b, "b", w.signers[b].sign, w.keys.get, w.outs[b], Counter(), Drops(), links_authenticated=True)
+    for peer in (a, c):
+        trusting.neighbor_up(peer)
+    relayed = w.outs[c].msg(w.now, P.TREE, dict(data, round=2))
+    assert trusting.on_tree(w.now, relayed, c)[1] == []  # from c: checked, refused
+    assert [m.text for m in trusting.on_tree(w.now, w.outs[a].msg(w.now, P.TREE, data), a)[1]] == ["from a"]
+    wary = Tree(b, "b", w.signers[b].sign, w.keys.get, w.outs[b], Counter(), Drops())  # --insecure links
+    wary.neighbor_up(a)
+    assert wary.on_tree(w.now, w.outs[a].msg(w.now, P.TREE, data), a)[1] == []
