@@ -225,7 +225,11 @@ def _run_groups(nodes, n_groups, size_min, size_max, n_shouts, seconds, churn, m
         sim.at(t0 + seconds * rng.uniform(0.05, 0.9), join, rng.choice(gnames))
     for i in range(n_shouts):
         sim.at(t0 + seconds * rng.random(), shout, i)
-    sim.run_until(t0 + seconds)
+    step = max(1.0, seconds / 6)
+    while sim.now < t0 + seconds:  # in steps, so that a long run says how far it got
+        sim.run_until(min(t0 + seconds, sim.now + step))
+        say(f"workload at {sim.now - t0:.0f}/{seconds:.0f} s: shouts={len(sim.shouts) - len(idle_copies)} "
+            f"crashed so far={len(crashed_ever)} cpu_s={time.process_time() - cpu0:.1f}")
     say(f"workload done: shouts={len(sim.shouts) - len(idle_copies)} crashed={len(crashed_ever)} "
         f"cpu_s={time.process_time() - cpu0:.1f}")
 
