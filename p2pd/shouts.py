@@ -13,6 +13,9 @@ joins and leaves it implies become ``group`` events for the watchers of the grou
 A member that is down (crashed, stopped, cut off: dead or left in the roster) stays a member,
 so shouts wait for it in the outbox as direct messages do; only a member down for longer than
 the outbox keeps a message (``message_expiry_s``, 7 days) is dropped from the groups (`tick`).
+The members of our groups are saved too (within 2 s of a change, `tick`), so a node that
+restarts addresses its first shouts to them before the network has sent it any record
+(`_seed`).
 
 **A shout is a direct message to every other member**, numbered on each origin -> member link
 and kept in the outbox like any other (delivery.py).  So each member stores it exactly once,
@@ -71,6 +74,8 @@ FETCH_MAX = 1000  # shouts replayed for one ``join --since``
 SWEEP_S = 60.0  # how often members down too long are looked for (`Groups.tick`)
 MAX_INVITES = 32  # invitations held, not joined (any node may send one: the oldest goes)
 MAX_FORMER = 256  # names of private groups left, kept to show their stored shouts
+MAX_SAVED_MEMBERS = 1024  # members saved per group we are in (`_seed`)
+MEMBERS_SAVE_S = 2.0  # how soon after a change the members of our groups are saved
 META = "groups"
 
 
@@ -164,6 +169,8 @@ class Groups:
         self.keep_down_s = keep_down_s
         self._down: dict[str, float] = {}  # members not alive -> since when (as we saw it)
         self._next_sweep = 0.0
+        self._members_dirty = False  # the members of a group we are in changed since the last save
+        self._save_members_at = 0.0
         self._load()
 
     # ------------------------------------------------------------------ state
@@ -184,12 +191,34 @@ class Groups:
             self.counts = ShoutOut.from_dict(state.get("counts", {}))
             self.inviters = {gid: by for gid, by in state.get("by", {}).items() if gid in self.keys and isinstance(by, dict)}
             self.former = {gid: n for gid, n in state.get("former", {}).items() if check_group_name(n) is None}
+            self._seed(state.get("members", {}))
         except (orjson.JSONDecodeError, GroupKeyError, AttributeError, TypeError, ValueError) as e:
             log.error("the groups saved in the store cannot be read (%s): starting in no group", type(e).__name__)
 
+    def _members_changed(self, now: float) -> None:
+        """Save the members of our groups soon (a few changes at once: one write)."""
+        if not self._members_dirty:
+            self._members_dirty = True
+            self._save_members_at = now + MEMBERS_SAVE_S
+
+    def _seed(self, members: dict) -> None:
+        """The members of our groups as last saved: a restarted node addresses its shouts (and its
+        ``join --since``) to them before the network has told it anything.  Each goes in at
+        version 0, so the node's own record, when it comes, replaces the guess."""
+        lists: dict[str, list[str]] = {}
+        for wire, ids in members.items():
+            if wire in self.joined and isinstance(ids, list):
+                for node_id in ids[:MAX_SAVED_MEMBERS]:
+                    if P.valid_node_id(node_id) and node_id != self.id:
+                        lists.setdefault(node_id, []).append(wire)
+        for node_id, wires in lists.items():
+            self.directory.update(node_id, 0, wires)
+
     def _save(self) -> None:
+        self._members_dirty = False
         self.store.set_meta(META, orjson.dumps({"joined": sorted(self.joined), "counts": self.counts.to_dict(), "by": self.inviters,
                                                 "former": self.former,
+                                                "members": {w: self.members(w, with_self=False)[:MAX_SAVED_MEMBERS] for w in self.joined},
                                                 "keys": {gid: gk.encode() for gid, gk in self.keys.items()}}).decode())
 
     def shown(self, wire: str) -> str | None:
@@ -263,12 +292,16 @@ class Groups:
         visible = self._visible(rec)
         changes = self.directory.changes(node_id, rec.incarnation, visible)
         verdict = self.directory.update(node_id, rec.incarnation, visible)
+        if any(c[0] in self.joined for c in changes):
+            self._members_changed(now)
         if verdict not in (OK, "stale"):
             self.drop(now, f"groups_{verdict}", f"group list of {node_id[:12]} not taken: {verdict}", node_id[:12])
         return self._events(now, changes)
 
     def tick(self, now: float) -> list:
         """Once a minute: forget the members down longer than ``keep_down_s`` (they leave their groups)."""
+        if self._members_dirty and now >= self._save_members_at:
+            self._save()  # who is in our groups, for a restart (`_seed`)
         if now < self._next_sweep:
             return []
         self._next_sweep = now + SWEEP_S
@@ -279,6 +312,7 @@ class Groups:
             elif now - self._down.setdefault(node_id, now) >= self.keep_down_s:
                 del self._down[node_id]
                 acts += self._events(now, self.directory.remove(node_id))
+                self._members_changed(now)
         return acts
 
     def _rescan(self, now: float) -> list:
