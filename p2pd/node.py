@@ -70,6 +70,7 @@ from .outbound import Outbound
 from .overlay import Overlay, own_addresses
 from .relay import Relay
 from .roster import Roster
+from .records import MAX_LINKS
 from .routes import Routes
 from .payloads import JoinData
 from .replies import ok
@@ -132,7 +133,9 @@ class Node:
         self.roster = Roster(self.keys.record(name, own_addresses(hosts, address.port), inc, pub_port=address.pub_port),
                              verify=self.keys.verify, suspect_timeout_s=2.0, forget_after_s=settings.forget_after_s,
                              max_new_per_frame=P.MAX_FACTS)
-        self.routes = Routes(node_id)
+        # Any node's record may list up to MAX_LINKS neighbours (active_view may be set up to 16):
+        # a graph that kept 8 only would leave the better-linked nodes unroutable.
+        self.routes = Routes(node_id, max_degree=MAX_LINKS)
         self.relay = Relay(node_id, name, self.keys.secret, self.keys.public, self.routes.next_hop, self._key_of, self.stats,
                            self.drop, self.rng, settings.max_frame_bytes)
         out = self.out = Outbound(node_id, name, self.wall_offset, table, self.stats, self.rng, self.links, self.relay)

@@ -292,3 +292,14 @@ def test_a_private_group_left_keeps_its_name_for_what_was_stored(chain):
     assert net.call(frank, now, "leave", group="sec")["ok"] and frank.groups.keys == {}
     assert [(m["group"], m["text"]) for m in net.call(frank, now, "inbox")["result"]] == [("sec", "secret msg")]
     assert texts(net, frank, now, group="sec") == ["secret msg"]
+
+
+def test_a_node_with_more_than_eight_links_is_routable():
+    """active_view may be up to 16 (a record lists 16 links): the route table takes such records."""
+    from p2pd import records as R
+
+    net = Net()
+    alice = net.add("alice", settings=replace(FAST, active_view=16))
+    many = tuple(f"{i:032x}" for i in range(1, 13))
+    assert alice.routes.update(many[0], 1, many[1:] + (alice.id,)) == "ok"
+    assert R.MAX_LINKS == 16
