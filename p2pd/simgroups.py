@@ -147,7 +147,8 @@ def _run_groups(nodes, n_groups, size_min, size_max, n_shouts, seconds, churn, m
         ever[g] = set(members[g])
         for n in sorted(members[g]):
             r = sim.request(n, "join", group=g)
-            assert r and r["ok"], r
+            if not (r and r["ok"]):
+                raise RuntimeError(f"{n} could not join {g}: {r}")
             joined_at[(g, n)] = sim.now
     t_join = sim.now
     spread_s = sim.run_while(lambda s: not _spread(s, members), spread_limit_s, step_s=0.25)
@@ -193,7 +194,8 @@ def _run_groups(nodes, n_groups, size_min, size_max, n_shouts, seconds, churn, m
             return
         n = s.rng.choice(cands)
         r = s.request(n, "leave", group=g)
-        assert r and r["ok"], r
+        if not (r and r["ok"]):
+            raise RuntimeError(f"{n} could not leave {g}: {r}")
         members[g].discard(n)
         left_at[(g, n)] = s.now
 

@@ -193,7 +193,7 @@ def test_gap_is_filled_in_order():
 def test_command_line_prints_one_json_object(capsys):
     import json
 
-    from p2pd.sim import main
+    from p2pd.simcli import main
 
     assert main(["--nodes", "4", "--seconds", "2", "--seed", "3", "--scenario", "loss", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
