@@ -613,6 +613,14 @@ def _run_scenario(nodes: int, seconds: float, seed: int, scenario: str, direct_p
     return report
 
 
+def form(sim: Sim, limit_s: float, cpu0: float) -> tuple[float, bool, float]:
+    """Run until the overlay has formed (`Sim.meshed`), at most ``limit_s`` more than the first
+    second: (simulated seconds it took, whether it formed, CPU seconds since ``cpu0``)."""
+    sim.run_until(1.0)
+    warmup = 1.0 + sim.run_while(lambda s: not s.meshed(), limit_s)
+    return warmup, sim.meshed(), time.process_time() - cpu0
+
+
 def idle_rate(sim: Sim, seconds: float) -> dict:
     """Run ``seconds`` with no workload; envelopes sent per running node per simulated second
     (mean and the busiest node's): the overlay's upkeep (heartbeats, shuffles, news)."""
@@ -642,10 +650,7 @@ def run_mass_crash(nodes: int, seed: int = 1, seeds: int = 3, idle_s: float = 10
     with _few_collections():
         wall0, cpu0 = time.perf_counter(), time.process_time()
         sim = Sim(nodes, seed, settings=settings, seeds=seeds)
-        sim.run_until(1.0)
-        warmup = 1.0 + sim.run_while(lambda s: not s.meshed(), warmup_limit_s)
-        formed = sim.meshed()
-        formed_cpu = time.process_time() - cpu0
+        warmup, formed, formed_cpu = form(sim, warmup_limit_s, cpu0)
         links_formed = links_of(sim, [s.name for s in sim.nodes])
         say(f"formed={formed} warmup_s={warmup} cpu_s={formed_cpu:.1f} links min/mean/max {min(links_formed)}/"
             f"{sum(links_formed) / nodes:.2f}/{max(links_formed)}")

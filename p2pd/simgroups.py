@@ -50,7 +50,7 @@ import statistics
 import time
 
 from p2pd.settings import Settings
-from p2pd.sim import Sim, _few_collections
+from p2pd.sim import Sim, _few_collections, form
 
 JOIN_GRACE_S = 10.0  # a join's record reaches the origins within this (else: `late_joiners` that are past it count as missed)
 
@@ -129,10 +129,7 @@ def _run_groups(nodes, n_groups, size_min, size_max, n_shouts, seconds, churn, m
                 warmup_limit_s, spread_limit_s, drain_limit_s, say) -> dict:
     wall0, cpu0 = time.perf_counter(), time.process_time()
     sim = GroupSim(nodes, seed, settings=settings, seeds=seeds)
-    sim.run_until(1.0)
-    warmup = 1.0 + sim.run_while(lambda s: not s.meshed(), warmup_limit_s)
-    formed = sim.meshed()
-    formed_cpu = time.process_time() - cpu0
+    warmup, formed, formed_cpu = form(sim, warmup_limit_s, cpu0)
     say(f"formed={formed} warmup_s={warmup} cpu_s={formed_cpu:.1f}")
     rng = random.Random(f"groups:{seed}")
     names = [s.name for s in sim.nodes]
