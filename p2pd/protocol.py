@@ -594,3 +594,8 @@ def valid_node_id(value: str) -> bool:
 
 def valid_name(value: str) -> bool:
     return isinstance(value, str) and bool(_NAME_RE.match(value))
+
+
+def valid_timestamp(value) -> bool:
+    """An envelope's ``timestamp``: ISO 8601 with a zone, at most 40 characters (as `decode` checks)."""
+    return isinstance(value, str) and len(value) <= 40 and bool(_TS_RE.match(value))

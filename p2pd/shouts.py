@@ -115,8 +115,7 @@ def check_shout(d: dict) -> str | None:
     for key in ("o", "mid", "ep"):
         if not (type(d.get(key)) is str and P.valid_node_id(d[key])):
             return key
-    ts = d.get("ts")
-    if not (type(ts) is str and 0 < len(ts) <= 40):
+    if not P.valid_timestamp(d.get("ts")):  # it becomes the stored message's timestamp
         return "ts"
     if not _is_seq(d.get("n")):
         return "n"

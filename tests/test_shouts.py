@@ -200,6 +200,7 @@ def _shout(origin: str, members: dict, **override) -> dict:
     ({"g": "#bad"}, "shout_malformed"),
     ({"o": "bad id"}, "shout_malformed"),
     ({"n": 0}, "shout_malformed"),
+    ({"ts": "\x1b[2Jnot a time"}, "shout_malformed"),
     ({"body": 5}, "shout_malformed"),
     ({"to": {}}, "shout_malformed"),
     ({"to": {"alice-id": [1, 2]}}, "shout_malformed"),  # base above seq
