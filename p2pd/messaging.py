@@ -256,10 +256,11 @@ class Messaging:
             self.store.add_message("out", P.BROADCAST, msg_id, None, self.out.id, self.out.name, None, text, timestamp, epoch, defer=True)
             ids.append(msg_id)
         self.stats["broadcasts_out"] += len(texts)
-        if self._publish is not None:
-            return self._publish(now, msgs), ids
         # One PUB reaches every subscriber alike: batch only if every peer that may be subscribed takes batches.
-        if len(msgs) > 1 and all(p.batch for p in self.table.all() if p.subscribed or p.state == ALIVE):
+        batch = len(msgs) > 1 and all(p.batch for p in self.table.all() if p.subscribed or p.state == ALIVE)
+        if self._publish is not None:
+            return self._publish(now, msgs, batch), ids
+        if batch:
             return [PublishBatch(msgs[k:k + P.MAX_BATCH]) for k in range(0, len(msgs), P.MAX_BATCH)], ids
         return [Publish(m) for m in msgs], ids
 

@@ -142,7 +142,8 @@ class Node:
         self.watchers = Watchers(out)
         self.names = Names(node_id, name, table, self.store, self._network)
         self.tree = Tree(node_id, name, self.keys.sign if self.keys.signed else None, self._verify_key_of, out, self.stats,
-                         self.drop, self.rng, max_frame_bytes=settings.max_frame_bytes, links_authenticated=self.trust.secure)
+                         self.drop, self.rng, max_frame_bytes=settings.max_frame_bytes, links_authenticated=self.trust.secure,
+                         direct_of=self.routes.star)
         self.msgs = Messaging(self.store, settings, out, table, self.links, self.watchers, self.names, self.drop, self.stats,
                               publish=self.tree.originate, reach=self._reach)
         self.handshake = Handshake(address, self.boot, settings, self.trust, out, self.links, self.msgs)

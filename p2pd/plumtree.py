@@ -24,6 +24,38 @@ distance in hops along the path it came; nothing here depends on it yet, it is c
 that the caller can log tree depth and a later optimisation (the paper's: graft a lazy
 path that is much shorter than the eager one) needs no protocol change.
 
+Streams: a repair timer that waits for the queue, not the clock
+--------------------------------------------------------------
+A message may name its **stream** and its **position** in it (p2pd: the origin and its
+broadcast number ``bseq``; both optional, and carried in the IHAVE entries too).  Copies of
+one stream come down the same tree path in order, so when the tree is busy (a flood on a
+loaded machine) an IHAVE from a neighbour that happened to be quicker overtakes the copy
+still queued on our eager link.  A timer that fires on the clock alone then grafts a link
+that is not broken, the copy arrives twice, a link is pruned, and a busy tree never settles.
+So a due timer first looks at its stream: if a later position of it has come down the tree
+already, the tree works and the message is a hole (the delivery layer's gap fetch recovers
+it; no graft); if the stream delivered anything since the timer started, the copy is
+queued behind it and the timer starts again from then.  Only a stream that stalls for
+``ihave_timeout_s`` grafts.  Messages without a stream keep the plain timer.
+
+A star: an origin linked to everyone pushes to everyone
+-------------------------------------------------------
+In a network no bigger than the active view every node is linked to every other, and the
+best tree for each origin is the star around it.  A shared tree cannot be that for every
+origin at once, and under load it does not even stay one for a single origin: its direct
+copies queue behind relayed ones on a busy receiver, the relays win, the receiver prunes the
+origin, grafts it back, and so on.  So, for a message with a stream (its origin),
+``direct_of(origin)`` (the caller's view of the links) may give the origin's neighbours when
+the origin is linked to every node; then the origin pushes it whole to every neighbour,
+eager or lazy, relays neither push it nor announce it to any of them, nothing goes back to
+the origin, and a late copy from the origin itself prunes nothing (its pushes are not tree
+edges).  A copy the origin's queue dropped is the delivery layer's to recover: the next
+broadcast shows the gap, and the origin's heartbeats announce its latest number, to each
+neighbour, within a heartbeat interval.  The tree then carries only what the
+star does not cover.  In a bigger network ``direct_of`` gives None and all is as above: an
+origin's neighbours meeting along the tree would cost duplicates and prune tree edges that
+other origins need.
+
 Bounded memory
 --------------
 - **Seen ids**: the last ``seen_window`` message ids received or originated, in arrival
@@ -115,6 +147,9 @@ Effect = Union[Gossip, IHave, Graft, Prune, Deliver]
 class _Missing:
     """A message announced to us but not received: who announced it, in order, and when we act."""
     deadline: float
+    stream: Hashable = None  # its origin, if the announcement said (see the module doc)
+    pos: int = 0             # its place in the stream
+    since: float = 0.0       # when the timer (re)started
     announcers: list = field(default_factory=list)  # [(peer, round)], first-come first-tried
 
 
@@ -125,7 +160,7 @@ class Plumtree:
     recognises a copy for many seconds, in a few hundred KiB plus the cached payloads."""
 
     def __init__(self, *, ihave_timeout_s: float = 0.5, graft_timeout_s: float = 0.25, seen_window: int = 8192,
-                 cache_size: int = 1024, max_missing: int = 1024, ihave_batch: int = 64):
+                 cache_size: int = 1024, max_missing: int = 1024, ihave_batch: int = 64, direct_of=None):
         if min(seen_window, cache_size, max_missing, ihave_batch) < 1 or ihave_timeout_s <= 0 or graft_timeout_s <= 0:
             raise ValueError("plumtree: windows and timeouts must be positive")
         self.ihave_timeout_s = ihave_timeout_s
@@ -134,13 +169,17 @@ class Plumtree:
         self.cache_size = cache_size
         self.max_missing = max_missing
         self.ihave_batch = ihave_batch
+        self.direct_of = direct_of  # stream (origin) -> its neighbours (a container), or None: no shortcut
         # dicts as ordered sets: deterministic fan-out order
         self.eager: dict[str, None] = {}
         self.lazy: dict[str, None] = {}
         self._seen: OrderedDict[Hashable, None] = OrderedDict()
         self._cache: OrderedDict[Hashable, tuple[bytes, int]] = OrderedDict()  # id -> (payload, our round)
         self._missing: dict[Hashable, _Missing] = {}
-        self._queued: dict[str, list[tuple[Hashable, int]]] = {}  # lazy peer -> IHAVE entries not yet sent
+        self._queued: dict[str, list[tuple]] = {}  # lazy peer -> IHAVE entries not yet sent
+        # stream -> (when a copy of it last came, the highest position seen): bounded LRU
+        self._progress: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
+        self.max_streams = max(max_missing, 1024)
 
     # -- neighbours -------------------------------------------------------------------------
 
@@ -174,18 +213,22 @@ class Plumtree:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def broadcast(self, now: float, msg_id: Hashable, payload: bytes) -> list[Effect]:
+    def broadcast(self, now: float, msg_id: Hashable, payload: bytes, stream: Hashable = None,
+                  pos: int = 0) -> list[Effect]:
         """Originate: push to every eager neighbour, queue IHAVEs for the lazy ones.  No `Deliver`:
         the caller has its own message already."""
         self._remember(msg_id, payload, 0)
-        return self._push(msg_id, payload, 0, exclude=None)
+        if stream is None or self.direct_of is None or self.direct_of(stream) is None:
+            return self._push(msg_id, payload, 0, None, stream, pos)
+        return [Gossip(p, msg_id, payload, 1) for p in (*self.eager, *self.lazy)]  # every neighbour: see the module doc
 
-    def on_gossip(self, now: float, sender: str, msg_id: Hashable, payload: bytes, round: int) -> list[Effect]:
+    def on_gossip(self, now: float, sender: str, msg_id: Hashable, payload: bytes, round: int,
+                  stream: Hashable = None, pos: int = 0) -> list[Effect]:
         """A whole message.  First copy: deliver, make the sender's link eager (it is our tree
         parent now, which also mends the tree after a GRAFT), pass it on.  Later copy: the link
         it came by is redundant, prune it at both ends."""
         if msg_id in self._seen:
-            if self._is_neighbor(sender):
+            if self._is_neighbor(sender) and not (sender == stream and self.star(stream) is not None):
                 self._make_lazy(sender)
                 return [Prune(sender)]
             return []
@@ -193,9 +236,12 @@ class Plumtree:
         if self._is_neighbor(sender):
             self._make_eager(sender)
         self._remember(msg_id, payload, round)
-        return [Deliver(msg_id, payload, round, sender), *self._push(msg_id, payload, round, exclude=sender)]
+        if stream is not None:
+            self._advance(now, stream, pos)
+        return [Deliver(msg_id, payload, round, sender), *self._push(msg_id, payload, round, sender, stream, pos)]
 
-    def on_ihave(self, now: float, sender: str, msg_id: Hashable, round: int) -> float | None:
+    def on_ihave(self, now: float, sender: str, msg_id: Hashable, round: int, stream: Hashable = None,
+                 pos: int = 0) -> float | None:
         """An announcement.  For a message we lack, note the announcer; the first announcement
         starts the repair timer and its deadline is returned (the caller calls `timer` by then).
         Announcements from non-neighbours are ignored: we could not graft that link."""
@@ -205,7 +251,7 @@ class Plumtree:
         if m is None:
             if len(self._missing) >= self.max_missing:
                 return None
-            m = self._missing[msg_id] = _Missing(now + self.ihave_timeout_s)
+            m = self._missing[msg_id] = _Missing(now + self.ihave_timeout_s, stream, pos, now)
             m.announcers.append((sender, round))
             return m.deadline
         if all(a[0] != sender for a in m.announcers):
@@ -214,7 +260,7 @@ class Plumtree:
 
     def on_ihave_batch(self, now: float, sender: str, entries) -> float | None:
         """Convenience for an `IHave` with several entries: the earliest new deadline, if any."""
-        deadlines = [d for d in (self.on_ihave(now, sender, i, r) for i, r in entries) if d is not None]
+        deadlines = [d for d in (self.on_ihave(now, sender, *e) for e in entries) if d is not None]
         return min(deadlines) if deadlines else None
 
     def timer(self, now: float) -> list[Effect]:
@@ -225,6 +271,16 @@ class Plumtree:
             m = self._missing[msg_id]
             if m.deadline > now:
                 continue
+            if m.stream is not None and m.stream in self._progress:
+                last, high = self._progress[m.stream]
+                if high > m.pos:  # later copies of its stream came down the tree: a hole, not a break
+                    del self._missing[msg_id]
+                    continue
+                if last > m.since:  # the stream still flows: the copy is queued behind it
+                    m.since = last
+                    m.deadline = last + self.ihave_timeout_s
+                    if m.deadline > now:
+                        continue
             peer, round = m.announcers.pop(0)
             self._make_eager(peer)
             out.append(Graft(peer, msg_id, round))
@@ -276,12 +332,40 @@ class Plumtree:
 
     # -- internals --------------------------------------------------------------------------
 
-    def _push(self, msg_id: Hashable, payload: bytes, round: int, exclude: str | None) -> list[Effect]:
-        out: list[Effect] = [Gossip(p, msg_id, payload, round + 1) for p in self.eager if p != exclude]
+    def _push(self, msg_id: Hashable, payload: bytes, round: int, exclude: str | None, stream: Hashable,
+              pos: int) -> list[Effect]:
+        if stream is None:
+            out: list[Effect] = [Gossip(p, msg_id, payload, round + 1) for p in self.eager if p != exclude]
+            entry = (msg_id, round + 1)
+            for p in self.lazy:
+                if p != exclude:
+                    self._queued.setdefault(p, []).append(entry)
+            return out
+        entry = (msg_id, round + 1, stream, pos)
+        direct = self.star(stream) or ()
+        out = []
+        queued = self._queued
+        for p in self.eager:
+            if p == exclude or p == stream:
+                continue
+            if p in direct:  # the origin pushed it to p itself
+                continue
+            else:
+                out.append(Gossip(p, msg_id, payload, round + 1))
         for p in self.lazy:
-            if p != exclude:
-                self._queued.setdefault(p, []).append((msg_id, round + 1))
+            if p != exclude and p != stream and p not in direct:
+                queued.setdefault(p, []).append(entry)
         return out
+
+    def star(self, stream: Hashable):
+        """The origin's neighbours if it pushes to all of them itself (see the module doc), else None."""
+        return self.direct_of(stream) if self.direct_of is not None and stream is not None else None
+
+    def _advance(self, now: float, stream: Hashable, pos: int) -> None:
+        seen = self._progress.pop(stream, None)
+        self._progress[stream] = (now, pos if seen is None else max(pos, seen[1]))
+        if len(self._progress) > self.max_streams:
+            self._progress.popitem(last=False)
 
     def _remember(self, msg_id: Hashable, payload: bytes, round: int) -> None:
         self._seen[msg_id] = None

@@ -71,10 +71,12 @@ class PollSet:
         self._drainers.clear()
 
 
+NOBLOCK = int(zmq.NOBLOCK)  # an int: pyzmq's flag enum costs an enum operation per call
+
 def _drain(sock: zmq.Socket, handle) -> None:
     for _ in range(BATCH):
         try:
-            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            frames = sock.recv_multipart(NOBLOCK, copy=False)
         except zmq.Again:
             return
         handle(frames)
@@ -87,7 +89,7 @@ def messages(sock: zmq.Socket):
     recv_multipart costs a getsockopt per part, a frame knows whether more follow."""
     for _ in range(BATCH):
         try:
-            frames = [sock.recv(zmq.NOBLOCK, copy=False)]
+            frames = [sock.recv(NOBLOCK, copy=False)]
         except zmq.Again:
             return
         while frames[-1].more:

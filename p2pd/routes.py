@@ -213,6 +213,13 @@ class Routes:
         """``node_id``'s neighbours over edges both ends claim (for a shout's fan-out, groups.split_by_tree)."""
         return list(self._edges(node_id))
 
+    def star(self, node_id: str) -> list[str] | None:
+        """``node_id``'s neighbours if it is linked to every node we hold a record of (the network
+        is no bigger than its active view: a full mesh from its side), else None.  Its broadcasts
+        then go straight to everyone and nobody relays them (plumtree.py, the origin's own links)."""
+        nbrs = self._edges(node_id)
+        return nbrs if len(nbrs) >= len(self._nbrs) - (node_id != self.self_id) else None
+
     def distances(self) -> dict[str, int]:
         """Every reachable node (us included, at 0) and its distance: for ``p2pctl peers``."""
         self._refresh()

@@ -69,6 +69,10 @@ log = logging.getLogger("p2pd.transport")
 
 PEER_BOOK_EVERY_S = 1.0  # the peer book file is rewritten at most this often
 FAILURE_LOG_S = 10.0
+# Plain ints: pyzmq's flag enums cost an enum operation per frame (a tenth of a broadcast
+# flood's origin time went to Flag.__or__ inside send_multipart).
+NOBLOCK = int(zmq.NOBLOCK)
+MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 TICK_S = 0.05  # the node's timers run at most this often (and as often while it is busy: node.next_deadline)
 
 
@@ -151,7 +155,7 @@ class Transport:
         if act.report_sent:
             self.node.on_sent(time.monotonic(), act.key, act.msg)
         try:
-            sock.send(P.encode(act.msg), zmq.NOBLOCK)
+            sock.send(P.encode(act.msg), NOBLOCK)
         except zmq.Again:
             self.node.drop(time.monotonic(), "send_queue_full", f"link queue full, {act.msg.type} not sent", act.key[:12])
 
@@ -160,13 +164,13 @@ class Transport:
         if sock is None:
             return
         try:
-            sock.send_multipart([P.encode(m) for m in act.msgs], zmq.NOBLOCK)
+            send_parts(sock, [P.encode(m) for m in act.msgs])
         except zmq.Again:  # all or nothing: the outbox resends what this batch held
             self.node.drop(time.monotonic(), "send_queue_full", f"link queue full, batch of {len(act.msgs)} not sent", act.key[:12])
 
     def perform_to_client(self, act) -> None:
         try:
-            self.control.send_multipart([act.client, orjson.dumps(act.payload, option=orjson.OPT_NON_STR_KEYS)], zmq.NOBLOCK)
+            send_parts(self.control, [act.client, orjson.dumps(act.payload, option=orjson.OPT_NON_STR_KEYS)])
         except zmq.ZMQError as e:
             if e.errno == zmq.EHOSTUNREACH:
                 self.node.on_client_gone(act.client)
@@ -178,14 +182,15 @@ class Transport:
     def perform_publish(self, act) -> None:
         raw = P.encode(act.msg)
         if act.to is None:
-            self.pub.send(raw, zmq.NOBLOCK)
+            self.pub.send(raw, NOBLOCK)
             return
-        pub = self.pub
+        send = self.pub.send
         for peer_id in act.to:  # a topic only that peer's SUB takes (intake.topic_for)
-            pub.send_multipart([topic_for(peer_id), raw], zmq.NOBLOCK)
+            send(topic_for(peer_id), MORE)
+            send(raw, NOBLOCK)
 
     def perform_publish_batch(self, act) -> None:
-        self.pub.send_multipart([P.encode(m) for m in act.msgs], zmq.NOBLOCK)
+        send_parts(self.pub, [P.encode(m) for m in act.msgs])
 
     def perform_open_link(self, act) -> None:
         self.links.open(act.key, act.endpoint, act.server_key, act.suffix, act.report_refused)
@@ -401,3 +406,11 @@ def _peer_address(frame: zmq.Frame) -> str | None:
         return frame.get("Peer-Address")
     except zmq.ZMQError:
         return None
+
+
+def send_parts(sock, parts: list) -> None:
+    """``sock.send_multipart(parts, NOBLOCK)`` with int flags.  ZeroMQ takes or refuses a multipart
+    message whole at its first frame (zmq.Again is raised there), so the rest never block."""
+    last = len(parts) - 1
+    for i, part in enumerate(parts):
+        sock.send(part, NOBLOCK if i == last else MORE)

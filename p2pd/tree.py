@@ -16,6 +16,17 @@ envelopes (docs/PROTOCOL.md TREE and 12.6; data.kind GOSSIP, IHAVE, GRAFT or PRU
 - **IHAVE** ``{ids: [[id, round], ...]}`` (at most ``ihave_batch`` ids), **GRAFT** ``{id}`` and
   **PRUNE** ``{}`` are small and go over the DEALER link to that neighbour (`Outbound.send`).
 
+**A star.** A node linked to every node it holds a record of (the network is no bigger
+than the active view: `Routes.star`) publishes its own BROADCASTs as they are, untargeted,
+as a full mesh always did: every SUB takes them (they start with "{"), each SUB's CURVE link
+proves they are the publisher's, so no signature and no TREE wrapper; a burst goes as
+batches.  They do not enter the tree, so nobody relays or announces them: a copy the PUB
+dropped is fetched when the next one shows the gap or a heartbeat announces the latest
+number (delivery.py).  A newcomer that is not linked to the origin yet learns the number
+from its record and fetches too.  Under a flood a tree (relays, IHAVEs, grafts) cost five
+to ten times as much per delivery as this.  Relayed broadcasts of other origins skip the
+origin's neighbours the same way (plumtree.py, a star).
+
 The Plumtree message id is the BROADCAST's envelope id.  A GOSSIP is checked before Plumtree
 sees it: ``bcast`` must decode (protocol.py) as a numbered BROADCAST (``bseq``), ``round``
 be an integer 0..`MAX_ROUND`; a copy of an id already seen is a duplicate (Plumtree prunes the
@@ -41,7 +52,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from . import protocol as P
-from .actions import Publish
+from .actions import Publish, PublishBatch
 from .drops import Drops
 from .outbound import Outbound
 from .plumtree import Deliver, Gossip, Graft, IHave, Plumtree, Prune
@@ -93,13 +104,23 @@ class Tree:
 
     # -- inputs -----------------------------------------------------------------------------
 
-    def originate(self, now: float, msgs: list[P.Message]) -> list:
-        """Our own BROADCASTs: signed (unless keyless) and pushed down the tree."""
+    def originate(self, now: float, msgs: list[P.Message], batch: bool = False) -> list:
+        """Our own BROADCASTs: signed (unless keyless) and pushed down the tree; or, linked to
+        every node, published plain to every SUB (see the module doc), ``batch``ed into one
+        ZeroMQ message if every peer takes batches."""
+        star = self.pt.star(self.id)
+        if star is not None and msgs and all(type(m.data.get("bseq")) is int for m in msgs):
+            self.stats["tree_payloads_out"] += len(msgs) * len(star)
+            if batch and len(msgs) > 1:
+                return [PublishBatch(msgs[k:k + P.MAX_BATCH]) for k in range(0, len(msgs), P.MAX_BATCH)]
+            return [Publish(m) for m in msgs]
         acts: list = []
         for msg in msgs:
             bcast = P.encode(msg)
             sig = self.sign(SIG_DOMAIN + bcast).hex() if self.sign is not None else None
-            acts += self._effects(now, self.pt.broadcast(now, msg.id, (bcast.decode(), sig)))
+            bseq = msg.data.get("bseq")
+            stream = (self.id, bseq) if type(bseq) is int else (None, 0)
+            acts += self._effects(now, self.pt.broadcast(now, msg.id, (bcast.decode(), sig), *stream))
         return acts
 
     def on_tree(self, now: float, msg: P.Message, peer_id: str) -> tuple[list, list[P.Message]]:
@@ -168,7 +189,7 @@ class Tree:
         if self.sign is not None and not (self.links_authenticated and peer_id == inner.sender_id) \
                 and not self._verified(now, inner.sender_id, raw, sig, peer_id):
             return [], []
-        effs = self.pt.on_gossip(now, peer_id, inner.id, (bcast, sig), rnd)
+        effs = self.pt.on_gossip(now, peer_id, inner.id, (bcast, sig), rnd, inner.sender_id, inner.data["bseq"])
         deliver = [inner for e in effs if isinstance(e, Deliver) and inner.sender_id != self.id]
         return self._effects(now, effs), deliver
 
@@ -195,11 +216,12 @@ class Tree:
             return
         entries = []
         for e in ids:
-            if not (type(e) is list and len(e) == 2 and P.valid_node_id(e[0]) and type(e[1]) is int
-                    and 0 <= e[1] <= MAX_ROUND):
-                self.drop(now, "tree_bad_ihave", "IHAVE entries are [id, round]", peer_id)
+            if not (type(e) is list and len(e) in (2, 4) and P.valid_node_id(e[0]) and type(e[1]) is int
+                    and 0 <= e[1] <= MAX_ROUND and (len(e) == 2 or (P.valid_node_id(e[2]) and type(e[3]) is int
+                                                                    and 0 <= e[3] <= P.MAX_SEQ))):
+                self.drop(now, "tree_bad_ihave", "IHAVE entries are [id, round] or [id, round, origin, bseq]", peer_id)
                 return
-            entries.append((e[0], e[1]))
+            entries.append(tuple(e))
         self.pt.on_ihave_batch(now, peer_id, entries)
 
     def _effects(self, now: float, effs: list) -> list:

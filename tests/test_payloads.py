@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import types
 import typing
+from dataclasses import replace
 
 import pytest
 
 import testmsg
-from memnet import CLI, HOST, WALL, net  # noqa: F401 (net is a fixture)
+from memnet import CLI, FAST, HOST, WALL, net  # noqa: F401 (net is a fixture)
 from p2pd import protocol as P
 from p2pd.actions import Publish, PublishBatch, Send, SendBatch
 from p2pd.payloads import PAYLOADS, PeerEntry
@@ -81,8 +82,28 @@ def test_what_p2pd_sends_carries_only_declared_fields_of_the_declared_types(net)
     net.tick_range(6.25, 12.0, 0.25, alice, bob, charlie)
     net.apply(bob, bob.leave(12.0), 12.0)
     seen = {m.type for _, _, m in _envelopes(net)}
-    # ROUTED needs two nodes without a link: tests/test_relay.py and tests/test_overlay.py check its fields
-    assert seen == P.TYPES - {P.ROUTED}, f"the run made no {sorted(P.TYPES - seen)}"
+    # ROUTED needs two nodes without a link: tests/test_relay.py and tests/test_overlay.py check its fields;
+    # TREE a network bigger than the active view (three linked nodes publish plain BROADCASTs): below
+    assert seen == P.TYPES - {P.ROUTED, P.TREE}, f"the run made no {sorted(P.TYPES - seen - {P.ROUTED, P.TREE})}"
+    problems = [f"{frm}->{to} {m.type}: {p}" for frm, to, m in _envelopes(net) for p in _conforms(m.data, PAYLOADS[m.type])]
+    assert not problems, "\n".join(problems[:20])
+
+
+def test_tree_envelopes_carry_only_declared_fields(net):
+    """A ring of four with an active view of two: nobody is linked to everyone, so broadcasts
+    go down the tree as TREE GOSSIPs, with IHAVEs (and their origin and number) around it."""
+    small = replace(FAST, active_view=2, passive_view=4)
+    nodes = [net.add(name, settings=small) for name in ("alice", "bob", "charlie", "dave")]
+    for a, b in zip(nodes, nodes[1:] + nodes[:1]):  # a ring: one link of it is redundant, lazy
+        assert net.connect(a, b, 0.0)["ok"]
+    net.tick_range(0.25, 6.0, 0.25, *nodes)
+    for k in range(3):
+        for n in (nodes[0], nodes[-1]):
+            assert net.call(n, 6.0 + k, "broadcast", text=f"b{k}")["ok"]
+        net.tick_range(6.25 + k, 7.0 + k, 0.25, *nodes)
+    tree = [m for _, _, m in _envelopes(net) if m.type == P.TREE]
+    assert {m.data["kind"] for m in tree} >= {"GOSSIP", "IHAVE"}
+    assert any(len(e) == 4 for m in tree if m.data["kind"] == "IHAVE" for e in m.data["ids"])
     problems = [f"{frm}->{to} {m.type}: {p}" for frm, to, m in _envelopes(net) for p in _conforms(m.data, PAYLOADS[m.type])]
     assert not problems, "\n".join(problems[:20])
 

@@ -356,3 +356,64 @@ def test_concurrent_broadcasts_from_many_origins_each_reach_every_node_exactly_o
         for msg_id in ids:
             assert set(net.delivered[msg_id]) == net.alive and max(net.delivered[msg_id].values()) == 1
     assert net.counts["IHave"] > 0
+
+
+# -- streams: a repair timer waits for a busy tree, not the clock --------------------------
+
+def test_a_stream_that_keeps_flowing_holds_the_graft_off():
+    """An IHAVE overtook the copy queued on our eager link: while later copies of the same
+    stream keep coming down the tree (and none past it), the timer waits, then it comes."""
+    t = tree("a", "b")
+    t.on_prune("b")  # b lazy, a eager (our parent)
+    assert t.on_ihave(0.0, "b", "m5", 2, "o", 5) == pytest.approx(0.5)
+    t.on_gossip(0.3, "a", "m3", b"x", 1, "o", 3)
+    assert t.timer(0.5) == []  # the stream flowed at 0.3: wait until 0.8
+    t.on_gossip(0.7, "a", "m4", b"x", 1, "o", 4)
+    assert t.timer(0.8) == []
+    assert t.on_gossip(1.0, "a", "m5", b"x", 1, "o", 5)[0] == Deliver("m5", b"x", 1, "a")
+    assert t.next_deadline() is None and "b" in t.lazy
+
+
+def test_a_stalled_stream_grafts_and_a_passed_position_is_a_hole_for_gap_fetch():
+    t = tree("a", "b")
+    t.on_prune("b")
+    t.on_gossip(0.0, "a", "m1", b"x", 1, "o", 1)
+    t.on_ihave(0.1, "b", "m2", 2, "o", 2)
+    assert t.timer(0.6) == [Graft("b", "m2", 2)]  # nothing of "o" since 0.1: the tree is broken
+    t.on_ihave(1.0, "b", "m7", 2, "o", 7)
+    t.on_gossip(1.2, "a", "m8", b"x", 1, "o", 8)  # later than m7 came: m7 was lost, not delayed
+    assert t.timer(1.5) == [] and t.next_deadline() is None
+
+
+def test_streams_are_independent():
+    t = tree("a", "b")
+    t.on_prune("b")
+    t.on_ihave(0.0, "b", "q1", 2, "q", 1)
+    t.on_gossip(0.3, "a", "m1", b"x", 1, "o", 1)  # another origin flowing says nothing about q
+    assert t.timer(0.5) == [Graft("b", "q1", 2)]
+
+
+def test_stream_progress_is_bounded():
+    t = tree("a")
+    for i in range(3 * t.max_streams):
+        t.on_gossip(0.0, "a", f"m{i}", b"x", 1, f"o{i}", 1)
+    assert len(t._progress) == t.max_streams
+
+
+def test_in_a_star_the_origin_pushes_to_all_and_relays_skip_its_neighbours():
+    t = tree("a", "b", "c", direct_of={"o": {"a", "b", "c"}}.get)
+    t.on_prune("c")
+    origin = tree("a", "b", "c", direct_of=lambda s: {"a", "b", "c"} if s == "me" else None)
+    origin.on_prune("c")
+    assert {g.peer for g in origin.broadcast(0.0, "m1", b"x", "me", 1)} == {"a", "b", "c"}  # lazy c too
+    assert origin.flush_ihave(0.0) == []
+    # a relay (us, linked to o's neighbours a, b, c and to o) pushes none of o's messages on
+    out = t.on_gossip(0.0, "a", "m2", b"x", 1, "o", 2)
+    assert [type(e) for e in out] == [Deliver] and t.flush_ihave(0.0) == []  # nor announced
+    # a late copy from the origin itself prunes nothing; one from a relay does
+    t.neighbor_up("o")
+    assert t.on_gossip(0.1, "o", "m2", b"x", 0, "o", 2) == []
+    assert t.on_gossip(0.1, "b", "m2", b"x", 1, "o", 2) == [Prune("b")]
+    # nothing goes back to its origin, star or not
+    plain = tree("o", "a")
+    assert [g.peer for g in plain.on_gossip(0.0, "a", "m9", b"x", 2, "o", 9) if isinstance(g, Gossip)] == []

@@ -16,7 +16,7 @@ from nacl import bindings as _na
 
 from p2pd import protocol as P
 from p2pd import records
-from p2pd.actions import Publish, Send
+from p2pd.actions import Publish, PublishBatch, Send
 from p2pd.drops import Drops
 from p2pd.intake import topic_for
 from p2pd.membership import Membership
@@ -58,10 +58,10 @@ def component(adj: dict, start) -> set:
 class World:
     """N trees and the wire between them: FIFO, no loss; time moves only when the wire is idle."""
 
-    def __init__(self, n: int, seed: int = 7, signed: bool = False, d: int = 6):
+    def __init__(self, n: int, seed: int = 7, signed: bool = False, d: int = 6, direct: bool = False):
         self.now = 0.0
         self.ids = [f"{i:032x}" for i in range(n)]
-        self.adj = regular_graph(n, d, seed)
+        self.adj = regular_graph(n, d, seed) if d < n - 1 else {a: [b for b in range(n) if b != a] for a in range(n)}
         self.stats = {i: Counter() for i in self.ids}
         self.drops = {i: Drops() for i in self.ids}
         self.delivered: dict[str, list] = {i: [] for i in self.ids}
@@ -79,13 +79,20 @@ class World:
             out = Outbound(i, f"n{i[-4:]}", 1.7e9, Membership(i), self.stats[i], rng)
             sign = self.signers[i].sign if signed else None
             self.outs[i] = out
-            self.trees[i] = Tree(i, out.name, sign, self.keys.get, out, self.stats[i], self.drops[i])
+            self.trees[i] = Tree(i, out.name, sign, self.keys.get, out, self.stats[i], self.drops[i],
+                                 direct_of=self.neighbours if direct else None)
         for a, bs in self.adj.items():
             for b in bs:
                 self.trees[self.ids[a]].neighbor_up(self.ids[b])
         self.up = set(self.ids)
         self.wire: deque = deque()
+        self.sent: list = []  # everything ever put on the wire
         self.bseq = Counter()
+
+    def neighbours(self, node_id: str) -> set[str] | None:
+        """What Routes.star says: the origin's links if it is linked to every node, else None."""
+        nbrs = {self.ids[b] for b in self.adj[self.ids.index(node_id)]}
+        return nbrs if len(nbrs) == len(self.ids) - 1 else None
 
     def bcast(self, origin: str, text: str = "hi") -> P.Message:
         self.bseq[origin] += 1
@@ -94,11 +101,14 @@ class World:
     def emit(self, src: str, acts: list) -> None:
         for a in acts:
             if isinstance(a, Publish):
-                assert a.to is not None and a.msg.type == P.TREE
-                for peer in a.to:
+                assert a.msg.type == P.TREE
+                subscribers = [self.ids[b] for b in self.adj[self.ids.index(src)]]  # untargeted: every SUB
+                for peer in (a.to if a.to is not None else subscribers):
                     self.wire.append((src, peer, a.msg, "pub"))
+                    self.sent.append(self.wire[-1])
             elif isinstance(a, Send):
                 self.wire.append((src, a.key, a.msg, "link"))
+                self.sent.append(self.wire[-1])
             else:
                 raise AssertionError(f"unexpected effect {a!r}")
 
@@ -147,9 +157,10 @@ class World:
                 assert got[0].data == msg.data and got[0].sender_id == origin
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["tree-only", "star-when-full-mesh"])
 @pytest.mark.parametrize("n", [30, 100])
-def test_every_node_gets_every_broadcast_once_and_the_tree_settles_to_n_minus_1(n):
-    w = World(n)
+def test_every_node_gets_every_broadcast_once_and_the_tree_settles_to_n_minus_1(n, direct):
+    w = World(n, direct=direct)
     costs = []
     for k in range(8):
         before = w.payloads()
@@ -160,6 +171,26 @@ def test_every_node_gets_every_broadcast_once_and_the_tree_settles_to_n_minus_1(
     assert all(c <= 1.3 * n for c in costs[2:]), costs
     assert costs[-1] == n - 1, costs
     assert sum(sum(d.counts.values()) for d in w.drops.values()) == 0
+
+
+def test_in_a_full_mesh_each_origin_publishes_plain_broadcasts_to_everyone():
+    """No bigger than the active view: an origin's BROADCASTs go out as they are, untargeted
+    and unsigned (every SUB takes them), batched when asked, and never enter the tree."""
+    n = 8
+    w = World(n, d=n - 1, direct=True, signed=True)
+    o = w.ids[0]
+    msgs = [w.bcast(o, f"t{i}") for i in range(3)]
+    (one,) = w.trees[o].originate(0.0, msgs[:1])
+    assert isinstance(one, Publish) and one.to is None and one.msg is msgs[0]
+    (batch,) = w.trees[o].originate(0.0, msgs[1:], batch=True)
+    assert isinstance(batch, PublishBatch) and batch.msgs == msgs[1:]
+    assert w.stats[o]["tree_payloads_out"] == 3 * (n - 1)
+    assert not w.trees[o].pt.has_seen(msgs[0].id) and w.trees[o].next_deadline() is None
+    # not linked to everyone (one link gone): the tree again, signed
+    w.trees[o].neighbor_down(w.ids[1])
+    w.adj[0] = [b for b in w.adj[0] if b != 1]
+    (push,) = w.trees[o].originate(0.0, [w.bcast(o)])
+    assert push.msg.type == P.TREE and push.msg.data["sig"] and len(push.to) == n - 2
 
 
 def test_a_fifth_of_the_nodes_gone_the_survivors_still_get_everything_once():
@@ -251,6 +282,11 @@ def test_an_unsigned_tree_takes_unsigned_broadcasts_and_a_signing_one_does_not()
     {"kind": "IHAVE", "ids": [[["x"], 1]]},
     {"kind": "IHAVE", "ids": [["a b", 1]]},
     {"kind": "IHAVE", "ids": [["abc", 1]] * 65},
+    {"kind": "IHAVE", "ids": [["abc", 1, "abc"]]},
+    {"kind": "IHAVE", "ids": [["abc", 1, "a b", 3]]},
+    {"kind": "IHAVE", "ids": [["abc", 1, "abc", -1]]},
+    {"kind": "IHAVE", "ids": [["abc", 1, "abc", 2**60]]},
+    {"kind": "IHAVE", "ids": [["abc", 1, "abc", True]]},
     {"kind": "GRAFT", "id": {"x": 1}},
     {"kind": "GRAFT", "id": "no spaces allowed"},
     {"kind": "NOPE"},
@@ -286,7 +322,7 @@ def test_ihave_graft_prune_go_on_the_link_and_a_graft_resends():
     assert push.to == (c,) and push.msg.data["round"] == 1
     assert ta.next_deadline() == pytest.approx(0.05)
     (ihave,) = ta.tick(0.05)
-    assert isinstance(ihave, Send) and ihave.key == b and ihave.msg.data == {"kind": "IHAVE", "ids": [[msg.id, 1]]}
+    assert isinstance(ihave, Send) and ihave.key == b and ihave.msg.data == {"kind": "IHAVE", "ids": [[msg.id, 1, a, 1]]}
     assert ta.next_deadline() is None
     acts, _ = ta.on_tree(0.1, w.outs[b].msg(0.1, P.TREE, {"kind": "GRAFT", "id": msg.id}), b)
     (resend,) = acts
