@@ -168,6 +168,7 @@ class Overlay:
         self._expect: dict[str, float] = {}  # neighbours agreed to whose link is not up yet -> until when we wait
         self._unroutable: dict[str, float] = {}  # alive members no route reaches -> since when (see _check_routes)
         self._next_route_check = now
+        self._routes_checked: tuple | None = None  # (routes.changes, roster.changes) at the last full check
         self._settled_at: float | None = None  # when we first had a neighbour, plus MEMBER_QUIET_S (see _tell)
         self._told: dict[str, set] = {}  # neighbour -> facts it has (we sent or it told us): not sent to it again
         # Called with (peer id, up) as a link comes up or goes (the broadcast tree spans our links).
@@ -440,7 +441,9 @@ class Overlay:
         when a node we hold no link to changed state.  Not while we are joining: a new node learns
         every member at once, and a notice for each would flood the chat."""
         state = self.roster.state_of(node_id)
-        if self.watchers is None or state == was or state is None or node_id == self.id:
+        # No watcher, no event: `hops` below costs a route recompute after every record (a fifth of
+        # a survivor's time while a mass failure repaired, with nobody watching)
+        if not self.watchers or state == was or state is None or node_id == self.id:
             return []
         if was is None and (self._settled_at is None or now < self._settled_at):
             return []
@@ -594,20 +597,26 @@ class Overlay:
         if not self.views.active:
             self._unroutable.clear()  # we are the one cut off: nothing to say of the others
             return []
-        acts: list = []
         roster, routes, seen = self.roster, self.routes, self._unroutable
-        members = roster.members()
+        # Nothing changed since a check that found everyone routed: skip the BFS (most seconds,
+        # in a quiet network of hundreds, where it was a good part of a daemon's idle time).
+        key = (routes.changes, roster.changes)
+        if key == self._routes_checked and not seen:
+            return []
+        self._routes_checked = key
+        acts: list = []
+        states = roster.states()
         # Reached only through nodes we already suspect counts as not reached (routes.py).
-        reach = routes.reachable_avoiding({m.node_id for m in members if m.state != ALIVE})
-        for m in members:
-            if m.state != ALIVE or m.node_id in reach:
-                seen.pop(m.node_id, None)
+        reach = routes.reachable_avoiding({i for i, state, _ in states if state != ALIVE})
+        for node_id, state, incarnation in states:
+            if state != ALIVE or node_id in reach:
+                seen.pop(node_id, None)
                 continue
-            since = seen.setdefault(m.node_id, now)
+            since = seen.setdefault(node_id, now)
             if now - since >= UNROUTABLE_S:
-                del seen[m.node_id]
-                log.info("no route to %s for %.0fs: suspecting it", m.node_id[:12], now - since)
-                acts += self._heard(now, [self.keys.accuse(m.node_id, m.incarnation, SUSPECT)], None, "ourselves")
+                del seen[node_id]
+                log.info("no route to %s for %.0fs: suspecting it", node_id[:12], now - since)
+                acts += self._heard(now, [self.keys.accuse(node_id, incarnation, SUSPECT)], None, "ourselves")
         return acts
 
     def _sweep(self, now: float) -> list:

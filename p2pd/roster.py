@@ -137,6 +137,7 @@ class Roster:
         self.max_new_per_frame = max_new_per_frame
         self.accusers_must_be_known = accusers_must_be_known
         self._members: dict[str, _Entry] = {}
+        self.changes = 0  # bumped when a node comes, goes or changes state: lets once-a-second checks skip
         self._suspects: set[str] = set()   # ids in state suspect: what `tick` looks at
         self._gone: set[str] = set()       # ids dead or left: what `tick` forgets, N leaves out
         # node id -> [fact, times sent, order]; dict order is insertion order
@@ -153,6 +154,11 @@ class Roster:
     def size(self) -> int:
         """N for the log factors: the nodes we believe are in the network, us included."""
         return 1 + len(self._members) - len(self._gone)
+
+    def states(self) -> list[tuple[str, str, int]]:
+        """(id, state, incarnation) of every other node we know, in no order: `members` without
+        the names, the addresses and the sort, for checks that run every second."""
+        return [(i, e.state, e.fact.incarnation) for i, e in self._members.items()]
 
     def members(self) -> list[Member]:
         """Every other node we know, by name then id (``p2pctl peers``)."""
@@ -366,6 +372,7 @@ class Roster:
         return None
 
     def _admit(self, record: NodeRecord, now: float) -> None:
+        self.changes += 1
         self._members[record.node_id] = _Entry(record, now)
         if record.status != ALIVE:
             self._gone.add(record.node_id)
@@ -374,6 +381,7 @@ class Roster:
         """The one place a known node's state changes, keeping the suspect and gone sets true."""
         entry.fact = fact
         if state != entry.state:
+            self.changes += 1
             entry.since = now
             if state == ALIVE:
                 entry.down_since = None
@@ -386,6 +394,7 @@ class Roster:
             entry.deadline, entry.accusers = None, _NONE
 
     def _forget(self, node_id: str) -> None:
+        self.changes += 1
         del self._members[node_id]
         self._suspects.discard(node_id)
         self._gone.discard(node_id)

@@ -108,6 +108,7 @@ class Routes:
         # drops only its node's and its old and new neighbours' entries (`_touch`).
         self._edge_cache: dict[str, list[str]] = {}
         self._dirty = False
+        self.changes = 0  # bumped with every change of the graph: lets once-a-second checks skip
         self.recomputes = 0  # how many BFS ran: for tests and the daemon's counters
         # The last BFS: distance, and (bit masks over _hops) shortest and near-shortest first hops.
         self._hops: list[str] = []
@@ -144,6 +145,7 @@ class Routes:
             self._nbrs[node_id] = nbrs
             self._touch(node_id, nbrs | (old or frozenset()))
             self._dirty = True
+            self.changes += 1
         return OK
 
     def remove(self, node_id: str) -> bool:
@@ -153,6 +155,7 @@ class Routes:
         self._touch(node_id, self._nbrs.pop(node_id))
         del self._version[node_id]
         self._dirty = True
+        self.changes += 1
         return True
 
     def set_local(self, neighbours: Iterable[str]) -> None:
@@ -162,6 +165,7 @@ class Routes:
             self._touch(self.self_id, local ^ self._local)  # their edge to us depends on our view
             self._local = local
             self._dirty = True
+            self.changes += 1
 
     def _touch(self, node_id: str, others: Iterable[str]) -> None:
         """``node_id``'s list changed: its cached edges and those of every node it listed before
