@@ -84,6 +84,7 @@ from .watchers import Watchers
 
 # The overlay's stats counters, as `info` lists them under "counters".
 COUNTERS = ("routed_out", "routed_relayed", "routed_in", "routed_unreachable", "routed_too_large",
+            "accusations_outdated",  # suspicions and deaths naming an older incarnation than our record: ignored
             "tree_payloads_out", "tree_payloads_in", "tree_duplicates",
             # groups (shouts.py): shouts sent, stored, SHOUT copies sent (ours and relayed), relayed,
             # taken unstored (not a member), members no route reached, replayed for join --since,

@@ -61,7 +61,33 @@ UNROUTABLE_S = 4.0  # a member alive in our roster that no route has reached thi
 MEMBER_QUIET_S = 10.0  # after our first link, news of members is not told to watchers for this long (see _tell)  # ... and when only our broadcast numbers changed
 RECORDS_PER_VIEW = 8  # records of the nodes a VIEW message names, attached so the receiver can dial them
 SHOWN = {ALIVE: "alive", SUSPECT: "suspect", DEAD: "lost", LEFT: "left"}
-TOLD_MAX = 4096  # facts remembered per neighbour as already known to it (then forgotten, and sent again at worst)
+TOLD_MAX = 4096  # nodes noted per neighbour in its `Told` (a bound against ids without end; then forgotten, and sent again at worst)
+
+
+class Told:
+    """What a neighbour has (we sent it, or it sent it to us), as the newest (incarnation, rank of
+    status) per node: a fact no newer than that is one it has or one it would find stale, so it
+    is not sent.  At most one entry per node id, where a set of every fact key ever exchanged grew
+    with each record version (8 neighbours x 4,096 keys, about 3 MiB of a daemon's heap in a
+    network of 200 after a repair).  Keys are `_fact_key`'s."""
+
+    __slots__ = ("_latest",)
+
+    def __init__(self):
+        self._latest: dict[str, tuple[int, int]] = {}
+
+    def add(self, key: tuple) -> None:
+        order = (key[1], RANK.get(key[2], 0))
+        held = self._latest.get(key[0])
+        if held is None or order > held:
+            self._latest[key[0]] = order
+
+    def __contains__(self, key: tuple) -> bool:
+        held = self._latest.get(key[0])
+        return held is not None and (key[1], RANK.get(key[2], 0)) <= held
+
+    def __len__(self) -> int:
+        return len(self._latest)
 
 
 def _fact_key(fact) -> tuple:
@@ -170,7 +196,7 @@ class Overlay:
         self._next_route_check = now
         self._routes_checked: tuple | None = None  # (routes.changes, roster.changes) at the last full check
         self._settled_at: float | None = None  # when we first had a neighbour, plus MEMBER_QUIET_S (see _tell)
-        self._told: dict[str, set] = {}  # neighbour -> facts it has (we sent or it told us): not sent to it again
+        self._told: dict[str, Told] = {}  # neighbour -> facts it has (we sent or it told us): not sent to it again
         # Called with (peer id, up) as a link comes up or goes (the broadcast tree spans our links).
         self._neighbours = neighbours if neighbours is not None else (lambda peer_id, up: None)
 
@@ -362,13 +388,13 @@ class Overlay:
             told.add(_fact_key(f))
         return self._heard(now, facts, peer.id, peer.name)
 
-    def _told_to(self, peer_id: str) -> set:
+    def _told_to(self, peer_id: str) -> Told:
         told = self._told.get(peer_id)
         if told is None or len(told) > TOLD_MAX:
-            told = self._told[peer_id] = set()
+            told = self._told[peer_id] = Told()
         return told
 
-    def _decode(self, now: float, items: list, source: str, told: set | None = None) -> list:
+    def _decode(self, now: float, items: list, source: str, told: Told | None = None) -> list:
         """The records and accusations of a frame that parse and that our trust allows: a node
         outside the allowlist, or claiming an address pinned to another key, is not taken (as
         gossip about it is not: docs/SECURITY.md 6.1).  A record that is no news (what we hold
@@ -430,6 +456,12 @@ class Overlay:
                 roster.set_own(now, self.own_record(self.incarnation))
                 log.info("refuted a claim that this node is %s (incarnation now %d)",
                          getattr(fact, "status", "?"), self.incarnation)
+            elif heard.reason == "stale" and hasattr(fact, "accuser_id"):
+                held = roster.fact_of(fact.node_id)
+                if held is not None and held.incarnation > fact.incarnation:
+                    # The accuser had not heard the node's last re-sign: counted, since it delays
+                    # the news of a death (docs/SCALE.md, failure detection)
+                    self.stats["accusations_outdated"] += 1
             elif heard.reason not in ("stale", "confirmation", "about_us"):
                 self.drop(now, f"fact_{heard.reason}", f"record or accusation of {fact.node_id[:12]} refused: {heard.reason}", source)
         for node_id, was in before.items():

@@ -235,3 +235,20 @@ def test_a_neighbour_that_cannot_be_reached_directly_is_dropped_and_reached_thro
     net.tick_range(20.25, 23.0, 0.25)
     assert [e["text"] for e in charlie.inbox] == ["around the wall"]
     assert alice.stats["routed_out"] >= 1 and bob.stats["routed_relayed"] >= 1
+
+
+def test_told_keeps_the_newest_fact_per_node_and_counts_older_ones_as_known():
+    """A neighbour that has a node's record at incarnation 5 needs neither that record again nor
+    anything older; an accusation at 5 or a record at 6 is news to it.  One entry per node."""
+    from p2pd.overlay import Told
+    told = Told()
+    told.add(("n1", 5, "alive", None))
+    assert ("n1", 5, "alive", None) in told and ("n1", 4, "dead", "a") in told
+    assert ("n1", 5, "suspect", "a") not in told and ("n1", 6, "alive", None) not in told
+    told.add(("n1", 3, "alive", None))  # an older one noted later changes nothing
+    told.add(("n1", 5, "suspect", "a"))
+    assert ("n1", 5, "suspect", "b") in told  # a confirmation is no news to it
+    assert ("n1", 5, "dead", "b") not in told and ("n2", 1, "alive", None) not in told
+    for i in range(100):
+        told.add(("n1", 5 + i, "alive", None))
+    assert len(told) == 1
