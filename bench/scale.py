@@ -336,7 +336,18 @@ def scale(n: int, kill_frac: float = 0.2, idle_s: float = 15.0, broadcasts: int 
         log(f"all list all alive {listed_s:.1f}s after the last start (poll pass <= {detail['poll_pass_s_max']:.1f}s)")
 
         # ---- footprint: links, sockets, RSS, idle CPU
-        time.sleep(3.0)  # let the last FACTS and view moves settle; not a synchronisation
+        # Idle means quiet: no daemon has news left to spread (the last records of the
+        # formation, re-signed as links settle).  Polled, bounded; the wait is reported.
+        t_q = time.perf_counter()
+        pending = None
+        while time.perf_counter() - t_q < 60:
+            pending = sum(i["overlay"]["news_pending"] for i in counters(ds).values())
+            if pending == 0:
+                break
+            time.sleep(1.0)
+        r["quiet_after_s"] = round(time.perf_counter() - t_q, 1)
+        r["news_pending_at_idle"] = pending
+        log(f"news spread everywhere {r['quiet_after_s']} s after the formation (pending {pending})")
         infos = counters(ds)
         active = [len(i["overlay"]["active"]) for i in infos.values()]
         linked = [sum(1 for p in d.peers() if p["linked"]) for d in ds]
