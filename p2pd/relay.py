@@ -104,10 +104,12 @@ class Relay:
         return Send(hop, self._envelope(msg.id, msg.timestamp, key, body))
 
     def wrap_many(self, key: str, msgs: list) -> list:
-        """The effects carrying ``msgs`` towards ``key``: one ROUTED envelope each, in one `SendBatch`
-        to the hop when there are several (the hop is a linked peer, so it takes batches as any
-        link does: the caller batches only where its links do).  Messages that cannot go are
-        left out (counted as in `wrap`); [] when none can."""
+        """The effects carrying ``msgs`` towards ``key``: one ROUTED envelope each, in `SendBatch`es of
+        at most `P.MAX_BATCH` to the hop when there are several (the hop is a linked peer, so it
+        takes batches as any link does: the caller batches only where its links do; a bigger
+        batch, such as a routed FETCH reply of 1,000 broadcasts, would be refused whole as
+        ``bad_frames``).  Messages that cannot go are left out (counted as in `wrap`); [] when
+        none can."""
         hop = self._next_hop(key)
         if hop is None:
             self.stats["routed_unreachable"] += len(msgs)
@@ -119,7 +121,7 @@ class Relay:
                 envelopes.append(self._envelope(msg.id, msg.timestamp, key, body))
         self.stats["routed_out"] += len(envelopes)
         if len(envelopes) > 1:
-            return [SendBatch(hop, envelopes)]
+            return [SendBatch(hop, envelopes[k:k + P.MAX_BATCH]) for k in range(0, len(envelopes), P.MAX_BATCH)]
         return [Send(hop, e) for e in envelopes]
 
     def _body(self, key: str, msg: P.Message) -> dict | None:

@@ -155,6 +155,16 @@ def test_wrap_many_batches_to_the_hop():
     assert net[A].wrap_many(E, msgs) == [] and net[A].stats["routed_unreachable"] == 3
 
 
+def test_wrap_many_splits_batches_at_the_batch_limit():
+    """A routed FETCH reply can be 1,000 broadcasts: no batch may exceed what a link takes
+    (P.MAX_BATCH envelopes), or the hop drops it whole as bad_frames (found by
+    tests/test_tree_daemons.py: fetches of 300 missed broadcasts never arrived)."""
+    net = Net()
+    msgs = [message(text=f"m{i}") for i in range(P.MAX_BATCH + 44)]
+    batches = net[A].wrap_many(D, msgs)
+    assert [len(b.msgs) for b in batches] == [P.MAX_BATCH, 44] and all(b.key == B for b in batches)
+
+
 # --- tampering ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("tamper, kept_by, kind", [
