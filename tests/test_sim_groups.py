@@ -40,6 +40,16 @@ def spread(sim: GroupSim, wire: str, names, limit_s: float = 20.0) -> None:
     assert not not_yet(sim), "the group's records did not spread"
 
 
+def with_room(n: int, seed: int, every: slice) -> tuple[GroupSim, list[str], list[str]]:
+    """A formed network of ``n`` whose nodes ``names[every]`` are in "room", everyone knowing it."""
+    sim = formed(n, seed)
+    names = [s.name for s in sim.nodes]
+    members = names[every]
+    join(sim, "room", members)
+    spread(sim, "room", members)
+    return sim, names, members
+
+
 def stored_by(sim: GroupSim, mid: str) -> dict[str, int]:
     return {n: c for (n, m), c in sim.got.items() if m == mid and c}
 
@@ -72,11 +82,7 @@ def test_shouts_stored_by_exactly_the_members_once_few_copies():
 
 
 def test_member_down_while_shouts_go_on_gets_each_once_in_order():
-    sim = formed(40, seed=3)
-    names = [s.name for s in sim.nodes]
-    members = names[::4]
-    join(sim, "room", members)
-    spread(sim, "room", members)
+    sim, names, members = with_room(40, 3, slice(None, None, 4))
     down = members[3]
     senders = [members[0], members[5]]
     mids = [sim.shout(senders[0], "room", "before")]
@@ -102,11 +108,7 @@ def test_member_down_while_shouts_go_on_gets_each_once_in_order():
 
 
 def test_a_node_that_leaves_stops_getting_shouts_non_members_never():
-    sim = formed(40, seed=4)
-    names = [s.name for s in sim.nodes]
-    members = names[1::3]
-    join(sim, "room", members)
-    spread(sim, "room", members)
+    sim, names, members = with_room(40, 4, slice(1, None, 3))
     leaver, frm = members[2], members[0]
     first = sim.shout(frm, "room", "before the leave")
     sim.run_until(sim.now + 2.0)
@@ -129,11 +131,7 @@ def test_a_node_that_leaves_stops_getting_shouts_non_members_never():
 
 
 def test_join_since_gets_older_shouts_once():
-    sim = formed(40, seed=5)
-    names = [s.name for s in sim.nodes]
-    members = names[2::5]
-    join(sim, "room", members)
-    spread(sim, "room", members)
+    sim, names, members = with_room(40, 5, slice(2, None, 5))
     t_since = WALL + sim.now
     sim.run_until(sim.now + 0.5)
     old = [sim.shout(members[i % 3], "room", f"old {i}") for i in range(6)]
@@ -186,11 +184,7 @@ def test_private_group_only_its_members_store_relays_carry_it_unread():
 
 
 def test_shout_right_after_a_restart_reaches_the_members():
-    sim = formed(30, seed=8)
-    names = [s.name for s in sim.nodes]
-    members = names[1::5]
-    join(sim, "room", members)
-    spread(sim, "room", members)
+    sim, names, members = with_room(30, 8, slice(1, None, 5))
     frm = members[1]
     sim.run_until(sim.now + 3.0)  # a node saves who is in its groups within 2 s of a change (shouts.MEMBERS_SAVE_S)
     sim.crash(frm)
