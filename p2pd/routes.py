@@ -222,7 +222,8 @@ class Routes:
         is no bigger than its active view: a full mesh from its side), else None.  Its broadcasts
         then go straight to everyone and nobody relays them (plumtree.py, the origin's own links)."""
         nbrs = self._edges(node_id)
-        return nbrs if len(nbrs) >= len(self._nbrs) - (node_id != self.self_id) else None
+        # the nodes besides it: those we hold records of (it among them, if it is not us), and us
+        return nbrs if len(nbrs) >= len(self._nbrs) else None
 
     def distances(self) -> dict[str, int]:
         """Every reachable node (us included, at 0) and its distance: for ``p2pctl peers``."""

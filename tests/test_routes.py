@@ -362,3 +362,18 @@ def test_edges_kept_across_recomputes_match_a_table_built_afresh_after_any_chang
         assert rt.distances() == fresh.distances(), step
         assert {d: rt.next_hop(d) for d in names} == {d: fresh.next_hop(d) for d in names}, step
         assert rt.reachable_avoiding({"n1", "n2"}) == fresh.reachable_avoiding({"n1", "n2"}), step
+
+
+def test_star_is_a_node_linked_to_every_other():
+    """`star`: a node's neighbours when it is linked to every node we know, else None, as seen
+    from the node itself and from any other.  In a ring of four nobody is (each misses one):
+    an off-by-one here once made relays skip an origin's neighbours it never pushed to."""
+    ring = path_edges("abcda")
+    for me in "abcd":
+        assert all(build(me, ring).star(x) is None for x in "abcd")
+    full = [(x, y) for x in "abcd" for y in "abcd" if x < y]
+    for me in "abcd":
+        assert all(sorted(build(me, full).star(x)) == sorted(set("abcd") - {x}) for x in "abcd")
+    hub = [("a", x) for x in "bcd"]  # a linked to all; the others to a only
+    assert sorted(build("b", hub).star("a")) == ["b", "c", "d"] and build("b", hub).star("c") is None
+    assert sorted(build("a", hub).star("a")) == ["b", "c", "d"]
