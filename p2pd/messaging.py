@@ -256,11 +256,12 @@ class Messaging:
             self.store.add_message("out", P.BROADCAST, msg_id, None, self.out.id, self.out.name, None, text, timestamp, epoch, defer=True)
             ids.append(msg_id)
         self.stats["broadcasts_out"] += len(texts)
-        # One PUB reaches every subscriber alike: batch only if every peer that may be subscribed takes batches.
-        batch = len(msgs) > 1 and all(p.batch for p in self.table.all() if p.subscribed or p.state == ALIVE)
         if self._publish is not None:
-            return self._publish(now, msgs, batch), ids
-        if batch:
+            acts = self._publish(now, msgs)  # the broadcast tree's; None: publish plain (we are linked to everyone)
+            if acts is not None:
+                return acts, ids
+        # One PUB reaches every subscriber alike: batch only if every peer that may be subscribed takes batches.
+        if len(msgs) > 1 and all(p.batch for p in self.table.all() if p.subscribed or p.state == ALIVE):
             return [PublishBatch(msgs[k:k + P.MAX_BATCH]) for k in range(0, len(msgs), P.MAX_BATCH)], ids
         return [Publish(m) for m in msgs], ids
 

@@ -334,27 +334,13 @@ class Plumtree:
 
     def _push(self, msg_id: Hashable, payload: bytes, round: int, exclude: str | None, stream: Hashable,
               pos: int) -> list[Effect]:
-        if stream is None:
-            out: list[Effect] = [Gossip(p, msg_id, payload, round + 1) for p in self.eager if p != exclude]
-            entry = (msg_id, round + 1)
-            for p in self.lazy:
-                if p != exclude:
-                    self._queued.setdefault(p, []).append(entry)
-            return out
-        entry = (msg_id, round + 1, stream, pos)
-        direct = self.star(stream) or ()
-        out = []
-        queued = self._queued
-        for p in self.eager:
-            if p == exclude or p == stream:
-                continue
-            if p in direct:  # the origin pushed it to p itself
-                continue
-            else:
-                out.append(Gossip(p, msg_id, payload, round + 1))
+        entry = (msg_id, round + 1) if stream is None else (msg_id, round + 1, stream, pos)
+        direct = self.star(stream) or ()  # the origin pushed it to these itself
+        skip = (exclude, stream)  # nor back to where it came from, nor to its origin
+        out: list[Effect] = [Gossip(p, msg_id, payload, round + 1) for p in self.eager if p not in skip and p not in direct]
         for p in self.lazy:
-            if p != exclude and p != stream and p not in direct:
-                queued.setdefault(p, []).append(entry)
+            if p not in skip and p not in direct:
+                self._queued.setdefault(p, []).append(entry)
         return out
 
     def star(self, stream: Hashable):

@@ -58,7 +58,7 @@ from .keyport import KeyFetches, answer_key_request
 from .keys import known_peers
 from .dealers import LinkSockets
 from .node import Node
-from .pollset import BATCH, PollSet, messages
+from .pollset import BATCH, NOBLOCK, PollSet, messages
 from .ratelimit import LogRateLimiter
 from .refusals import RefusalWatch
 from .resources import Trimmer, soft_limit
@@ -69,9 +69,8 @@ log = logging.getLogger("p2pd.transport")
 
 PEER_BOOK_EVERY_S = 1.0  # the peer book file is rewritten at most this often
 FAILURE_LOG_S = 10.0
-# Plain ints: pyzmq's flag enums cost an enum operation per frame (a tenth of a broadcast
-# flood's origin time went to Flag.__or__ inside send_multipart).
-NOBLOCK = int(zmq.NOBLOCK)
+# Plain ints (NOBLOCK too, from pollset.py): pyzmq's flag enums cost an enum operation per frame
+# (a tenth of a broadcast flood's origin time went to Flag.__or__ inside send_multipart).
 MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 TICK_S = 0.05  # the node's timers run at most this often (and as often while it is busy: node.next_deadline)
 

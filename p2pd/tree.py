@@ -52,7 +52,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from . import protocol as P
-from .actions import Publish, PublishBatch
+from .actions import Publish
 from .drops import Drops
 from .outbound import Outbound
 from .plumtree import Deliver, Gossip, Graft, IHave, Plumtree, Prune
@@ -104,16 +104,14 @@ class Tree:
 
     # -- inputs -----------------------------------------------------------------------------
 
-    def originate(self, now: float, msgs: list[P.Message], batch: bool = False) -> list:
-        """Our own BROADCASTs: signed (unless keyless) and pushed down the tree; or, linked to
-        every node, published plain to every SUB (see the module doc), ``batch``ed into one
-        ZeroMQ message if every peer takes batches."""
+    def originate(self, now: float, msgs: list[P.Message]) -> list | None:
+        """Our own BROADCASTs: signed (unless keyless) and pushed down the tree.  None when we are
+        linked to every node (see the module doc): the caller publishes them plain to every SUB,
+        as the full mesh did."""
         star = self.pt.star(self.id)
         if star is not None and msgs and all(type(m.data.get("bseq")) is int for m in msgs):
             self.stats["tree_payloads_out"] += len(msgs) * len(star)
-            if batch and len(msgs) > 1:
-                return [PublishBatch(msgs[k:k + P.MAX_BATCH]) for k in range(0, len(msgs), P.MAX_BATCH)]
-            return [Publish(m) for m in msgs]
+            return None
         acts: list = []
         for msg in msgs:
             bcast = P.encode(msg)

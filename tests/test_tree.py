@@ -24,7 +24,7 @@ from p2pd.outbound import Outbound
 from p2pd.tree import SIG_DOMAIN, Tree
 
 import testmsg
-from memnet import Net
+from memnet import Net, net  # noqa: F401 (net is a fixture)
 
 
 def regular_graph(n: int, d: int, seed: int) -> dict[int, set[int]]:
@@ -174,16 +174,13 @@ def test_every_node_gets_every_broadcast_once_and_the_tree_settles_to_n_minus_1(
 
 
 def test_in_a_full_mesh_each_origin_publishes_plain_broadcasts_to_everyone():
-    """No bigger than the active view: an origin's BROADCASTs go out as they are, untargeted
-    and unsigned (every SUB takes them), batched when asked, and never enter the tree."""
+    """No bigger than the active view: an origin's BROADCASTs never enter the tree; `originate`
+    leaves them to its caller, which publishes them plain (next test)."""
     n = 8
     w = World(n, d=n - 1, direct=True, signed=True)
     o = w.ids[0]
     msgs = [w.bcast(o, f"t{i}") for i in range(3)]
-    (one,) = w.trees[o].originate(0.0, msgs[:1])
-    assert isinstance(one, Publish) and one.to is None and one.msg is msgs[0]
-    (batch,) = w.trees[o].originate(0.0, msgs[1:], batch=True)
-    assert isinstance(batch, PublishBatch) and batch.msgs == msgs[1:]
+    assert w.trees[o].originate(0.0, msgs[:1]) is None and w.trees[o].originate(0.0, msgs[1:]) is None
     assert w.stats[o]["tree_payloads_out"] == 3 * (n - 1)
     assert not w.trees[o].pt.has_seen(msgs[0].id) and w.trees[o].next_deadline() is None
     # not linked to everyone (one link gone): the tree again, signed
@@ -191,6 +188,22 @@ def test_in_a_full_mesh_each_origin_publishes_plain_broadcasts_to_everyone():
     w.adj[0] = [b for b in w.adj[0] if b != 1]
     (push,) = w.trees[o].originate(0.0, [w.bcast(o)])
     assert push.msg.type == P.TREE and push.msg.data["sig"] and len(push.to) == n - 2
+
+
+def test_a_node_linked_to_everyone_publishes_its_broadcasts_plain_untargeted_and_batched(net):
+    """What the caller does with them: a BROADCAST as it is, no topic frame, no TREE wrapper, no
+    signature (every SUB takes it; its CURVE link proves the publisher), several as one batch."""
+    alice, bob, charlie = net.add("alice"), net.add("bob"), net.add("charlie")
+    assert net.connect(bob, alice, 0.0)["ok"] and net.connect(charlie, alice, 0.1)["ok"]
+    net.tick_range(0.25, 4.0, 0.25, alice, bob, charlie)
+    assert alice.routes.star(alice.id) is not None
+    assert net.call(alice, 4.0, "broadcast", text="one")["ok"]
+    assert net.call(alice, 4.0, "broadcast", texts=["two", "three"])["ok"]
+    (one,) = [a for _, a in net.acts("alice", Publish, 4.0) if a.msg.type == P.BROADCAST]
+    assert one.to is None and one.msg.data["text"] == "one"
+    (batch,) = [a for _, a in net.acts("alice", PublishBatch, 4.0)]
+    assert [m.data["text"] for m in batch.msgs] == ["two", "three"] and all(m.type == P.BROADCAST for m in batch.msgs)
+    assert not [a for _, a in net.acts("alice", Publish, 4.0) if a.msg.type == P.TREE]
 
 
 def test_a_fifth_of_the_nodes_gone_the_survivors_still_get_everything_once():
