@@ -289,11 +289,16 @@ class Overlay:
             row["linked"] = linked
             row["hops"] = 1 if linked else self.routes.hops(p.id)
             state = self.roster.state_of(p.id)
+            down = self.roster.down_since(p.id)
             if p.state == LOST and state == ALIVE and row["hops"] is not None:
                 row["state"] = "alive"  # our link is down, the network still reaches it
-            elif p.state == LOST and state is not None:  # lost since the later of the two (it was shown alive before)
-                row["state_for_s"] = min(row["state_for_s"], round(now - self.roster.since_of(p.id), 3))
-            down = self.roster.down_since(p.id)
+            elif p.state == LOST and state is not None:
+                # Shown lost since the later of our link's loss and the network's word: when the
+                # roster stopped taking it for alive (not its last change: a suspicion turning into
+                # a death is no news here, and dated every neighbour's loss from the death), or,
+                # alive with no route, since it was last taken for alive.
+                word = down if down is not None else self.roster.since_of(p.id)
+                row["state_for_s"] = min(row["state_for_s"], round(now - word, 3))
             row["down_for_s"] = None if row["state"] in ("alive", "linking") else (
                 row["state_for_s"] if down is None else min(row["state_for_s"], round(now - down, 3)))
             rows.append(row)

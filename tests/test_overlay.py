@@ -127,6 +127,13 @@ def test_a_crashed_node_is_suspected_then_dead_everywhere_and_its_links_replaced
     assert sim.now - noticed <= row["down_for_s"] <= sim.now - crashed_at
     assert row["state_for_s"] < row["down_for_s"]
     assert all(r["down_for_s"] is None for r in rows.values() if r["state"] == "alive")
+    # ... and so it does at a neighbour, whose link to it was lost before the death (it once
+    # dated the loss from the death, seconds late: the bench's kill figure at 200)
+    for n in neighbours:
+        row = next((r for r in sim.request(n.name, "peers")["result"] if r["id"] == victim.id), None)
+        if row is not None:
+            assert row["state"] == "lost"
+            assert sim.now - noticed <= row["down_for_s"] <= sim.now - crashed_at, row
 
 
 def test_a_frozen_node_refutes_its_suspicion_and_is_never_taken_for_dead():
