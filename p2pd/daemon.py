@@ -11,13 +11,12 @@ so a stale pidfile from a crashed daemon never blocks a start.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import escape
 from . import protocol as P
@@ -32,6 +31,9 @@ from .resources import raise_nofile
 from .signals import install_signal_handlers
 from .store import QUICK_CHECK_S, Store, StoreError
 from .trust import Trust
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger("p2pd")
 READY_TIMEOUT_S = 20.0
@@ -52,13 +54,38 @@ class SafeFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+class ReopeningFileHandler(logging.FileHandler):
+    """Appends to the log file, and reopens it when logrotate (or a user) moved it away or
+    removed it, as logging.handlers.WatchedFileHandler does: written here because that module
+    (with the queue and pickle machinery it imports) stays in every daemon's memory for good."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, encoding="utf-8")
+        self._id = self._stat_id()
+
+    def _stat_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.baseFilename)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def emit(self, record: logging.LogRecord) -> None:
+        now = self._stat_id()
+        if now != self._id:
+            if self.stream is not None:
+                self.stream.close()
+            self.stream = self._open()
+            self._id = self._stat_id()
+        super().emit(record)
+
+
 def setup_logging(home: Home, level: str, to_stderr: bool) -> None:
     root = logging.getLogger("p2pd")
     root.setLevel(level.upper())
     root.propagate = False
     fmt = SafeFormatter("%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-    # WatchedFileHandler reopens the file when logrotate moves it away.
-    fh = logging.handlers.WatchedFileHandler(home.log_file, encoding="utf-8")
+    fh = ReopeningFileHandler(home.log_file)
     fh.setFormatter(fmt)
     root.handlers = [fh]
     if to_stderr:
@@ -191,7 +218,7 @@ def run_foreground(home: Home, settings: Settings, log_to_stderr: bool, read_set
                           pins={a: k for a, k, _ in known_peers(home).entries()},
                           allowed={k for _, k, _ in authorized_keys(home).entries()})
             node = Node(ident.id, name, address, settings, now, time.time(), store, trust, rng=random.Random(os.urandom(32)),
-                        keys=Keys(keypair.secret, keypair.public), hosts=record_hosts(settings), randbytes=os.urandom)
+                        keys=Keys(keypair.secret, keypair.public, intern=sys.intern), hosts=record_hosts(settings), randbytes=os.urandom)
             transport.node = node
             if settings.insecure:
                 log.warning("INSECURE mode: peer links are plaintext and unauthenticated; anyone on the network can read and forge traffic")
@@ -304,6 +331,8 @@ def _version() -> str:
 
 def spawn_detached(spec: str, home: Home) -> subprocess.Popen:
     """Start ``python -OO -m p2pd.serve SPEC`` (serve.py) in a new session, detached from this terminal."""
+    import subprocess  # the parent's alone: not kept in every daemon's memory
+
     home.ensure()
     err = open(home.startup_error_file, "wb")
     kwargs: dict = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": err, "close_fds": True}

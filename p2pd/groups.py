@@ -62,6 +62,7 @@ BAD_VERSION = "bad_version"  # not a non-negative int
 BAD_NAME = "bad_name"        # a name `check_group_name` refuses, or not a collection of names
 TOO_MANY = "too_many"        # more than MAX_GROUPS groups
 FULL = "full"                # a new node while the bound is held
+_NO_GROUPS: frozenset[str] = frozenset()
 JOIN = "join"
 LEAVE = "leave"
 
@@ -185,7 +186,7 @@ class Directory:
             self._drop_member(g, node_id)
         for g in wanted - old:
             self._members.setdefault(g, set()).add(node_id)
-        self._groups_of[node_id] = wanted
+        self._groups_of[node_id] = wanted or _NO_GROUPS  # one shared empty set: most nodes are in none
         self._version[node_id] = version
         return OK
 

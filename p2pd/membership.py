@@ -58,7 +58,7 @@ class PeerState(StrEnum):
 LINKING, ALIVE, LOST = PeerState.LINKING, PeerState.ALIVE, PeerState.LOST
 
 
-@dataclass
+@dataclass(slots=True)
 class Peer:
     id: str
     name: str

@@ -81,7 +81,7 @@ from __future__ import annotations
 
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 from nacl import bindings as _na
@@ -237,7 +237,7 @@ def _u64(value: int) -> bytes:
 
 # --- node records -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeRecord:
     node_id: str
     name: str
@@ -261,7 +261,7 @@ class NodeRecord:
                 + _list(self.groups))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Accusation:
     accuser_id: str
     accuser_key: str
@@ -332,14 +332,14 @@ def sign(signer: Signer, name: str, addresses, incarnation: int, status: str = A
     rec = NodeRecord(signer.node_id, name, signer.curve_key, signer.verify_key, tuple(addresses), incarnation, status,
                      b"", pub_port, tuple(links), bseq, boldest, bepoch, tuple(groups))
     _check_fields(rec)
-    return NodeRecord(**{**rec.__dict__, "signature": signer.sign(rec.signed_bytes())})
+    return replace(rec, signature=signer.sign(rec.signed_bytes()))
 
 
 def accuse(signer: Signer, node_id: str, incarnation: int, status: str) -> Accusation:
     """The signer's claim that ``node_id`` at ``incarnation`` is suspect or dead."""
     acc = Accusation(signer.node_id, signer.curve_key, signer.verify_key, node_id, incarnation, status)
     _check_accusation_fields(acc)
-    return Accusation(**{**acc.__dict__, "signature": signer.sign(acc.signed_bytes())})
+    return replace(acc, signature=signer.sign(acc.signed_bytes()))
 
 
 def _check_accusation_fields(acc: Accusation) -> None:

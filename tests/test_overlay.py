@@ -187,7 +187,7 @@ def test_records_are_signed_and_forged_ones_refused():
     forged = encode(rec)
     forged["name"] = "mallory"
     with pytest.raises(BadRecord):
-        verify(Keys.decode(forged))
+        verify(akeys.decode(forged))
 
 
 def test_keyed_nodes_route_sealed_messages_that_relays_cannot_read():

@@ -4,8 +4,8 @@ in-test loop (seeded, unsigned stand-in records there: signing thousands would b
 
 from __future__ import annotations
 
-import math
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -76,11 +76,11 @@ def test_precedence_follows_the_swim_table(held, heard, news):
 
 def test_signatures_are_checked_with_the_real_verify_and_only_for_what_would_be_news():
     ro = roster()
-    forged = NodeRecord(**{**rec(A, 5).__dict__, "name": "mallory"})
+    forged = replace(rec(A, 5), name="mallory")
     assert ro.offer(0, forged).reason == "bad_signature"
     assert state(ro, A) is None and ro.pending() == 0
     ro.offer(0, rec(A, 5))
-    bad_acc = Accusation(**{**r.accuse(B, A.node_id, 5, DEAD).__dict__, "status": SUSPECT})
+    bad_acc = replace(r.accuse(B, A.node_id, 5, DEAD), status=SUSPECT)
     ro.offer(0, rec(B))
     assert ro.offer(0, bad_acc).reason == "bad_signature"
     assert state(ro, A) == ALIVE

@@ -40,8 +40,8 @@ def test_newer_versions_replace_older_and_equal_ones_are_ignored():
     assert r.update("a", 5, ["b"]) == R.OK
     assert r.update("a", 4, ["c"]) == R.STALE
     assert r.update("a", 5, ["c"]) == R.STALE  # same version, other list: the first one stands
-    assert r._nbrs["a"] == {"b"} and r.version("a") == 5
-    assert r.update("a", 6, ["c"]) == R.OK and r._nbrs["a"] == {"c"} and r.version("a") == 6
+    assert r._nbrs["a"] == ("b",) and r.version("a") == 5
+    assert r.update("a", 6, ["c"]) == R.OK and r._nbrs["a"] == ("c",) and r.version("a") == 6
 
 
 def test_refusals_say_why_and_change_nothing():
