@@ -101,7 +101,7 @@ log = logging.getLogger("p2pd.node")
 TICK_MAX_S = 0.5
 LIVELY_S = 3.0  # after a frame other than a heartbeat, tick at full rate this long (next_deadline)
 # Frames that say nothing changed: heartbeats, peer-list gossip and HyParView's periodic shuffles.
-QUIET_TYPES = frozenset((P.PING, P.PONG, P.PEERS))
+QUIET_TYPES = frozenset((P.PING, P.PONG, P.PEERS, P.ROUTED))  # ROUTED: by what it holds (_liven)
 QUIET_VIEWS = frozenset(("SHUFFLE", "SHUFFLE_REPLY"))
 
 
@@ -323,8 +323,7 @@ class Node:
                 return self.dial.join_from_self(now, msg)
             self.drop(now, "self", "frame claims to come from this node", source)
             return []
-        if msg.type not in QUIET_TYPES and not (msg.type == P.VIEW and isinstance(msg.data, dict) and msg.data.get("kind") in QUIET_VIEWS):
-            self._lively_until = now + LIVELY_S
+        self._liven(now, msg)
         if msg.type == P.JOIN:
             return self._on_join(now, msg, peer_host, source)
         peer = self.table.get(msg.sender_id)
@@ -515,6 +514,16 @@ class Node:
             acts += self.msgs.on_broadcast(now, bcast, origin)
         return acts
 
+    def _liven(self, now: float, msg: P.Message) -> None:
+        """Tick at full rate for LIVELY_S after a frame that may need quick reactions (see
+        `next_deadline`): not after upkeep (heartbeats, gossip, shuffles), nor after a ROUTED
+        envelope as such: passed on at once, or judged by what it holds (`_on_routed`).  A routed
+        shuffle reply once kept every node ticking 20 times a second for 3 s in 10 when idle."""
+        kind = msg.type
+        if kind in QUIET_TYPES or (kind == P.VIEW and isinstance(msg.data, dict) and msg.data.get("kind") in QUIET_VIEWS):
+            return
+        self._lively_until = now + LIVELY_S
+
     def _on_routed(self, now: float, msg: P.Message, hop: Peer) -> list:
         """A sealed envelope on its way through the overlay (relay.py): passed on, or opened and
         handled as if it had come over a link from its origin."""
@@ -528,6 +537,7 @@ class Node:
             self.drop(now, "not_linked", f"routed {inner.type} from {inner.sender_id[:12]}, a node we have no record of", hop.name)
             return acts
         self.stats["frames_in"] += 1
+        self._liven(now, inner)
         return acts + self._routed_handlers[inner.type](now, inner, origin)
 
     def _on_ping(self, now: float, msg: P.Message, peer: Peer) -> list:

@@ -756,6 +756,35 @@ def test_a_lively_node_ticks_at_full_rate_and_an_idle_one_sleeps_until_its_next_
     assert alice.next_deadline(later) > 0.0
 
 
+def test_a_routed_envelope_is_judged_by_what_it_holds_not_by_being_routed():
+    """Upkeep that travels routed (a shuffle's reply) once made every node it crossed tick 20
+    times a second for LIVELY_S: the idle overlay woke each daemon about 13 times a second."""
+    from collections import Counter
+
+    from p2pd.drops import Drops
+    from p2pd.relay import Relay
+    from p2pd.seeded import SplitMix64
+
+    alice = _idle_alice()
+    quiet = node_mod.LIVELY_S + 0.5
+    alice.tick(quiet)
+    bob = Relay("bob-id", "bob", None, None, lambda dest: "alice-id", lambda node_id: None, Counter(), Drops(), SplitMix64(1))
+
+    def routed(inner: P.Message) -> list[bytes]:
+        return [b"bob-id", P.encode(bob.wrap(inner.target_id, inner).msg)]
+
+    shuffle = testmsg.make(P.VIEW, "bob-id", "bob", WALL, {"kind": "SHUFFLE_REPLY", "nodes": []}, target_id="alice-id")
+    alice.on_router_frames(quiet, routed(shuffle), "10.0.0.2")
+    assert alice.stats["routed_in"] == 1
+    assert alice.next_deadline(quiet) > 0.0  # upkeep, routed or not: the loop sleeps on
+    passing = testmsg.make(P.MESSAGE, "bob-id", "bob", WALL, {"text": "hi"}, target_id="carol-id")
+    alice.on_router_frames(quiet, routed(passing), "10.0.0.2")  # not for us, and no route on: dropped
+    assert alice.next_deadline(quiet) > 0.0
+    news = testmsg.make(P.VIEW, "bob-id", "bob", WALL, {"kind": "NEIGHBOR", "priority": "low"}, target_id="alice-id")
+    alice.on_router_frames(quiet, routed(news), "10.0.0.2")
+    assert alice.next_deadline(quiet) == 0.0  # a request to answer: full rate again
+
+
 def test_a_message_awaiting_its_ack_keeps_the_loop_ticking_until_acknowledged():
     alice = _idle_alice()
     quiet = node_mod.LIVELY_S + 0.5
