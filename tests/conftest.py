@@ -197,6 +197,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
+def pytest_sessionstart(session):
+    """The daemon runs under ``python -OO``, whose bytecode pip does not write: a daemon writes it
+    on its first start, unless PYTHONDONTWRITEBYTECODE is set (as on the CI machine), and then
+    every one of the suite's hundreds of daemons compiles every module at its start (0.1 s of
+    CPU each).  Written once here, as an installation would (docs/OPERATIONS.md)."""
+    import compileall
+    import importlib.util
+
+    spec = importlib.util.find_spec("p2pd")
+    for where in (spec.submodule_search_locations or []) if spec else []:
+        compileall.compile_dir(where, optimize=2, quiet=1)
+
+
 @pytest.fixture
 def make_node(tmp_path):
     registry: list[Daemon] = []
