@@ -161,6 +161,24 @@ def test_broadcasts_missed_during_a_partition_are_fetched_after_it_heals():
     assert sim.exactly_once(), sim.counts()
 
 
+def test_a_partition_longer_than_the_suspicion_timer_heals_and_every_node_is_alive_everywhere_again():
+    """Cut in two for a minute, each half takes the other for dead (routes, then the Lifeguard
+    timer); after the heal the lost links are redialled and each node refutes its death."""
+    sim = formed(16)
+    names = [s.name for s in sim.nodes]
+    sim.partition(names[:8])
+    sim.run_until(sim.now + 60)
+    left, right = sim.nodes[:8], sim.nodes[8:]
+    assert all(a.node.roster.state_of(b.id) == "dead" for a in left for b in right)
+    sim.heal()
+
+    def apart(s):
+        return any(a.node.roster.state_of(b.id) != "alive" for a in s.nodes for b in s.nodes if a is not b)
+
+    sim.run_while(apart, 30.0)
+    assert not apart(sim)
+
+
 # ---------------------------------------------------------------------------- with real keys
 
 

@@ -154,6 +154,18 @@ def test_bad_positive_ints(name, value):
     invalid(f"{name} must be a positive integer", **{name: value})
 
 
+@pytest.mark.parametrize("value", [1, 2])
+def test_an_active_view_below_three_is_refused_with_why(value):
+    invalid("active_view must be at least 3", active_view=value)
+    invalid("separate rings", active_view=value)
+
+
+def test_active_view_limits_accepted():
+    assert Settings(active_view=3).validate().active_view == 3
+    assert Settings(active_view=16).validate().active_view == 16
+    invalid("active_view must be at most 16", active_view=17)
+
+
 @pytest.mark.parametrize("join", ["a:1", ("a:1",), [1], ["a:1", None]])
 def test_join_must_be_list_of_strings(join):
     invalid("join must be a list", join=join)

@@ -2,7 +2,7 @@
 
 Most daemon tests run networks of a few nodes, where every node is linked to every other and
 broadcasts go out plain to every SUB (plumtree.py, a star).  Here six daemons keep two links
-each (``active_view = 2``), so nobody is linked to everyone and every broadcast travels the
+each (``active_view = 3``), so nobody is linked to everyone and every broadcast travels the
 tree: GOSSIPs relayed hop by hop, IHAVEs (with origin and number) on the lazy links, the
 repair timer that must wait for a busy stream instead of grafting around it, and gap fetches
 from origins a node is not linked to, routed both ways.  Two origins at the ends of the chain
