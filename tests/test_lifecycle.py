@@ -104,6 +104,18 @@ def test_log_records_events_and_survives_rotation(make_node):
     assert "stopped" in log.read_text()
 
 
+def test_the_detached_daemon_runs_with_glibcs_mmap_threshold_set_unless_the_user_set_one(make_node):
+    """Large frames come from mmap, not the heaps they would fragment (daemon.py, MMAP_THRESHOLD)."""
+    from p2pd.daemon import MMAP_THRESHOLD, daemon_environment
+
+    node = make_node("mapped")
+    node.start()
+    with open(f"/proc/{node.pid}/environ", "rb") as f:
+        env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+    assert env[b"MALLOC_MMAP_THRESHOLD_"] == MMAP_THRESHOLD.encode()
+    assert daemon_environment({"MALLOC_MMAP_THRESHOLD_": "131072", "A": "1"}) == {"MALLOC_MMAP_THRESHOLD_": "131072", "A": "1"}
+
+
 def test_a_running_daemon_has_not_loaded_openssl(make_node):
     """hashlib, secrets and hmac map OpenSSL's libcrypto (3.5-4 MiB of RSS for nothing the daemon
     needs: keys use the builtin sha256, tokens os.urandom).  A stray import put it back once."""

@@ -73,6 +73,9 @@ def test_unit_files(unit):
     service = cfg["Service"]
     assert service["Type"] == "notify" and service["NotifyAccess"] == "main"
     assert " start --foreground" in service["ExecStart"]
+    from p2pd.daemon import MMAP_THRESHOLD
+
+    assert service["Environment"] == f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}"  # as `p2pd start` sets it
     assert service["KillSignal"] == "SIGTERM" and service["Restart"] == "on-failure"
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert service["RestartPreventExitStatus"] == "6"  # exitcodes.CONFLICT: retrying cannot help
