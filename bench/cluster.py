@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from p2pd.daemon import write_daemon_bytecode
 from p2pd.home import pid_alive  # also treats a zombie as gone
 
 P2PD = [sys.executable, "-m", "p2pd"]
@@ -96,24 +97,11 @@ class Daemon:
             self._client = None
 
 
-def precompile() -> None:
-    """Write the p2pd package's bytecode for ``python -OO`` (the daemon's), as a daemon does
-    itself on its first start wherever it may write.  Where it may not (this machine sets
-    PYTHONDONTWRITEBYTECODE=1; a read-only install), every daemon compiles every module at
-    start instead: 0.1 s of CPU and 1.5 MiB of RSS more per daemon, which a measurement of
-    an installed node should not count (docs/OPERATIONS.md, "Running as a service")."""
-    import compileall
-    import importlib.util
-
-    for where in importlib.util.find_spec("p2pd").submodule_search_locations:
-        compileall.compile_dir(where, optimize=2, quiet=1)
-
-
 class Cluster:
     """A set of daemons in one temporary directory; ``with Cluster() as c:`` kills them all at the end."""
 
     def __init__(self, prefix: str = "p2pd-bench-"):
-        precompile()
+        write_daemon_bytecode()  # as an install has it: a measurement should not count compiling
         self.base = Path(tempfile.mkdtemp(prefix=prefix))
         self.daemons: list[Daemon] = []
 

@@ -339,6 +339,19 @@ def _version() -> str:
 MMAP_THRESHOLD = "16384"
 
 
+def write_daemon_bytecode() -> None:
+    """Write the p2pd package's bytecode for ``python -OO`` (the detached daemon's), which pip
+    does not.  A daemon writes it itself on its first start wherever it may; where it may not
+    (PYTHONDONTWRITEBYTECODE, a read-only install), every start compiles every module: 0.1 s of
+    CPU and up to 1.5 MiB of RSS more per daemon.  For the bench and the test suite, before they
+    start daemons; an install does the same with compileall (docs/OPERATIONS.md)."""
+    import compileall
+    import importlib.util
+
+    for where in importlib.util.find_spec(__package__).submodule_search_locations:
+        compileall.compile_dir(where, optimize=2, quiet=1)
+
+
 def daemon_environment(environ) -> dict:
     """The detached daemon's environment: the caller's, with glibc's mmap threshold set."""
     env = dict(environ)

@@ -202,12 +202,9 @@ def pytest_sessionstart(session):
     on its first start, unless PYTHONDONTWRITEBYTECODE is set (as on the CI machine), and then
     every one of the suite's hundreds of daemons compiles every module at its start (0.1 s of
     CPU each).  Written once here, as an installation would (docs/OPERATIONS.md)."""
-    import compileall
-    import importlib.util
+    from p2pd.daemon import write_daemon_bytecode
 
-    spec = importlib.util.find_spec("p2pd")
-    for where in (spec.submodule_search_locations or []) if spec else []:
-        compileall.compile_dir(where, optimize=2, quiet=1)
+    write_daemon_bytecode()
 
 
 @pytest.fixture
