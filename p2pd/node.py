@@ -62,7 +62,6 @@ from .intake import Intake
 from .links import Links
 from .liveness import Liveness
 from .membership import ALIVE, LOST, Membership, Peer
-from .memstore import MemoryStore
 from .messaging import Messaging
 from .identity import NoKeys
 from .names import Names
@@ -118,8 +117,13 @@ class Node:
         self.rng = rng if rng is not None else for_node(node_id, wall)
         self.stats: Counter = Counter()
         self.trust = trust if trust is not None else Trust(None, secure=False)
-        # Without a store given (unit tests), an in-memory one: the daemon gives its SQLite store.
-        self.store = store if store is not None else MemoryStore(lambda n: self.rng.getrandbits(8 * n).to_bytes(n, "big"))
+        # Without a store given (unit tests), an in-memory one: the daemon gives its SQLite store,
+        # and never loads memstore (0.1 MiB of an idle daemon's memory).
+        if store is None:
+            from .memstore import MemoryStore
+
+            store = MemoryStore(lambda n: self.rng.getrandbits(8 * n).to_bytes(n, "big"))
+        self.store = store
         self.stopping = False
         self.boot = f"{self.rng.getrandbits(32):08x}"  # this run of the node: a peer that sees it change knows we restarted
         table = self.table = Membership(node_id, settings.retry_min_s, settings.retry_max_s, settings.forget_after_s)

@@ -221,13 +221,14 @@ def test_the_detached_daemon_loads_neither_click_nor_the_cli():
     good, and the CLI's share was 3.3 MiB of 28.  What the daemon imports at run time (serve,
     daemon, and the transport that run_foreground imports) must not pull click back in, nor
     subprocess and logging.handlers (only the parent spawns; the log file reopens itself):
-    0.65 MiB of a daemon at 200 nodes, where the goal is 30."""
+    0.65 MiB of a daemon at 200 nodes, where the goal is 30; nor the simulator's in-memory
+    store (0.1 MiB; `Node` loads it only when it is given no store)."""
     import subprocess
     import sys
 
     code = ("import sys, p2pd.serve, p2pd.daemon, p2pd.transport, p2pd.sockets; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('click', 'colorama', 'subprocess')"
-            " or m in ('p2pd.cli', 'p2pctl.cli', 'logging.handlers')))")
+            " or m in ('p2pd.cli', 'p2pctl.cli', 'logging.handlers', 'p2pd.memstore', 'p2pd.sim')))")
     out = subprocess.run([sys.executable, "-OO", "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
