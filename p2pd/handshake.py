@@ -6,7 +6,7 @@ To reach a peer we open a DEALER to its ROUTER and send JOIN (`link_to`); a JOIN
 not itself a reply is answered with a JOIN carrying ``reply_to`` over our own DEALER, so
 both sides end up with one link each way (the answering is composed in `Node`, which
 also admits or refuses the JOIN).  Our JOIN says where we listen (``addr`` None: "use the
-address you see"), our key, what we take (``batch``, ``rid_suffix``), this run of the
+address you see"), our key, what we take (``batch``, ``rid_suffix``, ``digest``), this run of the
 node (``boot``: a peer that sees it change knows we restarted), our broadcast numbers and,
 to a known peer, how far we received its numbering (`Messaging.received`).
 
@@ -41,7 +41,7 @@ class Handshake:
         """A JOIN; ``to``: the peer it goes to, if known (it then says how far we received that peer's numbering)."""
         a = self.address
         data = {"addr": a.addr, "port": a.port, "pub_port": a.pub_port, "reply_to": reply_to, "key": self.trust.public_key,
-                "batch": True, "rid_suffix": True, "boot": self.boot, **self.msgs.beacon(), **self.msgs.received(to)}
+                "batch": True, "rid_suffix": True, "digest": True, "boot": self.boot, **self.msgs.beacon(), **self.msgs.received(to)}
         if again:
             data["again"] = True
         return self.out.msg(now, P.JOIN, data)

@@ -77,6 +77,7 @@ class Peer:
     key: str | None = None  # CURVE public key (secure mode)
     batch: bool = False  # its JOIN said it takes several envelopes per ZeroMQ message
     rid_suffix: bool = False  # its JOIN said it takes routing ids "<id>/<suffix>": our links to it use one
+    digest: bool = False  # its JOIN said it takes a push-pull by digest (FACTS "have"; overlay.py)
     boot: str | None = None  # its JOIN's run id: a new one means it restarted
     learned: float = 0.0  # when we first heard of it (monotonic)
     rumour: bool = False  # heard of only in gossip: it has not spoken to us itself yet

@@ -387,6 +387,7 @@ class Node:
         peer, _ = self.table.learn(msg.sender_id, msg.sender_name, address, now, key)  # the name bound to its key
         peer.batch = data.get("batch") is True
         peer.rid_suffix = data.get("rid_suffix") is True
+        peer.digest = data.get("digest") is True
         boot = data.get("boot")
         restarted = old is not None and old.boot is not None and boot != old.boot
         peer.boot = boot

@@ -34,6 +34,7 @@ class JoinData(Beacon, total=False):
     reply_to: str | None  # the JOIN this one answers
     key: str | None  # its CURVE public key (secure mode)
     batch: bool  # it takes several envelopes per ZeroMQ message
+    digest: bool  # on link-up it sends what it holds as FACTS "have" and answers ours with only what we lack
     rid_suffix: bool  # it takes routing ids "<id>/<suffix>"
     again: bool  # it had lost us: our link to it may be broken
     boot: str  # this run of the node
@@ -125,6 +126,8 @@ RoutedData = TypedDict("RoutedData", {"from": Required[str], "to": Required[str]
 
 class FactsData(TypedDict, total=False):
     facts: Required[list]  # signed records and accusations (records.py encode)
+    have: list  # on link-up, to a peer whose JOIN said "digest": [node id, incarnation, rank] of all we hold
+    want: list  # node ids whose records (and what outranks them) the sender asks for, after the receiver's "have"
 
 
 class ShoutData(TypedDict, total=False):

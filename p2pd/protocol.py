@@ -40,12 +40,13 @@ FETCH = "FETCH"
 VIEW = "VIEW"  # HyParView membership views (views.py): data {"kind": one of VIEW_KINDS, ...}
 TREE = "TREE"  # Plumtree broadcast (tree.py): data {"kind": one of TREE_KINDS, ...}
 ROUTED = "ROUTED"  # a sealed body for a node we hold no link to, hop by hop (relay.py, sealed.py)
-FACTS = "FACTS"  # signed node records and accusations (roster.py, records.py): data {"facts": [...]}
+FACTS = "FACTS"  # signed node records and accusations (roster.py, records.py): data {"facts": [...], "have"?: [...], "want"?: [...]}
 SHOUT = "SHOUT"  # a group message on its way to the group's members, hop by hop (shouts.py)
 TYPES = frozenset({JOIN, LEAVE, MESSAGE, BROADCAST, PEERS, PING, PONG, ACK, FETCH, VIEW, TREE, ROUTED, FACTS, SHOUT})
 VIEW_KINDS = frozenset({"JOIN", "FORWARD_JOIN", "NEIGHBOR", "NEIGHBOR_REPLY", "DISCONNECT", "SHUFFLE", "SHUFFLE_REPLY"})
 TREE_KINDS = frozenset({"GOSSIP", "IHAVE", "GRAFT", "PRUNE"})
 MAX_FACTS = 64  # records and accusations in one FACTS (a record is about 400 bytes of JSON)
+MAX_HAVE = 2048  # [id, incarnation, rank] entries in one FACTS "have" (about 50 bytes each), ids in one "want"
 MAX_SEQ = 2**53  # sequence numbers stay exact in every JSON implementation
 
 DEFAULT_MAX_FRAME_BYTES = 256 * 1024
@@ -358,8 +359,8 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
         reply_to = data.get("reply_to")
         if reply_to is not None and not (isinstance(reply_to, str) and _ID_RE.match(reply_to)):
             raise ProtocolError("bad_field", "JOIN 'reply_to' must be a message id or null")
-        if not all(isinstance(data.get(flag, False), bool) for flag in ("batch", "again", "rid_suffix")):
-            raise ProtocolError("bad_field", "JOIN 'batch', 'again' and 'rid_suffix' must be true or false")
+        if not all(isinstance(data.get(flag, False), bool) for flag in ("batch", "again", "rid_suffix", "digest")):
+            raise ProtocolError("bad_field", "JOIN 'batch', 'again', 'rid_suffix' and 'digest' must be true or false")
         boot = data.get("boot")
         if boot is not None and not (isinstance(boot, str) and _ID_RE.match(boot)):
             raise ProtocolError("bad_field", "JOIN 'boot' must be an id string")
@@ -399,10 +400,24 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
         facts = data.get("facts")
         if type(facts) is not list or len(facts) > MAX_FACTS or not all(type(f) is dict for f in facts):
             raise ProtocolError("bad_field", f"FACTS needs data.facts as a list of at most {MAX_FACTS} objects")
+        have = data.get("have")
+        if have is not None:
+            if type(have) is not list or len(have) > MAX_HAVE or not all(_have_entry(e) for e in have):
+                raise ProtocolError("bad_field", f"FACTS data.have must be a list of at most {MAX_HAVE} [node id, incarnation, rank 0-3]")
+        want = data.get("want")
+        if want is not None and (type(want) is not list or len(want) > MAX_HAVE
+                                 or not all(type(i) is str and _matches(i, _ID_RE) for i in want)):
+            raise ProtocolError("bad_field", f"FACTS data.want must be a list of at most {MAX_HAVE} node ids")
     elif type_ == PONG:
         ping_id = data.get("ping_id")
         if not (isinstance(ping_id, str) and _ID_RE.match(ping_id)):
             raise ProtocolError("bad_field", "PONG needs data.ping_id")
+
+
+def _have_entry(e) -> bool:
+    """One entry of a FACTS "have": [node id, incarnation, rank of its status (records.RANK)]."""
+    return (type(e) is list and len(e) == 3 and type(e[0]) is str and _matches(e[0], _ID_RE)
+            and type(e[1]) is int and 0 <= e[1] <= MAX_SEQ and type(e[2]) is int and 0 <= e[2] <= 3)
 
 
 _PEER_FIELDS = itemgetter("id", "name", "addr", "port", "pub_port", "key")

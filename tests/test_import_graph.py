@@ -134,7 +134,7 @@ CORE = {
     "actions", "delivery", "dialer", "digest", "drops", "errors", "escape", "exitcodes", "gossip", "groupkeys", "groups", "handshake", "heartbeat", "identity",
     "effects", "inbound", "inputs", "intake", "lan", "links", "liveness", "membership", "memstore", "messaging", "names", "node",
     "outbound", "overlay", "payloads", "plumtree", "protocol", "ratelimit", "records", "relay", "replies", "roster", "routes", "sealed", "seeded", "settings", "shouts",
-    "storage", "targets", "tree", "trust", "views", "watchers",
+    "storage", "targets", "tree", "trust", "views", "wants", "watchers",
 }
 CORE_FORBIDDEN = {
     "zmq", "sqlite3", "time", "random", "os", "socket", "pathlib", "subprocess", "threading", "asyncio", "select",

@@ -12,6 +12,7 @@ import pytest
 from nacl.bindings import crypto_box_keypair, crypto_scalarmult_base
 
 import memnet
+import testmsg
 from memnet import Net
 from p2pd import protocol as P
 from p2pd.identity import Keys
@@ -60,6 +61,105 @@ def test_a_network_no_bigger_than_the_active_view_is_a_full_mesh():
     for s in sim.nodes:
         assert len(linked(s)) == 4
         assert all(r["linked"] for r in sim.request(s.name, "peers")["result"])
+
+
+def _count_facts(sim: Sim, to: str, strip_digest_of: str | None = None, old: dict | None = None) -> dict:
+    """Watch what the nodes send ``to``: records in FACTS, digests, and from whom; with ``old``
+    (id -> incarnation), the copies of those records.  With ``strip_digest_of``, that node's
+    JOINs lose their ``digest`` flag on the way (a p2pd from before digests)."""
+    seen = {"records": 0, "old_copies": 0, "digests": 0, "digest_senders": set(), "record_senders": set()}
+
+    def watch(src, dst, msgs):
+        for m in msgs:
+            if src == strip_digest_of and m.type == P.JOIN:
+                m.data.pop("digest", None)
+            if dst == to and m.type == P.FACTS:
+                facts = m.data["facts"]
+                seen["records"] += len(facts)
+                seen["old_copies"] += sum(1 for f in facts if old is not None and old.get(f.get("id")) == f.get("inc"))
+                if facts:
+                    seen["record_senders"].add(src)
+                if "have" in m.data:
+                    seen["digests"] += 1
+                    seen["digest_senders"].add(src)
+        return False
+
+    sim.lose = watch
+    return seen
+
+
+def test_a_node_joining_a_formed_network_takes_each_record_about_once():
+    """Push-pull by digest: a restarted node's new neighbours each send what they hold as
+    [id, incarnation, rank], and it asks one of them for each record it lacks, so it takes each
+    record about once, not once from each neighbour (push-all: N records per link-up).  What
+    comes besides is news: its neighbours' records signed again as their links change."""
+    sim = formed(40)
+    victim = sim.nodes[7]
+    sim.crash(victim.name)
+    sim.run_while(lambda s: any(o.up and o.node.roster.state_of(victim.id) == "alive" for o in s.nodes), 20.0)
+    witness = sim.nodes[0].node.roster
+    old = {i: witness.record_of(i).incarnation for i, _, _ in witness.states() if i != victim.id}
+    seen = _count_facts(sim, victim.name, old=old)
+    sim.restart(victim.name)
+    sim.run_while(lambda s: not s.meshed(), 60.0)
+    sim.run_until(sim.now + 5)
+    assert sim.meshed()
+    assert victim.node.roster.size() >= 40
+    assert len(seen["digest_senders"]) >= 3, seen  # push-all would have sent >= 3 x 38 of the old records
+    assert len(old) - 5 <= seen["old_copies"] <= 1.5 * len(old), seen  # news still pending at a neighbour: a few
+
+
+def test_a_peer_whose_join_does_not_say_digest_gets_every_record():
+    sim = formed(20)
+    victim = sim.nodes[5]
+    sim.crash(victim.name)
+    sim.run_while(lambda s: any(o.up and o.node.roster.state_of(victim.id) == "alive" for o in s.nodes), 20.0)
+    seen = _count_facts(sim, victim.name, strip_digest_of=victim.name)
+    sim.restart(victim.name)
+    sim.run_while(lambda s: not s.meshed(), 60.0)
+    assert sim.meshed()
+    assert seen["digests"] == 0, seen
+    assert len(seen["record_senders"]) >= 3 and seen["records"] >= 3 * 19, seen
+
+
+def test_what_a_neighbour_asks_for_again_is_not_sent_again():
+    """A neighbour's digest is answered with asks for what we lack, and its asks with the
+    records it is not known to have: asking again brings nothing (no amplification), nor does
+    a digest again; ids nobody can send are given up after the wait."""
+    net = Net()
+    alice, bob, carol = net.add("alice"), net.add("bob"), net.add("charlie")
+    assert net.connect(bob, alice, 0.0)["ok"] and net.connect(carol, alice, 0.0)["ok"]
+    net.tick_range(0.5, 5.0, 0.5, alice, bob, carol)
+    assert alice.overlay.roster.size() == bob.overlay.roster.size() == carol.overlay.roster.size() == 3
+    digests = [m for _, m in net.sent("bob", "alice", P.FACTS) if "have" in m.data]
+    assert digests and {e[0] for e in digests[0].data["have"]} >= {bob.id}
+    before = len(net.sent("alice", "bob", P.FACTS))
+
+    def from_bob(t, data):
+        msg = testmsg.make(P.FACTS, bob.id, "bob", t, {"facts": [], **data}, alice.id)
+        net.apply(alice, alice.on_router_frames(t, [bob.id.encode(), P.encode(msg)], memnet.HOST), t)
+
+    from_bob(6.0, {"want": [alice.id, carol.id]})  # it had them both: nothing to send
+    from_bob(6.1, {"have": []})
+    assert len(net.sent("alice", "bob", P.FACTS)) == before
+    from_bob(6.2, {"have": [[f"nobody-{i}", 1, 0] for i in range(300)]})  # asked once, then given up
+    asks = [m for _, m in net.sent("alice", "bob", P.FACTS)[before:]]
+    assert [len(m.data.get("want", ())) for m in asks] == [300]
+    net.tick_range(7.0, 12.0, 0.5, alice, bob, carol)
+    assert len(alice.overlay._wants) == 0 and alice.overlay.roster.size() == 3
+    assert not alice.dropped
+
+
+def test_a_digest_that_is_not_id_incarnation_rank_is_refused():
+    base = testmsg.make(P.FACTS, "bob-id", "bob", 0.0, {"facts": [], "have": [["alice-id", 3, 0]], "want": ["carol-id"]}, "alice-id")
+    assert P.decode(P.encode(base)).data["have"] == [["alice-id", 3, 0]]
+    for bad in ({"have": "x"}, {"have": [["alice-id", 3]]}, {"have": [["alice-id", 3, 4]]}, {"have": [["alice-id", -1, 0]]},
+                {"have": [["alice id", 3, 0]]}, {"have": [["alice-id", 3.0, 0]]}, {"have": [["alice-id", True, 0]]},
+                {"have": [["a", 1, 0]] * (P.MAX_HAVE + 1)}, {"want": "alice-id"}, {"want": [3]}, {"want": ["a b"]},
+                {"want": ["a"] * (P.MAX_HAVE + 1)}):
+        msg = testmsg.make(P.FACTS, "bob-id", "bob", 0.0, {"facts": [], **bad}, "alice-id")
+        with pytest.raises(P.ProtocolError):
+            P.decode(P.encode(msg))
 
 
 # ---------------------------------------------------------------------------- routed direct messages

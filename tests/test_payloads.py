@@ -90,13 +90,17 @@ def test_what_p2pd_sends_carries_only_declared_fields_of_the_declared_types(net)
 
 
 def test_tree_envelopes_carry_only_declared_fields(net):
-    """A ring of four with an active view of two: nobody is linked to everyone, so broadcasts
-    go down the tree as TREE GOSSIPs, with IHAVEs (and their origin and number) around it."""
-    small = replace(FAST, active_view=2, passive_view=4)
-    nodes = [net.add(name, settings=small) for name in ("alice", "bob", "charlie", "dave")]
-    for a, b in zip(nodes, nodes[1:] + nodes[:1]):  # a ring: one link of it is redundant, lazy
+    """Five nodes with an active view of three: nobody is linked to everyone, and five links or
+    more among five nodes make a cycle, so broadcasts go down the tree as TREE GOSSIPs, with
+    IHAVEs (and their origin and number) along the redundant links.  (A ring of four with a view
+    of two could settle as a line, with no redundant link at all.)"""
+    small = replace(FAST, active_view=3, passive_view=4)
+    nodes = [net.add(name, settings=small) for name in ("alice", "bob", "charlie", "dave", "erin")]
+    for a, b in zip(nodes, nodes[1:] + nodes[:1]):
         assert net.connect(a, b, 0.0)["ok"]
     net.tick_range(0.25, 6.0, 0.25, *nodes)
+    degrees = [len(n.overlay.views.active) for n in nodes]
+    assert max(degrees) < len(nodes) - 1 and sum(degrees) // 2 >= len(nodes), degrees
     for k in range(3):
         for n in (nodes[0], nodes[-1]):
             assert net.call(n, 6.0 + k, "broadcast", text=f"b{k}")["ok"]
