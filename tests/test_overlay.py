@@ -248,6 +248,28 @@ def test_a_frozen_node_refutes_its_suspicion_and_is_never_taken_for_dead():
     assert slow.node.roster.own.incarnation > inc  # it refuted by a newer record
 
 
+def test_a_suspected_seed_is_not_joined_again_by_everyone_that_joined_through_it():
+    """Every node joined through n000.  Frozen past the heartbeat timeout, it is suspected, then
+    refutes; meanwhile nobody knocks on it again with a JOIN (it is still one of the network's
+    nodes while only suspected): knocking by every node at once was a storm of random walks."""
+    sim = formed(20)
+    seed = sim.nodes[0]
+    joins: list = []
+
+    def watch(src, dst, msgs):
+        joins.extend(src for m in msgs if dst == seed.name and m.type == P.VIEW and m.data.get("kind") == "JOIN")
+        return False
+
+    sim.lose = watch
+    sim.freeze(seed.name, 6.0)
+    sim.run_until(sim.now + 6.2)
+    assert any(o.node.roster.state_of(seed.id) == "suspect" for o in sim.nodes if o is not seed)
+    sim.run_while(lambda s: any(o.node.roster.state_of(seed.id) != "alive" for o in s.nodes if o is not seed), 20.0)
+    sim.run_until(sim.now + 10)
+    assert all(o.node.roster.state_of(seed.id) == "alive" for o in sim.nodes if o is not seed)
+    assert joins == []
+
+
 def test_broadcasts_missed_during_a_partition_are_fetched_after_it_heals():
     sim = formed(16)
     names = [s.name for s in sim.nodes]
