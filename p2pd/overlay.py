@@ -15,8 +15,9 @@ Three pure blocks, composed here and fed from the node's links:
   active view stays a full mesh.
 * `roster.Roster` knows **every node**: its latest signed record (records.py: name, keys,
   addresses, PUB port, incarnation, status and its active neighbours) or an accusation
-  against it.  A new neighbour gets all we know (push-pull: both ends send on link-up);
-  news is piggybacked, a few items per FACTS frame, to a few random neighbours each round
+  against it.  A new neighbour gets a digest of all we know and asks for what it lacks, as
+  we do from its digest (push-pull by digest, wants.py; all our records to a peer whose JOIN
+  did not say ``digest``); news is piggybacked, a few items per FACTS frame, to a few random neighbours each round
   until it was sent λ·log2 N times.  A neighbour lost by the heartbeat is accused
   (suspect); a live node refutes with a higher incarnation; a suspicion not refuted in
   time turns dead (Lifeguard timer).  We sign a new record of ourselves when our links
