@@ -37,6 +37,7 @@ from collections import Counter
 
 from . import protocol as P
 from .drops import Drops
+from .exchange import Exchange, Told, fact_key
 from .handshake import Handshake
 from .links import Links
 from .membership import ALIVE, LOST, Membership, Peer
@@ -48,7 +49,6 @@ from .settings import Settings
 from .trust import Trust
 from .watchers import Watchers
 from .views import LinkDown, LinkUp, ToPeer, Views, sample
-from .wants import Wants
 
 log = logging.getLogger("p2pd.node")
 
@@ -63,45 +63,6 @@ UNROUTABLE_S = 4.0  # a member alive in our roster that no route has reached thi
 MEMBER_QUIET_S = 10.0  # after our first link, news of members is not told to watchers for this long (see _tell)  # ... and when only our broadcast numbers changed
 RECORDS_PER_VIEW = 8  # records of the nodes a VIEW message names, attached so the receiver can dial them
 SHOWN = {ALIVE: "alive", SUSPECT: "suspect", DEAD: "lost", LEFT: "left"}
-TOLD_MAX = 4096  # nodes noted per neighbour in its `Told` (a bound against ids without end; then forgotten, and sent again at worst)
-
-
-class Told:
-    """What a neighbour has (we sent it, or it sent it to us), as the newest (incarnation, rank of
-    status) per node: a fact no newer than that is one it has or one it would find stale, so it
-    is not sent.  At most one entry per node id, where a set of every fact key ever exchanged grew
-    with each record version (8 neighbours x 4,096 keys, about 3 MiB of a daemon's heap in a
-    network of 200 after a repair).  The pair is held as one int, incarnation * 4 + rank, which
-    orders the same (ranks are 0-3) at a third of a tuple's memory.  Keys are `_fact_key`'s."""
-
-    __slots__ = ("_latest",)
-
-    def __init__(self):
-        self._latest: dict[str, int] = {}
-
-    def add(self, key: tuple) -> None:
-        order = key[1] * 4 + RANK.get(key[2], 0)
-        held = self._latest.get(key[0])
-        if held is None or order > held:
-            self._latest[key[0]] = order
-
-    def add_order(self, node_id: str, order: int) -> None:
-        """As `add`, from a digest's entry: incarnation * 4 + rank, already computed."""
-        held = self._latest.get(node_id)
-        if held is None or order > held:
-            self._latest[node_id] = order
-
-    def __contains__(self, key: tuple) -> bool:
-        held = self._latest.get(key[0])
-        return held is not None and key[1] * 4 + RANK.get(key[2], 0) <= held
-
-    def __len__(self) -> int:
-        return len(self._latest)
-
-
-def _fact_key(fact) -> tuple:
-    """What makes two facts the same news: whose, which incarnation, what it says, and who says it."""
-    return (fact.node_id, fact.incarnation, fact.status, getattr(fact, "accuser_id", None))
 
 
 def _split(a: str) -> tuple[str, int] | None:
@@ -205,8 +166,7 @@ class Overlay:
         self._next_route_check = now
         self._routes_checked: tuple | None = None  # (routes.changes, roster.changes) at the last full check
         self._settled_at: float | None = None  # when we first had a neighbour, plus MEMBER_QUIET_S (see _tell)
-        self._told: dict[str, Told] = {}  # neighbour -> facts it has (we sent or it told us): not sent to it again
-        self._wants = Wants()  # records asked of a neighbour after its digest, and who else offered them
+        self.exchange = Exchange(node_id, roster, outbound)  # what each neighbour has; the push-pull
         # Called with (peer id, up) as a link comes up or goes (the broadcast tree spans our links).
         self._neighbours = neighbours if neighbours is not None else (lambda peer_id, up: None)
 
@@ -403,89 +363,27 @@ class Overlay:
 
     def on_facts(self, now: float, msg: P.Message, peer: Peer) -> list:
         data = msg.data
-        told = self._told_to(peer.id)
+        ex = self.exchange
+        told = ex.told_to(peer.id)
         items = data["facts"]
         facts = self._decode(now, items, peer.name, told)
         for f in facts:
-            told.add(_fact_key(f))
+            told.add(fact_key(f))
         acts = self._heard(now, facts, peer.id, peer.name)
-        wants = self._wants
-        if len(wants) and items:
-            fact_of = self.roster.fact_of
-            for obj in items:
-                node_id = obj.get("id")
-                held = fact_of(node_id) if type(node_id) is str else None
-                if held is not None:
-                    wants.got(node_id, held.incarnation * 4 + RANK[held.status])
+        if items:
+            ex.came(items)
         have = data.get("have")
-        if have is not None:
-            acts += self._on_digest(now, peer.id, told, have)
+        if have is not None:  # a peer we are about to drop may never answer: only noted as offering
+            acts += ex.on_digest(now, peer.id, have, peer.id in self.views.active)
         want = data.get("want")
         if want:
-            acts += self._answer_want(now, peer.id, told, want)
+            acts += ex.answer_want(now, peer.id, want)
         return acts
-
-    def _on_digest(self, now: float, peer_id: str, told: Told, have: list) -> list:
-        """A neighbour's digest: note what it holds (of nodes we know: a digest cannot grow our
-        state), and ask it for what we lack or hold older, unless another neighbour was asked
-        already (`Wants`)."""
-        fact_of, offered = self.roster.fact_of, self._wants.offered
-        ask = peer_id in self.views.active  # a peer we are about to drop may never answer
-        want = []
-        for node_id, inc, rank in have:
-            order = inc * 4 + rank
-            held = fact_of(node_id)
-            if held is not None:
-                told.add_order(node_id, order)
-                if order <= held.incarnation * 4 + RANK[held.status]:
-                    continue
-            elif node_id == self.id:
-                told.add_order(node_id, order)
-                continue
-            if offered(now, peer_id, node_id, order, ask):
-                want.append(node_id)
-        return self._ask(now, peer_id, want)
-
-    def _ask(self, now: float, peer_id: str, want: list) -> list:
-        step = P.MAX_HAVE
-        return [self.out.send(peer_id, self.out.msg(now, P.FACTS, {"facts": [], "want": want[i:i + step]}, target=peer_id))
-                for i in range(0, len(want), step)]
-
-    def _lacks(self, node_id: str, order: int) -> bool:
-        """Is what we hold of ``node_id`` older than ``order`` (incarnation * 4 + rank)?"""
-        held = self.roster.fact_of(node_id)
-        return held is None or held.incarnation * 4 + RANK[held.status] < order
 
     def _askable(self) -> set:
         """Neighbours a record may be asked of: in our active view, over a link we hold."""
         links = self.links
         return {p for p in self.views.active if p in links}
-
-    def _answer_want(self, now: float, peer_id: str, told: Told, want: list) -> list:
-        """The records (and the accusations that outrank them) a neighbour asked for, those it is
-        not known to have: what was sent is noted in ``told``, so asking again brings nothing,
-        and no neighbour can make us send more than each fact once per link."""
-        roster = self.roster
-        facts = []
-        for node_id in want:
-            rec = roster.record_of(node_id)
-            if rec is None:
-                continue
-            fact = roster.fact_of(node_id) if node_id != self.id else rec
-            for f in (rec,) if fact is None or fact is rec else (rec, fact):
-                key = _fact_key(f)
-                if key not in told:
-                    told.add(key)
-                    facts.append(f)
-        step = P.MAX_FACTS
-        return [self.out.send(peer_id, self.out.msg(now, P.FACTS, {"facts": [encode(f) for f in facts[i:i + step]]}, target=peer_id))
-                for i in range(0, len(facts), step)]
-
-    def _told_to(self, peer_id: str) -> Told:
-        told = self._told.get(peer_id)
-        if told is None or len(told) > TOLD_MAX:
-            told = self._told[peer_id] = Told()
-        return told
 
     def _decode(self, now: float, items: list, source: str, told: Told | None = None) -> list:
         """The records and accusations of a frame that parse and that our trust allows: a node
@@ -582,8 +480,7 @@ class Overlay:
     # ------------------------------------------------------------------ effects of the views
     def _unlinked(self, peer_id: str) -> None:
         """Our link to a neighbour is gone, however it went."""
-        self._told.pop(peer_id, None)
-        self._wants.forget_peer(peer_id)
+        self.exchange.forget(peer_id)
         self._neighbours(peer_id, False)
 
     def _apply(self, now: float, effects: list) -> list:
@@ -658,40 +555,10 @@ class Overlay:
         return acts
 
     # ------------------------------------------------------------------ news out
-    def _facts_msg(self, now: float, facts: list, to: str) -> P.Message:
-        told = self._told_to(to)
-        for f in facts:
-            told.add(_fact_key(f))
-        return self.out.msg(now, P.FACTS, {"facts": [encode(f) for f in facts]}, target=to)
-
     def _push_all(self, now: float, peer_id: str) -> list:
-        """Everything we know, to a new neighbour (SWIM's push-pull: it does the same to us).  To a
-        peer that takes a digest, only what we hold about whom ([id, incarnation, rank] each, an
-        eighth of a record's bytes): it asks for what it lacks, as we do from its digest
-        (`_on_digest`).  Without, a node joining a formed network took each of its neighbours'
-        whole rosters, all but the first of them no news (a late joiner among 200: about 1,600
-        records for 200 members)."""
+        """All we know, to a new neighbour: a digest if its JOIN said it takes one (exchange.py)."""
         peer = self.table.get(peer_id)
-        if peer is None or not peer.digest:
-            return self._push(now, peer_id, self._records())
-        roster = self.roster
-        own = roster.own
-        have = [[own.node_id, own.incarnation, RANK[own.status]]]
-        for node_id, _, _ in roster.states():
-            f = roster.fact_of(node_id)
-            if f is not None:
-                have.append([node_id, f.incarnation, RANK[f.status]])
-        step = P.MAX_HAVE
-        return [self.out.send(peer_id, self.out.msg(now, P.FACTS, {"facts": [], "have": have[i:i + step]}, target=peer_id))
-                for i in range(0, len(have), step)]
-
-    def _records(self) -> list:
-        roster = self.roster
-        return [roster.own] + [r for r in (roster.record_of(m.node_id) for m in roster.members()) if r is not None]
-
-    def _push(self, now: float, peer_id: str, facts: list) -> list:
-        step = P.MAX_FACTS
-        return [self.out.send(peer_id, self._facts_msg(now, facts[i:i + step], peer_id)) for i in range(0, len(facts), step)]
+        return self.exchange.push_all(now, peer_id, peer is not None and peer.digest)
 
     def tick(self, now: float) -> list:
         acts = self._apply(now, self.views.tick(now))
@@ -702,9 +569,7 @@ class Overlay:
             self.routes.remove(node_id)
         self._resign(now)
         acts += self._sweep(now)
-        if len(self._wants):
-            for peer_id, ids in self._wants.due(now, self._askable(), self._lacks).items():
-                acts += self._ask(now, peer_id, ids)
+        acts += self.exchange.due(now, self._askable())
         acts += self._check_routes(now)
         acts += self._unreachable_neighbours(now)
         if now >= self._next_facts:
@@ -714,10 +579,10 @@ class Overlay:
                 # A backlog (a mass failure, a burst of joins): every neighbour, not three.
                 fanout = FACTS_FANOUT if self.roster.pending() <= FACTS_PER_FRAME else len(linked)
                 for peer_id in sample(self.rng, linked, fanout):
-                    told = self._told_to(peer_id)
-                    facts = [f for f in self.roster.piggyback(FACTS_PER_FRAME) if _fact_key(f) not in told]
+                    told = self.exchange.told_to(peer_id)
+                    facts = [f for f in self.roster.piggyback(FACTS_PER_FRAME) if fact_key(f) not in told]
                     if facts:
-                        acts.append(self.out.send(peer_id, self._facts_msg(now, facts, peer_id)))
+                        acts.append(self.out.send(peer_id, self.exchange.facts_msg(now, facts, peer_id)))
         return acts
 
     def _unreachable_neighbours(self, now: float) -> list:
@@ -787,6 +652,6 @@ class Overlay:
         """We stop: a signed ``left`` to our neighbours, and DISCONNECT so they refill at once."""
         left = self.own_record(max(self.incarnation, self.roster.own.incarnation) + 1, LEFT)
         self.roster.set_own(now, left)
-        acts = [self.out.send(p, self._facts_msg(now, [left], p)) for p in self.views.active if p in self.links]
+        acts = [self.out.send(p, self.exchange.facts_msg(now, [left], p)) for p in self.views.active if p in self.links]
         self.views.leave(now)  # its DISCONNECTs are not sent: the LEAVE that follows says more
         return acts

@@ -146,8 +146,24 @@ def test_what_a_neighbour_asks_for_again_is_not_sent_again():
     asks = [m for _, m in net.sent("alice", "bob", P.FACTS)[before:]]
     assert [len(m.data.get("want", ())) for m in asks] == [300]
     net.tick_range(7.0, 12.0, 0.5, alice, bob, carol)
-    assert len(alice.overlay._wants) == 0 and alice.overlay.roster.size() == 3
+    assert alice.overlay.exchange.asking() == 0 and alice.overlay.roster.size() == 3
     assert not alice.dropped
+
+
+def test_a_digest_that_holds_us_suspect_makes_us_ask_for_the_accusation_to_refute_it():
+    net = Net()
+    alice, bob = net.add("alice"), net.add("bob")
+    assert net.connect(bob, alice, 0.0)["ok"]
+    net.tick_range(0.5, 3.0, 0.5, alice, bob)
+    inc = alice.overlay.roster.own.incarnation
+    before = len(net.sent("alice", "bob", P.FACTS))
+    msg = testmsg.make(P.FACTS, bob.id, "bob", 3.2, {"facts": [], "have": [[alice.id, inc, 1]]}, alice.id)
+    net.apply(alice, alice.on_router_frames(3.2, [bob.id.encode(), P.encode(msg)], memnet.HOST), 3.2)
+    asks = [m.data["want"] for _, m in net.sent("alice", "bob", P.FACTS)[before:] if "want" in m.data]
+    assert asks == [[alice.id]]
+    msg = testmsg.make(P.FACTS, bob.id, "bob", 3.3, {"facts": [], "have": [[alice.id, inc, 0]]}, alice.id)
+    net.apply(alice, alice.on_router_frames(3.3, [bob.id.encode(), P.encode(msg)], memnet.HOST), 3.3)
+    assert len([m for _, m in net.sent("alice", "bob", P.FACTS)[before:] if "want" in m.data]) == 1  # no news: not asked
 
 
 def test_a_digest_that_is_not_id_incarnation_rank_is_refused():
@@ -387,7 +403,7 @@ def test_a_neighbour_that_cannot_be_reached_directly_is_dropped_and_reached_thro
 def test_told_keeps_the_newest_fact_per_node_and_counts_older_ones_as_known():
     """A neighbour that has a node's record at incarnation 5 needs neither that record again nor
     anything older; an accusation at 5 or a record at 6 is news to it.  One entry per node."""
-    from p2pd.overlay import Told
+    from p2pd.exchange import Told
     told = Told()
     told.add(("n1", 5, "alive", None))
     assert ("n1", 5, "alive", None) in told and ("n1", 4, "dead", "a") in told
