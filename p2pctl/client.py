@@ -106,6 +106,12 @@ class RequestFailed(ClientError):
 
 REPLY_MARGIN_S = 1.0  # at most this much of a timeout is kept for the daemon to answer a request it read in time
 DISK_FULL_BYTES = 1 << 20  # less free space than this on the home's file system counts as a full disk
+# ZMTP heartbeats on the control connection: the daemon's libzmq answers them by itself, however
+# busy its event loop, so only a process that is not running at all (SIGSTOP, a hung host) misses
+# them.  Then the connection is dropped and `watch` and the chat say the daemon is down, where
+# before they waited on a connection that looked up for as long as the daemon was frozen.
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
 
 
 def free_bytes(path: Path) -> int | None:
@@ -215,6 +221,8 @@ class Client:
                 self._ctx = zmq.Context()
             self._sock = self._ctx.socket(zmq.DEALER)
             self._sock.setsockopt(zmq.LINGER, 0)  # close drops what is unsent
+            self._sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+            self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
             # Before connect, so that no event is missed (see _connection_up).
             self._monitor = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
             self._up = self._was_up = False

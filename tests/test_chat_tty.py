@@ -301,6 +301,31 @@ def test_backlog_on_open_and_reading_marks_read(make_node):
         term.close()
 
 
+def test_a_frozen_daemon_is_down_for_watch_and_chat_until_it_runs_again(make_node):
+    """A SIGSTOPped daemon keeps its sockets open but answers nothing: the control connection's
+    heartbeats (its libzmq is stopped too) say so within seconds, and it is back on SIGCONT."""
+    alice = make_node("alice")
+    alice.start()
+    watchers = alice.call("info")["watchers"]
+    term = chat(alice)
+    watch = Lines([*P2PCTL, "--home", str(alice.home), "--json", "watch"])
+    try:
+        wait_for(lambda: alice.call("info")["watchers"] >= watchers + 2, what="chat and watch to watch")
+        os.kill(alice.pid, signal.SIGSTOP)
+        try:
+            watch.expect(lambda ln: json.loads(ln)["event"] == "daemon_down", timeout=15, what="daemon_down")
+            term.expect(rf"^{TIME} ! p2pd stopped: what you type now is not sent", timeout=15)
+        finally:
+            os.kill(alice.pid, signal.SIGCONT)
+        watch.expect(lambda ln: json.loads(ln)["event"] == "daemon_up", timeout=15, what="daemon_up")
+        term.expect(rf"^{TIME} \* p2pd is back", timeout=15)
+        term.type("still here\r")
+        wait_for(lambda: any(m["text"] == "still here" for m in alice.call("history")), what="the line sent")
+    finally:
+        term.close()
+        watch.close()
+
+
 def test_daemon_stop_and_start_under_an_open_chat_and_watch(make_node):
     alice, bob = make_node("alice"), make_node("bob")
     alice.start()
