@@ -284,7 +284,7 @@ def outbox(ctx, show_all, limit):
 def watch(ctx, group):
     """Stream messages, shouts, joins, leaves and losses live until Ctrl-C (--json: JSON lines).
 
-    When the daemon stops, says so (--json: {"event": "daemon_down"}), waits for it,
+    When the daemon stops, or is frozen for 3 s (SIGSTOP), says so (--json: {"event": "daemon_down"}), waits for it,
     says when it is back ({"event": "daemon_up"}) and goes on from where it was:
     the messages that arrived meanwhile come first.
 
