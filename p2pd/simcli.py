@@ -9,7 +9,8 @@ import logging
 import os
 import sys
 
-from p2pd.sim import SCENARIOS, run_mass_crash, run_scenario
+from p2pd.sim import SCENARIOS, run_scenario
+from p2pd.simcrash import run_mass_crash
 from p2pd.simgroups import run_groups, table
 
 

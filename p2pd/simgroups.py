@@ -39,7 +39,7 @@ check, and only checked for no duplicates.
 Figures: SHOUT copies per shout (idle window) against the members, min/median/max of
 copies/members; time until every member stored a shout (p50/p99, from the watcher's event
 times), idle and under churn; CPU seconds and peak memory (``ru_maxrss``), as
-`sim.run_mass_crash` reports them.
+`simcrash.run_mass_crash` reports them.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import statistics
 import time
 
 from p2pd.settings import Settings
-from p2pd.sim import Sim, _few_collections, form
+from p2pd.sim import Sim, few_collections, form
 
 JOIN_GRACE_S = 10.0  # a join's record reaches the origins within this (else: `late_joiners` that are past it count as missed)
 
@@ -119,7 +119,7 @@ def run_groups(nodes: int, groups: int = 50, size_min: int = 5, size_max: int = 
     """The groups scenario (see the top of this module); returns its report.  ``churn``: the share
     of nodes that crash once during the workload and restart later; ``moves``: members that leave
     a group and non-members that join one (each; default: one per group)."""
-    with _few_collections():
+    with few_collections():
         return _run_groups(nodes, groups, size_min, size_max, shouts, seconds, churn, groups if moves is None else moves,
                            idle_shouts, seed, seeds, settings, warmup_limit_s, spread_limit_s, drain_limit_s,
                            progress or (lambda text: None))

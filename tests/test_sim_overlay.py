@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from p2pd.settings import Settings
-from p2pd.sim import Sim, idle_rate, links_of, run_mass_crash
+from p2pd.sim import Sim
+from p2pd.simcrash import idle_rate, links_of, run_mass_crash
 
 DEFAULTS = Settings(insecure=True).validate()
 
