@@ -176,8 +176,10 @@ def test_a_sender_over_the_rate_limit_is_paced_and_loses_nothing(make_node):
     assert info["messages_in"] == n
     # paced, not dropped: nothing was thrown away and sent again
     assert info.get("out_of_order_dropped", 0) == 0 and info.get("duplicates_dropped", 0) == 0
-    # (a PEERS gossip that came while alice was in debt may have been dropped: it is repeated)
-    assert info["dropped"].get("rate_limited", 0) <= 3, info["dropped"]
+    # What may have been dropped while alice was in debt is upkeep that is sent again or not
+    # needed: a PEERS gossip every 2 s of the flood (3), and the FACTS of the push-pull by digest
+    # (the answer to bob's ask comes a round trip after the link, as the flood begins: 1-2)
+    assert info["dropped"].get("rate_limited", 0) <= 5, info["dropped"]
     # the limit did not cost the link
     assert bob.alive_names() == {"alice"} and alice.alive_names() == {"bob"}
     assert "rate_limited" not in alice.call("info")["dropped"]
