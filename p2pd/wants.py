@@ -9,8 +9,7 @@ several neighbours at once (a restart, a late joiner) gets their digests togethe
 each of them for everything would bring every record once per neighbour, which is what the
 digest is for avoiding.  So a record already asked of another neighbour is not asked again,
 only noted as offered by this one too; if the answer has not come within ``wait_s`` (the
-neighbour died, or its answer was lost), `due` asks the next one that offered it, or the
-same one once more if nobody else did.
+neighbour died, or its answer was lost), `due` asks the next one that offered it.
 
 Bounded: at most ``max_ids`` records asked at once, at most ``MAX_OFFERS`` offers noted for
 each.  Pure: time is passed in.
@@ -22,8 +21,7 @@ MAX_OFFERS = 16  # neighbours noted as offering one record (more than any active
 
 
 class Wants:
-    """node id -> [order wanted (incarnation * 4 + rank), deadline, asked peer, other offers,
-    whether the asked peer was asked again for want of another]."""
+    """node id -> [order wanted (incarnation * 4 + rank), deadline, asked peer, other offers]."""
 
     __slots__ = ("wait_s", "max_ids", "_asked", "_check_at")
 
@@ -52,7 +50,7 @@ class Wants:
         offers = a[3] if a is not None and a[0] >= order else []
         if not ask and peer not in offers:
             offers.append(peer)
-        self._asked[node_id] = [order, now + self.wait_s, peer if ask else None, offers, False]
+        self._asked[node_id] = [order, now + self.wait_s, peer if ask else None, offers]
         self._check_at = min(self._check_at, now + self.wait_s)
         return ask
 
@@ -65,10 +63,8 @@ class Wants:
     def due(self, now: float, linked, lacks=None) -> dict[str, list[str]]:
         """Asks whose answer is late (or never asked), each given to the next peer that offered
         it and is in ``linked`` (a container of peer ids: our neighbours): peer -> node ids to
-        ask it for.  One nobody else offered is asked once more of the same neighbour (its
-        answer may have been lost: a rate limit drops what a peer in debt sends), then dropped:
-        a later digest or the news brings it; so is one that ``lacks(node_id, order)`` says came
-        meanwhile by another way."""
+        ask it for.  One nobody else offered is dropped: a later digest or the news brings it;
+        so is one that ``lacks(node_id, order)`` says came meanwhile by another way."""
         out: dict[str, list[str]] = {}
         if now < self._check_at:
             return out
@@ -85,11 +81,8 @@ class Wants:
             while offers and offers[0] not in linked:
                 offers.pop(0)
             if not offers:
-                if a[4] or a[2] is None or a[2] not in linked:
-                    gone.append(node_id)
-                    continue
-                a[4] = True  # nobody else has it: the one we asked, once more (its answer was lost)
-                offers.append(a[2])
+                gone.append(node_id)
+                continue
             a[2] = offers.pop(0)
             a[1] = now + self.wait_s
             check_at = min(check_at, a[1])
