@@ -181,11 +181,9 @@ class Exchange:
             for f in (rec,) if fact is None or fact is rec else (rec, fact):
                 key = fact_key(f)
                 if key not in told:
-                    told.add(key)
+                    told.add(key)  # here too: a record named twice in one want goes once
                     facts.append(f)
-        step = P.MAX_FACTS
-        return [self.out.send(peer_id, self.out.msg(now, P.FACTS, {"facts": [encode(f) for f in facts[i:i + step]]}, target=peer_id))
-                for i in range(0, len(facts), step)]
+        return self._push(now, peer_id, facts)
 
     def due(self, now: float, neighbours) -> list:
         """Asks whose answer is late, made again of the next neighbour that offered the record."""

@@ -34,7 +34,7 @@ class JoinData(Beacon, total=False):
     reply_to: str | None  # the JOIN this one answers
     key: str | None  # its CURVE public key (secure mode)
     batch: bool  # it takes several envelopes per ZeroMQ message
-    digest: bool  # on link-up it sends what it holds as FACTS "have" and answers ours with only what we lack
+    digest: bool  # on link-up it sends what it holds as FACTS "have", asks ("want") for what ours shows it lacks, and answers our asks
     rid_suffix: bool  # it takes routing ids "<id>/<suffix>"
     again: bool  # it had lost us: our link to it may be broken
     boot: str  # this run of the node
