@@ -12,7 +12,10 @@ only noted as offered by this one too; if the answer has not come within ``wait_
 neighbour died, or its answer was lost), `due` asks the next one that offered it.
 
 Bounded: at most ``max_ids`` records asked at once, at most ``MAX_OFFERS`` offers noted for
-each.  Pure: time is passed in.
+each, and at most ``max_per_peer`` of the records brought in by one peer's digests (a record
+first offered by it): a hostile neighbour listing thousands of made-up nodes holds at most
+that many entries, each for ``wait_s``, and cannot fill the table against the others.
+Pure: time is passed in.
 """
 
 from __future__ import annotations
@@ -21,14 +24,17 @@ MAX_OFFERS = 16  # neighbours noted as offering one record (more than any active
 
 
 class Wants:
-    """node id -> [order wanted (incarnation * 4 + rank), deadline, asked peer, other offers]."""
+    """node id -> [order wanted (incarnation * 4 + rank), deadline, asked peer, other offers,
+    the peer whose offer made the entry]."""
 
-    __slots__ = ("wait_s", "max_ids", "_asked", "_check_at")
+    __slots__ = ("wait_s", "max_ids", "max_per_peer", "_asked", "_made", "_check_at")
 
-    def __init__(self, wait_s: float = 2.0, max_ids: int = 16_384):
+    def __init__(self, wait_s: float = 2.0, max_ids: int = 16_384, max_per_peer: int = 4_096):
         self.wait_s = wait_s
         self.max_ids = max_ids
+        self.max_per_peer = max_per_peer
         self._asked: dict[str, list] = {}
+        self._made: dict[str, int] = {}  # peer -> entries its offers made (the per-peer bound)
         self._check_at = float("inf")  # no deadline is earlier: `due` has nothing to do before
 
     def offered(self, now: float, peer: str, node_id: str, order: int, ask: bool = True) -> bool:
@@ -45,12 +51,16 @@ class Wants:
                 if peer != a[2] and peer not in a[3] and len(a[3]) < MAX_OFFERS:
                     a[3].append(peer)
                 return False
-        if a is None and len(self._asked) >= self.max_ids:
+        made = self._made.get(peer, 0)
+        if made >= self.max_per_peer or (a is None and len(self._asked) >= self.max_ids):
             return False  # the rest comes with a later digest, or as news
         offers = a[3] if a is not None and a[0] >= order else []
         if not ask and peer not in offers:
             offers.append(peer)
-        self._asked[node_id] = [order, now + self.wait_s, peer if ask else None, offers]
+        if a is not None:
+            self._unmake(a)
+        self._made[peer] = made + 1
+        self._asked[node_id] = [order, now + self.wait_s, peer if ask else None, offers, peer]
         self._check_at = min(self._check_at, now + self.wait_s)
         return ask
 
@@ -58,7 +68,14 @@ class Wants:
         """A fact of ``node_id`` at ``order`` came: asked no more if it is what we wanted."""
         a = self._asked.get(node_id)
         if a is not None and order >= a[0]:
-            del self._asked[node_id]
+            self._unmake(self._asked.pop(node_id))
+
+    def _unmake(self, a: list) -> None:
+        n = self._made[a[4]] - 1
+        if n:
+            self._made[a[4]] = n
+        else:
+            del self._made[a[4]]
 
     def due(self, now: float, linked, lacks=None) -> dict[str, list[str]]:
         """Asks whose answer is late (or never asked), each given to the next peer that offered
@@ -88,7 +105,7 @@ class Wants:
             check_at = min(check_at, a[1])
             out.setdefault(a[2], []).append(node_id)
         for node_id in gone:
-            del self._asked[node_id]
+            self._unmake(self._asked.pop(node_id))
         self._check_at = check_at
         return out
 

@@ -61,3 +61,16 @@ def test_what_came_by_another_way_is_not_asked_for_when_due():
     w.offered(0.0, "p", "y", 8, ask=False)
     assert w.due(3.0, {"p"}, lambda node_id, order: node_id == "y") == {"p": ["y"]}
     assert len(w) == 1
+
+
+def test_one_peer_cannot_fill_the_table_against_the_others():
+    w = Wants(max_ids=100, max_per_peer=25)
+    made_up = [w.offered(0.0, "hostile", f"fake{i}", 1) for i in range(1000)]
+    assert sum(made_up) == 25 and len(w) == 25
+    assert all(w.offered(0.1, "honest", f"n{i}", 1) for i in range(25))
+    w.offered(0.2, "hostile", "n0", 1)  # offering what another brought in costs it nothing
+    assert w.due(2.05, {"hostile", "honest"}) == {}  # the made-up ones, unanswered, given up
+    assert len(w) == 25
+    assert all(w.offered(2.1, "hostile", f"fake{i}", 1) for i in range(25))  # its share is free again
+    w.got("n0", 1)
+    assert len(w) == 49
