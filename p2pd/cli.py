@@ -52,7 +52,7 @@ def _first_missing(path: Path) -> Path | None:
 @main.command()
 @click.option("--port", type=int, help="TCP port for peer links (ROUTER). 0 picks a free port. [default: 5000]")
 @click.option("--pub-port", type=int, help="TCP port for broadcasts (PUB). [default: port+1]")
-@click.option("--host", help="Interface to bind. [default: 0.0.0.0, all]")
+@click.option("--host", help="Interface to bind: an IPv4 or IPv6 address; :: is every interface, both families. [default: 0.0.0.0, all IPv4]")
 @click.option("--advertise", help="Address other nodes should use to reach this one (for multi-homed or NATed hosts).")
 @click.option("--name", help="Display name of this node (remembered in the home).")
 @click.option("--join", "join", multiple=True, metavar="HOST:PORT", help="Peer to link at start and keep retrying; repeatable.")

@@ -222,7 +222,7 @@ class Dialer:
         endpoint = P.tcp_endpoint(host, port)
         if not trust.secure:
             return self._dial(now, endpoint, deadline, client, req, since)
-        address = f"{host}:{port}"
+        address = P.host_port(host, port)
         if key is None:
             self._key_tags += 1
             tag = f"key{self._key_tags}"
@@ -252,12 +252,12 @@ class Dialer:
         pk = self.key_fetches.pop(tag, None)
         if pk is None:
             return []
-        address = f"{pk.host}:{pk.port}"
+        address = P.host_port(pk.host, pk.port)
         if key is None or not P.valid_key(key):
             pinned = self.trust.pins.get(address)
             if pinned is None and refused:
                 return self._fail(pk.client, pk.req, ErrorCode.REFUSED,
-                                  f"connection refused at {pk.host}:{pk.port + 2}, the key port of {address}: nothing listens there; "
+                                  f"connection refused at {P.host_port(pk.host, pk.port + 2)}, the key port of {address}: nothing listens there; "
                                   f"is p2pd running at {address}, and not in --insecure mode (which has no key port)? "
                                   f"(a node with another key port is reached with the p2p:// string from `p2pctl info` there)")
             if pinned is None:
@@ -289,7 +289,7 @@ class Dialer:
             if problem is not None:
                 return self._fail(client, req, ErrorCode.KEY_CHANGED, problem)
             acts = self.msgs.request_since(now, known, since) if since is not None else []
-            linked_at = f"{known.address.addr}:{port}"  # the spelling we dialled it by, not a second one
+            linked_at = P.host_port(known.address.addr, port)  # the spelling we dialled it by, not a second one
             if self.trust.secure and known.key is not None and self.trust.pin(linked_at, known.key):
                 acts.append(PinKey(linked_at, known.key))  # "the next connect pins the key it finds"
             return acts + [ToClient(client, ok(req, {"peer": known.describe(now), "already": True}))]

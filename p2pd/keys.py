@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .home import Home, atomic_write
-from .protocol import valid_key
+from .protocol import host_port, valid_key
 from .trust import node_id_for
 
 
@@ -105,9 +105,7 @@ def parse_connect_string(text: str) -> tuple[str | None, str, int]:
 
 
 def connect_string(public: str, host: str, port: int) -> str:
-    if ":" in host:
-        host = f"[{host}]"
-    return f"p2p://{public}@{host}:{port}"
+    return f"p2p://{public}@{host_port(host, port)}"
 
 
 class KeyList:

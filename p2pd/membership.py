@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from operator import attrgetter
 
-from .protocol import PeerAddress
+from .protocol import PeerAddress, host_port
 from .targets import AmbiguousPeer, UnknownPeer, pick  # noqa: F401 (AmbiguousPeer, UnknownPeer: raised by resolve)
 
 RUMOURS_PER_INTRODUCER = 64  # rumours from one peer's gossip waiting to answer, at most
@@ -96,7 +96,7 @@ class Peer:
         return {
             "id": self.id,
             "name": self.name,
-            "address": f"{self.address.addr}:{self.address.port}",
+            "address": host_port(self.address.addr, self.address.port),
             "router": self.router_endpoint,
             "pub": self.pub_endpoint,
             "state": self.state,

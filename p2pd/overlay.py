@@ -109,13 +109,9 @@ def address_of(rec: NodeRecord, ours: tuple[str, ...] = ()) -> P.PeerAddress | N
     return P.PeerAddress(best[0], best[1], rec.pub_port or best[1] + 1)
 
 
-def _endpoint(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def own_addresses(hosts: tuple[str, ...], port: int) -> tuple[str, ...]:
     """What our record lists: each host we can be reached at, with our ROUTER port."""
-    return tuple(_endpoint(h, port) for h in hosts if h and h not in P.WILDCARD_HOSTS)[:8]
+    return tuple(P.host_port(h, port) for h in hosts if h and h not in P.WILDCARD_HOSTS)[:8]
 
 
 class Overlay:
@@ -285,7 +281,7 @@ class Overlay:
             addr = address_of(rec) if rec is not None else None
             rows.append({
                 "id": m.node_id, "name": m.name,
-                "address": f"{addr.addr}:{addr.port}" if addr else None,
+                "address": P.host_port(addr.addr, addr.port) if addr else None,
                 "router": addr.router_endpoint() if addr else None, "pub": addr.pub_endpoint() if addr else None,
                 "state": SHOWN.get(m.state, m.state), "state_for_s": round(now - self.roster.since_of(m.node_id), 3),
                 "down_for_s": None if m.state == ALIVE else round(now - (self.roster.down_since(m.node_id) or now), 3),

@@ -133,11 +133,17 @@ class Message:
         }
 
 
-def tcp_endpoint(host: str, port: int) -> str:
-    """A ZeroMQ tcp endpoint; IPv6 literals need brackets."""
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as shown and pinned; an IPv6 literal in brackets (``[::1]:5000``), so that
+    the port cannot be read as part of the address."""
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"tcp://{host}:{port}"
+    return f"{host}:{port}"
+
+
+def tcp_endpoint(host: str, port: int) -> str:
+    """A ZeroMQ tcp endpoint; IPv6 literals need brackets."""
+    return f"tcp://{host_port(host, port)}"
 
 
 class RandomBits(Protocol):

@@ -54,6 +54,9 @@ class StartupError(RuntimeError):
 
 def _bind(sock: zmq.Socket, host: str, port: int, what: str, flag: str) -> int:
     endpoint = P.tcp_endpoint(host, port) if port else P.tcp_endpoint(host, 0).rsplit(":", 1)[0] + ":*"
+    # IPv6 only for an IPv6 host (``::`` is both families): an IPv4 one binds a plain IPv4 socket,
+    # as before the context took IPv6 for the sockets that dial (transport.py).
+    sock.setsockopt(zmq.IPV6, 1 if ":" in host else 0)
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as e:
@@ -191,6 +194,7 @@ class Listeners:
     def _bind_control_tcp(self) -> None:
         """Loopback only, on a port the OS picks; every request must carry a fresh random token."""
         self.control.setsockopt(zmq.MAXMSGSIZE, 2 * control.MAX_REQUEST_BYTES)  # anyone local may connect: bound what they send
+        self.control.setsockopt(zmq.IPV6, 0)  # 127.0.0.1 as such, not ::ffff:127.0.0.1 (the client reads the endpoint)
         try:
             self.control.bind("tcp://127.0.0.1:*")
         except zmq.ZMQError as e:

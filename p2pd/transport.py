@@ -37,6 +37,7 @@ to perform it (a `Send` with ``before_commit`` goes out ahead of the commit).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import socket
@@ -81,6 +82,10 @@ class Transport:
         self.home = home
         self.settings = settings
         self.ctx = zmq.Context()
+        # Sockets take IPv6 as well as IPv4 (ZeroMQ's default is IPv4 only: `--host ::1` or a peer
+        # at [2001:db8::7]:5000 would fail with "No such device").  The bound ones set it by their
+        # host (sockets.py `_bind`), so an IPv4 --host binds plain IPv4 sockets as before.
+        self.ctx.setsockopt(zmq.IPV6, 1)
         # CURVE on every TCP socket unless --insecure (keypair: p2pd.keys.KeyPair)
         self.keypair = None if settings.insecure else keypair
         self.on_reload = None  # called in the loop after a SIGHUP (set by the daemon)
@@ -401,10 +406,18 @@ class Transport:
 
 
 def _peer_address(frame: zmq.Frame) -> str | None:
+    """The address a peer's connection comes from.  On a dual-stack socket (``--host ::``) an IPv4
+    peer shows as ``::ffff:a.b.c.d``: given as the plain IPv4 address, the one to dial back."""
     try:
-        return frame.get("Peer-Address")
+        seen = frame.get("Peer-Address")
     except zmq.ZMQError:
         return None
+    if seen and seen.startswith("::ffff:"):
+        try:
+            return str(ipaddress.IPv6Address(seen).ipv4_mapped or seen)
+        except ValueError:
+            return seen
+    return seen
 
 
 def send_parts(sock, parts: list) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from .digest import sha256
-from .protocol import valid_key
+from .protocol import host_port, valid_key
 
 KEYS_REMEMBERED = 4096  # node id -> key of recent ZAP answers, to name a key in a log line
 
@@ -87,7 +87,7 @@ class Trust:
         """Why ``key`` may not be linked at host:port (its address is pinned to another key), else None."""
         if not self.secure or host is None or key is None:
             return None
-        return self.check_pin(f"{host}:{port}", key)
+        return self.check_pin(host_port(host, port), key)
 
     def forget(self, match: str) -> int:
         """Drop the pins whose address, key or node id is ``match`` (`p2pctl known forget`); how many."""

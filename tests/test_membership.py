@@ -348,7 +348,7 @@ def test_describe(table):
     assert d == {
         "id": "p1",
         "name": "alice",
-        "address": "::1:5000",
+        "address": "[::1]:5000",  # IPv6 in brackets, as dialled and pinned
         "router": "tcp://[::1]:5000",
         "pub": "tcp://[::1]:5001",
         "state": ALIVE,
