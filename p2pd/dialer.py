@@ -9,10 +9,13 @@ given (a ``p2p://KEY@host:port`` connect string, a beacon), or fetched from
 the peer's key port, port+2: a `FetchKey` effect, answered through `on_key`.
 If the key port does not answer but the address is pinned, the pinned key is
 used.  The key is then checked against the pin of that address (trust on
-first use, as ssh pins host keys: the first key seen at an address is pinned,
-a `PinKey` effect saves it; another key there later is refused with the
-command that forgets the pin) and, with authorized_keys, against the
-allowlist.
+first use, as ssh pins host keys: the first key a node answers with at an
+address is pinned, a `PinKey` effect saves it; another key there later is
+refused with the command that forgets the pin) and, with authorized_keys,
+against the allowlist.  The pin is made when the node of that key answers our
+JOIN over the CURVE link to that address (`on_reply`), not before the dial: a
+stale or mistyped ``p2p://`` key, or an address where nobody answers, pins
+nothing.
 
 Then we open a DEALER to the address and send JOIN.  Whose node answers there
 we do not know yet, so the link is filed under ``pending:<endpoint>`` (and
@@ -82,6 +85,7 @@ class PendingConnect:
     since: float | None = None  # also fetch this peer's broadcasts since this UNIX time
     server_key: str | None = None  # the key we dialled with (secure mode) ...
     peer_id: str | None = None  # ... which names the node we expect there
+    pin_at: str | None = None  # the address to pin server_key to once the node there answers (TOFU)
 
 
 @dataclass
@@ -144,6 +148,10 @@ class Dialer:
         acts: list = []
         pc = self.pending.pop(reply_to, None) if reply_to else self._dialled(peer)
         if pc is not None:
+            if pc.pin_at is not None and pc.server_key == peer.key and self.trust.pin(pc.pin_at, peer.key):
+                # our CURVE dial to pin_at with this key got through, and the node of that key answered
+                log.info("pinned the key of %s: %s (node %s)", pc.pin_at, peer.key, peer.id[:12])
+                acts.append(PinKey(pc.pin_at, peer.key))
             if peer.id in self.links or self.links.get(pc.key) != peer.router_endpoint:
                 acts += self.links.close(pc.key)
             else:
@@ -175,7 +183,8 @@ class Dialer:
                 acts += self.links.close(pc.key)
                 if pc.client is not None:
                     acts.append(ToClient(pc.client, err(pc.req, ErrorCode.UNREACHABLE, f"no answer from {pc.endpoint} within the timeout: is p2pd running there, and is the port open? "
-                                                                             f"(a node in --insecure mode and a secure one cannot link; in a closed network, is our key in its authorized_keys?)")))
+                                                                             f"(a node in --insecure mode and a secure one cannot link; in a closed network, is our key in its authorized_keys?"
+                                                                             f"{' dialled with key ' + pc.server_key[:8] + '...: is it the key of the node there (p2pctl info there)?' if pc.server_key else ''})")))
         return acts + self._tick_bootstraps(now)
 
     def _tick_bootstraps(self, now: float) -> list:
@@ -200,12 +209,12 @@ class Dialer:
 
     # ------------------------------------------------------------------ dialing
     def _dial(self, now: float, endpoint: str, deadline: float | None, client: bytes | None = None, req=None,
-              since: float | None = None, server_key: str | None = None) -> list:
+              since: float | None = None, server_key: str | None = None, pin_at: str | None = None) -> list:
         key = f"pending:{endpoint}:{now:.6f}"
         # With its key we know whom we dial: the JOIN can say how far we received its numbering.
         peer_id = node_id_for(server_key) if server_key else None
         join = self.handshake.join(now, to=peer_id)
-        self.pending[join.id] = PendingConnect(key, endpoint, deadline, client, req, since, server_key, peer_id)
+        self.pending[join.id] = PendingConnect(key, endpoint, deadline, client, req, since, server_key, peer_id, pin_at)
         # A user waits on this dial: a refused connection is answered at once (`on_refused`).
         return [self.links.open(now, key, endpoint, server_key, report_refused=client is not None), self.out.send(key, join)]
 
@@ -240,11 +249,10 @@ class Dialer:
             return self._fail(client, req, ErrorCode.KEY_CHANGED, problem)
         if trust.allowlist_mode and key not in trust.allowed:
             return self._fail(client, req, ErrorCode.NOT_AUTHORIZED, f"the key of {address} is not in authorized_keys; add it with: p2pctl trust add {key}")
-        acts = []
-        if trust.pin(address, key):
-            log.info("pinned the key of %s: %s (node %s)", address, key, node_id_for(key)[:12])
-            acts.append(PinKey(address, key))
-        return acts + self._dial(now, endpoint, deadline, client, req, since, key)
+        # Pinned when the node there answers with this key (`on_reply`), not now: a key that is
+        # wrong (a stale or mistyped p2p:// string) or an address where nobody answers pins nothing.
+        pin_at = address if address not in trust.pins else None
+        return self._dial(now, endpoint, deadline, client, req, since, key, pin_at)
 
     def on_key(self, now: float, tag: str, key: str | None, error: str | None, refused: bool = False) -> list:
         """The transport's answer to FetchKey: the key the peer's key port told us, or why not

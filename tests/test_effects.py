@@ -190,7 +190,9 @@ def test_memnet_answers_a_key_fetch_with_the_other_nodes_key_and_records_the_pin
     assert fetch.endpoint == ep(bob.address.port + 2)
     (link,) = [a for _, a in net.acts("alice", OpenLink)]
     assert link.endpoint == ep(bob.address.port) and link.server_key == bob_key
-    assert net.pins["alice"] == {f"{HOST}:{bob.address.port}": bob_key}
+    # pinned only when bob answers over the CURVE link, which memnet does not model (it has no
+    # ZAP user ids): tests/test_trust_keys.py checks the pin made on the answer
+    assert net.pins["alice"] == {}
 
 
 def test_memnet_key_fetch_where_no_key_port_listens_is_refused():

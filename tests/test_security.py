@@ -274,6 +274,20 @@ def test_frames_claiming_another_nodes_id_are_dropped_as_spoofed(make_node, zctx
 # --------------------------------------------------------------------------- 4. changed key at a pinned address
 
 
+def test_a_connect_string_with_a_wrong_key_pins_nothing(make_node):
+    """A stale or mistyped p2p:// key fails to link (CURVE), and pins nothing: the address's real
+    key is then taken, not refused as a changed one."""
+    alice, bob, carol = make_node("alice"), make_node("bob"), make_node("carol")
+    for n in (alice, bob, carol):
+        n.start()
+    wrong = carol.call("info")["public_key"]  # a valid key, not the one listening at bob's address
+    res = alice.ctl("connect", "--timeout", "2", f"p2p://{wrong}@{HOST}:{bob.port}", check=False)
+    assert res.returncode != 0 and alice.ctl_json("known", "list") == [], (res.returncode, res.stderr)
+    alice.ctl("connect", HOST, str(bob.port))
+    wait_for(lambda: alice.alive_names() == {"bob"}, what="alice linked to bob")
+    assert [k["id"] for k in alice.ctl_json("known", "list")] == [bob.id]
+
+
 def test_changed_key_for_a_pinned_address_is_refused_until_forgotten(make_node):
     alice, bob = make_node("alice"), make_node("bob")
     alice.start()

@@ -9,6 +9,7 @@ import pytest
 import zmq
 
 from p2pd import protocol as P
+from p2pd.actions import PinKey
 from p2pd.home import Home
 from p2pd.keys import (KeyError_, authorized_keys, connect_string, create_keypair, known_peers, load_keypair,
                        load_or_create_keypair, node_id_for, parse_connect_string)
@@ -113,9 +114,9 @@ def secure_node(key=KEY_A) -> Node:
     return Node(node_id_for(key), "alice", P.PeerAddress("127.0.0.1", 5000, 5001), s, 0.0, 1.7e9, trust=Trust(key, secure=True))
 
 
-def join_from(key: str, now: float = 1.0, claim: str | None = None) -> list[bytes]:
+def join_from(key: str, now: float = 1.0, claim: str | None = None, reply_to: str | None = None) -> list[bytes]:
     sender = claim or node_id_for(key)
-    msg = testmsg.make(P.JOIN, sender, "bob", 1.7e9, {"addr": "127.0.0.1", "port": 6000, "pub_port": 6001, "reply_to": None, "key": key})
+    msg = testmsg.make(P.JOIN, sender, "bob", 1.7e9, {"addr": "127.0.0.1", "port": 6000, "pub_port": 6001, "reply_to": reply_to, "key": key})
     return [sender.encode(), P.encode(msg)]
 
 
@@ -159,7 +160,12 @@ def test_broadcast_on_a_peers_sub_must_be_that_peers():
     assert alice.dropped["spoofed"] == 1
 
 
-def test_connect_by_address_fetches_the_key_then_pins_it():
+def _join_id(acts) -> str:
+    (send,) = [a for a in acts if type(a).__name__ == "Send"]
+    return send.msg.id
+
+
+def test_connect_by_address_fetches_the_key_then_pins_it_when_that_node_answers():
     alice = secure_node()
     acts = alice.connect(1.0, "127.0.0.1", 6000, 5.0, b"cli", 1)
     (fetch,) = acts
@@ -167,13 +173,33 @@ def test_connect_by_address_fetches_the_key_then_pins_it():
     assert fetch.timeout_s == 5.0  # the whole of the user's --timeout (lossy links lose SYNs)
     acts = alice.on_key(1.1, fetch.tag, KEY_B, None)
     kinds = [type(a).__name__ for a in acts]
-    assert kinds[:2] == ["PinKey", "OpenLink"] and acts[1].server_key == KEY_B
+    assert kinds[0] == "OpenLink" and acts[0].server_key == KEY_B and "PinKey" not in kinds
+    assert alice.trust.pins == {}  # nobody has answered with that key yet
+    bob_id = node_id_for(KEY_B)
+    acts = alice.on_router_frames(1.2, join_from(KEY_B, reply_to=_join_id(acts)), "127.0.0.1", user_id=bob_id)
+    assert [a for a in acts if type(a).__name__ == "PinKey"] == [PinKey("127.0.0.1:6000", KEY_B)]
     assert alice.trust.pins == {"127.0.0.1:6000": KEY_B}
-    # later the address shows another key: refused, with the command that accepts it
-    (fetch,) = alice.connect(2.0, "127.0.0.1", 6000, 5.0, b"cli", 2)
-    (reply,) = alice.on_key(2.1, fetch.tag, KEY_C, None)
+    # later (another run, the pin saved) the address shows another key: refused, with the command that accepts it
+    later = secure_node()
+    later.trust.pin("127.0.0.1:6000", KEY_B)
+    (fetch,) = later.connect(2.0, "127.0.0.1", 6000, 5.0, b"cli", 2)
+    (reply,) = later.on_key(2.1, fetch.tag, KEY_C, None)
     assert reply.payload["ok"] is False and reply.payload["code"] == "key_changed"
     assert "p2pctl known forget 127.0.0.1:6000" in reply.payload["error"]
+
+
+def test_a_key_nobody_answers_with_is_not_pinned():
+    """A stale or mistyped p2p:// string: the dial with its key goes unanswered (CURVE fails), and
+    nothing is pinned, so the right key is not refused later as a changed one."""
+    alice = secure_node()
+    acts = alice.connect(1.0, "127.0.0.1", 6000, 5.0, b"cli", 1, key=KEY_C)
+    assert [type(a).__name__ for a in acts][0] == "OpenLink" and alice.trust.pins == {}
+    acts = alice.tick(7.0)  # past the connect's timeout
+    assert any(type(a).__name__ == "ToClient" and a.payload.get("ok") is False for a in acts)
+    assert alice.trust.pins == {}
+    (fetch,) = alice.connect(8.0, "127.0.0.1", 6000, 5.0, b"cli", 2)
+    acts = alice.on_key(8.1, fetch.tag, KEY_B, None)
+    assert [type(a).__name__ for a in acts][0] == "OpenLink"  # the real key is not refused
 
 
 def test_connect_to_our_own_address_pins_nothing():
