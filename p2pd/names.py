@@ -2,13 +2,15 @@
 
 How this works
 --------------
-A node's name is the one bound to its key at JOIN: the membership table's, else the
-address book's (every peer we were ever linked to, in the store), else what was stored
-with a message.  Never a message's own ``sender_name``: a peer could claim any.  Where
-two nodes carry the same name (or one carries ours), the label adds a short id, so
-"bob" in the chat is always one node.  The index of name -> ids is built on demand and
-kept until the table changes (`Membership.version`) or the address book gains a peer
-(`book_changed`).  Rumours (peers heard of only in gossip) neither name nor shadow anyone.
+A node's name is the one bound to its key at JOIN: the membership table's, else the one
+its signed record in the overlay's roster names (a node we hold no link to, roster.py),
+else the address book's (every peer we were ever linked to, in the store), else what was
+stored with a message.  Never a message's own ``sender_name``: a peer could claim any.
+Where two nodes carry the same name (or one carries ours), linked or not, the label adds a
+short id, so "bob" in the chat is always one node.  The index of name -> ids is built on
+demand and kept until the table or the roster changes (`Membership.version`, the
+``network_version`` given) or the address book gains a peer (`book_changed`).  Rumours
+(peers heard of only in PEERS gossip, no record) neither name nor shadow anyone.
 """
 
 from __future__ import annotations
@@ -19,16 +21,20 @@ from .targets import BookEntry, pick
 
 
 class Names:
-    def __init__(self, node_id: str, name: str, table: Membership, store: Storage, network=lambda: ()):
+    def __init__(self, node_id: str, name: str, table: Membership, store: Storage, network=lambda: (),
+                 network_version=lambda: 0):
         self.id = node_id
         # Every other node the overlay knows of, as (id, name) from its signed record (roster.py):
-        # a node we hold no link to is still one to send to (routed, relay.py).
+        # a node we hold no link to is still one to send to (routed, relay.py), and one that
+        # names the messages it sent us.  ``network_version`` changes whenever that list may have.
         self._network = network
+        self._network_version = network_version
+        self._roster: dict[str, str] = {}
         self.name = name
         self._table = table
         self._store = store
         self._index: dict[str, set[str]] | None = None
-        self._index_version = -1
+        self._index_version: tuple = ()
         self._book: dict[str, str] = {}
 
     def book_changed(self) -> None:
@@ -37,27 +43,36 @@ class Names:
 
     def _names(self) -> dict[str, set[str]]:
         """Every name this node knows -> the ids of the nodes that carry it: the table, the
-        address book, and this node."""
-        if self._index is None or self._index_version != self._table.version:
+        roster, the address book, and this node."""
+        version = (self._table.version, self._network_version())
+        if self._index is None or self._index_version != version:
             index: dict[str, set[str]] = {self.name: {self.id}}
             self._book = {k["id"]: k["name"] for k in self._store.known_peers()}
+            self._roster = dict(self._network())
             for pid, name in self._book.items():
+                if pid not in self._roster:
+                    index.setdefault(name, set()).add(pid)
+            for pid, name in self._roster.items():
                 index.setdefault(name, set()).add(pid)
             for p in self._table.members():
                 index.setdefault(p.name, set()).add(p.id)
-            self._index, self._index_version = index, self._table.version
+            self._index, self._index_version = index, version
         return self._index
 
     def sender(self, node_id: str, stored_name: str) -> tuple[str, str]:
         """(name, label) to show for a message from ``node_id``.
 
-        The name is the one bound to its key at JOIN: the table's, else the address book's, else
-        ``stored_name`` (what was stored with the message: the JOIN-bound name at the time; rows
-        from p2pd before December 2026 hold the sender's claim).  The label is the name, plus a
-        short id when another node (or this one) has that name too."""
+        The name is the one bound to its key at JOIN: the table's, else its signed record's,
+        else the address book's, else ``stored_name`` (what was stored with the message: the
+        JOIN-bound name at the time; rows from p2pd before December 2026 hold the sender's
+        claim).  The label is the name, plus a short id when another node (or this one) has
+        that name too, linked or not."""
         index = self._names()
         peer = self._table.get(node_id)
-        name = peer.name if peer is not None else self._book.get(node_id, stored_name)
+        if peer is not None and not peer.rumour:
+            name = peer.name
+        else:
+            name = self._roster.get(node_id) or self._book.get(node_id, stored_name)
         ids = index.get(name)
         if ids is None or len(ids) > 1 or node_id not in ids:
             return name, f"{name} ({node_id[:12]})"

@@ -145,7 +145,7 @@ class Node:
                            self.drop, self.rng, settings.max_frame_bytes)
         out = self.out = Outbound(node_id, name, self.wall_offset, table, self.stats, self.rng, self.links, self.relay)
         self.watchers = Watchers(out)
-        self.names = Names(node_id, name, table, self.store, self._network)
+        self.names = Names(node_id, name, table, self.store, self._network, lambda: self.roster.changes)
         self.tree = Tree(node_id, name, self.keys.sign if self.keys.signed else None, self._verify_key_of, out, self.stats,
                          self.drop, self.rng, max_frame_bytes=settings.max_frame_bytes, links_authenticated=self.trust.secure,
                          direct_of=self.routes.star)

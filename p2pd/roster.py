@@ -137,7 +137,7 @@ class Roster:
         self.max_new_per_frame = max_new_per_frame
         self.accusers_must_be_known = accusers_must_be_known
         self._members: dict[str, _Entry] = {}
-        self.changes = 0  # bumped when a node comes, goes or changes state: lets once-a-second checks skip
+        self.changes = 0  # bumped when a node comes, goes, changes state or name: lets once-a-second checks skip
         self._suspects: set[str] = set()   # ids in state suspect: what `tick` looks at
         self._gone: set[str] = set()       # ids dead or left: what `tick` forgets, N leaves out
         # node id -> [fact, times sent, order]; dict order is insertion order
@@ -259,6 +259,8 @@ class Roster:
         bad = self._check(item)
         if bad is not None:
             return bad
+        if item.name != entry.record.name:
+            self.changes += 1  # a rename: the names shown (names.py) are looked up again
         entry.record = item
         urgent = entry.state != item.status  # back from a suspicion, or gone: not just new links
         self._set(item.node_id, entry, item, item.status, now)

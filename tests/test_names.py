@@ -232,6 +232,28 @@ def test_stored_rows_of_an_older_p2pd_show_the_bound_name_not_the_claim(bob):
     assert labels["unknown node"] == ("alice", "alice (gone-id)")  # no binding known: the id is always shown
 
 
+def test_nodes_known_only_by_their_signed_records_are_named_and_told_apart():
+    """In the overlay most nodes are not linked: their names come from their signed records
+    (the roster), and two of them with one name are told apart as linked ones are."""
+    from p2pd.names import Names
+
+    class NoBook:
+        def known_peers(self):
+            return []
+
+    network = [("carol-one-id", "carol"), ("carol-two-id", "carol"), ("dave-id", "dave"), ("imposter-id", "bob")]
+    version = [1]
+    names = Names("bob-id", "bob", Membership("bob-id"), NoBook(), lambda: list(network), lambda: version[0])
+    assert names.sender("carol-one-id", "whatever")[1] == "carol (carol-one-id)"
+    assert names.sender("carol-two-id", "whatever")[1] == "carol (carol-two-id)"
+    assert names.sender("dave-id", "a claim") == ("dave", "dave")  # the record's name, not the stored one
+    assert names.sender("imposter-id", "x")[1] == "bob (imposter-id)"  # one named like us
+    network[1] = ("carol-two-id", "caroline")  # a new record, another name: looked up again
+    version[0] += 1
+    assert names.sender("carol-one-id", "whatever")[1] == "carol"
+    assert names.sender("carol-two-id", "whatever")[1] == "caroline"
+
+
 # ============================================================================ item 6: targets
 
 

@@ -44,6 +44,16 @@ def test_a_new_node_is_news_once_and_its_repeat_is_stale():
     assert ro.piggyback(10) == [rec(A)]
 
 
+def test_a_new_name_counts_as_a_change_and_new_links_alone_do_not():
+    ro = roster()
+    ro.offer(0, rec(A))
+    before = ro.changes
+    ro.offer(1, rec(A, inc=1, addrs=("192.0.2.1:7001",)))  # a new record, same name and state
+    assert ro.changes == before
+    ro.offer(2, rec(A, inc=2, name="alice"))  # renamed: the names shown are looked up again
+    assert ro.changes == before + 1 and [m.name for m in ro.members()] == ["alice"]
+
+
 @pytest.mark.parametrize("held, heard, news", [
     # (incarnation, status) of what we hold, of what we hear, is it news (the table of records.newer)
     ((3, ALIVE), (4, ALIVE), True),
