@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .records import (ALIVE, Accusation, BadRecord, Fact, NodeRecord, Signer, accuse, decode, sign, verify)
+from .records import (ACCUSATIONS, ALIVE, SELF_STATUSES, Accusation, BadRecord, Fact, NodeRecord, Signer, accuse, decode, sign,
+                      verify)
 
 
 class Keys:
@@ -89,6 +90,9 @@ class NoKeys:
         """The shape of a record or accusation, without the checks a keyed id would pass."""
         if type(obj) is not dict:
             raise BadRecord("malformed", "not an object")
+        status = obj.get("status")
+        if type(status) is not str or status not in (ACCUSATIONS if "by" in obj else SELF_STATUSES) or not (type(obj.get("inc")) is int and obj["inc"] >= 0):
+            raise BadRecord("malformed", "status or incarnation")  # precedence (records.newer) reads both before anything else
         try:
             if "by" in obj:
                 return Accusation(str(obj["by"]), _NO_KEY, _NO_VK, str(obj["id"]), int(obj["inc"]), str(obj["status"]), b"")

@@ -393,7 +393,8 @@ def _check_data(type_: str, data: dict, target_id: str | None) -> None:
             raise ProtocolError("bad_field", "SHOUT needs data.g, data.fwd (a list) and data.ttl (shouts.py checks the rest)")
     elif type_ in (VIEW, TREE):
         kinds = VIEW_KINDS if type_ == VIEW else TREE_KINDS
-        if data.get("kind") not in kinds:
+        kind = data.get("kind")
+        if type(kind) is not str or kind not in kinds:  # a list or dict is not even hashable
             raise ProtocolError("bad_field", f"{type_} needs data.kind, one of {', '.join(sorted(kinds))}")
     elif type_ == ROUTED:
         for key in ("from", "to"):

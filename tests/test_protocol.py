@@ -699,6 +699,8 @@ def test_the_fast_path_of_decode_changes_no_verdict():
     (P.VIEW, {"kind": "NOPE"}, "data.kind"),
     (P.VIEW, {}, "data.kind"),
     (P.TREE, {"kind": 3}, "data.kind"),
+    (P.TREE, {"kind": [[None, None]]}, "data.kind"),  # unhashable: found by fuzzing, it raised TypeError
+    (P.VIEW, {"kind": {"NEIGHBOR": 1}}, "data.kind"),
     (P.ROUTED, {"from": "a" * 32, "to": 5, "ttl": 1}, "data.to"),
     (P.ROUTED, {"from": "a" * 32, "to": "b" * 32, "ttl": 65}, "data.ttl"),
     (P.ROUTED, {"from": "a" * 32, "to": "b" * 32, "ttl": True}, "data.ttl"),

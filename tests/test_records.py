@@ -330,3 +330,19 @@ def test_third_party_vector():
     # A third party checks it with any Ed25519 library.
     from nacl.signing import VerifyKey
     VerifyKey(ALICE.verify_key).verify(a.signed_bytes(), a.signature)
+
+
+@pytest.mark.parametrize("obj", [
+    {"by": "a-id", "id": "b-id", "inc": 1, "status": "\x1b[2J"},  # found by fuzzing: reached records.newer, KeyError
+    {"by": "a-id", "id": "b-id", "inc": 1, "status": ALIVE},  # nobody accuses another of being alive
+    {"by": "a-id", "id": "b-id", "inc": -1, "status": DEAD},
+    {"by": "a-id", "id": "b-id", "inc": 1, "status": [DEAD]},
+    {"id": "b-id", "name": "b", "addrs": [], "inc": 1, "status": SUSPECT, "pub": 0, "links": [], "bseq": 0, "boldest": 0, "bepoch": ""},
+])
+def test_unsigned_records_of_the_simulator_are_shape_checked_before_precedence(obj):
+    """`identity.NoKeys` (tests, the simulator) believes any well-shaped record, but its status and
+    incarnation are what precedence reads first, so they are checked as a daemon's are."""
+    from p2pd.identity import NoKeys
+
+    with pytest.raises(BadRecord):
+        NoKeys.decode(obj)
