@@ -69,9 +69,11 @@ from p2pd import protocol as P
 from p2pd.actions import (CloseLink, EditAuthorizedKeys, FetchKey, ForgetPin, LanBeacon, OpenLink, PinKey, Publish, PublishBatch,
                           RekeyLink, SavePeers, Send, SendBatch, Shutdown, Subscribe, ToClient, Unsubscribe)
 from p2pd.effects import handlers, performer
+from p2pd.identity import Keys
 from p2pd.intake import SUB_TOPIC_PREFIX, topic_for
 from p2pd.memstore import MemoryStore
 from p2pd.node import Node
+from p2pd.records import Signer, z85_encode
 from p2pd.settings import Settings
 
 HOST = "127.0.0.1"
@@ -107,10 +109,17 @@ class Model:
 class SimNode:
     """One simulated process: its Node (replaced at each restart), its store (kept), its sockets' state."""
 
-    def __init__(self, index: int, settings: Settings, randbytes):
+    def __init__(self, index: int, settings: Settings, randbytes, signed: bool = False):
         self.index = index
         self.name = f"n{index:03d}"
         self.id = f"{self.name}-id"
+        # signed: a CURVE keypair from the seeded source and `Keys`, its id the key's hash, as a
+        # daemon's (records signed and checked, routed bodies sealed); else `NoKeys`, for speed.
+        self.keys = None
+        if signed:
+            secret = z85_encode(randbytes(32))
+            self.keys = Keys(secret, Signer.from_curve_secret(secret).curve_key)
+            self.id = self.keys.node_id
         port = BASE_PORT + 2 * index
         self.address = P.PeerAddress(HOST, port, port + 1)
         self.router = P.tcp_endpoint(HOST, port)
@@ -133,9 +142,9 @@ class Sim:
     """N real nodes on a fake clock; see the top of this module."""
 
     def __init__(self, n: int, seed: int = 0, settings: Settings | None = None, model: Model | None = None,
-                 seeds: int = 1, stagger_s: float = 1.0):
+                 seeds: int = 1, stagger_s: float = 1.0, signed: bool = False):
         """``seeds``: how many of the first nodes the others join (``--join``); each node starts at a
-        seeded time within ``stagger_s``."""
+        seeded time within ``stagger_s``.  ``signed``: nodes with keys, as daemons (`SimNode`)."""
         self.seed = seed
         self.rng = random.Random(seed)
         self._node_rng = random.Random(f"nodes:{seed}")
@@ -152,6 +161,9 @@ class Sim:
         self.groups: dict[str, int] | None = None  # partition: node name -> side
         # A test's hand on the wire, as memnet's: (from name, to name, [Message]) -> True loses that ZeroMQ message.
         self.lose = None
+        # ... and (from name, to name, [frame bytes]) -> the frames that arrive instead (a corrupting
+        # network, tests/test_sim_fuzz.py); for a ROUTER the first frame is the routing id.
+        self.mangle = None
         self.trace = hashlib.sha256()
         self.frames = 0  # envelopes put on the wire
         self.sent = [0] * n  # envelopes put on the wire, per sending node (its index)
@@ -162,7 +174,7 @@ class Sim:
         self.got: Counter = Counter()  # (receiver name, message id) -> deliveries seen by the application
         self.refused = Counter()  # requests the node refused (error code)
         self._effects = handlers(self)  # effect type -> its perform_* method (p2pd/effects.py)
-        self.nodes = [SimNode(i, self.settings, self._node_rng.randbytes) for i in range(n)]
+        self.nodes = [SimNode(i, self.settings, self._node_rng.randbytes, signed) for i in range(n)]
         self.by_name = {s.name: s for s in self.nodes}
         self.by_router = {s.router: s for s in self.nodes}
         self.by_pub = {s.pub: s for s in self.nodes}
@@ -203,7 +215,8 @@ class Sim:
         s.links.clear()
         s.subs.clear()
         # A new process draws a new boot tag and new message ids: from the run's seed.
-        s.node = Node(s.id, s.name, s.address, s.settings, t, WALL + t, s.store, rng=random.Random(self._node_rng.getrandbits(64)))
+        s.node = Node(s.id, s.name, s.address, s.settings, t, WALL + t, s.store, rng=random.Random(self._node_rng.getrandbits(64)),
+                      keys=s.keys)
         self._turn(t, s, control.handle(s.node, t, WATCH, json.dumps({"req": 0, "cmd": "watch", "args": {}}).encode(), {}), watch=True)
         self._turn(t, s, s.node.start(t, list(s.book), list(s.joins)))
         # ZeroMQ's SUBs attached to our PUB endpoint reconnect and subscribe again.
@@ -288,6 +301,8 @@ class Sim:
         if dst.frozen_until > t:  # frozen: the input waits (as _busy, without a call per frame)
             self._push(dst.frozen_until, "arrive", dst, incarnation, src_name, frames, sub_from)
             return
+        if self.mangle is not None:
+            frames = self.mangle(src_name, dst.name, frames)
         self.trace.update(b"".join((f"{t:.6f} {src_name}>{dst.name}\n".encode(), *frames)))  # one call: the same digest
         if sub_from is None:
             acts = dst.node.on_router_frames(t, frames, HOST)
