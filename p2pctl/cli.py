@@ -15,7 +15,6 @@ import sys
 import click
 
 from p2pd import __version__
-from p2pd.protocol import valid_key
 
 from . import render
 from .client import Client, ClientError
@@ -102,13 +101,19 @@ class _Main(click.Group):
         return super().parse_args(ctx, protect_keys(args))
 
 
+def _valid_key(text: str) -> bool:
+    from p2pd.protocol import valid_key  # here, not at the top: the codec is 10 ms of every command's start
+
+    return valid_key(text)
+
+
 def protect_keys(args: list[str]) -> list[str]:
     """A public key is 40 characters of Z85, which may begin with "-": click would take
     `p2pctl trust add -OG&:Fh...` for options and refuse it.  Put "--" before such a key where
     a key command takes it, so that it is read as the argument it is."""
     args = list(args)
     for i in range(len(args) - 2):
-        if (args[i], args[i + 1]) in KEY_COMMANDS and args[i + 2].startswith("-") and valid_key(args[i + 2]):
+        if (args[i], args[i + 1]) in KEY_COMMANDS and args[i + 2].startswith("-") and _valid_key(args[i + 2]):
             args.insert(i + 2, "--")
             break
     return args
