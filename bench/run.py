@@ -85,7 +85,18 @@ def measure(size: dict, rounds: int) -> tuple[dict, list]:
     print("p2pd alone (default settings, CURVE on):", flush=True)
     r["discovery"] = {}
     for n in size["discovery"]:
-        step(r["discovery"], errors, n, w.discovery, n)
+        if n != max(size["discovery"]):
+            step(r["discovery"], errors, n, w.discovery, n)
+            continue
+        # The size with a goal: one run varies by a second on a loaded 2-core machine (40 daemons
+        # forming at once), so the median of the rounds is kept, as for the compared workloads.
+        got: dict = {}
+        for i in range(rounds):
+            step(got, errors, f"{n} (round {i + 1})", w.discovery, n)
+        runs = sorted((v for v in got.values() if v), key=lambda v: v["seconds"])
+        if runs:
+            r["discovery"][n] = runs[len(runs) // 2]
+            r["discovery_rounds"] = {n: [round(v["seconds"], 2) for v in runs]}
     if size.get("discovery_insecure"):  # how much of it is CURVE: the same with plaintext links
         step(r, errors, "discovery_insecure", w.discovery, size["discovery_insecure"], "--insecure")
     step(r, errors, "failure", w.failure_detection, size["failure_nodes"])
@@ -206,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(table(results))
     for name, ratios in (results.get("ratios") or {}).items():
         print(f"{name}: ratio in each round {', '.join(f'{x:.2f}' for x in ratios)} (the median round is shown)")
+    for n, secs in (results.get("discovery_rounds") or {}).items():
+        print(f"discovery, chain of {n}: all listed in {', '.join(f'{x:.2f}' for x in secs)} s (the median round is shown)")
     print("\n* Pyre: reference figure from ../shared/reference/baselines.md, not measured in this run.")
     out = ROOT / "docs" if args.docs else args.out
     if out:
