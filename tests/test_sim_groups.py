@@ -211,7 +211,7 @@ def test_groups_scenario_small_with_churn_same_seed_same_digest():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)  # 100-108 s alone on the 2-core machine: over the suite's 120 s once in CI, under load
+@pytest.mark.timeout(600)  # 100-108 s alone on the 2-core machine of 6 December, 184 s in CI on the slower one of 7 December
 def test_groups_scenario_200():
     r = run_groups(200, groups=50, shouts=200, seconds=60.0, churn=0.1, seed=1)
     assert r["exactly_once"], r
