@@ -249,10 +249,9 @@ class Dialer:
             return self._fail(client, req, ErrorCode.KEY_CHANGED, problem)
         if trust.allowlist_mode and key not in trust.allowed:
             return self._fail(client, req, ErrorCode.NOT_AUTHORIZED, f"the key of {address} is not in authorized_keys; add it with: p2pctl trust add {key}")
-        # Pinned when the node there answers with this key (`on_reply`), not now: a key that is
-        # wrong (a stale or mistyped p2p:// string) or an address where nobody answers pins nothing.
-        pin_at = address if address not in trust.pins else None
-        return self._dial(now, endpoint, deadline, client, req, since, key, pin_at)
+        # Pinned when the node there answers with this key (`on_reply`, unless pinned meanwhile), not
+        # now: a wrong key (a stale or mistyped p2p:// string) or an address nobody answers at pins nothing.
+        return self._dial(now, endpoint, deadline, client, req, since, key, pin_at=address)
 
     def on_key(self, now: float, tag: str, key: str | None, error: str | None, refused: bool = False) -> list:
         """The transport's answer to FetchKey: the key the peer's key port told us, or why not

@@ -116,9 +116,7 @@ class Exchange:
             f = roster.fact_of(node_id)
             if f is not None:
                 have.append([node_id, f.incarnation, RANK[f.status]])
-        step = P.MAX_HAVE
-        return [self.out.send(peer_id, self.out.msg(now, P.FACTS, {"facts": [], "have": have[i:i + step]}, target=peer_id))
-                for i in range(0, len(have), step)]
+        return self._id_lists(now, peer_id, "have", have)
 
     def _records(self) -> list:
         roster = self.roster
@@ -129,9 +127,13 @@ class Exchange:
         return [self.out.send(peer_id, self.facts_msg(now, facts[i:i + step], peer_id)) for i in range(0, len(facts), step)]
 
     def _ask(self, now: float, peer_id: str, want: list) -> list:
+        return self._id_lists(now, peer_id, "want", want)
+
+    def _id_lists(self, now: float, peer_id: str, field: str, entries: list) -> list:
+        """A digest (``have``) or an ask (``want``): FACTS with no facts, at most MAX_HAVE entries each."""
         step = P.MAX_HAVE
-        return [self.out.send(peer_id, self.out.msg(now, P.FACTS, {"facts": [], "want": want[i:i + step]}, target=peer_id))
-                for i in range(0, len(want), step)]
+        return [self.out.send(peer_id, self.out.msg(now, P.FACTS, {"facts": [], field: entries[i:i + step]}, target=peer_id))
+                for i in range(0, len(entries), step)]
 
     # ------------------------------------------------------------------ in
     def _held(self, node_id: str):
