@@ -353,6 +353,12 @@ class Membership:
         self._quiet_until[timeout_s] = soonest if not out else float("-inf")
         return out
 
+    def quiet_until(self, timeout_s: float) -> float | None:
+        """No peer can fall silent past ``timeout_s`` before this moment (None: not known, ask
+        `silent`): the event loop sleeps until then rather than polling for it."""
+        at = self._quiet_until.get(timeout_s)
+        return at if at is not None and at != float("-inf") else None
+
     def due_retries(self, now: float) -> list[Peer]:
         """Lost peers whose backoff has run out; each is rescheduled."""
         due = []

@@ -97,7 +97,7 @@ log = logging.getLogger("p2pd.node")
 # The longest the loop sleeps between ticks: the timers without a deadline of their own (retries,
 # resends, waiting clients, the overlay's rounds) are looked at this often.  Each idle tick costs
 # every node a little CPU, all the time.
-TICK_MAX_S = 0.5
+TICK_MAX_S = 1.0
 LIVELY_S = 3.0  # after a frame other than a heartbeat, tick at full rate this long (next_deadline)
 # Frames that say nothing changed: heartbeats, peer-list gossip and HyParView's periodic shuffles.
 QUIET_TYPES = frozenset((P.PING, P.PONG, P.PEERS, P.ROUTED))  # ROUTED: by what it holds (_liven)
@@ -580,6 +580,9 @@ class Node:
         if now < self._lively_until or self.msgs.busy() or self.dial.busy():
             return 0.0
         soonest = min(self.heartbeat.next_at, self.gossip.next_at, now + TICK_MAX_S)
+        quiet = self.table.quiet_until(self.settings.heartbeat_timeout_s)  # the next peer that can fall silent
+        if quiet is not None:
+            soonest = min(soonest, quiet + 0.001)  # `silent` counts a peer silent strictly after it
         tree_at = self.tree.next_deadline()
         if tree_at is not None:
             soonest = min(soonest, tree_at)

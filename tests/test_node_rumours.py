@@ -131,6 +131,26 @@ def test_a_lively_node_ticks_at_full_rate_and_an_idle_one_sleeps_until_its_next_
     assert alice.next_deadline(later) > 0.0
 
 
+def test_an_idle_node_wakes_when_a_peer_can_fall_silent_not_a_tick_later():
+    """Ticks are up to TICK_MAX_S apart when idle; a peer's silence has a deadline of its own, so
+    a dead peer is found at heartbeat_timeout_s after it last spoke, not up to a tick later."""
+    alice = _idle_alice()
+    timeout = alice.settings.heartbeat_timeout_s
+    quiet = node_mod.LIVELY_S + 0.5
+    alice.tick(quiet)
+    heard = quiet + 0.2
+    alice.on_router_frames(heard, _frame(P.PONG, {"ping_id": "nothing"}), "10.0.0.2")
+    alice.tick(heard)  # computes when bob can first be silent
+    t = heard
+    for _ in range(50):  # follow the node's own deadlines, as the loop does
+        t += max(0.001, alice.next_deadline(t))
+        alice.tick(t)
+        if alice.table.get("bob-id").state != ALIVE:
+            break
+    assert alice.table.get("bob-id").state != ALIVE
+    assert heard + timeout < t <= heard + timeout + 0.01
+
+
 def test_a_routed_envelope_is_judged_by_what_it_holds_not_by_being_routed():
     """Upkeep that travels routed (a shuffle's reply) once made every node it crossed tick 20
     times a second for LIVELY_S: the idle overlay woke each daemon about 13 times a second."""
