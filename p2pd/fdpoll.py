@@ -27,6 +27,10 @@ import selectors
 
 import zmq
 
+# Plain ints: an option or flag given as pyzmq's enum costs an enum operation on every call
+# (about 1.4 of 3.7 us per readiness check, several checks per loop turn).
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+
 
 class FdPoller:
     def __init__(self) -> None:
@@ -66,7 +70,7 @@ class FdPoller:
         if not isinstance(sock, zmq.Socket):
             return True  # a plain socket is only asked about when its descriptor fired
         try:
-            return bool(sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+            return bool(sock.get(_EVENTS) & _POLLIN)
         except zmq.ZMQError:  # closed under us
             return False
 
