@@ -162,6 +162,7 @@ class Overlay:
         self._next_route_check = now
         self._routes_checked: tuple | None = None  # (routes.changes, roster.changes) at the last full check
         self._settled_at: float | None = None  # when we first had a neighbour, plus MEMBER_QUIET_S (see _tell)
+        self._member_news: dict[str, str | None] = {}  # node id -> its state before, for watchers (_tell_members)
         self.exchange = Exchange(node_id, roster, outbound)  # what each neighbour has; the push-pull
         # Called with (peer id, up) as a link comes up or goes (the broadcast tree spans our links).
         self._neighbours = neighbours if neighbours is not None else (lambda peer_id, up: None)
@@ -456,22 +457,35 @@ class Overlay:
         return acts
 
     def _tell(self, now: float, node_id: str, was: str | None) -> list:
-        """A ``member`` event to watchers (the chat's join and leave notices for the whole network)
-        when a node we hold no link to changed state.  Not while we are joining: a new node learns
-        every member at once, and a notice for each would flood the chat."""
-        state = self.roster.state_of(node_id)
-        # No watcher, no event: `hops` below costs a route recompute after every record (a fifth of
-        # a survivor's time while a mass failure repaired, with nobody watching)
-        if not self.watchers or state == was or state is None or node_id == self.id:
-            return []
-        if was is None and (self._settled_at is None or now < self._settled_at):
-            return []
-        peer = self.table.get(node_id)
-        if peer is not None and peer.state == ALIVE and node_id in self.links:
-            return []  # linked: its own joined/left/lost events say it
-        rec = self.roster.record_of(node_id)
-        return self.watchers.emit(now, "member", state=SHOWN.get(state, state),
-                                  peer={"id": node_id, "name": rec.name if rec else "?", "hops": self.routes.hops(node_id)})
+        """Note a possible ``member`` event for watchers (the chat's join and leave notices for the
+        whole network); `_tell_members` says it at the next tick.  Not noted with nobody watching."""
+        if self.watchers and node_id != self.id:
+            self._member_news.setdefault(node_id, was)
+        return []
+
+    def _tell_members(self, now: float) -> list:
+        """The ``member`` events noted since the last tick: one per node whose state changed (a
+        change undone meanwhile says nothing), for nodes we hold no link to.  Once a tick, since
+        each event's ``hops`` costs a route recompute after new records: per frame, that was a
+        fifth of a watched survivor's time while a mass failure repaired.  Not while we are
+        joining: a new node learns every member at once, and a notice for each would flood the chat."""
+        news, self._member_news = self._member_news, {}
+        acts: list = []
+        if not self.watchers:
+            return acts
+        for node_id, was in news.items():
+            state = self.roster.state_of(node_id)
+            if state == was or state is None:
+                continue
+            if was is None and (self._settled_at is None or now < self._settled_at):
+                continue
+            peer = self.table.get(node_id)
+            if peer is not None and peer.state == ALIVE and node_id in self.links:
+                continue  # linked: its own joined/left/lost events say it
+            rec = self.roster.record_of(node_id)
+            acts += self.watchers.emit(now, "member", state=SHOWN.get(state, state),
+                                       peer={"id": node_id, "name": rec.name if rec else "?", "hops": self.routes.hops(node_id)})
+        return acts
 
     # ------------------------------------------------------------------ effects of the views
     def _unlinked(self, peer_id: str) -> None:
@@ -568,6 +582,8 @@ class Overlay:
         acts += self.exchange.due(now, self._askable())
         acts += self._check_routes(now)
         acts += self._unreachable_neighbours(now)
+        if self._member_news:
+            acts += self._tell_members(now)
         if now >= self._next_facts:
             self._next_facts = now + FACTS_ROUND_S
             if self.roster.pending():
