@@ -140,6 +140,7 @@ class Roster:
         self.changes = 0  # bumped when a node comes, goes, changes state or name: lets once-a-second checks skip
         self._suspects: set[str] = set()   # ids in state suspect: what `tick` looks at
         self._gone: set[str] = set()       # ids dead or left: what `tick` forgets, N leaves out
+        self._forget_from = math.inf       # no gone node is due to be forgotten before then (`tick`)
         # node id -> [fact, times sent, order]; dict order is insertion order
         self._buffer: dict[str, list] = {}
         self._order = 0
@@ -332,13 +333,15 @@ class Roster:
         """Expire suspicions (-> dead, locally) and forget long-gone nodes.  Returns (id,
         incarnation) of each node that just turned dead, for the caller to accuse if it wants."""
         died = []
-        for node_id in sorted(self._suspects):
-            e = self._members[node_id]
-            if now >= e.deadline:
-                self._set(node_id, e, e.fact, DEAD, now)
-                died.append((node_id, e.fact.incarnation))
-        for node_id in [i for i in self._gone if now - self._members[i].since >= self.forget_after_s]:
-            self._forget(node_id)
+        members = self._members
+        for node_id in sorted(i for i in self._suspects if now >= members[i].deadline):  # every tick: sort the few due
+            e = members[node_id]
+            self._set(node_id, e, e.fact, DEAD, now)
+            died.append((node_id, e.fact.incarnation))
+        if now >= self._forget_from:  # a scan of the gone only when one can be due (after a mass failure, every tick's)
+            for node_id in [i for i in self._gone if now - members[i].since >= self.forget_after_s]:
+                self._forget(node_id)
+            self._forget_from = min((members[i].since + self.forget_after_s for i in self._gone), default=math.inf)
         return died
 
     # --- output ---------------------------------------------------------------------------
@@ -378,6 +381,7 @@ class Roster:
         self._members[record.node_id] = _Entry(record, now)
         if record.status != ALIVE:
             self._gone.add(record.node_id)
+            self._forget_from = min(self._forget_from, now + self.forget_after_s)
 
     def _set(self, node_id: str, entry: _Entry, fact: Fact, state: str, now: float) -> None:
         """The one place a known node's state changes, keeping the suspect and gone sets true."""
@@ -392,6 +396,8 @@ class Roster:
         entry.state = state
         (self._suspects.add if state == SUSPECT else self._suspects.discard)(node_id)
         (self._gone.add if state in GONE else self._gone.discard)(node_id)
+        if state in GONE:
+            self._forget_from = min(self._forget_from, entry.since + self.forget_after_s)
         if state != SUSPECT:
             entry.deadline, entry.accusers = None, _NONE
 

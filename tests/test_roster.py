@@ -227,6 +227,23 @@ def test_members_are_bounded_and_gone_ones_forgotten_or_evicted():
     assert ro.state_of(stand_in(3).node_id) is None and len(ro.members()) == 2
 
 
+def test_a_node_gone_again_is_forgotten_from_its_last_going_not_its_first():
+    ro = Roster(stand_in(0), verify=_trusted, forget_after_s=100)
+    a, b = stand_in(1).node_id, stand_in(2).node_id
+    ro.offer(0, stand_in(1))
+    ro.offer(0, stand_in(2))
+    ro.offer(5, stand_in(1, 0, LEFT))
+    ro.offer(6, stand_in(2, 0, LEFT))
+    ro.offer(50, stand_in(1, 1))  # back, then gone again
+    ro.offer(60, stand_in(1, 1, LEFT))
+    ro.tick(106.5)
+    assert ro.state_of(b) is None and ro.state_of(a) == LEFT
+    ro.tick(159.5)
+    assert ro.state_of(a) == LEFT
+    ro.tick(160)
+    assert ro.state_of(a) is None
+
+
 def test_loading_from_the_store_is_bounded_too_and_spreads_nothing():
     ro = Roster(stand_in(0), verify=_trusted, max_members=5)
     ro.piggyback(100)
