@@ -13,6 +13,8 @@ from .home import ControlChoiceError, Home, control_transport, is_running, resol
 from .config import check_bind_host
 from .settings import ConfigError, LOG_LEVELS
 
+READY_TIMEOUT_S = 20.0  # `p2pd start` waits this long for the detached daemon to answer (--wait)
+
 HOME_HELP = "Node home directory (identity, config, log, socket). Default: $P2PD_HOME or the user data dir."
 
 
@@ -71,8 +73,11 @@ def _first_missing(path: Path) -> Path | None:
                    "(its history and outbox are lost); without it such a start is refused. An existing store is kept.")
 @click.option("--foreground", is_flag=True, help="Stay attached (for systemd/containers) and also log to stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the started node's details as JSON.")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=1.0), default=READY_TIMEOUT_S, show_default=True,
+              help="Seconds to wait for the detached daemon to answer; if it has not by then, it is stopped. "
+                   "Give a busy machine longer.")
 def start(port, pub_port, host, advertise, name, join, home, config_path, log_level, heartbeat_interval_s, heartbeat_timeout_s,
-          key_port, insecure, discover, discover_port, fresh_store, foreground, as_json):
+          key_port, insecure, discover, discover_port, fresh_store, foreground, as_json, wait_s):
     """Start a node.
 
     By default the daemon detaches and this command returns once the node
@@ -110,7 +115,7 @@ def start(port, pub_port, host, advertise, name, join, home, config_path, log_le
     if running:
         _fail(f"p2pd is already running on home {h.path} (pid {pid}); stop it with: p2pd stop --home {h.path}", exitcodes.CONFLICT)
     proc = spawn_detached(spec(h, cfg, overrides, fresh_store), h)
-    info, error = wait_ready(proc, h)
+    info, error = wait_ready(proc, h, wait_s)
     if error:
         if proc.poll() is None:
             proc.terminate()

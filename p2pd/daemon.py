@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     import subprocess
 
 log = logging.getLogger("p2pd")
-READY_TIMEOUT_S = 20.0
 
 
 class AlreadyRunning(RuntimeError):
@@ -380,7 +379,7 @@ def spawn_detached(spec: str, home: Home) -> subprocess.Popen:
         err.close()
 
 
-def wait_ready(proc: subprocess.Popen, home: Home, timeout_s: float = READY_TIMEOUT_S):
+def wait_ready(proc: subprocess.Popen, home: Home, timeout_s: float):
     """Wait until the child answers `status` (returns the reply) or exits (returns its error line)."""
     from p2pctl.client import Client, ClientError
 
@@ -390,13 +389,16 @@ def wait_ready(proc: subprocess.Popen, home: Home, timeout_s: float = READY_TIME
         if code is not None:
             return None, _startup_error(home) or f"p2pd exited with code {code} during start; see {home.log_file}"
         if home.socket_path.exists() or home.control_endpoint_file.exists():
+            # Up to 5 s for an answer: on a busy machine a daemon that is up may answer slowly,
+            # and asking again every half second only queued more requests for it.
             try:
-                with Client(home.path, timeout_s=0.5) as c:
+                with Client(home.path, timeout_s=max(0.5, min(5.0, deadline - time.monotonic()))) as c:
                     return c.call("info"), None
             except ClientError:
                 pass
         time.sleep(0.05)
-    return None, f"p2pd did not answer within {timeout_s:.0f}s (pid {proc.pid}); see {home.log_file}"
+    return None, (f"p2pd did not answer within {timeout_s:g}s (pid {proc.pid}), so it was stopped; on a busy machine "
+                  f"give it longer: p2pd start --wait {max(60, 3 * timeout_s):g} ...; see {home.log_file}")
 
 
 def _startup_error(home: Home) -> str | None:

@@ -4,7 +4,8 @@ How this works
 --------------
 Each tick: a peer silent past ``heartbeat_timeout_s`` (any frame counts as life, see
 membership.py) is marked lost, its link closed and its PUB unsubscribed, and watchers are
-told; a rumour that never answered our dial is forgotten instead (it may never have
+told (but after a stall of our own, every peer first gets a full timeout: we were not
+listening, and a node that is itself slow must not accuse, as in Lifeguard); a rumour that never answered our dial is forgotten instead (it may never have
 existed).  A lost peer is retried with backoff (``retry_min_s`` doubling to
 ``retry_max_s``) by a fresh link and a JOIN that says ``again``, unless the last try is
 still young (on a lossy path its TCP and CURVE handshakes can take seconds, and a new
@@ -26,6 +27,10 @@ from .watchers import Watchers
 
 log = logging.getLogger("p2pd.node")
 
+# Two ticks further apart than this mean the node did not run in between (ticks are at most
+# node.TICK_MAX_S apart): SIGSTOP, a suspended machine, or CPU starvation on an overloaded host.
+STALL_S = 2.0
+
 
 class Liveness:
     def __init__(self, settings: Settings, table: Membership, links: Links, handshake: Handshake, gossip: Gossip,
@@ -37,11 +42,18 @@ class Liveness:
         self.gossip = gossip
         self.watchers = watchers
         self.lost = lost  # the overlay's: a lost link is replaced, and the peer suspected
+        self._last_tick = float("inf")  # no stall before the first tick
 
     def tick(self, now: float) -> list:
         acts: list = []
         table, links = self.table, self.links
         timeout = self.settings.heartbeat_timeout_s
+        if now - self._last_tick > STALL_S:
+            # Ticks are at most TICK_MAX_S (1 s) apart: we were stalled, not our peers silent.
+            table.resumed(now)
+            log.info("the event loop was stalled for %.1fs (stopped, or starved of CPU): peers get a full %.0fs "
+                     "to be heard from before any is lost", now - self._last_tick, timeout)
+        self._last_tick = now
         for peer in table.silent(now, timeout):
             if peer.rumour:  # heard of in gossip and never answered: forget it, it may never have existed
                 table.forget_rumour(peer.id, now)

@@ -158,6 +158,7 @@ class Membership:
         self.version = 0
         self._book_entries: dict[str, tuple] = {}  # peer id -> (address, name, key, rid_suffix, its entry): see `book`
         self._quiet_until: dict[float, float] = {}  # timeout -> no peer is silent before then (see `silent`)
+        self._awake_since = float("-inf")  # when we last resumed from a stall (`resumed`)
         self.get = self._peers.get  # peer id -> Peer or None: the hottest lookup, bound to the dict itself
 
     # ---- lookups
@@ -332,17 +333,19 @@ class Membership:
 
         Asked every tick, and a scan of every peer: so the earliest moment any peer can be
         silent is kept (`_quiet_until`), and until then nobody is.  It stays a true bound
-        because nothing moves a deadline earlier: ``last_seen`` and ``since`` only grow, a new
-        peer's deadline is ``now + timeout``, and a lost peer is out of the count."""
+        because nothing moves a deadline earlier: ``last_seen``, ``since`` and the moment we last
+        resumed from a stall only grow, a new peer's deadline is ``now + timeout``, and a lost
+        peer is out of the count."""
         if now <= self._quiet_until.get(timeout_s, float("-inf")):
             return []
         out = []
         soonest = now + timeout_s  # a peer learned or heard from later cannot be silent before then
+        awake = self._awake_since
         for p in self._peers.values():
             if p.state == ALIVE and p.last_seen is not None:
-                deadline = p.last_seen + timeout_s
+                deadline = max(p.last_seen, awake) + timeout_s
             elif p.state == LINKING:
-                deadline = p.since + timeout_s
+                deadline = max(p.since, awake) + timeout_s
             else:
                 continue
             if now > deadline:
@@ -352,6 +355,13 @@ class Membership:
         # Those returned change state (lost, forgotten) or, if the caller leaves them, are found again.
         self._quiet_until[timeout_s] = soonest if not out else float("-inf")
         return out
+
+    def resumed(self, now: float) -> None:
+        """We were stalled (stopped, starved of CPU, a suspended laptop) and run again: the
+        silence of our peers over that time says nothing about them (their frames may wait
+        unread, or they gave up on us), so every peer gets a full timeout from now before it
+        counts as silent.  Lifeguard's point: a node that is itself slow must not accuse."""
+        self._awake_since = now
 
     def quiet_until(self, timeout_s: float) -> float | None:
         """No peer can fall silent past ``timeout_s`` before this moment (None: not known, ask

@@ -324,6 +324,7 @@ class Overlay:
         acts = self._apply(now, self.views.link_failed(peer.id, now))
         rec = self.roster.record_of(peer.id)
         if rec is not None and self.roster.state_of(peer.id) == ALIVE:
+            self.stats["suspicions_raised"] += 1
             acts += self._heard(now, [self.keys.accuse(peer.id, rec.incarnation, SUSPECT)], None, "ourselves")
         return acts
 
@@ -439,6 +440,7 @@ class Overlay:
                     if node_id not in self.views.active:  # a linked one is the heartbeat's to judge
                         acts += self._apply(now, self.views.link_failed(node_id, now))
             elif heard.refute is not None:
+                self.stats["refutations"] += 1
                 self.incarnation = max(self.incarnation, heard.refute.incarnation)
                 self._signed_links = self._linked_neighbours()
                 roster.set_own(now, self.own_record(self.incarnation))

@@ -318,6 +318,15 @@ def test_a_dead_daemons_pid_given_to_another_process_is_not_taken_for_it(make_no
         other.wait(10)
 
 
+def test_start_wait_is_checked_and_used(make_node, tmp_path):
+    """`--wait`: how long `p2pd start` waits for the detached daemon (a busy machine needs longer)."""
+    usage_error(p2pd("start", "--home", str(tmp_path / "w"), "--wait", "0.2"), "--wait")
+    assert not (tmp_path / "w").exists()
+    bob = make_node("bob")
+    bob.start("--wait", "60")
+    assert bob.ctl("status").returncode == 0
+
+
 def test_stale_pidfile_does_not_block_a_start(daemon_pair):
     alice, bob = daemon_pair
     old_pid = bob.pid

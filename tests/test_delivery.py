@@ -605,3 +605,28 @@ def test_send_wait_exit_codes_and_expiry(make_node):
     assert "delivered" in alice.ctl("send", "bob", "after expiry", "--wait", "10").stdout
     assert received_texts(bob, "alice") == ["are you there", "json too", "said twice", "hold this", "after expiry"]
     assert [(m["text"], m["status"]) for m in alice.ctl_json("outbox")] == [("too late", "expired")]
+
+
+def test_a_daemon_stopped_past_the_timeout_accuses_nobody_when_it_runs_again(make_node):
+    """SIGSTOP (a suspended laptop, CPU starvation) past the heartbeat timeout: when the daemon
+    runs again all its peers look silent, but it was the one not listening.  It gives them a
+    full timeout (liveness.py) instead of suspecting them all, and they find it alive again."""
+    fast = ("--heartbeat-interval", "0.5", "--heartbeat-timeout", "1.5")
+    alice, bob, carol = make_node("alice"), make_node("bob"), make_node("carol")
+    alice.start(*fast)
+    bob.start(*fast, "--join", alice.addr)
+    carol.start(*fast, "--join", alice.addr)
+    for d in (alice, bob, carol):
+        wait_for(lambda d=d: len(d.alive_names()) == 2, 20, what=f"{d.name} to see both others alive")
+    raised = alice.call("info")["counters"]["suspicions_raised"]
+    os.kill(alice.pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        wait_for(lambda: "alice" not in bob.alive_names(), 20, what="bob to lose the stopped alice")
+        time.sleep(max(0.0, stopped + 3.0 - time.monotonic()))  # the stall itself: twice the timeout
+    finally:
+        os.kill(alice.pid, signal.SIGCONT)
+    for d in (alice, bob, carol):
+        wait_for(lambda d=d: len(d.alive_names()) == 2, 30, what=f"{d.name} to see both others alive again")
+    wait_for(lambda: "stalled" in alice.log_text(), 10, what="alice to log her stall")
+    assert alice.call("info")["counters"]["suspicions_raised"] == raised

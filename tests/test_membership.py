@@ -106,6 +106,17 @@ def test_silent_alive_peer_timeout_boundary(table):
     assert table.silent(15.01, 5.0) == []
 
 
+def test_after_a_stall_of_ours_every_peer_gets_a_full_timeout(table):
+    """`resumed`: the node itself did not run for a while; its peers' silence over it says nothing."""
+    old = alive(table, "p1", "alice", 0.0)
+    table.learn("p2", "bob", A, 1.0)  # a dial not yet answered
+    table.silent(2.0, 5.0)  # caches "nobody silent before 5.0"
+    table.resumed(20.0)  # we ran again at 20
+    assert table.silent(20.0, 5.0) == [] and table.silent(25.0, 5.0) == []
+    assert sorted(p.id for p in table.silent(25.01, 5.0)) == ["p1", "p2"]
+    assert old.last_seen == 0.0  # what `peers` shows is left as it was
+
+
 def test_silent_unanswered_link_boundary(table):
     table.learn("p1", "alice", A, 10.0)
     assert table.silent(15.0, 5.0) == []

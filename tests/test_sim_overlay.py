@@ -63,6 +63,33 @@ def test_watchers_hear_of_an_unlinked_member_dying_once_per_state_at_the_next_ti
     assert all(hops is None or hops >= 1 for _, _, _, _, hops in sim.members_told)
 
 
+def test_a_node_that_was_stalled_accuses_nobody_and_refutes_the_suspicion_of_itself():
+    """A node stopped past the heartbeat timeout (SIGSTOP, a suspended laptop, CPU starvation)
+    finds all its peers silent when it runs again; it must not accuse them (it was not
+    listening: Lifeguard's local health), and it refutes its neighbours' suspicion of it.
+    Both are counted in `info` (``suspicions_raised``, ``refutations``).  Once, the resumed node
+    suspected all of its neighbours, and the network spread and refuted 8 false rumours."""
+    sim = formed(30, seed=4)
+    sim.run_until(sim.now + 10.0)
+    frozen, dead = sim.nodes[7], sim.nodes[12]
+    before = {s.name: (s.node.stats["suspicions_raised"], s.node.stats["refutations"]) for s in sim.nodes}
+    neighbours_of_dead = [s for s in sim.nodes if dead.id in s.node.overlay.views.active and s is not frozen]
+    assert neighbours_of_dead
+    sim.crash(dead.name)
+    sim.freeze(frozen.name, 8.0)
+    sim.run_until(sim.now + 20.0)
+    raised = {s.name: s.node.stats["suspicions_raised"] - before[s.name][0] for s in sim.nodes if s.up}
+    refuted = {s.name: s.node.stats["refutations"] - before[s.name][1] for s in sim.nodes if s.up}
+    assert raised[frozen.name] == 0, raised  # it was not listening
+    # the first of the dead one's neighbours to lose it suspects it; the others may hear that first
+    assert sum(raised[s.name] for s in neighbours_of_dead) >= 1, raised
+    assert refuted[frozen.name] >= 1 and sum(refuted.values()) == refuted[frozen.name], refuted
+    assert all(s.node.roster.state_of(frozen.id) == "alive" for s in sim.nodes if s.up and s is not frozen)
+    assert all(s.node.roster.state_of(dead.id) == "dead" for s in sim.nodes if s.up)
+    info = sim.request(frozen.name, "info")["result"]
+    assert info["counters"]["refutations"] == frozen.node.stats["refutations"]
+
+
 def test_mass_crash_broadcasts_reach_every_survivor_exactly_once():
     r = run_mass_crash(60, seed=2, idle_s=3.0, broadcasts=4)
     assert r["formed"] and r["crashed"] == 30 and r["survivors"] == 30
