@@ -5,12 +5,13 @@ How this works
 Each tick: a peer silent past ``heartbeat_timeout_s`` (any frame counts as life, see
 membership.py) is marked lost, its link closed and its PUB unsubscribed, and watchers are
 told (but after a stall of our own, every peer first gets a full timeout: we were not
-listening, and a node that is itself slow must not accuse, as in Lifeguard); a rumour that never answered our dial is forgotten instead (it may never have
-existed).  A lost peer is retried with backoff (``retry_min_s`` doubling to
-``retry_max_s``) by a fresh link and a JOIN that says ``again``, unless the last try is
-still young (on a lossy path its TCP and CURVE handshakes can take seconds, and a new
-socket would only start them over).  A peer lost for ``forget_after_s`` is removed and
-peers.json saved without it.  Pure: no sockets; time is passed in.
+listening, and a node that is itself slow must not accuse, as in Lifeguard); a rumour
+that never answered our dial is forgotten instead (it may never have existed).  A lost
+peer is retried with backoff (``retry_min_s`` doubling to ``retry_max_s``) by a fresh
+link and a JOIN that says ``again``, unless the last try is still young (on a lossy path
+its TCP and CURVE handshakes can take seconds, and a new socket would only start them
+over).  A peer lost for ``forget_after_s`` is removed and peers.json saved without it.
+Pure: no sockets; time is passed in.
 """
 
 from __future__ import annotations

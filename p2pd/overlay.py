@@ -455,15 +455,14 @@ class Overlay:
             elif heard.reason not in ("stale", "confirmation", "about_us"):
                 self.drop(now, f"fact_{heard.reason}", f"record or accusation of {fact.node_id[:12]} refused: {heard.reason}", source)
         for node_id, was in before.items():
-            acts += self._tell(now, node_id, was)
+            self._tell(node_id, was)
         return acts
 
-    def _tell(self, now: float, node_id: str, was: str | None) -> list:
+    def _tell(self, node_id: str, was: str | None) -> None:
         """Note a possible ``member`` event for watchers (the chat's join and leave notices for the
         whole network); `_tell_members` says it at the next tick.  Not noted with nobody watching."""
         if self.watchers and node_id != self.id:
             self._member_news.setdefault(node_id, was)
-        return []
 
     def _tell_members(self, now: float) -> list:
         """The ``member`` events noted since the last tick: one per node whose state changed (a
@@ -577,7 +576,7 @@ class Overlay:
         for node_id, inc in self.roster.tick(now):
             log.info("node %s presumed dead: suspected and not refuted in time", node_id[:12])
             acts += self._heard(now, [self.keys.accuse(node_id, inc, DEAD)], None, "ourselves")
-            acts += self._tell(now, node_id, SUSPECT)
+            self._tell(node_id, SUSPECT)
             self.routes.remove(node_id)
         self._resign(now)
         acts += self._sweep(now)

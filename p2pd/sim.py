@@ -173,7 +173,7 @@ class Sim:
         self.broadcasts: dict[str, str] = {}  # message id -> from
         self.got: Counter = Counter()  # (receiver name, message id) -> deliveries seen by the application
         self.refused = Counter()  # requests the node refused (error code)
-        self.members_told: list = []  # (time, node name, member id, state, hops): `member` events to watchers
+        self.members_told: list | None = None  # a test's list: (time, node name, member id, state, hops) of `member` events
         self._effects = handlers(self)  # effect type -> its perform_* method (p2pd/effects.py)
         self.nodes = [SimNode(i, self.settings, self._node_rng.randbytes, signed) for i in range(n)]
         self.by_name = {s.name: s for s in self.nodes}
@@ -436,7 +436,7 @@ class Sim:
                 mid = p["message"]["id"]
                 self.got[(s.name, mid)] += 1
                 self.trace.update(f"{t:.6f} deliver {s.name} {mid}\n".encode())
-            elif event == "member":
+            elif event == "member" and self.members_told is not None:
                 self.members_told.append((t, s.name, p["peer"]["id"], p["state"], p["peer"]["hops"]))
         elif act.client == CTL:
             s.reply = p

@@ -49,7 +49,7 @@ def test_watchers_hear_of_an_unlinked_member_dying_once_per_state_at_the_next_ti
     observer = sim.nodes[5]
     linked = set(observer.node.links)
     victim = next(s for s in sim.nodes[6:] if s.id not in linked and s.id not in observer.node.overlay.views.passive)
-    sim.members_told.clear()
+    sim.members_told = []
     t_crash = sim.now
     sim.crash(victim.name)
     sim.run_while(lambda s: observer.node.roster.state_of(victim.id) != "dead", 60.0)
