@@ -26,6 +26,7 @@ import subprocess
 import time
 
 from bench.cluster import Cluster, Daemon, rss_bytes
+from p2pd.home import pid_alive  # also treats a zombie as gone
 
 MiB = 1024 * 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -135,10 +136,6 @@ def start(c: Cluster, ds: list[Daemon], ports: dict[str, int], joins: dict[str, 
                 failures.append(f"p2pd start {d.name} failed ({p.returncode}): {err.strip()[-300:]}")
         if failures:
             raise RuntimeError("; ".join(failures))
-
-
-def _alive(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")
 
 
 def _pid_in(d: Daemon) -> int | None:
@@ -402,7 +399,7 @@ def scale(n: int, kill_frac: float = 0.2, idle_s: float = 15.0, broadcasts: int 
         victims = rng.sample(ds[1:], int(n * kill_frac))
         survivors = [d for d in ds if d not in victims]
         r["kill"] = kill_and_restart(c, ds, victims, survivors, ports, joins, ids, rng)
-        final = counters([d for d in ds if d.info and _alive(d.pid)])  # a victim whose restart failed is not asked
+        final = counters([d for d in ds if d.info and pid_alive(d.pid)])  # a victim whose restart failed is not asked
         r["dropped_end"] = {"total": sum(i["dropped_total"] for i in final.values()),
                             "by_reason": _sum_dicts(i["dropped"] for i in final.values())}
         r["active_max_end"] = max(len(i["overlay"]["active"]) for i in final.values())
