@@ -20,7 +20,8 @@ Three pure blocks, composed here and fed from the node's links:
   did not say ``digest``); news is piggybacked, a few items per FACTS frame, to a few random neighbours each round
   until it was sent λ·log2 N times.  A neighbour lost by the heartbeat is accused
   (suspect); a live node refutes with a higher incarnation; a suspicion not refuted in
-  time turns dead (Lifeguard timer).  We sign a new record of ourselves when our links
+  time turns dead (Lifeguard timer) at every node that holds it, and the accuser whose
+  suspicion a node holds, if that is the node itself, signs the death.  We sign a new record of ourselves when our links
   change (at most once a second) and ``left`` when we stop.
 * `routes.Routes` turns every record's neighbour list into next hops and hop counts, over
   edges both ends claim.
@@ -436,9 +437,7 @@ class Overlay:
                     if rec.bepoch:
                         acts += self._announced(now, node_id, {"bseq": rec.bseq, "boldest": rec.boldest, "epoch": rec.bepoch})
                 elif state in (DEAD, LEFT):
-                    routes.remove(node_id)
-                    if node_id not in self.views.active:  # a linked one is the heartbeat's to judge
-                        acts += self._apply(now, self.views.link_failed(node_id, now))
+                    acts += self._gone(now, node_id)
             elif heard.refute is not None:
                 self.stats["refutations"] += 1
                 self.incarnation = max(self.incarnation, heard.refute.incarnation)
@@ -457,6 +456,13 @@ class Overlay:
         for node_id, was in before.items():
             self._tell(node_id, was)
         return acts
+
+    def _gone(self, now: float, node_id: str) -> list:
+        """A node dead or left, by news or by our own timer: no routes through it, out of our views."""
+        self.routes.remove(node_id)
+        if node_id in self.views.active:  # a linked one is the heartbeat's to judge
+            return []
+        return self._apply(now, self.views.link_failed(node_id, now))
 
     def _tell(self, node_id: str, was: str | None) -> None:
         """Note a possible ``member`` event for watchers (the chat's join and leave notices for the
@@ -575,9 +581,14 @@ class Overlay:
         acts = self._apply(now, self.views.tick(now))
         for node_id, inc in self.roster.tick(now):
             log.info("node %s presumed dead: suspected and not refuted in time", node_id[:12])
-            acts += self._heard(now, [self.keys.accuse(node_id, inc, DEAD)], None, "ourselves")
+            # Every node holding the suspicion times it out itself; a signed death is only for who
+            # missed it.  Signed by the accuser whose suspicion we hold, if that is us: one death
+            # or a few per node, not one from every node whose timer ran out before another's death
+            # reached it (a mass failure made ten per dead node, each verified by everyone).
+            acts += self._gone(now, node_id)
+            if getattr(self.roster.fact_of(node_id), "accuser_id", None) == self.id:
+                acts += self._heard(now, [self.keys.accuse(node_id, inc, DEAD)], None, "ourselves")
             self._tell(node_id, SUSPECT)
-            self.routes.remove(node_id)
         self._resign(now)
         acts += self._sweep(now)
         acts += self.exchange.due(now, self._askable())

@@ -29,8 +29,15 @@ def idle_rate(sim: Sim, seconds: float) -> dict:
 
 
 def links_of(sim: Sim, names) -> list[int]:
-    """How many live links (the membership table's alive peers) each of ``names`` holds."""
-    return [len(sim.by_name[n].node.table.alive()) for n in names]
+    """How many live links to its active view each of ``names`` holds: the links a node keeps.
+    Not counted: a link dialled to ask a node to be a neighbour while the view filled up
+    meanwhile (HyParView), or one being closed; they last until the answer or the close."""
+    counts = []
+    for n in names:
+        node = sim.by_name[n].node
+        active = node.overlay.views.active
+        counts.append(sum(1 for p in node.table.alive() if p.id in active))
+    return counts
 
 
 def run_mass_crash(nodes: int, seed: int = 1, seeds: int = 3, idle_s: float = 10.0, broadcasts: int = 5,

@@ -6,6 +6,7 @@ in-memory network with real keys for what the keys prove: signed records, sealed
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -250,6 +251,44 @@ def test_a_crashed_node_is_suspected_then_dead_everywhere_and_its_links_replaced
         if row is not None:
             assert row["state"] == "lost"
             assert sim.now - noticed <= row["down_for_s"] <= sim.now - crashed_at, row
+
+
+def test_a_death_is_signed_by_an_accuser_whose_suspicion_is_held_not_by_every_node_that_timed_it_out():
+    """Every node times a suspicion out itself; a signed death only serves who missed that, so
+    only an accuser signs one (a mass failure at 200 made ten per dead node, each verified by
+    every node, and nothing faster)."""
+    sim = formed(40, seeds=3)
+    on_wire: dict[tuple[str, str], set[str]] = {}  # (subject, status) -> accusers seen on the wire
+
+    def watch(src, dst, frames):
+        for frame in frames:
+            try:
+                msg = json.loads(frame)
+            except ValueError:
+                continue
+            data = msg.get("data") if isinstance(msg, dict) else None
+            facts = data.get("facts") if isinstance(data, dict) else None
+            for fact in facts if isinstance(facts, list) else ():
+                if isinstance(fact, dict) and fact.get("by"):
+                    on_wire.setdefault((fact.get("id"), fact.get("status")), set()).add(fact["by"])
+        return frames
+
+    sim.mangle = watch
+    victims = [sim.nodes[i] for i in (5, 11, 17, 23, 29, 35)]
+    for v in victims:
+        sim.crash(v.name)
+    ids = {v.id for v in victims}
+
+    def all_dead(sim):
+        return all(o.node.roster.state_of(i) == "dead" for o in sim.nodes if o.up for i in ids)
+
+    sim.run_while(lambda s: not all_dead(s), 60.0)
+    assert all_dead(sim)
+    sim.run_until(sim.now + 10)
+    for v in victims:
+        suspects, deaths = on_wire.get((v.id, "suspect"), set()), on_wire.get((v.id, "dead"), set())
+        assert suspects and deaths <= suspects, (v.name, suspects, deaths)
+    assert sum(len(on_wire.get((v.id, "dead"), ())) for v in victims) <= 2 * len(victims)
 
 
 def test_a_frozen_node_refutes_its_suspicion_and_is_never_taken_for_dead():
