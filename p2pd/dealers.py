@@ -105,6 +105,10 @@ class LinkSockets:
         sock = self._ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.MAXMSGSIZE, self._max_msg)
         sock.setsockopt(zmq.LINGER, 0)
+        # As a link's DEALER: a dead peer's PUB is retried at most every 2 s, not every 100 ms
+        # (40 peers killed at once among 200 were 3,000 refused connects a second until found dead).
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2_000)
         curve_client(sock, self._keypair, server_key)
         # Untargeted envelopes (they start with "{") and what is published for us alone (a
         # topic frame "@<our id>", stripped by intake.sub_frames_ok); not what is for others.
