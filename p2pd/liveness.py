@@ -5,7 +5,8 @@ How this works
 Each tick: a peer silent past ``heartbeat_timeout_s`` (any frame counts as life, see
 membership.py) is marked lost, its link closed and its PUB unsubscribed, and watchers are
 told (but after a stall of our own, every peer first gets a full timeout: we were not
-listening, and a node that is itself slow must not accuse, as in Lifeguard); a rumour
+listening, and a node that is itself slow must not accuse, as in Lifeguard; and while this
+node shows signs of being slow, the timeout is longer: health.py); a rumour
 that never answered our dial is forgotten instead (it may never have existed).  A lost
 peer is retried with backoff (``retry_min_s`` doubling to ``retry_max_s``) by a fresh
 link and a JOIN that says ``again``, unless the last try is still young (on a lossy path
@@ -21,6 +22,7 @@ import logging
 from .actions import SavePeers
 from .gossip import Gossip
 from .handshake import Handshake
+from .health import LocalHealth
 from .links import Links
 from .membership import ALIVE, Membership
 from .settings import Settings
@@ -43,18 +45,25 @@ class Liveness:
         self.gossip = gossip
         self.watchers = watchers
         self.lost = lost  # the overlay's: a lost link is replaced, and the peer suspected
+        self.health = LocalHealth()  # how long a peer must be silent: longer while we are slow (health.py)
         self._last_tick = float("inf")  # no stall before the first tick
+
+    def timeout(self, now: float) -> float:
+        """How long a peer may be silent before it is lost, now: the configured heartbeat
+        timeout, times up to four while this node shows signs of being slow itself."""
+        return self.health.timeout(now, self.settings.heartbeat_timeout_s)
 
     def tick(self, now: float) -> list:
         acts: list = []
         table, links = self.table, self.links
-        timeout = self.settings.heartbeat_timeout_s
         if now - self._last_tick > STALL_S:
             # Ticks are at most TICK_MAX_S (1 s) apart: we were stalled, not our peers silent.
             table.resumed(now)
+            self.health.degraded(now, "event loop stalled")
             log.info("the event loop was stalled for %.1fs (stopped, or starved of CPU): peers get a full %.0fs "
-                     "to be heard from before any is lost", now - self._last_tick, timeout)
+                     "to be heard from before any is lost", now - self._last_tick, self.timeout(now))
         self._last_tick = now
+        timeout = self.timeout(now)
         for peer in table.silent(now, timeout):
             if peer.rumour:  # heard of in gossip and never answered: forget it, it may never have existed
                 table.forget_rumour(peer.id, now)

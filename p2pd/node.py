@@ -175,7 +175,8 @@ class Node:
         self.overlay = Overlay(node_id, name, address, hosts, settings, self.keys, self.trust, self.roster, self.routes, table, self.links,
                                self.handshake, out, self.drop, self.stats, self.rng, now, neighbours=self._neighbour,
                                beacon=self.msgs.beacon, announced=self._record_beacon, watchers=self.watchers,
-                               groups=self.groups.record_entries, record_news=self.groups.on_record)
+                               groups=self.groups.record_entries, record_news=self.groups.on_record,
+                               refuted=lambda now: self.liveness.health.degraded(now, "refuted a suspicion of this node"))
         if self.groups.joined:
             self.overlay.resign_now(now)  # our record lists the groups we were in before a restart
         self.gossip = Gossip(node_id, settings, table, out, self.handshake, self.trust, self.drop, now, self.rng,
@@ -586,7 +587,7 @@ class Node:
         if now < self._lively_until or self.msgs.busy() or self.dial.busy():
             return 0.0
         soonest = min(self.heartbeat.next_at, self.gossip.next_at, now + TICK_MAX_S)
-        quiet = self.table.quiet_until(self.settings.heartbeat_timeout_s)  # the next peer that can fall silent
+        quiet = self.table.quiet_until(self.liveness.timeout(now))  # the next peer that can fall silent
         if quiet is not None:
             soonest = min(soonest, quiet + 0.001)  # `silent` counts a peer silent strictly after it
         tree_at = self.tree.next_deadline()
@@ -715,6 +716,8 @@ class Node:
             "counters": {k: self.stats[k] for k in COUNTERS},
             "heartbeat_interval_s": self.settings.heartbeat_interval_s,
             "heartbeat_timeout_s": self.settings.heartbeat_timeout_s,
+            # Longer while this node shows signs of being slow itself (health.py)
+            "heartbeat_timeout_now_s": self.liveness.timeout(now),
             "discover": None if self.lan is None else {
                 "mode": "lan", "port": self.settings.discover_port, "to": self.settings.discover_to,
                 "beacons_sent": self.lan.sent, "beacons_heard": self.lan.heard, "dials": len(self.lan.dialed)},

@@ -119,7 +119,7 @@ class Overlay:
     def __init__(self, node_id: str, name: str, address: P.PeerAddress, hosts: tuple[str, ...], settings: Settings, keys, trust: Trust, roster: Roster,
                  routes: Routes, table: Membership, links: Links, handshake: Handshake, outbound: Outbound, drops: Drops,
                  stats: Counter, rng: P.RandomBits, now: float, neighbours=None, beacon=None, announced=None,
-                 watchers: Watchers | None = None, groups=None, record_news=None):
+                 watchers: Watchers | None = None, groups=None, record_news=None, refuted=None):
         self.id = node_id
         self.name = name
         self.address = address
@@ -155,6 +155,8 @@ class Overlay:
         # to tell of another node's live record taken (``record_news(now, node id, record)``).
         self._groups = groups if groups is not None else (lambda incarnation: ())
         self._record_news = record_news if record_news is not None else (lambda now, node_id, rec: [])
+        # Told (``refuted(now)``) when we refute a suspicion of ourselves: a sign we are slow (health.py).
+        self._refuted = refuted if refuted is not None else (lambda now: None)
         self._signed_beacon: tuple = (0, 0, "")
         self._beacon_resign_at = now
         self.watchers = watchers
@@ -440,6 +442,8 @@ class Overlay:
                     acts += self._gone(now, node_id)
             elif heard.refute is not None:
                 self.stats["refutations"] += 1
+                if getattr(fact, "status", None) == SUSPECT:  # not our death or old record after a restart
+                    self._refuted(now)
                 self.incarnation = max(self.incarnation, heard.refute.incarnation)
                 self._signed_links = self._linked_neighbours()
                 roster.set_own(now, self.own_record(self.incarnation))

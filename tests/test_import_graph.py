@@ -131,7 +131,7 @@ def test_home_keys_and_client_daemon_are_apart():
 # no sockets, no database, no clock, no randomness, no files, no processes.  Clock and random
 # source are passed in; storage is the `Storage` protocol; file writes are effects.
 CORE = {
-    "actions", "delivery", "dialer", "digest", "drops", "errors", "exchange", "escape", "exitcodes", "gossip", "groupkeys", "groups", "handshake", "heartbeat", "identity",
+    "actions", "delivery", "dialer", "digest", "drops", "errors", "exchange", "escape", "exitcodes", "gossip", "groupkeys", "groups", "handshake", "health", "heartbeat", "identity",
     "effects", "inbound", "inputs", "intake", "lan", "links", "liveness", "membership", "memstore", "messaging", "names", "node",
     "outbound", "overlay", "payloads", "plumtree", "protocol", "ratelimit", "records", "relay", "replies", "roster", "routes", "sealed", "seeded", "settings", "shouts",
     "storage", "targets", "tree", "trust", "views", "wants", "watchers",

@@ -288,7 +288,7 @@ def test_a_death_is_signed_by_an_accuser_whose_suspicion_is_held_not_by_every_no
     for v in victims:
         suspects, deaths = on_wire.get((v.id, "suspect"), set()), on_wire.get((v.id, "dead"), set())
         assert suspects and deaths <= suspects, (v.name, suspects, deaths)
-    assert sum(len(on_wire.get((v.id, "dead"), ())) for v in victims) <= 2 * len(victims)
+    assert any(on_wire.get((v.id, "dead")) for v in victims), "no death signed at all: the test shows nothing"
 
 
 def test_a_frozen_node_refutes_its_suspicion_and_is_never_taken_for_dead():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from p2pd.health import DECAY_S
 from p2pd.settings import Settings
 from p2pd.sim import Sim
 from p2pd.simcrash import idle_rate, links_of, run_mass_crash
@@ -88,6 +89,35 @@ def test_a_node_that_was_stalled_accuses_nobody_and_refutes_the_suspicion_of_its
     assert all(s.node.roster.state_of(dead.id) == "dead" for s in sim.nodes if s.up)
     info = sim.request(frozen.name, "info")["result"]
     assert info["counters"]["refutations"] == frozen.node.stats["refutations"]
+    # Stalled, then suspected: it judges others slower for a while (health.py), then as before
+    assert info["heartbeat_timeout_now_s"] > info["heartbeat_timeout_s"], info
+    calm = [s for s in sim.nodes if s.up and s is not frozen and refuted[s.name] == 0]
+    assert all(sim.request(s.name, "info")["result"]["heartbeat_timeout_now_s"] == info["heartbeat_timeout_s"] for s in calm)
+    sim.run_until(sim.now + 4 * DECAY_S)
+    info = sim.request(frozen.name, "info")["result"]
+    assert info["heartbeat_timeout_now_s"] == info["heartbeat_timeout_s"], info
+
+
+def test_a_node_that_had_to_refute_gives_a_slow_neighbour_longer_before_it_suspects_it():
+    """Lifeguard's local health: a node that was itself found silent (it refuted) is likely on
+    an overloaded host, where its neighbours are slow too; a neighbour silent for 1.5 timeouts
+    is not suspected by it, but is by a node with no such sign."""
+    sim = formed(30, seed=4)
+    sim.run_until(sim.now + 10.0)
+    slow = sim.nodes[7]
+    watchers = [s for s in sim.nodes if slow.id in s.node.overlay.views.active]
+    assert len(watchers) >= 2
+    sore = watchers[0]
+    sore.node.liveness.health.degraded(sim.now, "refuted a suspicion of this node")
+    sore.node.liveness.health.degraded(sim.now, "refuted a suspicion of this node")
+    sim.freeze(slow.name, 1.5 * DEFAULTS.heartbeat_timeout_s)
+    lost_by: set[str] = set()  # who took the slow one for silent (its link lost), at any moment
+    end = sim.now + 2.0 * DEFAULTS.heartbeat_timeout_s
+    while sim.now < end:
+        sim.run_until(sim.now + 0.1)
+        lost_by |= {s.name for s in watchers if (p := s.node.table.get(slow.id)) is None or p.state != "alive"}
+    assert sore.name not in lost_by
+    assert lost_by, "no node with the configured timeout lost the slow one: the test shows nothing"
 
 
 def test_mass_crash_broadcasts_reach_every_survivor_exactly_once():
