@@ -59,7 +59,6 @@ class Liveness:
         if now - self._last_tick > STALL_S:
             # Ticks are at most TICK_MAX_S (1 s) apart: we were stalled, not our peers silent.
             table.resumed(now)
-            self.health.degraded(now, "event loop stalled")
             log.info("the event loop was stalled for %.1fs (stopped, or starved of CPU): peers get a full %.0fs "
                      "to be heard from before any is lost", now - self._last_tick, self.timeout(now))
         self._last_tick = now

@@ -629,7 +629,4 @@ def test_a_daemon_stopped_past_the_timeout_accuses_nobody_when_it_runs_again(mak
     for d in (alice, bob, carol):
         wait_for(lambda d=d: len(d.alive_names()) == 2, 30, what=f"{d.name} to see both others alive again")
     wait_for(lambda: "stalled" in alice.log_text(), 10, what="alice to log her stall")
-    info = alice.call("info")
-    assert info["counters"]["suspicions_raised"] == raised
-    # and, as a node that shows signs of being slow, she judges her peers slower for a while (health.py)
-    assert info["heartbeat_timeout_now_s"] >= 2 * info["heartbeat_timeout_s"], info
+    assert alice.call("info")["counters"]["suspicions_raised"] == raised
