@@ -16,7 +16,7 @@ a score raised by each kept the true deaths unnoticed for 46 s instead of 15-22.
 
 Each ``DECAY_S`` without a new sign takes one off.  The heartbeat timeout used to find a peer
 silent is the configured one times ``1 + score``: up to four times longer while the node or its
-host is struggling, back to the configured value a minute after it stops.  A crashed peer is
+host is struggling, back to the configured value at most 45 s after the last sign.  A crashed peer is
 still found dead, later; a peer found silent before the node had any sign is found as fast
 as before (after a mass failure the true deaths are seen first, the overload comes after).
 
