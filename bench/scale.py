@@ -361,20 +361,17 @@ def scale(n: int, kill_frac: float = 0.2, idle_s: float = 15.0, broadcasts: int 
                       "linked_min": min(linked), "linked_max": max(linked), "linked_mean": statistics.mean(linked)}
         r["sockets"] = {"max": max(s for s, _ in socks), "median": statistics.median(s for s, _ in socks),
                         "fds_max": max(t for _, t in socks)}
-        t1, ticks0 = time.perf_counter(), {d.name: cpu_ticks(d.pid) for d in ds}
-        time.sleep(idle_s)  # nothing asks the daemons anything meanwhile
-        ticks1, t2 = {d.name: cpu_ticks(d.pid) for d in ds}, time.perf_counter()
-        per = sorted((ticks1[k] - ticks0[k]) / CLK_TCK / (t2 - t1) for k in ticks0)
+        per, window = cores_each(ds, idle_s)  # nothing asks the daemons anything meanwhile
         infos2 = counters(ds)  # what the daemons did while idle: frames, drops (asked after the window)
         r["idle_activity_per_s"] = {
-            "frames_out": sum(infos2[k]["frames_out"] - infos[k]["frames_out"] for k in infos) / (t2 - t1),
-            "frames_in": sum(infos2[k]["frames_in"] - infos[k]["frames_in"] for k in infos) / (t2 - t1),
-            "dropped": {reason: v / (t2 - t1) for reason, v in _sum_dicts(
+            "frames_out": sum(infos2[k]["frames_out"] - infos[k]["frames_out"] for k in infos) / window,
+            "frames_in": sum(infos2[k]["frames_in"] - infos[k]["frames_in"] for k in infos) / window,
+            "dropped": {reason: v / window for reason, v in _sum_dicts(
                 {x: infos2[k]["dropped"].get(x, 0) - infos[k]["dropped"].get(x, 0) for x in infos2[k]["dropped"]} for k in infos).items()},
             "note": "per second, all daemons together, over the idle window plus the polls around it"}
         rss = sorted(rss_bytes(d.pid) / MiB for d in ds)
         mem = [memory_kib(d.pid) for d in ds]
-        r["idle_cpu"] = {"cores_total": sum(per), "per_node_max": per[-1], "window_s": t2 - t1}
+        r["idle_cpu"] = {"cores_total": sum(per), "per_node_max": per[-1], "window_s": window}
         r["rss_mib"] = {"median": statistics.median(rss), "max": rss[-1],
                         "pss_median": statistics.median(m["pss"] for m in mem) / 1024,
                         "private_median": statistics.median(m["private"] for m in mem) / 1024}
@@ -415,16 +412,21 @@ def scale(n: int, kill_frac: float = 0.2, idle_s: float = 15.0, broadcasts: int 
     return r
 
 
+def cores_each(ds: list[Daemon], seconds: float) -> tuple[list[float], float]:
+    """Sleep ``seconds``; the cores each daemon used meanwhile (sorted), and the window's length."""
+    t1, ticks0 = time.perf_counter(), {d.name: cpu_ticks(d.pid) for d in ds}
+    time.sleep(seconds)
+    ticks1, t2 = {d.name: cpu_ticks(d.pid) for d in ds}, time.perf_counter()
+    return sorted((ticks1[k] - ticks0[k]) / CLK_TCK / (t2 - t1) for k in ticks0), t2 - t1
+
+
 def settle(ds: list[Daemon], idle_cores: float, limit_s: float = 60.0, window_s: float = 3.0) -> dict:
     """Wait (bounded) until the daemons together use no more CPU than when idle, give or take:
     {waited_s, cores} of the last window."""
     t0 = time.perf_counter()
     cores = None
     while time.perf_counter() - t0 < limit_s:
-        a, ticks0 = time.perf_counter(), {d.name: cpu_ticks(d.pid) for d in ds}
-        time.sleep(window_s)
-        ticks1, b = {d.name: cpu_ticks(d.pid) for d in ds}, time.perf_counter()
-        cores = sum(ticks1[k] - ticks0[k] for k in ticks0) / CLK_TCK / (b - a)
+        cores = sum(cores_each(ds, window_s)[0])
         if cores <= max(1.5 * idle_cores, idle_cores + 0.2):
             break
     return {"waited_s": round(time.perf_counter() - t0, 1), "cores": None if cores is None else round(cores, 2)}
