@@ -418,6 +418,7 @@ class Node:
             # A peer we thought alive introduced itself again (it restarted
             # quickly): it has forgotten what it knew, so tell it again.
             acts.append(self.out.send(peer.id, self.gossip.peers_msg(now, exclude=peer.id)))
+            acts += self.overlay.reintroduced(now, peer)
         if pc is not None and pc.since is not None:
             acts += self.msgs.request_since(now, peer, pc.since)
         acts += self.msgs.announced(now, peer, data)

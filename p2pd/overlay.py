@@ -57,6 +57,9 @@ FACTS_FANOUT = 3  # neighbours sent news each round
 FACTS_PER_FRAME = 48  # news items piggybacked on one FACTS frame (P.MAX_FACTS is the most a frame may hold)
 FACTS_ROUND_S = 0.5  # how often news goes out
 RESIGN_MIN_S = 1.0  # our record is signed again at most this often when our links change
+RESIGN_SETTLE_S = 2.0  # links gained, or lost to nodes we suspect: signed once they held this long ...
+RESIGN_MAX_S = 8.0  # ... or this long after the first such change (see _resign)
+RESIGN_KEPT = 3  # a record keeping fewer links still held than this is signed at once
 BEACON_RESIGN_S = 5.0
 LINK_WAIT_S = 5.0  # a neighbour agreed to whose link is not up by then is unreachable from here
 SHUFFLE_INTERVAL_S = 30.0  # HyParView's shuffle period (views.py)
@@ -143,6 +146,9 @@ class Overlay:
         self.incarnation = roster.own.incarnation
         self._signed_links: tuple[str, ...] = ()
         self._resign_at = now  # when our record may be signed again
+        self._links_seen: tuple[str, ...] = ()  # our links when they last changed (_resign's debounce) ...
+        self._links_moved_at = now  # ... and when
+        self._unsigned_since: float | None = None  # the first change of our links not signed yet
         self._next_facts = now
         self._waiting: dict[str, float] = {}  # linked peers in neither view -> when the link is closed (_sweep)
         self._remote: dict[str, tuple[NodeRecord, Peer]] = {}  # unlinked members as peers (routed messages)
@@ -191,20 +197,43 @@ class Overlay:
         """Sign our record again at once: the groups we are in changed (a join or a leave should
         reach the members in one gossip round, not after RESIGN_MIN_S)."""
         self.incarnation = max(self.incarnation, self.roster.own.incarnation) + 1
-        self._signed_links = self._linked_neighbours()
+        self._signed_links, self._unsigned_since = self._linked_neighbours(), None
         self.roster.set_own(now, self.own_record(self.incarnation))
 
     def _resign(self, now: float) -> None:
-        """Sign our record again if our links changed (at most once every RESIGN_MIN_S), or our
-        broadcast numbers (at most once every BEACON_RESIGN_S: it only serves who missed some)."""
+        """Sign our record again if our links changed, or our broadcast numbers (at most once
+        every BEACON_RESIGN_S: they only serve who missed some).
+
+        Every record we sign is verified by every node, and after a mass failure each survivor
+        loses its dead neighbours one by one as its heartbeat finds them silent, then gains
+        replacements one by one: signing each change (at most every RESIGN_MIN_S) made about
+        four records per survivor in 15 s, whose flood, more than the deaths, kept 160 daemons
+        on 2 cores busy for a minute.  So only a link to a node still alive in our roster lost
+        is signed at once (routes must stop crossing it); links to nodes we hold suspect or
+        dead (the accusation already tells everyone to route around them) and links gained
+        (routes keep using the ones we had) are signed once our links have held for
+        RESIGN_SETTLE_S, RESIGN_MAX_S after the first change at the latest.  A node whose
+        record would keep fewer than RESIGN_KEPT links still held (one joining, or one that
+        lost most of its neighbours) signs at once."""
         links = self._linked_neighbours()
         if links != self._signed_links:
+            if links != self._links_seen:
+                self._links_seen, self._links_moved_at = links, now
+                if self._unsigned_since is None:
+                    self._unsigned_since = now
             if now < self._resign_at:
+                return
+            since = self._unsigned_since if self._unsigned_since is not None else now
+            held = set(links)
+            lost_alive = any(p not in held and self.roster.state_of(p) == ALIVE for p in self._signed_links)
+            routine = not lost_alive and len(held.intersection(self._signed_links)) >= RESIGN_KEPT
+            if routine and now - self._links_moved_at < RESIGN_SETTLE_S and now - since < RESIGN_MAX_S:
                 return
         elif self._beacon_now() == self._signed_beacon or now < self._beacon_resign_at:
             return
         self._resign_at = now + RESIGN_MIN_S
         self._beacon_resign_at = now + BEACON_RESIGN_S
+        self._unsigned_since = None
         self.incarnation = max(self.incarnation, self.roster.own.incarnation) + 1
         self._signed_links = links
         self.roster.set_own(now, self.own_record(self.incarnation))
@@ -321,15 +350,22 @@ class Overlay:
             self._waiting[peer.id] = now + 2 * views.neighbor_timeout_s
         return acts
 
+    def reintroduced(self, now: float, peer: Peer) -> list:
+        """A neighbour we still held for alive introduced itself again: it restarted within
+        our heartbeat timeout and has forgotten what it knew.  Our digest, as to a new
+        neighbour (else it learns the network only from its other neighbours' digests)."""
+        return self._push_all(now, peer.id) if peer.id in self.views.active else []
+
     def link_lost(self, now: float, peer: Peer) -> list:
         """The heartbeat lost a linked peer: replace it, and say it may be dead (a live node refutes)."""
         self._unlinked(peer.id)
-        acts = self._apply(now, self.views.link_failed(peer.id, now))
+        acts: list = []
         rec = self.roster.record_of(peer.id)
         if rec is not None and self.roster.state_of(peer.id) == ALIVE:
             self.stats["suspicions_raised"] += 1
             acts += self._heard(now, [self.keys.accuse(peer.id, rec.incarnation, SUSPECT)], None, "ourselves")
-        return acts
+        # After the accusation: a link to a node we suspect need not be signed away at once (_resign).
+        return acts + self._apply(now, self.views.link_failed(peer.id, now))
 
     def peer_gone(self, now: float, peer_id: str) -> list:
         """It left (LEAVE) or we disconnected it on request: out of our views, and out of our roster
@@ -445,7 +481,7 @@ class Overlay:
                 if getattr(fact, "status", None) == SUSPECT:  # not our death or old record after a restart
                     self._refuted(now)
                 self.incarnation = max(self.incarnation, heard.refute.incarnation)
-                self._signed_links = self._linked_neighbours()
+                self._signed_links, self._unsigned_since = self._linked_neighbours(), None
                 roster.set_own(now, self.own_record(self.incarnation))
                 log.info("refuted a claim that this node is %s (incarnation now %d)",
                          getattr(fact, "status", "?"), self.incarnation)
@@ -604,11 +640,15 @@ class Overlay:
             self._next_facts = now + FACTS_ROUND_S
             if self.roster.pending():
                 linked = [p for p in self.views.active if p in self.links]
-                # A backlog (a mass failure, a burst of joins): every neighbour, not three.
-                fanout = FACTS_FANOUT if self.roster.pending() <= FACTS_PER_FRAME else len(linked)
-                for peer_id in sample(self.rng, linked, fanout):
+                # A backlog (a burst of joins), or a change of state (a death must be known
+                # everywhere fast, and ours is the one round a suspicion waits for): every
+                # neighbour, not three.  Routine news alone (new links, broadcast numbers) is not hurried.
+                busy = self.roster.pending() > FACTS_PER_FRAME or self.roster.urgent_pending()
+                fanout = len(linked) if busy else FACTS_FANOUT
+                peers = sample(self.rng, linked, fanout)
+                for peer_id, frame in zip(peers, self.roster.piggyback_round(FACTS_PER_FRAME, len(peers))):
                     told = self.exchange.told_to(peer_id)
-                    facts = [f for f in self.roster.piggyback(FACTS_PER_FRAME) if fact_key(f) not in told]
+                    facts = [f for f in frame if fact_key(f) not in told]
                     if facts:
                         acts.append(self.out.send(peer_id, self.exchange.facts_msg(now, facts, peer_id)))
         return acts

@@ -350,22 +350,47 @@ class Roster:
         """Items to attach to one outgoing frame: state changes before routine news (`_queue`),
         then least-sent first, newest first among equals;
         each dropped once sent ``retransmit_limit()`` times."""
-        if max_items <= 0 or not self._buffer:
+        return self.piggyback_round(max_items, 1)[0]
+
+    def piggyback_round(self, max_items: int, frames: int) -> list[list[Fact]]:
+        """`piggyback` for the ``frames`` frames of one gossip round (one per neighbour), as if
+        called once per frame, with the buffer ranked once: the best ``max_items x frames``
+        candidates go in a heap, each frame takes the least-sent of them and puts them back
+        sent once more.  (Ranking the whole buffer again for each of eight neighbours, twice a
+        second after a mass failure, cost a survivor as much as verifying the news.)"""
+        if frames <= 0:
             return []
+        if max_items <= 0 or not self._buffer:
+            return [[] for _ in range(frames)]
         limit = self.retransmit_limit()
-        # = sorted(...)[:max_items], without sorting the whole buffer for each frame
-        picked = heapq.nsmallest(max_items, self._buffer.items(), key=lambda kv: (kv[1][1] + kv[1][3], -kv[1][2]))
+        buffer = self._buffer
+        # = sorted(...)[:wanted], without sorting the whole buffer; no item outside these can
+        # be picked this round (each pick only makes the picked item rank later)
+        ranked = heapq.nsmallest(max_items * frames, buffer.items(), key=lambda kv: (kv[1][1] + kv[1][3], -kv[1][2]))
+        heap = [(slot[1] + slot[3], -slot[2], node_id, slot) for node_id, slot in ranked]  # node ids are unique
+        heapq.heapify(heap)
         out = []
-        for node_id, slot in picked:
-            out.append(slot[0])
-            slot[1] += 1
-            if slot[1] >= limit:
-                del self._buffer[node_id]
+        for _ in range(frames):
+            taken = [heapq.heappop(heap) for _ in range(min(max_items, len(heap)))]
+            frame = []
+            for rank, newest, node_id, slot in taken:
+                frame.append(slot[0])
+                slot[1] += 1
+                if slot[1] < limit:
+                    heapq.heappush(heap, (rank + 1, newest, node_id, slot))
+                elif buffer.get(node_id) is slot:
+                    del buffer[node_id]
+            out.append(frame)
         return out
 
     def pending(self) -> int:
         """Items still to be spread."""
         return len(self._buffer)
+
+    def urgent_pending(self) -> bool:
+        """Is a change of state (a suspicion, a death, a join, a refutation, a leave) still to
+        be spread, not only routine news?"""
+        return any(slot[3] == 0 for slot in self._buffer.values())
 
     # --- internals ------------------------------------------------------------------------
 

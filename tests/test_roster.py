@@ -11,7 +11,7 @@ import pytest
 
 from p2pd import records as r
 from p2pd.records import ALIVE, DEAD, LEFT, SUSPECT, Accusation, NodeRecord, Signer
-from p2pd.roster import Heard, Roster
+from p2pd.roster import ROUTINE_PENALTY, Heard, Roster
 
 SIGNERS = [Signer.from_curve_secret(r.z85_encode(bytes([i + 1]) * 32)) for i in range(4)]
 ME, A, B, C = SIGNERS
@@ -412,3 +412,37 @@ def test_items_sent_per_node_stay_bounded_as_n_grows(big):
     assert peak_100 <= 3 and peak_1000 <= 3, (peak_100, peak_1000)
     # per rumour: 3 x ceil(log2(N + 1)) sends by each node, 21 vs 30; a full mesh would send 10x more
     assert (total_100, total_1000) == (21, 30)
+
+
+def test_a_round_of_frames_ranks_once_and_picks_as_frame_by_frame_would():
+    """`piggyback_round` (one gossip round, one frame per neighbour) ranks the buffer once and
+    gives each frame what calling `piggyback` once per frame gives: state changes to every
+    neighbour first, a backlog of routine news dealt over them, each item dropped after its
+    retransmit limit."""
+    def loaded():
+        ro = Roster(stand_in(0), verify=_trusted, retransmit_mult=1)
+        ro.load([stand_in(i) for i in range(1, 80)], 0)
+        while ro.pending():
+            ro.piggyback(100)
+        for i in range(1, 61):
+            ro.offer(0, stand_in(i, 1))  # new links: routine news
+        for i in range(61, 66):
+            ro.offer(0, stand_in(i, 1, LEFT))  # a change of state: urgent
+        return ro
+
+    one_by_one, at_once = loaded(), loaded()
+    for round_ in range(20):  # 65 items x 7 sends (retransmit_limit) in rounds of 40
+        expected = [one_by_one.piggyback(8) for _ in range(5)]
+        got = at_once.piggyback_round(8, 5)
+        assert got == expected
+        assert at_once.pending() == one_by_one.pending()
+        if round_ == 0:  # state changes first, to the first 1 + ROUTINE_PENALTY neighbours; routine news dealt
+            changes = {f.node_id for f in stand_ins(61, 66)}
+            assert all(changes <= {f.node_id for f in frame} for frame in got[:1 + ROUTINE_PENALTY])
+            assert len({f.node_id for frame in got for f in frame}) > 8 * 2
+    assert at_once.pending() == 0
+    assert at_once.piggyback_round(8, 0) == [] and Roster(stand_in(0), verify=_trusted).piggyback_round(0, 2) == [[], []]
+
+
+def stand_ins(lo: int, hi: int) -> list[NodeRecord]:
+    return [stand_in(i, 1, LEFT) for i in range(lo, hi)]

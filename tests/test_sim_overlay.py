@@ -86,6 +86,9 @@ def test_a_node_that_was_stalled_accuses_nobody_and_refutes_the_suspicion_of_its
     assert sum(raised[s.name] for s in neighbours_of_dead) >= 1, raised
     assert refuted[frozen.name] >= 1 and sum(refuted.values()) == refuted[frozen.name], refuted
     assert all(s.node.roster.state_of(frozen.id) == "alive" for s in sim.nodes if s.up and s is not frozen)
+    assert all(s.node.roster.state_of(dead.id) != "alive" for s in sim.nodes if s.up)
+    # Suspected by its neighbours alone, the dead one gets Lifeguard's longer timer before it is dead
+    sim.run_while(lambda sim: not all(s.node.roster.state_of(dead.id) == "dead" for s in sim.nodes if s.up), 15.0)
     assert all(s.node.roster.state_of(dead.id) == "dead" for s in sim.nodes if s.up)
     info = sim.request(frozen.name, "info")["result"]
     assert info["counters"]["refutations"] == frozen.node.stats["refutations"]
