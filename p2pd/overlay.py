@@ -640,10 +640,10 @@ class Overlay:
             self._next_facts = now + FACTS_ROUND_S
             if self.roster.pending():
                 linked = [p for p in self.views.active if p in self.links]
-                # A backlog (a burst of joins), or a change of state (a death must be known
-                # everywhere fast, and ours is the one round a suspicion waits for): every
-                # neighbour, not three.  Routine news alone (new links, broadcast numbers) is not hurried.
-                busy = self.roster.pending() > FACTS_PER_FRAME or self.roster.urgent_pending()
+                # A backlog (a burst of joins), or bad news or its denial (a death must be known
+                # everywhere fast): every neighbour, not three.  Joins and routine news (new
+                # links, broadcast numbers) alone are not hurried.
+                busy = self.roster.pending() > FACTS_PER_FRAME or self.roster.alarm_pending()
                 fanout = len(linked) if busy else FACTS_FANOUT
                 peers = sample(self.rng, linked, fanout)
                 for peer_id, frame in zip(peers, self.roster.piggyback_round(FACTS_PER_FRAME, len(peers))):

@@ -446,3 +446,24 @@ def test_a_round_of_frames_ranks_once_and_picks_as_frame_by_frame_would():
 
 def stand_ins(lo: int, hi: int) -> list[NodeRecord]:
     return [stand_in(i, 1, LEFT) for i in range(lo, hi)]
+
+
+def test_bad_news_and_its_denial_are_hurried_joins_and_new_links_are_not():
+    """`alarm_pending` (the gossip round then goes to every neighbour): a suspicion, a death, a
+    leave, a node back from one; not a join (hurrying each join made 200 daemons start half as
+    slowly again) nor a live node's new links."""
+    ro = roster()
+    ro.offer(0, rec(A))
+    assert ro.pending() == 1 and not ro.alarm_pending()  # a join: first in frames, not hurried
+    ro.piggyback(100)
+    while ro.pending():
+        ro.piggyback(100)
+    ro.offer(1, rec(A, 1))
+    assert ro.pending() == 1 and not ro.alarm_pending()  # new links: routine
+    ro.offer(2, rec(B))
+    ro.offer(3, r.accuse(B, A.node_id, 1, SUSPECT))
+    assert state(ro, A) == SUSPECT and ro.alarm_pending()
+    while ro.pending():
+        ro.piggyback(100)
+    ro.offer(4, rec(A, 2))  # A refutes
+    assert state(ro, A) == ALIVE and ro.alarm_pending()
