@@ -390,8 +390,8 @@ class Roster:
     def alarm_pending(self) -> bool:
         """Is bad news (a suspicion, a death, a leave) or its denial (a refutation, a node back
         from the dead) still to be spread?  The caller hurries it to every neighbour: a
-        suspicion must reach everyone within its timer.  Not joins: 200 daemons starting
-        took half as long again when each join was hurried too."""
+        suspicion must reach everyone within its timer.  Not joins: no timer waits on them,
+        and while daemons keep starting every node would be hurrying all the time."""
         return any(slot[4] for slot in self._buffer.values())
 
     # --- internals ------------------------------------------------------------------------
