@@ -196,9 +196,14 @@ class Overlay:
     def resign_now(self, now: float) -> None:
         """Sign our record again at once: the groups we are in changed (a join or a leave should
         reach the members in one gossip round, not after RESIGN_MIN_S)."""
-        self.incarnation = max(self.incarnation, self.roster.own.incarnation) + 1
+        self._sign_own(now, max(self.incarnation, self.roster.own.incarnation) + 1)
+
+    def _sign_own(self, now: float, incarnation: int) -> None:
+        """Sign and hold our record at ``incarnation``, listing the links we hold now: every
+        path that signs one (a change of groups, of links or broadcast numbers, a refutation)."""
+        self.incarnation = incarnation
         self._signed_links, self._unsigned_since = self._linked_neighbours(), None
-        self.roster.set_own(now, self.own_record(self.incarnation))
+        self.roster.set_own(now, self.own_record(incarnation))
 
     def _resign(self, now: float) -> None:
         """Sign our record again if our links changed, or our broadcast numbers (at most once
@@ -233,10 +238,7 @@ class Overlay:
             return
         self._resign_at = now + RESIGN_MIN_S
         self._beacon_resign_at = now + BEACON_RESIGN_S
-        self._unsigned_since = None
-        self.incarnation = max(self.incarnation, self.roster.own.incarnation) + 1
-        self._signed_links = links
-        self.roster.set_own(now, self.own_record(self.incarnation))
+        self._sign_own(now, max(self.incarnation, self.roster.own.incarnation) + 1)
 
     # ------------------------------------------------------------------ queries
     def may_dial(self, peer_id: str) -> bool:
@@ -480,9 +482,7 @@ class Overlay:
                 self.stats["refutations"] += 1
                 if getattr(fact, "status", None) == SUSPECT:  # not our death or old record after a restart
                     self._refuted(now)
-                self.incarnation = max(self.incarnation, heard.refute.incarnation)
-                self._signed_links, self._unsigned_since = self._linked_neighbours(), None
-                roster.set_own(now, self.own_record(self.incarnation))
+                self._sign_own(now, max(self.incarnation, heard.refute.incarnation))
                 log.info("refuted a claim that this node is %s (incarnation now %d)",
                          getattr(fact, "status", "?"), self.incarnation)
             elif heard.reason == "stale" and hasattr(fact, "accuser_id"):
