@@ -59,6 +59,7 @@ import hashlib
 import heapq
 import json
 import random
+import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -118,7 +119,9 @@ class SimNode:
         self.keys = None
         if signed:
             secret = z85_encode(randbytes(32))
-            self.keys = Keys(secret, Signer.from_curve_secret(secret).curve_key)
+            # sys.intern as the daemon passes it: one string per node id in the process, here
+            # shared by every simulated node (the record's ids, its links), as in N daemons' each.
+            self.keys = Keys(secret, Signer.from_curve_secret(secret).curve_key, intern=sys.intern)
             self.id = self.keys.node_id
         port = BASE_PORT + 2 * index
         self.address = P.PeerAddress(HOST, port, port + 1)
