@@ -4,9 +4,13 @@ How this works
 --------------
 On link-up (`became_alive`) we send the new peer PEERS (our alive peers with their
 addresses), and every ``gossip_interval_s`` (a round) to ``GOSSIP_FANOUT`` alive peers
-picked at random: not to every one, which in a full mesh of n is n - 1 lists of n - 1
-entries from each node, O(n^3) a round; a few random ones keep the tables converging, as
-anti-entropy, at O(n^2).  A node dials every peer it learns of (`on_peers`).  A peer
+picked at random among the leaves (simple JSON peers, `Peer.leaf`): not to every one, which
+in a full mesh of n is n - 1 lists of n - 1 entries from each node, O(n^3) a round; a few
+random ones keep the tables converging, as anti-entropy, at O(n^2).  A p2pd peer takes part
+in the overlay's roster (overlay.py), whose digests and FACTS are its anti-entropy: a round
+to it would name only nodes it holds records of (which it does not dial on our word,
+`may_dial`), so in a network of p2pd nodes there are no rounds (they were a tenth of an
+idle node's frames, and the largest).  A node dials every peer it learns of (`on_peers`).  A peer
 heard of only in PEERS is a rumour (membership.py) until it answers that dial: bounded
 per introducer and in all, never named, forgotten quickly if it does not answer
 (liveness.py calls `forget`).  A peer that just joined (its JOIN reached us before any
@@ -138,12 +142,12 @@ class Gossip:
 
     def tick(self, now: float) -> list:
         """The news since the last tick to everyone (`_push`); every gossip_interval_s, also our
-        full list to GOSSIP_FANOUT alive peers picked at random (a round reaches only a few, so
-        the news goes out at a round all the same)."""
+        full list to GOSSIP_FANOUT alive peers that keep no roster, picked at random (a round
+        reaches only a few, so the news goes out at a round all the same)."""
         acts = self._push(now) if self._joined or self._rumors else []
         if now >= self.next_at:
             self.next_at = now + self.settings.gossip_interval_s
-            alive = self.table.alive()
+            alive = [p for p in self.table.alive() if p.leaf]
             for peer in alive if len(alive) <= GOSSIP_FANOUT else sample(self._rng, alive, GOSSIP_FANOUT):
                 acts.append(self.out.send(peer.id, self.peers_msg(now, exclude=peer.id)))
         return acts

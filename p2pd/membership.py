@@ -84,6 +84,13 @@ class Peer:
     introducer: str | None = None  # for a rumour: the peer whose PEERS told us of it
 
     @property
+    def leaf(self) -> bool:
+        """A simple JSON peer (its JOIN did not say ``digest``, which every p2pd node says): it keeps
+        no roster and speaks no VIEW, so it is linked outside the overlay's views, as a leaf, and
+        gets gossip's PEERS rounds (the overlay's digests are how p2pd nodes catch up)."""
+        return not self.digest
+
+    @property
     def router_endpoint(self) -> str:
         return self.address.router_endpoint()
 

@@ -334,7 +334,14 @@ class Overlay:
     # ------------------------------------------------------------------ links coming and going
     def link_up(self, now: float, peer: Peer, dialled: bool = False, explicit: bool = False) -> list:
         """A link came up (the JOIN handshake finished).  ``dialled``: by our dial; ``explicit``:
-        one the user asked for (connect, --join, a LAN beacon)."""
+        one the user asked for (connect, --join, a LAN beacon).  A leaf (a simple JSON peer,
+        `Peer.leaf`) stays out of the views and our record: it speaks no VIEW, so waiting for
+        its NEIGHBOR would close the link after 10 s (docs/PROTOCOL.md 12.2); the heartbeat
+        keeps or loses it as it would any peer."""
+        if peer.leaf:
+            log.info("%s (%s) is a simple peer (its JOIN did not say digest): linked as a leaf, outside the overlay",
+                     peer.name, peer.id[:12])
+            return []
         self._neighbours(peer.id, True)
         self._expect.pop(peer.id, None)
         if self._settled_at is None:

@@ -95,17 +95,34 @@ def test_discovery_via_peers(net, mem_trio):
     assert net.sent("charlie", "alice", P.JOIN) and net.sent("alice", "charlie", P.JOIN)
 
 
-def test_gossip_every_interval(net, mem_trio):
-    alice, bob, charlie = mem_trio
-    net.tick(5.0, bob)
-    n = len(net.sent("bob", type_=P.PEERS))
-    net.tick(9.9, bob)
-    assert len(net.sent("bob", type_=P.PEERS)) == n
-    net.tick(10.0, bob)
-    new = net.sent("bob", type_=P.PEERS)[n:]
-    assert sorted(t for t, _ in new) == [10.0, 10.0]
-    to_alice = [m for _, m in net.sent("bob", "alice", P.PEERS)][-1]
-    assert [e["id"] for e in to_alice.data["peers"]] == ["charlie-id"]  # never the receiver itself
+SIMPLE = ("alice", "charlie", "dave", "erin", "frank")  # simple JSON peers: JOIN, PING, no records
+
+
+def bob_with_simple_peers(names=SIMPLE) -> Node:
+    """A bare node, bob, JOINed at t=0 by simple JSON peers (raw frames, as a third-party peer
+    sends them: no records, so no roster of theirs to hold): the peers gossip's rounds are for."""
+    bob = Node("bob-id", "bob", P.PeerAddress(HOST, 5003, 5004), FAST, 0.0, WALL)
+    for k, name in enumerate(names):
+        bob.on_router_frames(0.0, join_frame(f"{name}-id", 5011 + 2 * k, HOST), HOST)
+    assert all(bob.table.get(f"{name}-id").state == ALIVE and bob.table.get(f"{name}-id").leaf for name in names)
+    return bob
+
+
+def rounds(bob: Node, t: float, names=SIMPLE) -> list:
+    """bob's tick at ``t``, after a frame from each simple peer (any frame is life): the PEERS it
+    sends then, as (receiver id, listed ids)."""
+    for name in names:
+        bob.on_router_frames(t, [f"{name}-id".encode(), P.encode(testmsg.make(P.PING, f"{name}-id", name, WALL, {}))], HOST)
+    return [(a.key, sorted(e["id"] for e in a.msg.data["peers"])) for a in bob.tick(t) if isinstance(a, Send) and a.msg.type == P.PEERS]
+
+
+def test_gossip_every_interval():
+    bob = bob_with_simple_peers(("alice", "charlie"))
+    pushed = [("alice-id", ["charlie-id"]), ("charlie-id", ["alice-id"])]
+    assert sorted(rounds(bob, 0.5, ("alice", "charlie"))) == pushed  # the newcomers, at the next tick
+    assert rounds(bob, 5.0, ("alice", "charlie")) == []
+    assert rounds(bob, 9.9, ("alice", "charlie")) == []
+    assert sorted(rounds(bob, 10.0, ("alice", "charlie"))) == pushed  # the round: never the receiver itself
 
 
 def _star(net, monkeypatch, *names):
@@ -121,28 +138,61 @@ def _star(net, monkeypatch, *names):
     return bob, others
 
 
-def test_each_gossip_round_goes_to_a_random_handful(net, monkeypatch):
+def test_simple_peers_stay_linked_as_leaves_past_the_overlay_sweep():
+    """A simple JSON peer speaks no VIEW: the overlay used to wait 10 s for its NEIGHBOR, then
+    send DISCONNECT and close the link (the minimal peer of docs/PROTOCOL.md 11 was cut 10 s
+    after it joined).  A leaf stays linked while it answers, outside the views and our record."""
+    bob = bob_with_simple_peers()
+    leaves = {f"{name}-id" for name in SIMPLE}
+    closed, views = [], []
+    for t in range(1, 40):
+        for name in SIMPLE:
+            bob.on_router_frames(float(t), [f"{name}-id".encode(), P.encode(testmsg.make(P.PING, f"{name}-id", name, WALL, {}))], HOST)
+        for a in bob.tick(float(t)):
+            if isinstance(a, CloseLink):
+                closed.append(a.key)
+            elif isinstance(a, Send) and a.msg.type == P.VIEW:
+                views.append(a.key)
+    assert closed == [] and views == []
+    assert all(bob.table.get(pid).state == ALIVE for pid in leaves)
+    assert not leaves & set(bob.overlay.views.active) and not leaves & set(bob.overlay.own_record(1).links)
+
+
+def test_each_gossip_round_goes_to_a_random_handful():
     """Past GOSSIP_FANOUT alive peers, a round sends the full list to that many of them, picked
     anew each round, so that in a few rounds every peer has had one (anti-entropy at O(n^2)
     frames in a full mesh, not O(n^3))."""
     from p2pd.gossip import GOSSIP_FANOUT
 
-    bob, others = _star(net, monkeypatch, "alice", "charlie", "dave", "erin", "frank")
-    assert len(others) > GOSSIP_FANOUT
-    everyone = {o.name for o in others}
+    bob = bob_with_simple_peers()
+    everyone = {f"{name}-id" for name in SIMPLE}
+    assert len(everyone) > GOSSIP_FANOUT
     reached: set = set()
-    net.tick_range(4.0, 9.0, 1.0)
-    for t in range(10, 90, 10):  # bob's rounds (every node's: they all started at 0)
-        net.tick(float(t))
-        full = [(dst, m) for dst_t, m, dst in ((tt, m, dst) for tt, f, dst, m in net.delivered if f == "bob" and m.type == P.PEERS)
-                if dst_t == t]
-        assert len(full) == GOSSIP_FANOUT == len({dst for dst, _ in full})
-        for dst, m in full:  # the full list: every other alive peer, never the receiver
-            assert sorted(e["name"] for e in m.data["peers"]) == sorted(everyone - {dst})
-        reached |= {dst for dst, _ in full}
-        net.tick_range(t + 1.0, t + 9.0, 1.0)  # heartbeats: all stay alive
+    assert len(rounds(bob, 0.5)) == len(everyone)  # the newcomers pushed to each, at the next tick
+    for t in range(1, 90):
+        sent = rounds(bob, float(t))
+        if t % 10:
+            assert sent == []
+            continue
+        assert len(sent) == GOSSIP_FANOUT == len({dst for dst, _ in sent})
+        for dst, listed in sent:  # the full list: every other alive peer, never the receiver
+            assert listed == sorted(everyone - {dst})
+        reached |= {dst for dst, _ in sent}
     assert reached == everyone
-    assert all(state(bob, o) == ALIVE for o in others)
+    assert all(bob.table.get(pid).state == ALIVE for pid in everyone)
+
+
+def test_no_gossip_rounds_between_nodes_that_keep_the_roster(net, mem_trio):
+    """Each holds the others' records: the roster's digests and FACTS are their anti-entropy, so
+    no PEERS round goes between them (only the PEERS of each link-up, which found alice)."""
+    alice, bob, charlie = mem_trio
+    net.tick_range(1.0, 9.0, 1.0)
+    assert not any(n.table.get(o.id).leaf for n in mem_trio for o in mem_trio if o is not n)
+    before = len(net.sent("bob", type_=P.PEERS))
+    assert before  # the link-ups'
+    net.tick_range(10.0, 60.0, 1.0)  # five of bob's rounds
+    assert len(net.sent("bob", type_=P.PEERS)) == before
+    assert all(state(bob, o) == ALIVE for o in (alice, charlie))
 
 
 def test_a_newcomer_at_a_gossip_round_is_pushed_to_every_peer(net, monkeypatch):
