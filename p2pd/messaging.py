@@ -259,6 +259,11 @@ class Messaging:
         if self._publish is not None:
             acts = self._publish(now, msgs)  # the broadcast tree's; None: publish plain (we are linked to everyone)
             if acts is not None:
+                # Simple peers (leaves) read no TREE envelope: our own broadcasts go to them plain,
+                # on their own topics (docs/PROTOCOL.md 11), as they would in a network this small.
+                leaves = tuple(p.id for p in self.table.alive() if p.leaf)
+                if leaves:
+                    acts += [Publish(m, to=leaves) for m in msgs]
                 return acts, ids
         # One PUB reaches every subscriber alike: batch only if every peer that may be subscribed takes batches.
         if len(msgs) > 1 and all(p.batch for p in self.table.all() if p.subscribed or p.state == ALIVE):

@@ -5,7 +5,9 @@ cut them 10 s after they joined (it waited for a NEIGHBOR they never send: docs/
 12.2).  Each test extracts one program from the document, starts it as a third-party process
 joining alice, and checks that it is still linked past that sweep, that bob finds it through
 alice's gossip and links to it ("Charlie connects to Bob and so finds Alice"), and that direct
-messages and broadcasts from both reach it once."""
+messages and broadcasts from both reach it once; and, in a network larger than the active view
+(where broadcasts travel as TREE envelopes, which it does not read), that it still gets the
+broadcasts of the node it links to."""
 
 from __future__ import annotations
 
@@ -105,3 +107,32 @@ def test_the_documented_plain_peer_stays_linked_and_gets_messages_and_broadcasts
 def test_the_documented_curve_peer_stays_linked_and_gets_messages_and_broadcasts(tmp_path, make_node):
     source = program("A minimal p2pd-compatible peer under CURVE.")
     run_minimal_peer(tmp_path, make_node, source, lambda node: node.addr)
+
+
+def test_a_leaf_gets_its_nodes_broadcasts_where_they_travel_by_the_tree(tmp_path, make_node):
+    """Five nodes with an active view of 3: alice is linked to some of the others only, so her
+    broadcasts go down the tree (TREE GOSSIP, 12.6), which a simple peer ignores.  Her leaf
+    gets them plain, on their own topic, besides her direct messages."""
+    nodes = [make_node(name) for name in ("alice", "bob", "carol", "dave", "erin")]
+    for node in nodes:
+        with open(node.home / "p2pd.toml", "a") as f:
+            f.write("active_view = 3\n")
+        node.start("--insecure")
+    alice = nodes[0]
+    for prev, node in zip(nodes, nodes[1:]):
+        link(prev, node)
+    wait_for(lambda: all(len(n.alive_names()) >= 2 and len(n.ctl_json("peers")) == 4 for n in nodes), 60,
+             what="the five to list one another")
+    wait_for(lambda: len(alice.call("info")["overlay"]["active"]) < 4, 30, what="alice to hold fewer links than members (a tree, not a star)")
+    mini = MiniPeer(tmp_path, program("A minimal p2pd-compatible peer with plain pyzmq."), alice.addr)
+    try:
+        wait_for(lambda: any(line.startswith("linked: alice") for line in mini.printed()), 20, what="alice to answer the minimal peer's JOIN")
+        alice.ctl("broadcast", "down the tree")
+        alice.ctl("send", "mini", "hello, leaf")
+        expected = ["BROADCAST from alice: down the tree", "MESSAGE from alice: hello, leaf"]
+        wait_for(lambda: all(line in mini.printed() for line in expected), 20, what=f"the minimal peer to print {expected}")
+        wait_for(lambda: all("down the tree" in [m["text"] for m in n.call("inbox")] for n in nodes[1:]), 20,
+                 what="the broadcast to reach the other four")
+        assert [line for line in mini.printed() if "down the tree" in line] == expected[:1]  # once
+    finally:
+        mini.stop()
