@@ -353,12 +353,20 @@ class Messaging:
 
         ``patience_s``: a heartbeat can overtake broadcasts still on their way through the
         PUB, so a shortfall it shows is fetched only if it is still there that much later."""
+        return self.announced_by(now, peer.id, data, lambda: peer, patience_s)
+
+    def announced_by(self, now: float, origin: str, data: dict, peer_of, patience_s: float = 0.0) -> list:
+        """As `announced`, for an origin given by id (a signed record gave its numbers): its
+        `Peer`, ``peer_of()``, is asked for only when there is something to fetch, since an
+        unlinked origin's is made for the purpose (overlay.py `remote_peer`, about 0.5 KB each:
+        one per member, in every daemon, when it was made for every record)."""
         latest, oldest = data.get("bseq"), data.get("boldest")
         if latest is None:
             return []
-        want = self.delivery.announced(peer.id, latest, oldest if oldest is not None else 1, now, self.settings.ack_timeout_s,
+        want = self.delivery.announced(origin, latest, oldest if oldest is not None else 1, now, self.settings.ack_timeout_s,
                                        data.get("epoch"), patience_s)
-        return self._fetch(now, peer, want) if want else []
+        peer = peer_of() if want else None
+        return self._fetch(now, peer, want) if peer is not None else []
 
     def on_ack(self, now: float, msg: P.Message, peer) -> list:
         data: AckData = msg.data

@@ -482,14 +482,15 @@ class Node:
 
     def _record_beacon(self, now: float, node_id: str, data: dict) -> list:
         """A node's signed record gave its broadcast numbers: fetch (routed if need be) what we missed."""
-        peer = self.table.get(node_id)
-        if peer is None or node_id not in self.links:
-            peer = self.overlay.remote_peer(node_id, now)
-        if peer is None:
-            return []
+        def peer_of():
+            peer = self.table.get(node_id)
+            return peer if peer is not None and node_id in self.links else self.overlay.remote_peer(node_id, now)
+
+        if node_id == self.id or self.roster.record_of(node_id) is None:
+            return []  # as remote_peer would say: no origin to fetch from
         if len(self._behind) < 4 * self.settings.max_peers:
             self._behind[node_id] = None
-        return self.msgs.announced(now, peer, data)
+        return self.msgs.announced_by(now, node_id, data, peer_of)
 
     def _refetch(self, now: float) -> list:
         """Fetch again, from the origins we are behind, what their records say we miss (one FETCH
