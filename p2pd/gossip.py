@@ -142,8 +142,8 @@ class Gossip:
 
     def tick(self, now: float) -> list:
         """The news since the last tick to everyone (`_push`); every gossip_interval_s, also our
-        full list to GOSSIP_FANOUT alive peers that keep no roster, picked at random (a round
-        reaches only a few, so the news goes out at a round all the same)."""
+        full list to GOSSIP_FANOUT alive leaves, picked at random (a round reaches only a few, so
+        the news goes out at a round all the same)."""
         acts = self._push(now) if self._joined or self._rumors else []
         if now >= self.next_at:
             self.next_at = now + self.settings.gossip_interval_s

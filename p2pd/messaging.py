@@ -260,7 +260,7 @@ class Messaging:
             acts = self._publish(now, msgs)  # the broadcast tree's; None: publish plain (we are linked to everyone)
             if acts is not None:
                 # Simple peers (leaves) read no TREE envelope: our own broadcasts go to them plain,
-                # on their own topics (docs/PROTOCOL.md 11), as they would in a network this small.
+                # on their own topics (docs/PROTOCOL.md 11), as every SUB gets them in a star.
                 leaves = tuple(p.id for p in self.table.alive() if p.leaf)
                 if leaves:
                     acts += [Publish(m, to=leaves) for m in msgs]
