@@ -45,6 +45,7 @@ from .membership import ALIVE, LOST, Membership, Peer
 from .outbound import Outbound
 from .records import DEAD, LEFT, RANK, SUSPECT, BadRecord, NodeRecord, encode
 from .roster import Roster
+from .resign import Resigning
 from .routes import OK, Routes
 from .settings import Settings
 from .trust import Trust
@@ -56,11 +57,6 @@ log = logging.getLogger("p2pd.node")
 FACTS_FANOUT = 3  # neighbours sent news each round
 FACTS_PER_FRAME = 48  # news items piggybacked on one FACTS frame (P.MAX_FACTS is the most a frame may hold)
 FACTS_ROUND_S = 0.5  # how often news goes out
-RESIGN_MIN_S = 1.0  # our record is signed again at most this often when our links change
-RESIGN_SETTLE_S = 2.0  # links gained, or lost to nodes we suspect: signed once they held this long ...
-RESIGN_MAX_S = 8.0  # ... or this long after the first such change (see _resign)
-RESIGN_KEPT = 3  # a record keeping fewer links still held than this is signed at once
-BEACON_RESIGN_S = 5.0
 LINK_WAIT_S = 5.0  # a neighbour agreed to whose link is not up by then is unreachable from here
 SHUFFLE_INTERVAL_S = 30.0  # HyParView's shuffle period (views.py)
 UNROUTABLE_S = 4.0  # a member alive in our roster that no route has reached this long is suspected
@@ -144,11 +140,7 @@ class Overlay:
         self.views = Views(node_id, rng, active_size=settings.active_view, passive_size=settings.passive_view,
                            shuffle_interval_s=SHUFFLE_INTERVAL_S)
         self.incarnation = roster.own.incarnation
-        self._signed_links: tuple[str, ...] = ()
-        self._resign_at = now  # when our record may be signed again
-        self._links_seen: tuple[str, ...] = ()  # our links when they last changed (_resign's debounce) ...
-        self._links_moved_at = now  # ... and when
-        self._unsigned_since: float | None = None  # the first change of our links not signed yet
+        self.resigning = Resigning(now)  # when our record is signed again (resign.py)
         self._next_facts = now
         self._waiting: dict[str, float] = {}  # linked peers in neither view -> when the link is closed (_sweep)
         self._remote: dict[str, tuple[NodeRecord, Peer]] = {}  # unlinked members as peers (routed messages)
@@ -163,8 +155,6 @@ class Overlay:
         self._record_news = record_news if record_news is not None else (lambda now, node_id, rec: [])
         # Told (``refuted(now)``) when we refute a suspicion of ourselves: a sign we are slow (health.py).
         self._refuted = refuted if refuted is not None else (lambda now: None)
-        self._signed_beacon: tuple = (0, 0, "")
-        self._beacon_resign_at = now
         self.watchers = watchers
         self._expect: dict[str, float] = {}  # neighbours agreed to whose link is not up yet -> until when we wait
         self._unroutable: dict[str, float] = {}  # alive members no route reaches -> since when (see _check_routes)
@@ -189,56 +179,27 @@ class Overlay:
         return (b["bseq"] or 0, b["boldest"] or 0, b["epoch"] or "")
 
     def own_record(self, incarnation: int, status: str = ALIVE) -> NodeRecord:
-        bseq, boldest, bepoch = self._signed_beacon = self._beacon_now()
+        bseq, boldest, bepoch = self._beacon_now()
         return self.keys.record(self.name, own_addresses(self.hosts, self.address.port), incarnation, status, self.address.pub_port,
                                 self._linked_neighbours()[:16], bseq, boldest, bepoch, self._groups(incarnation))
 
     def resign_now(self, now: float) -> None:
         """Sign our record again at once: the groups we are in changed (a join or a leave should
-        reach the members in one gossip round, not after RESIGN_MIN_S)."""
+        reach the members in one gossip round, not after resign.py's debounce)."""
         self._sign_own(now, max(self.incarnation, self.roster.own.incarnation) + 1)
 
     def _sign_own(self, now: float, incarnation: int) -> None:
         """Sign and hold our record at ``incarnation``, listing the links we hold now: every
         path that signs one (a change of groups, of links or broadcast numbers, a refutation)."""
         self.incarnation = incarnation
-        self._signed_links, self._unsigned_since = self._linked_neighbours(), None
-        self.roster.set_own(now, self.own_record(incarnation))
+        rec = self.own_record(incarnation)
+        self.resigning.signed(self._linked_neighbours(), (rec.bseq, rec.boldest, rec.bepoch))
+        self.roster.set_own(now, rec)
 
     def _resign(self, now: float) -> None:
-        """Sign our record again if our links changed, or our broadcast numbers (at most once
-        every BEACON_RESIGN_S: they only serve who missed some).
-
-        Every record we sign is verified by every node, and after a mass failure each survivor
-        loses its dead neighbours one by one as its heartbeat finds them silent, then gains
-        replacements one by one: signing each change (at most every RESIGN_MIN_S) made about
-        four records per survivor in 15 s, whose flood, more than the deaths, kept 160 daemons
-        on 2 cores busy for a minute.  So only a link to a node still alive in our roster lost
-        is signed at once (routes must stop crossing it); links to nodes we hold suspect or
-        dead (the accusation already tells everyone to route around them) and links gained
-        (routes keep using the ones we had) are signed once our links have held for
-        RESIGN_SETTLE_S, RESIGN_MAX_S after the first change at the latest.  A node whose
-        record would keep fewer than RESIGN_KEPT links still held (one joining, or one that
-        lost most of its neighbours) signs at once."""
-        links = self._linked_neighbours()
-        if links != self._signed_links:
-            if links != self._links_seen:
-                self._links_seen, self._links_moved_at = links, now
-                if self._unsigned_since is None:
-                    self._unsigned_since = now
-            if now < self._resign_at:
-                return
-            since = self._unsigned_since if self._unsigned_since is not None else now
-            held = set(links)
-            lost_alive = any(p not in held and self.roster.state_of(p) == ALIVE for p in self._signed_links)
-            routine = not lost_alive and len(held.intersection(self._signed_links)) >= RESIGN_KEPT
-            if routine and now - self._links_moved_at < RESIGN_SETTLE_S and now - since < RESIGN_MAX_S:
-                return
-        elif self._beacon_now() == self._signed_beacon or now < self._beacon_resign_at:
-            return
-        self._resign_at = now + RESIGN_MIN_S
-        self._beacon_resign_at = now + BEACON_RESIGN_S
-        self._sign_own(now, max(self.incarnation, self.roster.own.incarnation) + 1)
+        """Sign our record again if our links or broadcast numbers changed, when resign.py says."""
+        if self.resigning.due(now, self._linked_neighbours(), self._beacon_now(), self.roster.state_of):
+            self._sign_own(now, max(self.incarnation, self.roster.own.incarnation) + 1)
 
     # ------------------------------------------------------------------ queries
     def may_dial(self, peer_id: str) -> bool:

@@ -133,7 +133,7 @@ def test_home_keys_and_client_daemon_are_apart():
 CORE = {
     "actions", "delivery", "dialer", "digest", "drops", "errors", "exchange", "escape", "exitcodes", "gossip", "groupkeys", "groups", "handshake", "health", "heartbeat", "identity",
     "effects", "inbound", "inputs", "intake", "lan", "links", "liveness", "membership", "memstore", "messaging", "names", "node",
-    "outbound", "overlay", "payloads", "plumtree", "protocol", "ratelimit", "records", "relay", "replies", "roster", "routes", "sealed", "seeded", "settings", "shouts",
+    "outbound", "overlay", "payloads", "plumtree", "protocol", "ratelimit", "records", "relay", "replies", "resign", "roster", "routes", "sealed", "seeded", "settings", "shouts",
     "storage", "targets", "tree", "trust", "views", "wants", "watchers",
 }
 CORE_FORBIDDEN = {
