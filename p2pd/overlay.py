@@ -44,8 +44,8 @@ from .links import Links
 from .membership import ALIVE, LOST, Membership, Peer
 from .outbound import Outbound
 from .records import DEAD, LEFT, RANK, SUSPECT, BadRecord, NodeRecord, encode
-from .roster import Roster
 from .resign import Resigning
+from .roster import Roster
 from .routes import OK, Routes
 from .settings import Settings
 from .trust import Trust
