@@ -150,9 +150,10 @@ def peers_table(peers: list[dict]) -> str:
 
 
 def _link(p: dict) -> str:
-    """How the node is reached: over our own link, or through others (how many hops away)."""
+    """How the node is reached: over our own link (a simple peer's: ``leaf``, outside the
+    overlay), or through others (how many hops away)."""
     if p.get("linked"):
-        return "direct"
+        return "leaf" if p.get("leaf") else "direct"
     hops = p.get("hops")
     return "-" if hops is None else f"{hops} hops" if hops != 1 else "1 hop"
 

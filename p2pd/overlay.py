@@ -254,6 +254,7 @@ class Overlay:
             row = p.describe(now)
             linked = p.state == ALIVE and p.id in self.links
             row["linked"] = linked
+            row["leaf"] = linked and p.leaf  # a simple peer, linked outside the overlay (link_up)
             row["hops"] = 1 if linked else self.routes.hops(p.id)
             state = self.roster.state_of(p.id)
             down = self.roster.down_since(p.id)
@@ -283,7 +284,7 @@ class Overlay:
                 "down_for_s": None if m.state == ALIVE else round(now - (self.roster.down_since(m.node_id) or now), 3),
                 "known_for_s": None, "last_seen_s": None,
                 "rtt_ms": None, "subscribed": False, "key": self.key_of(m.node_id), "msgs_in": 0, "msgs_out": 0,
-                "frames_in": 0, "frames_out": 0, "linked": False, "hops": self.routes.hops(m.node_id),
+                "frames_in": 0, "frames_out": 0, "linked": False, "leaf": False, "hops": self.routes.hops(m.node_id),
                 "incarnation": m.incarnation})
         return rows
 

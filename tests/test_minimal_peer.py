@@ -80,6 +80,10 @@ def run_minimal_peer(tmp_path, make_node, source: str, target_of, *flags: str) -
             return min(e["state_for_s"] for e in entries) > SWEEP_S + 1.0
 
         wait_for(held_past_the_sweep, SWEEP_S + 15, interval=0.5, what="the minimal peer's links to outlive the overlay's sweep")
+        rows = {p["name"]: p for p in alice.ctl_json("peers")}
+        assert (rows["mini"]["linked"], rows["mini"]["leaf"], rows["bob"]["linked"], rows["bob"]["leaf"]) == (True, True, True, False)
+        table = {line.split()[0]: line.split() for line in alice.ctl("peers").stdout.splitlines()[1:]}
+        assert "leaf" in table["mini"] and "direct" in table["bob"]  # the LINK column
 
         alice.ctl("send", "mini", "hello, leaf")
         bob.ctl("broadcast", "from bob to all")
