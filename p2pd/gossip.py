@@ -147,7 +147,7 @@ class Gossip:
         acts = self._push(now) if self._joined or self._rumors else []
         if now >= self.next_at:
             self.next_at = now + self.settings.gossip_interval_s
-            alive = [p for p in self.table.alive() if p.leaf]
+            alive = self.table.leaves()
             for peer in alive if len(alive) <= GOSSIP_FANOUT else sample(self._rng, alive, GOSSIP_FANOUT):
                 acts.append(self.out.send(peer.id, self.peers_msg(now, exclude=peer.id)))
         return acts

@@ -216,6 +216,10 @@ class Membership:
     def alive(self) -> list[Peer]:
         return [p for p in self._peers.values() if p.state == ALIVE]
 
+    def leaves(self) -> list[Peer]:
+        """The alive simple peers (`Peer.leaf`): gossip's rounds and our own broadcasts in plain."""
+        return [p for p in self._peers.values() if p.state == ALIVE and p.leaf]
+
     def find_by_endpoint(self, router_endpoint: str) -> Peer | None:
         for p in self._peers.values():
             if p.router_endpoint == router_endpoint:

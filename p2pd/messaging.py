@@ -261,7 +261,7 @@ class Messaging:
             if acts is not None:
                 # Simple peers (leaves) read no TREE envelope: our own broadcasts go to them plain,
                 # on their own topics (docs/PROTOCOL.md 11), as every SUB gets them in a star.
-                leaves = tuple(p.id for p in self.table.alive() if p.leaf)
+                leaves = tuple(p.id for p in self.table.leaves())
                 if leaves:
                     acts += [Publish(m, to=leaves) for m in msgs]
                 return acts, ids
