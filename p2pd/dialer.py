@@ -142,6 +142,11 @@ class Dialer:
             acts.append(ToClient(pc.client, err(pc.req, ErrorCode.SELF, f"{pc.endpoint} is this node itself (our own JOIN came back): nothing to link")))
         return acts
 
+    def asked_for(self, reply_to: str | None) -> bool:
+        """Does a JOIN replying to ``reply_to`` answer a dial someone asked for (``connect``, a
+        bootstrap, a LAN beacon), rather than one gossip led us to?"""
+        return bool(reply_to) and reply_to in self.pending
+
     def on_reply(self, now: float, peer: Peer, reply_to: str | None) -> tuple[PendingConnect | None, list]:
         """A JOIN from ``peer`` replying to ``reply_to`` (or to nothing): the dial it answers, if any,
         and that dial's link re-keyed or closed."""

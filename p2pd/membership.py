@@ -220,6 +220,22 @@ class Membership:
         """The alive simple peers (`Peer.leaf`): gossip's rounds and our own broadcasts in plain."""
         return [p for p in self._peers.values() if p.state == ALIVE and p.leaf]
 
+    def room_for_leaf(self, cap: int) -> tuple[bool, Peer | None]:
+        """May one more simple peer (`Peer.leaf`) be linked, with ``cap`` leaves at most?  At the cap
+        the leaf lost the longest makes room (it is dropped from the table, returned here for its
+        link to be closed); with every leaf alive or linking there is none.  So simple peers,
+        which anyone can make with fresh keys, never fill ``max_peers`` and crowd out the
+        overlay's own links (docs/SECURITY.md, ``max_leaves``)."""
+        leaves = [p for p in self._peers.values() if p.leaf and not p.rumour]
+        if len(leaves) < cap:
+            return True, None
+        lost = [p for p in leaves if p.state == LOST]
+        if not lost:
+            return False, None
+        oldest = min(lost, key=attrgetter("since"))
+        self.remove(oldest.id)
+        return True, oldest
+
     def find_by_endpoint(self, router_endpoint: str) -> Peer | None:
         for p in self._peers.values():
             if p.router_endpoint == router_endpoint:

@@ -377,6 +377,9 @@ class Node:
         if (known is None or known.rumour) and self.table.member_count() >= self.settings.max_peers:
             self.drop(now, "peer_limit", f"already at max_peers={self.settings.max_peers}", source)
             return []
+        evicted = self._room_for_leaf(now, msg, known, source)
+        if evicted is False:
+            return []
         key = data.get("key")
         refusal = self.trust.may_link(msg.sender_id, key)
         if refusal is not None:
@@ -398,7 +401,7 @@ class Node:
         boot = data.get("boot")
         restarted = old is not None and old.boot is not None and boot != old.boot
         peer.boot = boot
-        acts: list = self.msgs.on_join(now, peer, data)  # first: it may start a new store epoch
+        acts: list = evicted + self.msgs.on_join(now, peer, data)  # first: it may start a new store epoch
         reply_to = data.get("reply_to")
         pc, replied = self.dial.on_reply(now, peer, reply_to)  # the answer to our dial, if it is one
         acts += replied
@@ -425,6 +428,25 @@ class Node:
         if pc is not None and pc.client is not None:
             acts.append(ToClient(pc.client, ok(pc.req, {"peer": peer.describe(now)})))
         return acts
+
+    def _room_for_leaf(self, now: float, msg: P.Message, known: Peer | None, source) -> list | bool:
+        """A new simple peer (its JOIN does not say ``digest``) within ``max_leaves``: False if refused,
+        else what making room took (the link of the leaf lost the longest, dropped).  A dial the
+        user asked for (``connect``, a bootstrap) is never refused here."""
+        data = msg.data
+        if data.get("digest") is True or (known is not None and not known.rumour) or self.dial.asked_for(data.get("reply_to")):
+            return []
+        cap = min(self.settings.max_leaves, self.settings.max_peers)
+        ok, gone = self.table.room_for_leaf(cap)
+        if not ok:
+            self.drop(now, "leaf_limit", f"JOIN from simple peer {msg.sender_id[:12]} refused: {cap} leaves linked or linking "
+                      f"(max_leaves={self.settings.max_leaves})", source)
+            return False
+        if gone is None:
+            return []
+        log.info("forgot %s (%s), a lost simple peer, to make room for %s (max_leaves=%d)",
+                 gone.name, gone.id[:12], msg.sender_id[:12], self.settings.max_leaves)
+        return self.links.close(gone.id) + [SavePeers(self.table.book())]
 
     def _on_leave(self, now: float, peer: Peer) -> list:
         self.table.remove(peer.id)

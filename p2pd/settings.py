@@ -37,6 +37,7 @@ class Settings:
     max_peers: int = 256
     active_view: int = 8  # live links kept (HyParView's active view, docs/SCALE.md); a network this small stays a full mesh
     passive_view: int = 30  # nodes kept as candidates to replace a lost link
+    max_leaves: int = 64  # simple JSON peers (leaves) in the table at most, within max_peers: the rest stays for the overlay
     max_inbound: int = 1024  # TCP connections to our ports held at once (peer, broadcast, key); more are refused
     max_inbound_per_host: int = 128  # ... and from any one source address (a node uses 2, plus key fetches)
     inbox_size: int = 1000  # `p2pctl inbox` lists at most this many of the newest messages
@@ -106,7 +107,7 @@ class Settings:
         if isinstance(self.send_window, int) and self.send_window > 5000:
             raise ConfigError("send_window must be at most 5000 (it must stay well below the link queue of 10,000 frames)")
         for name in ("max_frame_bytes", "max_peers", "inbox_size", "send_window", "max_stored_messages", "max_inbound", "max_inbound_per_host",
-                     "active_view", "passive_view"):
+                     "max_leaves", "active_view", "passive_view"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")

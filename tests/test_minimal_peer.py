@@ -140,3 +140,32 @@ def test_a_leaf_gets_its_nodes_broadcasts_where_they_travel_by_the_tree(tmp_path
         assert [line for line in mini.printed() if "down the tree" in line] == expected[:1]  # once
     finally:
         mini.stop()
+
+
+def test_max_leaves_refuses_one_simple_peer_too_many_and_keeps_the_ones_linked(tmp_path, make_node):
+    """Simple peers are anyone's to make: a node holds ``max_leaves`` of them at most, so they
+    never fill the table its overlay links need.  With ``max_leaves = 1`` the second documented
+    peer's JOIN is dropped (``leaf_limit``), the first stays linked, and a p2pd node still links."""
+    alice, bob = make_node("alice"), make_node("bob")
+    with open(alice.home / "p2pd.toml", "a") as f:
+        f.write("max_leaves = 1\n")
+    alice.start("--insecure")
+    bob.start("--insecure")
+    source = program("A minimal p2pd-compatible peer with plain pyzmq.")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    first = MiniPeer(tmp_path / "one", source, alice.addr)
+    second = None
+    try:
+        wait_for(lambda: any(line.startswith("linked: alice") for line in first.printed()), 20, what="alice to answer the first peer's JOIN")
+        second = MiniPeer(tmp_path / "two", source, alice.addr)
+        wait_for(lambda: alice.call("info")["dropped"].get("leaf_limit", 0) >= 1, 20, what="alice to refuse the second simple peer")
+        link(bob, alice)  # a p2pd node is not a leaf: the limit leaves it alone
+        rows = alice.call("peers")
+        assert sorted((p["name"], p["leaf"]) for p in rows if p["state"] == "alive") == [("bob", False), ("mini", True)], rows
+        assert not any(line.startswith("linked: alice") for line in second.printed())
+        assert "max_leaves=1" in alice.log_text()
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()

@@ -292,6 +292,56 @@ def test_max_peers_on_join(net):
     assert alice.dropped["peer_limit"] == 1
 
 
+def _bob(**settings) -> Node:
+    return Node("bob-id", "bob", P.PeerAddress(HOST, 5003, 5004), replace(FAST, **settings), 0.0, WALL)
+
+
+def _simple_join(bob: Node, t: float, name: str, port: int, **extra) -> list:
+    return bob.on_router_frames(t, join_frame(f"{name}-id", port, HOST, **extra), HOST)
+
+
+def test_max_leaves_refuses_a_new_simple_peer_but_not_a_p2pd_node_or_a_known_leaf():
+    bob = _bob(max_leaves=2)
+    _simple_join(bob, 0.0, "alice", 5011)
+    _simple_join(bob, 0.0, "charlie", 5013)
+    assert _simple_join(bob, 0.0, "dave", 5015) == [] and bob.dropped["leaf_limit"] == 1
+    assert "dave-id" not in bob.table and len(bob.table) == 2
+    assert _simple_join(bob, 0.1, "erin", 5017, digest=True)  # a p2pd node: the overlay's own room
+    assert bob.table.get("erin-id").state == ALIVE and not bob.table.get("erin-id").leaf
+    assert _simple_join(bob, 0.2, "alice", 5011)  # a leaf we know introduces itself again
+    assert bob.dropped["leaf_limit"] == 1 and bob.dropped["peer_limit"] == 0
+
+
+def test_max_leaves_is_bounded_by_max_peers():
+    bob = _bob(max_leaves=64, max_peers=1)
+    _simple_join(bob, 0.0, "alice", 5011)
+    assert _simple_join(bob, 0.0, "charlie", 5013) == [] and bob.dropped["peer_limit"] == 1
+
+
+def test_a_lost_leaf_makes_room_for_a_new_one():
+    bob = _bob(max_leaves=2)
+    _simple_join(bob, 0.0, "alice", 5011)
+    _simple_join(bob, 1.0, "charlie", 5013)
+    heard_from(bob, 3.0, ("charlie",))
+    bob.tick(7.0)  # alice silent past the timeout (5 s): lost; charlie heard at 3.0 still alive
+    assert bob.table.get("alice-id").state != ALIVE and bob.table.get("charlie-id").state == ALIVE
+    _simple_join(bob, 7.5, "dave", 5015)
+    assert bob.table.get("dave-id").state == ALIVE and "alice-id" not in bob.table
+    assert "alice-id" not in bob.links
+    assert bob.dropped["leaf_limit"] == 0
+    assert _simple_join(bob, 7.6, "erin", 5017) == [] and bob.dropped["leaf_limit"] == 1  # both alive: no room
+
+
+def test_max_leaves_does_not_refuse_a_simple_peer_the_user_connected_to():
+    bob = _bob(max_leaves=1)
+    _simple_join(bob, 0.0, "alice", 5011)
+    acts = bob.connect(0.0, HOST, 5015, 2.0, CLI, 1)
+    mid = next(a.msg.id for a in acts if isinstance(a, Send) and a.msg.type == P.JOIN)
+    _simple_join(bob, 0.1, "dave", 5015, reply_to=mid)
+    assert bob.table.get("dave-id").state == ALIVE and bob.dropped["leaf_limit"] == 0
+    assert _simple_join(bob, 0.2, "erin", 5017) == [] and bob.dropped["leaf_limit"] == 1
+
+
 def test_max_peers_on_gossip(net, mem_pair):
     alice, bob = mem_pair
     charlie = net.add("charlie", settings=replace(FAST, max_peers=1))
