@@ -57,6 +57,7 @@ log = logging.getLogger("p2pd.node")
 FACTS_FANOUT = 3  # neighbours sent news each round
 FACTS_PER_FRAME = 48  # news items piggybacked on one FACTS frame (P.MAX_FACTS is the most a frame may hold)
 FACTS_ROUND_S = 0.5  # how often news goes out
+JOIN_ROUND_S = 0.1  # ... while news of a node new to us is still spreading (Roster.joins_pending)
 LINK_WAIT_S = 5.0  # a neighbour agreed to whose link is not up by then is unreachable from here
 SHUFFLE_INTERVAL_S = 30.0  # HyParView's shuffle period (views.py)
 UNROUTABLE_S = 4.0  # a member alive in our roster that no route has reached this long is suspected
@@ -142,6 +143,7 @@ class Overlay:
         self.incarnation = roster.own.incarnation
         self.resigning = Resigning(now)  # when our record is signed again (resign.py)
         self._next_facts = now
+        self._last_facts = now
         self._waiting: dict[str, float] = {}  # linked peers in neither view -> when the link is closed (_sweep)
         self._remote: dict[str, tuple[NodeRecord, Peer]] = {}  # unlinked members as peers (routed messages)
         # Our broadcast numbers (messaging.py `beacon`), signed into our record so that a node that
@@ -309,10 +311,10 @@ class Overlay:
         if self._settled_at is None:
             self._settled_at = now + MEMBER_QUIET_S
         views = self.views
+        acts: list = self._show_accusation(now, peer.id)
         if peer.id in views.active:
             self.routes.set_local(self._linked_neighbours())
-            return self._push_all(now, peer.id)
-        acts: list = []
+            return acts + self._push_all(now, peer.id)
         if explicit:
             acts += self._apply(now, views.join(peer.id, now))
         elif dialled and peer.id not in views.pending:
@@ -321,6 +323,20 @@ class Overlay:
             self._waiting[peer.id] = now + 2 * views.neighbor_timeout_s
         return acts
 
+    def _show_accusation(self, now: float, peer_id: str) -> list:
+        """A node we hold suspected (or dead, its suspicion timed out) speaks to us again: it is
+        alive, but only its own record at a higher incarnation can say so everywhere.  Show it
+        the accusation, so that it refutes at once.  A node back from a stall had its links
+        closed by its neighbours and was in nobody's view: news of its suspicion reached it only
+        once a neighbour took it back, 1.5 s after it resumed in the simulator, while the
+        suspicion timers ran out elsewhere."""
+        if self.roster.state_of(peer_id) not in (SUSPECT, DEAD):
+            return []
+        fact = self.roster.fact_of(peer_id)
+        if getattr(fact, "accuser_id", None) is None or fact_key(fact) in self.exchange.told_to(peer_id):
+            return []
+        return [self.out.send(peer_id, self.exchange.facts_msg(now, [fact], peer_id))]
+
     def reintroduced(self, now: float, peer: Peer) -> list:
         """A neighbour we still held for alive introduced itself again: it restarted within
         our heartbeat timeout and has forgotten what it knew.  Our digest, as to a new
@@ -328,11 +344,16 @@ class Overlay:
         return self._push_all(now, peer.id) if peer.id in self.views.active else []
 
     def link_lost(self, now: float, peer: Peer) -> list:
-        """The heartbeat lost a linked peer: replace it, and say it may be dead (a live node refutes)."""
+        """The heartbeat lost a linked peer: replace it, and say it may be dead (a live node refutes).
+        Only a neighbour (in our active view) is accused: a link in neither view is one the
+        other end did not take up (it refused our NEIGHBOR and closed its side, as it may), and
+        its silence until our sweep closes it says nothing of the node (the simulator, a stall
+        test: one run in 30 suspected such a node, which had to refute)."""
+        neighbour = peer.id in self.views.active
         self._unlinked(peer.id)
         acts: list = []
         rec = self.roster.record_of(peer.id)
-        if rec is not None and self.roster.state_of(peer.id) == ALIVE:
+        if neighbour and rec is not None and self.roster.state_of(peer.id) == ALIVE:
             self.stats["suspicions_raised"] += 1
             acts += self._heard(now, [self.keys.accuse(peer.id, rec.incarnation, SUSPECT)], None, "ourselves")
         # After the accusation: a link to a node we suspect need not be signed away at once (_resign).
@@ -605,8 +626,8 @@ class Overlay:
         acts += self._unreachable_neighbours(now)
         if self._member_news:
             acts += self._tell_members(now)
-        if now >= self._next_facts:
-            self._next_facts = now + FACTS_ROUND_S
+        if now >= self._next_facts or (now >= self._last_facts + JOIN_ROUND_S and self.roster.joins_pending()):
+            self._last_facts, self._next_facts = now, now + FACTS_ROUND_S
             if self.roster.pending():
                 linked = [p for p in self.views.active if p in self.links]
                 # A backlog (a burst of joins), or bad news or its denial (a death must be known

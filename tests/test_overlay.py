@@ -321,6 +321,25 @@ def test_a_suspected_seed_is_not_joined_again_by_everyone_that_joined_through_it
     assert joins == []
 
 
+def test_a_node_back_from_a_stall_is_shown_its_suspicion_and_refutes_at_once():
+    """Frozen past the heartbeat timeout, the node's neighbours suspect it and close their
+    links, and it is in nobody's view when it runs again.  Its first PINGs reach them: each
+    shows it the accusation it holds (overlay `_show_accusation`), and it refutes within a
+    few ticks, where it used to wait for a neighbour to take it back (1.5 s in this run,
+    while the suspicion timers ran out: one node took it for dead and knocked on it)."""
+    sim = formed(20)
+    frozen = sim.nodes[0]
+    incarnation = frozen.node.roster.own.incarnation
+    sim.freeze(frozen.name, 6.0)
+    resumes = sim.now + 6.0
+    sim.run_while(lambda sim: not any(s.node.roster.state_of(frozen.id) == "suspect" for s in sim.nodes[1:]), 6.0)
+    assert sim.now < resumes
+    sim.run_until(resumes + 0.3)
+    assert frozen.node.roster.own.incarnation > incarnation
+    sim.run_until(resumes + 2.0)
+    assert all(s.node.roster.state_of(frozen.id) == "alive" for s in sim.nodes[1:])
+
+
 def test_broadcasts_missed_during_a_partition_are_fetched_after_it_heals():
     sim = formed(16)
     names = [s.name for s in sim.nodes]
