@@ -57,7 +57,6 @@ log = logging.getLogger("p2pd.node")
 FACTS_FANOUT = 3  # neighbours sent news each round
 FACTS_PER_FRAME = 48  # news items piggybacked on one FACTS frame (P.MAX_FACTS is the most a frame may hold)
 FACTS_ROUND_S = 0.5  # how often news goes out
-JOIN_ROUND_S = 0.1  # ... while news of a node new to us is still spreading (Roster.joins_pending)
 LINK_WAIT_S = 5.0  # a neighbour agreed to whose link is not up by then is unreachable from here
 SHUFFLE_INTERVAL_S = 30.0  # HyParView's shuffle period (views.py)
 UNROUTABLE_S = 4.0  # a member alive in our roster that no route has reached this long is suspected
@@ -143,7 +142,6 @@ class Overlay:
         self.incarnation = roster.own.incarnation
         self.resigning = Resigning(now)  # when our record is signed again (resign.py)
         self._next_facts = now
-        self._last_facts = now
         self._waiting: dict[str, float] = {}  # linked peers in neither view -> when the link is closed (_sweep)
         self._remote: dict[str, tuple[NodeRecord, Peer]] = {}  # unlinked members as peers (routed messages)
         # Our broadcast numbers (messaging.py `beacon`), signed into our record so that a node that
@@ -626,8 +624,8 @@ class Overlay:
         acts += self._unreachable_neighbours(now)
         if self._member_news:
             acts += self._tell_members(now)
-        if now >= self._next_facts or (now >= self._last_facts + JOIN_ROUND_S and self.roster.joins_pending()):
-            self._last_facts, self._next_facts = now, now + FACTS_ROUND_S
+        if now >= self._next_facts:
+            self._next_facts = now + FACTS_ROUND_S
             if self.roster.pending():
                 linked = [p for p in self.views.active if p in self.links]
                 # A backlog (a burst of joins), or bad news or its denial (a death must be known

@@ -253,7 +253,7 @@ class Roster:
             if bad is not None:
                 return bad
             self._admit(item, now)
-            self._queue(item, urgent=True, alarm=False, join=True)  # first in frames, to every neighbour only in a backlog
+            self._queue(item, urgent=True, alarm=False)  # a join: first in frames, not hurried (`alarm_pending`)
             return Heard(True, "news")
         if not newer(item, entry.fact):
             return Heard(False, "stale")
@@ -394,13 +394,6 @@ class Roster:
         and while daemons keep starting every node would be hurrying all the time."""
         return any(slot[4] for slot in self._buffer.values())
 
-    def joins_pending(self) -> bool:
-        """Is a node new to us still to be spread?  Then rounds go out more often (overlay.py,
-        JOIN_ROUND_S): a newcomer listed everywhere within a second or two, where in the
-        rounds of routine news (FACTS_ROUND_S) a chain of 40 took 4; a quiet network has
-        none, so its load is the same."""
-        return any(slot[5] for slot in self._buffer.values())
-
     # --- internals ------------------------------------------------------------------------
 
     def _check(self, item: Fact) -> Optional[Heard]:
@@ -442,20 +435,14 @@ class Roster:
         self._gone.discard(node_id)
         self._buffer.pop(node_id, None)
 
-    def _queue(self, fact: Fact, urgent: bool = True, alarm: bool | None = None, join: bool = False) -> None:
+    def _queue(self, fact: Fact, urgent: bool = True, alarm: bool | None = None) -> None:
         """Spread ``fact``.  ``urgent``: a change of state (a join, a suspicion, a death, a
         refutation, a leave) goes before routine news (a live node's new list of links), which
         after a mass failure is plentiful, always fresh, and would crowd suspicions out.
-        ``alarm`` (default: ``urgent``): bad news or its denial, see `alarm_pending`.  ``join``:
-        a node new to us, see `joins_pending`; newer news of it while that still spreads stays a
-        join (its new links, signed a second after it came, are news of it to the others too)."""
+        ``alarm`` (default: ``urgent``): bad news or its denial, see `alarm_pending`."""
         self._order += 1
-        if alarm is None:
-            alarm = urgent
-        old = self._buffer.pop(fact.node_id, None)   # newer news about a node makes the old moot
-        if old is not None and old[5]:
-            join, urgent = True, True
-        self._buffer[fact.node_id] = [fact, 0, self._order, 0 if urgent else ROUTINE_PENALTY, alarm, join]
+        self._buffer.pop(fact.node_id, None)   # newer news about a node makes the old moot
+        self._buffer[fact.node_id] = [fact, 0, self._order, 0 if urgent else ROUTINE_PENALTY, urgent if alarm is None else alarm]
 
     def _evict_one(self) -> bool:
         """Make room for a live node by forgetting the longest-gone dead or left one."""

@@ -448,30 +448,6 @@ def stand_ins(lo: int, hi: int) -> list[NodeRecord]:
     return [stand_in(i, 1, LEFT) for i in range(lo, hi)]
 
 
-def test_joins_pending_while_a_node_new_to_us_is_spread_and_its_newer_record_stays_a_join():
-    """`joins_pending` (news rounds then go out every JOIN_ROUND_S, not FACTS_ROUND_S): a node
-    new to us, until its news was sent its λ·log2 N times; a newer record of it meanwhile
-    (its links, signed a second after it came) is still news of it to the others; routine
-    news of a known node and bad news are not joins."""
-    ro = roster()
-    assert not ro.joins_pending()
-    ro.offer(0, rec(A))
-    assert ro.joins_pending()
-    ro.piggyback(100)
-    ro.offer(1, rec(A, 1))  # replaced before it was spread: still a join, and first in frames
-    assert ro.joins_pending() and ro.piggyback(1) == [rec(A, 1)]
-    while ro.pending():
-        ro.piggyback(100)
-    assert not ro.joins_pending()
-    ro.offer(2, rec(A, 2))  # new links of a node we know: routine
-    assert ro.pending() == 1 and not ro.joins_pending()
-    ro.offer(3, rec(B))
-    while ro.pending():
-        ro.piggyback(100)
-    ro.offer(4, r.accuse(B, A.node_id, 2, SUSPECT))
-    assert ro.pending() == 1 and ro.alarm_pending() and not ro.joins_pending()  # the suspicion: hurried, not a join
-
-
 def test_bad_news_and_its_denial_are_hurried_joins_and_new_links_are_not():
     """`alarm_pending` (the gossip round then goes to every neighbour): a suspicion, a death, a
     leave, a node back from one; not a join (hurrying each join made 200 daemons start half as
