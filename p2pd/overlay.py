@@ -326,7 +326,7 @@ class Overlay:
         alive, but only its own record at a higher incarnation can say so everywhere.  Show it
         the accusation, so that it refutes at once.  A node back from a stall had its links
         closed by its neighbours and was in nobody's view: news of its suspicion reached it only
-        once a neighbour took it back, 1.5 s after it resumed in the simulator, while the
+        once a neighbour took it back, up to 5 s after it resumed in the simulator, while the
         suspicion timers ran out elsewhere."""
         if self.roster.state_of(peer_id) not in (SUSPECT, DEAD):
             return []
@@ -342,16 +342,11 @@ class Overlay:
         return self._push_all(now, peer.id) if peer.id in self.views.active else []
 
     def link_lost(self, now: float, peer: Peer) -> list:
-        """The heartbeat lost a linked peer: replace it, and say it may be dead (a live node refutes).
-        Only a neighbour (in our active view) is accused: a link in neither view is one the
-        other end did not take up (it refused our NEIGHBOR and closed its side, as it may), and
-        its silence until our sweep closes it says nothing of the node (the simulator, a stall
-        test: one run in 30 suspected such a node, which had to refute)."""
-        neighbour = peer.id in self.views.active
+        """The heartbeat lost a linked peer: replace it, and say it may be dead (a live node refutes)."""
         self._unlinked(peer.id)
         acts: list = []
         rec = self.roster.record_of(peer.id)
-        if neighbour and rec is not None and self.roster.state_of(peer.id) == ALIVE:
+        if rec is not None and self.roster.state_of(peer.id) == ALIVE:
             self.stats["suspicions_raised"] += 1
             acts += self._heard(now, [self.keys.accuse(peer.id, rec.incarnation, SUSPECT)], None, "ourselves")
         # After the accusation: a link to a node we suspect need not be signed away at once (_resign).
