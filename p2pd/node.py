@@ -377,9 +377,6 @@ class Node:
         if (known is None or known.rumour) and self.table.member_count() >= self.settings.max_peers:
             self.drop(now, "peer_limit", f"already at max_peers={self.settings.max_peers}", source)
             return []
-        evicted = self._room_for_leaf(now, msg, known, source)
-        if evicted is False:
-            return []
         key = data.get("key")
         refusal = self.trust.may_link(msg.sender_id, key)
         if refusal is not None:
@@ -388,6 +385,9 @@ class Node:
         problem = self.trust.pin_refusal(host, adv.port, key)
         if problem is not None:  # else a new key at a pinned address just dials in, and we would link back to it
             self.drop(now, "key_changed", f"JOIN from {msg.sender_id[:12]} refused: {problem}", source)
+            return []
+        evicted = self._room_for_leaf(now, msg, known, source)  # last: a JOIN refused above makes no one room
+        if evicted is False:
             return []
         address = P.PeerAddress(host, adv.port, adv.pub_port)
         old = known
