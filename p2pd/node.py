@@ -387,7 +387,7 @@ class Node:
             self.drop(now, "key_changed", f"JOIN from {msg.sender_id[:12]} refused: {problem}", source)
             return []
         evicted = self._room_for_leaf(now, msg, known, source)  # last: a JOIN refused above makes no one room
-        if evicted is False:
+        if evicted is None:
             return []
         address = P.PeerAddress(host, adv.port, adv.pub_port)
         old = known
@@ -429,8 +429,8 @@ class Node:
             acts.append(ToClient(pc.client, ok(pc.req, {"peer": peer.describe(now)})))
         return acts
 
-    def _room_for_leaf(self, now: float, msg: P.Message, known: Peer | None, source) -> list | bool:
-        """A new simple peer (its JOIN does not say ``digest``) within ``max_leaves``: False if refused,
+    def _room_for_leaf(self, now: float, msg: P.Message, known: Peer | None, source) -> list | None:
+        """A new simple peer (its JOIN does not say ``digest``) within ``max_leaves``: None if refused,
         else what making room took (the link of the leaf lost the longest, dropped).  A dial the
         user asked for (``connect``, a bootstrap) is never refused here."""
         data = msg.data
@@ -441,7 +441,7 @@ class Node:
         if not ok:
             self.drop(now, "leaf_limit", f"JOIN from simple peer {msg.sender_id[:12]} refused: {cap} leaves linked or linking "
                       f"(max_leaves={self.settings.max_leaves})", source)
-            return False
+            return None
         if gone is None:
             return []
         log.info("forgot %s (%s), a lost simple peer, to make room for %s (max_leaves=%d)",
