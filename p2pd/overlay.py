@@ -313,13 +313,24 @@ class Overlay:
         if peer.id in views.active:
             self.routes.set_local(self._linked_neighbours())
             return acts + self._push_all(now, peer.id)
-        if explicit:
+        if explicit or (dialled and self._across(peer.id)):
             acts += self._apply(now, views.join(peer.id, now))
         elif dialled and peer.id not in views.pending:
             acts += self._apply(now, views.ask(peer.id, now))
         if peer.id not in views.active:
             self._waiting[peer.id] = now + 2 * views.neighbor_timeout_s
         return acts
+
+    def _across(self, peer_id: str) -> bool:
+        """Is a node our dial just reached one we hold suspect or dead that no route reaches: the
+        other side of a healed partition (our retry of a link the cut lost got through), or a node
+        back from a long stall?  Our link is then the only edge between its part of the overlay
+        and ours, so it is a HyParView JOIN, which the node always accepts and walks on into its
+        part, not a NEIGHBOR request that a full node refuses.  Refused, the link closed after
+        10 s, and each part, holding the other's members alive yet unrouted, suspected them again:
+        a partition of 30 nodes without ``--join`` bootstraps stayed split for good once healed
+        (the simulator)."""
+        return self.roster.state_of(peer_id) in (SUSPECT, DEAD) and self.routes.next_hop(peer_id) is None
 
     def _show_accusation(self, now: float, peer_id: str) -> list:
         """A node we hold suspected (or dead, its suspicion timed out) speaks to us again: it is
