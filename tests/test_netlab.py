@@ -128,6 +128,35 @@ def test_partition_3_2_reports_lost_then_heals_and_delivers_exactly_once(lab):
           f"all five checked after {split_s:.2f} s; healed and drained in {heal_s:.2f} s")
 
 
+def test_a_long_partition_of_full_views_merges_again_without_bootstraps(lab):
+    """Eight hosts with an active view of 3 (so every view is full and a plain NEIGHBOR request
+    across the mended cut would be refused), met through ``connect`` only: cut 4+4 until each
+    side lists the other lost (dead, past the suspicion timer), then mended.  The retries of the
+    links the cut lost are the only bridge; each side must list every node alive again, and
+    stay so (PROTOCOL.md 12.2, merging)."""
+    hosts = [lab.add_host(f"h{i}") for i in range(1, 9)]
+    for h in hosts:
+        h.configure(extra="active_view = 3\n")
+    start(*hosts)
+    link_chain(hosts, timeout=60)
+    names = {h.name for h in hosts}
+    left, right = hosts[:4], hosts[4:]
+    lab.partition(*right)
+    for h in hosts:
+        theirs = {o.name for o in (right if h in left else left)}
+        wait_for(lambda h=h, theirs=theirs: all(states(h).get(n) == "lost" for n in theirs), 60, interval=0.5,
+                 what=f"{h.name} to list the other side lost")
+    lab.heal()
+    t0 = time.monotonic()
+    for h in hosts:
+        wait_for(lambda h=h: alive_view(h) == names - {h.name}, 60, interval=0.5, what=f"{h.name} to list everyone alive again")
+    merged_s = time.monotonic() - t0
+    wait_for(lambda: time.monotonic() - t0 > merged_s + 15, 30, what="15 s more: past the sweep of links and the route checks")
+    for h in hosts:
+        assert alive_view(h) == names - {h.name}, h.name
+    print(f"4+4 cut with full views mended: every host lists all seven alive {merged_s:.1f} s after the heal")
+
+
 @pytest.mark.timeout(420)  # every wait below is bounded; together they could pass 240 s on a very unlucky run
 def test_loss_and_delay_slow_things_down_but_lose_nothing(lab):
     h1 = lab.add_host("h1")
