@@ -4,9 +4,9 @@ How this works
 --------------
 On a terminal (stdin and stdout both), the line editor is prompt_toolkit's
 (the one IPython uses): a prompt that stays at the bottom while incoming lines
-print above it (`patch_stdout`: whatever is written to stdout, from any
-thread, goes above the prompt and the half-typed line is drawn again under
-it), line editing, the history of typed lines in the node's home
+print above it (`p2pctl.above`: a line from any thread goes above the
+prompt and the half-typed line is drawn again under it, the terminal left raw
+so a key typed meanwhile is never echoed out of place), line editing, the history of typed lines in the node's home
 (``chat_history``, kept across sessions, Up/Down to recall), Tab completion of
 /commands, peer names and #rooms (`completions`), and Ctrl-C or Ctrl-D to leave.  Keys are keys:
 an arrow never reaches a peer as text.
@@ -43,6 +43,7 @@ import click
 from p2pd import escape
 
 from . import render
+from .above import AbovePrompt
 from .client import Client, ClientError, DaemonNotRunning, DaemonTimeout
 from .events import MESSAGE_EVENTS, EventStream
 from .rooms import HELP as ROOMS_HELP
@@ -415,10 +416,9 @@ def _events_loop(chat: Chat, stream: EventStream, side: Client, stop: threading.
         side.close()
 
 
-def _terminal(chat: Chat, stream: EventStream, make_client, home: Path) -> int:
+def _terminal(chat: Chat, stream: EventStream, make_client, home: Path, screen: AbovePrompt) -> int:
     from prompt_toolkit import PromptSession
     from prompt_toolkit.formatted_text import ANSI
-    from prompt_toolkit.patch_stdout import patch_stdout
 
     session = PromptSession(history=_history_file(home), completer=_completer(chat), complete_while_typing=False,
                             erase_when_done=True, enable_suspend=True)
@@ -426,26 +426,26 @@ def _terminal(chat: Chat, stream: EventStream, make_client, home: Path) -> int:
         return ANSI(render.bold(render.name(chat.me.get("name", "chat"))) + chat.rooms.prompt() + render.bold("> "))
     stop = threading.Event()
     side = make_client()
-    with patch_stdout(raw=True):
-        events = threading.Thread(target=_events_loop, args=(chat, stream, side, stop), name="p2pctl-chat-events")
-        events.start()
-        try:
-            while True:
-                try:
-                    line = session.prompt(prompt)
-                except (KeyboardInterrupt, EOFError):
+    screen.attach(session.app)
+    events = threading.Thread(target=_events_loop, args=(chat, stream, side, stop), name="p2pctl-chat-events")
+    events.start()
+    try:
+        while True:
+            try:
+                line = session.prompt(prompt)
+            except (KeyboardInterrupt, EOFError):
+                break
+            if line.strip().startswith("/") and not line.strip().startswith("//"):
+                room = "" if chat.rooms.current is None else f" #{escape.line(chat.rooms.current)}"
+                chat.out(render.dim(f"{render.name(chat.me.get('name', ''))}{room}> {escape.line(line.strip())}"))
+            try:
+                if not chat.handle_line(line):
                     break
-                if line.strip().startswith("/") and not line.strip().startswith("//"):
-                    room = "" if chat.rooms.current is None else f" #{escape.line(chat.rooms.current)}"
-                    chat.out(render.dim(f"{render.name(chat.me.get('name', ''))}{room}> {escape.line(line.strip())}"))
-                try:
-                    if not chat.handle_line(line):
-                        break
-                except KeyboardInterrupt:  # Ctrl-C while a command waits (a /connect): leave
-                    break
-        finally:
-            stop.set()
-            events.join(5)
+            except KeyboardInterrupt:  # Ctrl-C while a command waits (a /connect): leave
+                break
+    finally:
+        stop.set()
+        events.join(5)
     click.echo(render.dim("left the chat; the daemon keeps running"))
     return 0
 
@@ -456,16 +456,11 @@ def run_chat(make_client, timeout_s: float) -> int:
     try:
         reply = stream.open()  # first: every message from here on comes as an event (the backlog ends at its cursor)
         tty = sys.stdin.isatty() and sys.stdout.isatty()
-        if tty:
-            def out(text: str) -> None:
-                print(text, flush=True)  # under patch_stdout: above the prompt, from any thread
-        else:
-            def out(text: str) -> None:
-                click.echo(text)
-        chat = Chat(commands, out, timeout_s)
+        screen = AbovePrompt()
+        chat = Chat(commands, screen.write if tty else click.echo, timeout_s)  # on a terminal: above the prompt, from any thread
         chat.open(reply.get("cursor"))
         if tty:
-            return _terminal(chat, stream, make_client, commands.home.path)
+            return _terminal(chat, stream, make_client, commands.home.path, screen)
         try:
             return _plain(chat, stream)
         except KeyboardInterrupt:

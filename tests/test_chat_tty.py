@@ -189,6 +189,37 @@ def test_typing_while_a_message_arrives_keeps_the_line(make_node):
         term.close()
 
 
+def test_keys_typed_while_a_flood_of_lines_prints_are_never_echoed_out_of_place(make_node):
+    """Lines from peers print above the prompt while the person types; each key goes to the
+    prompt, none is echoed by the terminal itself beside the prompt or among the lines."""
+    alice, bob = make_node("alice"), make_node("bob")
+    alice.start()
+    bob.start()
+    linked(alice, bob)
+    term = chat(alice)
+    sender = subprocess.Popen([*P2PCTL, "--home", str(bob.home), "chat"], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    try:
+        count = 120
+        sender.stdin.write("".join(f"line {i}\n" for i in range(count)))
+        sender.stdin.flush()
+        term.expect(rf"^{TIME} bob: line 0$")
+        typed = "abcdefghijklmnopqrstuvwxyz" * 2
+        for key in typed:  # one key at a time, while the lines arrive
+            term.type(key)
+            term._pump(0.01)
+        term.expect(rf"^{TIME} bob: line {count - 1}$")
+        term.settle()
+        lines = [ln for ln in term.lines() if ln]
+        assert lines[-1] == f"alice> {typed}", term.text()
+        stray = [ln for ln in lines[1:-1] if not re.fullmatch(rf"{TIME} bob: line \d+", ln)]
+        assert stray == [], term.text()
+    finally:
+        sender.stdin.close()
+        sender.wait(10)
+        term.close()
+
+
 def test_history_recall_completion_and_keys_never_sent_as_text(make_node):
     alice, bob = make_node("alice"), make_node("bob")
     alice.start()
