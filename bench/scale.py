@@ -170,9 +170,17 @@ def each(ds: list[Daemon], fn) -> list[tuple[Daemon, tuple]]:
 
 def all_listed(ds: list[Daemon], ids: set[str], timeout_s: float, what: str) -> tuple[float, dict]:
     """Poll until every daemon in ``ds`` lists every id in ``ids`` (but its own) alive.  Returns
-    (seconds from the call until the last daemon was first seen complete, details)."""
+    (seconds from the call until the last daemon was first seen complete, details).
+
+    A poll sees a daemon complete up to a pass late, and a pass over 200 daemons forming on the
+    same 2 cores has taken from a few seconds to 34.  So the details also give the daemons' own
+    figure (``own_clock_s``): for each daemon, when by its clock the last of the others turned
+    alive in its list (each row's `state_for_s`, subtracted from the reply's arrival); the
+    latest of those.  It can only be late, never early: a row's state may have been touched
+    after the member turned alive (a link coming up), never before."""
     t0 = time.perf_counter()
     done: dict[str, float] = {}
+    own: dict[str, float] = {}
     passes = []
     deadline = t0 + timeout_s
     missing: dict[str, int] = {}
@@ -183,6 +191,7 @@ def all_listed(ds: list[Daemon], ids: set[str], timeout_s: float, what: str) -> 
             want = ids - {d.id}
             if want <= alive:
                 done[d.name] = at - t0
+                own[d.name] = at - t0 - min((p["state_for_s"] for p in peers if p["id"] in want), default=0.0)
                 missing.pop(d.name, None)
             else:
                 missing[d.name] = len(want - alive)
@@ -192,7 +201,8 @@ def all_listed(ds: list[Daemon], ids: set[str], timeout_s: float, what: str) -> 
     if len(done) < len(ds):
         worst = sorted(missing.items(), key=lambda x: -x[1])[:5]
         raise TimeoutError(f"{what}: after {timeout_s:g}s {len(ds) - len(done)} nodes still miss some; worst {worst}")
-    return max(done.values()), {"poll_pass_s_max": max(passes), "passes": len(passes)}
+    return max(done.values()), {"poll_pass_s_max": max(passes), "passes": len(passes), "own_clock_s": round(max(own.values()), 3),
+                                "own_clock_p50_s": round(percentile(list(own.values()), 0.5), 3)}
 
 
 def stored_count(d: Daemon, text: str) -> tuple[int, float | None]:
@@ -338,7 +348,8 @@ def scale(n: int, kill_frac: float = 0.2, idle_s: float = 15.0, broadcasts: int 
         r["formation_s"] = listed_s  # from the last `p2pd start` returning
         r["formation_from_first_start_s"] = listed_s + (t_last - t0)
         r["formation_poll"] = detail
-        log(f"all list all alive {listed_s:.1f}s after the last start (poll pass <= {detail['poll_pass_s_max']:.1f}s)")
+        log(f"all list all alive {listed_s:.1f}s after the last start (poll pass <= {detail['poll_pass_s_max']:.1f}s); "
+            f"by the daemons' clocks {detail['own_clock_s']:.1f}s (p50 {detail['own_clock_p50_s']:.1f}s)")
 
         # ---- footprint: links, sockets, RSS, idle CPU
         # Idle means quiet: no daemon has news left to spread (the last records of the
@@ -613,7 +624,13 @@ def goals(r: dict) -> list[tuple[str, str, str, str]]:
         rows.append((f"N={n} {what}", got, goal, "met" if ok else "MISSED"))
 
     if r.get("formation_s") is not None:
-        row("all list all others alive (from last start)", f"{r['formation_s']:.1f} s", "<= 30 s", r["formation_s"] <= 30)
+        own = r.get("formation_poll", {}).get("own_clock_s")
+        if own is None:  # results written before the daemons' own figure
+            row("all list all others alive (from last start)", f"{r['formation_s']:.1f} s", "<= 30 s", r["formation_s"] <= 30)
+        else:
+            row("all list all others alive (from last start)",
+                f"{own:.1f} s by the daemons' clocks (polls: {r['formation_s']:.1f} s, a pass {r['formation_poll']['poll_pass_s_max']:.1f} s)",
+                "<= 30 s", own <= 30)
     if r.get("sockets"):
         row("sockets per node (max / median)", f"{r['sockets']['max']} / {r['sockets']['median']:g}", "<= 40", r["sockets"]["max"] <= 40)
         row("links per node (active view min-max)", f"{r['links']['active_min']}-{r['links']['active_max']}", "<= 8", r["links"]["active_max"] <= 8)
