@@ -6,8 +6,9 @@ On a terminal (stdin and stdout both), the line editor is prompt_toolkit's
 (the one IPython uses): a prompt that stays at the bottom while incoming lines
 print above it (`p2pctl.above`: a line from any thread goes above the
 prompt and the half-typed line is drawn again under it, the terminal left raw
-so a key typed meanwhile is never echoed out of place), line editing, the history of typed lines in the node's home
-(``chat_history``, kept across sessions, Up/Down to recall), Tab completion of
+so a key typed meanwhile is never echoed out of place), line editing, the
+history of typed lines in the node's home (``chat_history``, kept across
+sessions, Up/Down to recall), Tab completion of
 /commands, peer names and #rooms (`completions`), and Ctrl-C or Ctrl-D to leave.  Keys are keys:
 an arrow never reaches a peer as text.
 
