@@ -54,14 +54,14 @@ class AbovePrompt:
         """Writes ``text`` and a newline, above the prompt if one is showing; returns once written."""
         app = self._app
         loop = app.loop if app is not None and app.is_running else None
+        line = _Line(text + "\n")
         if loop is not None and _running_loop() is loop:  # on the prompt's own loop: already in turn
-            self._above(app, _Line(text + "\n"))
+            self._above(app, line)
             return
         with self._lock:
             if loop is None:
-                self._plain(text + "\n")
+                self._plain(line.text)
                 return
-            line = _Line(text + "\n")
             try:
                 loop.call_soon_threadsafe(self._above, app, line)
             except RuntimeError:  # the loop closed meanwhile: the prompt is gone
