@@ -7,7 +7,9 @@ membership.py) is marked lost, its link closed and its PUB unsubscribed, and wat
 told (but after a stall of our own, every peer first gets a full timeout: we were not
 listening, and a node that is itself slow must not accuse, as in Lifeguard; and while this
 node shows signs of being slow, the timeout is longer: health.py); a rumour
-that never answered our dial is forgotten instead (it may never have existed).  A lost
+that never answered our dial is forgotten instead (it may never have existed), and a
+link to a node of the network outside the overlay's active view is closed quietly (the
+other end may have dropped it: overlay.py `stray`).  A lost
 peer is retried with backoff (``retry_min_s`` doubling to ``retry_max_s``) by a fresh
 link and a JOIN that says ``again``, unless the last try is still young (on a lossy path
 its TCP and CURVE handshakes can take seconds, and a new socket would only start them
@@ -37,7 +39,7 @@ STALL_S = 2.0
 
 class Liveness:
     def __init__(self, settings: Settings, table: Membership, links: Links, handshake: Handshake, gossip: Gossip,
-                 watchers: Watchers, lost=lambda now, peer: []):
+                 watchers: Watchers, lost=lambda now, peer: [], stray=lambda peer_id: False, drop_stray=lambda now, peer: []):
         self.settings = settings
         self.table = table
         self.links = links
@@ -45,6 +47,7 @@ class Liveness:
         self.gossip = gossip
         self.watchers = watchers
         self.lost = lost  # the overlay's: a lost link is replaced, and the peer suspected
+        self.stray, self.drop_stray = stray, drop_stray  # the overlay's: a link outside its view, closed quietly
         self.health = LocalHealth()  # how long a peer must be silent: longer while we are slow (health.py)
         self._last_tick = float("inf")  # no stall before the first tick
 
@@ -69,6 +72,9 @@ class Liveness:
                 self.gossip.forget(peer.id)
                 acts += links.close(peer.id)
                 log.debug("forgot %s (%s), heard of via gossip: no answer at %s", peer.name, peer.id[:12], peer.router_endpoint)
+                continue
+            if self.stray(peer.id):  # no sign of death: the other end may have closed its side
+                acts += self.drop_stray(now, peer)
                 continue
             was_alive = peer.state == ALIVE
             table.mark_lost(peer.id, now)

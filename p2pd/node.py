@@ -87,6 +87,9 @@ COUNTERS = ("routed_out", "routed_relayed", "routed_in", "routed_unreachable", "
             # linked peers we suspected (the heartbeat lost them), and claims against us we refuted
             # (each one a false suspicion somewhere: a slow machine, a cut link)
             "suspicions_raised", "refutations",
+            # silent links outside the active view closed without accusing (overlay.py `stray`), and
+            # nodes that PINGed on a link we do not hold told DISCONNECT (`not_linked`)
+            "strays_closed", "unlinked_told",
             "tree_payloads_out", "tree_payloads_in", "tree_duplicates",
             # groups (shouts.py): shouts sent, stored, SHOUT copies sent (ours and relayed), relayed,
             # taken unstored (not a member), members no route reached, replayed for join --since,
@@ -183,7 +186,7 @@ class Node:
                              may_dial=self.overlay.may_dial)
         self.heartbeat = Heartbeat(settings, table, out, now)
         self.liveness = Liveness(settings, table, self.links, self.handshake, self.gossip, self.watchers,
-                                 lost=self.overlay.link_lost)
+                                 lost=self.overlay.link_lost, stray=self.overlay.stray, drop_stray=self.overlay.drop_stray)
         self.dial = Dialer(settings, table, self.links, out, self.handshake, self.trust, self.msgs,
                            in_network=self.overlay.in_network)
         self.intake = Intake(node_id, settings, table, self.trust, self.msgs.delivery, self.drop, self.stats)
@@ -339,9 +342,10 @@ class Node:
             return self._on_join(now, msg, peer_host, source)
         peer = self.table.get(msg.sender_id)
         if peer is None:
-            if msg.type != P.LEAVE:
-                self.drop(now, "not_linked", f"{msg.type} from unknown node {msg.sender_id[:12]} (no JOIN yet)", source)
-            return []
+            if msg.type == P.LEAVE:
+                return []
+            self.drop(now, "not_linked", f"{msg.type} from unknown node {msg.sender_id[:12]} (no JOIN yet)", source)
+            return self.overlay.not_linked(now, msg) if peer_host is not None else []  # on our ROUTER: it thinks we are linked
         if msg.type == P.LEAVE:
             return self._on_leave(now, peer)
         handler = self._handlers[msg.type]
