@@ -14,6 +14,8 @@ How this works
   What a SUB reads goes to ``on_sub_frames(frames, endpoint, peer key)``.
 * with report_refused, a DEALER's first connection is watched (refusals.py): if nothing
   listens there, ``on_refused(key)`` says so at once rather than ZeroMQ retrying unseen.
+  Every DEALER's first handshake is watched too: if it fails (the node there does not hold
+  the key we expect), ``on_handshake_failed(key)`` tells the node, which closes the link.
 
 Only the effects' orders reach here (open, close, rekey, subscribe, unsubscribe): nothing here
 decides anything about the protocol.
@@ -43,7 +45,7 @@ CLOSE_LINGER_MS = 1_000  # let a LEAVE reach the peer, but never hang a stop on 
 
 class LinkSockets:
     def __init__(self, ctx: zmq.Context, polls: PollSet, refusals: RefusalWatch, keypair, node_id: str, max_msg: int,
-                 on_refused, on_sub_frames):
+                 on_refused, on_sub_frames, on_handshake_failed=lambda key: None):
         self._ctx = ctx
         self._polls = polls
         self._refusals = refusals
@@ -52,6 +54,7 @@ class LinkSockets:
         self._max_msg = max_msg
         self._on_refused = on_refused
         self._on_sub_frames = on_sub_frames
+        self._handshake_failed = on_handshake_failed
         self.dealers: dict[str, zmq.Socket] = {}  # link key -> DEALER (read by the loop to send)
         self._subs: dict[str, tuple[zmq.Socket, str]] = {}  # peer id -> (SUB socket, endpoint)
 
@@ -72,12 +75,23 @@ class LinkSockets:
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2_000)
         sock.setsockopt(zmq.LINGER, CLOSE_LINGER_MS)
-        if report_refused:
-            self._refusals.watch(sock, lambda: self._on_refused(key))
+        # Every link's first handshake is watched (refusals.py): one that fails is closed, for the
+        # node to retry it on its own backoff; with report_refused, a refusal is reported too.
+        self._refusals.watch(sock, (lambda: self._on_refused(key)) if report_refused else None,
+                             on_handshake_failed=lambda: self._on_handshake_failed(key, sock))
         if connect_or_close(sock, endpoint, "open link to"):
             self.dealers[key] = sock
         else:
             self._refusals.unwatch(sock)
+
+    def _on_handshake_failed(self, key: str, sock: zmq.Socket) -> None:
+        if self.dealers.get(key) is not sock:
+            return  # replaced or closed since
+        # Closed at once, without linger: a socket lingering to deliver its JOIN would go on
+        # reconnecting (and failing) every 100 ms for that second.
+        del self.dealers[key]
+        sock.close(linger=0)
+        self._handshake_failed(key)
 
     def close(self, key: str) -> None:
         sock = self.dealers.pop(key, None)

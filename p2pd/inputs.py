@@ -62,10 +62,16 @@ class LinkRefused:
 
 
 @dataclass(frozen=True)
+class LinkHandshakeFailed:
+    """The first handshake on link ``key`` failed (the node at its address lacks the key we expect)."""
+    key: str
+
+
+@dataclass(frozen=True)
 class LanBeaconHeard:
     """A LAN discovery beacon from ``host``."""
     data: bytes
     host: str
 
 
-ALL_INPUTS = (RouterFrames, SubFrames, Subscription, Tick, Flush, KeyAnswer, LinkRefused, LanBeaconHeard)
+ALL_INPUTS = (RouterFrames, SubFrames, Subscription, Tick, Flush, KeyAnswer, LinkRefused, LinkHandshakeFailed, LanBeaconHeard)

@@ -57,7 +57,7 @@ from .drops import Drops
 from .gossip import Gossip
 from .handshake import Handshake
 from .heartbeat import Heartbeat
-from .inputs import Flush, KeyAnswer, LanBeaconHeard, LinkRefused, RouterFrames, SubFrames, Subscription, Tick
+from .inputs import Flush, KeyAnswer, LanBeaconHeard, LinkHandshakeFailed, LinkRefused, RouterFrames, SubFrames, Subscription, Tick
 from .intake import Intake
 from .links import Links
 from .liveness import Liveness
@@ -219,6 +219,7 @@ class Node:
             Flush: lambda now, e: self.flush(now),
             KeyAnswer: lambda now, e: self.on_key(now, e.tag, e.key, e.error, e.refused),
             LinkRefused: lambda now, e: self.on_link_refused(now, e.key),
+            LinkHandshakeFailed: lambda now, e: self.on_link_handshake_failed(now, e.key),
             LanBeaconHeard: lambda now, e: self.on_lan_beacon(now, e.data, e.host),
         }
 
@@ -653,6 +654,20 @@ class Node:
     def on_link_refused(self, now: float, key: str) -> list:
         """The transport saw the connection of link ``key`` (an `OpenLink` with report_refused) refused."""
         return self.dial.on_refused(now, key)
+
+    def on_link_handshake_failed(self, now: float, key: str) -> list:
+        """The first handshake on link ``key`` failed: the node at its address does not hold the key
+        we expect (another node there now, or a new key), or is not p2pd.  libzmq would try it
+        again every 100 ms for as long as the link stayed open (its backoff is undone by each
+        TCP connect that succeeds): closed, it is retried on our own backoff (liveness.py)."""
+        endpoint = self.links.get(key)
+        if endpoint is None:
+            return []
+        peer = self.table.get(key)
+        who = f"{peer.name} ({key[:12]})" if peer is not None else key[:60]
+        self.drop(now, "handshake_failed", f"our link to {who} at {endpoint} failed its handshake: the node there does not "
+                  f"hold the key we expect, or is not p2pd; closed, tried again later", endpoint)
+        return self.links.close(key)
 
     def on_lan_beacon(self, now: float, data: bytes, host: str) -> list:
         """A UDP beacon from ``host`` (LAN discovery, p2pd/lan.py): dial its sender unless we are linked to it."""

@@ -9,7 +9,8 @@ CONNECTED, again after each reconnect interval (100 ms at first); a SYN that goe
 shows nothing (the kernel keeps trying), and a host whose address does not resolve on a lossy
 link (ARP) fails once every few seconds.  So two retries within REFUSED_WITHIN_S are a
 refusal, reported once through the caller's ``on_refused``; a single one, or slower ones, are a
-slow path.  Used by links.py (an `OpenLink` with report_refused) and keyport.py (key fetches).
+slow path.  A link's first handshake may be watched too (``on_handshake_failed``): libzmq would
+retry a handshake that fails every 100 ms, unseen.  Used by links.py (an `OpenLink` with report_refused) and keyport.py (key fetches).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import zmq
 from .pollset import PollSet
 
 REFUSED_WITHIN_S = 1.0  # two connect retries this close together: the connection is refused
+HANDSHAKE_SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+HANDSHAKE_FAILED = int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
 class RefusalWatch:
@@ -29,10 +32,19 @@ class RefusalWatch:
         self._polls = polls
         self._monitors: dict[zmq.Socket, zmq.Socket] = {}  # socket -> its monitor, until its first connect succeeds or fails
 
-    def watch(self, sock: zmq.Socket, on_refused) -> None:
+    def watch(self, sock: zmq.Socket, on_refused=None, on_handshake_failed=None) -> None:
         """Call ``on_refused()`` if the first TCP connection of ``sock`` (not connected yet: no event
-        may be missed) is refused.  Watched until the first CONNECTED or the refusal."""
-        mon = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED)
+        may be missed) is refused.  Watched until the first CONNECTED or the refusal; with
+        ``on_handshake_failed``, until the first handshake succeeds or fails (then it is called).
+
+        Why the handshake: libzmq retries a connection whose handshake fails (the node at that
+        address does not hold the key we expect: another node there now) every reconnect
+        interval, its backoff undone by each TCP connect that succeeds; a daemon kept 10 CURVE
+        handshakes a second going at the node now there, for as long as it kept the link."""
+        events = zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_RETRIED
+        if on_handshake_failed is not None:
+            events |= HANDSHAKE_SUCCEEDED | HANDSHAKE_FAILED
+        mon = sock.get_monitor_socket(events)
         self._monitors[sock] = mon
         last_retry = [float("-inf")]
 
@@ -41,8 +53,16 @@ class RefusalWatch:
                 event = struct.unpack("=h", frames[0].bytes[:2])[0]
             except struct.error:
                 return
+            if event & HANDSHAKE_FAILED:
+                self.unwatch(sock)
+                on_handshake_failed()
+                return
+            if event == zmq.EVENT_CONNECTED and on_handshake_failed is not None:
+                return  # connected: no refusal; its handshake is still to come
             if event != zmq.EVENT_CONNECT_RETRIED:
-                self.unwatch(sock)  # connected: no refusal to report
+                self.unwatch(sock)  # connected (or its handshake succeeded): nothing to report
+                return
+            if on_refused is None:
                 return
             now = time.monotonic()
             if now - last_retry[0] <= REFUSED_WITHIN_S:

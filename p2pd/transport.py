@@ -112,7 +112,8 @@ class Transport:
         self.polls = PollSet()
         self.refusals = RefusalWatch(self.polls)
         self.links = LinkSockets(self.ctx, self.polls, self.refusals, self.keypair, node_id, self.max_msg,
-                           on_refused=self._link_refused, on_sub_frames=self._sub_frames)
+                                 on_refused=self._link_refused, on_sub_frames=self._sub_frames,
+                                 on_handshake_failed=self._link_handshake_failed)
         self._dealers = self.links.dealers  # the hot path sends on them directly
         self.key_fetches = KeyFetches(self.ctx, self.polls, self.refusals, on_key=self._key_answered)
         self.inbound = InboundGuard(settings.max_inbound, settings.max_inbound_per_host, soft_limit())
@@ -124,6 +125,9 @@ class Transport:
     # What the transport's parts see goes to the node's entry points; what it answers joins the turn's effects.
     def _link_refused(self, key: str) -> None:
         self._out.extend(self.node.on_link_refused(time.monotonic(), key))
+
+    def _link_handshake_failed(self, key: str) -> None:
+        self._out.extend(self.node.on_link_handshake_failed(time.monotonic(), key))
 
     def _sub_frames(self, frames: list, endpoint: str, source: str) -> None:
         self._out.extend(self.node.on_sub_frames(time.monotonic(), frames, endpoint, source_peer=source))

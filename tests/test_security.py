@@ -346,6 +346,36 @@ def test_changed_key_for_a_pinned_address_is_refused_until_forgotten(make_node):
     assert_no_tracebacks(alice, bob, carol)
 
 
+def test_a_link_to_an_address_now_held_by_another_key_is_not_retried_ten_times_a_second(make_node):
+    """Bob dies (kill -9: no LEAVE) and a new bob, with a new key, starts at his address.  Alice's
+    links to the old bob now fail their CURVE handshake there.  libzmq retried such a link every
+    100 ms for as long as it stayed open (its backoff is undone by every TCP connect that
+    succeeds): 10 handshakes a second at the new bob, from every node that had known the old,
+    for up to an hour (until forgotten).  Now a link whose first handshake fails is closed and
+    tried again on the node's own backoff."""
+    alice, bob = make_node("alice"), make_node("bob")
+    alice.start()
+    bob.start()
+    old_bob_id = bob.id
+    link(alice, bob)
+    port = bob.port
+    bob.kill9()
+    (bob.home / "node.key").rename(bob.home / "node.key.old")
+    bob.start(port=port)
+    assert bob.id != old_bob_id
+    wait_for(lambda: old_bob_id not in {p["id"] for p in alice.call("peers") if p["state"] == "alive"}, timeout=30,
+             what="alice lost the old bob")
+    wait_for(lambda: dropped(bob, "handshake_failed") > 0, timeout=30, what="alice's retry reaching the new bob")
+    time.sleep(2.0)  # a bounded wait: past what alice's sockets of the old bob had queued when she lost him
+    before = dropped(bob, "handshake_failed")
+    time.sleep(6.0)  # a bounded wait that proves something did not happen: a retry storm
+    failed = dropped(bob, "handshake_failed") - before
+    # alice retries once a second here (retry_max_s = 1 in the tests' config), one handshake each
+    assert failed <= 12, f"{failed} failed handshakes in 6 s at the new bob (a link retried every 100 ms makes ~60)"
+    assert dropped(alice, "handshake_failed") >= 1  # alice saw her links fail (counted, logged) and closed them
+    assert_no_tracebacks(alice, bob)
+
+
 # --------------------------------------------------------------------------- 7. --insecure
 
 
