@@ -10,7 +10,8 @@ shows nothing (the kernel keeps trying), and a host whose address does not resol
 link (ARP) fails once every few seconds.  So two retries within REFUSED_WITHIN_S are a
 refusal, reported once through the caller's ``on_refused``; a single one, or slower ones, are a
 slow path.  A link's first handshake may be watched too (``on_handshake_failed``): libzmq would
-retry a handshake that fails every 100 ms, unseen.  Used by links.py (an `OpenLink` with report_refused) and keyport.py (key fetches).
+retry a handshake that fails every 100 ms, unseen.  Used by dealers.py (every link's DEALER: its
+handshake, and its refusal for an `OpenLink` with report_refused) and keyport.py (key fetches).
 """
 
 from __future__ import annotations
