@@ -102,12 +102,17 @@ def test_a_ping_from_a_node_we_hold_no_link_to_is_answered_disconnect_at_most_on
     now = sim.now
 
     def frame(type_, t):
-        msg = P.make(type_, a.id, a.name, t, {}, target_id=b.id, rng=random.Random(t))
+        data = {"facts": []} if type_ == P.FACTS else {}
+        msg = P.make(type_, a.id, a.name, t, data, target_id=b.id, rng=random.Random(t))
         return [a.id.encode(), P.encode(msg)]
 
+    def not_linked_drops():
+        return sim.request(b.name, "info")["result"]["dropped"].get("not_linked", 0)
+
     def told(t, type_=P.PING):
-        before = b.node.stats["unlinked_told"]
+        before, dropped_before = b.node.stats["unlinked_told"], not_linked_drops()
         acts = b.node.on_router_frames(t, frame(type_, t), "127.0.0.1")
+        assert not_linked_drops() == dropped_before + 1  # valid, and dropped as from a node with no link
         return b.node.stats["unlinked_told"] - before, acts
 
     n, acts = told(now)
